@@ -1,0 +1,20 @@
+//! The discovery client: how a Flotilla process joins the registry and finds its peers.
+//!
+//! * [`Registration`]: self-registration on start, heartbeats at `heartbeat_ms`, registering
+//!   again if the registry forgot the instance (it restarted, or the lease ran out during a
+//!   pause), and deregistration on shutdown.
+//! * [`Discovery`]: a local cache of each service's instances, kept current by a blocking-query
+//!   watch on the registry (changes arrive in milliseconds, with no polling); round-robin over
+//!   passing instances; [`Discovery::send`] fails over to the next instance on a connection
+//!   error, and an instance that refused a connection is set aside locally until the registry
+//!   says something new about it.
+//! * [`serve`]: the life of a registered process, in order: serve, register, become ready;
+//!   on shutdown become not ready, deregister, then drain in-flight requests.
+
+mod cache;
+mod lifecycle;
+mod registration;
+
+pub use cache::{Discovery, DiscoveryError, Endpoint};
+pub use lifecycle::serve;
+pub use registration::Registration;

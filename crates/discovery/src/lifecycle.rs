@@ -1,0 +1,69 @@
+//! The life of a registered process.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Router;
+use flotilla_kit::{Health, Settings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Registration;
+
+/// Serves `router` on `listener` as an instance of `service` until `shutdown`, in this order:
+///
+/// 1. start serving (so the registry's probe can reach us);
+/// 2. register with the registry named in `settings` (if any) and start heart-beating;
+/// 3. become ready;
+/// 4. on shutdown: become not ready, deregister (so clients stop picking us), then stop
+///    accepting and drain in-flight requests, for at most `shutdown_grace_ms`.
+pub async fn serve(
+    service: &str,
+    metadata: BTreeMap<String, String>,
+    settings: &Settings,
+    listener: TcpListener,
+    router: Router,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let port = listener.local_addr()?.port();
+    let address = format!("{}:{port}", settings.advertise_host);
+    let drain = CancellationToken::new();
+    let server = tokio::spawn(flotilla_kit::serve(listener, router, drain.clone().cancelled_owned()));
+    tracing::info!(%service, %address, "listening");
+
+    let registration = match &settings.registry_url {
+        Some(registry) => {
+            Registration::start(
+                registry,
+                service,
+                &address,
+                metadata,
+                Duration::from_millis(settings.heartbeat_ms),
+                Duration::from_millis(settings.ttl_ms),
+                &shutdown,
+            )
+            .await
+        }
+        None => None,
+    };
+    if !shutdown.is_cancelled() {
+        health.set_ready(true);
+        shutdown.cancelled().await;
+    }
+
+    health.set_ready(false);
+    if let Some(registration) = registration {
+        registration.deregister().await;
+    }
+    drain.cancel();
+    let grace = Duration::from_millis(settings.shutdown_grace_ms);
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => {
+            tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway");
+            Ok(())
+        }
+    }
+}

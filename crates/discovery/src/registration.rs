@@ -1,0 +1,138 @@
+//! Self-registration and heartbeats.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flotilla_kit::client::{self, CallError, Client};
+use http::{Method, StatusCode};
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The body of a registration, as the registry expects it.
+#[derive(Debug, Clone, Serialize)]
+struct Body<'a> {
+    service: &'a str,
+    address: &'a str,
+    metadata: &'a BTreeMap<String, String>,
+    ttl_ms: u64,
+}
+
+/// A registered instance; heartbeats run in the background until [`Registration::deregister`].
+#[derive(Debug)]
+pub struct Registration {
+    registry: String,
+    id: String,
+    http: Client,
+    heartbeats: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Registration {
+    /// Registers `service` at `address` with the registry at `registry` (retrying every 200 ms
+    /// until it answers or `shutdown` fires), then keeps the lease alive.
+    ///
+    /// Returns `None` if `shutdown` fired first.
+    pub async fn start(
+        registry: &str,
+        service: &str,
+        address: &str,
+        metadata: BTreeMap<String, String>,
+        heartbeat: Duration,
+        ttl: Duration,
+        shutdown: &CancellationToken,
+    ) -> Option<Self> {
+        let http = client::client();
+        let id = format!("{service}-{}", uuid::Uuid::now_v7().simple());
+        let registry = registry.trim_end_matches('/').to_owned();
+        let url = format!("{registry}/v1/registry/instances/{id}");
+        let body = Body {
+            service,
+            address,
+            metadata: &metadata,
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        let body = serde_json::to_value(&body).ok()?;
+        let timeout = Duration::from_secs(2);
+        loop {
+            match client::send(&http, Method::PUT, &url, Some(&body), timeout).await {
+                Ok((status, _)) if status.is_success() => break,
+                Ok((status, detail)) => {
+                    tracing::error!(%status, detail = %String::from_utf8_lossy(&detail), "registration refused");
+                }
+                Err(error) => tracing::warn!(%error, "registry unreachable; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        tracing::info!(instance = %id, %service, %address, "registered");
+        let stop = CancellationToken::new();
+        let heartbeats = tokio::spawn(beat(
+            http.clone(),
+            url,
+            body,
+            heartbeat,
+            stop.clone(),
+        ));
+        Some(Self {
+            registry,
+            id,
+            http,
+            heartbeats,
+            stop,
+        })
+    }
+
+    /// The instance id the registry knows this process by.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Stops the heartbeats and removes the instance from the registry (best effort: if the
+    /// registry is gone, the lease simply runs out).
+    pub async fn deregister(self) {
+        self.stop.cancel();
+        let _ = self.heartbeats.await;
+        let url = format!("{}/v1/registry/instances/{}", self.registry, self.id);
+        match client::send(&self.http, Method::DELETE, &url, None::<&()>, Duration::from_secs(1)).await {
+            Ok((status, _)) if status.is_success() || status == StatusCode::NOT_FOUND => {
+                tracing::info!(instance = %self.id, "deregistered");
+            }
+            Ok((status, _)) => tracing::warn!(%status, "deregistration refused"),
+            Err(error) => tracing::warn!(%error, "deregistration failed"),
+        }
+    }
+}
+
+async fn beat(http: Client, url: String, body: serde_json::Value, every: Duration, stop: CancellationToken) {
+    let heartbeat_url = format!("{url}/heartbeat");
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let result = client::send(&http, Method::PUT, &heartbeat_url, None::<&()>, every).await;
+        match result {
+            Ok((status, _)) if status.is_success() => {}
+            Ok((StatusCode::NOT_FOUND, _)) => {
+                // The registry forgot us (it restarted, or our lease ran out): register again.
+                tracing::warn!("registry does not know this instance; registering again");
+                if let Err(error) = register_again(&http, &url, &body, every).await {
+                    tracing::warn!(%error, "registering again failed; will retry");
+                }
+            }
+            Ok((status, _)) => tracing::warn!(%status, "heartbeat refused"),
+            Err(error) => tracing::warn!(%error, "heartbeat failed"),
+        }
+    }
+}
+
+async fn register_again(http: &Client, url: &str, body: &serde_json::Value, timeout: Duration) -> Result<(), CallError> {
+    client::json::<serde_json::Value>(http, Method::PUT, url, Some(body), timeout).await?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The discovery client against a real registry on loopback.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use flotilla_discovery::{Discovery, Registration};
+use flotilla_kit::Settings;
+use http::{HeaderMap, Method, StatusCode};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+async fn registry(shutdown: &CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    // Probes are slowed down so that they cannot take the dead instance out of rotation in the
+    // middle of a test: failover, not the prober, is under test here.
+    let settings = Settings {
+        probe_interval_ms: 60_000,
+        ..Settings::default()
+    };
+    tokio::spawn(flotilla_registry::server::run(settings, listener, shutdown.clone()));
+    url
+}
+
+/// An instance answering `GET /who` with its name.
+async fn instance(name: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let router = Router::new()
+        .route("/who", get(move || async move { name }))
+        .route("/readyz", get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    address
+}
+
+/// An address on which nothing listens: connections are refused.
+async fn dead_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+async fn register(registry: &str, service: &str, address: &str, shutdown: &CancellationToken) -> Registration {
+    Registration::start(
+        registry,
+        service,
+        address,
+        BTreeMap::new(),
+        Duration::from_millis(500),
+        Duration::from_millis(1_500),
+        shutdown,
+    )
+    .await
+    .expect("registered")
+}
+
+async fn who(discovery: &Discovery, service: &str) -> Result<String, flotilla_discovery::DiscoveryError> {
+    let (status, body) = discovery
+        .send(service, Method::GET, "/who", &HeaderMap::new(), Bytes::new())
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn calls_fail_over_from_a_dead_instance_to_a_live_one() {
+    let shutdown = CancellationToken::new();
+    let registry = registry(&shutdown).await;
+    let live = instance("live").await;
+    let dead = dead_address().await;
+    let _live = register(&registry, "inventory", &live, &shutdown).await;
+    let _dead = register(&registry, "inventory", &dead, &shutdown).await;
+
+    let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
+    assert_eq!(discovery.instances("inventory").await.len(), 2);
+    // Round robin starts on each instance in turn: every call must still land on the live one.
+    for _ in 0..6 {
+        assert_eq!(who(&discovery, "inventory").await.expect("failover"), "live");
+    }
+    // The dead instance was set aside: it is now tried last.
+    let order = discovery.candidates("inventory").await;
+    assert_eq!(order.last().map(|e| e.address.as_str()), Some(dead.as_str()));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn round_robin_spreads_calls_over_instances() {
+    let shutdown = CancellationToken::new();
+    let registry = registry(&shutdown).await;
+    let a = instance("a").await;
+    let b = instance("b").await;
+    let _a = register(&registry, "payment", &a, &shutdown).await;
+    let _b = register(&registry, "payment", &b, &shutdown).await;
+    let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..10 {
+        *seen.entry(who(&discovery, "payment").await.expect("call")).or_default() += 1;
+    }
+    assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&5), "{seen:?}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_cache_learns_of_changes_through_the_watch_in_well_under_a_second() {
+    let shutdown = CancellationToken::new();
+    let registry = registry(&shutdown).await;
+    let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
+    assert!(discovery.instances("shipping").await.is_empty());
+    let error = who(&discovery, "shipping").await.expect_err("nobody is registered");
+    assert!(matches!(error, flotilla_discovery::DiscoveryError::NoInstances { .. }), "{error}");
+
+    let address = instance("s").await;
+    let started = Instant::now();
+    let registration = register(&registry, "shipping", &address, &shutdown).await;
+    wait_until(|| async { discovery.instances("shipping").await.len() == 1 }).await;
+    let learned = started.elapsed();
+    assert!(learned < Duration::from_millis(500), "took {learned:?}");
+
+    let started = Instant::now();
+    registration.deregister().await;
+    wait_until(|| async { discovery.instances("shipping").await.is_empty() }).await;
+    assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn the_fixed_table_provider_works_without_a_registry() {
+    let address = instance("fixed").await;
+    let discovery = Discovery::fixed(
+        HashMap::from([("order".to_owned(), vec![dead_address().await, address])]),
+        Duration::from_secs(2),
+    );
+    assert_eq!(who(&discovery, "order").await.expect("failover"), "fixed");
+    assert!(discovery.instances("unknown").await.is_empty());
+}
+
+async fn wait_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "condition not met within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

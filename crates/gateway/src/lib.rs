@@ -1,0 +1,43 @@
+//! The API gateway: the one door of the system.
+//!
+//! This first version routes by path prefix ([`routes::Routes`]) to the services it finds
+//! through discovery, and forwards over hyper ([`proxy`]):
+//!
+//! * request and response bodies stream; a request body that is small and of known length
+//!   (up to [`proxy::REPLAY_LIMIT`]) is held so that the request can fail over to another
+//!   instance when one refuses the connection (Envoy makes the same trade with its retry buffer);
+//! * every request gets a deadline to the response head (`request_timeout_ms`);
+//! * `x-request-id` is set if missing and forwarded; W3C `traceparent` is continued (same trace,
+//!   new parent id) or started;
+//! * no instance → 503, no instance reachable → 502, deadline passed → 504, all problem+json.
+
+pub mod proxy;
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flotilla_discovery::Discovery;
+use flotilla_kit::{App, Health, Settings};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the gateway on `listener` until `shutdown`.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let registry = settings.registry_url.clone().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the gateway needs `registry_url` (FLOTILLA_REGISTRY_URL) to find the services",
+        )
+    })?;
+    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    let discovery = Discovery::new(&registry, timeout, shutdown.clone());
+    let proxy = proxy::Proxy::new(discovery, routes::Routes::default(), timeout);
+    let health = Health::new();
+    let router = App::new(health.clone())
+        .max_body_bytes(settings.max_body_bytes)
+        .routes(proxy.router())
+        .into_router();
+    health.set_started();
+    flotilla_discovery::serve("gateway", BTreeMap::new(), &settings, listener, router, health, shutdown).await
+}

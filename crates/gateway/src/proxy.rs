@@ -1,0 +1,333 @@
+//! Forwarding a request to an instance of the service that owns its route.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use bytes::Bytes;
+use flotilla_discovery::Discovery;
+use flotilla_kit::Problem;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::routes::Routes;
+
+/// Largest request body held in memory so that the request can be sent to another instance
+/// after a refused connection. Larger or chunked bodies stream through and are not failed over.
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Counter: requests forwarded, by `service` and `outcome` (`ok`, `no_instance`, `unreachable`,
+/// `timeout`, `error`).
+pub const UPSTREAM_REQUESTS: &str = "gateway_upstream_requests_total";
+/// Histogram (seconds): time to the upstream's response head, by `service`.
+pub const UPSTREAM_DURATION: &str = "gateway_upstream_duration_seconds";
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The forwarding handler and what it needs.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    discovery: Discovery,
+    routes: Routes,
+    client: Client<HttpConnector, Body>,
+    timeout: Duration,
+}
+
+impl Proxy {
+    /// A proxy for `routes`, finding instances with `discovery`, giving each request `timeout`
+    /// to receive the upstream's response head.
+    pub fn new(discovery: Discovery, routes: Routes, timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Self {
+            inner: Arc::new(Inner {
+                discovery,
+                routes,
+                client,
+                timeout,
+            }),
+        }
+    }
+
+    /// The gateway's public routes: everything under `/v1/`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/{*path}", any(forward))
+            .with_state(self.clone())
+    }
+}
+
+/// The body of a request, held (replayable) or streaming (sent once).
+enum Outgoing {
+    Held(Bytes),
+    Streaming(Option<Body>),
+}
+
+impl Outgoing {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Outgoing::Held(bytes) => Some(Body::from(bytes.clone())),
+            Outgoing::Streaming(body) => body.take(),
+        }
+    }
+}
+
+async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
+    let inner = &proxy.inner;
+    let path = request.uri().path().to_owned();
+    let Some(route) = inner.routes.find(&path) else {
+        return Problem::not_found(format!("no service serves `{path}`")).into_response();
+    };
+    let service = route.service.clone();
+    let started = Instant::now();
+    let (outcome, response) = match exchange(inner, &service, request).await {
+        Ok(response) => ("ok", response),
+        Err((outcome, problem)) => (outcome, problem.into_response()),
+    };
+    let elapsed = started.elapsed();
+    metrics::counter!(UPSTREAM_REQUESTS, "service" => service.clone(), "outcome" => outcome).increment(1);
+    metrics::histogram!(UPSTREAM_DURATION, "service" => service.clone()).record(elapsed.as_secs_f64());
+    tracing::info!(
+        %service,
+        %path,
+        status = response.status().as_u16(),
+        outcome,
+        elapsed_ms = elapsed.as_secs_f64() * 1e3,
+        "forwarded"
+    );
+    response
+}
+
+async fn exchange(
+    inner: &Inner,
+    service: &str,
+    request: Request,
+) -> Result<Response, (&'static str, Problem)> {
+    let (parts, body) = request.into_parts();
+    let deadline = tokio::time::Instant::now() + inner.timeout;
+    let mut outgoing = match body.size_hint().exact() {
+        Some(length) if length <= REPLAY_LIMIT => {
+            let bytes = tokio::time::timeout_at(deadline, body.collect())
+                .await
+                .map_err(|_| timeout(service, inner.timeout))?
+                .map_err(|e| {
+                    ("error", Problem::bad_request("unreadable-body", format!("the request body could not be read: {e}")))
+                })?
+                .to_bytes();
+            Outgoing::Held(bytes)
+        }
+        _ => Outgoing::Streaming(Some(body)),
+    };
+    let headers = forwarded_headers(&parts.headers);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_else(|| "/".to_owned());
+
+    let candidates = inner.discovery.candidates(service).await;
+    if candidates.is_empty() {
+        let mut problem = Problem::unavailable(
+            "no-instance",
+            format!("no instance of `{service}` is available; retry shortly"),
+        );
+        problem = problem.with("service", service);
+        return Err(("no_instance", problem));
+    }
+    for endpoint in &candidates {
+        let Some(body) = outgoing.take() else { break };
+        let uri: Uri = match format!("http://{}{}", endpoint.address, path_and_query).parse() {
+            Ok(uri) => uri,
+            Err(e) => return Err(("error", Problem::bad_request("invalid-uri", e.to_string()))),
+        };
+        let mut upstream = http::Request::builder()
+            .method(parts.method.clone())
+            .uri(uri)
+            .version(http::Version::HTTP_11);
+        if let Some(map) = upstream.headers_mut() {
+            *map = headers.clone();
+        }
+        let Ok(upstream) = upstream.body(body) else {
+            return Err(("error", Problem::bad_request("invalid-request", "the request could not be forwarded")));
+        };
+        match tokio::time::timeout_at(deadline, inner.client.request(upstream)).await {
+            Err(_) => return Err(timeout(service, inner.timeout)),
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                return Ok(Response::from_parts(parts, Body::new(body)));
+            }
+            Ok(Err(error)) if error.is_connect() => {
+                tracing::warn!(%service, instance = %endpoint.id, %error, "instance unreachable; failing over");
+                inner.discovery.set_aside(service, endpoint);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%service, instance = %endpoint.id, %error, "upstream exchange failed");
+                return Err((
+                    "error",
+                    Problem::new(StatusCode::BAD_GATEWAY, "upstream-failed", format!("`{service}` failed to answer"))
+                        .with("service", service),
+                ));
+            }
+        }
+    }
+    Err((
+        "unreachable",
+        Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream-unreachable",
+            format!("no instance of `{service}` could be reached"),
+        )
+        .with("service", service),
+    ))
+}
+
+fn timeout(service: &str, after: Duration) -> (&'static str, Problem) {
+    (
+        "timeout",
+        Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+            format!("`{service}` did not answer within {} ms", after.as_millis()),
+        )
+        .with("service", service),
+    )
+}
+
+/// The headers sent upstream: the client's, less hop-by-hop ones, with the request id and the
+/// trace context.
+fn forwarded_headers(incoming: &HeaderMap) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    if !headers.contains_key(&REQUEST_ID)
+        && let Ok(value) = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+    {
+        headers.insert(REQUEST_ID.clone(), value);
+    }
+    let traceparent = continue_trace(headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
+    if let Ok(value) = HeaderValue::from_str(&traceparent) {
+        headers.insert(TRACEPARENT.clone(), value);
+    }
+    headers
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        headers.remove(name);
+    }
+}
+
+/// W3C trace context: keeps the trace id of a valid incoming `traceparent` and gives this hop a
+/// new parent id; starts a new sampled trace otherwise.
+pub fn continue_trace(incoming: Option<&str>) -> String {
+    let span_id = format!("{:016x}", rand::random::<u64>() | 1);
+    if let Some(value) = incoming {
+        let fields: Vec<&str> = value.split('-').collect();
+        if let [version, trace_id, parent, flags] = fields[..]
+            && version.len() == 2
+            && version != "ff"
+            && is_lower_hex(version)
+            && trace_id.len() == 32
+            && is_lower_hex(trace_id)
+            && trace_id.bytes().any(|b| b != b'0')
+            && parent.len() == 16
+            && is_lower_hex(parent)
+            && flags.len() == 2
+            && is_lower_hex(flags)
+        {
+            return format!("00-{trace_id}-{span_id}-{flags}");
+        }
+    }
+    format!("00-{:032x}-{span_id}-01", rand::random::<u128>() | 1)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_trace_is_continued_with_a_new_parent() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let out = continue_trace(Some(incoming));
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
+        assert!(out.ends_with("-01"));
+        assert_ne!(out, incoming);
+    }
+
+    #[test]
+    fn an_invalid_trace_is_replaced_by_a_new_one() {
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            let out = continue_trace(Some(bad));
+            let fields: Vec<&str> = out.split('-').collect();
+            assert_eq!(fields.len(), 4, "{out}");
+            assert_eq!(fields[1].len(), 32);
+            assert!(!bad.contains(fields[1]), "{bad} was kept");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_not_forwarded() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        incoming.insert("x-secret-hop", HeaderValue::from_static("1"));
+        incoming.insert("te", HeaderValue::from_static("trailers"));
+        incoming.insert(header::HOST, HeaderValue::from_static("gateway"));
+        incoming.insert("x-request-id", HeaderValue::from_static("abc"));
+        let out = forwarded_headers(&incoming);
+        assert!(out.get("x-secret-hop").is_none());
+        assert!(out.get("te").is_none());
+        assert!(out.get(header::CONNECTION).is_none());
+        assert!(out.get(header::HOST).is_none());
+        assert_eq!(out.get("x-request-id").map(|v| v.as_bytes()), Some(&b"abc"[..]));
+        assert!(out.get("traceparent").is_some());
+    }
+}

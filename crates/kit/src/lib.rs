@@ -1,0 +1,33 @@
+//! The service kit: the runtime every Flotilla process is built on.
+//!
+//! It owns what every component needs and none should write twice:
+//!
+//! | module | what it gives |
+//! | --- | --- |
+//! | [`settings`] | typed settings, layered defaults → file → `FLOTILLA_*` environment → flags |
+//! | [`telemetry`] | structured logs with `tracing` (JSON when not on a terminal) |
+//! | [`problem`] | RFC 9457 `application/problem+json` errors, the one error shape on the wire |
+//! | [`json`] | a JSON body extractor whose rejections are problems |
+//! | [`health`] | `/livez`, `/readyz`, `/startupz` backed by a cheap shared [`health::Health`] handle |
+//! | [`metrics`] | the Prometheus recorder and `/metrics`, with per-route request counts and latencies |
+//! | [`app`] | the HTTP stack every process serves, assembled in one function, and graceful serving |
+//! | [`shutdown`] | one cancellation token fired by Ctrl-C, SIGTERM or the death of the supervisor |
+//!
+//! It does not know about the registry: registering and deregistering around [`app::serve`]
+//! is the discovery crate's job.
+
+pub mod app;
+pub mod client;
+pub mod health;
+pub mod json;
+pub mod metrics;
+pub mod problem;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use app::{App, serve};
+pub use health::Health;
+pub use json::Json;
+pub use problem::Problem;
+pub use settings::Settings;

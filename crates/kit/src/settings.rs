@@ -1,0 +1,175 @@
+//! Typed settings, layered once at start-up: defaults → file → `FLOTILLA_*` environment → flags.
+//!
+//! Every process reads its [`Settings`] here and passes them down; nothing deeper in the code
+//! reads the environment. An invalid value stops start-up with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Where the log lines go and how they look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Pretty on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings shared by every Flotilla process. Durations are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Address to listen on; port 0 lets the OS choose (the process then registers the port).
+    pub listen: SocketAddr,
+    /// Host name or address other processes use to reach this one.
+    pub advertise_host: String,
+    /// Base URL of the registry (`http://127.0.0.1:7070`); `None` runs without registering.
+    pub registry_url: Option<String>,
+    /// Directory of the embedded databases (`<data_dir>/<service>.db`).
+    pub data_dir: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
+    pub log_level: String,
+    /// Largest request body a service accepts, in bytes.
+    pub max_body_bytes: usize,
+    /// Time given to in-flight requests to finish on shutdown.
+    pub shutdown_grace_ms: u64,
+    /// Interval between two heartbeats of a registered instance.
+    pub heartbeat_ms: u64,
+    /// Time after which the registry evicts an instance that stopped heart-beating.
+    pub ttl_ms: u64,
+    /// Interval between two active `/readyz` probes of each instance by the registry.
+    pub probe_interval_ms: u64,
+    /// Timeout of one active probe.
+    pub probe_timeout_ms: u64,
+    /// Deadline of one request through the gateway (and of service-to-service calls).
+    pub request_timeout_ms: u64,
+    /// Set by the supervisor: the process stops when its standard input closes (the supervisor
+    /// died), so that no child outlives it.
+    pub supervised: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise_host: "127.0.0.1".to_owned(),
+            registry_url: None,
+            data_dir: PathBuf::from(".flotilla"),
+            log_format: LogFormat::Auto,
+            log_level: "info".to_owned(),
+            max_body_bytes: 64 * 1024,
+            shutdown_grace_ms: 10_000,
+            heartbeat_ms: 500,
+            ttl_ms: 1_500,
+            probe_interval_ms: 500,
+            probe_timeout_ms: 400,
+            request_timeout_ms: 10_000,
+            supervised: false,
+        }
+    }
+}
+
+/// A setting that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A value could not be read or has the wrong type.
+    #[error("invalid settings: {0}")]
+    Load(#[from] Box<figment::Error>),
+    /// A value was read but breaks a rule.
+    #[error("invalid setting `{key}`: {reason}")]
+    Invalid {
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Settings {
+    /// Loads the layers: defaults, then `file` (TOML, if given and present), then `FLOTILLA_*`
+    /// environment variables (`FLOTILLA_REGISTRY_URL`, `FLOTILLA_TTL_MS`, …), then `overrides`
+    /// (command-line flags, serialised; absent fields are left alone). Validates the result.
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file(file));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("FLOTILLA_"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks the rules between values.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |key, reason: &str| {
+            Err(SettingsError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.heartbeat_ms == 0 {
+            return invalid("heartbeat_ms", "must be positive");
+        }
+        if self.ttl_ms < 2 * self.heartbeat_ms {
+            return invalid(
+                "ttl_ms",
+                "must be at least twice heartbeat_ms, or one late heartbeat evicts a live instance",
+            );
+        }
+        if self.probe_interval_ms == 0 || self.probe_timeout_ms == 0 {
+            return invalid("probe_interval_ms", "probe interval and timeout must be positive");
+        }
+        if self.request_timeout_ms == 0 {
+            return invalid("request_timeout_ms", "must be positive");
+        }
+        if self.max_body_bytes == 0 {
+            return invalid("max_body_bytes", "must be positive");
+        }
+        if let Some(url) = &self.registry_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid("registry_url", "must be an http:// or https:// URL");
+        }
+        if self.advertise_host.is_empty() {
+            return invalid("advertise_host", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The path of a service's embedded database.
+    pub fn database_path(&self, service: &str) -> PathBuf {
+        self.data_dir.join(format!("{service}.db"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_win_and_rules_are_checked() {
+        #[derive(Serialize)]
+        struct Flags {
+            ttl_ms: u64,
+        }
+        let settings = Settings::load(None, Flags { ttl_ms: 5_000 }).expect("valid");
+        assert_eq!(settings.ttl_ms, 5_000);
+
+        let error = Settings::load(None, Flags { ttl_ms: 10 }).expect_err("too short");
+        assert!(error.to_string().contains("ttl_ms"), "{error}");
+    }
+}
