@@ -1,1 +1,223 @@
-fn main() {}
+//! `flotilla`: one binary for every role of the platform.
+//!
+//! * `flotilla` or `flotilla up`: the supervisor runs the whole system ([`supervisor`]);
+//! * `flotilla run ROLE`: one component (registry, gateway, order, payment, inventory, shipping);
+//! * `flotilla status`: the instances the registry knows.
+
+mod supervisor;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_kit::Settings;
+use flotilla_kit::settings::LogFormat;
+use serde::Serialize;
+
+/// Flotilla: a microservices platform and reference system.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole system: registry, gateway and the four services (the default).
+    Up(supervisor::UpOptions),
+    /// Run one component.
+    Run(RunOptions),
+    /// List the instances the registry knows.
+    Status(StatusOptions),
+}
+
+/// The components `flotilla run` can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// The service registry.
+    Registry,
+    /// The API gateway.
+    Gateway,
+    /// The order service.
+    Order,
+    /// The payment service.
+    Payment,
+    /// The inventory service.
+    Inventory,
+    /// The shipping service.
+    Shipping,
+}
+
+impl Role {
+    /// The role's name, as on the command line and in the registry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Registry => "registry",
+            Role::Gateway => "gateway",
+            Role::Order => "order",
+            Role::Payment => "payment",
+            Role::Inventory => "inventory",
+            Role::Shipping => "shipping",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunOptions {
+    /// The component to run.
+    role: Role,
+    /// Address to listen on (port 0: the OS chooses).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Base URL of the registry.
+    #[arg(long)]
+    registry_url: Option<String>,
+    /// Directory of the embedded databases.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Settings file (TOML); `FLOTILLA_*` variables and flags override it.
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+/// Flags of `flotilla run`, as a settings layer: absent flags leave the lower layers alone.
+#[derive(Debug, Serialize)]
+struct Flags {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<std::net::SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusOptions {
+    /// Base URL of the registry; by default the one of the system running in `--data-dir`.
+    #[arg(long, env = "FLOTILLA_REGISTRY_URL")]
+    registry_url: Option<String>,
+    /// Data directory of a running `flotilla up`.
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+    data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flotilla: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    // No subcommand means `up`, with its flags taken from the environment and defaults.
+    let Some(command) = cli.command.or_else(|| Cli::parse_from(["flotilla", "up"]).command) else {
+        return std::process::ExitCode::FAILURE;
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Up(options) => supervisor::up(options).await,
+            Command::Run(options) => run(options).await,
+            Command::Status(options) => status(options).await,
+        }
+    });
+    // A blocking read of standard input (the supervised child's watch on its parent) cannot be
+    // cancelled: do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("flotilla: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let flags = Flags {
+        listen: options.listen,
+        registry_url: options.registry_url,
+        data_dir: options.data_dir,
+    };
+    let settings = Settings::load(options.config.as_deref(), flags)?;
+    flotilla_kit::telemetry::init(settings.log_format, &settings.log_level);
+    let shutdown = flotilla_kit::shutdown::signal(settings.supervised);
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let role = options.role;
+    let result = match role {
+        Role::Registry => flotilla_registry::server::run(settings, listener, shutdown).await,
+        Role::Gateway => flotilla_gateway::run(settings, listener, shutdown).await,
+        Role::Order => flotilla_order::run(settings, listener, shutdown).await,
+        Role::Payment => flotilla_payment::run(settings, listener, shutdown).await,
+        Role::Inventory => flotilla_inventory::run(settings, listener, shutdown).await,
+        Role::Shipping => flotilla_shipping::run(settings, listener, shutdown).await,
+    };
+    result.with_context(|| format!("{} failed", role.name()))?;
+    tracing::info!(role = role.name(), "stopped");
+    Ok(())
+}
+
+async fn status(options: StatusOptions) -> anyhow::Result<()> {
+    let registry = match options.registry_url {
+        Some(url) => url,
+        None => supervisor::registry_url_of(&options.data_dir).with_context(|| {
+            format!(
+                "no running system found in {} (give --registry-url)",
+                options.data_dir.display()
+            )
+        })?,
+    };
+    let url = format!("{}/v1/registry/services", registry.trim_end_matches('/'));
+    let catalog: serde_json::Value = flotilla_kit::client::json(
+        &flotilla_kit::client::client(),
+        http::Method::GET,
+        &url,
+        None::<&()>,
+        std::time::Duration::from_secs(2),
+    )
+    .await?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&catalog)?);
+        return Ok(());
+    }
+    println!("{:<10} {:<42} {:<22} {:<9} {:>8}", "SERVICE", "INSTANCE", "ADDRESS", "STATUS", "PID");
+    if let Some(services) = catalog["services"].as_object() {
+        for (service, instances) in services {
+            for instance in instances.as_array().into_iter().flatten() {
+                println!(
+                    "{:<10} {:<42} {:<22} {:<9} {:>8}",
+                    service,
+                    instance["id"].as_str().unwrap_or("?"),
+                    instance["address"].as_str().unwrap_or("?"),
+                    instance["status"].as_str().unwrap_or("?"),
+                    instance["metadata"]["pid"].as_str().unwrap_or("-"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The log format flag of `flotilla up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// Coloured, prefixed lines on a terminal; plain prefixed lines otherwise.
+    Pretty,
+    /// One JSON object per line, with a `process` field.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(format: LogFormatArg) -> Self {
+        match format {
+            LogFormatArg::Pretty => LogFormat::Pretty,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}

@@ -12,6 +12,8 @@ use crate::Registration;
 
 /// Serves `router` on `listener` as an instance of `service` until `shutdown`, in this order:
 ///
+/// The registration's metadata always carries `pid` and `version`.
+///
 /// 1. start serving (so the registry's probe can reach us);
 /// 2. register with the registry named in `settings` (if any) and start heart-beating;
 /// 3. become ready;
@@ -19,7 +21,7 @@ use crate::Registration;
 ///    accepting and drain in-flight requests, for at most `shutdown_grace_ms`.
 pub async fn serve(
     service: &str,
-    metadata: BTreeMap<String, String>,
+    mut metadata: BTreeMap<String, String>,
     settings: &Settings,
     listener: TcpListener,
     router: Router,
@@ -28,6 +30,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let port = listener.local_addr()?.port();
     let address = format!("{}:{port}", settings.advertise_host);
+    metadata.entry("pid".to_owned()).or_insert_with(|| std::process::id().to_string());
+    metadata
+        .entry("version".to_owned())
+        .or_insert_with(|| env!("CARGO_PKG_VERSION").to_owned());
     let drain = CancellationToken::new();
     let server = tokio::spawn(flotilla_kit::serve(listener, router, drain.clone().cancelled_owned()));
     tracing::info!(%service, %address, "listening");

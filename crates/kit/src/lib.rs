@@ -10,6 +10,8 @@
 //! | [`json`] | a JSON body extractor whose rejections are problems |
 //! | [`health`] | `/livez`, `/readyz`, `/startupz` backed by a cheap shared [`health::Health`] handle |
 //! | [`metrics`] | the Prometheus recorder and `/metrics`, with per-route request counts and latencies |
+//! | `database` | (feature `sqlite`) opening a service's embedded database and running its migrations |
+//! | [`client`] | the pooled HTTP client for internal calls, with JSON helpers |
 //! | [`app`] | the HTTP stack every process serves, assembled in one function, and graceful serving |
 //! | [`shutdown`] | one cancellation token fired by Ctrl-C, SIGTERM or the death of the supervisor |
 //!
@@ -18,6 +20,8 @@
 
 pub mod app;
 pub mod client;
+#[cfg(feature = "sqlite")]
+pub mod database;
 pub mod health;
 pub mod json;
 pub mod metrics;

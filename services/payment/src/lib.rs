@@ -1,1 +1,167 @@
-//! placeholder
+//! The payment service: owns customer accounts with a credit limit, and payments.
+//!
+//! This version serves accounts and the payments of an order; authorize, capture, void and
+//! refund arrive with the order saga. Its database is `<data_dir>/payment.db`, seeded on first
+//! start from `services/payment/seed/accounts.json` (`alice` and `bob` with ample credit,
+//! `carol` with 1,000 cents: the natural "insufficient credit" failure).
+//!
+//! | method and path | meaning |
+//! | --- | --- |
+//! | `GET /v1/accounts` | every account |
+//! | `GET /v1/accounts/{customer_id}` | one account; 404 `/problems/unknown-customer` |
+//! | `GET /v1/payments?order_id=…` | the payments of an order (`order_id` is required) |
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::http::StatusCode;
+use axum::routing::get;
+use flotilla_kit::{App, Health, Problem, Settings};
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The service's name in the registry.
+pub const SERVICE: &str = "payment";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+const SEED: &str = include_str!("../seed/accounts.json");
+
+/// A customer account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Account {
+    /// The customer's id.
+    pub customer_id: String,
+    /// Display name.
+    pub name: String,
+    /// Most the customer may have held and charged at once, in cents.
+    pub credit_limit_cents: i64,
+    /// Authorised and not yet captured or voided, in cents.
+    #[serde(default)]
+    pub held_cents: i64,
+    /// Captured and not refunded, in cents.
+    #[serde(default)]
+    pub charged_cents: i64,
+}
+
+/// A payment for an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Payment {
+    /// The payment's id.
+    pub payment_id: String,
+    /// The order paid for.
+    pub order_id: String,
+    /// The paying customer.
+    pub customer_id: String,
+    /// Amount in cents.
+    pub amount_cents: i64,
+    /// `AUTHORIZED`, `CAPTURED`, `VOIDED` or `REFUNDED`.
+    pub status: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+}
+
+/// A list of items.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Items<T> {
+    /// The items.
+    pub items: Vec<T>,
+}
+
+/// Opens the database, applies migrations and seeds the accounts if there are none.
+pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
+    let pool = flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
+    let accounts: Vec<Account> =
+        serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let mut tx = pool.begin().await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts").fetch_one(&mut *tx).await?;
+    if count == 0 {
+        for account in &accounts {
+            sqlx::query("INSERT INTO accounts (customer_id, name, credit_limit_cents) VALUES (?, ?, ?)")
+                .bind(&account.customer_id)
+                .bind(&account.name)
+                .bind(account.credit_limit_cents)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tracing::info!(accounts = accounts.len(), "accounts seeded");
+    }
+    tx.commit().await?;
+    Ok(pool)
+}
+
+/// The service's routes.
+pub fn routes(pool: SqlitePool) -> Router {
+    Router::new()
+        .route("/v1/accounts", get(accounts))
+        .route("/v1/accounts/{customer_id}", get(account))
+        .route("/v1/payments", get(payments))
+        .with_state(pool)
+}
+
+async fn accounts(State(pool): State<SqlitePool>) -> Result<axum::Json<Items<Account>>, Problem> {
+    let items = sqlx::query_as::<_, Account>(
+        "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents FROM accounts ORDER BY customer_id",
+    )
+        .fetch_all(&pool)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(axum::Json(Items { items }))
+}
+
+async fn account(State(pool): State<SqlitePool>, Path(customer_id): Path<String>) -> Result<axum::Json<Account>, Problem> {
+    sqlx::query_as::<_, Account>(
+        "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents FROM accounts WHERE customer_id = ?",
+    )
+        .bind(&customer_id)
+        .fetch_optional(&pool)
+        .await
+        .map_err(|e| Problem::internal(&e))?
+        .map(axum::Json)
+        .ok_or_else(|| {
+            Problem::new(StatusCode::NOT_FOUND, "unknown-customer", format!("no account for customer `{customer_id}`"))
+                .with("customer_id", customer_id)
+        })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByOrder {
+    order_id: String,
+}
+
+async fn payments(
+    State(pool): State<SqlitePool>,
+    query: Result<Query<ByOrder>, QueryRejection>,
+) -> Result<axum::Json<Items<Payment>>, Problem> {
+    let Query(ByOrder { order_id }) =
+        query.map_err(|e| Problem::bad_request("invalid-query", format!("`order_id` is required: {}", e.body_text())))?;
+    let items = sqlx::query_as::<_, Payment>(
+        "SELECT payment_id, order_id, customer_id, amount_cents, status, created_at, updated_at
+         FROM payments WHERE order_id = ? ORDER BY created_at",
+    )
+    .bind(&order_id)
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| Problem::internal(&e))?;
+    Ok(axum::Json(Items { items }))
+}
+
+/// Runs the service on `listener` until `shutdown`.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let health = Health::new();
+    let pool = open(&settings).await.map_err(std::io::Error::other)?;
+    health.set_started();
+    let router = App::new(health.clone())
+        .max_body_bytes(settings.max_body_bytes)
+        .routes(routes(pool.clone()))
+        .into_router();
+    let result = flotilla_discovery::serve(SERVICE, BTreeMap::new(), &settings, listener, router, health, shutdown).await;
+    pool.close().await;
+    result
+}

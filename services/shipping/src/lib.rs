@@ -1,1 +1,143 @@
-//! placeholder
+//! The shipping service: owns shipments, and the destinations the carrier refuses.
+//!
+//! This version serves the shipments of an order and the refused destinations; scheduling and
+//! cancelling arrive with the order saga (a refused destination is the saga's natural late
+//! failure). Its database is `<data_dir>/shipping.db`, seeded on first start from
+//! `services/shipping/seed/refused_destinations.json` (country `AQ`).
+//!
+//! | method and path | meaning |
+//! | --- | --- |
+//! | `GET /v1/shipments?order_id=…` | the shipments of an order (`order_id` is required) |
+//! | `GET /v1/shipments/refused-destinations` | countries the carrier does not serve |
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use flotilla_kit::{App, Health, Problem, Settings};
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The service's name in the registry.
+pub const SERVICE: &str = "shipping";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+const SEED: &str = include_str!("../seed/refused_destinations.json");
+
+/// A shipment of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Shipment {
+    /// The shipment's id.
+    pub shipment_id: String,
+    /// The order shipped.
+    pub order_id: String,
+    /// Recipient.
+    pub name: String,
+    /// Street and number.
+    pub street: String,
+    /// City.
+    pub city: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2 country code.
+    pub country: String,
+    /// `SCHEDULED`, `CANCELLED`, `DISPATCHED` or `DELIVERED`.
+    pub status: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+}
+
+/// A country the carrier does not serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct RefusedDestination {
+    /// ISO 3166-1 alpha-2 country code.
+    pub country: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A list of items.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Items<T> {
+    /// The items.
+    pub items: Vec<T>,
+}
+
+/// Opens the database, applies migrations and seeds the refused destinations if there are none.
+pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
+    let pool = flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
+    let refused: Vec<RefusedDestination> =
+        serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let mut tx = pool.begin().await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM refused_destinations").fetch_one(&mut *tx).await?;
+    if count == 0 {
+        for destination in &refused {
+            sqlx::query("INSERT INTO refused_destinations (country, reason) VALUES (?, ?)")
+                .bind(&destination.country)
+                .bind(&destination.reason)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(pool)
+}
+
+/// The service's routes.
+pub fn routes(pool: SqlitePool) -> Router {
+    Router::new()
+        .route("/v1/shipments", get(shipments))
+        .route("/v1/shipments/refused-destinations", get(refused))
+        .with_state(pool)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByOrder {
+    order_id: String,
+}
+
+async fn shipments(
+    State(pool): State<SqlitePool>,
+    query: Result<Query<ByOrder>, QueryRejection>,
+) -> Result<axum::Json<Items<Shipment>>, Problem> {
+    let Query(ByOrder { order_id }) =
+        query.map_err(|e| Problem::bad_request("invalid-query", format!("`order_id` is required: {}", e.body_text())))?;
+    let items = sqlx::query_as::<_, Shipment>(
+        "SELECT shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at
+         FROM shipments WHERE order_id = ? ORDER BY created_at",
+    )
+    .bind(&order_id)
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| Problem::internal(&e))?;
+    Ok(axum::Json(Items { items }))
+}
+
+async fn refused(State(pool): State<SqlitePool>) -> Result<axum::Json<Items<RefusedDestination>>, Problem> {
+    let items = sqlx::query_as::<_, RefusedDestination>("SELECT country, reason FROM refused_destinations ORDER BY country")
+        .fetch_all(&pool)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(axum::Json(Items { items }))
+}
+
+/// Runs the service on `listener` until `shutdown`.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let health = Health::new();
+    let pool = open(&settings).await.map_err(std::io::Error::other)?;
+    health.set_started();
+    let router = App::new(health.clone())
+        .max_body_bytes(settings.max_body_bytes)
+        .routes(routes(pool.clone()))
+        .into_router();
+    let result = flotilla_discovery::serve(SERVICE, BTreeMap::new(), &settings, listener, router, health, shutdown).await;
+    pool.close().await;
+    result
+}
