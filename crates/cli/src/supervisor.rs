@@ -27,6 +27,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{LogFormatArg, Role};
 
+/// Writes a line to standard error, ignoring a closed stream (`eprintln!` would panic).
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Options of `flotilla up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpOptions {
@@ -201,7 +209,9 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     match ready {
         Ok(()) => {
             let instances: usize = expected.values().sum();
-            println!(
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stdout(),
                 "flotilla ready in {:.2} s: gateway http://127.0.0.1:{gateway_port} · registry {registry_url} · {} processes · data {}",
                 started.elapsed().as_secs_f64(),
                 instances + 1,
@@ -210,19 +220,19 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             shutdown.cancelled().await;
         }
         Err(error) if !shutdown.is_cancelled() => {
-            eprintln!("flotilla: {error:#}; stopping");
+            emit!("flotilla: {error:#}; stopping");
         }
         Err(_) => {}
     }
 
     // 3. Stop: the services and the gateway first, the registry last.
-    eprintln!("flotilla: stopping");
+    emit!("flotilla: stopping");
     stop_services.cancel();
     while services.join_next().await.is_some() {}
     stop_registry.cancel();
     while registry_task.join_next().await.is_some() {}
     let _ = std::fs::remove_file(data_dir.join(REGISTRY_FILE));
-    eprintln!("flotilla: stopped");
+    emit!("flotilla: stopped");
     if shutdown.is_cancelled() { Ok(()) } else { bail!("the system did not become ready") }
 }
 
@@ -371,11 +381,11 @@ impl Printer {
                 }
             };
             value.insert("process".into(), slot.label.clone().into());
-            eprintln!("{}", serde_json::Value::Object(value));
+            emit!("{}", serde_json::Value::Object(value));
         } else if self.colour {
-            eprintln!("\x1b[{}m{:>12} |\x1b[0m {line}", slot.colour, slot.label);
+            emit!("\x1b[{}m{:>12} |\x1b[0m {line}", slot.colour, slot.label);
         } else {
-            eprintln!("{:>12} | {line}", slot.label);
+            emit!("{:>12} | {line}", slot.label);
         }
     }
 
@@ -383,9 +393,9 @@ impl Printer {
     fn say(&self, slot: &Slot, message: &str) {
         if self.json {
             let value = serde_json::json!({"process": "supervisor", "child": slot.label, "role": slot.role.name(), "message": message});
-            eprintln!("{value}");
+            emit!("{value}");
         } else {
-            eprintln!("{:>12} | supervisor: {} {message}", "flotilla", slot.label);
+            emit!("{:>12} | supervisor: {} {message}", "flotilla", slot.label);
         }
     }
 }

@@ -14,8 +14,8 @@ pub fn signal(supervised: bool) -> CancellationToken {
             _ = terminate() => "SIGTERM",
             _ = parent_gone(supervised) => "supervisor gone",
         };
-        tracing::info!(reason, "shutting down");
         fired.cancel();
+        tracing::info!(reason, "shutting down");
     });
     token
 }

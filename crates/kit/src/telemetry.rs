@@ -20,7 +20,7 @@ pub fn init(format: LogFormat, filter: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Stderr);
     let _ = if json {
         builder
             .json()
@@ -31,4 +31,21 @@ pub fn init(format: LogFormat, filter: &str) {
     } else {
         builder.with_ansi(terminal).compact().try_init()
     };
+}
+
+/// Standard error that never fails: when the reader is gone (the supervisor died), lines are
+/// dropped instead of making `tracing` report the failure with `eprintln!`, which panics on a
+/// broken pipe and would take the task that logged with it (the shutdown task, for one).
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

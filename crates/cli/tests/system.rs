@@ -1,0 +1,416 @@
+//! Whole-system tests: each starts the built `flotilla up` on free ports in a temporary data
+//! directory, exactly as a user would, and talks to it over HTTP.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+/// A running `flotilla up`.
+struct System {
+    supervisor: Child,
+    gateway: String,
+    registry: String,
+    data_dir: tempfile::TempDir,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl System {
+    /// Starts the system and waits for its ready line (at most 60 s).
+    fn start(extra: &[&str]) -> System {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(data_dir.path().join("system.log")).expect("log file");
+        let mut supervisor = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("up")
+            .args(["--gateway-port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--log-format", "json", "--stop-timeout-ms", "5000"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("flotilla up starts");
+        let stdout = supervisor.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no ready line within 60 s; log:\n{}", tail(&data_dir.path().join("system.log"))));
+        assert!(line.starts_with("flotilla ready in "), "unexpected first line: {line}");
+        let registry = std::fs::read_to_string(data_dir.path().join("registry.url"))
+            .expect("registry.url is written")
+            .trim()
+            .to_owned();
+        System {
+            supervisor,
+            gateway: format!("http://127.0.0.1:{port}"),
+            registry,
+            data_dir,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn call(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Answer {
+        let mut request = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(15), self.http.request(request))
+            .await
+            .expect("answer within 15 s")
+            .expect("answer");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Answer { status, headers, body }
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, &format!("{}{path}", self.gateway), &[], None).await
+    }
+
+    async fn post_order(&self, body: &Value, headers: &[(&str, &str)]) -> Answer {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.call(Method::POST, &format!("{}/v1/orders", self.gateway), &all, Some(body.to_string().into_bytes()))
+            .await
+    }
+
+    async fn instances(&self, service: &str) -> Vec<Value> {
+        let answer = self
+            .call(Method::GET, &format!("{}/v1/registry/services/{service}", self.registry), &[], None)
+            .await;
+        answer.body["instances"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn count_orders(&self) -> i64 {
+        let url = format!("sqlite://{}?mode=ro", self.data_dir.path().join("order.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("order database opens");
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders").fetch_one(&pool).await.expect("count");
+        pool.close().await;
+        count
+    }
+
+    /// Sends SIGTERM and waits (at most 20 s) for the supervisor to exit; returns its success.
+    fn stop(&mut self) -> bool {
+        let pid = Pid::from_raw(self.supervisor.id() as i32);
+        kill(pid, Signal::SIGTERM).expect("signal");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.supervisor.try_wait().expect("wait") {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "the supervisor did not stop within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if self.supervisor.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(self.supervisor.id() as i32), Signal::SIGTERM);
+            let _ = self.supervisor.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- system log ---\n{}", tail(&self.data_dir.path().join("system.log")));
+        }
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+fn order(customer: &str, sku: &str, quantity: i64) -> Value {
+    json!({
+        "customer_id": customer,
+        "items": [{"sku": sku, "quantity": quantity}],
+        "ship_to": {"name": "Alice Martin", "street": "1 rue de la Paix", "city": "Paris", "postal_code": "75002", "country": "FR"}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
+    let system = System::start(&[]);
+
+    let catalog = system.get("/v1/products").await;
+    assert_eq!(catalog.status, StatusCode::OK);
+    let keyboard = system.get("/v1/products/KB-001").await;
+    assert_eq!(keyboard.status, StatusCode::OK);
+    let price = keyboard.body["price_cents"].as_i64().expect("price");
+
+    let placed = system.post_order(&order("alice", "KB-001", 3), &[("x-request-id", "test-request-1")]).await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{:?}", placed.body);
+    assert_eq!(placed.headers["x-request-id"], "test-request-1");
+    assert_eq!(placed.body["status"], "PENDING");
+    assert_eq!(placed.body["total_cents"], 3 * price);
+    let id = placed.body["order_id"].as_str().expect("order id").to_owned();
+    let location = placed.headers["location"].to_str().expect("location").to_owned();
+    assert_eq!(location, format!("/v1/orders/{id}"));
+
+    let read = system.get(&location).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["order_id"], id.as_str());
+    assert_eq!(read.body["customer_id"], "alice");
+    assert_eq!(read.body["status"], "PENDING");
+    assert_eq!(read.body["items"][0]["sku"], "KB-001");
+    assert_eq!(read.body["items"][0]["quantity"], 3);
+    assert_eq!(read.body["items"][0]["unit_price_cents"], price);
+    assert_eq!(read.body["ship_to"]["country"], "FR");
+
+    // The participants' views answer (nothing has happened to the order there yet).
+    let payments = system.get(&format!("/v1/payments?order_id={id}")).await;
+    assert_eq!(payments.status, StatusCode::OK);
+    assert_eq!(payments.body["items"], json!([]));
+    let shipments = system.get(&format!("/v1/shipments?order_id={id}")).await;
+    assert_eq!(shipments.status, StatusCode::OK);
+    assert_eq!(shipments.body["items"], json!([]));
+    // The seed data the demos and the saga rely on.
+    let carol = system.get("/v1/accounts/carol").await;
+    assert_eq!(carol.body["credit_limit_cents"], 1000);
+    for customer in ["alice", "bob"] {
+        let account = system.get(&format!("/v1/accounts/{customer}")).await;
+        assert!(account.body["credit_limit_cents"].as_i64().unwrap_or(0) >= 1_000_000, "{customer}");
+    }
+    let refused = system.get("/v1/shipments/refused-destinations").await;
+    assert_eq!(refused.body["items"][0]["country"], "AQ");
+    for product in catalog.body["items"].as_array().expect("items") {
+        assert!(product["on_hand"].as_i64().unwrap_or(0) > 0, "every product is in stock: {product}");
+    }
+
+    // Idempotency: same key and body → same order; same key, other body → 422.
+    let key = [("idempotency-key", "test-key-1")];
+    let first = system.post_order(&order("bob", "MS-002", 1), &key).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let again = system.post_order(&order("bob", "MS-002", 1), &key).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body["order_id"], first.body["order_id"]);
+    let other = system.post_order(&order("bob", "MS-002", 2), &key).await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.body["type"], "/problems/idempotency-key-reused");
+    assert_eq!(system.count_orders().await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_problem_and_changes_nothing() {
+    let system = System::start(&[]);
+    let good = order("alice", "KB-001", 1);
+    let with = |path: &str, value: Value| {
+        let mut body = good.clone();
+        let mut target = &mut body;
+        let parts: Vec<&str> = path.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            target = match part.parse::<usize>() {
+                Ok(n) => &mut target[n],
+                Err(_) => &mut target[*part],
+            };
+        }
+        target[parts[parts.len() - 1]] = value;
+        body.to_string().into_bytes()
+    };
+    let without_ship_to = {
+        let mut body = good.clone();
+        body.as_object_mut().expect("object").remove("ship_to");
+        body.to_string().into_bytes()
+    };
+    let json = [("content-type", "application/json")];
+    let cases: Vec<(&str, Vec<u8>, &[(&str, &str)], StatusCode, &str)> = vec![
+        ("malformed JSON", b"{\"customer_id\": ".to_vec(), &json, StatusCode::BAD_REQUEST, "malformed-json"),
+        ("missing field", without_ship_to, &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        ("unknown field", with("coupon", json!("FREE")), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        ("quantity as text", with("items.0.quantity", json!("two")), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        ("quantity 0", with("items.0.quantity", json!(0)), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
+        ("negative quantity", with("items.0.quantity", json!(-5)), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
+        ("absurd quantity", with("items.0.quantity", json!(1_000_000_000)), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
+        ("quantity beyond i64", with("items.0.quantity", json!(1e30)), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
+        ("no items", with("items", json!([])), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
+        ("unknown SKU", with("items.0.sku", json!("NOPE-404")), &json, StatusCode::UNPROCESSABLE_ENTITY, "unknown-sku"),
+        ("bad country", with("ship_to.country", json!("France")), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
+        ("empty customer", with("customer_id", json!("")), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
+        ("not JSON", good.to_string().into_bytes(), &[("content-type", "text/plain")], StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+        ("oversized body", with("ship_to.name", json!("x".repeat(100 * 1024))), &json, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large"),
+        ("bad idempotency key", good.to_string().into_bytes(), &[("content-type", "application/json"), ("idempotency-key", "")], StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
+    ];
+    for (name, body, headers, status, kind) in cases {
+        let answer = system
+            .call(Method::POST, &format!("{}/v1/orders", system.gateway), headers, Some(body))
+            .await;
+        assert_eq!(answer.status, status, "{name}: {:?}", answer.body);
+        assert_problem(name, &answer, kind);
+    }
+    for (name, method, path, status, kind) in [
+        ("unknown order", Method::GET, "/v1/orders/01a215f9-0000-7000-8000-000000000000", StatusCode::NOT_FOUND, "not-found"),
+        ("unknown product", Method::GET, "/v1/products/NOPE-1", StatusCode::NOT_FOUND, "unknown-sku"),
+        ("unknown route", Method::GET, "/v1/nothing-here", StatusCode::NOT_FOUND, "not-found"),
+        ("wrong method", Method::DELETE, "/v1/orders", StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+        ("missing query", Method::GET, "/v1/payments", StatusCode::BAD_REQUEST, "invalid-query"),
+    ] {
+        let answer = system.call(method, &format!("{}{path}", system.gateway), &[], None).await;
+        assert_eq!(answer.status, status, "{name}: {:?}", answer.body);
+        assert_problem(name, &answer, kind);
+    }
+    assert_eq!(system.count_orders().await, 0, "bad input stored an order");
+}
+
+fn assert_problem(name: &str, answer: &Answer, kind: &str) {
+    assert_eq!(
+        answer.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json"),
+        "{name}"
+    );
+    assert_eq!(answer.body["type"], format!("/problems/{kind}"), "{name}: {:?}", answer.body);
+    assert_eq!(answer.body["status"], answer.status.as_u16(), "{name}");
+    assert!(answer.body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{name}");
+    assert!(answer.body["request_id"].as_str().is_some_and(|d| !d.is_empty()), "{name}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_leaves_rotation_within_two_seconds_while_orders_keep_succeeding() {
+    let system = System::start(&["--scale", "inventory=2"]);
+    let inventory = system.instances("inventory").await;
+    assert_eq!(inventory.len(), 2, "{inventory:?}");
+    let victim = &inventory[0];
+    let victim_id = victim["id"].as_str().expect("id").to_owned();
+    let pid: i32 = victim["metadata"]["pid"].as_str().and_then(|p| p.parse().ok()).expect("pid");
+
+    kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+    let killed = Instant::now();
+    let mut out_of_rotation = None;
+    let mut gone = None;
+    let mut orders = 0;
+    while gone.is_none() {
+        // Orders (order → inventory) and catalog reads (gateway → inventory) keep succeeding.
+        let placed = system.post_order(&order("alice", "CB-005", 1), &[]).await;
+        assert_eq!(placed.status, StatusCode::ACCEPTED, "order failed {:?} after the kill: {:?}", killed.elapsed(), placed.body);
+        let product = system.get("/v1/products/CB-005").await;
+        assert_eq!(product.status, StatusCode::OK, "catalog read failed after the kill: {:?}", product.body);
+        orders += 1;
+
+        let instances = system.instances("inventory").await;
+        let victim_now = instances.iter().find(|i| i["id"] == victim_id.as_str());
+        if out_of_rotation.is_none() && victim_now.is_none_or(|i| i["status"] != "passing") {
+            out_of_rotation = Some(killed.elapsed());
+        }
+        if victim_now.is_none() {
+            gone = Some(killed.elapsed());
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "the dead instance is still registered after 10 s");
+    }
+    let out_of_rotation = out_of_rotation.expect("measured");
+    let gone = gone.expect("measured");
+    eprintln!("dead instance out of rotation after {out_of_rotation:?}, evicted after {gone:?}; {orders} orders placed meanwhile");
+    assert!(out_of_rotation < Duration::from_secs(2), "out of rotation only after {out_of_rotation:?}");
+    assert!(gone < Duration::from_secs(2), "evicted only after {gone:?}");
+    assert!(orders > 0);
+
+    // The supervisor restarts the killed instance, says so, and the new one registers.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let passing = system
+            .instances("inventory")
+            .await
+            .iter()
+            .filter(|i| i["status"] == "passing" && i["id"] != victim_id.as_str())
+            .count();
+        if passing == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the killed instance was not replaced within 15 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = std::fs::read_to_string(system.data_dir.path().join("system.log")).expect("log");
+    assert!(
+        log.lines().any(|l| l.contains("\"process\":\"supervisor\"") && l.contains("restarting")),
+        "the restart was not reported"
+    );
+    assert!(log.contains("\"process\":\"inventory.2\""), "children's lines are tagged with their process");
+}
+
+/// The pids of the processes whose parent is `parent`.
+fn children_of(parent: u32) -> HashSet<i32> {
+    let mut children = HashSet::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent) {
+            children.insert(pid);
+        }
+    }
+    children
+}
+
+fn alive(pid: i32) -> bool {
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    match std::fs::read_to_string(path) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_until_dead(pids: &HashSet<i32>, within: Duration) -> Vec<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        let alive: Vec<i32> = pids.iter().copied().filter(|pid| alive(*pid)).collect();
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_supervisor_leaves_no_process_behind() {
+    let mut system = System::start(&["--scale", "payment=2"]);
+    let children = children_of(system.supervisor.id());
+    assert_eq!(children.len(), 7, "registry, gateway, 2 payment and 3 other services: {children:?}");
+    assert!(system.stop(), "the supervisor exits with success on SIGTERM");
+    let survivors = wait_until_dead(&children, Duration::from_secs(1));
+    assert!(survivors.is_empty(), "processes left behind: {survivors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_stop_on_their_own_when_the_supervisor_is_killed() {
+    let system = System::start(&[]);
+    let children = children_of(system.supervisor.id());
+    assert_eq!(children.len(), 6, "{children:?}");
+    kill(Pid::from_raw(system.supervisor.id() as i32), Signal::SIGKILL).expect("kill -9");
+    let survivors = wait_until_dead(&children, Duration::from_secs(15));
+    assert!(survivors.is_empty(), "processes left behind: {survivors:?}");
+}
