@@ -107,7 +107,10 @@ struct StatusOptions {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("flotilla: cannot start the async runtime: {error}");
@@ -115,7 +118,10 @@ fn main() -> std::process::ExitCode {
         }
     };
     // No subcommand means `up`, with its flags taken from the environment and defaults.
-    let Some(command) = cli.command.or_else(|| Cli::parse_from(["flotilla", "up"]).command) else {
+    let Some(command) = cli
+        .command
+        .or_else(|| Cli::parse_from(["flotilla", "up"]).command)
+    else {
         return std::process::ExitCode::FAILURE;
     };
     let result = runtime.block_on(async move {
@@ -186,7 +192,10 @@ async fn status(options: StatusOptions) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&catalog)?);
         return Ok(());
     }
-    println!("{:<10} {:<42} {:<22} {:<9} {:>8}", "SERVICE", "INSTANCE", "ADDRESS", "STATUS", "PID");
+    println!(
+        "{:<10} {:<42} {:<22} {:<9} {:>8}",
+        "SERVICE", "INSTANCE", "ADDRESS", "STATUS", "PID"
+    );
     if let Some(services) = catalog["services"].as_object() {
         for (service, instances) in services {
             for instance in instances.as_array().into_iter().flatten() {

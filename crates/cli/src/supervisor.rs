@@ -49,7 +49,12 @@ pub struct UpOptions {
     #[arg(long = "scale", env = "FLOTILLA_SCALE", value_delimiter = ',', value_parser = parse_scale)]
     pub scale: Vec<(Role, usize)>,
     /// Log format of the children's lines.
-    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value = "pretty")]
+    #[arg(
+        long,
+        env = "FLOTILLA_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty"
+    )]
     pub log_format: LogFormatArg,
     /// Time a child is given to stop after SIGTERM before SIGKILL, in milliseconds.
     #[arg(long, env = "FLOTILLA_STOP_TIMEOUT_MS", default_value_t = 10_000)]
@@ -68,13 +73,19 @@ fn parse_scale(value: &str) -> Result<(Role, usize), String> {
         "payment" => Role::Payment,
         "inventory" => Role::Inventory,
         "shipping" => Role::Shipping,
-        other => return Err(format!("`{other}` cannot be scaled: use order, payment, inventory or shipping")),
+        other => {
+            return Err(format!(
+                "`{other}` cannot be scaled: use order, payment, inventory or shipping"
+            ));
+        }
     };
     let count: usize = count
         .parse()
         .map_err(|_| format!("`{count}` is not a number of instances"))?;
     if !(1..=16).contains(&count) {
-        return Err(format!("{service}={count}: the number of instances must be 1 to 16"));
+        return Err(format!(
+            "{service}={count}: the number of instances must be 1 to 16"
+        ));
     }
     Ok((role, count))
 }
@@ -104,15 +115,24 @@ const COLOURS: &[&str] = &["36", "33", "35", "32", "34", "31", "96", "93", "95",
 pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let started = Instant::now();
     let exe = std::env::current_exe().context("cannot find the flotilla executable")?;
-    std::fs::create_dir_all(&options.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", options.data_dir.display()))?;
+    std::fs::create_dir_all(&options.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            options.data_dir.display()
+        )
+    })?;
     let data_dir = std::fs::canonicalize(&options.data_dir)?;
     let printer = Printer {
         json: options.log_format == LogFormatArg::Json,
         colour: options.log_format == LogFormatArg::Pretty && std::io::stderr().is_terminal(),
     };
-    let gateway = std::net::TcpListener::bind(("127.0.0.1", options.gateway_port))
-        .with_context(|| format!("the gateway port {} is taken (use --gateway-port)", options.gateway_port))?;
+    let gateway =
+        std::net::TcpListener::bind(("127.0.0.1", options.gateway_port)).with_context(|| {
+            format!(
+                "the gateway port {} is taken (use --gateway-port)",
+                options.gateway_port
+            )
+        })?;
     let gateway_port = gateway.local_addr()?.port();
     drop(gateway);
     let registry_port = free_port()?;
@@ -147,7 +167,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         Slot {
             role: Role::Registry,
             label: "registry".into(),
-            args: vec!["run".into(), "registry".into(), "--listen".into(), format!("127.0.0.1:{registry_port}")],
+            args: vec![
+                "run".into(),
+                "registry".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{registry_port}"),
+            ],
             colour: COLOURS[0],
         },
         stop_registry.clone(),
@@ -161,7 +186,11 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     std::fs::write(data_dir.join(REGISTRY_FILE), format!("{registry_url}\n"))?;
 
     // 2. The services and the gateway.
-    let scale: BTreeMap<&str, usize> = options.scale.iter().map(|(role, n)| (role.name(), *n)).collect();
+    let scale: BTreeMap<&str, usize> = options
+        .scale
+        .iter()
+        .map(|(role, n)| (role.name(), *n))
+        .collect();
     let mut expected: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut services = JoinSet::new();
     let mut colour = 1;
@@ -172,7 +201,11 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             services.spawn(spawner.clone().keep(
                 Slot {
                     role,
-                    label: if count == 1 { role.name().to_owned() } else { format!("{}.{n}", role.name()) },
+                    label: if count == 1 {
+                        role.name().to_owned()
+                    } else {
+                        format!("{}.{n}", role.name())
+                    },
                     args: vec!["run".into(), role.name().into()],
                     colour: COLOURS[colour % COLOURS.len()],
                 },
@@ -186,7 +219,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         Slot {
             role: Role::Gateway,
             label: "gateway".into(),
-            args: vec!["run".into(), "gateway".into(), "--listen".into(), format!("127.0.0.1:{gateway_port}")],
+            args: vec![
+                "run".into(),
+                "gateway".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{gateway_port}"),
+            ],
             colour: COLOURS[colour % COLOURS.len()],
         },
         stop_services.clone(),
@@ -194,13 +232,26 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
 
     let catalog_url = format!("{registry_url}/v1/registry/services");
     let ready = wait(&shutdown, deadline, "every service", || async {
-        let Ok(catalog) = client::json::<serde_json::Value>(&http, http::Method::GET, &catalog_url, None::<&()>, Duration::from_millis(500)).await else {
+        let Ok(catalog) = client::json::<serde_json::Value>(
+            &http,
+            http::Method::GET,
+            &catalog_url,
+            None::<&()>,
+            Duration::from_millis(500),
+        )
+        .await
+        else {
             return false;
         };
         expected.iter().all(|(service, count)| {
             let passing = catalog["services"][*service]
                 .as_array()
-                .map(|instances| instances.iter().filter(|i| i["status"] == "passing").count())
+                .map(|instances| {
+                    instances
+                        .iter()
+                        .filter(|i| i["status"] == "passing")
+                        .count()
+                })
                 .unwrap_or(0);
             passing >= *count
         })
@@ -233,11 +284,20 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     while registry_task.join_next().await.is_some() {}
     let _ = std::fs::remove_file(data_dir.join(REGISTRY_FILE));
     emit!("flotilla: stopped");
-    if shutdown.is_cancelled() { Ok(()) } else { bail!("the system did not become ready") }
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        bail!("the system did not become ready")
+    }
 }
 
 /// Polls `ready` every 20 ms until it holds, `shutdown` fires or `deadline` passes.
-async fn wait<F, Fut>(shutdown: &CancellationToken, deadline: Instant, what: &str, mut ready: F) -> anyhow::Result<()>
+async fn wait<F, Fut>(
+    shutdown: &CancellationToken,
+    deadline: Instant,
+    what: &str,
+    mut ready: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -285,10 +345,10 @@ impl Spawner {
             .kill_on_drop(true);
         let mut child = command.spawn()?;
         if let Some(stdout) = child.stdout.take() {
-            tokio::spawn(self.printer.clone().forward(slot.clone(), stdout));
+            tokio::spawn(self.printer.forward(slot.clone(), stdout));
         }
         if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(self.printer.clone().forward(slot.clone(), stderr));
+            tokio::spawn(self.printer.forward(slot.clone(), stderr));
         }
         Ok(child)
     }
@@ -303,7 +363,10 @@ impl Spawner {
             let mut child = match self.spawn(&slot) {
                 Ok(child) => child,
                 Err(error) => {
-                    self.printer.say(&slot, &format!("cannot start: {error}; retrying in {backoff:?}"));
+                    self.printer.say(
+                        &slot,
+                        &format!("cannot start: {error}; retrying in {backoff:?}"),
+                    );
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -343,12 +406,18 @@ impl Spawner {
     /// SIGTERM, then SIGKILL if the child has not exited within the stop timeout.
     async fn stop(&self, slot: &Slot, mut child: Child) {
         if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         match tokio::time::timeout(self.stop_timeout, child.wait()).await {
             Ok(_) => {}
             Err(_) => {
-                self.printer.say(slot, &format!("did not stop within {:?}; killing it", self.stop_timeout));
+                self.printer.say(
+                    slot,
+                    &format!("did not stop within {:?}; killing it", self.stop_timeout),
+                );
                 let _ = child.kill().await;
             }
         }

@@ -64,8 +64,16 @@ impl System {
         });
         let line = rx
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("no ready line within 60 s; log:\n{}", tail(&data_dir.path().join("system.log"))));
-        assert!(line.starts_with("flotilla ready in "), "unexpected first line: {line}");
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no ready line within 60 s; log:\n{}",
+                    tail(&data_dir.path().join("system.log"))
+                )
+            });
+        assert!(
+            line.starts_with("flotilla ready in "),
+            "unexpected first line: {line}"
+        );
         let registry = std::fs::read_to_string(data_dir.path().join("registry.url"))
             .expect("registry.url is written")
             .trim()
@@ -79,45 +87,85 @@ impl System {
         }
     }
 
-    async fn call(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Answer {
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Answer {
         let mut request = http::Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).expect("request");
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("request");
         let response = tokio::time::timeout(Duration::from_secs(15), self.http.request(request))
             .await
             .expect("answer within 15 s")
             .expect("answer");
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Answer { status, headers, body }
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     async fn get(&self, path: &str) -> Answer {
-        self.call(Method::GET, &format!("{}{path}", self.gateway), &[], None).await
+        self.call(Method::GET, &format!("{}{path}", self.gateway), &[], None)
+            .await
     }
 
     async fn post_order(&self, body: &Value, headers: &[(&str, &str)]) -> Answer {
         let mut all = vec![("content-type", "application/json")];
         all.extend_from_slice(headers);
-        self.call(Method::POST, &format!("{}/v1/orders", self.gateway), &all, Some(body.to_string().into_bytes()))
-            .await
+        self.call(
+            Method::POST,
+            &format!("{}/v1/orders", self.gateway),
+            &all,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 
     async fn instances(&self, service: &str) -> Vec<Value> {
         let answer = self
-            .call(Method::GET, &format!("{}/v1/registry/services/{service}", self.registry), &[], None)
+            .call(
+                Method::GET,
+                &format!("{}/v1/registry/services/{service}", self.registry),
+                &[],
+                None,
+            )
             .await;
-        answer.body["instances"].as_array().cloned().unwrap_or_default()
+        answer.body["instances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     async fn count_orders(&self) -> i64 {
-        let url = format!("sqlite://{}?mode=ro", self.data_dir.path().join("order.db").display());
-        let pool = sqlx::SqlitePool::connect(&url).await.expect("order database opens");
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders").fetch_one(&pool).await.expect("count");
+        let url = format!(
+            "sqlite://{}?mode=ro",
+            self.data_dir.path().join("order.db").display()
+        );
+        let pool = sqlx::SqlitePool::connect(&url)
+            .await
+            .expect("order database opens");
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
         pool.close().await;
         count
     }
@@ -131,7 +179,10 @@ impl System {
             if let Some(status) = self.supervisor.try_wait().expect("wait") {
                 return status.success();
             }
-            assert!(Instant::now() < deadline, "the supervisor did not stop within 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "the supervisor did not stop within 20 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -144,7 +195,10 @@ impl Drop for System {
             let _ = self.supervisor.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- system log ---\n{}", tail(&self.data_dir.path().join("system.log")));
+            eprintln!(
+                "--- system log ---\n{}",
+                tail(&self.data_dir.path().join("system.log"))
+            );
         }
     }
 }
@@ -173,13 +227,24 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
     assert_eq!(keyboard.status, StatusCode::OK);
     let price = keyboard.body["price_cents"].as_i64().expect("price");
 
-    let placed = system.post_order(&order("alice", "KB-001", 3), &[("x-request-id", "test-request-1")]).await;
+    let placed = system
+        .post_order(
+            &order("alice", "KB-001", 3),
+            &[("x-request-id", "test-request-1")],
+        )
+        .await;
     assert_eq!(placed.status, StatusCode::ACCEPTED, "{:?}", placed.body);
     assert_eq!(placed.headers["x-request-id"], "test-request-1");
     assert_eq!(placed.body["status"], "PENDING");
     assert_eq!(placed.body["total_cents"], 3 * price);
-    let id = placed.body["order_id"].as_str().expect("order id").to_owned();
-    let location = placed.headers["location"].to_str().expect("location").to_owned();
+    let id = placed.body["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    let location = placed.headers["location"]
+        .to_str()
+        .expect("location")
+        .to_owned();
     assert_eq!(location, format!("/v1/orders/{id}"));
 
     let read = system.get(&location).await;
@@ -204,12 +269,18 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
     assert_eq!(carol.body["credit_limit_cents"], 1000);
     for customer in ["alice", "bob"] {
         let account = system.get(&format!("/v1/accounts/{customer}")).await;
-        assert!(account.body["credit_limit_cents"].as_i64().unwrap_or(0) >= 1_000_000, "{customer}");
+        assert!(
+            account.body["credit_limit_cents"].as_i64().unwrap_or(0) >= 1_000_000,
+            "{customer}"
+        );
     }
     let refused = system.get("/v1/shipments/refused-destinations").await;
     assert_eq!(refused.body["items"][0]["country"], "AQ");
     for product in catalog.body["items"].as_array().expect("items") {
-        assert!(product["on_hand"].as_i64().unwrap_or(0) > 0, "every product is in stock: {product}");
+        assert!(
+            product["on_hand"].as_i64().unwrap_or(0) > 0,
+            "every product is in stock: {product}"
+        );
     }
 
     // Idempotency: same key and body → same order; same key, other body → 422.
@@ -223,6 +294,25 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(other.body["type"], "/problems/idempotency-key-reused");
     assert_eq!(system.count_orders().await, 2);
+
+    // Every process serves its probes and Prometheus metrics; the gateway's count what it did.
+    for probe in ["/livez", "/readyz", "/startupz"] {
+        assert_eq!(system.get(probe).await.status, StatusCode::OK, "{probe}");
+    }
+    let metrics = system.get("/metrics").await;
+    let text = metrics.body.as_str().expect("text exposition");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("http_server_requests_total")
+                && l.contains("route=\"/v1/{*path}\"")
+                && l.contains("status=\"202\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("http_server_request_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("gateway_upstream_requests_total"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,38 +338,176 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
         body.to_string().into_bytes()
     };
     let json = [("content-type", "application/json")];
-    let cases: Vec<(&str, Vec<u8>, &[(&str, &str)], StatusCode, &str)> = vec![
-        ("malformed JSON", b"{\"customer_id\": ".to_vec(), &json, StatusCode::BAD_REQUEST, "malformed-json"),
-        ("missing field", without_ship_to, &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
-        ("unknown field", with("coupon", json!("FREE")), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
-        ("quantity as text", with("items.0.quantity", json!("two")), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
-        ("quantity 0", with("items.0.quantity", json!(0)), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
-        ("negative quantity", with("items.0.quantity", json!(-5)), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
-        ("absurd quantity", with("items.0.quantity", json!(1_000_000_000)), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
-        ("quantity beyond i64", with("items.0.quantity", json!(1e30)), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body"),
-        ("no items", with("items", json!([])), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
-        ("unknown SKU", with("items.0.sku", json!("NOPE-404")), &json, StatusCode::UNPROCESSABLE_ENTITY, "unknown-sku"),
-        ("bad country", with("ship_to.country", json!("France")), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
-        ("empty customer", with("customer_id", json!("")), &json, StatusCode::UNPROCESSABLE_ENTITY, "invalid-order"),
-        ("not JSON", good.to_string().into_bytes(), &[("content-type", "text/plain")], StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
-        ("oversized body", with("ship_to.name", json!("x".repeat(100 * 1024))), &json, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large"),
-        ("bad idempotency key", good.to_string().into_bytes(), &[("content-type", "application/json"), ("idempotency-key", "")], StatusCode::BAD_REQUEST, "invalid-idempotency-key"),
+    // (what, body, headers, expected status, expected problem type)
+    type Case<'a> = (
+        &'a str,
+        Vec<u8>,
+        &'a [(&'a str, &'a str)],
+        StatusCode,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            b"{\"customer_id\": ".to_vec(),
+            &json,
+            StatusCode::BAD_REQUEST,
+            "malformed-json",
+        ),
+        (
+            "missing field",
+            without_ship_to,
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+        ),
+        (
+            "unknown field",
+            with("coupon", json!("FREE")),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+        ),
+        (
+            "quantity as text",
+            with("items.0.quantity", json!("two")),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+        ),
+        (
+            "quantity 0",
+            with("items.0.quantity", json!(0)),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-order",
+        ),
+        (
+            "negative quantity",
+            with("items.0.quantity", json!(-5)),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-order",
+        ),
+        (
+            "absurd quantity",
+            with("items.0.quantity", json!(1_000_000_000)),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-order",
+        ),
+        (
+            "quantity beyond i64",
+            with("items.0.quantity", json!(1e30)),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-body",
+        ),
+        (
+            "no items",
+            with("items", json!([])),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-order",
+        ),
+        (
+            "unknown SKU",
+            with("items.0.sku", json!("NOPE-404")),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-sku",
+        ),
+        (
+            "bad country",
+            with("ship_to.country", json!("France")),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-order",
+        ),
+        (
+            "empty customer",
+            with("customer_id", json!("")),
+            &json,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-order",
+        ),
+        (
+            "not JSON",
+            good.to_string().into_bytes(),
+            &[("content-type", "text/plain")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+        ),
+        (
+            "oversized body",
+            with("ship_to.name", json!("x".repeat(100 * 1024))),
+            &json,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+        ),
+        (
+            "bad idempotency key",
+            good.to_string().into_bytes(),
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", ""),
+            ],
+            StatusCode::BAD_REQUEST,
+            "invalid-idempotency-key",
+        ),
     ];
     for (name, body, headers, status, kind) in cases {
         let answer = system
-            .call(Method::POST, &format!("{}/v1/orders", system.gateway), headers, Some(body))
+            .call(
+                Method::POST,
+                &format!("{}/v1/orders", system.gateway),
+                headers,
+                Some(body),
+            )
             .await;
         assert_eq!(answer.status, status, "{name}: {:?}", answer.body);
         assert_problem(name, &answer, kind);
     }
     for (name, method, path, status, kind) in [
-        ("unknown order", Method::GET, "/v1/orders/01a215f9-0000-7000-8000-000000000000", StatusCode::NOT_FOUND, "not-found"),
-        ("unknown product", Method::GET, "/v1/products/NOPE-1", StatusCode::NOT_FOUND, "unknown-sku"),
-        ("unknown route", Method::GET, "/v1/nothing-here", StatusCode::NOT_FOUND, "not-found"),
-        ("wrong method", Method::DELETE, "/v1/orders", StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
-        ("missing query", Method::GET, "/v1/payments", StatusCode::BAD_REQUEST, "invalid-query"),
+        (
+            "unknown order",
+            Method::GET,
+            "/v1/orders/01a215f9-0000-7000-8000-000000000000",
+            StatusCode::NOT_FOUND,
+            "not-found",
+        ),
+        (
+            "unknown product",
+            Method::GET,
+            "/v1/products/NOPE-1",
+            StatusCode::NOT_FOUND,
+            "unknown-sku",
+        ),
+        (
+            "unknown route",
+            Method::GET,
+            "/v1/nothing-here",
+            StatusCode::NOT_FOUND,
+            "not-found",
+        ),
+        (
+            "wrong method",
+            Method::DELETE,
+            "/v1/orders",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+        ),
+        (
+            "missing query",
+            Method::GET,
+            "/v1/payments",
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+        ),
     ] {
-        let answer = system.call(method, &format!("{}{path}", system.gateway), &[], None).await;
+        let answer = system
+            .call(method, &format!("{}{path}", system.gateway), &[], None)
+            .await;
         assert_eq!(answer.status, status, "{name}: {:?}", answer.body);
         assert_problem(name, &answer, kind);
     }
@@ -288,14 +516,32 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
 
 fn assert_problem(name: &str, answer: &Answer, kind: &str) {
     assert_eq!(
-        answer.headers.get("content-type").and_then(|v| v.to_str().ok()),
+        answer
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
         Some("application/problem+json"),
         "{name}"
     );
-    assert_eq!(answer.body["type"], format!("/problems/{kind}"), "{name}: {:?}", answer.body);
+    assert_eq!(
+        answer.body["type"],
+        format!("/problems/{kind}"),
+        "{name}: {:?}",
+        answer.body
+    );
     assert_eq!(answer.body["status"], answer.status.as_u16(), "{name}");
-    assert!(answer.body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{name}");
-    assert!(answer.body["request_id"].as_str().is_some_and(|d| !d.is_empty()), "{name}");
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{name}"
+    );
+    assert!(
+        answer.body["request_id"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{name}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +551,10 @@ async fn a_killed_instance_leaves_rotation_within_two_seconds_while_orders_keep_
     assert_eq!(inventory.len(), 2, "{inventory:?}");
     let victim = &inventory[0];
     let victim_id = victim["id"].as_str().expect("id").to_owned();
-    let pid: i32 = victim["metadata"]["pid"].as_str().and_then(|p| p.parse().ok()).expect("pid");
+    let pid: i32 = victim["metadata"]["pid"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
 
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
     let killed = Instant::now();
@@ -315,9 +564,20 @@ async fn a_killed_instance_leaves_rotation_within_two_seconds_while_orders_keep_
     while gone.is_none() {
         // Orders (order → inventory) and catalog reads (gateway → inventory) keep succeeding.
         let placed = system.post_order(&order("alice", "CB-005", 1), &[]).await;
-        assert_eq!(placed.status, StatusCode::ACCEPTED, "order failed {:?} after the kill: {:?}", killed.elapsed(), placed.body);
+        assert_eq!(
+            placed.status,
+            StatusCode::ACCEPTED,
+            "order failed {:?} after the kill: {:?}",
+            killed.elapsed(),
+            placed.body
+        );
         let product = system.get("/v1/products/CB-005").await;
-        assert_eq!(product.status, StatusCode::OK, "catalog read failed after the kill: {:?}", product.body);
+        assert_eq!(
+            product.status,
+            StatusCode::OK,
+            "catalog read failed after the kill: {:?}",
+            product.body
+        );
         orders += 1;
 
         let instances = system.instances("inventory").await;
@@ -328,12 +588,20 @@ async fn a_killed_instance_leaves_rotation_within_two_seconds_while_orders_keep_
         if victim_now.is_none() {
             gone = Some(killed.elapsed());
         }
-        assert!(killed.elapsed() < Duration::from_secs(10), "the dead instance is still registered after 10 s");
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the dead instance is still registered after 10 s"
+        );
     }
     let out_of_rotation = out_of_rotation.expect("measured");
     let gone = gone.expect("measured");
-    eprintln!("dead instance out of rotation after {out_of_rotation:?}, evicted after {gone:?}; {orders} orders placed meanwhile");
-    assert!(out_of_rotation < Duration::from_secs(2), "out of rotation only after {out_of_rotation:?}");
+    eprintln!(
+        "dead instance out of rotation after {out_of_rotation:?}, evicted after {gone:?}; {orders} orders placed meanwhile"
+    );
+    assert!(
+        out_of_rotation < Duration::from_secs(2),
+        "out of rotation only after {out_of_rotation:?}"
+    );
     assert!(gone < Duration::from_secs(2), "evicted only after {gone:?}");
     assert!(orders > 0);
 
@@ -349,25 +617,38 @@ async fn a_killed_instance_leaves_rotation_within_two_seconds_while_orders_keep_
         if passing == 2 {
             break;
         }
-        assert!(Instant::now() < deadline, "the killed instance was not replaced within 15 s");
+        assert!(
+            Instant::now() < deadline,
+            "the killed instance was not replaced within 15 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let log = std::fs::read_to_string(system.data_dir.path().join("system.log")).expect("log");
     assert!(
-        log.lines().any(|l| l.contains("\"process\":\"supervisor\"") && l.contains("restarting")),
+        log.lines()
+            .any(|l| l.contains("\"process\":\"supervisor\"") && l.contains("restarting")),
         "the restart was not reported"
     );
-    assert!(log.contains("\"process\":\"inventory.2\""), "children's lines are tagged with their process");
+    assert!(
+        log.contains("\"process\":\"inventory.2\""),
+        "children's lines are tagged with their process"
+    );
 }
 
 /// The pids of the processes whose parent is `parent`.
 fn children_of(parent: u32) -> HashSet<i32> {
     let mut children = HashSet::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // Fields after the command name, which is in parentheses and may hold spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.get(1).and_then(|ppid| ppid.parse::<u32>().ok()) == Some(parent) {
             children.insert(pid);
@@ -379,7 +660,9 @@ fn children_of(parent: u32) -> HashSet<i32> {
 fn alive(pid: i32) -> bool {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
     match std::fs::read_to_string(path) {
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -399,8 +682,15 @@ fn wait_until_dead(pids: &HashSet<i32>, within: Duration) -> Vec<i32> {
 async fn stopping_the_supervisor_leaves_no_process_behind() {
     let mut system = System::start(&["--scale", "payment=2"]);
     let children = children_of(system.supervisor.id());
-    assert_eq!(children.len(), 7, "registry, gateway, 2 payment and 3 other services: {children:?}");
-    assert!(system.stop(), "the supervisor exits with success on SIGTERM");
+    assert_eq!(
+        children.len(),
+        7,
+        "registry, gateway, 2 payment and 3 other services: {children:?}"
+    );
+    assert!(
+        system.stop(),
+        "the supervisor exits with success on SIGTERM"
+    );
     let survivors = wait_until_dead(&children, Duration::from_secs(1));
     assert!(survivors.is_empty(), "processes left behind: {survivors:?}");
 }
@@ -410,7 +700,11 @@ async fn children_stop_on_their_own_when_the_supervisor_is_killed() {
     let system = System::start(&[]);
     let children = children_of(system.supervisor.id());
     assert_eq!(children.len(), 6, "{children:?}");
-    kill(Pid::from_raw(system.supervisor.id() as i32), Signal::SIGKILL).expect("kill -9");
+    kill(
+        Pid::from_raw(system.supervisor.id() as i32),
+        Signal::SIGKILL,
+    )
+    .expect("kill -9");
     let survivors = wait_until_dead(&children, Duration::from_secs(15));
     assert!(survivors.is_empty(), "processes left behind: {survivors:?}");
 }

@@ -88,7 +88,9 @@ impl View {
     }
 
     fn set_aside(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.set_aside.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.set_aside
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -117,7 +119,12 @@ impl Discovery {
     /// A client of the registry at `registry`. Calls made with [`Discovery::send`] time out
     /// after `timeout`. Watches stop when `shutdown` fires.
     pub fn new(registry: &str, timeout: Duration, shutdown: CancellationToken) -> Self {
-        Self::build(Some(registry.trim_end_matches('/').to_owned()), HashMap::new(), timeout, shutdown)
+        Self::build(
+            Some(registry.trim_end_matches('/').to_owned()),
+            HashMap::new(),
+            timeout,
+            shutdown,
+        )
     }
 
     /// A client with a fixed table of `service → addresses` and no registry (the `static`
@@ -160,7 +167,11 @@ impl Discovery {
 
     /// The view of `service`, starting its watch on first use.
     fn view(&self, service: &str) -> Arc<View> {
-        let mut views = self.inner.views.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut views = self
+            .inner
+            .views
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
         if let Some(view) = views.get(service) {
             return view.clone();
         }
@@ -239,13 +250,16 @@ impl Discovery {
             if let Some(map) = builder.headers_mut() {
                 map.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
-            let request = builder.body(Full::new(body.clone())).map_err(|e| DiscoveryError::Call {
-                service: service.to_owned(),
-                source: CallError::Invalid {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                },
-            })?;
+            let request =
+                builder
+                    .body(Full::new(body.clone()))
+                    .map_err(|e| DiscoveryError::Call {
+                        service: service.to_owned(),
+                        source: CallError::Invalid {
+                            url: url.clone(),
+                            reason: e.to_string(),
+                        },
+                    })?;
             match self.exchange(&url, request).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) if error.is_connect() => {
@@ -266,29 +280,31 @@ impl Discovery {
         })
     }
 
-    async fn exchange(&self, url: &str, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), CallError> {
-        let exchange = async {
-            let response = self
-                .inner
-                .http
-                .request(request)
-                .await
-                .map_err(|source| CallError::Transport {
-                    url: url.to_owned(),
-                    source,
+    async fn exchange(
+        &self,
+        url: &str,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let exchange =
+            async {
+                let response = self.inner.http.request(request).await.map_err(|source| {
+                    CallError::Transport {
+                        url: url.to_owned(),
+                        source,
+                    }
                 })?;
-            let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| CallError::Body {
-                    url: url.to_owned(),
-                    reason: e.to_string(),
-                })?
-                .to_bytes();
-            Ok((status, body))
-        };
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|e| CallError::Body {
+                        url: url.to_owned(),
+                        reason: e.to_string(),
+                    })?
+                    .to_bytes();
+                Ok((status, body))
+            };
         tokio::time::timeout(self.inner.timeout, exchange)
             .await
             .map_err(|_| CallError::Timeout {

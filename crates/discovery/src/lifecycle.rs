@@ -30,12 +30,18 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let port = listener.local_addr()?.port();
     let address = format!("{}:{port}", settings.advertise_host);
-    metadata.entry("pid".to_owned()).or_insert_with(|| std::process::id().to_string());
+    metadata
+        .entry("pid".to_owned())
+        .or_insert_with(|| std::process::id().to_string());
     metadata
         .entry("version".to_owned())
         .or_insert_with(|| env!("CARGO_PKG_VERSION").to_owned());
     let drain = CancellationToken::new();
-    let server = tokio::spawn(flotilla_kit::serve(listener, router, drain.clone().cancelled_owned()));
+    let server = tokio::spawn(flotilla_kit::serve(
+        listener,
+        router,
+        drain.clone().cancelled_owned(),
+    ));
     tracing::info!(%service, %address, "listening");
 
     let registration = match &settings.registry_url {
@@ -68,7 +74,10 @@ pub async fn serve(
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),
         Err(_) => {
-            tracing::warn!(?grace, "in-flight requests did not finish in time; stopping anyway");
+            tracing::warn!(
+                ?grace,
+                "in-flight requests did not finish in time; stopping anyway"
+            );
             Ok(())
         }
     }

@@ -69,13 +69,7 @@ impl Registration {
         }
         tracing::info!(instance = %id, %service, %address, "registered");
         let stop = CancellationToken::new();
-        let heartbeats = tokio::spawn(beat(
-            http.clone(),
-            url,
-            body,
-            heartbeat,
-            stop.clone(),
-        ));
+        let heartbeats = tokio::spawn(beat(http.clone(), url, body, heartbeat, stop.clone()));
         Some(Self {
             registry,
             id,
@@ -96,7 +90,15 @@ impl Registration {
         self.stop.cancel();
         let _ = self.heartbeats.await;
         let url = format!("{}/v1/registry/instances/{}", self.registry, self.id);
-        match client::send(&self.http, Method::DELETE, &url, None::<&()>, Duration::from_secs(1)).await {
+        match client::send(
+            &self.http,
+            Method::DELETE,
+            &url,
+            None::<&()>,
+            Duration::from_secs(1),
+        )
+        .await
+        {
             Ok((status, _)) if status.is_success() || status == StatusCode::NOT_FOUND => {
                 tracing::info!(instance = %self.id, "deregistered");
             }
@@ -106,7 +108,13 @@ impl Registration {
     }
 }
 
-async fn beat(http: Client, url: String, body: serde_json::Value, every: Duration, stop: CancellationToken) {
+async fn beat(
+    http: Client,
+    url: String,
+    body: serde_json::Value,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let heartbeat_url = format!("{url}/heartbeat");
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -132,7 +140,12 @@ async fn beat(http: Client, url: String, body: serde_json::Value, every: Duratio
     }
 }
 
-async fn register_again(http: &Client, url: &str, body: &serde_json::Value, timeout: Duration) -> Result<(), CallError> {
+async fn register_again(
+    http: &Client,
+    url: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<(), CallError> {
     client::json::<serde_json::Value>(http, Method::PUT, url, Some(body), timeout).await?;
     Ok(())
 }

@@ -21,7 +21,11 @@ async fn registry(shutdown: &CancellationToken) -> String {
         probe_interval_ms: 60_000,
         ..Settings::default()
     };
-    tokio::spawn(flotilla_registry::server::run(settings, listener, shutdown.clone()));
+    tokio::spawn(flotilla_registry::server::run(
+        settings,
+        listener,
+        shutdown.clone(),
+    ));
     url
 }
 
@@ -42,7 +46,12 @@ async fn dead_address() -> String {
     listener.local_addr().expect("addr").to_string()
 }
 
-async fn register(registry: &str, service: &str, address: &str, shutdown: &CancellationToken) -> Registration {
+async fn register(
+    registry: &str,
+    service: &str,
+    address: &str,
+    shutdown: &CancellationToken,
+) -> Registration {
     Registration::start(
         registry,
         service,
@@ -56,9 +65,18 @@ async fn register(registry: &str, service: &str, address: &str, shutdown: &Cance
     .expect("registered")
 }
 
-async fn who(discovery: &Discovery, service: &str) -> Result<String, flotilla_discovery::DiscoveryError> {
+async fn who(
+    discovery: &Discovery,
+    service: &str,
+) -> Result<String, flotilla_discovery::DiscoveryError> {
     let (status, body) = discovery
-        .send(service, Method::GET, "/who", &HeaderMap::new(), Bytes::new())
+        .send(
+            service,
+            Method::GET,
+            "/who",
+            &HeaderMap::new(),
+            Bytes::new(),
+        )
         .await?;
     assert_eq!(status, StatusCode::OK);
     Ok(String::from_utf8_lossy(&body).into_owned())
@@ -77,11 +95,17 @@ async fn calls_fail_over_from_a_dead_instance_to_a_live_one() {
     assert_eq!(discovery.instances("inventory").await.len(), 2);
     // Round robin starts on each instance in turn: every call must still land on the live one.
     for _ in 0..6 {
-        assert_eq!(who(&discovery, "inventory").await.expect("failover"), "live");
+        assert_eq!(
+            who(&discovery, "inventory").await.expect("failover"),
+            "live"
+        );
     }
     // The dead instance was set aside: it is now tried last.
     let order = discovery.candidates("inventory").await;
-    assert_eq!(order.last().map(|e| e.address.as_str()), Some(dead.as_str()));
+    assert_eq!(
+        order.last().map(|e| e.address.as_str()),
+        Some(dead.as_str())
+    );
     shutdown.cancel();
 }
 
@@ -96,7 +120,9 @@ async fn round_robin_spreads_calls_over_instances() {
     let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..10 {
-        *seen.entry(who(&discovery, "payment").await.expect("call")).or_default() += 1;
+        *seen
+            .entry(who(&discovery, "payment").await.expect("call"))
+            .or_default() += 1;
     }
     assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
     assert_eq!(seen.get("b"), Some(&5), "{seen:?}");
@@ -109,8 +135,16 @@ async fn the_cache_learns_of_changes_through_the_watch_in_well_under_a_second() 
     let registry = registry(&shutdown).await;
     let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
     assert!(discovery.instances("shipping").await.is_empty());
-    let error = who(&discovery, "shipping").await.expect_err("nobody is registered");
-    assert!(matches!(error, flotilla_discovery::DiscoveryError::NoInstances { .. }), "{error}");
+    let error = who(&discovery, "shipping")
+        .await
+        .expect_err("nobody is registered");
+    assert!(
+        matches!(
+            error,
+            flotilla_discovery::DiscoveryError::NoInstances { .. }
+        ),
+        "{error}"
+    );
 
     let address = instance("s").await;
     let started = Instant::now();
@@ -122,7 +156,11 @@ async fn the_cache_learns_of_changes_through_the_watch_in_well_under_a_second() 
     let started = Instant::now();
     registration.deregister().await;
     wait_until(|| async { discovery.instances("shipping").await.is_empty() }).await;
-    assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
     shutdown.cancel();
 }
 

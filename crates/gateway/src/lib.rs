@@ -23,7 +23,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the gateway on `listener` until `shutdown`.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let registry = settings.registry_url.clone().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -39,5 +43,14 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         .routes(proxy.router())
         .into_router();
     health.set_started();
-    flotilla_discovery::serve("gateway", BTreeMap::new(), &settings, listener, router, health, shutdown).await
+    flotilla_discovery::serve(
+        "gateway",
+        BTreeMap::new(),
+        &settings,
+        listener,
+        router,
+        health,
+        shutdown,
+    )
+    .await
 }

@@ -116,8 +116,10 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         Err((outcome, problem)) => (outcome, problem.into_response()),
     };
     let elapsed = started.elapsed();
-    metrics::counter!(UPSTREAM_REQUESTS, "service" => service.clone(), "outcome" => outcome).increment(1);
-    metrics::histogram!(UPSTREAM_DURATION, "service" => service.clone()).record(elapsed.as_secs_f64());
+    metrics::counter!(UPSTREAM_REQUESTS, "service" => service.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(UPSTREAM_DURATION, "service" => service.clone())
+        .record(elapsed.as_secs_f64());
     tracing::info!(
         %service,
         %path,
@@ -142,7 +144,13 @@ async fn exchange(
                 .await
                 .map_err(|_| timeout(service, inner.timeout))?
                 .map_err(|e| {
-                    ("error", Problem::bad_request("unreadable-body", format!("the request body could not be read: {e}")))
+                    (
+                        "error",
+                        Problem::bad_request(
+                            "unreadable-body",
+                            format!("the request body could not be read: {e}"),
+                        ),
+                    )
                 })?
                 .to_bytes();
             Outgoing::Held(bytes)
@@ -179,7 +187,10 @@ async fn exchange(
             *map = headers.clone();
         }
         let Ok(upstream) = upstream.body(body) else {
-            return Err(("error", Problem::bad_request("invalid-request", "the request could not be forwarded")));
+            return Err((
+                "error",
+                Problem::bad_request("invalid-request", "the request could not be forwarded"),
+            ));
         };
         match tokio::time::timeout_at(deadline, inner.client.request(upstream)).await {
             Err(_) => return Err(timeout(service, inner.timeout)),
@@ -196,8 +207,12 @@ async fn exchange(
                 tracing::warn!(%service, instance = %endpoint.id, %error, "upstream exchange failed");
                 return Err((
                     "error",
-                    Problem::new(StatusCode::BAD_GATEWAY, "upstream-failed", format!("`{service}` failed to answer"))
-                        .with("service", service),
+                    Problem::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream-failed",
+                        format!("`{service}` failed to answer"),
+                    )
+                    .with("service", service),
                 ));
             }
         }
@@ -252,7 +267,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .map(|name| name.trim().to_ascii_lowercase())
         .collect();
-    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for name in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         headers.remove(name);
     }
 }
@@ -282,7 +301,8 @@ pub fn continue_trace(incoming: Option<&str>) -> String {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -293,7 +313,10 @@ mod tests {
     fn a_valid_trace_is_continued_with_a_new_parent() {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let out = continue_trace(Some(incoming));
-        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{out}");
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{out}"
+        );
         assert!(out.ends_with("-01"));
         assert_ne!(out, incoming);
     }
@@ -317,7 +340,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_not_forwarded() {
         let mut incoming = HeaderMap::new();
-        incoming.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        incoming.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         incoming.insert("x-secret-hop", HeaderValue::from_static("1"));
         incoming.insert("te", HeaderValue::from_static("trailers"));
         incoming.insert(header::HOST, HeaderValue::from_static("gateway"));
@@ -327,7 +353,10 @@ mod tests {
         assert!(out.get("te").is_none());
         assert!(out.get(header::CONNECTION).is_none());
         assert!(out.get(header::HOST).is_none());
-        assert_eq!(out.get("x-request-id").map(|v| v.as_bytes()), Some(&b"abc"[..]));
+        assert_eq!(
+            out.get("x-request-id").map(|v| v.as_bytes()),
+            Some(&b"abc"[..])
+        );
         assert!(out.get("traceparent").is_some());
     }
 }

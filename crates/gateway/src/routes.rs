@@ -39,7 +39,7 @@ impl Routes {
             })
             .collect();
         // Longest prefix first, so that the first match is the most specific.
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Self { routes }
     }
 
@@ -77,7 +77,13 @@ mod tests {
     #[test]
     fn the_longest_prefix_wins() {
         let routes = Routes::new([("/v1", "a"), ("/v1/orders", "b")]);
-        assert_eq!(routes.find("/v1/orders/1").map(|r| r.service.as_str()), Some("b"));
-        assert_eq!(routes.find("/v1/other").map(|r| r.service.as_str()), Some("a"));
+        assert_eq!(
+            routes.find("/v1/orders/1").map(|r| r.service.as_str()),
+            Some("b")
+        );
+        assert_eq!(
+            routes.find("/v1/other").map(|r| r.service.as_str()),
+            Some("a")
+        );
     }
 }

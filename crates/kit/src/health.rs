@@ -57,8 +57,14 @@ impl Health {
         let started = self.clone();
         Router::new()
             .route("/livez", get(|| async { probe(true) }))
-            .route("/readyz", get(move || async move { probe(ready.is_ready()) }))
-            .route("/startupz", get(move || async move { probe(started.is_started()) }))
+            .route(
+                "/readyz",
+                get(move || async move { probe(ready.is_ready()) }),
+            )
+            .route(
+                "/startupz",
+                get(move || async move { probe(started.is_started()) }),
+            )
     }
 }
 

@@ -131,7 +131,10 @@ impl Settings {
             );
         }
         if self.probe_interval_ms == 0 || self.probe_timeout_ms == 0 {
-            return invalid("probe_interval_ms", "probe interval and timeout must be positive");
+            return invalid(
+                "probe_interval_ms",
+                "probe interval and timeout must be positive",
+            );
         }
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms", "must be positive");

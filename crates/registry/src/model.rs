@@ -114,7 +114,9 @@ impl Registry {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent across a panic (every change is one assignment), so a
         // poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn bump(&self, state: &mut State) {
@@ -123,7 +125,11 @@ impl Registry {
     }
 
     /// Registers (or re-registers) instance `id`. Returns the instance as stored.
-    pub fn register(&self, id: &str, registration: Registration) -> Result<Instance, RegistryError> {
+    pub fn register(
+        &self,
+        id: &str,
+        registration: Registration,
+    ) -> Result<Instance, RegistryError> {
         validate_name("instance id", id)?;
         validate_name("service", &registration.service)?;
         validate_address(&registration.address)?;
@@ -166,7 +172,8 @@ impl Registry {
     /// Renews the lease of instance `id`.
     pub fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
         let mut state = self.lock();
-        let entry = find(&mut state, id).ok_or_else(|| RegistryError::UnknownInstance(id.into()))?;
+        let entry =
+            find(&mut state, id).ok_or_else(|| RegistryError::UnknownInstance(id.into()))?;
         entry.expires = Instant::now() + entry.ttl;
         Ok(())
     }
@@ -174,7 +181,8 @@ impl Registry {
     /// Removes instance `id`.
     pub fn deregister(&self, id: &str) -> Result<Instance, RegistryError> {
         let mut state = self.lock();
-        let removed = remove(&mut state, id).ok_or_else(|| RegistryError::UnknownInstance(id.into()))?;
+        let removed =
+            remove(&mut state, id).ok_or_else(|| RegistryError::UnknownInstance(id.into()))?;
         self.bump(&mut state);
         Ok(removed)
     }
@@ -205,7 +213,10 @@ impl Registry {
             .filter(|entry| entry.expires <= now)
             .map(|entry| entry.instance.id.clone())
             .collect();
-        let evicted: Vec<Instance> = expired.iter().filter_map(|id| remove(&mut state, id)).collect();
+        let evicted: Vec<Instance> = expired
+            .iter()
+            .filter_map(|id| remove(&mut state, id))
+            .collect();
         if !evicted.is_empty() {
             self.bump(&mut state);
         }
@@ -247,7 +258,10 @@ impl Registry {
             .iter()
             .filter(|(_, instances)| !instances.is_empty())
             .map(|(name, instances)| {
-                (name.clone(), instances.values().map(|e| e.instance.clone()).collect())
+                (
+                    name.clone(),
+                    instances.values().map(|e| e.instance.clone()).collect(),
+                )
             })
             .collect();
         (state.index, services)
@@ -295,9 +309,9 @@ fn remove(state: &mut State, id: &str) -> Option<Instance> {
 fn validate_name(what: &str, name: &str) -> Result<(), RegistryError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_');
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.' || b == b'_'
+        });
     if ok {
         Ok(())
     } else {
@@ -308,14 +322,15 @@ fn validate_name(what: &str, name: &str) -> Result<(), RegistryError> {
 }
 
 fn validate_address(address: &str) -> Result<(), RegistryError> {
-    let invalid = || {
-        RegistryError::Invalid(format!("address `{address}` must be host:port"))
-    };
+    let invalid = || RegistryError::Invalid(format!("address `{address}` must be host:port"));
     let (host, port) = address.rsplit_once(':').ok_or_else(invalid)?;
     if host.is_empty() || host.len() > 253 || port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(invalid());
     }
-    if host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@') {
+    if host
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@')
+    {
         return Err(invalid());
     }
     Ok(())
@@ -337,8 +352,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_instance_that_stops_heartbeating_is_evicted_after_its_ttl() {
         let registry = Registry::new(Duration::from_millis(1_500));
-        registry.register("a", registration("inventory", "127.0.0.1:1001")).expect("valid");
-        registry.register("b", registration("inventory", "127.0.0.1:1002")).expect("valid");
+        registry
+            .register("a", registration("inventory", "127.0.0.1:1001"))
+            .expect("valid");
+        registry
+            .register("b", registration("inventory", "127.0.0.1:1002"))
+            .expect("valid");
 
         for _ in 0..4 {
             tokio::time::advance(Duration::from_millis(500)).await;
@@ -349,13 +368,18 @@ mod tests {
         let snapshot = registry.snapshot("inventory");
         assert_eq!(snapshot.instances.len(), 1);
         assert_eq!(snapshot.instances[0].id, "a");
-        assert_eq!(registry.heartbeat("b"), Err(RegistryError::UnknownInstance("b".into())));
+        assert_eq!(
+            registry.heartbeat("b"),
+            Err(RegistryError::UnknownInstance("b".into()))
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lease_is_not_evicted_a_moment_before_it_ends() {
         let registry = Registry::new(Duration::from_millis(1_500));
-        registry.register("a", registration("inventory", "127.0.0.1:1001")).expect("valid");
+        registry
+            .register("a", registration("inventory", "127.0.0.1:1001"))
+            .expect("valid");
         tokio::time::advance(Duration::from_millis(1_499)).await;
         assert!(registry.evict_expired().is_empty());
         tokio::time::advance(Duration::from_millis(1)).await;
@@ -365,13 +389,18 @@ mod tests {
     #[tokio::test]
     async fn deregistration_removes_the_instance_and_bumps_the_index() {
         let registry = Registry::new(Duration::from_secs(5));
-        registry.register("a", registration("order", "127.0.0.1:1001")).expect("valid");
+        registry
+            .register("a", registration("order", "127.0.0.1:1001"))
+            .expect("valid");
         let before = registry.index();
         registry.deregister("a").expect("registered");
         assert!(registry.index() > before);
         assert!(registry.snapshot("order").instances.is_empty());
         assert!(registry.all().1.is_empty());
-        assert_eq!(registry.deregister("a"), Err(RegistryError::UnknownInstance("a".into())));
+        assert_eq!(
+            registry.deregister("a"),
+            Err(RegistryError::UnknownInstance("a".into()))
+        );
     }
 
     #[tokio::test]
@@ -380,14 +409,20 @@ mod tests {
         let seen = registry.index();
         let watcher = {
             let registry = registry.clone();
-            tokio::spawn(async move { registry.wait_for_change(seen, Duration::from_secs(30)).await })
+            tokio::spawn(async move {
+                registry
+                    .wait_for_change(seen, Duration::from_secs(30))
+                    .await
+            })
         };
         // Heartbeats of nobody and no-op status changes do not wake it.
         assert!(!registry.set_status("nobody", Status::Critical));
         tokio::task::yield_now().await;
         assert!(!watcher.is_finished());
 
-        registry.register("a", registration("payment", "127.0.0.1:1001")).expect("valid");
+        registry
+            .register("a", registration("payment", "127.0.0.1:1001"))
+            .expect("valid");
         let woke_at = tokio::time::timeout(Duration::from_secs(1), watcher)
             .await
             .expect("the watch woke up within a second")
@@ -399,18 +434,28 @@ mod tests {
     async fn a_watch_returns_the_same_index_when_nothing_changes() {
         let registry = Registry::new(Duration::from_secs(5));
         let seen = registry.index();
-        assert_eq!(registry.wait_for_change(seen, Duration::from_secs(10)).await, seen);
+        assert_eq!(
+            registry
+                .wait_for_change(seen, Duration::from_secs(10))
+                .await,
+            seen
+        );
     }
 
     #[tokio::test]
     async fn status_changes_bump_the_index_once() {
         let registry = Registry::new(Duration::from_secs(5));
-        registry.register("a", registration("payment", "127.0.0.1:1001")).expect("valid");
+        registry
+            .register("a", registration("payment", "127.0.0.1:1001"))
+            .expect("valid");
         let before = registry.index();
         assert!(registry.set_status("a", Status::Critical));
         assert!(!registry.set_status("a", Status::Critical));
         assert_eq!(registry.index(), before + 1);
-        assert_eq!(registry.snapshot("payment").instances[0].status, Status::Critical);
+        assert_eq!(
+            registry.snapshot("payment").instances[0].status,
+            Status::Critical
+        );
     }
 
     #[test]
@@ -426,7 +471,9 @@ mod tests {
             ("a b", "order", "127.0.0.1:1"),
         ] {
             assert!(
-                registry.register(id, registration(service, address)).is_err(),
+                registry
+                    .register(id, registration(service, address))
+                    .is_err(),
                 "{id:?} {service:?} {address:?} was accepted"
             );
         }

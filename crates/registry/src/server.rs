@@ -14,11 +14,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::Router;
 use flotilla_kit::client;
 use flotilla_kit::{Json, Problem, Settings};
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,10 @@ pub fn routes(registry: Registry) -> Router {
     Router::new()
         .route("/v1/registry/services", get(list))
         .route("/v1/registry/services/{service}", get(watch))
-        .route("/v1/registry/instances/{id}", put(register).delete(deregister))
+        .route(
+            "/v1/registry/instances/{id}",
+            put(register).delete(deregister),
+        )
         .route("/v1/registry/instances/{id}/heartbeat", put(heartbeat))
         .with_state(registry)
 }
@@ -51,7 +54,9 @@ impl From<RegistryError> for Problem {
             RegistryError::UnknownInstance(_) => {
                 Problem::new(StatusCode::NOT_FOUND, "unknown-instance", error.to_string())
             }
-            RegistryError::Invalid(_) => Problem::unprocessable("invalid-registration", error.to_string()),
+            RegistryError::Invalid(_) => {
+                Problem::unprocessable("invalid-registration", error.to_string())
+            }
         }
     }
 }
@@ -66,12 +71,18 @@ async fn register(
     Ok(axum::Json(instance))
 }
 
-async fn heartbeat(State(registry): State<Registry>, Path(id): Path<String>) -> Result<StatusCode, Problem> {
+async fn heartbeat(
+    State(registry): State<Registry>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
     registry.heartbeat(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn deregister(State(registry): State<Registry>, Path(id): Path<String>) -> Result<StatusCode, Problem> {
+async fn deregister(
+    State(registry): State<Registry>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
     let instance = registry.deregister(&id)?;
     tracing::info!(instance = %instance.id, service = %instance.service, "deregistered");
     Ok(StatusCode::NO_CONTENT)
@@ -137,7 +148,12 @@ pub async fn sweep(registry: Registry, every: Duration, shutdown: CancellationTo
 
 /// Probes every instance's `/readyz` each `every`; a failed probe takes the instance out of
 /// rotation at once, a passing one brings it back.
-pub async fn probe(registry: Registry, every: Duration, timeout: Duration, shutdown: CancellationToken) {
+pub async fn probe(
+    registry: Registry,
+    every: Duration,
+    timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let http = client::client();
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,7 +167,15 @@ pub async fn probe(registry: Registry, every: Duration, timeout: Duration, shutd
             let http = http.clone();
             probes.spawn(async move {
                 let url = format!("http://{address}/readyz");
-                let status = match client::send(&http, http::Method::GET, &url, None::<&()>, timeout).await {
+                let status = match client::send(
+                    &http,
+                    http::Method::GET,
+                    &url,
+                    None::<&()>,
+                    timeout,
+                )
+                .await
+                {
                     Ok((status, _)) if status.is_success() => Status::Passing,
                     Ok(_) | Err(_) => Status::Critical,
                 };
@@ -167,7 +191,11 @@ pub async fn probe(registry: Registry, every: Duration, timeout: Duration, shutd
 }
 
 /// Runs the registry on `listener` until `shutdown`: the HTTP API, the sweeper and the prober.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let registry = Registry::new(Duration::from_millis(settings.ttl_ms));
     let health = flotilla_kit::Health::new();
     let router = flotilla_kit::App::new(health.clone())

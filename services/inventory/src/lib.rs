@@ -61,7 +61,9 @@ async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     let products: Vec<Product> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let mut tx = pool.begin().await?;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products").fetch_one(&mut *tx).await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products")
+        .fetch_one(&mut *tx)
+        .await?;
     if count == 0 {
         for product in &products {
             sqlx::query("INSERT INTO products (sku, name, price_cents, on_hand, reserved) VALUES (?, ?, ?, ?, 0)")
@@ -86,28 +88,43 @@ pub fn routes(pool: SqlitePool) -> Router {
 }
 
 async fn list(State(pool): State<SqlitePool>) -> Result<axum::Json<Catalog>, Problem> {
-    let items = sqlx::query_as::<_, Product>("SELECT sku, name, price_cents, on_hand, reserved FROM products ORDER BY sku")
-        .fetch_all(&pool)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+    let items = sqlx::query_as::<_, Product>(
+        "SELECT sku, name, price_cents, on_hand, reserved FROM products ORDER BY sku",
+    )
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| Problem::internal(&e))?;
     Ok(axum::Json(Catalog { items }))
 }
 
-async fn one(State(pool): State<SqlitePool>, Path(sku): Path<String>) -> Result<axum::Json<Product>, Problem> {
-    sqlx::query_as::<_, Product>("SELECT sku, name, price_cents, on_hand, reserved FROM products WHERE sku = ?")
-        .bind(&sku)
-        .fetch_optional(&pool)
-        .await
-        .map_err(|e| Problem::internal(&e))?
-        .map(axum::Json)
-        .ok_or_else(|| {
-            Problem::new(axum::http::StatusCode::NOT_FOUND, "unknown-sku", format!("no product has SKU `{sku}`"))
-                .with("sku", sku)
-        })
+async fn one(
+    State(pool): State<SqlitePool>,
+    Path(sku): Path<String>,
+) -> Result<axum::Json<Product>, Problem> {
+    sqlx::query_as::<_, Product>(
+        "SELECT sku, name, price_cents, on_hand, reserved FROM products WHERE sku = ?",
+    )
+    .bind(&sku)
+    .fetch_optional(&pool)
+    .await
+    .map_err(|e| Problem::internal(&e))?
+    .map(axum::Json)
+    .ok_or_else(|| {
+        Problem::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "unknown-sku",
+            format!("no product has SKU `{sku}`"),
+        )
+        .with("sku", sku)
+    })
 }
 
 /// Runs the service on `listener` until `shutdown`.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let health = Health::new();
     let pool = open(&settings).await.map_err(std::io::Error::other)?;
     health.set_started();
@@ -115,8 +132,16 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         .max_body_bytes(settings.max_body_bytes)
         .routes(routes(pool.clone()))
         .into_router();
-    let result = flotilla_discovery::serve(SERVICE, BTreeMap::new(), &settings, listener, router, health, shutdown).await;
+    let result = flotilla_discovery::serve(
+        SERVICE,
+        BTreeMap::new(),
+        &settings,
+        listener,
+        router,
+        health,
+        shutdown,
+    )
+    .await;
     pool.close().await;
     result
 }
-

@@ -82,7 +82,10 @@ impl PlaceOrder {
             })
         };
         if !is_identifier(&self.customer_id) {
-            error("customer_id".into(), "must be 1 to 64 characters of a-z, 0-9, '-' or '_'");
+            error(
+                "customer_id".into(),
+                "must be 1 to 64 characters of a-z, 0-9, '-' or '_'",
+            );
         }
         if self.items.is_empty() {
             error("items".into(), "must contain at least one item");
@@ -93,9 +96,15 @@ impl PlaceOrder {
         let mut seen = std::collections::HashSet::new();
         for (n, item) in self.items.iter().enumerate() {
             if !is_sku(&item.sku) {
-                error(format!("items[{n}].sku"), "must be 1 to 32 characters of A-Z, 0-9 or '-'");
+                error(
+                    format!("items[{n}].sku"),
+                    "must be 1 to 32 characters of A-Z, 0-9 or '-'",
+                );
             } else if !seen.insert(item.sku.as_str()) {
-                error(format!("items[{n}].sku"), "appears twice: give each SKU once, with its total quantity");
+                error(
+                    format!("items[{n}].sku"),
+                    "appears twice: give each SKU once, with its total quantity",
+                );
             }
             if item.quantity <= 0 {
                 error(format!("items[{n}].quantity"), "must be at least 1");
@@ -110,12 +119,19 @@ impl PlaceOrder {
             ("ship_to.city", &address.city),
             ("ship_to.postal_code", &address.postal_code),
         ] {
-            if value.trim().is_empty() || value.chars().count() > 200 || value.chars().any(char::is_control) {
+            if value.trim().is_empty()
+                || value.chars().count() > 200
+                || value.chars().any(char::is_control)
+            {
                 error(field.into(), "must be 1 to 200 printable characters");
             }
         }
-        if !(address.country.len() == 2 && address.country.bytes().all(|b| b.is_ascii_uppercase())) {
-            error("ship_to.country".into(), "must be an ISO 3166-1 alpha-2 code in upper case, like `FR`");
+        if !(address.country.len() == 2 && address.country.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            error(
+                "ship_to.country".into(),
+                "must be an ISO 3166-1 alpha-2 code in upper case, like `FR`",
+            );
         }
         if !errors.is_empty() {
             let detail = errors
@@ -136,12 +152,15 @@ impl PlaceOrder {
 
 fn is_identifier(s: &str) -> bool {
     (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// Whether `s` is a well-formed SKU (`KB-001`).
 pub fn is_sku(s: &str) -> bool {
-    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+    (1..=32).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]
@@ -151,7 +170,10 @@ mod tests {
     fn order() -> PlaceOrder {
         PlaceOrder {
             customer_id: "alice".into(),
-            items: vec![ItemRequest { sku: "KB-001".into(), quantity: 2 }],
+            items: vec![ItemRequest {
+                sku: "KB-001".into(),
+                quantity: 2,
+            }],
             ship_to: Address {
                 name: "Alice Martin".into(),
                 street: "1 rue de la Paix".into(),
@@ -171,8 +193,14 @@ mod tests {
     fn every_bad_field_is_named() {
         let mut bad = order();
         bad.customer_id = "".into();
-        bad.items.push(ItemRequest { sku: "KB-001".into(), quantity: 0 });
-        bad.items.push(ItemRequest { sku: "bad sku".into(), quantity: 1_000_001 });
+        bad.items.push(ItemRequest {
+            sku: "KB-001".into(),
+            quantity: 0,
+        });
+        bad.items.push(ItemRequest {
+            sku: "bad sku".into(),
+            quantity: 1_000_001,
+        });
         bad.ship_to.country = "fr".into();
         bad.ship_to.city = " ".into();
         let problem = bad.validate().expect_err("invalid");
@@ -192,7 +220,10 @@ mod tests {
             "ship_to.city",
             "ship_to.country",
         ] {
-            assert!(fields.iter().any(|f| f == field), "{field} missing from {fields:?}");
+            assert!(
+                fields.iter().any(|f| f == field),
+                "{field} missing from {fields:?}"
+            );
         }
     }
 
@@ -202,7 +233,12 @@ mod tests {
         empty.items.clear();
         assert!(empty.validate().is_err());
         let mut huge = order();
-        huge.items = (0..101).map(|n| ItemRequest { sku: format!("S-{n}"), quantity: 1 }).collect();
+        huge.items = (0..101)
+            .map(|n| ItemRequest {
+                sku: format!("S-{n}"),
+                quantity: 1,
+            })
+            .collect();
         assert!(huge.validate().is_err());
     }
 }

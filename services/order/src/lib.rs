@@ -69,9 +69,15 @@ pub fn routes(context: Context) -> Router {
         .with_state(context)
 }
 
-async fn place(State(context): State<Context>, headers: HeaderMap, Json(request): Json<PlaceOrder>) -> Result<Response, Problem> {
+async fn place(
+    State(context): State<Context>,
+    headers: HeaderMap,
+    Json(request): Json<PlaceOrder>,
+) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
-    let hash = hex(&Sha256::digest(serde_json::to_vec(&request).map_err(|e| Problem::internal(&e))?));
+    let hash = hex(&Sha256::digest(
+        serde_json::to_vec(&request).map_err(|e| Problem::internal(&e))?,
+    ));
     if let Some(key) = &key
         && let Some(order_id) = replay(&context.pool, key, &hash).await?
     {
@@ -80,7 +86,15 @@ async fn place(State(context): State<Context>, headers: HeaderMap, Json(request)
     let order = request.validate()?;
     let prices = price(&context.discovery, &order).await?;
     let order_id = uuid::Uuid::now_v7().to_string();
-    match store::insert(&context.pool, &order_id, &order, &prices, key.as_deref().map(|k| (k, hash.as_str()))).await {
+    match store::insert(
+        &context.pool,
+        &order_id,
+        &order,
+        &prices,
+        key.as_deref().map(|k| (k, hash.as_str())),
+    )
+    .await
+    {
         Ok(store::Inserted::New) => {
             tracing::info!(%order_id, customer = %order.customer_id, "order placed");
             accepted(&context.pool, &order_id).await
@@ -99,7 +113,10 @@ async fn place(State(context): State<Context>, headers: HeaderMap, Json(request)
 
 /// The order id an earlier request with this key created, if its body was the same.
 async fn replay(pool: &SqlitePool, key: &str, hash: &str) -> Result<Option<String>, Problem> {
-    match store::find_key(pool, key).await.map_err(|e| Problem::internal(&e))? {
+    match store::find_key(pool, key)
+        .await
+        .map_err(|e| Problem::internal(&e))?
+    {
         None => Ok(None),
         Some((stored, order_id)) if stored == hash => Ok(Some(order_id)),
         Some(_) => Err(Problem::unprocessable(
@@ -119,8 +136,14 @@ async fn accepted(pool: &SqlitePool, order_id: &str) -> Result<Response, Problem
         status: order.status.clone(),
         total_cents: order.total_cents,
     };
-    let location = HeaderValue::from_str(&format!("/v1/orders/{order_id}")).map_err(|e| Problem::internal(&e))?;
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(body)).into_response())
+    let location = HeaderValue::from_str(&format!("/v1/orders/{order_id}"))
+        .map_err(|e| Problem::internal(&e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        axum::Json(body),
+    )
+        .into_response())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -128,7 +151,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         return Ok(None);
     };
     match value.to_str() {
-        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(key.to_owned())),
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_owned()))
+        }
         _ => Err(Problem::bad_request(
             "invalid-idempotency-key",
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
@@ -147,7 +172,13 @@ async fn price(discovery: &Discovery, order: &NewOrder) -> Result<Vec<i64>, Prob
     let asks = order.items.iter().map(|item| async move {
         let path = format!("/v1/products/{}", item.sku);
         let answer = discovery
-            .send("inventory", http::Method::GET, &path, &HeaderMap::new(), Bytes::new())
+            .send(
+                "inventory",
+                http::Method::GET,
+                &path,
+                &HeaderMap::new(),
+                Bytes::new(),
+            )
             .await;
         (item.sku.as_str(), answer)
     });
@@ -157,10 +188,18 @@ async fn price(discovery: &Discovery, order: &NewOrder) -> Result<Vec<i64>, Prob
         match answer {
             Ok((StatusCode::OK, body)) => match serde_json::from_slice::<Priced>(&body) {
                 Ok(product) if product.price_cents >= 0 => prices.push(product.price_cents),
-                _ => return Err(Problem::internal(&format!("inventory sent an unreadable product for {sku}"))),
+                _ => {
+                    return Err(Problem::internal(&format!(
+                        "inventory sent an unreadable product for {sku}"
+                    )));
+                }
             },
             Ok((StatusCode::NOT_FOUND, _)) => unknown.push(sku.to_owned()),
-            Ok((status, _)) => return Err(inventory_unavailable(&format!("inventory answered {status}"))),
+            Ok((status, _)) => {
+                return Err(inventory_unavailable(&format!(
+                    "inventory answered {status}"
+                )));
+            }
             Err(error) => return Err(inventory_unavailable(&error)),
         }
     }
@@ -176,10 +215,16 @@ async fn price(discovery: &Discovery, order: &NewOrder) -> Result<Vec<i64>, Prob
 
 fn inventory_unavailable(cause: &dyn std::fmt::Display) -> Problem {
     tracing::warn!(%cause, "pricing failed");
-    Problem::unavailable("inventory-unavailable", "the catalog cannot be reached to price the order; retry shortly")
+    Problem::unavailable(
+        "inventory-unavailable",
+        "the catalog cannot be reached to price the order; retry shortly",
+    )
 }
 
-async fn fetch(State(context): State<Context>, Path(id): Path<String>) -> Result<axum::Json<Order>, Problem> {
+async fn fetch(
+    State(context): State<Context>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Order>, Problem> {
     store::find(&context.pool, &id)
         .await
         .map_err(|e| Problem::internal(&e))?
@@ -192,9 +237,15 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Runs the service on `listener` until `shutdown`.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let health = Health::new();
-    let pool = store::open(&settings).await.map_err(std::io::Error::other)?;
+    let pool = store::open(&settings)
+        .await
+        .map_err(std::io::Error::other)?;
     let timeout = Duration::from_millis(settings.request_timeout_ms);
     let discovery = match &settings.registry_url {
         Some(registry) => Discovery::new(registry, timeout, shutdown.clone()),
@@ -208,7 +259,16 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
             discovery,
         }))
         .into_router();
-    let result = flotilla_discovery::serve(SERVICE, BTreeMap::new(), &settings, listener, router, health, shutdown).await;
+    let result = flotilla_discovery::serve(
+        SERVICE,
+        BTreeMap::new(),
+        &settings,
+        listener,
+        router,
+        health,
+        shutdown,
+    )
+    .await;
     pool.close().await;
     result
 }

@@ -73,7 +73,8 @@ pub async fn insert(
         .zip(prices)
         .map(|(item, price)| item.quantity.saturating_mul(*price))
         .fold(0i64, i64::saturating_add);
-    let ship_to = serde_json::to_string(&order.ship_to).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let ship_to =
+        serde_json::to_string(&order.ship_to).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, status, total_cents, ship_to, created_at, updated_at)
@@ -119,7 +120,10 @@ pub async fn insert(
 }
 
 /// The `(request_hash, order_id)` stored for an idempotency key.
-pub async fn find_key(pool: &SqlitePool, key: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+pub async fn find_key(
+    pool: &SqlitePool,
+    key: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
     sqlx::query_as("SELECT request_hash, order_id FROM idempotency_keys WHERE key = ?")
         .bind(key)
         .fetch_optional(pool)
@@ -154,7 +158,8 @@ pub async fn find(pool: &SqlitePool, order_id: &str) -> Result<Option<Order>, sq
     .bind(order_id)
     .fetch_all(pool)
     .await?;
-    let ship_to = serde_json::from_str(&row.ship_to).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let ship_to =
+        serde_json::from_str(&row.ship_to).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     Ok(Some(Order {
         order_id: row.order_id,
         customer_id: row.customer_id,

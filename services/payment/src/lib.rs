@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
 use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use flotilla_kit::{App, Health, Problem, Settings};
@@ -79,15 +79,19 @@ pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
     let accounts: Vec<Account> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let mut tx = pool.begin().await?;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts").fetch_one(&mut *tx).await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts")
+        .fetch_one(&mut *tx)
+        .await?;
     if count == 0 {
         for account in &accounts {
-            sqlx::query("INSERT INTO accounts (customer_id, name, credit_limit_cents) VALUES (?, ?, ?)")
-                .bind(&account.customer_id)
-                .bind(&account.name)
-                .bind(account.credit_limit_cents)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO accounts (customer_id, name, credit_limit_cents) VALUES (?, ?, ?)",
+            )
+            .bind(&account.customer_id)
+            .bind(&account.name)
+            .bind(account.credit_limit_cents)
+            .execute(&mut *tx)
+            .await?;
         }
         tracing::info!(accounts = accounts.len(), "accounts seeded");
     }
@@ -114,7 +118,10 @@ async fn accounts(State(pool): State<SqlitePool>) -> Result<axum::Json<Items<Acc
     Ok(axum::Json(Items { items }))
 }
 
-async fn account(State(pool): State<SqlitePool>, Path(customer_id): Path<String>) -> Result<axum::Json<Account>, Problem> {
+async fn account(
+    State(pool): State<SqlitePool>,
+    Path(customer_id): Path<String>,
+) -> Result<axum::Json<Account>, Problem> {
     sqlx::query_as::<_, Account>(
         "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents FROM accounts WHERE customer_id = ?",
     )
@@ -139,8 +146,12 @@ async fn payments(
     State(pool): State<SqlitePool>,
     query: Result<Query<ByOrder>, QueryRejection>,
 ) -> Result<axum::Json<Items<Payment>>, Problem> {
-    let Query(ByOrder { order_id }) =
-        query.map_err(|e| Problem::bad_request("invalid-query", format!("`order_id` is required: {}", e.body_text())))?;
+    let Query(ByOrder { order_id }) = query.map_err(|e| {
+        Problem::bad_request(
+            "invalid-query",
+            format!("`order_id` is required: {}", e.body_text()),
+        )
+    })?;
     let items = sqlx::query_as::<_, Payment>(
         "SELECT payment_id, order_id, customer_id, amount_cents, status, created_at, updated_at
          FROM payments WHERE order_id = ? ORDER BY created_at",
@@ -153,7 +164,11 @@ async fn payments(
 }
 
 /// Runs the service on `listener` until `shutdown`.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let health = Health::new();
     let pool = open(&settings).await.map_err(std::io::Error::other)?;
     health.set_started();
@@ -161,7 +176,16 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         .max_body_bytes(settings.max_body_bytes)
         .routes(routes(pool.clone()))
         .into_router();
-    let result = flotilla_discovery::serve(SERVICE, BTreeMap::new(), &settings, listener, router, health, shutdown).await;
+    let result = flotilla_discovery::serve(
+        SERVICE,
+        BTreeMap::new(),
+        &settings,
+        listener,
+        router,
+        health,
+        shutdown,
+    )
+    .await;
     pool.close().await;
     result
 }

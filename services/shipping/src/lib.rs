@@ -75,7 +75,9 @@ pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
     let refused: Vec<RefusedDestination> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let mut tx = pool.begin().await?;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM refused_destinations").fetch_one(&mut *tx).await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM refused_destinations")
+        .fetch_one(&mut *tx)
+        .await?;
     if count == 0 {
         for destination in &refused {
             sqlx::query("INSERT INTO refused_destinations (country, reason) VALUES (?, ?)")
@@ -107,8 +109,12 @@ async fn shipments(
     State(pool): State<SqlitePool>,
     query: Result<Query<ByOrder>, QueryRejection>,
 ) -> Result<axum::Json<Items<Shipment>>, Problem> {
-    let Query(ByOrder { order_id }) =
-        query.map_err(|e| Problem::bad_request("invalid-query", format!("`order_id` is required: {}", e.body_text())))?;
+    let Query(ByOrder { order_id }) = query.map_err(|e| {
+        Problem::bad_request(
+            "invalid-query",
+            format!("`order_id` is required: {}", e.body_text()),
+        )
+    })?;
     let items = sqlx::query_as::<_, Shipment>(
         "SELECT shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at
          FROM shipments WHERE order_id = ? ORDER BY created_at",
@@ -120,16 +126,24 @@ async fn shipments(
     Ok(axum::Json(Items { items }))
 }
 
-async fn refused(State(pool): State<SqlitePool>) -> Result<axum::Json<Items<RefusedDestination>>, Problem> {
-    let items = sqlx::query_as::<_, RefusedDestination>("SELECT country, reason FROM refused_destinations ORDER BY country")
-        .fetch_all(&pool)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
+async fn refused(
+    State(pool): State<SqlitePool>,
+) -> Result<axum::Json<Items<RefusedDestination>>, Problem> {
+    let items = sqlx::query_as::<_, RefusedDestination>(
+        "SELECT country, reason FROM refused_destinations ORDER BY country",
+    )
+    .fetch_all(&pool)
+    .await
+    .map_err(|e| Problem::internal(&e))?;
     Ok(axum::Json(Items { items }))
 }
 
 /// Runs the service on `listener` until `shutdown`.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let health = Health::new();
     let pool = open(&settings).await.map_err(std::io::Error::other)?;
     health.set_started();
@@ -137,7 +151,16 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
         .max_body_bytes(settings.max_body_bytes)
         .routes(routes(pool.clone()))
         .into_router();
-    let result = flotilla_discovery::serve(SERVICE, BTreeMap::new(), &settings, listener, router, health, shutdown).await;
+    let result = flotilla_discovery::serve(
+        SERVICE,
+        BTreeMap::new(),
+        &settings,
+        listener,
+        router,
+        health,
+        shutdown,
+    )
+    .await;
     pool.close().await;
     result
 }

@@ -1,0 +1,288 @@
+//! The gateway in front of real upstreams on loopback, found through a real registry.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use flotilla_discovery::Registration;
+use flotilla_kit::Settings;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+struct Harness {
+    gateway: String,
+    registry: String,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn harness(request_timeout_ms: u64) -> Harness {
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let registry = format!("http://{}", listener.local_addr().expect("addr"));
+    // Slow probes: what is under test is the gateway's own handling of dead instances.
+    let registry_settings = Settings {
+        probe_interval_ms: 60_000,
+        ..Settings::default()
+    };
+    tokio::spawn(flotilla_registry::server::run(
+        registry_settings,
+        listener,
+        shutdown.clone(),
+    ));
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let gateway = format!("http://{}", listener.local_addr().expect("addr"));
+    let settings = Settings {
+        registry_url: Some(registry.clone()),
+        request_timeout_ms,
+        ..Settings::default()
+    };
+    tokio::spawn(flotilla_gateway::run(settings, listener, shutdown.clone()));
+    Harness {
+        gateway,
+        registry,
+        shutdown,
+    }
+}
+
+/// An upstream that echoes what it received, and sleeps on `/v1/orders/slow`.
+async fn upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let router = Router::new()
+        .route(
+            "/v1/orders/echo",
+            post(|headers: HeaderMap, body: Bytes| async move {
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                axum::Json(serde_json::json!({
+                    "request_id": header("x-request-id"),
+                    "traceparent": header("traceparent"),
+                    "connection": header("x-hop"),
+                    "length": body.len(),
+                }))
+            }),
+        )
+        .route(
+            "/v1/orders/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .route("/readyz", get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    address
+}
+
+async fn register(harness: &Harness, service: &str, address: &str) -> Registration {
+    Registration::start(
+        &harness.registry,
+        service,
+        address,
+        BTreeMap::new(),
+        Duration::from_millis(500),
+        Duration::from_millis(1_500),
+        &harness.shutdown,
+    )
+    .await
+    .expect("registered")
+}
+
+async fn call(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, serde_json::Value) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    // The gateway registers itself after it starts listening: retry until it answers.
+    for _ in 0..100 {
+        let request = request_clone(&request, &body);
+        if let Ok(response) = client.request(request).await {
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            return (status, headers, value);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the gateway never answered");
+}
+
+fn request_clone(builder: &http::request::Builder, body: &[u8]) -> Request<Full<Bytes>> {
+    let mut request = Request::builder()
+        .method(builder.method_ref().cloned().unwrap_or(Method::GET))
+        .uri(builder.uri_ref().cloned().unwrap_or_default());
+    if let Some(headers) = builder.headers_ref() {
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+    }
+    request
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .expect("request")
+}
+
+#[tokio::test]
+async fn forwards_with_request_id_and_trace_context_and_strips_hop_headers() {
+    let harness = harness(2_000).await;
+    let address = upstream().await;
+    let _registration = register(&harness, "order", &address).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, headers, body) = call(
+        Method::POST,
+        &format!("{}/v1/orders/echo", harness.gateway),
+        &[
+            ("x-request-id", "req-42"),
+            ("traceparent", parent),
+            ("connection", "x-hop"),
+            ("x-hop", "secret"),
+        ],
+        vec![b'x'; 200_000],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-request-id"], "req-42");
+    assert_eq!(body["request_id"], "req-42");
+    let traceparent = body["traceparent"].as_str().expect("traceparent");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+    assert_ne!(traceparent, parent, "the gateway is a hop of its own");
+    assert_eq!(
+        body["connection"], "",
+        "a header named in Connection was forwarded"
+    );
+    assert_eq!(
+        body["length"], 200_000,
+        "a large body streams through whole"
+    );
+}
+
+#[tokio::test]
+async fn no_instance_is_a_503_problem() {
+    let harness = harness(2_000).await;
+    let (status, headers, body) = call(
+        Method::GET,
+        &format!("{}/v1/products", harness.gateway),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(body["type"], "/problems/no-instance");
+    assert_eq!(body["service"], "inventory");
+    assert!(body["request_id"].as_str().is_some());
+}
+
+#[tokio::test]
+async fn only_dead_instances_is_a_502_problem() {
+    let harness = harness(2_000).await;
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string();
+    let _registration = register(&harness, "payment", &dead).await;
+    let (status, _, body) = call(
+        Method::GET,
+        &format!("{}/v1/payments?order_id=1", harness.gateway),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["type"], "/problems/upstream-unreachable");
+}
+
+#[tokio::test]
+async fn a_dead_instance_is_failed_over_to_a_live_one() {
+    let harness = harness(2_000).await;
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .to_string();
+    let live = upstream().await;
+    let _dead = register(&harness, "order", &dead).await;
+    let _live = register(&harness, "order", &live).await;
+    for _ in 0..4 {
+        let (status, _, body) = call(
+            Method::POST,
+            &format!("{}/v1/orders/echo", harness.gateway),
+            &[],
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_upstream_is_a_504_problem_after_the_deadline() {
+    let harness = harness(300).await;
+    let address = upstream().await;
+    let _registration = register(&harness, "order", &address).await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = call(
+        Method::GET,
+        &format!("{}/v1/orders/slow", harness.gateway),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["type"], "/problems/upstream-timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_problems() {
+    let harness = harness(2_000).await;
+    let (status, _, body) = call(
+        Method::GET,
+        &format!("{}/v1/unknown", harness.gateway),
+        &[],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["type"], "/problems/not-found");
+}
