@@ -64,6 +64,8 @@ impl App {
 
     /// The finished router.
     pub fn into_router(self) -> Router {
+        // Install the recorder now: metrics recorded before it exists are lost.
+        metrics::handle();
         let routes = self
             .routes
             .merge(self.health.routes())
