@@ -20,10 +20,17 @@ use serde_json::{Value, json};
 /// A running `flotilla up`.
 struct System {
     supervisor: Child,
-    gateway: String,
+    api: Gateway,
     registry: String,
     data_dir: tempfile::TempDir,
-    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl std::ops::Deref for System {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.api
+    }
 }
 
 /// An HTTP answer.
@@ -34,59 +41,13 @@ struct Answer {
     body: Value,
 }
 
-impl System {
-    /// Starts the system and waits for its ready line (at most 60 s).
-    fn start(extra: &[&str]) -> System {
-        let data_dir = tempfile::tempdir().expect("temporary directory");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let log = std::fs::File::create(data_dir.path().join("system.log")).expect("log file");
-        let mut supervisor = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .arg("up")
-            .args(["--gateway-port", &port.to_string()])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(["--log-format", "json", "--stop-timeout-ms", "5000"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("flotilla up starts");
-        let stdout = supervisor.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no ready line within 60 s; log:\n{}",
-                    tail(&data_dir.path().join("system.log"))
-                )
-            });
-        assert!(
-            line.starts_with("flotilla ready in "),
-            "unexpected first line: {line}"
-        );
-        let registry = std::fs::read_to_string(data_dir.path().join("registry.url"))
-            .expect("registry.url is written")
-            .trim()
-            .to_owned();
-        System {
-            supervisor,
-            gateway: format!("http://127.0.0.1:{port}"),
-            registry,
-            data_dir,
-            http: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
+/// The calls a test makes against the gateway, usable from another task.
+struct Gateway {
+    gateway: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
 
+impl Gateway {
     async fn call(
         &self,
         method: Method,
@@ -137,6 +98,66 @@ impl System {
             Some(body.to_string().into_bytes()),
         )
         .await
+    }
+}
+
+impl System {
+    fn client_only(gateway: String, http: Client<HttpConnector, Full<Bytes>>) -> Gateway {
+        Gateway { gateway, http }
+    }
+
+    /// Starts the system and waits for its ready line (at most 60 s).
+    fn start(extra: &[&str]) -> System {
+        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let log = std::fs::File::create(data_dir.path().join("system.log")).expect("log file");
+        let mut supervisor = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("up")
+            .args(["--gateway-port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--log-format", "json", "--stop-timeout-ms", "5000"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("flotilla up starts");
+        let stdout = supervisor.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no ready line within 60 s; log:\n{}",
+                    tail(&data_dir.path().join("system.log"))
+                )
+            });
+        assert!(
+            line.starts_with("flotilla ready in "),
+            "unexpected first line: {line}"
+        );
+        let registry = std::fs::read_to_string(data_dir.path().join("registry.url"))
+            .expect("registry.url is written")
+            .trim()
+            .to_owned();
+        System {
+            supervisor,
+            api: Gateway {
+                gateway: format!("http://127.0.0.1:{port}"),
+                http: Client::builder(TokioExecutor::new()).build_http(),
+            },
+            registry,
+            data_dir,
+        }
     }
 
     async fn instances(&self, service: &str) -> Vec<Value> {
@@ -556,45 +577,65 @@ async fn a_killed_instance_leaves_rotation_within_two_seconds_while_orders_keep_
         .and_then(|p| p.parse().ok())
         .expect("pid");
 
+    // Traffic runs on its own task while the registry is watched closely on this one, so that
+    // slow requests on a loaded machine cannot blur the measurement.
+    let traffic = {
+        let gateway = system.gateway.clone();
+        let http = system.http.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let probe = System::client_only(gateway, http);
+            let mut orders = 0;
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                // Orders (order → inventory) and catalog reads (gateway → inventory).
+                let placed = probe.post_order(&order("alice", "CB-005", 1), &[]).await;
+                assert_eq!(
+                    placed.status,
+                    StatusCode::ACCEPTED,
+                    "an order failed after the kill: {:?}",
+                    placed.body
+                );
+                let product = probe.get("/v1/products/CB-005").await;
+                assert_eq!(
+                    product.status,
+                    StatusCode::OK,
+                    "a catalog read failed after the kill: {:?}",
+                    product.body
+                );
+                orders += 1;
+            }
+            orders
+        });
+        (stop, task)
+    };
+
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
     let killed = Instant::now();
     let mut out_of_rotation = None;
-    let mut gone = None;
-    let mut orders = 0;
-    while gone.is_none() {
-        // Orders (order → inventory) and catalog reads (gateway → inventory) keep succeeding.
-        let placed = system.post_order(&order("alice", "CB-005", 1), &[]).await;
-        assert_eq!(
-            placed.status,
-            StatusCode::ACCEPTED,
-            "order failed {:?} after the kill: {:?}",
-            killed.elapsed(),
-            placed.body
-        );
-        let product = system.get("/v1/products/CB-005").await;
-        assert_eq!(
-            product.status,
-            StatusCode::OK,
-            "catalog read failed after the kill: {:?}",
-            product.body
-        );
-        orders += 1;
-
+    let gone = loop {
         let instances = system.instances("inventory").await;
         let victim_now = instances.iter().find(|i| i["id"] == victim_id.as_str());
         if out_of_rotation.is_none() && victim_now.is_none_or(|i| i["status"] != "passing") {
             out_of_rotation = Some(killed.elapsed());
         }
         if victim_now.is_none() {
-            gone = Some(killed.elapsed());
+            break killed.elapsed();
         }
         assert!(
             killed.elapsed() < Duration::from_secs(10),
             "the dead instance is still registered after 10 s"
         );
-    }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     let out_of_rotation = out_of_rotation.expect("measured");
-    let gone = gone.expect("measured");
+    // Let traffic run a little longer, then collect it (a failed request fails the task).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    traffic.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let orders = traffic
+        .1
+        .await
+        .expect("every order and catalog read succeeded");
     eprintln!(
         "dead instance out of rotation after {out_of_rotation:?}, evicted after {gone:?}; {orders} orders placed meanwhile"
     );

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla_kit::client::{self, CallError, Client};
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -260,7 +260,7 @@ impl Discovery {
                             reason: e.to_string(),
                         },
                     })?;
-            match self.exchange(&url, request).await {
+            match client::exchange(&self.inner.http, &url, request, self.inner.timeout).await {
                 Ok(answer) => return Ok(answer),
                 Err(error) if error.is_connect() => {
                     tracing::warn!(%service, instance = %endpoint.id, %error, "instance unreachable; failing over");
@@ -278,39 +278,6 @@ impl Discovery {
             service: service.to_owned(),
             tried: candidates.len(),
         })
-    }
-
-    async fn exchange(
-        &self,
-        url: &str,
-        request: Request<Full<Bytes>>,
-    ) -> Result<(StatusCode, Bytes), CallError> {
-        let exchange =
-            async {
-                let response = self.inner.http.request(request).await.map_err(|source| {
-                    CallError::Transport {
-                        url: url.to_owned(),
-                        source,
-                    }
-                })?;
-                let status = response.status();
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| CallError::Body {
-                        url: url.to_owned(),
-                        reason: e.to_string(),
-                    })?
-                    .to_bytes();
-                Ok((status, body))
-            };
-        tokio::time::timeout(self.inner.timeout, exchange)
-            .await
-            .map_err(|_| CallError::Timeout {
-                url: url.to_owned(),
-                after: self.inner.timeout,
-            })?
     }
 }
 

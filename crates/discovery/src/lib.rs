@@ -16,5 +16,5 @@ mod lifecycle;
 mod registration;
 
 pub use cache::{Discovery, DiscoveryError, Endpoint};
-pub use lifecycle::serve;
+pub use lifecycle::{serve, serve_routes};
 pub use registration::Registration;

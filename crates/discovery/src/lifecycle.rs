@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Router;
-use flotilla_kit::{Health, Settings};
+use flotilla_kit::{App, Health, Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -81,4 +81,32 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Serves a service's `routes` inside the kit's stack ([`App`]) as an instance of `service`:
+/// marks start-up done, then runs [`serve`]. Call it once start-up work (opening the database)
+/// is done.
+pub async fn serve_routes(
+    service: &str,
+    settings: &Settings,
+    listener: TcpListener,
+    routes: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let health = Health::new();
+    let router = App::new(health.clone())
+        .max_body_bytes(settings.max_body_bytes)
+        .routes(routes)
+        .into_router();
+    health.set_started();
+    serve(
+        service,
+        BTreeMap::new(),
+        settings,
+        listener,
+        router,
+        health,
+        shutdown,
+    )
+    .await
 }

@@ -14,11 +14,10 @@
 pub mod proxy;
 pub mod routes;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_discovery::Discovery;
-use flotilla_kit::{App, Health, Settings};
+use flotilla_kit::Settings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -37,20 +36,5 @@ pub async fn run(
     let timeout = Duration::from_millis(settings.request_timeout_ms);
     let discovery = Discovery::new(&registry, timeout, shutdown.clone());
     let proxy = proxy::Proxy::new(discovery, routes::Routes::default(), timeout);
-    let health = Health::new();
-    let router = App::new(health.clone())
-        .max_body_bytes(settings.max_body_bytes)
-        .routes(proxy.router())
-        .into_router();
-    health.set_started();
-    flotilla_discovery::serve(
-        "gateway",
-        BTreeMap::new(),
-        &settings,
-        listener,
-        router,
-        health,
-        shutdown,
-    )
-    .await
+    flotilla_discovery::serve_routes("gateway", &settings, listener, proxy.router(), shutdown).await
 }

@@ -116,6 +116,16 @@ pub async fn send(
     let request = builder
         .body(Full::new(body))
         .map_err(|e| invalid(e.to_string()))?;
+    exchange(client, url, request, timeout).await
+}
+
+/// Sends a built request and reads the whole answer, within `timeout`.
+pub async fn exchange(
+    client: &Client,
+    url: &str,
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), CallError> {
     let exchange = async {
         let response: Response<_> =
             client

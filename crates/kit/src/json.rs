@@ -1,4 +1,4 @@
-//! A JSON body extractor whose every rejection is a [`Problem`].
+//! Extractors whose every rejection is a [`Problem`]: a JSON body and a query string.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -42,5 +42,28 @@ fn rejection_to_problem(rejection: JsonRejection) -> Problem {
             Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", detail)
         }
         _ => Problem::new(status, "invalid-body", detail),
+    }
+}
+
+/// Like `axum::extract::Query`, but a query string that is missing a parameter or has one of
+/// the wrong type is answered with a 400 problem (`/problems/invalid-query`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(Problem::bad_request("invalid-query", rejection.body_text())),
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! | [`settings`] | typed settings, layered defaults → file → `FLOTILLA_*` environment → flags |
 //! | [`telemetry`] | structured logs with `tracing` (JSON when not on a terminal) |
 //! | [`problem`] | RFC 9457 `application/problem+json` errors, the one error shape on the wire |
-//! | [`json`] | a JSON body extractor whose rejections are problems |
+//! | [`json`] | JSON body and query string extractors whose rejections are problems |
 //! | [`health`] | `/livez`, `/readyz`, `/startupz` backed by a cheap shared [`health::Health`] handle |
 //! | [`metrics`] | the Prometheus recorder and `/metrics`, with per-route request counts and latencies |
 //! | `database` | (feature `sqlite`) opening a service's embedded database and running its migrations |
@@ -32,6 +32,6 @@ pub mod telemetry;
 
 pub use app::{App, serve};
 pub use health::Health;
-pub use json::Json;
+pub use json::{Json, Query};
 pub use problem::Problem;
 pub use settings::Settings;

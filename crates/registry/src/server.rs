@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use flotilla_kit::client;
-use flotilla_kit::{Json, Problem, Settings};
+use flotilla_kit::{Json, Problem, Query, Settings};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -112,15 +112,14 @@ struct WatchQuery {
 async fn watch(
     State(registry): State<Registry>,
     Path(service): Path<String>,
-    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, Problem> {
-    let Query(query) = query.map_err(|e| Problem::bad_request("invalid-query", e.body_text()))?;
+    Query(query): Query<WatchQuery>,
+) -> Response {
     if let Some(seen) = query.index {
         let wait = Duration::from_millis(query.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
         registry.wait_for_change(seen, wait).await;
     }
     let snapshot = registry.snapshot(&service);
-    Ok(with_index(snapshot.index, axum::Json(snapshot)))
+    with_index(snapshot.index, axum::Json(snapshot))
 }
 
 fn with_index(index: u64, body: impl IntoResponse) -> Response {

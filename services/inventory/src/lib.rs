@@ -10,12 +10,10 @@
 //! | `GET /v1/products` | the catalog with stock |
 //! | `GET /v1/products/{sku}` | one product; 404 `/problems/unknown-sku` if there is none |
 
-use std::collections::BTreeMap;
-
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use flotilla_kit::{App, Health, Problem, Settings};
+use flotilla_kit::{Problem, Settings};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -125,20 +123,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let health = Health::new();
     let pool = open(&settings).await.map_err(std::io::Error::other)?;
-    health.set_started();
-    let router = App::new(health.clone())
-        .max_body_bytes(settings.max_body_bytes)
-        .routes(routes(pool.clone()))
-        .into_router();
-    let result = flotilla_discovery::serve(
+    let result = flotilla_discovery::serve_routes(
         SERVICE,
-        BTreeMap::new(),
         &settings,
         listener,
-        router,
-        health,
+        routes(pool.clone()),
         shutdown,
     )
     .await;

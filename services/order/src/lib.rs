@@ -15,7 +15,6 @@
 pub mod domain;
 mod store;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Router;
@@ -25,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use flotilla_discovery::Discovery;
-use flotilla_kit::{App, Health, Json, Problem, Settings};
+use flotilla_kit::{Json, Problem, Settings};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
@@ -242,7 +241,6 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let health = Health::new();
     let pool = store::open(&settings)
         .await
         .map_err(std::io::Error::other)?;
@@ -251,24 +249,13 @@ pub async fn run(
         Some(registry) => Discovery::new(registry, timeout, shutdown.clone()),
         None => Discovery::fixed(Default::default(), timeout),
     };
-    health.set_started();
-    let router = App::new(health.clone())
-        .max_body_bytes(settings.max_body_bytes)
-        .routes(routes(Context {
-            pool: pool.clone(),
-            discovery,
-        }))
-        .into_router();
-    let result = flotilla_discovery::serve(
-        SERVICE,
-        BTreeMap::new(),
-        &settings,
-        listener,
-        router,
-        health,
-        shutdown,
-    )
-    .await;
+    let context = Context {
+        pool: pool.clone(),
+        discovery,
+    };
+    let result =
+        flotilla_discovery::serve_routes(SERVICE, &settings, listener, routes(context), shutdown)
+            .await;
     pool.close().await;
     result
 }

@@ -11,14 +11,11 @@
 //! | `GET /v1/accounts/{customer_id}` | one account; 404 `/problems/unknown-customer` |
 //! | `GET /v1/payments?order_id=…` | the payments of an order (`order_id` is required) |
 
-use std::collections::BTreeMap;
-
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use flotilla_kit::{App, Health, Problem, Settings};
+use flotilla_kit::{Problem, Query, Settings};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -144,14 +141,8 @@ struct ByOrder {
 
 async fn payments(
     State(pool): State<SqlitePool>,
-    query: Result<Query<ByOrder>, QueryRejection>,
+    Query(ByOrder { order_id }): Query<ByOrder>,
 ) -> Result<axum::Json<Items<Payment>>, Problem> {
-    let Query(ByOrder { order_id }) = query.map_err(|e| {
-        Problem::bad_request(
-            "invalid-query",
-            format!("`order_id` is required: {}", e.body_text()),
-        )
-    })?;
     let items = sqlx::query_as::<_, Payment>(
         "SELECT payment_id, order_id, customer_id, amount_cents, status, created_at, updated_at
          FROM payments WHERE order_id = ? ORDER BY created_at",
@@ -169,20 +160,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let health = Health::new();
     let pool = open(&settings).await.map_err(std::io::Error::other)?;
-    health.set_started();
-    let router = App::new(health.clone())
-        .max_body_bytes(settings.max_body_bytes)
-        .routes(routes(pool.clone()))
-        .into_router();
-    let result = flotilla_discovery::serve(
+    let result = flotilla_discovery::serve_routes(
         SERVICE,
-        BTreeMap::new(),
         &settings,
         listener,
-        router,
-        health,
+        routes(pool.clone()),
         shutdown,
     )
     .await;

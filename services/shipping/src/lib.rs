@@ -10,13 +10,10 @@
 //! | `GET /v1/shipments?order_id=…` | the shipments of an order (`order_id` is required) |
 //! | `GET /v1/shipments/refused-destinations` | countries the carrier does not serve |
 
-use std::collections::BTreeMap;
-
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
-use flotilla_kit::{App, Health, Problem, Settings};
+use flotilla_kit::{Problem, Query, Settings};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -107,14 +104,8 @@ struct ByOrder {
 
 async fn shipments(
     State(pool): State<SqlitePool>,
-    query: Result<Query<ByOrder>, QueryRejection>,
+    Query(ByOrder { order_id }): Query<ByOrder>,
 ) -> Result<axum::Json<Items<Shipment>>, Problem> {
-    let Query(ByOrder { order_id }) = query.map_err(|e| {
-        Problem::bad_request(
-            "invalid-query",
-            format!("`order_id` is required: {}", e.body_text()),
-        )
-    })?;
     let items = sqlx::query_as::<_, Shipment>(
         "SELECT shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at
          FROM shipments WHERE order_id = ? ORDER BY created_at",
@@ -144,20 +135,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let health = Health::new();
     let pool = open(&settings).await.map_err(std::io::Error::other)?;
-    health.set_started();
-    let router = App::new(health.clone())
-        .max_body_bytes(settings.max_body_bytes)
-        .routes(routes(pool.clone()))
-        .into_router();
-    let result = flotilla_discovery::serve(
+    let result = flotilla_discovery::serve_routes(
         SERVICE,
-        BTreeMap::new(),
         &settings,
         listener,
-        router,
-        health,
+        routes(pool.clone()),
         shutdown,
     )
     .await;
