@@ -570,6 +570,11 @@ async fn a_killed_instance_leaves_rotation_within_two_seconds_while_orders_keep_
     let system = System::start(&["--scale", "inventory=2"]);
     let inventory = system.instances("inventory").await;
     assert_eq!(inventory.len(), 2, "{inventory:?}");
+    let log = std::fs::read_to_string(system.data_dir.path().join("system.log")).expect("log");
+    assert!(
+        !log.contains("restarting"),
+        "a child crashed while two instances of one service started together"
+    );
     let victim = &inventory[0];
     let victim_id = victim["id"].as_str().expect("id").to_owned();
     let pid: i32 = victim["metadata"]["pid"]

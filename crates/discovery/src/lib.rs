@@ -17,4 +17,4 @@ mod registration;
 
 pub use cache::{Discovery, DiscoveryError, Endpoint};
 pub use lifecycle::{serve, serve_routes};
-pub use registration::Registration;
+pub use registration::{Registration, Spec};

@@ -8,7 +8,7 @@ use flotilla_kit::{App, Health, Settings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::Registration;
+use crate::{Registration, Spec};
 
 /// Serves `router` on `listener` as an instance of `service` until `shutdown`, in this order:
 ///
@@ -16,7 +16,7 @@ use crate::Registration;
 ///
 /// 1. start serving (so the registry's probe can reach us);
 /// 2. register with the registry named in `settings` (if any) and start heart-beating;
-/// 3. become ready;
+/// 3. be ready (from the registration request on, see [`Registration::start`]);
 /// 4. on shutdown: become not ready, deregister (so clients stop picking us), then stop
 ///    accepting and drain in-flight requests, for at most `shutdown_grace_ms`.
 pub async fn serve(
@@ -46,20 +46,20 @@ pub async fn serve(
 
     let registration = match &settings.registry_url {
         Some(registry) => {
-            Registration::start(
+            let spec = Spec {
                 registry,
                 service,
-                &address,
+                address: &address,
                 metadata,
-                Duration::from_millis(settings.heartbeat_ms),
-                Duration::from_millis(settings.ttl_ms),
-                &shutdown,
-            )
-            .await
+                heartbeat: Duration::from_millis(settings.heartbeat_ms),
+                ttl: Duration::from_millis(settings.ttl_ms),
+            };
+            Registration::start(spec, &health, &shutdown).await
         }
         None => None,
     };
     if !shutdown.is_cancelled() {
+        // Registered (or running without a registry): ready.
         health.set_ready(true);
         shutdown.cancelled().await;
     }

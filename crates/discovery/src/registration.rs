@@ -3,11 +3,29 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use flotilla_kit::Health;
 use flotilla_kit::client::{self, CallError, Client};
 use http::{Method, StatusCode};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// What to register.
+#[derive(Debug, Clone)]
+pub struct Spec<'a> {
+    /// Base URL of the registry.
+    pub registry: &'a str,
+    /// Service name.
+    pub service: &'a str,
+    /// `host:port` where the instance serves HTTP.
+    pub address: &'a str,
+    /// Metadata (version, pid, zone, weight…).
+    pub metadata: BTreeMap<String, String>,
+    /// Interval between heartbeats.
+    pub heartbeat: Duration,
+    /// Lease duration asked of the registry.
+    pub ttl: Duration,
+}
 
 /// The body of a registration, as the registry expects it.
 #[derive(Debug, Clone, Serialize)]
@@ -29,19 +47,27 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Registers `service` at `address` with the registry at `registry` (retrying every 200 ms
-    /// until it answers or `shutdown` fires), then keeps the lease alive.
+    /// Registers the instance `spec` describes (retrying every 200 ms until the registry
+    /// answers or `shutdown` fires), then keeps the lease alive.
+    ///
+    /// `health` is marked ready while a registration request is in flight, and not ready
+    /// between failed attempts: the registry can only probe an instance it knows, so its first
+    /// probe finds the instance ready, and an instance that is not registered is not ready.
     ///
     /// Returns `None` if `shutdown` fired first.
     pub async fn start(
-        registry: &str,
-        service: &str,
-        address: &str,
-        metadata: BTreeMap<String, String>,
-        heartbeat: Duration,
-        ttl: Duration,
+        spec: Spec<'_>,
+        health: &Health,
         shutdown: &CancellationToken,
     ) -> Option<Self> {
+        let Spec {
+            registry,
+            service,
+            address,
+            metadata,
+            heartbeat,
+            ttl,
+        } = spec;
         let http = client::client();
         let id = format!("{service}-{}", uuid::Uuid::now_v7().simple());
         let registry = registry.trim_end_matches('/').to_owned();
@@ -55,13 +81,16 @@ impl Registration {
         let body = serde_json::to_value(&body).ok()?;
         let timeout = Duration::from_secs(2);
         loop {
-            match client::send(&http, Method::PUT, &url, Some(&body), timeout).await {
+            health.set_ready(true);
+            let answer = client::send(&http, Method::PUT, &url, Some(&body), timeout).await;
+            match answer {
                 Ok((status, _)) if status.is_success() => break,
                 Ok((status, detail)) => {
                     tracing::error!(%status, detail = %String::from_utf8_lossy(&detail), "registration refused");
                 }
                 Err(error) => tracing::warn!(%error, "registry unreachable; retrying"),
             }
+            health.set_ready(false);
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}

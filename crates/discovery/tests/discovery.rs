@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use flotilla_discovery::{Discovery, Registration};
+use flotilla_discovery::{Discovery, Registration, Spec};
 use flotilla_kit::Settings;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::net::TcpListener;
@@ -53,12 +53,15 @@ async fn register(
     shutdown: &CancellationToken,
 ) -> Registration {
     Registration::start(
-        registry,
-        service,
-        address,
-        BTreeMap::new(),
-        Duration::from_millis(500),
-        Duration::from_millis(1_500),
+        Spec {
+            registry,
+            service,
+            address,
+            metadata: BTreeMap::new(),
+            heartbeat: Duration::from_millis(500),
+            ttl: Duration::from_millis(1_500),
+        },
+        &flotilla_kit::Health::new(),
         shutdown,
     )
     .await

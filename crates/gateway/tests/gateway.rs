@@ -7,7 +7,7 @@ use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use flotilla_discovery::Registration;
+use flotilla_discovery::{Registration, Spec};
 use flotilla_kit::Settings;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -95,12 +95,15 @@ async fn upstream() -> String {
 
 async fn register(harness: &Harness, service: &str, address: &str) -> Registration {
     Registration::start(
-        &harness.registry,
-        service,
-        address,
-        BTreeMap::new(),
-        Duration::from_millis(500),
-        Duration::from_millis(1_500),
+        Spec {
+            registry: &harness.registry,
+            service,
+            address,
+            metadata: BTreeMap::new(),
+            heartbeat: Duration::from_millis(500),
+            ttl: Duration::from_millis(1_500),
+        },
+        &flotilla_kit::Health::new(),
         &harness.shutdown,
     )
     .await

@@ -3,7 +3,12 @@
 //! WAL mode lets readers and the writer work at once and lets several instances of one service
 //! (`--scale inventory=2`) share the file; the busy timeout makes a writer wait for another's
 //! transaction instead of failing.
+//!
+//! Start-up work (migrations, seeding) runs under an exclusive lock on `<file>.lock`, so that
+//! instances starting together do not race to create the same tables: SQLite answers such
+//! races with `database is locked` at once, without waiting for its busy timeout.
 
+use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
 
@@ -11,13 +16,43 @@ use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-/// Opens (creating if needed) the database at `path` and applies `migrations`.
-pub async fn open(path: &Path, migrations: &Migrator) -> Result<SqlitePool, sqlx::Error> {
+/// A database being set up: migrated, and locked against other instances until
+/// [`Opening::ready`]. Seed it through [`Opening::pool`] in between.
+#[derive(Debug)]
+pub struct Opening {
+    pool: SqlitePool,
+    /// Held for the set-up; closing the file releases the lock.
+    lock: File,
+}
+
+impl Opening {
+    /// The pool, for seeding while other instances wait.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Ends the set-up: releases the lock and returns the pool.
+    pub fn ready(self) -> SqlitePool {
+        drop(self.lock);
+        self.pool
+    }
+}
+
+/// Opens (creating if needed) the database at `path`, takes the set-up lock and applies
+/// `migrations`.
+pub async fn open(path: &Path, migrations: &Migrator) -> Result<Opening, sqlx::Error> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
         std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
     }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock = File::create(&lock_path).map_err(sqlx::Error::Io)?;
+    let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+        .await
+        .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+        .map_err(sqlx::Error::Io)?;
     let options = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
@@ -30,5 +65,5 @@ pub async fn open(path: &Path, migrations: &Migrator) -> Result<SqlitePool, sqlx
         .connect_with(options)
         .await?;
     migrations.run(&pool).await?;
-    Ok(pool)
+    Ok(Opening { pool, lock })
 }

@@ -63,7 +63,6 @@ struct Entry {
     instance: Instance,
     ttl: Duration,
     expires: Instant,
-    registered: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -156,7 +155,6 @@ impl Registry {
             instance: instance.clone(),
             ttl,
             expires: Instant::now() + ttl,
-            registered: Instant::now(),
         };
         let previous = state
             .services
@@ -223,16 +221,14 @@ impl Registry {
         evicted
     }
 
-    /// `(id, address)` of every instance registered at least `min_age` ago: the ones to probe.
-    /// Younger ones are left alone, as they may still be finishing their start-up.
-    pub fn probe_targets(&self, min_age: Duration) -> Vec<(String, String)> {
-        let now = Instant::now();
+    /// `(id, address)` of every instance: the ones to probe. (An instance is ready from its
+    /// registration request on, so even a new one can be probed at once.)
+    pub fn probe_targets(&self) -> Vec<(String, String)> {
         let state = self.lock();
         state
             .services
             .values()
             .flat_map(|instances| instances.values())
-            .filter(|entry| now.duration_since(entry.registered) >= min_age)
             .map(|entry| (entry.instance.id.clone(), entry.instance.address.clone()))
             .collect()
     }

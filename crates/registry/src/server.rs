@@ -11,7 +11,8 @@
 //! Third-party registration is the same `PUT`: anything may register an instance on another's
 //! behalf, and the prober keeps it honest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -23,7 +24,6 @@ use flotilla_kit::client;
 use flotilla_kit::{Json, Problem, Query, Settings};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::RegistryError;
@@ -147,6 +147,9 @@ pub async fn sweep(registry: Registry, every: Duration, shutdown: CancellationTo
 
 /// Probes every instance's `/readyz` each `every`; a failed probe takes the instance out of
 /// rotation at once, a passing one brings it back.
+///
+/// Each instance is probed on its own: a slow instance (its probe waits up to `timeout`) delays
+/// nobody else's verdict, and an instance is never probed twice at once.
 pub async fn probe(
     registry: Registry,
     every: Duration,
@@ -154,6 +157,7 @@ pub async fn probe(
     shutdown: CancellationToken,
 ) {
     let http = client::client();
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -161,10 +165,12 @@ pub async fn probe(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let mut probes = JoinSet::new();
-        for (id, address) in registry.probe_targets(every) {
-            let http = http.clone();
-            probes.spawn(async move {
+        for (id, address) in registry.probe_targets() {
+            if !lock(&in_flight).insert(id.clone()) {
+                continue;
+            }
+            let (http, registry, in_flight) = (http.clone(), registry.clone(), in_flight.clone());
+            tokio::spawn(async move {
                 let url = format!("http://{address}/readyz");
                 let status = match client::send(
                     &http,
@@ -178,15 +184,15 @@ pub async fn probe(
                     Ok((status, _)) if status.is_success() => Status::Passing,
                     Ok(_) | Err(_) => Status::Critical,
                 };
-                (id, status)
+                registry.set_status(&id, status);
+                lock(&in_flight).remove(&id);
             });
         }
-        while let Some(result) = probes.join_next().await {
-            if let Ok((id, status)) = result {
-                registry.set_status(&id, status);
-            }
-        }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// Runs the registry on `listener` until `shutdown`: the HTTP API, the sweeper and the prober.

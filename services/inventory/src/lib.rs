@@ -50,9 +50,10 @@ pub struct Catalog {
 
 /// Opens the database, applies migrations and seeds an empty catalog.
 pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
-    let pool = flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
-    seed(&pool).await?;
-    Ok(pool)
+    let opening =
+        flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
+    seed(opening.pool()).await?;
+    Ok(opening.ready())
 }
 
 async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {

@@ -44,7 +44,9 @@ pub struct OrderLine {
 
 /// Opens the database and applies migrations.
 pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
-    flotilla_kit::database::open(&settings.database_path(crate::SERVICE), &MIGRATIONS).await
+    let opening =
+        flotilla_kit::database::open(&settings.database_path(crate::SERVICE), &MIGRATIONS).await?;
+    Ok(opening.ready())
 }
 
 /// What [`insert`] did.

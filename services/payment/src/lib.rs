@@ -72,10 +72,11 @@ pub struct Items<T> {
 
 /// Opens the database, applies migrations and seeds the accounts if there are none.
 pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
-    let pool = flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
+    let opening =
+        flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     let accounts: Vec<Account> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let mut tx = pool.begin().await?;
+    let mut tx = opening.pool().begin().await?;
     let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts")
         .fetch_one(&mut *tx)
         .await?;
@@ -93,7 +94,7 @@ pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
         tracing::info!(accounts = accounts.len(), "accounts seeded");
     }
     tx.commit().await?;
-    Ok(pool)
+    Ok(opening.ready())
 }
 
 /// The service's routes.

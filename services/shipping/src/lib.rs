@@ -68,10 +68,11 @@ pub struct Items<T> {
 
 /// Opens the database, applies migrations and seeds the refused destinations if there are none.
 pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
-    let pool = flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
+    let opening =
+        flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     let refused: Vec<RefusedDestination> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let mut tx = pool.begin().await?;
+    let mut tx = opening.pool().begin().await?;
     let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM refused_destinations")
         .fetch_one(&mut *tx)
         .await?;
@@ -85,7 +86,7 @@ pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
         }
     }
     tx.commit().await?;
-    Ok(pool)
+    Ok(opening.ready())
 }
 
 /// The service's routes.
