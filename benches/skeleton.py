@@ -76,7 +76,7 @@ class System:
         self.outside = time.monotonic() - started
         if not line.startswith("flotilla ready in "):
             sys.exit(f"unexpected first line: {line!r}")
-        self.reported = float(line.split()[3])
+        self.reported = float(line.split()[3]) / 1000  # "flotilla ready in 79 ms: ..."
         with open(os.path.join(self.dir.name, "registry.url")) as f:
             self.registry = f.read().strip()
 

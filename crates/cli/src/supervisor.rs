@@ -263,8 +263,8 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             use std::io::Write as _;
             let _ = writeln!(
                 std::io::stdout(),
-                "flotilla ready in {:.2} s: gateway http://127.0.0.1:{gateway_port} · registry {registry_url} · {} processes · data {}",
-                started.elapsed().as_secs_f64(),
+                "flotilla ready in {} ms: gateway http://127.0.0.1:{gateway_port} · registry {registry_url} · {} processes · data {}",
+                started.elapsed().as_millis(),
                 instances + 1,
                 data_dir.display(),
             );
