@@ -13,13 +13,11 @@
 use std::future::Future;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{
@@ -171,7 +169,119 @@ pub async fn serve(
         .await
 }
 
-/// Reads a whole body into bytes (tests and small internal payloads).
-pub async fn body_bytes(body: Body) -> Result<bytes::Bytes, axum::Error> {
-    Ok(body.collect().await?.to_bytes())
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::{get, post};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app() -> Router {
+        let routes = Router::new()
+            .route(
+                "/items/{id}",
+                get(|| async { Problem::not_found("no such item") }),
+            )
+            .route(
+                "/echo",
+                post(|crate::Json(v): crate::Json<serde_json::Value>| async move { axum::Json(v) }),
+            );
+        let health = Health::new();
+        health.set_started();
+        App::new(health)
+            .max_body_bytes(1024)
+            .routes(routes)
+            .into_router()
+    }
+
+    async fn send(request: Request<Body>) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let response = app().oneshot(request).await.expect("infallible");
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or_default(),
+        )
+    }
+
+    use axum::http::HeaderMap;
+
+    #[tokio::test]
+    async fn a_handler_problem_carries_the_request_id_and_the_path() {
+        let request = Request::get("/items/7")
+            .header("x-request-id", "abc")
+            .body(Body::empty());
+        let (status, headers, body) = send(request.expect("request")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(headers["content-type"], crate::problem::CONTENT_TYPE);
+        assert_eq!(headers["x-request-id"], "abc");
+        assert_eq!(body["request_id"], "abc");
+        assert_eq!(body["instance"], "/items/7");
+        assert_eq!(body["type"], "/problems/not-found");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_id_gets_one() {
+        let (_, headers, body) = send(
+            Request::get("/nowhere")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        let id = headers["x-request-id"].to_str().expect("ascii");
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+        assert_eq!(
+            body["request_id"], id,
+            "the problem names the same id as the header"
+        );
+    }
+
+    #[tokio::test]
+    async fn framework_errors_become_problems() {
+        let (status, headers, body) = send(
+            Request::delete("/echo")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers["content-type"], crate::problem::CONTENT_TYPE);
+        assert_eq!(body["type"], "/problems/method-not-allowed");
+
+        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(2048));
+        let request = Request::post("/echo")
+            .header("content-type", "application/json")
+            .body(Body::from(big));
+        let (status, _, body) = send(request.expect("request")).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["type"], "/problems/body-too-large");
+    }
+
+    #[tokio::test]
+    async fn successes_pass_through_and_are_counted_by_route_template() {
+        let request = Request::post("/echo")
+            .header("content-type", "application/json")
+            .body(Body::from("{\"a\":1}"));
+        let (status, _, body) = send(request.expect("request")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["a"], 1);
+        let _ = send(
+            Request::get("/items/42")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        let text = crate::metrics::handle().render();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(crate::metrics::HTTP_REQUESTS)
+                    && l.contains("route=\"/items/{id}\"")
+                    && l.contains("status=\"404\"")),
+            "{text}"
+        );
+    }
 }

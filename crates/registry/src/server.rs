@@ -158,7 +158,8 @@ pub async fn probe(
 ) {
     let http = client::client();
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut ticker = tokio::time::interval(every);
+    // The first round comes one interval after start, not at once.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
