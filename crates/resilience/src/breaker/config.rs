@@ -1,0 +1,147 @@
+//! The circuit breaker's parameters, with their defaults in one place.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which calls the failure and slow-call rates are computed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Window {
+    /// The last `calls` calls.
+    Count {
+        /// Number of calls in the window.
+        calls: u32,
+    },
+    /// The calls of the last `millis` milliseconds (resolution: a tenth of the window).
+    Time {
+        /// Length of the window in milliseconds.
+        millis: u64,
+    },
+}
+
+/// Circuit breaker parameters. Every field has a default ([`BreakerConfig::default`]); rates
+/// are percentages.
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, Window};
+/// let config: BreakerConfig = serde_json::from_str(r#"{
+///     "window": { "kind": "time", "millis": 10000 },
+///     "failure_rate_threshold": 25.0,
+///     "minimum_calls": 5
+/// }"#).unwrap();
+/// assert_eq!(config.window, Window::Time { millis: 10_000 });
+/// assert_eq!(config.half_open_permits, 3); // the default
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// The sliding window the rates are computed over. Default: the last 20 calls.
+    pub window: Window,
+    /// Failure rate (percent of the calls in the window) at or above which the breaker opens.
+    /// Default 50.
+    pub failure_rate_threshold: f64,
+    /// A call that takes at least this long is slow. Default 2 000 ms.
+    pub slow_call_duration_ms: u64,
+    /// Slow-call rate (percent) at or above which the breaker opens. Default 100 (only when
+    /// every call in the window is slow).
+    pub slow_call_rate_threshold: f64,
+    /// Calls the window must hold before the rates are judged. Default 10.
+    pub minimum_calls: u32,
+    /// Time spent open before letting trial calls through. Default 5 000 ms.
+    pub wait_in_open_ms: u64,
+    /// Growth of the open wait each time a half-open trial fails again (1 = constant).
+    /// Default 2.
+    pub wait_multiplier: f64,
+    /// Ceiling of the growing open wait. Default 60 000 ms.
+    pub max_wait_in_open_ms: u64,
+    /// Trial calls admitted in half-open (at most this many at once; a call that is cancelled or
+    /// ignored gives its place back). Default 3.
+    pub half_open_permits: u32,
+    /// Successful trial calls that close the breaker; one failed or slow trial opens it again.
+    /// At most `half_open_permits`. Default 3.
+    pub success_threshold: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            window: Window::Count { calls: 20 },
+            failure_rate_threshold: 50.0,
+            slow_call_duration_ms: 2_000,
+            slow_call_rate_threshold: 100.0,
+            minimum_calls: 10,
+            wait_in_open_ms: 5_000,
+            wait_multiplier: 2.0,
+            max_wait_in_open_ms: 60_000,
+            half_open_permits: 3,
+            success_threshold: 3,
+        }
+    }
+}
+
+/// A configuration that cannot work; names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("invalid circuit breaker setting `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The offending field.
+    pub field: &'static str,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+impl BreakerConfig {
+    /// Checks every rule between fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |field, reason| Err(ConfigError { field, reason });
+        match self.window {
+            Window::Count { calls: 0 } => return fail("window.calls", "must be at least 1"),
+            Window::Time { millis: 0 } => return fail("window.millis", "must be at least 1"),
+            _ => {}
+        }
+        let rate = |r: f64| r > 0.0 && r <= 100.0;
+        if !rate(self.failure_rate_threshold) {
+            return fail("failure_rate_threshold", "must be in (0, 100]");
+        }
+        if !rate(self.slow_call_rate_threshold) {
+            return fail("slow_call_rate_threshold", "must be in (0, 100]");
+        }
+        if self.minimum_calls == 0 {
+            return fail("minimum_calls", "must be at least 1");
+        }
+        if let Window::Count { calls } = self.window
+            && self.minimum_calls > calls
+        {
+            return fail("minimum_calls", "cannot exceed the calls of a count window");
+        }
+        if self.wait_in_open_ms == 0 {
+            return fail("wait_in_open_ms", "must be positive");
+        }
+        if !(self.wait_multiplier >= 1.0 && self.wait_multiplier.is_finite()) {
+            return fail("wait_multiplier", "must be at least 1");
+        }
+        if self.max_wait_in_open_ms < self.wait_in_open_ms {
+            return fail("max_wait_in_open_ms", "cannot be below wait_in_open_ms");
+        }
+        if self.half_open_permits == 0 {
+            return fail("half_open_permits", "must be at least 1");
+        }
+        if self.success_threshold == 0 || self.success_threshold > self.half_open_permits {
+            return fail(
+                "success_threshold",
+                "must be between 1 and half_open_permits",
+            );
+        }
+        Ok(())
+    }
+
+    /// How long to stay open after the `opens_in_a_row`-th consecutive opening (0 for the first).
+    pub fn wait_in_open(&self, opens_in_a_row: u32) -> Duration {
+        let factor = self
+            .wait_multiplier
+            .powi(i32::try_from(opens_in_a_row).unwrap_or(i32::MAX));
+        let millis = (self.wait_in_open_ms as f64 * factor).min(self.max_wait_in_open_ms as f64);
+        Duration::from_millis(millis as u64)
+    }
+}

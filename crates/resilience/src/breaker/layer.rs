@@ -1,0 +1,230 @@
+//! The breaker as a tower layer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use super::{CircuitBreaker, CircuitOpen, Outcome, Permit};
+
+/// Decides how a call's result counts for the breaker.
+pub trait Classify<T, E> {
+    /// The outcome of `result`.
+    fn classify(&self, result: &Result<T, E>) -> Outcome;
+}
+
+impl<F, T, E> Classify<T, E> for F
+where
+    F: Fn(&Result<T, E>) -> Outcome,
+{
+    fn classify(&self, result: &Result<T, E>) -> Outcome {
+        self(result)
+    }
+}
+
+/// The default classifier for HTTP: a server error (5xx) and any error (connection refused,
+/// timeout, broken connection) are failures; everything else, client errors (4xx) included, is a
+/// success — a 404 says nothing about the target's health.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpClassifier;
+
+impl<B, E> Classify<http::Response<B>, E> for HttpClassifier {
+    fn classify(&self, result: &Result<http::Response<B>, E>) -> Outcome {
+        match result {
+            Ok(response) if response.status().is_server_error() => Outcome::Failure,
+            Ok(_) => Outcome::Success,
+            Err(_) => Outcome::Failure,
+        }
+    }
+}
+
+/// An error of a service behind a breaker.
+#[derive(Debug, thiserror::Error)]
+pub enum BreakerError<E> {
+    /// The breaker rejected the call; the service was not called.
+    #[error(transparent)]
+    Open(CircuitOpen),
+    /// The service failed.
+    #[error(transparent)]
+    Inner(E),
+}
+
+/// Puts a [`CircuitBreaker`] in front of a service.
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, HttpClassifier};
+/// use tower::ServiceBuilder;
+/// # async fn demo() {
+/// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
+/// let service = ServiceBuilder::new()
+///     .layer(CircuitBreakerLayer::new(breaker, HttpClassifier))
+///     .service_fn(|_request: http::Request<()>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+///     });
+/// # drop(service);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerLayer<C> {
+    breaker: CircuitBreaker,
+    classify: C,
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// A layer sharing `breaker` (clones share state), classifying results with `classify`.
+    pub fn new(breaker: CircuitBreaker, classify: C) -> Self {
+        Self { breaker, classify }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreakerService<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+            classify: self.classify.clone(),
+        }
+    }
+}
+
+/// A service behind a circuit breaker (see [`CircuitBreakerLayer`]).
+#[derive(Debug, Clone)]
+pub struct CircuitBreakerService<S, C> {
+    inner: S,
+    breaker: CircuitBreaker,
+    classify: C,
+}
+
+impl<S, C, Request> Service<Request> for CircuitBreakerService<S, C>
+where
+    S: Service<Request>,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BreakerError<S::Error>;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(BreakerError::Inner)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.breaker.try_acquire() {
+            Ok(permit) => ResponseFuture::Called {
+                future: self.inner.call(request),
+                permit: Some(permit),
+                classify: self.classify.clone(),
+            },
+            Err(open) => ResponseFuture::Rejected { open: Some(open) },
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a call through a breaker. (Its fields are private in all but name:
+    /// `pin_project_lite` cannot document them.)
+    #[project = Projection]
+    #[allow(missing_docs)]
+    pub enum ResponseFuture<F, C> {
+        /// The breaker admitted the call.
+        Called {
+            #[pin]
+            future: F,
+            permit: Option<Permit>,
+            classify: C,
+        },
+        /// The breaker rejected it.
+        Rejected {
+            open: Option<CircuitOpen>,
+        },
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BreakerError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            Projection::Called {
+                future,
+                permit,
+                classify,
+            } => {
+                let result = std::task::ready!(future.poll(cx));
+                if let Some(permit) = permit.take() {
+                    permit.record(classify.classify(&result));
+                }
+                Poll::Ready(result.map_err(BreakerError::Inner))
+            }
+            Projection::Rejected { open } => match open.take() {
+                Some(open) => Poll::Ready(Err(BreakerError::Open(open))),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+    use crate::breaker::{BreakerConfig, State, Window};
+
+    #[tokio::test]
+    async fn server_errors_open_the_breaker_and_client_errors_do_not() {
+        let breaker = CircuitBreaker::new(
+            "layer",
+            BreakerConfig {
+                window: Window::Count { calls: 4 },
+                minimum_calls: 4,
+                ..BreakerConfig::default()
+            },
+        )
+        .expect("valid");
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let service = |status: u16| {
+            let hits = hits.clone();
+            ServiceBuilder::new()
+                .layer(CircuitBreakerLayer::new(breaker.clone(), HttpClassifier))
+                .service_fn(move |_: ()| {
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut response = http::Response::new(());
+                    *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                    async move { Ok::<_, Infallible>(response) }
+                })
+        };
+        for _ in 0..8 {
+            let response = service(404)
+                .oneshot(())
+                .await
+                .expect("a 404 passes through");
+            assert_eq!(response.status(), 404);
+        }
+        assert_eq!(breaker.state(), State::Closed, "4xx are not failures");
+        // The window holds the last 4 calls: two server errors among them make 50 %.
+        for _ in 0..2 {
+            let response = service(503).oneshot(()).await.expect("called");
+            assert_eq!(response.status(), 503);
+        }
+        assert_eq!(breaker.state(), State::Open);
+        let before = hits.load(std::sync::atomic::Ordering::SeqCst);
+        let error = service(200).oneshot(()).await.expect_err("fails fast");
+        assert!(matches!(error, BreakerError::Open(_)));
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            before,
+            "the service was not called"
+        );
+    }
+}

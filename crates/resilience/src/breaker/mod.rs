@@ -1,0 +1,538 @@
+//! The circuit breaker.
+//!
+//! ```text
+//!            failure or slow-call rate ≥ threshold
+//!            (over ≥ minimum_calls in the window)
+//!   ┌────────┐ ───────────────────────────────▶ ┌──────┐
+//!   │ CLOSED │                                  │ OPEN │ ◀──┐ a trial fails or is slow
+//!   └────────┘ ◀─────────┐                      └──────┘    │ (the wait grows by
+//!                        │ success_threshold       │        │  wait_multiplier)
+//!                        │ trials succeed          │ wait_in_open elapsed,
+//!                        │                         ▼ next call
+//!                        └──────────────────── ┌───────────┐
+//!                                              │ HALF-OPEN │ ──┘
+//!                                              └───────────┘
+//!                                     at most half_open_permits trials at once
+//! ```
+//!
+//! Operators can also force a breaker open or disable it ([`CircuitBreaker::force`]).
+//!
+//! A call asks for a [`Permit`] ([`CircuitBreaker::try_acquire`]) and reports its [`Outcome`]
+//! on it; a permit dropped without a report (the call was cancelled) counts as ignored, so
+//! half-open places are never lost. Reports from a permit issued before the last transition are
+//! not held against the new state.
+//!
+//! ```
+//! use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, State, Window};
+//! let breaker = CircuitBreaker::new("inventory", BreakerConfig {
+//!     window: Window::Count { calls: 4 },
+//!     minimum_calls: 4,
+//!     ..BreakerConfig::default()
+//! }).unwrap();
+//! for _ in 0..4 {
+//!     breaker.try_acquire().unwrap().record(Outcome::Failure);
+//! }
+//! assert_eq!(breaker.state(), State::Open);
+//! let open = breaker.try_acquire().unwrap_err();
+//! assert!(open.retry_after.as_secs() <= 5);
+//! ```
+
+mod config;
+mod layer;
+mod window;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use config::{BreakerConfig, ConfigError, Window};
+pub use layer::{
+    BreakerError, CircuitBreakerLayer, CircuitBreakerService, Classify, HttpClassifier,
+    ResponseFuture,
+};
+use metrics::{Counter, Gauge};
+use serde::Serialize;
+use tokio::sync::broadcast;
+use window::Outcomes;
+
+use crate::clock::{Clock, nanos};
+
+/// The state of a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Calls flow; outcomes are recorded in the window.
+    Closed,
+    /// Calls are rejected until the wait is over.
+    Open,
+    /// A few trial calls are let through to probe the target.
+    HalfOpen,
+    /// Forced open by an operator: every call is rejected.
+    ForcedOpen,
+    /// Disabled by an operator: every call flows, nothing is recorded.
+    Disabled,
+}
+
+impl State {
+    /// The state's name, as in metrics and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::Disabled => "disabled",
+        }
+    }
+
+    /// The value of the `resilience_breaker_state` gauge.
+    pub fn gauge(self) -> f64 {
+        match self {
+            State::Closed => 0.0,
+            State::Open => 1.0,
+            State::HalfOpen => 2.0,
+            State::ForcedOpen => 3.0,
+            State::Disabled => 4.0,
+        }
+    }
+}
+
+/// A state an operator can force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forced {
+    /// Reject every call.
+    Open,
+    /// Let every call through and record nothing.
+    Disabled,
+}
+
+/// How a call went, as the breaker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The call succeeded (it may still be slow).
+    Success,
+    /// The call failed: it counts towards the failure rate.
+    Failure,
+    /// The call says nothing about the target's health (a client error, a cancellation).
+    Ignored,
+}
+
+/// The breaker refused the call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("circuit breaker `{breaker}` is open; retry after {retry_after:?}")]
+pub struct CircuitOpen {
+    /// The breaker's name.
+    pub breaker: Arc<str>,
+    /// When a call may be let through again (a hint: zero when half-open places are taken,
+    /// the rest of the wait when open, the open wait when forced open).
+    pub retry_after: Duration,
+}
+
+/// A change of state, sent to every subscriber ([`CircuitBreaker::subscribe`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Transition {
+    /// The breaker's name.
+    pub breaker: Arc<str>,
+    /// The state left.
+    pub from: State,
+    /// The state entered.
+    pub to: State,
+    /// When, in nanoseconds of the breaker's clock.
+    pub at: u64,
+}
+
+/// Metric names, with their units.
+pub mod metric {
+    /// Gauge: current state (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled), by `breaker`.
+    pub const STATE: &str = "resilience_breaker_state";
+    /// Counter: transitions, by `breaker`, `from` and `to`.
+    pub const TRANSITIONS: &str = "resilience_breaker_transitions_total";
+    /// Counter: calls, by `breaker` and `outcome` (`success`, `failure`, `ignored`, `rejected`).
+    pub const CALLS: &str = "resilience_breaker_calls_total";
+    /// Counter: calls at least `slow_call_duration_ms` long, by `breaker`.
+    pub const SLOW_CALLS: &str = "resilience_breaker_slow_calls_total";
+}
+
+#[derive(Debug)]
+struct Metrics {
+    state: Gauge,
+    success: Counter,
+    failure: Counter,
+    ignored: Counter,
+    rejected: Counter,
+    slow: Counter,
+}
+
+impl Metrics {
+    fn new(name: &Arc<str>) -> Self {
+        let name = name.to_string();
+        let calls = |outcome: &'static str| metrics::counter!(metric::CALLS, "breaker" => name.clone(), "outcome" => outcome);
+        Self {
+            state: metrics::gauge!(metric::STATE, "breaker" => name.clone()),
+            success: calls("success"),
+            failure: calls("failure"),
+            ignored: calls("ignored"),
+            rejected: calls("rejected"),
+            slow: metrics::counter!(metric::SLOW_CALLS, "breaker" => name.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Closed,
+    Open { until: u64 },
+    HalfOpen { admitted: u32, successes: u32 },
+    ForcedOpen,
+    Disabled,
+}
+
+impl Phase {
+    fn state(self) -> State {
+        match self {
+            Phase::Closed => State::Closed,
+            Phase::Open { .. } => State::Open,
+            Phase::HalfOpen { .. } => State::HalfOpen,
+            Phase::ForcedOpen => State::ForcedOpen,
+            Phase::Disabled => State::Disabled,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Core {
+    config: BreakerConfig,
+    slow_nanos: u64,
+    window: Outcomes,
+    phase: Phase,
+    /// Incremented on every transition; permits carry the epoch they were issued in.
+    epoch: u64,
+    /// Openings since the breaker last closed (the open wait grows with it).
+    opens_in_a_row: u32,
+}
+
+#[derive(Debug)]
+struct Inner {
+    name: Arc<str>,
+    clock: Clock,
+    /// True while closed: the fast path admits calls without taking the lock.
+    closed: std::sync::atomic::AtomicBool,
+    /// While open, when the wait ends (clock nanoseconds); 0 otherwise. Rejections while open
+    /// read it without taking the lock: they are the calls that arrive in floods.
+    open_until: std::sync::atomic::AtomicU64,
+    /// The epoch, readable without the lock (written under it).
+    epoch: std::sync::atomic::AtomicU64,
+    core: Mutex<Core>,
+    events: broadcast::Sender<Transition>,
+    metrics: Metrics,
+}
+
+/// A circuit breaker: a cheap, cloneable handle on shared state.
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    inner: Arc<Inner>,
+}
+
+use std::sync::atomic::Ordering::{Acquire, Release};
+
+impl CircuitBreaker {
+    /// A closed breaker named `name` (the name labels its metrics and events).
+    pub fn new(name: &str, config: BreakerConfig) -> Result<Self, ConfigError> {
+        Self::with_clock(name, config, Clock::system())
+    }
+
+    /// A breaker reading time from `clock` (a manual clock in tests).
+    pub fn with_clock(
+        name: &str,
+        config: BreakerConfig,
+        clock: Clock,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let name: Arc<str> = Arc::from(name);
+        let metrics = Metrics::new(&name);
+        metrics.state.set(State::Closed.gauge());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                clock,
+                closed: true.into(),
+                open_until: 0.into(),
+                epoch: 0.into(),
+                core: Mutex::new(Core {
+                    slow_nanos: config.slow_call_duration_ms.saturating_mul(1_000_000),
+                    window: Outcomes::new(&config.window),
+                    config,
+                    phase: Phase::Closed,
+                    epoch: 0,
+                    opens_in_a_row: 0,
+                }),
+                events: broadcast::channel(64).0,
+                metrics,
+                name,
+            }),
+        })
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        // Every update of the core is complete before any call that could panic.
+        self.inner
+            .core
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The current state. (An open breaker whose wait is over turns half-open on the next call.)
+    pub fn state(&self) -> State {
+        self.core().phase.state()
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> BreakerConfig {
+        self.core().config.clone()
+    }
+
+    /// Receives every transition from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
+        self.inner.events.subscribe()
+    }
+
+    /// Asks to make a call: a [`Permit`] to report the outcome on, or [`CircuitOpen`].
+    pub fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
+        let inner = &self.inner;
+        if inner.closed.load(Acquire) {
+            return Ok(self.permit(inner.epoch.load(Acquire), false));
+        }
+        let now = inner.clock.now();
+        let until = inner.open_until.load(Acquire);
+        if now < until {
+            return Err(self.reject(Duration::from_nanos(until - now)));
+        }
+        let mut core = self.core();
+        match core.phase {
+            Phase::Closed | Phase::Disabled => Ok(self.permit(core.epoch, false)),
+            Phase::Open { until } if now >= until => {
+                self.transition(
+                    &mut core,
+                    Phase::HalfOpen {
+                        admitted: 1,
+                        successes: 0,
+                    },
+                    now,
+                );
+                Ok(self.permit(core.epoch, true))
+            }
+            Phase::Open { until } => Err(self.reject(Duration::from_nanos(until - now))),
+            Phase::HalfOpen {
+                admitted,
+                successes,
+            } if admitted < core.config.half_open_permits => {
+                core.phase = Phase::HalfOpen {
+                    admitted: admitted + 1,
+                    successes,
+                };
+                Ok(self.permit(core.epoch, true))
+            }
+            Phase::HalfOpen { .. } => Err(self.reject(Duration::ZERO)),
+            Phase::ForcedOpen => {
+                let wait = core.config.wait_in_open(0);
+                Err(self.reject(wait))
+            }
+        }
+    }
+
+    fn permit(&self, epoch: u64, trial: bool) -> Permit {
+        Permit {
+            breaker: self.clone(),
+            epoch,
+            trial,
+            started: self.inner.clock.now(),
+            reported: false,
+        }
+    }
+
+    fn reject(&self, retry_after: Duration) -> CircuitOpen {
+        self.inner.metrics.rejected.increment(1);
+        CircuitOpen {
+            breaker: self.inner.name.clone(),
+            retry_after,
+        }
+    }
+
+    fn report(&self, epoch: u64, outcome: Outcome, took: u64, now: u64) {
+        let metrics = &self.inner.metrics;
+        match outcome {
+            Outcome::Success => metrics.success.increment(1),
+            Outcome::Failure => metrics.failure.increment(1),
+            Outcome::Ignored => metrics.ignored.increment(1),
+        }
+        let mut core = self.core();
+        let slow = took >= core.slow_nanos;
+        if slow && outcome != Outcome::Ignored {
+            metrics.slow.increment(1);
+        }
+        if epoch != core.epoch {
+            // Issued before the last transition: says nothing about the current state.
+            return;
+        }
+        match core.phase {
+            Phase::Closed => {
+                if outcome == Outcome::Ignored {
+                    return;
+                }
+                let totals = core.window.record(now, outcome == Outcome::Failure, slow);
+                let config = &core.config;
+                if totals.calls >= config.minimum_calls {
+                    let calls = f64::from(totals.calls);
+                    let failure_rate = f64::from(totals.failures) * 100.0 / calls;
+                    let slow_rate = f64::from(totals.slow) * 100.0 / calls;
+                    if failure_rate >= config.failure_rate_threshold
+                        || slow_rate >= config.slow_call_rate_threshold
+                    {
+                        let until = now.saturating_add(nanos(config.wait_in_open(0)));
+                        core.opens_in_a_row = 0;
+                        self.transition(&mut core, Phase::Open { until }, now);
+                    }
+                }
+            }
+            Phase::HalfOpen {
+                admitted,
+                successes,
+            } => match outcome {
+                Outcome::Ignored => {
+                    core.phase = Phase::HalfOpen {
+                        admitted: admitted.saturating_sub(1),
+                        successes,
+                    };
+                }
+                Outcome::Failure => self.reopen(&mut core, now),
+                Outcome::Success if slow => self.reopen(&mut core, now),
+                Outcome::Success if successes + 1 >= core.config.success_threshold => {
+                    core.opens_in_a_row = 0;
+                    core.window = Outcomes::new(&core.config.window);
+                    self.transition(&mut core, Phase::Closed, now);
+                }
+                Outcome::Success => {
+                    core.phase = Phase::HalfOpen {
+                        admitted,
+                        successes: successes + 1,
+                    };
+                }
+            },
+            Phase::Open { .. } | Phase::ForcedOpen | Phase::Disabled => {}
+        }
+    }
+
+    fn reopen(&self, core: &mut Core, now: u64) {
+        core.opens_in_a_row = core.opens_in_a_row.saturating_add(1);
+        let until = now.saturating_add(nanos(core.config.wait_in_open(core.opens_in_a_row)));
+        self.transition(core, Phase::Open { until }, now);
+    }
+
+    fn transition(&self, core: &mut Core, to: Phase, now: u64) {
+        let from = core.phase.state();
+        core.phase = to;
+        core.epoch += 1;
+        let inner = &self.inner;
+        inner.epoch.store(core.epoch, Release);
+        inner.closed.store(to == Phase::Closed, Release);
+        let until = match to {
+            Phase::Open { until } => until,
+            _ => 0,
+        };
+        inner.open_until.store(until, Release);
+        let to = to.state();
+        inner.metrics.state.set(to.gauge());
+        metrics::counter!(
+            metric::TRANSITIONS,
+            "breaker" => inner.name.to_string(),
+            "from" => from.as_str(),
+            "to" => to.as_str()
+        )
+        .increment(1);
+        tracing::info!(breaker = %inner.name, from = from.as_str(), to = to.as_str(), "circuit breaker transition");
+        let _ = inner.events.send(Transition {
+            breaker: inner.name.clone(),
+            from,
+            to,
+            at: now,
+        });
+    }
+
+    /// Forces the breaker open or disabled; `None` returns it to closed with an empty window.
+    pub fn force(&self, forced: Option<Forced>) {
+        let now = self.inner.clock.now();
+        let mut core = self.core();
+        let to = match forced {
+            Some(Forced::Open) => Phase::ForcedOpen,
+            Some(Forced::Disabled) => Phase::Disabled,
+            None => {
+                core.window = Outcomes::new(&core.config.window);
+                core.opens_in_a_row = 0;
+                Phase::Closed
+            }
+        };
+        if core.phase != to {
+            self.transition(&mut core, to, now);
+        }
+    }
+
+    /// Replaces the configuration at run time. The state is kept; calls in flight finish and
+    /// report as usual. A new window shape starts empty.
+    pub fn reconfigure(&self, config: BreakerConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        let mut core = self.core();
+        if config.window != core.config.window {
+            core.window = Outcomes::new(&config.window);
+        }
+        core.slow_nanos = config.slow_call_duration_ms.saturating_mul(1_000_000);
+        core.config = config;
+        Ok(())
+    }
+}
+
+/// Leave to make one call; report how it went with [`Permit::record`]. Dropping it unreported
+/// counts as [`Outcome::Ignored`].
+#[derive(Debug)]
+#[must_use = "a permit reports the call's outcome; dropping it counts the call as ignored"]
+pub struct Permit {
+    breaker: CircuitBreaker,
+    epoch: u64,
+    trial: bool,
+    started: u64,
+    reported: bool,
+}
+
+impl Permit {
+    /// Reports the outcome; the call's duration is measured from the permit's issue.
+    pub fn record(mut self, outcome: Outcome) {
+        let now = self.breaker.inner.clock.now();
+        self.reported = true;
+        self.breaker
+            .report(self.epoch, outcome, now.saturating_sub(self.started), now);
+    }
+
+    /// Reports the outcome with a duration measured elsewhere.
+    pub fn record_with_duration(mut self, outcome: Outcome, took: Duration) {
+        self.reported = true;
+        let now = self.breaker.inner.clock.now();
+        self.breaker.report(self.epoch, outcome, nanos(took), now);
+    }
+
+    /// Whether this is a half-open trial call.
+    pub fn is_trial(&self) -> bool {
+        self.trial
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.reported {
+            let now = self.breaker.inner.clock.now();
+            self.breaker.report(self.epoch, Outcome::Ignored, 0, now);
+        }
+    }
+}
