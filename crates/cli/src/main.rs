@@ -151,6 +151,8 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let settings = Settings::load(options.config.as_deref(), flags)?;
     flotilla_kit::telemetry::init(settings.log_format, &settings.log_level);
+    // Before any component registers a metric: handles taken earlier would record nothing.
+    flotilla_kit::metrics::handle();
     let shutdown = flotilla_kit::shutdown::signal(settings.supervised);
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

@@ -108,6 +108,11 @@ impl System {
 
     /// Starts the system and waits for its ready line (at most 60 s).
     fn start(extra: &[&str]) -> System {
+        Self::start_with(extra, &[])
+    }
+
+    /// Starts the system with extra environment variables (settings of every process).
+    fn start_with(extra: &[&str], environment: &[(&str, &str)]) -> System {
         let data_dir = tempfile::tempdir().expect("temporary directory");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -121,6 +126,7 @@ impl System {
             .arg(data_dir.path())
             .args(["--log-format", "json", "--stop-timeout-ms", "5000"])
             .args(extra)
+            .envs(environment.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -753,4 +759,173 @@ async fn children_stop_on_their_own_when_the_supervisor_is_killed() {
     .expect("kill -9");
     let survivors = wait_until_dead(&children, Duration::from_secs(15));
     assert!(survivors.is_empty(), "processes left behind: {survivors:?}");
+}
+
+/// The sum of a counter's samples whose labels contain every one of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|label| line.contains(label)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers() {
+    let system = System::start_with(
+        &[],
+        &[
+            ("FLOTILLA_FAULT_INJECTION", "true"),
+            ("FLOTILLA_BREAKER__MINIMUM_CALLS", "5"),
+            ("FLOTILLA_BREAKER__WAIT_IN_OPEN_MS", "1000"),
+            ("FLOTILLA_BREAKER__WAIT_MULTIPLIER", "1.0"),
+            ("FLOTILLA_BREAKER__HALF_OPEN_PERMITS", "2"),
+            ("FLOTILLA_BREAKER__SUCCESS_THRESHOLD", "2"),
+        ],
+    );
+    let inventory = system.instances("inventory").await;
+    let address = inventory[0]["address"]
+        .as_str()
+        .expect("address")
+        .to_owned();
+    let upstream_hits = || async {
+        let metrics = system
+            .call(Method::GET, &format!("http://{address}/metrics"), &[], None)
+            .await;
+        let text = metrics.body.as_str().unwrap_or_default().to_owned();
+        sample(
+            &text,
+            "http_server_requests_total",
+            &["route=\"/v1/products/{sku}\""],
+        )
+    };
+    let gateway_metrics = || async {
+        system
+            .get("/metrics")
+            .await
+            .body
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // Inventory fails every request.
+    let faults = system
+        .call(
+            Method::PUT,
+            &format!("http://{address}/admin/faults"),
+            &[("content-type", "application/json")],
+            Some(br#"{"failure_percent": 100}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(faults.status, StatusCode::OK, "{:?}", faults.body);
+
+    // The first `minimum_calls` reach it and fail…
+    for n in 0..5 {
+        let answer = system.get("/v1/products/KB-001").await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "call {n}");
+        assert_eq!(
+            answer.body["type"], "/problems/injected-fault",
+            "call {n}: {:?}",
+            answer.body
+        );
+    }
+    assert_eq!(upstream_hits().await, 5.0);
+
+    // …then the breaker is open: calls fail fast, with Retry-After, without reaching inventory.
+    for n in 0..20 {
+        let answer = system.get("/v1/products/KB-001").await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "call {n}");
+        assert_eq!(
+            answer.body["type"], "/problems/circuit-open",
+            "call {n}: {:?}",
+            answer.body
+        );
+        assert_eq!(answer.headers["retry-after"], "1", "call {n}");
+    }
+    assert_eq!(
+        upstream_hits().await,
+        5.0,
+        "an open breaker let calls through"
+    );
+    let metrics = gateway_metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "resilience_breaker_state",
+            &["breaker=\"inventory\""]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "resilience_breaker_transitions_total",
+            &["breaker=\"inventory\"", "from=\"closed\"", "to=\"open\""]
+        ),
+        1.0
+    );
+
+    // The fault is removed; after the wait, trial calls go through and close the breaker.
+    let cleared = system
+        .call(
+            Method::DELETE,
+            &format!("http://{address}/admin/faults"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(cleared.status, StatusCode::NO_CONTENT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = system.get("/v1/products/KB-001").await;
+        if answer.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(
+            answer.body["type"], "/problems/circuit-open",
+            "{:?}",
+            answer.body
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never let a trial call through"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = system.get("/v1/products/KB-001").await;
+    assert_eq!(second.status, StatusCode::OK, "the second trial");
+    let metrics = gateway_metrics().await;
+    for (from, to) in [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ] {
+        let count = sample(
+            &metrics,
+            "resilience_breaker_transitions_total",
+            &[
+                "breaker=\"inventory\"",
+                &format!("from=\"{from}\""),
+                &format!("to=\"{to}\""),
+            ],
+        );
+        assert_eq!(count, 1.0, "{from} → {to}: {metrics}");
+    }
+    assert_eq!(
+        sample(
+            &metrics,
+            "resilience_breaker_state",
+            &["breaker=\"inventory\""]
+        ),
+        0.0,
+        "closed again"
+    );
+    assert_eq!(
+        upstream_hits().await,
+        7.0,
+        "5 failures and 2 trials reached inventory"
+    );
 }

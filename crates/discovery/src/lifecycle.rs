@@ -96,6 +96,7 @@ pub async fn serve_routes(
     let health = Health::new();
     let router = App::new(health.clone())
         .max_body_bytes(settings.max_body_bytes)
+        .fault_injection(settings.fault_injection)
         .routes(routes)
         .into_router();
     health.set_started();

@@ -9,7 +9,10 @@
 //! * every request gets a deadline to the response head (`request_timeout_ms`);
 //! * `x-request-id` is set if missing and forwarded; W3C `traceparent` is continued (same trace,
 //!   new parent id) or started;
-//! * no instance → 503, no instance reachable → 502, deadline passed → 504, all problem+json.
+//! * no instance → 503, no instance reachable → 502, deadline passed → 504, all problem+json;
+//! * a circuit breaker per upstream service (`settings.breaker`): 5xx, unreachable instances
+//!   and timeouts count as failures; while it is open the gateway answers at once with 503
+//!   `/problems/circuit-open` and `Retry-After`, without calling the service.
 
 pub mod proxy;
 pub mod routes;
@@ -33,8 +36,16 @@ pub async fn run(
             "the gateway needs `registry_url` (FLOTILLA_REGISTRY_URL) to find the services",
         )
     })?;
+    // The breakers register their metrics when made: the recorder must exist first.
+    flotilla_kit::metrics::handle();
     let timeout = Duration::from_millis(settings.request_timeout_ms);
     let discovery = Discovery::new(&registry, timeout, shutdown.clone());
-    let proxy = proxy::Proxy::new(discovery, routes::Routes::default(), timeout);
+    let proxy = proxy::Proxy::new(
+        discovery,
+        routes::Routes::default(),
+        timeout,
+        &settings.breaker,
+    )
+    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     flotilla_discovery::serve_routes("gateway", &settings, listener, proxy.router(), shutdown).await
 }

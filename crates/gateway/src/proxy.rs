@@ -1,5 +1,6 @@
 //! Forwarding a request to an instance of the service that owns its route.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,9 @@ use axum::routing::any;
 use bytes::Bytes;
 use flotilla_discovery::Discovery;
 use flotilla_kit::Problem;
+use flotilla_resilience::breaker::{
+    BreakerConfig, CircuitBreaker, CircuitOpen, ConfigError, Outcome,
+};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -25,7 +29,7 @@ use crate::routes::Routes;
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// Counter: requests forwarded, by `service` and `outcome` (`ok`, `no_instance`, `unreachable`,
-/// `timeout`, `error`).
+/// `timeout`, `error`, `circuit_open`).
 pub const UPSTREAM_REQUESTS: &str = "gateway_upstream_requests_total";
 /// Histogram (seconds): time to the upstream's response head, by `service`.
 pub const UPSTREAM_DURATION: &str = "gateway_upstream_duration_seconds";
@@ -56,28 +60,49 @@ pub struct Proxy {
 struct Inner {
     discovery: Discovery,
     routes: Routes,
+    /// One breaker per upstream service, named after it.
+    breakers: HashMap<String, CircuitBreaker>,
     client: Client<HttpConnector, Body>,
     timeout: Duration,
 }
 
 impl Proxy {
     /// A proxy for `routes`, finding instances with `discovery`, giving each request `timeout`
-    /// to receive the upstream's response head.
-    pub fn new(discovery: Discovery, routes: Routes, timeout: Duration) -> Self {
+    /// to receive the upstream's response head, with a circuit breaker configured by `breaker`
+    /// in front of each upstream service.
+    pub fn new(
+        discovery: Discovery,
+        routes: Routes,
+        timeout: Duration,
+        breaker: &BreakerConfig,
+    ) -> Result<Self, ConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Self {
+        let mut breakers = HashMap::new();
+        for route in routes.iter() {
+            if !breakers.contains_key(&route.service) {
+                let circuit = CircuitBreaker::new(&route.service, breaker.clone())?;
+                breakers.insert(route.service.clone(), circuit);
+            }
+        }
+        Ok(Self {
             inner: Arc::new(Inner {
                 discovery,
                 routes,
+                breakers,
                 client,
                 timeout,
             }),
-        }
+        })
+    }
+
+    /// The breaker in front of `service`, if a route leads to it.
+    pub fn breaker(&self, service: &str) -> Option<&CircuitBreaker> {
+        self.inner.breakers.get(service)
     }
 
     /// The gateway's public routes: everything under `/v1/`.
@@ -111,10 +136,31 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     };
     let service = route.service.clone();
     let started = Instant::now();
+    let permit = match inner
+        .breakers
+        .get(&service)
+        .map(CircuitBreaker::try_acquire)
+    {
+        Some(Ok(permit)) => Some(permit),
+        Some(Err(open)) => {
+            metrics::counter!(UPSTREAM_REQUESTS, "service" => service.clone(), "outcome" => "circuit_open").increment(1);
+            return circuit_open(&service, &open);
+        }
+        None => None,
+    };
     let (outcome, response) = match exchange(inner, &service, request).await {
         Ok(response) => ("ok", response),
         Err((outcome, problem)) => (outcome, problem.into_response()),
     };
+    if let Some(permit) = permit {
+        permit.record(match outcome {
+            "ok" if response.status().is_server_error() => Outcome::Failure,
+            "ok" => Outcome::Success,
+            // Nobody was called: says nothing of the upstream's health.
+            "no_instance" => Outcome::Ignored,
+            _ => Outcome::Failure,
+        });
+    }
     let elapsed = started.elapsed();
     metrics::counter!(UPSTREAM_REQUESTS, "service" => service.clone(), "outcome" => outcome)
         .increment(1);
@@ -226,6 +272,19 @@ async fn exchange(
         )
         .with("service", service),
     ))
+}
+
+/// The error-response fallback of an open breaker: 503 with `Retry-After`.
+fn circuit_open(service: &str, open: &CircuitOpen) -> Response {
+    let seconds = open.retry_after.as_secs() + u64::from(open.retry_after.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let problem = Problem::unavailable(
+        "circuit-open",
+        format!("`{service}` has been failing; the gateway stops calling it for a while: retry in {seconds} s"),
+    )
+    .with("service", service)
+    .with("retry_after_s", seconds);
+    ([(header::RETRY_AFTER, HeaderValue::from(seconds))], problem).into_response()
 }
 
 fn timeout(service: &str, after: Duration) -> (&'static str, Problem) {

@@ -36,6 +36,7 @@ pub struct App {
     routes: Router,
     health: Health,
     max_body_bytes: usize,
+    faults: Option<crate::faults::Faults>,
 }
 
 impl App {
@@ -45,7 +46,14 @@ impl App {
             routes: Router::new(),
             health,
             max_body_bytes: 64 * 1024,
+            faults: None,
         }
+    }
+
+    /// Serves `/admin/faults` and applies the faults it sets (see [`crate::faults`]).
+    pub fn fault_injection(mut self, enabled: bool) -> Self {
+        self.faults = enabled.then(crate::faults::Faults::default);
+        self
     }
 
     /// Adds routes.
@@ -64,8 +72,16 @@ impl App {
     pub fn into_router(self) -> Router {
         // Install the recorder now: metrics recorded before it exists are lost.
         metrics::handle();
-        let routes = self
-            .routes
+        let mut routes = self.routes;
+        if let Some(faults) = &self.faults {
+            routes = routes
+                .layer(middleware::from_fn_with_state(
+                    faults.clone(),
+                    crate::faults::inject,
+                ))
+                .merge(faults.routes());
+        }
+        let routes = routes
             .merge(self.health.routes())
             .route("/metrics", get(metrics::render))
             .fallback(|| async { Problem::not_found("no route matches this path") });

@@ -8,6 +8,7 @@
 //! | [`telemetry`] | structured logs with `tracing` (JSON when not on a terminal) |
 //! | [`problem`] | RFC 9457 `application/problem+json` errors, the one error shape on the wire |
 //! | [`json`] | JSON body and query string extractors whose rejections are problems |
+//! | [`faults`] | fault injection for demos and tests (`/admin/faults`, off unless enabled) |
 //! | [`health`] | `/livez`, `/readyz`, `/startupz` backed by a cheap shared [`health::Health`] handle |
 //! | [`metrics`] | the Prometheus recorder and `/metrics`, with per-route request counts and latencies |
 //! | `database` | (feature `sqlite`) opening a service's embedded database and running its migrations |
@@ -22,6 +23,7 @@ pub mod app;
 pub mod client;
 #[cfg(feature = "sqlite")]
 pub mod database;
+pub mod faults;
 pub mod health;
 pub mod json;
 pub mod metrics;

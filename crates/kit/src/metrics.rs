@@ -26,6 +26,8 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// The process's Prometheus handle, installing the global recorder on first use.
 ///
 /// Several components may live in one process (tests do that): they share the recorder.
+/// Call it before anything registers a metric handle (a circuit breaker does when it is made):
+/// handles registered before the recorder exists record nothing.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use flotilla_resilience::BreakerConfig;
 use serde::{Deserialize, Serialize};
 
 /// Where the log lines go and how they look.
@@ -56,6 +57,13 @@ pub struct Settings {
     /// Set by the supervisor: the process stops when its standard input closes (the supervisor
     /// died), so that no child outlives it.
     pub supervised: bool,
+    /// The circuit breaker put in front of each upstream service (by the gateway) and each
+    /// internal client. Nested keys in the environment use `__`:
+    /// `FLOTILLA_BREAKER__WAIT_IN_OPEN_MS=1000`.
+    pub breaker: BreakerConfig,
+    /// Serve `/admin/faults`, which makes this process fail a share of its requests or answer
+    /// late, for demos and tests. Never enable it in production.
+    pub fault_injection: bool,
 }
 
 impl Default for Settings {
@@ -75,6 +83,8 @@ impl Default for Settings {
             probe_timeout_ms: 400,
             request_timeout_ms: 10_000,
             supervised: false,
+            breaker: BreakerConfig::default(),
+            fault_injection: false,
         }
     }
 }
@@ -105,7 +115,7 @@ impl Settings {
             figment = figment.merge(Toml::file(file));
         }
         let settings: Settings = figment
-            .merge(Env::prefixed("FLOTILLA_"))
+            .merge(Env::prefixed("FLOTILLA_").split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)?;
@@ -146,6 +156,12 @@ impl Settings {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return invalid("registry_url", "must be an http:// or https:// URL");
+        }
+        if let Err(error) = self.breaker.validate() {
+            return Err(SettingsError::Invalid {
+                key: "breaker",
+                reason: error.to_string(),
+            });
         }
         if self.advertise_host.is_empty() {
             return invalid("advertise_host", "must not be empty");
