@@ -123,7 +123,12 @@ mod tests {
             .header("content-type", "application/json")
             .body(Body::from(body.to_owned()))
             .expect("request");
-        app.clone().oneshot(request).await.expect("infallible").status().as_u16()
+        app.clone()
+            .oneshot(request)
+            .await
+            .expect("infallible")
+            .status()
+            .as_u16()
     }
 
     #[tokio::test]
@@ -135,12 +140,35 @@ mod tests {
             .fault_injection(true)
             .routes(axum::Router::new().route("/v1/things", get(|| async { "ok" })))
             .into_router();
-        assert_eq!(status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 101}"#).await, 422);
-        assert_eq!(status(&app, "PUT", "/admin/faults", r#"{"failure_percent": "all"}"#).await, 422);
-        assert_eq!(status(&app, "GET", "/v1/things", "").await, 200, "bad settings changed nothing");
-        assert_eq!(status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 100}"#).await, 200);
+        assert_eq!(
+            status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 101}"#).await,
+            422
+        );
+        assert_eq!(
+            status(
+                &app,
+                "PUT",
+                "/admin/faults",
+                r#"{"failure_percent": "all"}"#
+            )
+            .await,
+            422
+        );
+        assert_eq!(
+            status(&app, "GET", "/v1/things", "").await,
+            200,
+            "bad settings changed nothing"
+        );
+        assert_eq!(
+            status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 100}"#).await,
+            200
+        );
         assert_eq!(status(&app, "GET", "/v1/things", "").await, 503);
-        assert_eq!(status(&app, "GET", "/readyz", "").await, 200, "probes are never faulted");
+        assert_eq!(
+            status(&app, "GET", "/readyz", "").await,
+            200,
+            "probes are never faulted"
+        );
         assert_eq!(status(&app, "DELETE", "/admin/faults", "").await, 204);
         assert_eq!(status(&app, "GET", "/v1/things", "").await, 200);
     }
@@ -148,6 +176,9 @@ mod tests {
     #[tokio::test]
     async fn without_the_setting_there_is_no_admin_route() {
         let app = App::new(Health::new()).into_router();
-        assert_eq!(status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 100}"#).await, 404);
+        assert_eq!(
+            status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 100}"#).await,
+            404
+        );
     }
 }
