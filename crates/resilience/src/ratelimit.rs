@@ -1,0 +1,165 @@
+//! Rate limiter: a token bucket per key (a client, a route, an API key).
+//!
+//! Each key's bucket holds up to `burst` tokens and refills at `per_second`; a call takes one
+//! token or is refused with the time until the next one. Buckets live in memory (one process);
+//! a cluster-wide limit (Redis) comes with the gateway's quotas.
+//!
+//! ```
+//! use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimiter};
+//! let limiter = RateLimiter::new(RateLimitConfig { per_second: 10.0, burst: 2 });
+//! assert!(limiter.check(&"alice").is_ok());
+//! assert!(limiter.check(&"alice").is_ok());
+//! assert!(limiter.check(&"alice").is_err()); // burst spent
+//! assert!(limiter.check(&"bob").is_ok());    // each key has its own bucket
+//! ```
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Clock;
+
+/// Rate limit parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained rate, in calls per second. Default 100.
+    pub per_second: f64,
+    /// Calls allowed at once after a quiet time. Default 100.
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 100.0,
+            burst: 100,
+        }
+    }
+}
+
+/// The limit was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limit reached; retry after {retry_after:?}")]
+pub struct RateLimited {
+    /// When the next token arrives.
+    pub retry_after: Duration,
+}
+
+/// Most keys tracked at once; beyond, full (idle) buckets are forgotten.
+const MAX_KEYS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: u64,
+}
+
+/// A token bucket per key, cheap to clone (clones share buckets).
+#[derive(Debug, Clone)]
+pub struct RateLimiter<K> {
+    config: RateLimitConfig,
+    clock: Clock,
+    buckets: Arc<Mutex<HashMap<K, Bucket>>>,
+}
+
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// A limiter on the system clock.
+    pub fn new(config: RateLimitConfig) -> Self {
+        Self::with_clock(config, Clock::system())
+    }
+
+    /// A limiter reading `clock`.
+    pub fn with_clock(config: RateLimitConfig, clock: Clock) -> Self {
+        Self {
+            config,
+            clock,
+            buckets: Arc::default(),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket, or says when the next one comes.
+    pub fn check(&self, key: &K) -> Result<(), RateLimited> {
+        let now = self.clock.now();
+        let burst = f64::from(self.config.burst.max(1));
+        let rate = self.config.per_second.max(f64::MIN_POSITIVE);
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
+            let full_after = (burst / rate * 1e9) as u64;
+            buckets.retain(|_, bucket| now.saturating_sub(bucket.updated) < full_after);
+        }
+        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+        });
+        let elapsed = now.saturating_sub(bucket.updated) as f64 / 1e9;
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(RateLimited {
+                retry_after: Duration::from_secs_f64((1.0 - bucket.tokens) / rate),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_up_to_the_burst() {
+        let clock = Clock::manual();
+        let limiter = RateLimiter::with_clock(
+            RateLimitConfig {
+                per_second: 4.0,
+                burst: 2,
+            },
+            clock.clone(),
+        );
+        assert!(limiter.check(&1).is_ok());
+        assert!(limiter.check(&1).is_ok());
+        let refused = limiter.check(&1).expect_err("burst spent");
+        assert_eq!(refused.retry_after, Duration::from_millis(250));
+        clock.advance(Duration::from_millis(250));
+        assert!(limiter.check(&1).is_ok(), "one token after 250 ms at 4/s");
+        assert!(limiter.check(&1).is_err());
+        clock.advance(Duration::from_secs(60));
+        assert!(limiter.check(&1).is_ok());
+        assert!(limiter.check(&1).is_ok());
+        assert!(
+            limiter.check(&1).is_err(),
+            "a long pause refills to the burst, not beyond"
+        );
+    }
+
+    #[test]
+    fn over_a_long_run_the_rate_holds() {
+        let clock = Clock::manual();
+        let limiter = RateLimiter::with_clock(
+            RateLimitConfig {
+                per_second: 50.0,
+                burst: 5,
+            },
+            clock.clone(),
+        );
+        let mut admitted = 0;
+        // 10 s of calls every millisecond: 5 (burst) + 50/s × 10 s admitted.
+        for _ in 0..10_000 {
+            if limiter.check(&"k").is_ok() {
+                admitted += 1;
+            }
+            clock.advance(Duration::from_millis(1));
+        }
+        assert!((500..=506).contains(&admitted), "{admitted}");
+    }
+}

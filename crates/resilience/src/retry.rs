@@ -1,0 +1,280 @@
+//! Retries for HTTP calls: exponential backoff with full jitter, a maximum of attempts, a retry
+//! budget, and only where a retry is safe.
+//!
+//! A call is retried only if all hold:
+//! * it failed in a way another attempt may fix: a transport error (refused, reset, timed out)
+//!   or a 502, 503 or 504 — never a 4xx, never a 500 or 501 (the server understood and refused);
+//! * the request may safely be sent twice: its method is idempotent (`GET`, `HEAD`, `OPTIONS`,
+//!   `PUT`, `DELETE`, `TRACE`) or it carries an `Idempotency-Key`;
+//! * attempts remain (`max_attempts` counts the first one);
+//! * the budget allows it: retries may add at most `budget_percent` to the calls made, plus
+//!   `min_retries_per_sec` so that a quiet client can still retry. A budget keeps retries from
+//!   multiplying the load on a struggling target — the retry storm of naive policies.
+//!
+//! The wait before attempt `n + 1` is drawn uniformly from `[0, min(max_delay, base_delay × 2ⁿ)]`
+//! ("full jitter"): clients that failed together do not retry together.
+//!
+//! ```
+//! use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+//! let policy = RetryPolicy::new(RetryConfig::default());
+//! let layer = tower::retry::RetryLayer::new(policy);
+//! # drop(layer);
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use tower::retry::Policy;
+use tower::retry::budget::{Budget, TpsBudget};
+
+/// Retry parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included. Default 3.
+    pub max_attempts: u32,
+    /// Backoff base. Default 25 ms.
+    pub base_delay_ms: u64,
+    /// Backoff ceiling. Default 1 000 ms.
+    pub max_delay_ms: u64,
+    /// Retries may add at most this percentage to the calls made. Default 20.
+    pub budget_percent: f32,
+    /// Retries always allowed per second, whatever the budget. Default 10.
+    pub min_retries_per_sec: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            base_delay_ms: 25,
+            max_delay_ms: 1_000,
+            budget_percent: 20.0,
+            min_retries_per_sec: 10,
+        }
+    }
+}
+
+/// The header that makes a non-idempotent request safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A tower retry [`Policy`] for HTTP requests with cloneable bodies. Clones share the budget.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    config: Arc<RetryConfig>,
+    budget: Arc<TpsBudget>,
+    /// Attempts made for the current request, minus one.
+    retries: u32,
+}
+
+impl RetryPolicy {
+    /// A policy with its own budget (kept over a 10 s window).
+    pub fn new(config: RetryConfig) -> Self {
+        let budget = TpsBudget::new(
+            Duration::from_secs(10),
+            config.min_retries_per_sec,
+            (config.budget_percent / 100.0).clamp(0.0, 1000.0),
+        );
+        Self {
+            config: Arc::new(config),
+            budget: Arc::new(budget),
+            retries: 0,
+        }
+    }
+
+    /// The wait before the next attempt, after `retries` retries (full jitter).
+    pub fn backoff(&self, retries: u32) -> Duration {
+        let ceiling = self
+            .config
+            .base_delay_ms
+            .saturating_mul(1u64.checked_shl(retries).unwrap_or(u64::MAX))
+            .min(self.config.max_delay_ms);
+        Duration::from_millis(rand::random_range(0..=ceiling))
+    }
+}
+
+/// Whether a request may be sent twice without changing the outcome.
+pub fn is_safe_to_retry<B>(request: &Request<B>) -> bool {
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    ) || request.headers().contains_key(IDEMPOTENCY_KEY)
+}
+
+/// Whether a result is a failure another attempt may fix.
+pub fn is_retryable<B, E>(result: &Result<Response<B>, E>) -> bool {
+    match result {
+        Ok(response) => matches!(
+            response.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ),
+        Err(_) => true,
+    }
+}
+
+impl<B: Clone, R, E> Policy<Request<B>, Response<R>, E> for RetryPolicy {
+    type Future = tokio::time::Sleep;
+
+    fn retry(
+        &mut self,
+        request: &mut Request<B>,
+        result: &mut Result<Response<R>, E>,
+    ) -> Option<Self::Future> {
+        if self.retries == 0 {
+            // Every request earns the budget its share, whatever happens to it.
+            self.budget.deposit();
+        }
+        let allowed = is_retryable(result)
+            && is_safe_to_retry(request)
+            && self.retries + 1 < self.config.max_attempts
+            && self.budget.withdraw();
+        if !allowed {
+            return None;
+        }
+        let wait = self.backoff(self.retries);
+        self.retries += 1;
+        Some(tokio::time::sleep(wait))
+    }
+
+    fn clone_request(&mut self, request: &Request<B>) -> Option<Request<B>> {
+        let mut clone = Request::builder()
+            .method(request.method().clone())
+            .uri(request.uri().clone())
+            .version(request.version())
+            .body(request.body().clone())
+            .ok()?;
+        *clone.headers_mut() = request.headers().clone();
+        Some(clone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+
+    /// A service answering `statuses` in turn (then 200), counting its calls.
+    fn flaky(
+        statuses: Vec<u16>,
+        calls: Arc<AtomicU32>,
+    ) -> impl tower::Service<
+        Request<()>,
+        Response = Response<()>,
+        Error = std::io::Error,
+        Future = impl Send,
+    > + Clone {
+        tower::service_fn(move |_: Request<()>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) as usize;
+            let status = statuses.get(n).copied().unwrap_or(200);
+            async move {
+                if status == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "refused",
+                    ));
+                }
+                let mut response = Response::new(());
+                *response.status_mut() = StatusCode::from_u16(status).expect("status");
+                Ok(response)
+            }
+        })
+    }
+
+    async fn run(
+        config: RetryConfig,
+        statuses: Vec<u16>,
+        request: Request<()>,
+    ) -> (Result<u16, ()>, u32) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let service = ServiceBuilder::new()
+            .retry(RetryPolicy::new(config))
+            .service(flaky(statuses, calls.clone()));
+        let result = service
+            .oneshot(request)
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|_| ());
+        (result, calls.load(Ordering::SeqCst))
+    }
+
+    fn get() -> Request<()> {
+        Request::get("/x").body(()).expect("request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_up_to_the_limit() {
+        let (result, calls) = run(RetryConfig::default(), vec![503, 0], get()).await;
+        assert_eq!(
+            (result, calls),
+            (Ok(200), 3),
+            "503 then refused, then success on the third attempt"
+        );
+        let (result, calls) = run(RetryConfig::default(), vec![503, 503, 503, 503], get()).await;
+        assert_eq!((result, calls), (Ok(503), 3), "gives up after max_attempts");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn client_errors_and_server_refusals_are_never_retried() {
+        for status in [400, 404, 409, 422, 429, 500, 501] {
+            let (result, calls) = run(RetryConfig::default(), vec![status], get()).await;
+            assert_eq!((result, calls), (Ok(status), 1), "{status}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_requests_safe_to_repeat_are_retried() {
+        let post = Request::post("/orders").body(()).expect("request");
+        let (result, calls) = run(RetryConfig::default(), vec![503], post).await;
+        assert_eq!(
+            (result, calls),
+            (Ok(503), 1),
+            "a POST without a key is sent once"
+        );
+        let keyed = Request::post("/orders")
+            .header(IDEMPOTENCY_KEY, "k1")
+            .body(())
+            .expect("request");
+        let (result, calls) = run(RetryConfig::default(), vec![503], keyed).await;
+        assert_eq!(
+            (result, calls),
+            (Ok(200), 2),
+            "a POST with a key is retried"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_budget_stops_retries() {
+        let config = RetryConfig {
+            budget_percent: 0.0,
+            min_retries_per_sec: 0,
+            ..RetryConfig::default()
+        };
+        let (result, calls) = run(config, vec![503], get()).await;
+        assert_eq!((result, calls), (Ok(503), 1));
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_under_a_growing_ceiling() {
+        let policy = RetryPolicy::new(RetryConfig {
+            base_delay_ms: 10,
+            max_delay_ms: 100,
+            ..RetryConfig::default()
+        });
+        for retries in 0..10u32 {
+            let ceiling = (10u64 << retries).min(100);
+            for _ in 0..50 {
+                assert!(policy.backoff(retries) <= Duration::from_millis(ceiling));
+            }
+        }
+        // Full jitter: waits spread down to zero, not clustered at the ceiling.
+        let waits: Vec<Duration> = (0..200).map(|_| policy.backoff(5)).collect();
+        assert!(waits.iter().any(|w| *w < Duration::from_millis(30)));
+        assert!(waits.iter().any(|w| *w > Duration::from_millis(70)));
+    }
+}
