@@ -12,7 +12,10 @@
 //! * no instance → 503, no instance reachable → 502, deadline passed → 504, all problem+json;
 //! * a circuit breaker per upstream service (`settings.breaker`): 5xx, unreachable instances
 //!   and timeouts count as failures; while it is open the gateway answers at once with 503
-//!   `/problems/circuit-open` and `Retry-After`, without calling the service.
+//!   `/problems/circuit-open` and `Retry-After`, without calling the service;
+//! * a retry policy per upstream service (`settings.retry`): requests safe to repeat (idempotent
+//!   method or `Idempotency-Key`, replayable body) are retried after 502/503/504 or a transport
+//!   failure, with full-jitter backoff, within a retry budget; every attempt passes the breaker.
 
 pub mod proxy;
 pub mod routes;
@@ -45,6 +48,7 @@ pub async fn run(
         routes::Routes::default(),
         timeout,
         &settings.breaker,
+        &settings.retry,
     )
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     flotilla_discovery::serve_routes("gateway", &settings, listener, proxy.router(), shutdown).await

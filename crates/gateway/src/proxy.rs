@@ -13,9 +13,9 @@ use axum::routing::any;
 use bytes::Bytes;
 use flotilla_discovery::Discovery;
 use flotilla_kit::Problem;
-use flotilla_resilience::breaker::{
-    BreakerConfig, CircuitBreaker, CircuitOpen, ConfigError, Outcome,
-};
+use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, CircuitOpen, ConfigError};
+use flotilla_resilience::pipeline::{Pipeline, Verdict};
+use flotilla_resilience::retry::{self, RetryConfig, RetryPolicy};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
@@ -60,8 +60,8 @@ pub struct Proxy {
 struct Inner {
     discovery: Discovery,
     routes: Routes,
-    /// One breaker per upstream service, named after it.
-    breakers: HashMap<String, CircuitBreaker>,
+    /// One breaker and retry policy per upstream service (the breaker named after it).
+    pipelines: HashMap<String, Pipeline>,
     client: Client<HttpConnector, Body>,
     timeout: Duration,
 }
@@ -75,6 +75,7 @@ impl Proxy {
         routes: Routes,
         timeout: Duration,
         breaker: &BreakerConfig,
+        retry: &RetryConfig,
     ) -> Result<Self, ConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -82,18 +83,22 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        let mut breakers = HashMap::new();
+        let mut pipelines = HashMap::new();
         for route in routes.iter() {
-            if !breakers.contains_key(&route.service) {
+            if !pipelines.contains_key(&route.service) {
                 let circuit = CircuitBreaker::new(&route.service, breaker.clone())?;
-                breakers.insert(route.service.clone(), circuit);
+                let policy = RetryPolicy::new(retry.clone());
+                pipelines.insert(
+                    route.service.clone(),
+                    Pipeline::new(Some(circuit), Some(policy)),
+                );
             }
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 discovery,
                 routes,
-                breakers,
+                pipelines,
                 client,
                 timeout,
             }),
@@ -102,7 +107,10 @@ impl Proxy {
 
     /// The breaker in front of `service`, if a route leads to it.
     pub fn breaker(&self, service: &str) -> Option<&CircuitBreaker> {
-        self.inner.breakers.get(service)
+        self.inner
+            .pipelines
+            .get(service)
+            .and_then(Pipeline::breaker)
     }
 
     /// The gateway's public routes: everything under `/v1/`.
@@ -136,31 +144,31 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     };
     let service = route.service.clone();
     let started = Instant::now();
-    let permit = match inner
-        .breakers
-        .get(&service)
-        .map(CircuitBreaker::try_acquire)
-    {
-        Some(Ok(permit)) => Some(permit),
-        Some(Err(open)) => {
-            metrics::counter!(UPSTREAM_REQUESTS, "service" => service.clone(), "outcome" => "circuit_open").increment(1);
-            return circuit_open(&service, &open);
-        }
-        None => None,
-    };
-    let (outcome, response) = match exchange(inner, &service, request).await {
-        Ok(response) => ("ok", response),
+    let deadline = tokio::time::Instant::now() + inner.timeout;
+    let (outcome, response) = match prepare(request, deadline, &service).await {
         Err((outcome, problem)) => (outcome, problem.into_response()),
+        Ok(mut prepared) => {
+            // Retried only if the body can be sent again and the request is safe to repeat.
+            let safe = prepared.replayable() && retry::is_safe(&prepared.method, &prepared.headers);
+            let mut call = inner.pipelines[&service].start(safe);
+            let result = loop {
+                let permit = match call.admit() {
+                    Ok(permit) => permit,
+                    Err(open) => break Err(open),
+                };
+                let result = attempt(inner, &service, &mut prepared, deadline).await;
+                match call.after(permit, judge(&result)) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => break Ok(result),
+                }
+            };
+            match result {
+                Ok(Ok(response)) => ("ok", response),
+                Ok(Err((outcome, problem))) => (outcome, problem.into_response()),
+                Err(open) => ("circuit_open", circuit_open(&service, &open)),
+            }
+        }
     };
-    if let Some(permit) = permit {
-        permit.record(match outcome {
-            "ok" if response.status().is_server_error() => Outcome::Failure,
-            "ok" => Outcome::Success,
-            // Nobody was called: says nothing of the upstream's health.
-            "no_instance" => Outcome::Ignored,
-            _ => Outcome::Failure,
-        });
-    }
     let elapsed = started.elapsed();
     metrics::counter!(UPSTREAM_REQUESTS, "service" => service.clone(), "outcome" => outcome)
         .increment(1);
@@ -177,21 +185,58 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     response
 }
 
-async fn exchange(
-    inner: &Inner,
-    service: &str,
+/// How one attempt counts for the breaker and the retry policy.
+fn judge(result: &Result<Response, (&'static str, Problem)>) -> Verdict {
+    match result {
+        Ok(response) => match response.status() {
+            StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Verdict::Failure { retryable: true },
+            status if status.is_server_error() => Verdict::Failure { retryable: false },
+            _ => Verdict::Success,
+        },
+        // Nobody was called, or the request itself was at fault.
+        Err(("no_instance" | "bad_request", _)) => Verdict::Ignored,
+        // The request's deadline has passed: no time for another attempt.
+        Err(("timeout", _)) => Verdict::Failure { retryable: false },
+        Err(_) => Verdict::Failure { retryable: true },
+    }
+}
+
+/// A request ready to be sent, perhaps several times.
+struct Prepared {
+    method: http::Method,
+    headers: HeaderMap,
+    path_and_query: String,
+    body: Outgoing,
+}
+
+impl Prepared {
+    fn replayable(&self) -> bool {
+        matches!(self.body, Outgoing::Held(_))
+    }
+}
+
+/// Reads a small body of known length (so it can be replayed) and prepares the headers.
+async fn prepare(
     request: Request,
-) -> Result<Response, (&'static str, Problem)> {
+    deadline: tokio::time::Instant,
+    service: &str,
+) -> Result<Prepared, (&'static str, Problem)> {
     let (parts, body) = request.into_parts();
-    let deadline = tokio::time::Instant::now() + inner.timeout;
-    let mut outgoing = match body.size_hint().exact() {
+    let body = match body.size_hint().exact() {
         Some(length) if length <= REPLAY_LIMIT => {
             let bytes = tokio::time::timeout_at(deadline, body.collect())
                 .await
-                .map_err(|_| timeout(service, inner.timeout))?
+                .map_err(|_| {
+                    (
+                        "timeout",
+                        timeout_problem(service, "the request body did not arrive in time"),
+                    )
+                })?
                 .map_err(|e| {
                     (
-                        "error",
+                        "bad_request",
                         Problem::bad_request(
                             "unreadable-body",
                             format!("the request body could not be read: {e}"),
@@ -203,43 +248,69 @@ async fn exchange(
         }
         _ => Outgoing::Streaming(Some(body)),
     };
-    let headers = forwarded_headers(&parts.headers);
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str().to_owned())
-        .unwrap_or_else(|| "/".to_owned());
+    Ok(Prepared {
+        headers: forwarded_headers(&parts.headers),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned()),
+        method: parts.method,
+        body,
+    })
+}
 
+/// One attempt: the next instances in round-robin order, failing over on refused connections.
+async fn attempt(
+    inner: &Inner,
+    service: &str,
+    prepared: &mut Prepared,
+    deadline: tokio::time::Instant,
+) -> Result<Response, (&'static str, Problem)> {
     let candidates = inner.discovery.candidates(service).await;
     if candidates.is_empty() {
-        let mut problem = Problem::unavailable(
+        let problem = Problem::unavailable(
             "no-instance",
             format!("no instance of `{service}` is available; retry shortly"),
-        );
-        problem = problem.with("service", service);
+        )
+        .with("service", service);
         return Err(("no_instance", problem));
     }
     for endpoint in &candidates {
-        let Some(body) = outgoing.take() else { break };
-        let uri: Uri = match format!("http://{}{}", endpoint.address, path_and_query).parse() {
-            Ok(uri) => uri,
-            Err(e) => return Err(("error", Problem::bad_request("invalid-uri", e.to_string()))),
+        let Some(body) = prepared.body.take() else {
+            break;
         };
+        let uri: Uri =
+            match format!("http://{}{}", endpoint.address, prepared.path_and_query).parse() {
+                Ok(uri) => uri,
+                Err(e) => {
+                    return Err((
+                        "bad_request",
+                        Problem::bad_request("invalid-uri", e.to_string()),
+                    ));
+                }
+            };
         let mut upstream = http::Request::builder()
-            .method(parts.method.clone())
+            .method(prepared.method.clone())
             .uri(uri)
             .version(http::Version::HTTP_11);
         if let Some(map) = upstream.headers_mut() {
-            *map = headers.clone();
+            *map = prepared.headers.clone();
         }
         let Ok(upstream) = upstream.body(body) else {
             return Err((
-                "error",
+                "bad_request",
                 Problem::bad_request("invalid-request", "the request could not be forwarded"),
             ));
         };
         match tokio::time::timeout_at(deadline, inner.client.request(upstream)).await {
-            Err(_) => return Err(timeout(service, inner.timeout)),
+            Err(_) => {
+                let detail = format!(
+                    "`{service}` did not answer within {} ms",
+                    inner.timeout.as_millis()
+                );
+                return Err(("timeout", timeout_problem(service, &detail)));
+            }
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -251,27 +322,23 @@ async fn exchange(
             }
             Ok(Err(error)) => {
                 tracing::warn!(%service, instance = %endpoint.id, %error, "upstream exchange failed");
-                return Err((
-                    "error",
-                    Problem::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream-failed",
-                        format!("`{service}` failed to answer"),
-                    )
-                    .with("service", service),
-                ));
+                let problem = Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream-failed",
+                    format!("`{service}` failed to answer"),
+                )
+                .with("service", service);
+                return Err(("error", problem));
             }
         }
     }
-    Err((
-        "unreachable",
-        Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream-unreachable",
-            format!("no instance of `{service}` could be reached"),
-        )
-        .with("service", service),
-    ))
+    let problem = Problem::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream-unreachable",
+        format!("no instance of `{service}` could be reached"),
+    )
+    .with("service", service);
+    Err(("unreachable", problem))
 }
 
 /// The error-response fallback of an open breaker: 503 with `Retry-After`.
@@ -287,16 +354,8 @@ fn circuit_open(service: &str, open: &CircuitOpen) -> Response {
     ([(header::RETRY_AFTER, HeaderValue::from(seconds))], problem).into_response()
 }
 
-fn timeout(service: &str, after: Duration) -> (&'static str, Problem) {
-    (
-        "timeout",
-        Problem::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "upstream-timeout",
-            format!("`{service}` did not answer within {} ms", after.as_millis()),
-        )
-        .with("service", service),
-    )
+fn timeout_problem(service: &str, detail: &str) -> Problem {
+    Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", detail).with("service", service)
 }
 
 /// The headers sent upstream: the client's, less hop-by-hop ones, with the request id and the

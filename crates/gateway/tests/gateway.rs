@@ -93,6 +93,29 @@ async fn upstream() -> String {
     address
 }
 
+/// An upstream whose `/v1/orders/flaky` fails with 503 every other call (first call included),
+/// for GET and POST alike; `calls` counts them.
+async fn flaky_upstream(calls: std::sync::Arc<std::sync::atomic::AtomicU32>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let flaky = move || {
+        let calls = calls.clone();
+        async move {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n % 2 == 0 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            }
+        }
+    };
+    let router = Router::new()
+        .route("/v1/orders/flaky", get(flaky.clone()).post(flaky))
+        .route("/readyz", get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    address
+}
+
 async fn register(harness: &Harness, service: &str, address: &str) -> Registration {
     Registration::start(
         Spec {
@@ -288,4 +311,42 @@ async fn unknown_paths_are_404_problems() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["type"], "/problems/not-found");
+}
+
+#[tokio::test]
+async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
+    let harness = harness(2_000).await;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let address = flaky_upstream(calls.clone()).await;
+    let _registration = register(&harness, "order", &address).await;
+    let url = format!("{}/v1/orders/flaky", harness.gateway);
+    let count = || calls.load(std::sync::atomic::Ordering::SeqCst);
+
+    let (status, _, _) = call(Method::GET, &url, &[], Vec::new()).await;
+    assert_eq!(status, StatusCode::OK, "the 503 was retried");
+    assert_eq!(count(), 2);
+
+    let (status, _, _) = call(Method::POST, &url, &[], b"{}".to_vec()).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a POST without a key is sent once"
+    );
+    assert_eq!(count(), 3);
+
+    let _ = call(Method::GET, &url, &[], Vec::new()).await; // realign: this one succeeds first time
+    let before = count();
+    let (status, _, _) = call(
+        Method::POST,
+        &url,
+        &[("idempotency-key", "k-1")],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a POST with an Idempotency-Key is retried"
+    );
+    assert_eq!(count(), before + 2);
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use flotilla_resilience::BreakerConfig;
+use flotilla_resilience::retry::RetryConfig;
 use serde::{Deserialize, Serialize};
 
 /// Where the log lines go and how they look.
@@ -61,6 +62,9 @@ pub struct Settings {
     /// internal client. Nested keys in the environment use `__`:
     /// `FLOTILLA_BREAKER__WAIT_IN_OPEN_MS=1000`.
     pub breaker: BreakerConfig,
+    /// The retry policy of the gateway (per upstream) and of internal clients:
+    /// `FLOTILLA_RETRY__MAX_ATTEMPTS=2`. Only safe requests and retryable failures are retried.
+    pub retry: RetryConfig,
     /// Serve `/admin/faults`, which makes this process fail a share of its requests or answer
     /// late, for demos and tests. Never enable it in production.
     pub fault_injection: bool,
@@ -84,6 +88,7 @@ impl Default for Settings {
             request_timeout_ms: 10_000,
             supervised: false,
             breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
             fault_injection: false,
         }
     }
@@ -162,6 +167,15 @@ impl Settings {
                 key: "breaker",
                 reason: error.to_string(),
             });
+        }
+        if self.retry.max_attempts == 0 {
+            return invalid(
+                "retry.max_attempts",
+                "must be at least 1 (the first attempt counts)",
+            );
+        }
+        if !(self.retry.budget_percent >= 0.0 && self.retry.budget_percent.is_finite()) {
+            return invalid("retry.budget_percent", "must be a non-negative number");
         }
         if self.advertise_host.is_empty() {
             return invalid("advertise_host", "must not be empty");

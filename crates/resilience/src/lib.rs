@@ -19,11 +19,13 @@
 //! | [`bulkhead`] | a concurrency limit with a bounded waiting line and wait |
 //! | [`ratelimit`] | a token bucket per key |
 //! | [`timeout`] | a deadline per call, configured like the rest |
+//! | [`pipeline`] | a breaker and a retry policy around any async call (for non-tower callers) |
 //! | [`clock`] | the monotonic clock the primitives read (manual in tests) |
 
 pub mod breaker;
 pub mod bulkhead;
 pub mod clock;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod retry;
 pub mod timeout;

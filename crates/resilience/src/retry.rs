@@ -84,6 +84,26 @@ impl RetryPolicy {
         }
     }
 
+    /// Decides after a failed or successful attempt: the wait before the next attempt, or `None`
+    /// to stop. `safe`: the request may be sent twice; `retryable`: the failure is one another
+    /// attempt may fix. Counts the attempt and draws on the budget.
+    pub fn next_wait(&mut self, safe: bool, retryable: bool) -> Option<Duration> {
+        if self.retries == 0 {
+            // Every request earns the budget its share, whatever happens to it.
+            self.budget.deposit();
+        }
+        let allowed = retryable
+            && safe
+            && self.retries + 1 < self.config.max_attempts
+            && self.budget.withdraw();
+        if !allowed {
+            return None;
+        }
+        let wait = self.backoff(self.retries);
+        self.retries += 1;
+        Some(wait)
+    }
+
     /// The wait before the next attempt, after `retries` retries (full jitter).
     pub fn backoff(&self, retries: u32) -> Duration {
         let ceiling = self
@@ -97,10 +117,16 @@ impl RetryPolicy {
 
 /// Whether a request may be sent twice without changing the outcome.
 pub fn is_safe_to_retry<B>(request: &Request<B>) -> bool {
+    is_safe(request.method(), request.headers())
+}
+
+/// Whether a request with this method and these headers may be sent twice: an idempotent
+/// method, or an `Idempotency-Key`.
+pub fn is_safe(method: &Method, headers: &http::HeaderMap) -> bool {
     matches!(
-        *request.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    ) || request.headers().contains_key(IDEMPOTENCY_KEY)
+    ) || headers.contains_key(IDEMPOTENCY_KEY)
 }
 
 /// Whether a result is a failure another attempt may fix.
@@ -122,19 +148,7 @@ impl<B: Clone, R, E> Policy<Request<B>, Response<R>, E> for RetryPolicy {
         request: &mut Request<B>,
         result: &mut Result<Response<R>, E>,
     ) -> Option<Self::Future> {
-        if self.retries == 0 {
-            // Every request earns the budget its share, whatever happens to it.
-            self.budget.deposit();
-        }
-        let allowed = is_retryable(result)
-            && is_safe_to_retry(request)
-            && self.retries + 1 < self.config.max_attempts
-            && self.budget.withdraw();
-        if !allowed {
-            return None;
-        }
-        let wait = self.backoff(self.retries);
-        self.retries += 1;
+        let wait = self.next_wait(is_safe_to_retry(request), is_retryable(result))?;
         Some(tokio::time::sleep(wait))
     }
 

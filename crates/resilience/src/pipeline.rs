@@ -1,0 +1,229 @@
+//! A breaker and a retry policy applied together around any async call, for callers that are
+//! not tower services (a proxy streaming bodies, a client failing over between instances).
+//!
+//! Each attempt must be admitted by the breaker and reports its outcome to it; a rejection
+//! ends the call at once, even between retries (retrying into an open breaker would only add
+//! load). The retry policy decides after each attempt.
+//!
+//! ```
+//! use flotilla_resilience::pipeline::{Pipeline, Verdict};
+//! use flotilla_resilience::{BreakerConfig, CircuitBreaker};
+//! use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+//! # async fn demo() {
+//! let pipeline = Pipeline::new(
+//!     Some(CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap()),
+//!     Some(RetryPolicy::new(RetryConfig::default())),
+//! );
+//! let answer = pipeline
+//!     .run(true, |_attempt| async { 200u16 }, |status: &u16| match *status {
+//!         502..=504 => Verdict::Failure { retryable: true },
+//!         500..=599 => Verdict::Failure { retryable: false },
+//!         _ => Verdict::Success,
+//!     })
+//!     .await;
+//! assert_eq!(answer, Ok(200));
+//! # }
+//! ```
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::breaker::{CircuitBreaker, CircuitOpen, Outcome, Permit};
+use crate::retry::RetryPolicy;
+
+/// How an attempt went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It worked.
+    Success,
+    /// It failed; `retryable` if another attempt may fix it.
+    Failure {
+        /// Whether to try again (if the policy and the budget allow).
+        retryable: bool,
+    },
+    /// It says nothing about the target (nobody was called, or the caller erred).
+    Ignored,
+}
+
+impl Verdict {
+    fn outcome(self) -> Outcome {
+        match self {
+            Verdict::Success => Outcome::Success,
+            Verdict::Failure { .. } => Outcome::Failure,
+            Verdict::Ignored => Outcome::Ignored,
+        }
+    }
+}
+
+/// A breaker and a retry policy, either optional.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    breaker: Option<CircuitBreaker>,
+    retry: Option<RetryPolicy>,
+}
+
+impl Pipeline {
+    /// A pipeline of the given parts.
+    pub fn new(breaker: Option<CircuitBreaker>, retry: Option<RetryPolicy>) -> Self {
+        Self { breaker, retry }
+    }
+
+    /// The breaker, if any.
+    pub fn breaker(&self) -> Option<&CircuitBreaker> {
+        self.breaker.as_ref()
+    }
+
+    /// Starts one call: admit each attempt with [`Call::admit`], report it with
+    /// [`Call::after`], which says how long to wait before the next attempt, if any.
+    /// `safe`: the call may be made twice.
+    pub fn start(&self, safe: bool) -> Call<'_> {
+        Call {
+            pipeline: self,
+            retry: self.retry.clone(),
+            safe,
+        }
+    }
+
+    /// Runs `attempt` (given the attempt number, from 0) until `judge` finds its result good,
+    /// or the result may not or need not be retried. `safe`: the call may be made twice.
+    /// Returns the last result, or the breaker's rejection.
+    pub async fn run<T, F, Fut>(
+        &self,
+        safe: bool,
+        mut attempt: F,
+        judge: impl Fn(&T) -> Verdict,
+    ) -> Result<T, CircuitOpen>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mut call = self.start(safe);
+        let mut number = 0;
+        loop {
+            let permit = call.admit()?;
+            let result = attempt(number).await;
+            match call.after(permit, judge(&result)) {
+                Some(wait) => {
+                    tokio::time::sleep(wait).await;
+                    number += 1;
+                }
+                None => return Ok(result),
+            }
+        }
+    }
+}
+
+/// One call through a [`Pipeline`], attempt by attempt.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pipeline: &'a Pipeline,
+    retry: Option<RetryPolicy>,
+    safe: bool,
+}
+
+impl Call<'_> {
+    /// Asks the breaker to admit the next attempt.
+    pub fn admit(&self) -> Result<Option<Permit>, CircuitOpen> {
+        self.pipeline
+            .breaker
+            .as_ref()
+            .map(CircuitBreaker::try_acquire)
+            .transpose()
+    }
+
+    /// Reports an attempt; returns the wait before the next one, or `None` to stop.
+    pub fn after(&mut self, permit: Option<Permit>, verdict: Verdict) -> Option<Duration> {
+        if let Some(permit) = permit {
+            permit.record(verdict.outcome());
+        }
+        let retryable = matches!(verdict, Verdict::Failure { retryable: true });
+        let safe = self.safe;
+        self.retry
+            .as_mut()
+            .and_then(|retry| retry.next_wait(safe, retryable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::breaker::{BreakerConfig, State, Window};
+    use crate::retry::RetryConfig;
+
+    fn judge(status: &u16) -> Verdict {
+        match *status {
+            503 => Verdict::Failure { retryable: true },
+            _ => Verdict::Success,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_when_the_breaker_opens() {
+        let breaker = CircuitBreaker::new(
+            "p",
+            BreakerConfig {
+                window: Window::Count { calls: 2 },
+                minimum_calls: 2,
+                ..BreakerConfig::default()
+            },
+        )
+        .expect("valid");
+        let pipeline = Pipeline::new(
+            Some(breaker.clone()),
+            Some(RetryPolicy::new(RetryConfig {
+                max_attempts: 5,
+                ..RetryConfig::default()
+            })),
+        );
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let result = pipeline
+            .run(
+                true,
+                move |_| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async { 503u16 }
+                },
+                judge,
+            )
+            .await;
+        assert!(result.is_err(), "the third attempt meets an open breaker");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(breaker.state(), State::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unsafe_call_is_made_once() {
+        let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let result = pipeline
+            .run(
+                false,
+                move |_| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async { 503u16 }
+                },
+                judge,
+            )
+            .await;
+        assert_eq!(result, Ok(503));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_failure_is_retried_to_success() {
+        let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+        let result = pipeline
+            .run(
+                true,
+                |attempt| async move { if attempt == 0 { 503u16 } else { 200 } },
+                judge,
+            )
+            .await;
+        assert_eq!(result, Ok(200));
+    }
+}
