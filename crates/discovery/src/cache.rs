@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla_kit::client::{self, CallError, Client};
+use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, CircuitOpen, ConfigError};
+use flotilla_resilience::pipeline::{Pipeline, Verdict};
+use flotilla_resilience::retry::{self, RetryConfig, RetryPolicy};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::Full;
 use serde::Deserialize;
@@ -55,6 +58,9 @@ pub enum DiscoveryError {
         /// How many instances were tried.
         tried: usize,
     },
+    /// The service's circuit breaker is open: nothing was sent.
+    #[error(transparent)]
+    CircuitOpen(CircuitOpen),
     /// An instance was reached but the exchange failed (timeout, broken connection…); the
     /// request may have been processed, so it is not sent elsewhere.
     #[error("call to `{service}` failed: {source}")]
@@ -102,6 +108,31 @@ struct Inner {
     views: Mutex<HashMap<String, Arc<View>>>,
     timeout: Duration,
     shutdown: CancellationToken,
+    /// Breaker and retry settings for [`Discovery::send`], if any.
+    resilience: Option<(BreakerConfig, RetryConfig)>,
+    /// One pipeline per service, made on first use.
+    pipelines: Mutex<HashMap<String, Pipeline>>,
+}
+
+/// How an attempt counts for the breaker and the retry policy.
+fn judge(result: &Result<(StatusCode, Bytes), DiscoveryError>) -> Verdict {
+    match result {
+        Ok((status, _)) => match *status {
+            StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Verdict::Failure { retryable: true },
+            status if status.is_server_error() => Verdict::Failure { retryable: false },
+            _ => Verdict::Success,
+        },
+        Err(DiscoveryError::NoInstances { .. } | DiscoveryError::CircuitOpen(_)) => {
+            Verdict::Ignored
+        }
+        Err(DiscoveryError::Call {
+            source: CallError::Invalid { .. },
+            ..
+        }) => Verdict::Ignored,
+        Err(_) => Verdict::Failure { retryable: true },
+    }
 }
 
 /// The discovery client: a cheap, cloneable handle on the shared cache.
@@ -161,6 +192,8 @@ impl Discovery {
                 views: Mutex::new(views),
                 timeout,
                 shutdown,
+                resilience: None,
+                pipelines: Mutex::default(),
             }),
         }
     }
@@ -230,6 +263,10 @@ impl Discovery {
 
     /// Sends a request to one instance of `service`, failing over to the next instance when
     /// one cannot be reached. Returns the status and the body of the first answer.
+    ///
+    /// With [`Discovery::with_resilience`], each attempt passes the service's circuit breaker
+    /// and a safe request (idempotent method or `Idempotency-Key`) is retried after a 502, 503,
+    /// 504 or a transport failure.
     pub async fn send(
         &self,
         service: &str,
@@ -237,6 +274,82 @@ impl Discovery {
         path_and_query: &str,
         headers: &HeaderMap,
         body: Bytes,
+    ) -> Result<(StatusCode, Bytes), DiscoveryError> {
+        let Some(pipeline) = self.pipeline(service) else {
+            return self
+                .attempt(service, &method, path_and_query, headers, &body)
+                .await;
+        };
+        let mut call = pipeline.start(retry::is_safe(&method, headers));
+        loop {
+            let permit = call.admit().map_err(DiscoveryError::CircuitOpen)?;
+            let result = self
+                .attempt(service, &method, path_and_query, headers, &body)
+                .await;
+            match call.after(permit, judge(&result)) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return result,
+            }
+        }
+    }
+
+    /// The breaker and retry policy of `service`, made on first use.
+    fn pipeline(&self, service: &str) -> Option<Pipeline> {
+        let (breaker, retry) = self.inner.resilience.as_ref()?;
+        let mut pipelines = self
+            .inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(pipeline) = pipelines.get(service) {
+            return Some(pipeline.clone());
+        }
+        let circuit = CircuitBreaker::new(service, breaker.clone()).ok()?;
+        let pipeline = Pipeline::new(Some(circuit), Some(RetryPolicy::new(retry.clone())));
+        pipelines.insert(service.to_owned(), pipeline.clone());
+        Some(pipeline)
+    }
+
+    /// Adds a circuit breaker (configured by `breaker`) and a retry policy per service to
+    /// [`Discovery::send`]. Fails if `breaker` is invalid.
+    pub fn with_resilience(
+        self,
+        breaker: BreakerConfig,
+        retry: RetryConfig,
+    ) -> Result<Self, ConfigError> {
+        breaker.validate()?;
+        let Inner {
+            registry,
+            http,
+            views,
+            timeout,
+            shutdown,
+            ..
+        } = Arc::try_unwrap(self.inner).map_err(|_| ConfigError {
+            field: "discovery",
+            reason: "add resilience before sharing the client",
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry,
+                http,
+                views,
+                timeout,
+                shutdown,
+                resilience: Some((breaker, retry)),
+                pipelines: Mutex::default(),
+            }),
+        })
+    }
+
+    /// One attempt: the instances in round-robin order, failing over on refused connections.
+    async fn attempt(
+        &self,
+        service: &str,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &Bytes,
     ) -> Result<(StatusCode, Bytes), DiscoveryError> {
         let candidates = self.candidates(service).await;
         if candidates.is_empty() {

@@ -189,3 +189,70 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// An instance answering `/who` with 503 for its first `failures` calls, then 200.
+async fn failing_instance(failures: u32) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let router = Router::new()
+        .route(
+            "/who",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+                        (StatusCode::SERVICE_UNAVAILABLE, "down")
+                    } else {
+                        (StatusCode::OK, "up")
+                    }
+                }
+            }),
+        )
+        .route("/readyz", get(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    address
+}
+
+#[tokio::test]
+async fn with_resilience_calls_are_retried_and_a_failing_service_trips_its_breaker() {
+    use flotilla_resilience::breaker::{BreakerConfig, Window};
+    use flotilla_resilience::retry::RetryConfig;
+
+    let shutdown = CancellationToken::new();
+    let registry = registry(&shutdown).await;
+    let flaky = failing_instance(1).await;
+    let _flaky = register(&registry, "inventory", &flaky, &shutdown).await;
+    let broken = failing_instance(u32::MAX).await;
+    let _broken = register(&registry, "payment", &broken, &shutdown).await;
+    let breaker = BreakerConfig {
+        window: Window::Count { calls: 4 },
+        minimum_calls: 4,
+        ..BreakerConfig::default()
+    };
+    let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone())
+        .with_resilience(breaker, RetryConfig::default())
+        .expect("valid");
+
+    // One 503, then the retry succeeds.
+    assert_eq!(who(&discovery, "inventory").await.expect("retried"), "up");
+
+    // Every call fails: 3 attempts, then 1 more, and the breaker opens; then calls fail fast.
+    let headers = HeaderMap::new();
+    let send = || discovery.send("payment", Method::GET, "/who", &headers, Bytes::new());
+    let (status, _) = send().await.expect("answered");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let error = send()
+        .await
+        .expect_err("the breaker opened during the retries");
+    assert!(
+        matches!(error, flotilla_discovery::DiscoveryError::CircuitOpen(_)),
+        "{error}"
+    );
+    let error = send().await.expect_err("fails fast");
+    assert!(
+        matches!(error, flotilla_discovery::DiscoveryError::CircuitOpen(_)),
+        "{error}"
+    );
+    shutdown.cancel();
+}

@@ -102,7 +102,7 @@ async fn flaky_upstream(calls: std::sync::Arc<std::sync::atomic::AtomicU32>) -> 
         let calls = calls.clone();
         async move {
             let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::OK

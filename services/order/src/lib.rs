@@ -248,7 +248,9 @@ pub async fn run(
     let discovery = match &settings.registry_url {
         Some(registry) => Discovery::new(registry, timeout, shutdown.clone()),
         None => Discovery::fixed(Default::default(), timeout),
-    };
+    }
+    .with_resilience(settings.breaker.clone(), settings.retry.clone())
+    .map_err(std::io::Error::other)?;
     let context = Context {
         pool: pool.clone(),
         discovery,
