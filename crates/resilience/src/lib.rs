@@ -20,11 +20,13 @@
 //! | [`ratelimit`] | a token bucket per key |
 //! | [`timeout`] | a deadline per call, configured like the rest |
 //! | [`pipeline`] | a breaker and a retry policy around any async call (for non-tower callers) |
+//! | [`fallback`] | default value, last good answer (with a maximum age), alternative service |
 //! | [`clock`] | the monotonic clock the primitives read (manual in tests) |
 
 pub mod breaker;
 pub mod bulkhead;
 pub mod clock;
+pub mod fallback;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod retry;
