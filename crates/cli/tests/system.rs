@@ -937,3 +937,112 @@ async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers
         "5 failures and 2 trials reached inventory"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_while_the_breaker_is_open_are_replayed_in_order_exactly_once() {
+    let system = System::start_with(
+        &[],
+        &[
+            ("FLOTILLA_FAULT_INJECTION", "true"),
+            ("FLOTILLA_QUEUE_FOR_LATER", "[\"order\"]"),
+            ("FLOTILLA_BREAKER__MINIMUM_CALLS", "5"),
+            ("FLOTILLA_BREAKER__WAIT_IN_OPEN_MS", "1000"),
+            ("FLOTILLA_BREAKER__WAIT_MULTIPLIER", "1.0"),
+            ("FLOTILLA_BREAKER__HALF_OPEN_PERMITS", "1"),
+            ("FLOTILLA_BREAKER__SUCCESS_THRESHOLD", "1"),
+        ],
+    );
+    let order_service = system.instances("order").await;
+    let address = order_service[0]["address"]
+        .as_str()
+        .expect("address")
+        .to_owned();
+    let system = &system;
+    let faults_url = format!("http://{address}/admin/faults");
+    let faults_url = &faults_url;
+    let set_faults = |percent: u8| async move {
+        let body = format!("{{\"failure_percent\": {percent}}}").into_bytes();
+        system
+            .call(
+                Method::PUT,
+                faults_url,
+                &[("content-type", "application/json")],
+                Some(body),
+            )
+            .await
+    };
+    assert_eq!(set_faults(100).await.status, StatusCode::OK);
+
+    // Reads open the breaker (a read is never queued).
+    for n in 0.. {
+        let answer = system
+            .get("/v1/orders/01a215f9-0000-7000-8000-000000000000")
+            .await;
+        if answer.body["type"] == "/problems/circuit-open" {
+            break;
+        }
+        assert!(n < 10, "the breaker did not open: {:?}", answer.body);
+    }
+
+    // Writes with an idempotency key are queued: 202 and a place to look.
+    let mut queued = Vec::new();
+    for n in 0..3 {
+        let key = format!("deferred-{n}");
+        let answer = system
+            .post_order(&order("bob", "LS-008", n + 1), &[("idempotency-key", &key)])
+            .await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{:?}", answer.body);
+        assert_eq!(answer.body["status"], "QUEUED");
+        let location = answer.headers["location"]
+            .to_str()
+            .expect("location")
+            .to_owned();
+        assert_eq!(system.get(&location).await.body["status"], "QUEUED");
+        queued.push(location);
+    }
+    // A write without a key is not queued: it cannot be replayed safely.
+    let unkeyed = system.post_order(&order("bob", "LS-008", 1), &[]).await;
+    assert_eq!(unkeyed.body["type"], "/problems/circuit-open");
+    assert_eq!(system.count_orders().await, 0);
+
+    // The service recovers: the queue drains, in order, once.
+    assert_eq!(set_faults(0).await.status, StatusCode::OK);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut replayed = Vec::new();
+    for location in &queued {
+        loop {
+            let view = system.get(location).await;
+            if view.body["status"] == "REPLAYED" {
+                assert_eq!(view.body["response"]["status"], 202, "{:?}", view.body);
+                replayed.push(
+                    view.body["response"]["body"]["order_id"]
+                        .as_str()
+                        .expect("order id")
+                        .to_owned(),
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{location} was not replayed in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut sorted = replayed.clone();
+    sorted.sort();
+    assert_eq!(
+        replayed, sorted,
+        "replayed in the order queued (order ids are time-ordered UUIDv7)"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        system.count_orders().await,
+        3,
+        "each queued write took effect exactly once"
+    );
+    for (n, id) in replayed.iter().enumerate() {
+        let stored = system.get(&format!("/v1/orders/{id}")).await;
+        assert_eq!(stored.body["items"][0]["quantity"], n as i64 + 1);
+    }
+}

@@ -15,8 +15,12 @@
 //!   `/problems/circuit-open` and `Retry-After`, without calling the service;
 //! * a retry policy per upstream service (`settings.retry`): requests safe to repeat (idempotent
 //!   method or `Idempotency-Key`, replayable body) are retried after 502/503/504 or a transport
-//!   failure, with full-jitter backoff, within a retry budget; every attempt passes the breaker.
+//!   failure, with full-jitter backoff, within a retry budget; every attempt passes the breaker;
+//! * queue for later ([`deferred`]): for the services named in `queue_for_later`, a write with
+//!   an `Idempotency-Key` that meets an open breaker is stored and answered 202; it is replayed
+//!   in order when the service takes calls again.
 
+pub mod deferred;
 pub mod proxy;
 pub mod routes;
 
@@ -43,13 +47,20 @@ pub async fn run(
     flotilla_kit::metrics::handle();
     let timeout = Duration::from_millis(settings.request_timeout_ms);
     let discovery = Discovery::new(&registry, timeout, shutdown.clone());
+    let deferred = deferred::Deferred::open(&settings)
+        .await
+        .map_err(std::io::Error::other)?;
     let proxy = proxy::Proxy::new(
         discovery,
         routes::Routes::default(),
         timeout,
         &settings.breaker,
         &settings.retry,
+        deferred,
     )
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    for service in proxy.deferred_services() {
+        tokio::spawn(proxy::replay(proxy.clone(), service, shutdown.clone()));
+    }
     flotilla_discovery::serve_routes("gateway", &settings, listener, proxy.router(), shutdown).await
 }

@@ -22,6 +22,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::deferred::{self, Deferred, Queued};
 use crate::routes::Routes;
 
 /// Largest request body held in memory so that the request can be sent to another instance
@@ -62,6 +65,8 @@ struct Inner {
     routes: Routes,
     /// One breaker and retry policy per upstream service (the breaker named after it).
     pipelines: HashMap<String, Pipeline>,
+    /// The queue-for-later store, if any service uses it.
+    deferred: Option<Deferred>,
     client: Client<HttpConnector, Body>,
     timeout: Duration,
 }
@@ -76,6 +81,7 @@ impl Proxy {
         timeout: Duration,
         breaker: &BreakerConfig,
         retry: &RetryConfig,
+        deferred: Option<Deferred>,
     ) -> Result<Self, ConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -99,6 +105,7 @@ impl Proxy {
                 discovery,
                 routes,
                 pipelines,
+                deferred,
                 client,
                 timeout,
             }),
@@ -113,11 +120,25 @@ impl Proxy {
             .and_then(Pipeline::breaker)
     }
 
-    /// The gateway's public routes: everything under `/v1/`.
+    /// The gateway's public routes: everything under `/v1/`, and `/v1/deferred/{id}` when
+    /// requests may be queued for later.
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/v1/{*path}", any(forward))
-            .with_state(self.clone())
+            .with_state(self.clone());
+        match &self.inner.deferred {
+            Some(deferred) => router.merge(deferred.routes()),
+            None => router,
+        }
+    }
+
+    /// The services whose queued requests need a replayer.
+    pub fn deferred_services(&self) -> Vec<String> {
+        self.inner
+            .deferred
+            .as_ref()
+            .map(Deferred::services)
+            .unwrap_or_default()
     }
 }
 
@@ -128,6 +149,14 @@ enum Outgoing {
 }
 
 impl Outgoing {
+    /// The body, if it is held.
+    fn held(&self) -> Option<Bytes> {
+        match self {
+            Outgoing::Held(bytes) => Some(bytes.clone()),
+            Outgoing::Streaming(_) => None,
+        }
+    }
+
     fn take(&mut self) -> Option<Body> {
         match self {
             Outgoing::Held(bytes) => Some(Body::from(bytes.clone())),
@@ -165,7 +194,19 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             match result {
                 Ok(Ok(response)) => ("ok", response),
                 Ok(Err((outcome, problem))) => (outcome, problem.into_response()),
-                Err(open) => ("circuit_open", circuit_open(&service, &open)),
+                Err(open) => match defer(
+                    inner,
+                    &service,
+                    &prepared.method,
+                    &prepared.headers,
+                    &prepared.path_and_query,
+                    prepared.body.held(),
+                )
+                .await
+                {
+                    Some(response) => ("queued", response),
+                    None => ("circuit_open", circuit_open(&service, &open)),
+                },
             }
         }
     };
@@ -183,6 +224,87 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         "forwarded"
     );
     response
+}
+
+/// The queue-for-later fallback: stores the request if its service and its shape allow it.
+async fn defer(
+    inner: &Inner,
+    service: &str,
+    method: &http::Method,
+    headers: &HeaderMap,
+    path_and_query: &str,
+    body: Option<Bytes>,
+) -> Option<Response> {
+    let deferred = inner.deferred.as_ref()?;
+    let body = body?;
+    if !deferred.accepts(service, method, headers) {
+        return None;
+    }
+    let queued = Queued {
+        deferred_id: uuid::Uuid::now_v7().to_string(),
+        service: service.to_owned(),
+        method: method.clone(),
+        path_and_query: path_and_query.to_owned(),
+        headers: headers.clone(),
+        body,
+    };
+    match deferred.enqueue(&queued).await {
+        Ok(()) => {
+            tracing::info!(%service, deferred_id = %queued.deferred_id, "request queued for later");
+            Some(deferred::accepted(&queued))
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not queue the request; answering 503");
+            None
+        }
+    }
+}
+
+/// Replays the requests queued for `service`, oldest first, whenever its breaker admits them;
+/// stops at the first that fails again (so order is kept) and looks again later.
+pub async fn replay(proxy: Proxy, service: String, shutdown: CancellationToken) {
+    let inner = &proxy.inner;
+    let (Some(deferred), Some(pipeline)) = (inner.deferred.as_ref(), inner.pipelines.get(&service))
+    else {
+        return;
+    };
+    loop {
+        while let Ok(Some(queued)) = deferred.next(&service).await {
+            // No retries here: the replayer tries again on its next round.
+            let mut call = pipeline.start(false);
+            let Ok(permit) = call.admit() else { break };
+            let mut prepared = Prepared {
+                method: queued.method.clone(),
+                headers: queued.headers.clone(),
+                path_and_query: queued.path_and_query.clone(),
+                body: Outgoing::Held(queued.body.clone()),
+            };
+            let deadline = tokio::time::Instant::now() + inner.timeout;
+            let result = attempt(inner, &service, &mut prepared, deadline).await;
+            let verdict = judge(&result);
+            call.after(permit, verdict);
+            let Ok(response) = result else { break };
+            if verdict == (Verdict::Failure { retryable: true }) {
+                break;
+            }
+            let status = response.status();
+            let body = tokio::time::timeout_at(deadline, response.into_body().collect()).await;
+            let Ok(Ok(body)) = body else { break };
+            if let Err(error) = deferred
+                .complete(&queued.deferred_id, status, &body.to_bytes())
+                .await
+            {
+                tracing::error!(%error, "could not record a replay; it will be sent again (the idempotency key makes that safe)");
+                break;
+            }
+            tracing::info!(%service, deferred_id = %queued.deferred_id, status = status.as_u16(), "queued request replayed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = deferred.queued.notified() => {}
+            _ = tokio::time::sleep(deferred::REPLAY_INTERVAL) => {}
+        }
+    }
 }
 
 /// How one attempt counts for the breaker and the retry policy.
@@ -213,7 +335,7 @@ struct Prepared {
 
 impl Prepared {
     fn replayable(&self) -> bool {
-        matches!(self.body, Outgoing::Held(_))
+        self.body.held().is_some()
     }
 }
 

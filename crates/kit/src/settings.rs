@@ -65,6 +65,9 @@ pub struct Settings {
     /// The retry policy of the gateway (per upstream) and of internal clients:
     /// `FLOTILLA_RETRY__MAX_ATTEMPTS=2`. Only safe requests and retryable failures are retried.
     pub retry: RetryConfig,
+    /// Services whose writes the gateway queues while their breaker is open (queue for later),
+    /// e.g. `["order"]`; `FLOTILLA_QUEUE_FOR_LATER='["order"]'`.
+    pub queue_for_later: Vec<String>,
     /// Serve `/admin/faults`, which makes this process fail a share of its requests or answer
     /// late, for demos and tests. Never enable it in production.
     pub fault_injection: bool,
@@ -89,6 +92,7 @@ impl Default for Settings {
             supervised: false,
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
+            queue_for_later: Vec::new(),
             fault_injection: false,
         }
     }

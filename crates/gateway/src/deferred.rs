@@ -1,0 +1,272 @@
+//! Queue for later: the fallback that stores a write the gateway cannot forward now (its
+//! service's breaker is open) and replays it, in order, when the service takes calls again.
+//!
+//! * Only services named in the `queue_for_later` setting, and only requests that are safe to
+//!   replay: a write (`POST`, `PUT`, `PATCH`, `DELETE`) carrying an `Idempotency-Key`, with a body
+//!   the gateway held (up to 64 KiB). The key makes the replay exactly-once in effect: if the
+//!   gateway dies between sending a replay and recording it, the replay is sent again and the
+//!   service answers it as the same request.
+//! * The client gets `202 Accepted`, `Location: /v1/deferred/{id}`; `GET /v1/deferred/{id}` says
+//!   `QUEUED`, or `REPLAYED` with the service's answer.
+//! * Stored in the gateway's own database (`<data_dir>/gateway.db`) in the same shape as it came.
+//! * The replayer takes the oldest queued request of a service and asks the breaker to admit it
+//!   (so, once the open wait is over, the queued requests are the half-open trial calls); it
+//!   stops at the first failure, so that order is kept, and tries again later.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use flotilla_kit::{Problem, Settings};
+use serde::Serialize;
+use sqlx::SqlitePool;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::Notify;
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A request as queued.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Public id.
+    pub deferred_id: String,
+    /// Target service.
+    pub service: String,
+    /// Method.
+    pub method: Method,
+    /// Path and query.
+    pub path_and_query: String,
+    /// Headers, as forwarded.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// The queue, in the gateway's database.
+#[derive(Debug, Clone)]
+pub struct Deferred {
+    pool: SqlitePool,
+    /// Services whose writes may be queued.
+    services: Arc<Vec<String>>,
+    /// Woken when a request is queued.
+    pub(crate) queued: Arc<Notify>,
+}
+
+fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Deferred {
+    /// Opens the queue if `settings.queue_for_later` names any service.
+    pub async fn open(settings: &Settings) -> Result<Option<Self>, sqlx::Error> {
+        if settings.queue_for_later.is_empty() {
+            return Ok(None);
+        }
+        let opening =
+            flotilla_kit::database::open(&settings.database_path("gateway"), &MIGRATIONS).await?;
+        Ok(Some(Self {
+            pool: opening.ready(),
+            services: Arc::new(settings.queue_for_later.clone()),
+            queued: Arc::default(),
+        }))
+    }
+
+    /// Whether a request to `service` with this method and these headers may be queued.
+    pub fn accepts(&self, service: &str, method: &Method, headers: &HeaderMap) -> bool {
+        self.services.iter().any(|s| s == service)
+            && matches!(
+                *method,
+                Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+            )
+            && headers.contains_key("idempotency-key")
+    }
+
+    /// Queues a request; returns its id.
+    pub async fn enqueue(&self, request: &Queued) -> Result<(), sqlx::Error> {
+        let headers: Vec<(String, String)> = request
+            .headers
+            .iter()
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect();
+        sqlx::query(
+            "INSERT INTO deferred (deferred_id, service, method, path_and_query, headers, body, state, queued_at)
+             VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?)",
+        )
+        .bind(&request.deferred_id)
+        .bind(&request.service)
+        .bind(request.method.as_str())
+        .bind(&request.path_and_query)
+        .bind(serde_json::to_string(&headers).unwrap_or_default())
+        .bind(request.body.as_ref())
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        self.queued.notify_waiters();
+        Ok(())
+    }
+
+    /// The oldest queued request of `service`.
+    pub async fn next(&self, service: &str) -> Result<Option<Queued>, sqlx::Error> {
+        let row: Option<(String, String, String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT deferred_id, method, path_and_query, headers, body FROM deferred
+             WHERE service = ? AND state = 'QUEUED' ORDER BY seq LIMIT 1",
+        )
+        .bind(service)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(
+            row.map(|(deferred_id, method, path_and_query, headers, body)| {
+                let pairs: Vec<(String, String)> =
+                    serde_json::from_str(&headers).unwrap_or_default();
+                let headers = pairs
+                    .into_iter()
+                    .filter_map(|(name, value)| {
+                        Some((
+                            HeaderName::try_from(name).ok()?,
+                            HeaderValue::try_from(value).ok()?,
+                        ))
+                    })
+                    .collect();
+                Queued {
+                    deferred_id,
+                    service: service.to_owned(),
+                    method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST),
+                    path_and_query,
+                    headers,
+                    body: Bytes::from(body),
+                }
+            }),
+        )
+    }
+
+    /// Records the service's answer to a replay.
+    pub async fn complete(
+        &self,
+        deferred_id: &str,
+        status: StatusCode,
+        body: &[u8],
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE deferred SET state = 'REPLAYED', response_status = ?, response_body = ?, replayed_at = ?
+             WHERE deferred_id = ? AND state = 'QUEUED'",
+        )
+        .bind(i64::from(status.as_u16()))
+        .bind(body)
+        .bind(now())
+        .bind(deferred_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The services the replayer watches.
+    pub fn services(&self) -> Vec<String> {
+        self.services.as_ref().clone()
+    }
+
+    /// `GET /v1/deferred/{id}`.
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route("/v1/deferred/{id}", get(show))
+            .with_state(self.clone())
+    }
+}
+
+/// A queued request's state, as `GET /v1/deferred/{id}` shows it.
+#[derive(Debug, Serialize)]
+struct View {
+    deferred_id: String,
+    service: String,
+    method: String,
+    path: String,
+    status: String,
+    queued_at: String,
+    replayed_at: Option<String>,
+    response: Option<BTreeMap<&'static str, serde_json::Value>>,
+}
+
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<Vec<u8>>,
+);
+
+async fn show(
+    State(deferred): State<Deferred>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT deferred_id, service, method, path_and_query, state, queued_at, replayed_at, response_status, response_body
+         FROM deferred WHERE deferred_id = ?",
+    )
+    .bind(&id)
+    .fetch_optional(&deferred.pool)
+    .await
+    .map_err(|e| Problem::internal(&e))?;
+    let Some((
+        deferred_id,
+        service,
+        method,
+        path,
+        status,
+        queued_at,
+        replayed_at,
+        response_status,
+        response_body,
+    )) = row
+    else {
+        return Err(Problem::not_found(format!("no deferred request `{id}`")));
+    };
+    let response = response_status.map(|code| {
+        let body = response_body.unwrap_or_default();
+        let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+        });
+        BTreeMap::from([("status", serde_json::Value::from(code)), ("body", body)])
+    });
+    Ok(axum::Json(View {
+        deferred_id,
+        service,
+        method,
+        path,
+        status,
+        queued_at,
+        replayed_at,
+        response,
+    })
+    .into_response())
+}
+
+/// The answer to a queued request: 202 with where to find the outcome.
+pub fn accepted(request: &Queued) -> Response {
+    let location = format!("/v1/deferred/{}", request.deferred_id);
+    let body = serde_json::json!({
+        "deferred_id": request.deferred_id,
+        "status": "QUEUED",
+        "service": request.service,
+        "detail": format!("`{}` is not taking calls now; the request is queued and will be replayed in order", request.service),
+    });
+    let mut response = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// How long the replayer waits between two looks at a queue it could not drain.
+pub const REPLAY_INTERVAL: Duration = Duration::from_millis(200);
