@@ -18,8 +18,10 @@
 //!   failure, with full-jitter backoff, within a retry budget; every attempt passes the breaker;
 //! * queue for later ([`deferred`]): for the services named in `queue_for_later`, a write with
 //!   an `Idempotency-Key` that meets an open breaker is stored and answered 202; it is replayed
-//!   in order when the service takes calls again.
+//!   in order when the service takes calls again;
+//! * operator controls of the breakers ([`admin`], when `admin_api` is on).
 
+pub mod admin;
 pub mod deferred;
 pub mod proxy;
 pub mod routes;
@@ -62,5 +64,9 @@ pub async fn run(
     for service in proxy.deferred_services() {
         tokio::spawn(proxy::replay(proxy.clone(), service, shutdown.clone()));
     }
-    flotilla_discovery::serve_routes("gateway", &settings, listener, proxy.router(), shutdown).await
+    let mut router = proxy.router();
+    if settings.admin_api {
+        router = router.merge(admin::routes(proxy.clone()));
+    }
+    flotilla_discovery::serve_routes("gateway", &settings, listener, router, shutdown).await
 }

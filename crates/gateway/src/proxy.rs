@@ -132,6 +132,13 @@ impl Proxy {
         }
     }
 
+    /// The upstream services, sorted.
+    pub fn upstreams(&self) -> Vec<String> {
+        let mut services: Vec<String> = self.inner.pipelines.keys().cloned().collect();
+        services.sort();
+        services
+    }
+
     /// The services whose queued requests need a replayer.
     pub fn deferred_services(&self) -> Vec<String> {
         self.inner

@@ -350,3 +350,90 @@ async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
     );
     assert_eq!(count(), before + 2);
 }
+
+#[tokio::test]
+async fn operators_force_and_reconfigure_breakers_at_run_time() {
+    let shutdown = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let registry = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(flotilla_registry::server::run(
+        Settings::default(),
+        listener,
+        shutdown.clone(),
+    ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let gateway = format!("http://{}", listener.local_addr().expect("addr"));
+    let settings = Settings {
+        registry_url: Some(registry.clone()),
+        admin_api: true,
+        ..Settings::default()
+    };
+    tokio::spawn(flotilla_gateway::run(settings, listener, shutdown.clone()));
+    let harness = Harness {
+        gateway,
+        registry,
+        shutdown,
+    };
+    let address = upstream().await;
+    let _registration = register(&harness, "order", &address).await;
+    let echo = format!("{}/v1/orders/echo", harness.gateway);
+    let json = [("content-type", "application/json")];
+    let admin = |path: &str| format!("{}/admin/breakers{path}", harness.gateway);
+
+    let (status, _, body) = call(
+        Method::PUT,
+        &admin("/order/force"),
+        &json,
+        br#"{"state":"open"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "forced_open");
+    let (status, _, body) = call(Method::POST, &echo, &[], b"{}".to_vec()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["type"], "/problems/circuit-open");
+
+    let (_, _, body) = call(
+        Method::PUT,
+        &admin("/order/force"),
+        &json,
+        br#"{"state":null}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(body["state"], "closed");
+    let (status, _, _) = call(Method::POST, &echo, &[], b"{}".to_vec()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Run-time configuration: a valid one is applied, an invalid one refused and nothing changes.
+    let (status, _, body) = call(
+        Method::PUT,
+        &admin("/order/config"),
+        &json,
+        br#"{"minimum_calls":3,"window":{"kind":"count","calls":3}}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["config"]["minimum_calls"], 3);
+    let (status, _, body) = call(
+        Method::PUT,
+        &admin("/order/config"),
+        &json,
+        br#"{"success_threshold":99}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["type"], "/problems/invalid-breaker-config");
+    let (_, _, body) = call(Method::GET, &admin(""), &[], Vec::new()).await;
+    assert_eq!(
+        body["order"]["config"]["minimum_calls"], 3,
+        "the refused change changed nothing"
+    );
+    let (status, _, _) = call(
+        Method::PUT,
+        &admin("/nobody/force"),
+        &json,
+        br#"{"state":"open"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -68,6 +68,9 @@ pub struct Settings {
     /// Services whose writes the gateway queues while their breaker is open (queue for later),
     /// e.g. `["order"]`; `FLOTILLA_QUEUE_FOR_LATER='["order"]'`.
     pub queue_for_later: Vec<String>,
+    /// Serve the operator API (`/admin/breakers` on the gateway: states, forcing, run-time
+    /// configuration). Never enable it where untrusted clients can reach the port.
+    pub admin_api: bool,
     /// Serve `/admin/faults`, which makes this process fail a share of its requests or answer
     /// late, for demos and tests. Never enable it in production.
     pub fault_injection: bool,
@@ -93,6 +96,7 @@ impl Default for Settings {
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
             queue_for_later: Vec::new(),
+            admin_api: false,
             fault_injection: false,
         }
     }

@@ -1,0 +1,88 @@
+//! Operator controls of the gateway's circuit breakers, served when the `admin_api` setting is
+//! on (never expose it without authentication in production):
+//!
+//! | method and path | meaning |
+//! | --- | --- |
+//! | `GET /admin/breakers` | every upstream's breaker: state and configuration |
+//! | `PUT /admin/breakers/{service}/config` | replace a breaker's configuration at run time (calls in flight finish as usual) |
+//! | `PUT /admin/breakers/{service}/force` | `{"state": "open"}`, `{"state": "disabled"}` or `{"state": null}` (back to closed) |
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::{get, put};
+use flotilla_kit::{Json, Problem};
+use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced, State as BreakerState};
+use serde::{Deserialize, Serialize};
+
+use crate::proxy::Proxy;
+
+/// A breaker as the admin API shows it.
+#[derive(Debug, Serialize)]
+struct View {
+    state: BreakerState,
+    config: BreakerConfig,
+}
+
+/// The body of a force request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Force {
+    state: Option<Forced>,
+}
+
+/// The admin routes.
+pub fn routes(proxy: Proxy) -> Router {
+    Router::new()
+        .route("/admin/breakers", get(list))
+        .route("/admin/breakers/{service}/config", put(configure))
+        .route("/admin/breakers/{service}/force", put(force))
+        .with_state(proxy)
+}
+
+fn view(breaker: &CircuitBreaker) -> View {
+    View {
+        state: breaker.state(),
+        config: breaker.config(),
+    }
+}
+
+fn breaker<'a>(proxy: &'a Proxy, service: &str) -> Result<&'a CircuitBreaker, Problem> {
+    proxy
+        .breaker(service)
+        .ok_or_else(|| Problem::not_found(format!("no upstream service `{service}`")))
+}
+
+async fn list(State(proxy): State<Proxy>) -> axum::Json<BTreeMap<String, View>> {
+    let views = proxy
+        .upstreams()
+        .into_iter()
+        .filter_map(|service| Some((service.clone(), view(proxy.breaker(&service)?))))
+        .collect();
+    axum::Json(views)
+}
+
+async fn configure(
+    State(proxy): State<Proxy>,
+    Path(service): Path<String>,
+    Json(config): Json<BreakerConfig>,
+) -> Result<axum::Json<View>, Problem> {
+    let breaker = breaker(&proxy, &service)?;
+    breaker
+        .reconfigure(config)
+        .map_err(|e| Problem::unprocessable("invalid-breaker-config", e.to_string()))?;
+    tracing::warn!(%service, "circuit breaker reconfigured by an operator");
+    Ok(axum::Json(view(breaker)))
+}
+
+async fn force(
+    State(proxy): State<Proxy>,
+    Path(service): Path<String>,
+    Json(body): Json<Force>,
+) -> Result<axum::Json<View>, Problem> {
+    let breaker = breaker(&proxy, &service)?;
+    breaker.force(body.state);
+    tracing::warn!(%service, state = ?body.state, "circuit breaker forced by an operator");
+    Ok(axum::Json(view(breaker)))
+}
