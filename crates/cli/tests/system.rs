@@ -197,10 +197,10 @@ impl System {
         count
     }
 
-    /// Sends SIGTERM and waits (at most 20 s) for the supervisor to exit; returns its success.
-    fn stop(&mut self) -> bool {
+    /// Sends `signal` and waits (at most 20 s) for the supervisor to exit; returns its success.
+    fn stop(&mut self, signal: Signal) -> bool {
         let pid = Pid::from_raw(self.supervisor.id() as i32);
-        kill(pid, Signal::SIGTERM).expect("signal");
+        kill(pid, signal).expect("signal");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.supervisor.try_wait().expect("wait") {
@@ -732,19 +732,49 @@ fn wait_until_dead(pids: &HashSet<i32>, within: Duration) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_supervisor_leaves_no_process_behind() {
-    let mut system = System::start(&["--scale", "payment=2"]);
-    let children = children_of(system.supervisor.id());
-    assert_eq!(
-        children.len(),
-        7,
-        "registry, gateway, 2 payment and 3 other services: {children:?}"
-    );
-    assert!(
-        system.stop(),
-        "the supervisor exits with success on SIGTERM"
-    );
-    let survivors = wait_until_dead(&children, Duration::from_secs(1));
-    assert!(survivors.is_empty(), "processes left behind: {survivors:?}");
+    // SIGINT is what Ctrl-C sends; SIGTERM is what service managers send.
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let mut system = System::start(&["--scale", "payment=2"]);
+        let children = children_of(system.supervisor.id());
+        assert_eq!(
+            children.len(),
+            7,
+            "registry, gateway, 2 payment and 3 other services: {children:?}"
+        );
+
+        // `flotilla status` lists what runs, from the running system's data directory.
+        let status = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("status")
+            .arg("--data-dir")
+            .arg(system.data_dir.path())
+            .output()
+            .expect("flotilla status runs");
+        assert!(status.status.success());
+        let table = String::from_utf8_lossy(&status.stdout);
+        for service in ["gateway", "inventory", "order", "payment", "shipping"] {
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.starts_with(service) && l.contains("passing")),
+                "{service}: {table}"
+            );
+        }
+        assert_eq!(
+            table.lines().filter(|l| l.starts_with("payment")).count(),
+            2,
+            "{table}"
+        );
+
+        assert!(
+            system.stop(signal),
+            "the supervisor exits with success on {signal:?}"
+        );
+        let survivors = wait_until_dead(&children, Duration::from_secs(1));
+        assert!(
+            survivors.is_empty(),
+            "processes left behind after {signal:?}: {survivors:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
