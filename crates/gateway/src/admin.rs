@@ -6,6 +6,7 @@
 //! | `GET /admin/breakers` | every upstream's breaker: state and configuration |
 //! | `PUT /admin/breakers/{service}/config` | replace a breaker's configuration at run time (calls in flight finish as usual) |
 //! | `PUT /admin/breakers/{service}/force` | `{"state": "open"}`, `{"state": "disabled"}` or `{"state": null}` (back to closed) |
+//! | `PUT /admin/retries/{service}` | replace an upstream's retry policy at run time |
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, put};
 use flotilla_kit::{Json, Problem};
 use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced, State as BreakerState};
+use flotilla_resilience::retry::RetryConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::proxy::Proxy;
@@ -38,6 +40,7 @@ pub fn routes(proxy: Proxy) -> Router {
         .route("/admin/breakers", get(list))
         .route("/admin/breakers/{service}/config", put(configure))
         .route("/admin/breakers/{service}/force", put(force))
+        .route("/admin/retries/{service}", put(retries))
         .with_state(proxy)
 }
 
@@ -85,4 +88,20 @@ async fn force(
     breaker.force(body.state);
     tracing::warn!(%service, state = ?body.state, "circuit breaker forced by an operator");
     Ok(axum::Json(view(breaker)))
+}
+
+async fn retries(
+    State(proxy): State<Proxy>,
+    Path(service): Path<String>,
+    Json(config): Json<RetryConfig>,
+) -> Result<axum::Json<RetryConfig>, Problem> {
+    let policy = proxy
+        .retry(&service)
+        .ok_or_else(|| Problem::not_found(format!("no upstream service `{service}`")))?;
+    config
+        .validate()
+        .map_err(|e| Problem::unprocessable("invalid-retry-config", e.to_string()))?;
+    policy.reconfigure(config);
+    tracing::warn!(%service, "retry policy reconfigured by an operator");
+    Ok(axum::Json(policy.config()))
 }

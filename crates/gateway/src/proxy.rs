@@ -132,6 +132,11 @@ impl Proxy {
         }
     }
 
+    /// The retry policy in front of `service`, if a route leads to it.
+    pub fn retry(&self, service: &str) -> Option<&RetryPolicy> {
+        self.inner.pipelines.get(service).and_then(Pipeline::retry)
+    }
+
     /// The upstream services, sorted.
     pub fn upstreams(&self) -> Vec<String> {
         let mut services: Vec<String> = self.inner.pipelines.keys().cloned().collect();

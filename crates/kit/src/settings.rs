@@ -176,14 +176,11 @@ impl Settings {
                 reason: error.to_string(),
             });
         }
-        if self.retry.max_attempts == 0 {
-            return invalid(
-                "retry.max_attempts",
-                "must be at least 1 (the first attempt counts)",
-            );
-        }
-        if !(self.retry.budget_percent >= 0.0 && self.retry.budget_percent.is_finite()) {
-            return invalid("retry.budget_percent", "must be a non-negative number");
+        if let Err(error) = self.retry.validate() {
+            return Err(SettingsError::Invalid {
+                key: "retry",
+                reason: error.to_string(),
+            });
         }
         if self.advertise_host.is_empty() {
             return invalid("advertise_host", "must not be empty");

@@ -60,7 +60,7 @@ pub enum BulkheadFull {
 pub struct Bulkhead {
     places: Arc<Semaphore>,
     waiting: Arc<AtomicU32>,
-    config: BulkheadConfig,
+    config: Arc<std::sync::Mutex<BulkheadConfig>>,
 }
 
 impl Bulkhead {
@@ -69,7 +69,31 @@ impl Bulkhead {
         Self {
             places: Arc::new(Semaphore::new(config.max_concurrent as usize)),
             waiting: Arc::default(),
-            config,
+            config: Arc::new(std::sync::Mutex::new(config)),
+        }
+    }
+
+    fn config(&self) -> std::sync::MutexGuard<'_, BulkheadConfig> {
+        self.config
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Changes the limits at run time. More places are usable at once; fewer places are taken
+    /// back as calls in flight finish (none is interrupted).
+    pub fn reconfigure(&self, new: BulkheadConfig) {
+        let old = std::mem::replace(&mut *self.config(), new);
+        if new.max_concurrent > old.max_concurrent {
+            self.places
+                .add_permits((new.max_concurrent - old.max_concurrent) as usize);
+        } else if new.max_concurrent < old.max_concurrent {
+            let surplus = old.max_concurrent - new.max_concurrent;
+            let places = self.places.clone();
+            tokio::spawn(async move {
+                if let Ok(taken) = places.acquire_many_owned(surplus).await {
+                    taken.forget();
+                }
+            });
         }
     }
 
@@ -79,12 +103,16 @@ impl Bulkhead {
         if let Ok(permit) = self.places.clone().try_acquire_owned() {
             return Ok(permit);
         }
+        let (max_waiting, max_wait_ms) = {
+            let config = self.config();
+            (config.max_waiting, config.max_wait_ms)
+        };
         let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
-        if ahead >= self.config.max_waiting {
+        if ahead >= max_waiting {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(BulkheadFull::QueueFull(ahead));
         }
-        let wait = Duration::from_millis(self.config.max_wait_ms);
+        let wait = Duration::from_millis(max_wait_ms);
         let permit = tokio::time::timeout(wait, self.places.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         match permit {
@@ -198,6 +226,37 @@ mod tests {
         // A place frees up in time for the one in line.
         drop(a);
         assert_eq!(waiter.await.expect("task"), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn places_can_be_added_and_taken_back_at_run_time() {
+        let bulkhead = Bulkhead::new(BulkheadConfig {
+            max_concurrent: 1,
+            max_waiting: 0,
+            max_wait_ms: 10,
+        });
+        let first = bulkhead.acquire().await.expect("place");
+        bulkhead.reconfigure(BulkheadConfig {
+            max_concurrent: 2,
+            max_waiting: 0,
+            max_wait_ms: 10,
+        });
+        let second = bulkhead.acquire().await.expect("a place added at run time");
+        bulkhead.reconfigure(BulkheadConfig {
+            max_concurrent: 1,
+            max_waiting: 0,
+            max_wait_ms: 10,
+        });
+        // Both calls in flight go on; the surplus place is taken back once one of them ends.
+        drop(first);
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            bulkhead.acquire().await.is_err(),
+            "back to one place, held by the second call"
+        );
+        drop(second);
+        assert!(bulkhead.acquire().await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]

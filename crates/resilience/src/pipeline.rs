@@ -73,6 +73,11 @@ impl Pipeline {
         self.breaker.as_ref()
     }
 
+    /// The retry policy, if any (reconfigure it to change every later call).
+    pub fn retry(&self) -> Option<&RetryPolicy> {
+        self.retry.as_ref()
+    }
+
     /// Starts one call: admit each attempt with [`Call::admit`], report it with
     /// [`Call::after`], which says how long to wait before the next attempt, if any.
     /// `safe`: the call may be made twice.

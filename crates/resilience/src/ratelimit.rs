@@ -14,11 +14,15 @@
 //! ```
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tower::{Layer, Service};
 
 use crate::Clock;
 
@@ -61,7 +65,7 @@ struct Bucket {
 /// A token bucket per key, cheap to clone (clones share buckets).
 #[derive(Debug, Clone)]
 pub struct RateLimiter<K> {
-    config: RateLimitConfig,
+    config: Arc<RwLock<RateLimitConfig>>,
     clock: Clock,
     buckets: Arc<Mutex<HashMap<K, Bucket>>>,
 }
@@ -75,17 +79,35 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// A limiter reading `clock`.
     pub fn with_clock(config: RateLimitConfig, clock: Clock) -> Self {
         Self {
-            config,
+            config: Arc::new(RwLock::new(config)),
             clock,
             buckets: Arc::default(),
         }
     }
 
+    /// Changes the rate and burst at run time; buckets keep their tokens (capped at the new
+    /// burst on their next use).
+    pub fn reconfigure(&self, config: RateLimitConfig) {
+        *self
+            .config
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = config;
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> RateLimitConfig {
+        *self
+            .config
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     /// Takes a token from `key`'s bucket, or says when the next one comes.
     pub fn check(&self, key: &K) -> Result<(), RateLimited> {
         let now = self.clock.now();
-        let burst = f64::from(self.config.burst.max(1));
-        let rate = self.config.per_second.max(f64::MIN_POSITIVE);
+        let config = self.config();
+        let burst = f64::from(config.burst.max(1));
+        let rate = config.per_second.max(f64::MIN_POSITIVE);
         let mut buckets = self
             .buckets
             .lock()
@@ -108,6 +130,88 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             Err(RateLimited {
                 retry_after: Duration::from_secs_f64((1.0 - bucket.tokens) / rate),
             })
+        }
+    }
+}
+
+/// An error of a service behind a rate limiter.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError<E> {
+    /// The caller is over its limit; the service was not called.
+    #[error(transparent)]
+    Limited(RateLimited),
+    /// The service failed.
+    #[error(transparent)]
+    Inner(E),
+}
+
+/// Puts a [`RateLimiter`] in front of a service; `key` names the caller of a request.
+///
+/// ```
+/// use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimitLayer, RateLimiter};
+/// let limiter: RateLimiter<String> = RateLimiter::new(RateLimitConfig { per_second: 50.0, burst: 10 });
+/// let layer = RateLimitLayer::new(limiter, |request: &http::Request<()>| {
+///     request.headers().get("x-client").and_then(|v| v.to_str().ok()).unwrap_or("anonymous").to_owned()
+/// });
+/// # drop(layer);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer<K, F> {
+    limiter: RateLimiter<K>,
+    key: F,
+}
+
+impl<K, F> RateLimitLayer<K, F> {
+    /// A layer sharing `limiter`, keyed by `key`.
+    pub fn new(limiter: RateLimiter<K>, key: F) -> Self {
+        Self { limiter, key }
+    }
+}
+
+impl<S, K: Clone, F: Clone> Layer<S> for RateLimitLayer<K, F> {
+    type Service = RateLimitService<S, K, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            limiter: self.limiter.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// A service behind a rate limiter (see [`RateLimitLayer`]).
+#[derive(Debug, Clone)]
+pub struct RateLimitService<S, K, F> {
+    inner: S,
+    limiter: RateLimiter<K>,
+    key: F,
+}
+
+impl<S, K, F, Request> Service<Request> for RateLimitService<S, K, F>
+where
+    S: Service<Request>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    K: Hash + Eq + Clone,
+    F: Fn(&Request) -> K,
+{
+    type Response = S::Response;
+    type Error = RateLimitError<S::Error>;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(RateLimitError::Inner)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.limiter.check(&(self.key)(&request)) {
+            Ok(()) => {
+                let future = self.inner.call(request);
+                Box::pin(async move { future.await.map_err(RateLimitError::Inner) })
+            }
+            Err(limited) => Box::pin(std::future::ready(Err(RateLimitError::Limited(limited)))),
         }
     }
 }
@@ -140,6 +244,60 @@ mod tests {
             limiter.check(&1).is_err(),
             "a long pause refills to the burst, not beyond"
         );
+    }
+
+    #[tokio::test]
+    async fn the_layer_refuses_callers_over_their_limit_and_not_the_others() {
+        use tower::ServiceExt;
+        let clock = Clock::manual();
+        let limiter = RateLimiter::with_clock(
+            RateLimitConfig {
+                per_second: 1.0,
+                burst: 1,
+            },
+            clock.clone(),
+        );
+        let service = RateLimitLayer::new(limiter.clone(), |(client, _): &(&'static str, u32)| {
+            *client
+        })
+        .layer(tower::service_fn(
+            |(_, n): (&'static str, u32)| async move { Ok::<_, std::convert::Infallible>(n) },
+        ));
+        assert_eq!(
+            service
+                .clone()
+                .oneshot(("a", 1))
+                .await
+                .expect("within the limit"),
+            1
+        );
+        let refused = service
+            .clone()
+            .oneshot(("a", 2))
+            .await
+            .expect_err("over the limit");
+        assert!(matches!(refused, RateLimitError::Limited(_)));
+        assert_eq!(
+            service
+                .clone()
+                .oneshot(("b", 3))
+                .await
+                .expect("another caller"),
+            3
+        );
+        // Raised at run time: the new burst applies as the bucket refills.
+        limiter.reconfigure(RateLimitConfig {
+            per_second: 100.0,
+            burst: 5,
+        });
+        clock.advance(Duration::from_secs(1));
+        for n in 0..5 {
+            assert_eq!(
+                service.clone().oneshot(("a", n)).await.expect("new burst"),
+                n
+            );
+        }
+        assert!(service.oneshot(("a", 9)).await.is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@
 //! # drop(layer);
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
@@ -57,45 +57,104 @@ impl Default for RetryConfig {
     }
 }
 
+impl RetryConfig {
+    /// Checks the values.
+    pub fn validate(&self) -> Result<(), crate::breaker::ConfigError> {
+        let fail = |field, reason| Err(crate::breaker::ConfigError { field, reason });
+        if self.max_attempts == 0 {
+            return fail(
+                "max_attempts",
+                "must be at least 1 (the first attempt counts)",
+            );
+        }
+        if !(self.budget_percent >= 0.0 && self.budget_percent.is_finite()) {
+            return fail("budget_percent", "must be a non-negative number");
+        }
+        if self.max_delay_ms < self.base_delay_ms {
+            return fail("max_delay_ms", "cannot be below base_delay_ms");
+        }
+        Ok(())
+    }
+}
+
 /// The header that makes a non-idempotent request safe to retry.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// A tower retry [`Policy`] for HTTP requests with cloneable bodies. Clones share the budget.
+/// A tower retry [`Policy`] for HTTP requests with cloneable bodies. Clones share the budget
+/// and the configuration ([`RetryPolicy::reconfigure`] changes it for all of them).
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    config: Arc<RetryConfig>,
-    budget: Arc<TpsBudget>,
+    shared: Arc<RwLock<Shared>>,
     /// Attempts made for the current request, minus one.
     retries: u32,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: RetryConfig,
+    budget: Arc<TpsBudget>,
+}
+
+fn budget(config: &RetryConfig) -> Arc<TpsBudget> {
+    Arc::new(TpsBudget::new(
+        Duration::from_secs(10),
+        config.min_retries_per_sec,
+        (config.budget_percent / 100.0).clamp(0.0, 1000.0),
+    ))
 }
 
 impl RetryPolicy {
     /// A policy with its own budget (kept over a 10 s window).
     pub fn new(config: RetryConfig) -> Self {
-        let budget = TpsBudget::new(
-            Duration::from_secs(10),
-            config.min_retries_per_sec,
-            (config.budget_percent / 100.0).clamp(0.0, 1000.0),
-        );
         Self {
-            config: Arc::new(config),
-            budget: Arc::new(budget),
+            shared: Arc::new(RwLock::new(Shared {
+                budget: budget(&config),
+                config,
+            })),
             retries: 0,
         }
+    }
+
+    /// Replaces the configuration at run time, for this policy and all its clones; calls in
+    /// flight continue under the new rules. A changed budget starts afresh.
+    pub fn reconfigure(&self, config: RetryConfig) {
+        let mut shared = self
+            .shared
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if config.budget_percent != shared.config.budget_percent
+            || config.min_retries_per_sec != shared.config.min_retries_per_sec
+        {
+            shared.budget = budget(&config);
+        }
+        shared.config = config;
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> RetryConfig {
+        self.shared
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .config
+            .clone()
     }
 
     /// Decides after a failed or successful attempt: the wait before the next attempt, or `None`
     /// to stop. `safe`: the request may be sent twice; `retryable`: the failure is one another
     /// attempt may fix. Counts the attempt and draws on the budget.
     pub fn next_wait(&mut self, safe: bool, retryable: bool) -> Option<Duration> {
+        let (max_attempts, budget) = {
+            let shared = self
+                .shared
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner());
+            (shared.config.max_attempts, shared.budget.clone())
+        };
         if self.retries == 0 {
             // Every request earns the budget its share, whatever happens to it.
-            self.budget.deposit();
+            budget.deposit();
         }
-        let allowed = retryable
-            && safe
-            && self.retries + 1 < self.config.max_attempts
-            && self.budget.withdraw();
+        let allowed = retryable && safe && self.retries + 1 < max_attempts && budget.withdraw();
         if !allowed {
             return None;
         }
@@ -106,11 +165,16 @@ impl RetryPolicy {
 
     /// The wait before the next attempt, after `retries` retries (full jitter).
     pub fn backoff(&self, retries: u32) -> Duration {
-        let ceiling = self
-            .config
-            .base_delay_ms
+        let (base, max) = {
+            let shared = self
+                .shared
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner());
+            (shared.config.base_delay_ms, shared.config.max_delay_ms)
+        };
+        let ceiling = base
             .saturating_mul(1u64.checked_shl(retries).unwrap_or(u64::MAX))
-            .min(self.config.max_delay_ms);
+            .min(max);
         Duration::from_millis(rand::random_range(0..=ceiling))
     }
 }
@@ -260,6 +324,26 @@ mod tests {
             (Ok(200), 2),
             "a POST with a key is retried"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_configuration_applies_to_every_clone() {
+        let policy = RetryPolicy::new(RetryConfig::default());
+        let calls = Arc::new(AtomicU32::new(0));
+        let service = ServiceBuilder::new()
+            .retry(policy.clone())
+            .service(flaky(vec![503; 10], calls.clone()));
+        policy.reconfigure(RetryConfig {
+            max_attempts: 5,
+            ..RetryConfig::default()
+        });
+        let status = service
+            .oneshot(get())
+            .await
+            .map(|r| r.status().as_u16())
+            .ok();
+        assert_eq!((status, calls.load(Ordering::SeqCst)), (Some(503), 5));
+        assert_eq!(policy.config().max_attempts, 5);
     }
 
     #[tokio::test(start_paused = true)]
