@@ -56,6 +56,17 @@ pub enum BulkheadFull {
 }
 
 /// A bulkhead, cheap to clone (clones share places).
+///
+/// ```
+/// # async fn demo() {
+/// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
+/// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 1, max_waiting: 0, max_wait_ms: 10 });
+/// let place = bulkhead.acquire().await.unwrap();
+/// assert!(bulkhead.acquire().await.is_err()); // full, and no room in line
+/// drop(place);
+/// assert!(bulkhead.acquire().await.is_ok());
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Bulkhead {
     places: Arc<Semaphore>,

@@ -28,6 +28,12 @@ impl Default for Clock {
 
 impl Clock {
     /// The system's monotonic clock (the time-stamp counter where it is reliable).
+    ///
+    /// ```
+    /// let clock = flotilla_resilience::Clock::system();
+    /// let before = clock.now();
+    /// assert!(clock.now() >= before);
+    /// ```
     pub fn system() -> Self {
         let clock = quanta::Clock::new();
         let start = clock.now();

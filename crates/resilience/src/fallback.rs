@@ -43,6 +43,13 @@ use crate::Clock;
 use crate::breaker::Outcome;
 
 /// A fallback for calls answering `Res`, keyed by `K`.
+///
+/// ```
+/// use flotilla_resilience::fallback::Fallback;
+/// // An empty catalog page when the catalog cannot be reached.
+/// let fallback: Fallback<String, Vec<String>> = Fallback::DefaultValue(Vec::new());
+/// # drop(fallback);
+/// ```
 pub enum Fallback<K, Res, Req = K, E = std::io::Error> {
     /// Answer with this value.
     DefaultValue(Res),

@@ -119,6 +119,18 @@ impl Pipeline {
 }
 
 /// One call through a [`Pipeline`], attempt by attempt.
+///
+/// ```
+/// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+/// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+/// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+/// let mut call = pipeline.start(true);
+/// let permit = call.admit().unwrap();
+/// // A 503: another attempt may help, after a short wait.
+/// assert!(call.after(permit, Verdict::Failure { retryable: true }).is_some());
+/// let permit = call.admit().unwrap();
+/// assert!(call.after(permit, Verdict::Success).is_none());
+/// ```
 #[derive(Debug)]
 pub struct Call<'a> {
     pipeline: &'a Pipeline,

@@ -186,6 +186,15 @@ pub fn is_safe_to_retry<B>(request: &Request<B>) -> bool {
 
 /// Whether a request with this method and these headers may be sent twice: an idempotent
 /// method, or an `Idempotency-Key`.
+///
+/// ```
+/// use flotilla_resilience::retry::is_safe;
+/// let mut headers = http::HeaderMap::new();
+/// assert!(is_safe(&http::Method::GET, &headers));
+/// assert!(!is_safe(&http::Method::POST, &headers));
+/// headers.insert("idempotency-key", "order-42".parse().unwrap());
+/// assert!(is_safe(&http::Method::POST, &headers));
+/// ```
 pub fn is_safe(method: &Method, headers: &http::HeaderMap) -> bool {
     matches!(
         *method,
@@ -194,6 +203,16 @@ pub fn is_safe(method: &Method, headers: &http::HeaderMap) -> bool {
 }
 
 /// Whether a result is a failure another attempt may fix.
+///
+/// ```
+/// use flotilla_resilience::retry::is_retryable;
+/// let answer = |status: u16| -> Result<http::Response<()>, ()> {
+///     Ok(http::Response::builder().status(status).body(()).unwrap())
+/// };
+/// assert!(is_retryable(&answer(503)));
+/// assert!(!is_retryable(&answer(500)));
+/// assert!(!is_retryable(&answer(429)));
+/// ```
 pub fn is_retryable<B, E>(result: &Result<Response<B>, E>) -> bool {
     match result {
         Ok(response) => matches!(

@@ -27,6 +27,16 @@ where
 /// The default classifier for HTTP: a server error (5xx) and any error (connection refused,
 /// timeout, broken connection) are failures; everything else, client errors (4xx) included, is a
 /// success — a 404 says nothing about the target's health.
+///
+/// ```
+/// use flotilla_resilience::breaker::{Classify, HttpClassifier, Outcome};
+/// let answer = |status: u16| -> Result<http::Response<()>, ()> {
+///     Ok(http::Response::builder().status(status).body(()).unwrap())
+/// };
+/// assert_eq!(HttpClassifier.classify(&answer(503)), Outcome::Failure);
+/// assert_eq!(HttpClassifier.classify(&answer(404)), Outcome::Success);
+/// assert_eq!(HttpClassifier.classify(&Err::<http::Response<()>, _>(())), Outcome::Failure);
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpClassifier;
 

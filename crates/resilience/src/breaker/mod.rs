@@ -296,6 +296,15 @@ impl CircuitBreaker {
     }
 
     /// Receives every transition from now on.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced, State};
+    /// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+    /// let mut transitions = breaker.subscribe();
+    /// breaker.force(Some(Forced::Disabled));
+    /// let transition = transitions.try_recv().unwrap();
+    /// assert_eq!((transition.from, transition.to), (State::Closed, State::Disabled));
+    /// ```
     pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.inner.events.subscribe()
     }
@@ -463,6 +472,15 @@ impl CircuitBreaker {
     }
 
     /// Forces the breaker open or disabled; `None` returns it to closed with an empty window.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced, State};
+    /// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+    /// breaker.force(Some(Forced::Open));
+    /// assert!(breaker.try_acquire().is_err());
+    /// breaker.force(None);
+    /// assert_eq!(breaker.state(), State::Closed);
+    /// ```
     pub fn force(&self, forced: Option<Forced>) {
         let now = self.inner.clock.now();
         let mut core = self.core();
@@ -482,6 +500,14 @@ impl CircuitBreaker {
 
     /// Replaces the configuration at run time. The state is kept; calls in flight finish and
     /// report as usual. A new window shape starts empty.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker};
+    /// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+    /// breaker.reconfigure(BreakerConfig { minimum_calls: 5, ..BreakerConfig::default() }).unwrap();
+    /// assert_eq!(breaker.config().minimum_calls, 5);
+    /// assert!(breaker.reconfigure(BreakerConfig { half_open_permits: 0, ..BreakerConfig::default() }).is_err());
+    /// ```
     pub fn reconfigure(&self, config: BreakerConfig) -> Result<(), ConfigError> {
         config.validate()?;
         let mut core = self.core();
@@ -496,6 +522,15 @@ impl CircuitBreaker {
 
 /// Leave to make one call; report how it went with [`Permit::record`]. Dropping it unreported
 /// counts as [`Outcome::Ignored`].
+///
+/// ```
+/// use std::time::Duration;
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome};
+/// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+/// let permit = breaker.try_acquire().unwrap();
+/// assert!(!permit.is_trial());
+/// permit.record_with_duration(Outcome::Success, Duration::from_millis(12));
+/// ```
 #[derive(Debug)]
 #[must_use = "a permit reports the call's outcome; dropping it counts the call as ignored"]
 pub struct Permit {
