@@ -117,13 +117,7 @@ struct Inner {
 /// How an attempt counts for the breaker and the retry policy.
 fn judge(result: &Result<(StatusCode, Bytes), DiscoveryError>) -> Verdict {
     match result {
-        Ok((status, _)) => match *status {
-            StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Verdict::Failure { retryable: true },
-            status if status.is_server_error() => Verdict::Failure { retryable: false },
-            _ => Verdict::Success,
-        },
+        Ok((status, _)) => Verdict::of_status(*status),
         Err(DiscoveryError::NoInstances { .. } | DiscoveryError::CircuitOpen(_)) => {
             Verdict::Ignored
         }

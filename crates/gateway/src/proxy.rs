@@ -322,13 +322,7 @@ pub async fn replay(proxy: Proxy, service: String, shutdown: CancellationToken) 
 /// How one attempt counts for the breaker and the retry policy.
 fn judge(result: &Result<Response, (&'static str, Problem)>) -> Verdict {
     match result {
-        Ok(response) => match response.status() {
-            StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Verdict::Failure { retryable: true },
-            status if status.is_server_error() => Verdict::Failure { retryable: false },
-            _ => Verdict::Success,
-        },
+        Ok(response) => Verdict::of_status(response.status()),
         // Nobody was called, or the request itself was at fault.
         Err(("no_instance" | "bad_request", _)) => Verdict::Ignored,
         // The request's deadline has passed: no time for another attempt.

@@ -46,6 +46,25 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict on an HTTP answer: 502, 503 and 504 are failures another attempt may fix;
+    /// other 5xx are failures it will not fix; everything else, 4xx included, is a success for
+    /// the target's health.
+    ///
+    /// ```
+    /// use flotilla_resilience::pipeline::Verdict;
+    /// assert_eq!(Verdict::of_status(http::StatusCode::SERVICE_UNAVAILABLE), Verdict::Failure { retryable: true });
+    /// assert_eq!(Verdict::of_status(http::StatusCode::NOT_FOUND), Verdict::Success);
+    /// ```
+    pub fn of_status(status: http::StatusCode) -> Self {
+        if crate::retry::is_retryable_status(status) {
+            Verdict::Failure { retryable: true }
+        } else if status.is_server_error() {
+            Verdict::Failure { retryable: false }
+        } else {
+            Verdict::Success
+        }
+    }
+
     fn outcome(self) -> Outcome {
         match self {
             Verdict::Success => Outcome::Success,

@@ -215,12 +215,17 @@ pub fn is_safe(method: &Method, headers: &http::HeaderMap) -> bool {
 /// ```
 pub fn is_retryable<B, E>(result: &Result<Response<B>, E>) -> bool {
     match result {
-        Ok(response) => matches!(
-            response.status(),
-            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-        ),
+        Ok(response) => is_retryable_status(response.status()),
         Err(_) => true,
     }
+}
+
+/// Whether an answer with this status may be fixed by another attempt: 502, 503, 504.
+pub fn is_retryable_status(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
 }
 
 impl<B: Clone, R, E> Policy<Request<B>, Response<R>, E> for RetryPolicy {
