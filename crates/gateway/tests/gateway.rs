@@ -29,6 +29,15 @@ impl Drop for Harness {
 }
 
 async fn harness(request_timeout_ms: u64) -> Harness {
+    harness_with(Settings {
+        request_timeout_ms,
+        ..Settings::default()
+    })
+    .await
+}
+
+/// A registry and a gateway with `settings` (its registry URL is filled in).
+async fn harness_with(settings: Settings) -> Harness {
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let registry = format!("http://{}", listener.local_addr().expect("addr"));
@@ -47,8 +56,7 @@ async fn harness(request_timeout_ms: u64) -> Harness {
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));
     let settings = Settings {
         registry_url: Some(registry.clone()),
-        request_timeout_ms,
-        ..Settings::default()
+        ..settings
     };
     tokio::spawn(flotilla_gateway::run(settings, listener, shutdown.clone()));
     Harness {
@@ -353,27 +361,11 @@ async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
 
 #[tokio::test]
 async fn operators_force_and_reconfigure_breakers_at_run_time() {
-    let shutdown = CancellationToken::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let registry = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(flotilla_registry::server::run(
-        Settings::default(),
-        listener,
-        shutdown.clone(),
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let gateway = format!("http://{}", listener.local_addr().expect("addr"));
-    let settings = Settings {
-        registry_url: Some(registry.clone()),
+    let harness = harness_with(Settings {
         admin_api: true,
         ..Settings::default()
-    };
-    tokio::spawn(flotilla_gateway::run(settings, listener, shutdown.clone()));
-    let harness = Harness {
-        gateway,
-        registry,
-        shutdown,
-    };
+    })
+    .await;
     let address = upstream().await;
     let _registration = register(&harness, "order", &address).await;
     let echo = format!("{}/v1/orders/echo", harness.gateway);
