@@ -182,74 +182,48 @@ impl Deferred {
 }
 
 /// A queued request's state, as `GET /v1/deferred/{id}` shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, sqlx::FromRow)]
 struct View {
     deferred_id: String,
     service: String,
     method: String,
+    #[sqlx(rename = "path_and_query")]
     path: String,
+    #[sqlx(rename = "state")]
     status: String,
     queued_at: String,
     replayed_at: Option<String>,
+    #[serde(skip)]
+    response_status: Option<i64>,
+    #[serde(skip)]
+    response_body: Option<Vec<u8>>,
+    /// The service's answer to the replay: `{status, body}` (body as JSON when it is JSON).
+    #[sqlx(skip)]
     response: Option<BTreeMap<&'static str, serde_json::Value>>,
 }
-
-type Row = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-    Option<Vec<u8>>,
-);
 
 async fn show(
     State(deferred): State<Deferred>,
     Path(id): Path<String>,
-) -> Result<Response, Problem> {
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT deferred_id, service, method, path_and_query, state, queued_at, replayed_at, response_status, response_body
+) -> Result<axum::Json<View>, Problem> {
+    let mut view: View = sqlx::query_as(
+        "SELECT deferred_id, service, method, path_and_query, state, queued_at, replayed_at,
+                response_status, response_body
          FROM deferred WHERE deferred_id = ?",
     )
     .bind(&id)
     .fetch_optional(&deferred.pool)
     .await
-    .map_err(|e| Problem::internal(&e))?;
-    let Some((
-        deferred_id,
-        service,
-        method,
-        path,
-        status,
-        queued_at,
-        replayed_at,
-        response_status,
-        response_body,
-    )) = row
-    else {
-        return Err(Problem::not_found(format!("no deferred request `{id}`")));
-    };
-    let response = response_status.map(|code| {
-        let body = response_body.unwrap_or_default();
+    .map_err(|e| Problem::internal(&e))?
+    .ok_or_else(|| Problem::not_found(format!("no deferred request `{id}`")))?;
+    view.response = view.response_status.map(|code| {
+        let body = view.response_body.take().unwrap_or_default();
         let body = serde_json::from_slice(&body).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
         });
         BTreeMap::from([("status", serde_json::Value::from(code)), ("body", body)])
     });
-    Ok(axum::Json(View {
-        deferred_id,
-        service,
-        method,
-        path,
-        status,
-        queued_at,
-        replayed_at,
-        response,
-    })
-    .into_response())
+    Ok(axum::Json(view))
 }
 
 /// The answer to a queued request: 202 with where to find the outcome.
