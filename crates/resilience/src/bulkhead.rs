@@ -23,6 +23,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
 /// Bulkhead parameters.
+///
+/// ```
+/// use flotilla_resilience::bulkhead::BulkheadConfig;
+/// let config: BulkheadConfig = serde_json::from_str(r#"{ "max_concurrent": 8 }"#).unwrap();
+/// assert_eq!(config, BulkheadConfig { max_concurrent: 8, max_waiting: 64, max_wait_ms: 500 });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BulkheadConfig {
@@ -45,6 +51,19 @@ impl Default for BulkheadConfig {
 }
 
 /// Why the bulkhead refused a call.
+///
+/// ```
+/// use std::time::Duration;
+/// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig, BulkheadFull};
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 1, max_waiting: 1, max_wait_ms: 100 });
+/// let _held = bulkhead.acquire().await.unwrap();
+/// let full = bulkhead.acquire().await.unwrap_err(); // waited in line for 100 ms, in vain
+/// assert_eq!(full, BulkheadFull::Timeout(Duration::from_millis(100)));
+/// assert_eq!(full.to_string(), "bulkhead full: no place within 100ms");
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BulkheadFull {
     /// Every place is taken and the waiting line is full.
@@ -58,7 +77,8 @@ pub enum BulkheadFull {
 /// A bulkhead, cheap to clone (clones share places).
 ///
 /// ```
-/// # async fn demo() {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
 /// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 1, max_waiting: 0, max_wait_ms: 10 });
 /// let place = bulkhead.acquire().await.unwrap();
@@ -76,6 +96,12 @@ pub struct Bulkhead {
 
 impl Bulkhead {
     /// A bulkhead with `config`.
+    ///
+    /// ```
+    /// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
+    /// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 3, ..BulkheadConfig::default() });
+    /// assert_eq!(bulkhead.available(), 3);
+    /// ```
     pub fn new(config: BulkheadConfig) -> Self {
         Self {
             places: Arc::new(Semaphore::new(config.max_concurrent as usize)),
@@ -92,6 +118,19 @@ impl Bulkhead {
 
     /// Changes the limits at run time. More places are usable at once; fewer places are taken
     /// back as calls in flight finish (none is interrupted).
+    ///
+    /// ```
+    /// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 2, ..BulkheadConfig::default() });
+    /// bulkhead.reconfigure(BulkheadConfig { max_concurrent: 4, ..BulkheadConfig::default() });
+    /// assert_eq!(bulkhead.available(), 4);
+    /// bulkhead.reconfigure(BulkheadConfig { max_concurrent: 1, ..BulkheadConfig::default() });
+    /// tokio::task::yield_now().await; // places are taken back by a task
+    /// assert_eq!(bulkhead.available(), 1);
+    /// # }
+    /// ```
     pub fn reconfigure(&self, new: BulkheadConfig) {
         let old = std::mem::replace(&mut *self.config(), new);
         if new.max_concurrent > old.max_concurrent {
@@ -110,6 +149,18 @@ impl Bulkhead {
 
     /// Takes a place, waiting in line if there is room in it; the place is given back when the
     /// returned permit drops.
+    ///
+    /// ```
+    /// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 2, ..BulkheadConfig::default() });
+    /// let place = bulkhead.acquire().await.unwrap();
+    /// assert_eq!(bulkhead.available(), 1);
+    /// drop(place); // the place is given back
+    /// assert_eq!(bulkhead.available(), 2);
+    /// # }
+    /// ```
     pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, BulkheadFull> {
         if let Ok(permit) = self.places.clone().try_acquire_owned() {
             return Ok(permit);
@@ -134,12 +185,35 @@ impl Bulkhead {
     }
 
     /// Places free now.
+    ///
+    /// ```
+    /// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 2, ..BulkheadConfig::default() });
+    /// let (_a, _b) = (bulkhead.acquire().await.unwrap(), bulkhead.acquire().await.unwrap());
+    /// assert_eq!(bulkhead.available(), 0);
+    /// # }
+    /// ```
     pub fn available(&self) -> usize {
         self.places.available_permits()
     }
 }
 
 /// An error of a service behind a bulkhead.
+///
+/// ```
+/// use flotilla_resilience::bulkhead::{BulkheadConfig, BulkheadError, BulkheadFull, BulkheadLayer};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let no_room = BulkheadConfig { max_concurrent: 0, max_waiting: 0, max_wait_ms: 0 };
+/// let service = BulkheadLayer::new(no_room)
+///     .layer(tower::service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+/// let error = service.oneshot(1).await.unwrap_err();
+/// assert!(matches!(error, BulkheadError::Full(BulkheadFull::QueueFull(0))));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum BulkheadError<E> {
     /// The bulkhead refused the call; the service was not called.
@@ -151,6 +225,25 @@ pub enum BulkheadError<E> {
 }
 
 /// Puts a [`Bulkhead`] in front of a service.
+///
+/// ```
+/// use std::{convert::Infallible, time::Duration};
+/// use flotilla_resilience::bulkhead::{BulkheadConfig, BulkheadLayer};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let layer = BulkheadLayer::new(BulkheadConfig { max_concurrent: 1, max_waiting: 0, max_wait_ms: 0 });
+/// let slow = layer.layer(tower::service_fn(|_: ()| async {
+///     tokio::time::sleep(Duration::from_secs(1)).await;
+///     Ok::<_, Infallible>(())
+/// }));
+/// let fast = layer.layer(tower::service_fn(|_: ()| async { Ok::<_, Infallible>(()) }));
+/// let call = tokio::spawn(slow.oneshot(()));
+/// tokio::task::yield_now().await;
+/// assert!(fast.oneshot(()).await.is_err()); // services of one layer share its places
+/// assert!(call.await.unwrap().is_ok());
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct BulkheadLayer {
     bulkhead: Bulkhead,
@@ -158,11 +251,37 @@ pub struct BulkheadLayer {
 
 impl BulkheadLayer {
     /// A layer with a new bulkhead.
+    ///
+    /// ```
+    /// use flotilla_resilience::bulkhead::{BulkheadConfig, BulkheadLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let service = BulkheadLayer::new(BulkheadConfig { max_concurrent: 2, ..BulkheadConfig::default() })
+    ///     .layer(tower::service_fn(|n: u32| async move { Ok::<_, std::convert::Infallible>(n * 2) }));
+    /// assert_eq!(service.oneshot(21).await.unwrap(), 42);
+    /// # }
+    /// ```
     pub fn new(config: BulkheadConfig) -> Self {
         Self::shared(Bulkhead::new(config))
     }
 
     /// A layer sharing `bulkhead` with others.
+    ///
+    /// ```
+    /// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig, BulkheadLayer};
+    /// use tower::{Layer, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 1, max_waiting: 0, max_wait_ms: 0 });
+    /// let service = BulkheadLayer::shared(bulkhead.clone())
+    ///     .layer(tower::service_fn(|n: u32| async move { Ok::<_, std::convert::Infallible>(n) }));
+    /// let place = bulkhead.acquire().await.unwrap(); // taken outside the service
+    /// assert!(service.clone().oneshot(1).await.is_err());
+    /// drop(place);
+    /// assert_eq!(service.oneshot(2).await.unwrap(), 2);
+    /// # }
+    /// ```
     pub fn shared(bulkhead: Bulkhead) -> Self {
         Self { bulkhead }
     }
@@ -180,6 +299,19 @@ impl<S> Layer<S> for BulkheadLayer {
 }
 
 /// A service behind a bulkhead (see [`BulkheadLayer`]).
+///
+/// ```
+/// use flotilla_resilience::bulkhead::{BulkheadConfig, BulkheadError, BulkheadLayer};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let service = BulkheadLayer::new(BulkheadConfig::default()).layer(tower::service_fn(|n: u32| async move {
+///     if n == 0 { Err(std::io::Error::other("zero")) } else { Ok(n) }
+/// }));
+/// assert_eq!(service.clone().oneshot(3).await.unwrap(), 3);
+/// assert!(matches!(service.oneshot(0).await, Err(BulkheadError::Inner(_)))); // the service's own error
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct BulkheadService<S> {
     inner: S,

@@ -9,6 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// A monotonic clock, cheap to clone.
+///
+/// ```
+/// use std::time::Duration;
+/// use flotilla_resilience::Clock;
+/// let clock = Clock::manual();
+/// let shared = clock.clone(); // clones read the same time
+/// shared.advance(Duration::from_secs(1));
+/// assert_eq!(clock.now(), 1_000_000_000);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Clock {
     kind: Kind,
@@ -57,6 +66,14 @@ impl Clock {
     }
 
     /// Nanoseconds since the clock was made.
+    ///
+    /// ```
+    /// use flotilla_resilience::Clock;
+    /// assert_eq!(Clock::manual().now(), 0);
+    /// let clock = Clock::system();
+    /// let (earlier, later) = (clock.now(), clock.now());
+    /// assert!(later >= earlier); // monotonic
+    /// ```
     pub fn now(&self) -> u64 {
         match &self.kind {
             Kind::System(clock, start) => {
@@ -68,6 +85,15 @@ impl Clock {
     }
 
     /// Moves a manual clock forward; does nothing to the system clock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::Clock;
+    /// let clock = Clock::manual();
+    /// clock.advance(Duration::from_secs(1));
+    /// clock.advance(Duration::from_micros(500));
+    /// assert_eq!(clock.now(), 1_000_500_000);
+    /// ```
     pub fn advance(&self, by: Duration) {
         if let Kind::Manual(nanos) = &self.kind {
             let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);

@@ -48,7 +48,7 @@ use crate::breaker::Outcome;
 /// use flotilla_resilience::fallback::Fallback;
 /// // An empty catalog page when the catalog cannot be reached.
 /// let fallback: Fallback<String, Vec<String>> = Fallback::DefaultValue(Vec::new());
-/// # drop(fallback);
+/// assert!(matches!(fallback, Fallback::DefaultValue(ref page) if page.is_empty()));
 /// ```
 pub enum Fallback<K, Res, Req = K, E = std::io::Error> {
     /// Answer with this value.
@@ -96,11 +96,45 @@ impl<K, Res, Req, E> std::fmt::Debug for Fallback<K, Res, Req, E> {
 
 impl<K, Res, Req, E> Fallback<K, Res, Req, E> {
     /// The last good answer per key, up to `max_age` old, on the system clock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::fallback::Fallback;
+    /// match Fallback::<String, Vec<u32>>::last_good(Duration::from_secs(60)) {
+    ///     Fallback::LastGood { max_age, cache, .. } => {
+    ///         assert_eq!(max_age, Duration::from_secs(60));
+    ///         assert!(cache.lock().unwrap().is_empty()); // filled by the good answers to come
+    ///     }
+    ///     _ => unreachable!(),
+    /// }
+    /// ```
     pub fn last_good(max_age: Duration) -> Self {
         Self::last_good_with_clock(max_age, Clock::system())
     }
 
     /// The same, reading `clock`.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::Duration;
+    /// use flotilla_resilience::{Clock, breaker::Outcome, fallback::{Fallback, FallbackLayer}};
+    /// use tower::{Layer, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// static DOWN: AtomicBool = AtomicBool::new(false);
+    /// let clock = Clock::manual();
+    /// let fallback = Fallback::<u32, u32, u32>::last_good_with_clock(Duration::from_secs(60), clock.clone());
+    /// let classify = |r: &Result<u32, std::io::Error>| if r.is_ok() { Outcome::Success } else { Outcome::Failure };
+    /// let service = FallbackLayer::new(fallback, |n: &u32| *n, classify).layer(tower::service_fn(|n: u32| async move {
+    ///     if DOWN.load(Ordering::SeqCst) { Err(std::io::Error::other("down")) } else { Ok(n * 10) }
+    /// }));
+    /// assert_eq!(service.clone().oneshot(7).await.unwrap(), 70);
+    /// DOWN.store(true, Ordering::SeqCst);
+    /// assert_eq!(service.clone().oneshot(7).await.unwrap(), 70); // the last good answer
+    /// clock.advance(Duration::from_secs(61));
+    /// assert!(service.oneshot(7).await.is_err()); // too old to serve
+    /// # }
+    /// ```
     pub fn last_good_with_clock(max_age: Duration, clock: Clock) -> Self {
         Fallback::LastGood {
             max_age,
@@ -112,6 +146,18 @@ impl<K, Res, Req, E> Fallback<K, Res, Req, E> {
 
 /// Puts a [`Fallback`] behind a service: `key` names a request (for [`Fallback::LastGood`]),
 /// `classify` says which results are failures.
+///
+/// ```
+/// use flotilla_resilience::{breaker::Outcome, fallback::{Fallback, FallbackLayer}};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let classify = |r: &Result<Vec<u32>, std::io::Error>| if r.is_ok() { Outcome::Success } else { Outcome::Failure };
+/// let service = FallbackLayer::new(Fallback::<(), Vec<u32>, ()>::DefaultValue(Vec::new()), |_: &()| (), classify)
+///     .layer(tower::service_fn(|_: ()| async { Err::<Vec<u32>, _>(std::io::Error::other("down")) }));
+/// assert_eq!(service.oneshot(()).await.unwrap(), Vec::<u32>::new()); // the default, not the error
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct FallbackLayer<K, Res, Req, E, KeyFn, C> {
     fallback: Fallback<K, Res, Req, E>,
@@ -133,6 +179,19 @@ impl<K, Res: Clone, Req, E, KeyFn: Clone, C: Clone> Clone
 
 impl<K, Res, Req, E, KeyFn, C> FallbackLayer<K, Res, Req, E, KeyFn, C> {
     /// A layer with `fallback`, naming requests with `key` and judging results with `classify`.
+    ///
+    /// ```
+    /// use flotilla_resilience::{breaker::Outcome, fallback::{Fallback, FallbackLayer}};
+    /// use tower::{Layer, ServiceExt, util::BoxCloneSyncService};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let replica = BoxCloneSyncService::new(tower::service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n + 1) }));
+    /// let classify = |r: &Result<u32, std::io::Error>| if r.is_ok() { Outcome::Success } else { Outcome::Failure };
+    /// let service = FallbackLayer::new(Fallback::<u32, u32, u32>::Alternative(replica), |n: &u32| *n, classify)
+    ///     .layer(tower::service_fn(|_: u32| async { Err::<u32, _>(std::io::Error::other("down")) }));
+    /// assert_eq!(service.oneshot(1).await.unwrap(), 2); // answered by the replica
+    /// # }
+    /// ```
     pub fn new(fallback: Fallback<K, Res, Req, E>, key: KeyFn, classify: C) -> Self {
         Self {
             fallback,
@@ -158,6 +217,22 @@ impl<S, K, Res: Clone, Req, E, KeyFn: Clone, C: Clone> Layer<S>
 }
 
 /// A service with a fallback (see [`FallbackLayer`]).
+///
+/// ```
+/// use flotilla_resilience::{breaker::Outcome, fallback::{Fallback, FallbackLayer}};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Answers are status codes; a 5xx is a failure even though the call returned `Ok`.
+/// let classify = |r: &Result<u16, std::io::Error>| match r {
+///     Ok(500..) | Err(_) => Outcome::Failure,
+///     Ok(_) => Outcome::Success,
+/// };
+/// let service = FallbackLayer::new(Fallback::<(), u16, ()>::DefaultValue(204), |_: &()| (), classify)
+///     .layer(tower::service_fn(|_: ()| async { Ok::<u16, std::io::Error>(503) }));
+/// assert_eq!(service.oneshot(()).await.unwrap(), 204);
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct FallbackService<S, K, Res, Req, E, KeyFn, C> {
     inner: S,

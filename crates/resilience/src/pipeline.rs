@@ -9,7 +9,8 @@
 //! use flotilla_resilience::pipeline::{Pipeline, Verdict};
 //! use flotilla_resilience::{BreakerConfig, CircuitBreaker};
 //! use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
-//! # async fn demo() {
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
 //! let pipeline = Pipeline::new(
 //!     Some(CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap()),
 //!     Some(RetryPolicy::new(RetryConfig::default())),
@@ -32,6 +33,20 @@ use crate::breaker::{CircuitBreaker, CircuitOpen, Outcome, Permit};
 use crate::retry::RetryPolicy;
 
 /// How an attempt went.
+///
+/// ```
+/// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, State, Window};
+/// let config = BreakerConfig { window: Window::Count { calls: 1 }, minimum_calls: 1, ..BreakerConfig::default() };
+/// let pipeline = Pipeline::new(Some(CircuitBreaker::new("inventory", config).unwrap()), None);
+/// let mut call = pipeline.start(true);
+/// let permit = call.admit().unwrap();
+/// call.after(permit, Verdict::Ignored); // says nothing about the target
+/// assert_eq!(pipeline.breaker().unwrap().state(), State::Closed);
+/// let permit = call.admit().unwrap();
+/// call.after(permit, Verdict::Failure { retryable: false });
+/// assert_eq!(pipeline.breaker().unwrap().state(), State::Open);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// It worked.
@@ -75,6 +90,20 @@ impl Verdict {
 }
 
 /// A breaker and a retry policy, either optional.
+///
+/// ```
+/// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+/// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+/// let judge = |status: &u16| Verdict::of_status(http::StatusCode::from_u16(*status).unwrap());
+/// let answer = pipeline
+///     .run(true, |attempt| async move { if attempt == 0 { 503 } else { 200 } }, judge)
+///     .await;
+/// assert_eq!(answer, Ok(200)); // the 503 was retried
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     breaker: Option<CircuitBreaker>,
@@ -83,16 +112,43 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// A pipeline of the given parts.
+    ///
+    /// ```
+    /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+    /// let pipeline = Pipeline::new(None, None); // neither part: one attempt, never refused
+    /// let mut call = pipeline.start(true);
+    /// let permit = call.admit().unwrap();
+    /// assert!(permit.is_none());
+    /// assert_eq!(call.after(permit, Verdict::Failure { retryable: true }), None);
+    /// ```
     pub fn new(breaker: Option<CircuitBreaker>, retry: Option<RetryPolicy>) -> Self {
         Self { breaker, retry }
     }
 
     /// The breaker, if any.
+    ///
+    /// ```
+    /// use flotilla_resilience::pipeline::Pipeline;
+    /// use flotilla_resilience::{BreakerConfig, CircuitBreaker};
+    /// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
+    /// assert_eq!(Pipeline::new(Some(breaker), None).breaker().unwrap().name(), "inventory");
+    /// assert!(Pipeline::new(None, None).breaker().is_none());
+    /// ```
     pub fn breaker(&self) -> Option<&CircuitBreaker> {
         self.breaker.as_ref()
     }
 
     /// The retry policy, if any (reconfigure it to change every later call).
+    ///
+    /// ```
+    /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+    /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+    /// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+    /// pipeline.retry().unwrap().reconfigure(RetryConfig { max_attempts: 1, ..RetryConfig::default() });
+    /// let mut call = pipeline.start(true);
+    /// let permit = call.admit().unwrap();
+    /// assert_eq!(call.after(permit, Verdict::Failure { retryable: true }), None); // one attempt only now
+    /// ```
     pub fn retry(&self) -> Option<&RetryPolicy> {
         self.retry.as_ref()
     }
@@ -100,6 +156,18 @@ impl Pipeline {
     /// Starts one call: admit each attempt with [`Call::admit`], report it with
     /// [`Call::after`], which says how long to wait before the next attempt, if any.
     /// `safe`: the call may be made twice.
+    ///
+    /// ```
+    /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+    /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+    /// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+    /// let mut post = pipeline.start(false); // not safe to make twice
+    /// let permit = post.admit().unwrap();
+    /// assert_eq!(post.after(permit, Verdict::Failure { retryable: true }), None);
+    /// let mut get = pipeline.start(true);
+    /// let permit = get.admit().unwrap();
+    /// assert!(get.after(permit, Verdict::Failure { retryable: true }).is_some());
+    /// ```
     pub fn start(&self, safe: bool) -> Call<'_> {
         Call {
             pipeline: self,
@@ -111,6 +179,21 @@ impl Pipeline {
     /// Runs `attempt` (given the attempt number, from 0) until `judge` finds its result good,
     /// or the result may not or need not be retried. `safe`: the call may be made twice.
     /// Returns the last result, or the breaker's rejection.
+    ///
+    /// ```
+    /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
+    /// let pipeline = Pipeline::new(Some(breaker.clone()), None);
+    /// let judge = |_: &u16| Verdict::Success;
+    /// assert_eq!(pipeline.run(true, |_| async { 200u16 }, judge).await, Ok(200));
+    /// breaker.force(Some(Forced::Open));
+    /// let refused = pipeline.run(true, |_| async { 200u16 }, judge).await.unwrap_err();
+    /// assert_eq!(&*refused.breaker, "inventory"); // no attempt was made
+    /// # }
+    /// ```
     pub async fn run<T, F, Fut>(
         &self,
         safe: bool,
@@ -159,6 +242,17 @@ pub struct Call<'a> {
 
 impl Call<'_> {
     /// Asks the breaker to admit the next attempt.
+    ///
+    /// ```
+    /// use flotilla_resilience::pipeline::Pipeline;
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced};
+    /// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
+    /// let pipeline = Pipeline::new(Some(breaker.clone()), None);
+    /// let call = pipeline.start(true);
+    /// assert!(call.admit().unwrap().is_some()); // a breaker permit to report on
+    /// breaker.force(Some(Forced::Open));
+    /// assert!(call.admit().is_err());
+    /// ```
     pub fn admit(&self) -> Result<Option<Permit>, CircuitOpen> {
         self.pipeline
             .breaker
@@ -168,6 +262,18 @@ impl Call<'_> {
     }
 
     /// Reports an attempt; returns the wait before the next one, or `None` to stop.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+    /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+    /// let retry = RetryPolicy::new(RetryConfig { max_attempts: 2, ..RetryConfig::default() });
+    /// let pipeline = Pipeline::new(None, Some(retry));
+    /// let mut call = pipeline.start(true);
+    /// let wait = call.after(None, Verdict::Failure { retryable: true }).unwrap();
+    /// assert!(wait <= Duration::from_millis(25)); // at most base_delay_ms before the second attempt
+    /// assert_eq!(call.after(None, Verdict::Failure { retryable: true }), None); // two attempts made
+    /// ```
     pub fn after(&mut self, permit: Option<Permit>, verdict: Verdict) -> Option<Duration> {
         if let Some(permit) = permit {
             permit.record(verdict.outcome());

@@ -27,6 +27,12 @@ use tower::{Layer, Service};
 use crate::Clock;
 
 /// Rate limit parameters.
+///
+/// ```
+/// use flotilla_resilience::ratelimit::RateLimitConfig;
+/// let config: RateLimitConfig = serde_json::from_str(r#"{ "per_second": 5.0 }"#).unwrap();
+/// assert_eq!(config, RateLimitConfig { per_second: 5.0, burst: 100 });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
@@ -46,6 +52,16 @@ impl Default for RateLimitConfig {
 }
 
 /// The limit was reached.
+///
+/// ```
+/// use std::time::Duration;
+/// use flotilla_resilience::{Clock, ratelimit::{RateLimitConfig, RateLimiter}};
+/// let limiter = RateLimiter::with_clock(RateLimitConfig { per_second: 4.0, burst: 1 }, Clock::manual());
+/// limiter.check(&"alice").unwrap();
+/// let limited = limiter.check(&"alice").unwrap_err();
+/// assert_eq!(limited.retry_after, Duration::from_millis(250)); // a token every 250 ms
+/// assert_eq!(limited.to_string(), "rate limit reached; retry after 250ms");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("rate limit reached; retry after {retry_after:?}")]
 pub struct RateLimited {
@@ -63,6 +79,14 @@ struct Bucket {
 }
 
 /// A token bucket per key, cheap to clone (clones share buckets).
+///
+/// ```
+/// use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimiter};
+/// let limiter = RateLimiter::new(RateLimitConfig { per_second: 1.0, burst: 1 });
+/// let clone = limiter.clone();
+/// assert!(limiter.check(&"alice").is_ok());
+/// assert!(clone.check(&"alice").is_err()); // the same bucket
+/// ```
 #[derive(Debug, Clone)]
 pub struct RateLimiter<K> {
     config: Arc<RwLock<RateLimitConfig>>,
@@ -72,11 +96,31 @@ pub struct RateLimiter<K> {
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// A limiter on the system clock.
+    ///
+    /// ```
+    /// use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimiter};
+    /// let limiter = RateLimiter::new(RateLimitConfig { per_second: 1.0, burst: 3 });
+    /// for _ in 0..3 {
+    ///     assert!(limiter.check(&42).is_ok());
+    /// }
+    /// assert!(limiter.check(&42).is_err());
+    /// ```
     pub fn new(config: RateLimitConfig) -> Self {
         Self::with_clock(config, Clock::system())
     }
 
     /// A limiter reading `clock`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::{Clock, ratelimit::{RateLimitConfig, RateLimiter}};
+    /// let clock = Clock::manual();
+    /// let limiter = RateLimiter::with_clock(RateLimitConfig { per_second: 2.0, burst: 1 }, clock.clone());
+    /// assert!(limiter.check(&"alice").is_ok());
+    /// assert!(limiter.check(&"alice").is_err());
+    /// clock.advance(Duration::from_millis(500)); // one token at 2 per second
+    /// assert!(limiter.check(&"alice").is_ok());
+    /// ```
     pub fn with_clock(config: RateLimitConfig, clock: Clock) -> Self {
         Self {
             config: Arc::new(RwLock::new(config)),
@@ -87,6 +131,16 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Changes the rate and burst at run time; buckets keep their tokens (capped at the new
     /// burst on their next use).
+    ///
+    /// ```
+    /// use flotilla_resilience::{Clock, ratelimit::{RateLimitConfig, RateLimiter}};
+    /// let limiter = RateLimiter::with_clock(RateLimitConfig { per_second: 1.0, burst: 10 }, Clock::manual());
+    /// limiter.check(&"alice").unwrap(); // 9 tokens left
+    /// limiter.reconfigure(RateLimitConfig { per_second: 1.0, burst: 2 });
+    /// assert!(limiter.check(&"alice").is_ok()); // capped at 2, one taken
+    /// assert!(limiter.check(&"alice").is_ok());
+    /// assert!(limiter.check(&"alice").is_err());
+    /// ```
     pub fn reconfigure(&self, config: RateLimitConfig) {
         *self
             .config
@@ -95,6 +149,13 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// The configuration in force.
+    ///
+    /// ```
+    /// use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimiter};
+    /// let limiter: RateLimiter<String> = RateLimiter::new(RateLimitConfig::default());
+    /// limiter.reconfigure(RateLimitConfig { per_second: 5.0, burst: 5 });
+    /// assert_eq!(limiter.config(), RateLimitConfig { per_second: 5.0, burst: 5 });
+    /// ```
     pub fn config(&self) -> RateLimitConfig {
         *self
             .config
@@ -103,6 +164,16 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 
     /// Takes a token from `key`'s bucket, or says when the next one comes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::{Clock, ratelimit::{RateLimitConfig, RateLimiter}};
+    /// let clock = Clock::manual();
+    /// let limiter = RateLimiter::with_clock(RateLimitConfig { per_second: 4.0, burst: 1 }, clock.clone());
+    /// assert!(limiter.check(&"alice").is_ok());
+    /// clock.advance(Duration::from_millis(125)); // half a token back
+    /// assert_eq!(limiter.check(&"alice").unwrap_err().retry_after, Duration::from_millis(125));
+    /// ```
     pub fn check(&self, key: &K) -> Result<(), RateLimited> {
         let now = self.clock.now();
         let config = self.config();
@@ -135,6 +206,19 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 }
 
 /// An error of a service behind a rate limiter.
+///
+/// ```
+/// use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimitError, RateLimitLayer, RateLimiter};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = RateLimiter::new(RateLimitConfig { per_second: 1.0, burst: 1 });
+/// let service = RateLimitLayer::new(limiter, |_: &u32| "everyone")
+///     .layer(tower::service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+/// assert_eq!(service.clone().oneshot(1).await.unwrap(), 1);
+/// assert!(matches!(service.oneshot(2).await, Err(RateLimitError::Limited(_))));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum RateLimitError<E> {
     /// The caller is over its limit; the service was not called.
@@ -149,11 +233,19 @@ pub enum RateLimitError<E> {
 ///
 /// ```
 /// use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimitLayer, RateLimiter};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let limiter: RateLimiter<String> = RateLimiter::new(RateLimitConfig { per_second: 50.0, burst: 10 });
 /// let layer = RateLimitLayer::new(limiter, |request: &http::Request<()>| {
 ///     request.headers().get("x-client").and_then(|v| v.to_str().ok()).unwrap_or("anonymous").to_owned()
 /// });
-/// # drop(layer);
+/// let service = layer.layer(tower::service_fn(|_: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>("served")
+/// }));
+/// let request = http::Request::builder().header("x-client", "alice").body(()).unwrap();
+/// assert_eq!(service.oneshot(request).await.unwrap(), "served");
+/// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer<K, F> {
@@ -163,6 +255,20 @@ pub struct RateLimitLayer<K, F> {
 
 impl<K, F> RateLimitLayer<K, F> {
     /// A layer sharing `limiter`, keyed by `key`.
+    ///
+    /// ```
+    /// use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimitLayer, RateLimiter};
+    /// use tower::{Layer, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let limiter = RateLimiter::new(RateLimitConfig { per_second: 1.0, burst: 1 });
+    /// let service = RateLimitLayer::new(limiter, |(client, _): &(&'static str, u32)| *client)
+    ///     .layer(tower::service_fn(|(_, n): (&'static str, u32)| async move { Ok::<_, std::io::Error>(n) }));
+    /// assert!(service.clone().oneshot(("alice", 1)).await.is_ok());
+    /// assert!(service.clone().oneshot(("alice", 2)).await.is_err()); // alice is over her limit
+    /// assert!(service.oneshot(("bob", 3)).await.is_ok()); // bob is not
+    /// # }
+    /// ```
     pub fn new(limiter: RateLimiter<K>, key: F) -> Self {
         Self { limiter, key }
     }
@@ -181,6 +287,19 @@ impl<S, K: Clone, F: Clone> Layer<S> for RateLimitLayer<K, F> {
 }
 
 /// A service behind a rate limiter (see [`RateLimitLayer`]).
+///
+/// ```
+/// use flotilla_resilience::ratelimit::{RateLimitConfig, RateLimitError, RateLimitLayer, RateLimiter};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let limiter = RateLimiter::new(RateLimitConfig::default());
+/// let service = RateLimitLayer::new(limiter, |_: &u32| ())
+///     .layer(tower::service_fn(|_: u32| async { Err::<u32, _>(std::io::Error::other("down")) }));
+/// // Within the limit, the service is called: its own error comes back wrapped.
+/// assert!(matches!(service.oneshot(1).await, Err(RateLimitError::Inner(_))));
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RateLimitService<S, K, F> {
     inner: S,

@@ -30,6 +30,13 @@ use tower::retry::Policy;
 use tower::retry::budget::{Budget, TpsBudget};
 
 /// Retry parameters.
+///
+/// ```
+/// use flotilla_resilience::retry::RetryConfig;
+/// let config: RetryConfig = serde_json::from_str(r#"{ "max_attempts": 5 }"#).unwrap();
+/// assert_eq!(config, RetryConfig { max_attempts: 5, ..RetryConfig::default() });
+/// assert_eq!(config.base_delay_ms, 25);
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
@@ -59,6 +66,13 @@ impl Default for RetryConfig {
 
 impl RetryConfig {
     /// Checks the values.
+    ///
+    /// ```
+    /// use flotilla_resilience::retry::RetryConfig;
+    /// assert!(RetryConfig::default().validate().is_ok());
+    /// let config = RetryConfig { base_delay_ms: 2_000, ..RetryConfig::default() }; // above the 1 s ceiling
+    /// assert_eq!(config.validate().unwrap_err().field, "max_delay_ms");
+    /// ```
     pub fn validate(&self) -> Result<(), crate::breaker::ConfigError> {
         let fail = |field, reason| Err(crate::breaker::ConfigError { field, reason });
         if self.max_attempts == 0 {
@@ -78,10 +92,35 @@ impl RetryConfig {
 }
 
 /// The header that makes a non-idempotent request safe to retry.
+///
+/// ```
+/// use flotilla_resilience::retry::{IDEMPOTENCY_KEY, is_safe_to_retry};
+/// let request = http::Request::post("/orders").header(IDEMPOTENCY_KEY, "order-42").body(()).unwrap();
+/// assert!(is_safe_to_retry(&request)); // a POST, made safe by its key
+/// ```
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// A tower retry [`Policy`] for HTTP requests with cloneable bodies. Clones share the budget
 /// and the configuration ([`RetryPolicy::reconfigure`] changes it for all of them).
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+/// use tower::ServiceExt;
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// static CALLS: AtomicU32 = AtomicU32::new(0);
+/// let service = tower::ServiceBuilder::new()
+///     .retry(RetryPolicy::new(RetryConfig::default()))
+///     .service_fn(|_: http::Request<()>| async {
+///         let status = if CALLS.fetch_add(1, Ordering::SeqCst) == 0 { 503 } else { 200 };
+///         Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap())
+///     });
+/// let response = service.oneshot(http::Request::get("/stock").body(()).unwrap()).await.unwrap();
+/// assert_eq!(response.status(), 200);
+/// assert_eq!(CALLS.load(Ordering::SeqCst), 2); // the 503 was retried
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     shared: Arc<RwLock<Shared>>,
@@ -105,6 +144,14 @@ fn budget(config: &RetryConfig) -> Arc<TpsBudget> {
 
 impl RetryPolicy {
     /// A policy with its own budget (kept over a 10 s window).
+    ///
+    /// ```
+    /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+    /// let mut policy = RetryPolicy::new(RetryConfig::default()); // 3 attempts
+    /// assert!(policy.next_wait(true, true).is_some());
+    /// assert!(policy.next_wait(true, true).is_some());
+    /// assert_eq!(policy.next_wait(true, true), None); // the third attempt was the last
+    /// ```
     pub fn new(config: RetryConfig) -> Self {
         Self {
             shared: Arc::new(RwLock::new(Shared {
@@ -117,6 +164,15 @@ impl RetryPolicy {
 
     /// Replaces the configuration at run time, for this policy and all its clones; calls in
     /// flight continue under the new rules. A changed budget starts afresh.
+    ///
+    /// ```
+    /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+    /// let policy = RetryPolicy::new(RetryConfig::default());
+    /// let mut clone = policy.clone(); // say, inside a tower RetryLayer
+    /// policy.reconfigure(RetryConfig { max_attempts: 1, ..RetryConfig::default() });
+    /// assert_eq!(clone.config().max_attempts, 1);
+    /// assert_eq!(clone.next_wait(true, true), None);
+    /// ```
     pub fn reconfigure(&self, config: RetryConfig) {
         let mut shared = self
             .shared
@@ -131,6 +187,12 @@ impl RetryPolicy {
     }
 
     /// The configuration in force.
+    ///
+    /// ```
+    /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+    /// let policy = RetryPolicy::new(RetryConfig { max_attempts: 4, ..RetryConfig::default() });
+    /// assert_eq!(policy.config().max_attempts, 4);
+    /// ```
     pub fn config(&self) -> RetryConfig {
         self.shared
             .read()
@@ -142,6 +204,16 @@ impl RetryPolicy {
     /// Decides after a failed or successful attempt: the wait before the next attempt, or `None`
     /// to stop. `safe`: the request may be sent twice; `retryable`: the failure is one another
     /// attempt may fix. Counts the attempt and draws on the budget.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+    /// let mut policy = RetryPolicy::new(RetryConfig::default());
+    /// assert_eq!(policy.next_wait(false, true), None); // not safe to send twice
+    /// assert_eq!(policy.next_wait(true, false), None); // another attempt would not help
+    /// let wait = policy.next_wait(true, true).unwrap();
+    /// assert!(wait <= Duration::from_millis(25)); // the first wait: at most base_delay_ms
+    /// ```
     pub fn next_wait(&mut self, safe: bool, retryable: bool) -> Option<Duration> {
         let (max_attempts, budget) = {
             let shared = self
@@ -164,6 +236,16 @@ impl RetryPolicy {
     }
 
     /// The wait before the next attempt, after `retries` retries (full jitter).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+    /// let policy = RetryPolicy::new(RetryConfig { base_delay_ms: 10, max_delay_ms: 100, ..RetryConfig::default() });
+    /// for _ in 0..100 {
+    ///     assert!(policy.backoff(2) <= Duration::from_millis(40)); // 10 ms × 2²
+    ///     assert!(policy.backoff(9) <= Duration::from_millis(100)); // capped
+    /// }
+    /// ```
     pub fn backoff(&self, retries: u32) -> Duration {
         let (base, max) = {
             let shared = self
@@ -180,6 +262,12 @@ impl RetryPolicy {
 }
 
 /// Whether a request may be sent twice without changing the outcome.
+///
+/// ```
+/// use flotilla_resilience::retry::is_safe_to_retry;
+/// assert!(is_safe_to_retry(&http::Request::put("/stock/7").body(()).unwrap()));
+/// assert!(!is_safe_to_retry(&http::Request::post("/orders").body(()).unwrap()));
+/// ```
 pub fn is_safe_to_retry<B>(request: &Request<B>) -> bool {
     is_safe(request.method(), request.headers())
 }
@@ -221,6 +309,14 @@ pub fn is_retryable<B, E>(result: &Result<Response<B>, E>) -> bool {
 }
 
 /// Whether an answer with this status may be fixed by another attempt: 502, 503, 504.
+///
+/// ```
+/// use flotilla_resilience::retry::is_retryable_status;
+/// use http::StatusCode;
+/// assert!(is_retryable_status(StatusCode::GATEWAY_TIMEOUT));
+/// assert!(!is_retryable_status(StatusCode::NOT_IMPLEMENTED));
+/// assert!(!is_retryable_status(StatusCode::TOO_MANY_REQUESTS));
+/// ```
 pub fn is_retryable_status(status: StatusCode) -> bool {
     matches!(
         status,

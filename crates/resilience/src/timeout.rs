@@ -16,6 +16,12 @@ pub use tower::timeout::error::Elapsed;
 pub use tower::timeout::{Timeout, TimeoutLayer};
 
 /// Timeout parameters.
+///
+/// ```
+/// use flotilla_resilience::timeout::TimeoutConfig;
+/// let config: TimeoutConfig = serde_json::from_str("{}").unwrap();
+/// assert_eq!(config, TimeoutConfig { timeout_ms: 2_000 }); // the default
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TimeoutConfig {
@@ -31,11 +37,33 @@ impl Default for TimeoutConfig {
 
 impl TimeoutConfig {
     /// The deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::timeout::TimeoutConfig;
+    /// assert_eq!(TimeoutConfig { timeout_ms: 250 }.duration(), Duration::from_millis(250));
+    /// ```
     pub fn duration(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
 
     /// The layer enforcing it; an expired call fails with [`Elapsed`] (boxed).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::timeout::{Elapsed, TimeoutConfig};
+    /// use tower::ServiceExt;
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let service = tower::ServiceBuilder::new()
+    ///     .layer(TimeoutConfig { timeout_ms: 100 }.layer())
+    ///     .service_fn(|_: ()| async {
+    ///         tokio::time::sleep(Duration::from_secs(1)).await;
+    ///         Ok::<_, std::io::Error>(())
+    ///     });
+    /// assert!(service.oneshot(()).await.unwrap_err().is::<Elapsed>());
+    /// # }
+    /// ```
     pub fn layer(&self) -> TimeoutLayer {
         TimeoutLayer::new(self.duration())
     }

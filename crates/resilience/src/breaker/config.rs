@@ -5,6 +5,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Which calls the failure and slow-call rates are computed over.
+///
+/// ```
+/// use flotilla_resilience::breaker::Window;
+/// let window: Window = serde_json::from_str(r#"{ "kind": "count", "calls": 50 }"#).unwrap();
+/// assert_eq!(window, Window::Count { calls: 50 });
+/// assert!(serde_json::from_str::<Window>(r#"{ "kind": "count", "millis": 50 }"#).is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Window {
@@ -82,6 +89,17 @@ impl Default for BreakerConfig {
 }
 
 /// A configuration that cannot work; names the field.
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, Window};
+/// let config = BreakerConfig { window: Window::Count { calls: 5 }, ..BreakerConfig::default() };
+/// let error = config.validate().unwrap_err(); // minimum_calls is 10 by default
+/// assert_eq!(error.field, "minimum_calls");
+/// assert_eq!(
+///     error.to_string(),
+///     "invalid circuit breaker setting `minimum_calls`: cannot exceed the calls of a count window"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid circuit breaker setting `{field}`: {reason}")]
 pub struct ConfigError {
@@ -93,6 +111,13 @@ pub struct ConfigError {
 
 impl BreakerConfig {
     /// Checks every rule between fields.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::BreakerConfig;
+    /// assert!(BreakerConfig::default().validate().is_ok());
+    /// let config = BreakerConfig { success_threshold: 4, ..BreakerConfig::default() };
+    /// assert_eq!(config.validate().unwrap_err().field, "success_threshold"); // above half_open_permits
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |field, reason| Err(ConfigError { field, reason });
         match self.window {
@@ -137,6 +162,15 @@ impl BreakerConfig {
     }
 
     /// How long to stay open after the `opens_in_a_row`-th consecutive opening (0 for the first).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::breaker::BreakerConfig;
+    /// let config = BreakerConfig::default(); // 5 s, doubling, at most 60 s
+    /// assert_eq!(config.wait_in_open(0), Duration::from_secs(5));
+    /// assert_eq!(config.wait_in_open(2), Duration::from_secs(20));
+    /// assert_eq!(config.wait_in_open(4), Duration::from_secs(60)); // 80 s, capped
+    /// ```
     pub fn wait_in_open(&self, opens_in_a_row: u32) -> Duration {
         let factor = self
             .wait_multiplier

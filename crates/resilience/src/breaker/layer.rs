@@ -10,6 +10,19 @@ use tower::{Layer, Service};
 use super::{CircuitBreaker, CircuitOpen, Outcome, Permit};
 
 /// Decides how a call's result counts for the breaker.
+///
+/// ```
+/// use flotilla_resilience::breaker::{Classify, Outcome};
+/// // Any `Fn(&Result<T, E>) -> Outcome` classifies: here a cancelled call says nothing.
+/// let classify = |result: &Result<u32, String>| match result {
+///     Ok(_) => Outcome::Success,
+///     Err(error) if error == "cancelled" => Outcome::Ignored,
+///     Err(_) => Outcome::Failure,
+/// };
+/// assert_eq!(classify.classify(&Ok(7)), Outcome::Success);
+/// assert_eq!(classify.classify(&Err("cancelled".into())), Outcome::Ignored);
+/// assert_eq!(classify.classify(&Err("refused".into())), Outcome::Failure);
+/// ```
 pub trait Classify<T, E> {
     /// The outcome of `result`.
     fn classify(&self, result: &Result<T, E>) -> Outcome;
@@ -51,6 +64,20 @@ impl<B, E> Classify<http::Response<B>, E> for HttpClassifier {
 }
 
 /// An error of a service behind a breaker.
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, BreakerError, CircuitBreaker, CircuitBreakerLayer, Forced, HttpClassifier};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
+/// let service = CircuitBreakerLayer::new(breaker.clone(), HttpClassifier)
+///     .layer(tower::service_fn(|_: ()| async { Err::<http::Response<()>, _>("refused") }));
+/// assert!(matches!(service.clone().oneshot(()).await, Err(BreakerError::Inner("refused"))));
+/// breaker.force(Some(Forced::Open));
+/// assert!(matches!(service.oneshot(()).await, Err(BreakerError::Open(_))));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum BreakerError<E> {
     /// The breaker rejected the call; the service was not called.
@@ -65,15 +92,16 @@ pub enum BreakerError<E> {
 ///
 /// ```
 /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, HttpClassifier};
-/// use tower::ServiceBuilder;
-/// # async fn demo() {
+/// use tower::{ServiceBuilder, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
 /// let service = ServiceBuilder::new()
 ///     .layer(CircuitBreakerLayer::new(breaker, HttpClassifier))
 ///     .service_fn(|_request: http::Request<()>| async {
 ///         Ok::<_, std::convert::Infallible>(http::Response::new(()))
 ///     });
-/// # drop(service);
+/// assert_eq!(service.oneshot(http::Request::new(())).await.unwrap().status(), 200);
 /// # }
 /// ```
 #[derive(Debug, Clone)]
@@ -84,6 +112,21 @@ pub struct CircuitBreakerLayer<C> {
 
 impl<C> CircuitBreakerLayer<C> {
     /// A layer sharing `breaker` (clones share state), classifying results with `classify`.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, HttpClassifier, State, Window};
+    /// use tower::{Layer, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = BreakerConfig { window: Window::Count { calls: 1 }, minimum_calls: 1, ..BreakerConfig::default() };
+    /// let breaker = CircuitBreaker::new("inventory", config).unwrap();
+    /// let service = CircuitBreakerLayer::new(breaker.clone(), HttpClassifier).layer(tower::service_fn(|_: ()| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::builder().status(503).body(()).unwrap())
+    /// }));
+    /// assert_eq!(service.oneshot(()).await.unwrap().status(), 503); // passed on, and counted as a failure
+    /// assert_eq!(breaker.state(), State::Open);
+    /// # }
+    /// ```
     pub fn new(breaker: CircuitBreaker, classify: C) -> Self {
         Self { breaker, classify }
     }
@@ -102,6 +145,25 @@ impl<S, C: Clone> Layer<S> for CircuitBreakerLayer<C> {
 }
 
 /// A service behind a circuit breaker (see [`CircuitBreakerLayer`]).
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, CircuitBreakerLayer, Forced, HttpClassifier};
+/// use tower::{Layer, ServiceExt};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// static CALLS: AtomicU32 = AtomicU32::new(0);
+/// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
+/// let service = CircuitBreakerLayer::new(breaker.clone(), HttpClassifier).layer(tower::service_fn(|_: ()| async {
+///     CALLS.fetch_add(1, Ordering::SeqCst);
+///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+/// }));
+/// assert!(service.clone().oneshot(()).await.is_ok());
+/// breaker.force(Some(Forced::Open));
+/// assert!(service.oneshot(()).await.is_err());
+/// assert_eq!(CALLS.load(Ordering::SeqCst), 1); // the rejected call never reached the service
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct CircuitBreakerService<S, C> {
     inner: S,
@@ -137,6 +199,22 @@ where
 pin_project! {
     /// The future of a call through a breaker. (Its fields are private in all but name:
     /// `pin_project_lite` cannot document them.)
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, BreakerError, CircuitBreaker, CircuitBreakerLayer, Forced, HttpClassifier, ResponseFuture};
+    /// use tower::{Layer, Service, ServiceExt};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
+    /// breaker.force(Some(Forced::Open));
+    /// let mut service = CircuitBreakerLayer::new(breaker, HttpClassifier).layer(tower::service_fn(|_: ()| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(()))
+    /// }));
+    /// let future = service.ready().await.unwrap().call(());
+    /// assert!(matches!(future, ResponseFuture::Rejected { .. })); // decided when called
+    /// assert!(matches!(future.await, Err(BreakerError::Open(_))));
+    /// # }
+    /// ```
     #[project = Projection]
     #[allow(missing_docs)]
     pub enum ResponseFuture<F, C> {

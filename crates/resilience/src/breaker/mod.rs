@@ -57,6 +57,13 @@ use window::Outcomes;
 use crate::clock::{Clock, nanos};
 
 /// The state of a breaker.
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, State};
+/// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+/// assert_eq!(breaker.state(), State::Closed);
+/// assert_eq!(serde_json::to_string(&State::HalfOpen).unwrap(), r#""half_open""#);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
@@ -74,6 +81,12 @@ pub enum State {
 
 impl State {
     /// The state's name, as in metrics and events.
+    ///
+    /// ```
+    /// use flotilla_resilience::State;
+    /// assert_eq!(State::HalfOpen.as_str(), "half_open");
+    /// assert_eq!(State::ForcedOpen.as_str(), "forced_open");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             State::Closed => "closed",
@@ -85,6 +98,13 @@ impl State {
     }
 
     /// The value of the `resilience_breaker_state` gauge.
+    ///
+    /// ```
+    /// use flotilla_resilience::State;
+    /// assert_eq!(State::Closed.gauge(), 0.0);
+    /// assert_eq!(State::HalfOpen.gauge(), 2.0);
+    /// assert_eq!(State::Disabled.gauge(), 4.0);
+    /// ```
     pub fn gauge(self) -> f64 {
         match self {
             State::Closed => 0.0,
@@ -97,6 +117,14 @@ impl State {
 }
 
 /// A state an operator can force.
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced, State};
+/// let forced: Forced = serde_json::from_str(r#""disabled""#).unwrap(); // as an admin API receives it
+/// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+/// breaker.force(Some(forced));
+/// assert_eq!(breaker.state(), State::Disabled);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Forced {
@@ -107,6 +135,19 @@ pub enum Forced {
 }
 
 /// How a call went, as the breaker counts it.
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, State, Window};
+/// let config = BreakerConfig { window: Window::Count { calls: 2 }, minimum_calls: 2, ..BreakerConfig::default() };
+/// let breaker = CircuitBreaker::new("payment", config).unwrap();
+/// for _ in 0..5 {
+///     breaker.try_acquire().unwrap().record(Outcome::Ignored); // not counted
+/// }
+/// assert_eq!(breaker.state(), State::Closed);
+/// breaker.try_acquire().unwrap().record(Outcome::Success);
+/// breaker.try_acquire().unwrap().record(Outcome::Failure); // 50 % of 2 calls
+/// assert_eq!(breaker.state(), State::Open);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The call succeeded (it may still be slow).
@@ -118,6 +159,17 @@ pub enum Outcome {
 }
 
 /// The breaker refused the call.
+///
+/// ```
+/// use std::time::Duration;
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced};
+/// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+/// breaker.force(Some(Forced::Open));
+/// let open = breaker.try_acquire().unwrap_err();
+/// assert_eq!(&*open.breaker, "payment");
+/// assert_eq!(open.retry_after, Duration::from_secs(5)); // forced open: the open wait
+/// assert_eq!(open.to_string(), "circuit breaker `payment` is open; retry after 5s");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("circuit breaker `{breaker}` is open; retry after {retry_after:?}")]
 pub struct CircuitOpen {
@@ -129,6 +181,20 @@ pub struct CircuitOpen {
 }
 
 /// A change of state, sent to every subscriber ([`CircuitBreaker::subscribe`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, State, Window};
+/// let clock = flotilla_resilience::Clock::manual();
+/// let config = BreakerConfig { window: Window::Count { calls: 1 }, minimum_calls: 1, ..BreakerConfig::default() };
+/// let breaker = CircuitBreaker::with_clock("payment", config, clock.clone()).unwrap();
+/// let mut transitions = breaker.subscribe();
+/// clock.advance(Duration::from_secs(1));
+/// breaker.try_acquire().unwrap().record(Outcome::Failure);
+/// let transition = transitions.try_recv().unwrap();
+/// assert_eq!((transition.from, transition.to), (State::Closed, State::Open));
+/// assert_eq!((&*transition.breaker, transition.at), ("payment", 1_000_000_000));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Transition {
     /// The breaker's name.
@@ -144,12 +210,33 @@ pub struct Transition {
 /// Metric names, with their units.
 pub mod metric {
     /// Gauge: current state (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled), by `breaker`.
+    ///
+    /// ```
+    /// use flotilla_resilience::{State, breaker::metric};
+    /// assert_eq!(metric::STATE, "resilience_breaker_state");
+    /// assert_eq!(State::Open.gauge(), 1.0); // the value it takes while open
+    /// ```
     pub const STATE: &str = "resilience_breaker_state";
     /// Counter: transitions, by `breaker`, `from` and `to`.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::metric;
+    /// assert_eq!(metric::TRANSITIONS, "resilience_breaker_transitions_total");
+    /// ```
     pub const TRANSITIONS: &str = "resilience_breaker_transitions_total";
     /// Counter: calls, by `breaker` and `outcome` (`success`, `failure`, `ignored`, `rejected`).
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::metric;
+    /// assert_eq!(metric::CALLS, "resilience_breaker_calls_total");
+    /// ```
     pub const CALLS: &str = "resilience_breaker_calls_total";
     /// Counter: calls at least `slow_call_duration_ms` long, by `breaker`.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::metric;
+    /// assert_eq!(metric::SLOW_CALLS, "resilience_breaker_slow_calls_total");
+    /// ```
     pub const SLOW_CALLS: &str = "resilience_breaker_slow_calls_total";
 }
 
@@ -228,6 +315,14 @@ struct Inner {
 }
 
 /// A circuit breaker: a cheap, cloneable handle on shared state.
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced, State};
+/// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+/// let handle = breaker.clone(); // say, for an admin endpoint
+/// handle.force(Some(Forced::Open));
+/// assert_eq!(breaker.state(), State::ForcedOpen); // clones share the state
+/// ```
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker {
     inner: Arc<Inner>,
@@ -237,11 +332,33 @@ use std::sync::atomic::Ordering::{Acquire, Release};
 
 impl CircuitBreaker {
     /// A closed breaker named `name` (the name labels its metrics and events).
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, State};
+    /// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+    /// assert_eq!(breaker.state(), State::Closed);
+    /// let invalid = BreakerConfig { minimum_calls: 0, ..BreakerConfig::default() };
+    /// assert_eq!(CircuitBreaker::new("payment", invalid).unwrap_err().field, "minimum_calls");
+    /// ```
     pub fn new(name: &str, config: BreakerConfig) -> Result<Self, ConfigError> {
         Self::with_clock(name, config, Clock::system())
     }
 
     /// A breaker reading time from `clock` (a manual clock in tests).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, State, Window};
+    /// let clock = flotilla_resilience::Clock::manual();
+    /// let config = BreakerConfig { window: Window::Count { calls: 1 }, minimum_calls: 1, ..BreakerConfig::default() };
+    /// let breaker = CircuitBreaker::with_clock("payment", config, clock.clone()).unwrap();
+    /// breaker.try_acquire().unwrap().record(Outcome::Failure); // opens for 5 s
+    /// clock.advance(Duration::from_millis(4_990));
+    /// assert_eq!(breaker.try_acquire().unwrap_err().retry_after, Duration::from_millis(10));
+    /// clock.advance(Duration::from_millis(10));
+    /// let _trial = breaker.try_acquire().unwrap();
+    /// assert_eq!(breaker.state(), State::HalfOpen);
+    /// ```
     pub fn with_clock(
         name: &str,
         config: BreakerConfig,
@@ -281,16 +398,44 @@ impl CircuitBreaker {
     }
 
     /// The breaker's name.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced};
+    /// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+    /// assert_eq!(breaker.name(), "payment");
+    /// breaker.force(Some(Forced::Open));
+    /// assert_eq!(&*breaker.try_acquire().unwrap_err().breaker, "payment"); // rejections carry it
+    /// ```
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
     /// The current state. (An open breaker whose wait is over turns half-open on the next call.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, State, Window};
+    /// let clock = flotilla_resilience::Clock::manual();
+    /// let config = BreakerConfig { window: Window::Count { calls: 1 }, minimum_calls: 1, ..BreakerConfig::default() };
+    /// let breaker = CircuitBreaker::with_clock("payment", config, clock.clone()).unwrap();
+    /// breaker.try_acquire().unwrap().record(Outcome::Failure);
+    /// clock.advance(Duration::from_secs(5));
+    /// assert_eq!(breaker.state(), State::Open); // the wait is over, but no call came yet
+    /// let _trial = breaker.try_acquire().unwrap();
+    /// assert_eq!(breaker.state(), State::HalfOpen);
+    /// ```
     pub fn state(&self) -> State {
         self.core().phase.state()
     }
 
     /// The current configuration.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker};
+    /// let breaker = CircuitBreaker::new("payment", BreakerConfig::default()).unwrap();
+    /// assert_eq!(breaker.config(), BreakerConfig::default());
+    /// assert_eq!(breaker.config().minimum_calls, 10);
+    /// ```
     pub fn config(&self) -> BreakerConfig {
         self.core().config.clone()
     }
@@ -310,6 +455,23 @@ impl CircuitBreaker {
     }
 
     /// Asks to make a call: a [`Permit`] to report the outcome on, or [`CircuitOpen`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, State, Window};
+    /// let clock = flotilla_resilience::Clock::manual();
+    /// let config = BreakerConfig {
+    ///     window: Window::Count { calls: 1 }, minimum_calls: 1, half_open_permits: 1, success_threshold: 1,
+    ///     ..BreakerConfig::default()
+    /// };
+    /// let breaker = CircuitBreaker::with_clock("payment", config, clock.clone()).unwrap();
+    /// breaker.try_acquire().unwrap().record(Outcome::Failure); // opens
+    /// clock.advance(Duration::from_secs(5));
+    /// let trial = breaker.try_acquire().unwrap();
+    /// assert_eq!(breaker.try_acquire().unwrap_err().retry_after, Duration::ZERO); // the one trial place is taken
+    /// trial.record(Outcome::Success);
+    /// assert_eq!(breaker.state(), State::Closed);
+    /// ```
     pub fn try_acquire(&self) -> Result<Permit, CircuitOpen> {
         let inner = &self.inner;
         if inner.closed.load(Acquire) {
@@ -543,6 +705,21 @@ pub struct Permit {
 
 impl Permit {
     /// Reports the outcome; the call's duration is measured from the permit's issue.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, State, Window};
+    /// let clock = flotilla_resilience::Clock::manual();
+    /// let config = BreakerConfig {
+    ///     window: Window::Count { calls: 1 }, minimum_calls: 1, slow_call_duration_ms: 100,
+    ///     ..BreakerConfig::default()
+    /// };
+    /// let breaker = CircuitBreaker::with_clock("payment", config, clock.clone()).unwrap();
+    /// let permit = breaker.try_acquire().unwrap();
+    /// clock.advance(Duration::from_millis(150)); // the call takes 150 ms
+    /// permit.record(Outcome::Success);
+    /// assert_eq!(breaker.state(), State::Open); // a success, but slow: 100 % slow calls
+    /// ```
     pub fn record(mut self, outcome: Outcome) {
         let now = self.breaker.inner.clock.now();
         self.reported = true;
@@ -551,6 +728,17 @@ impl Permit {
     }
 
     /// Reports the outcome with a duration measured elsewhere.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, State, Window};
+    /// let config = BreakerConfig { window: Window::Count { calls: 2 }, minimum_calls: 2, ..BreakerConfig::default() };
+    /// let breaker = CircuitBreaker::new("payment", config).unwrap();
+    /// for _ in 0..2 {
+    ///     breaker.try_acquire().unwrap().record_with_duration(Outcome::Success, Duration::from_secs(3));
+    /// }
+    /// assert_eq!(breaker.state(), State::Open); // every call slower than the 2 s default
+    /// ```
     pub fn record_with_duration(mut self, outcome: Outcome, took: Duration) {
         self.reported = true;
         let now = self.breaker.inner.clock.now();
@@ -558,6 +746,19 @@ impl Permit {
     }
 
     /// Whether this is a half-open trial call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, Window};
+    /// let clock = flotilla_resilience::Clock::manual();
+    /// let config = BreakerConfig { window: Window::Count { calls: 1 }, minimum_calls: 1, ..BreakerConfig::default() };
+    /// let breaker = CircuitBreaker::with_clock("payment", config, clock.clone()).unwrap();
+    /// let permit = breaker.try_acquire().unwrap();
+    /// assert!(!permit.is_trial());
+    /// permit.record(Outcome::Failure); // opens
+    /// clock.advance(Duration::from_secs(5));
+    /// assert!(breaker.try_acquire().unwrap().is_trial());
+    /// ```
     pub fn is_trial(&self) -> bool {
         self.trial
     }
