@@ -1,0 +1,488 @@
+//! The SQL of the store, written once for both databases where it can be (`$n` parameters work in
+//! both) and apart where they differ: how a transaction starts and how positions are assigned.
+
+use serde_json::{Map, Value};
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{Postgres, Sqlite};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::event::{from_micros, micros};
+use crate::{Error, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Upcasters, category};
+
+/// A connection pool of either database.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A transaction of either database.
+#[derive(Debug)]
+pub(crate) enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// Runs `$body` with `$p` bound to the pool, whichever database it is.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            Pool::Sqlite($p) => $body,
+            Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$c` bound to the transaction's connection, whichever database it is.
+macro_rules! on_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            Tx::Sqlite(tx) => {
+                let $c = &mut **tx;
+                $body
+            }
+            Tx::Postgres(tx) => {
+                let $c = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+/// `SELECT <columns> FROM eventstore_events <rest>`, as one static string.
+macro_rules! select_events {
+    ($rest:literal) => {
+        concat!(
+            "SELECT position, stream_id, version, event_id, event_type, schema_version, data, \
+             metadata, causation_id, correlation_id, recorded_at FROM eventstore_events ",
+            $rest
+        )
+    };
+}
+
+/// An event row as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EventRow {
+    position: i64,
+    stream_id: String,
+    version: i64,
+    event_id: String,
+    event_type: String,
+    schema_version: i32,
+    data: String,
+    metadata: String,
+    causation_id: Option<String>,
+    correlation_id: Option<String>,
+    recorded_at: i64,
+}
+
+impl EventRow {
+    /// The recorded event, its payload brought to the current schema.
+    pub(crate) fn into_recorded(self, upcasters: &Upcasters) -> Result<RecordedEvent, Error> {
+        let position = to_u64(self.position);
+        let stored_version = u32::try_from(self.schema_version).unwrap_or(0);
+        let fail = |reason: String| Error::Decode {
+            position,
+            event_type: self.event_type.clone(),
+            schema_version: stored_version,
+            reason,
+        };
+        let data: Value =
+            serde_json::from_str(&self.data).map_err(|e| fail(format!("payload: {e}")))?;
+        let extra: Map<String, Value> =
+            serde_json::from_str(&self.metadata).map_err(|e| fail(format!("metadata: {e}")))?;
+        let id = Uuid::parse_str(&self.event_id).map_err(|e| fail(format!("id: {e}")))?;
+        let (schema_version, data) = upcasters
+            .upcast(&self.event_type, stored_version, data)
+            .map_err(fail)?;
+        Ok(RecordedEvent {
+            position,
+            stream_id: self.stream_id,
+            version: to_u64(self.version),
+            id,
+            event_type: self.event_type,
+            schema_version,
+            data,
+            metadata: Metadata {
+                causation_id: self.causation_id,
+                correlation_id: self.correlation_id,
+                extra,
+            },
+            recorded_at: from_micros(self.recorded_at),
+        })
+    }
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Starts a transaction that can write. SQLite takes its write lock at once (`IMMEDIATE`), so
+/// that two appends never both read a version and then fail to upgrade their locks.
+pub(crate) async fn begin(pool: &Pool) -> Result<Tx, Error> {
+    Ok(match pool {
+        Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+    })
+}
+
+pub(crate) async fn commit(tx: Tx) -> Result<(), Error> {
+    match tx {
+        Tx::Sqlite(tx) => tx.commit().await?,
+        Tx::Postgres(tx) => tx.commit().await?,
+    }
+    Ok(())
+}
+
+/// Appends a batch in the transaction: takes the positions, checks the stream's version, writes.
+pub(crate) async fn append(
+    tx: &mut Tx,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<Vec<RecordedEvent>, Error> {
+    let count = events.len() as u64;
+    // Positions first: on PostgreSQL this locks the head row until commit, which serialises
+    // appends and keeps positions in commit order.
+    let first_position = if count == 0 {
+        0
+    } else {
+        match tx {
+            Tx::Sqlite(tx) => {
+                let last: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM eventstore_events")
+                        .fetch_one(&mut **tx)
+                        .await?;
+                to_u64(last) + 1
+            }
+            Tx::Postgres(tx) => {
+                let last: i64 = sqlx::query_scalar(
+                    "UPDATE eventstore_head SET position = position + $1 WHERE id = 1 RETURNING position",
+                )
+                .bind(to_i64(count))
+                .fetch_one(&mut **tx)
+                .await?;
+                to_u64(last) + 1 - count
+            }
+        }
+    };
+    let actual: i64 = on_tx!(tx, |c| {
+        sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) FROM eventstore_events WHERE stream_id = $1",
+        )
+        .bind(stream)
+        .fetch_one(&mut *c)
+        .await?
+    });
+    let actual = to_u64(actual);
+    if !expected.admits(actual) {
+        return Err(Error::Conflict {
+            stream: stream.to_owned(),
+            expected,
+            actual,
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    let recorded_at = micros(now);
+    // The stored instant, so that what the caller gets back equals what a reader will get.
+    let now = from_micros(recorded_at);
+    let category = category(stream);
+    let mut recorded = Vec::with_capacity(events.len());
+    for (offset, event) in (0u64..).zip(events) {
+        let position = first_position + offset;
+        let version = actual + 1 + offset;
+        let data = serde_json::to_string(&event.data).map_err(|e| Error::Encode(e.to_string()))?;
+        let extra = serde_json::to_string(&event.metadata.extra)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        let schema_version = i32::try_from(event.schema_version)
+            .map_err(|_| Error::Encode("schema version out of range".into()))?;
+        let inserted = on_tx!(tx, |c| {
+            sqlx::query(
+                "INSERT INTO eventstore_events (position, event_id, stream_id, category, version, \
+                 event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(to_i64(position))
+            .bind(event.id.to_string())
+            .bind(stream)
+            .bind(category)
+            .bind(to_i64(version))
+            .bind(&event.event_type)
+            .bind(schema_version)
+            .bind(&data)
+            .bind(&extra)
+            .bind(event.metadata.causation_id.as_deref())
+            .bind(event.metadata.correlation_id.as_deref())
+            .bind(recorded_at)
+            .execute(&mut *c)
+            .await
+            .map(|done| done.rows_affected())
+        });
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(if e.message().contains("event_id") {
+                    Error::DuplicateEvent(event.id)
+                } else {
+                    Error::Conflict {
+                        stream: stream.to_owned(),
+                        expected,
+                        actual,
+                    }
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        recorded.push(RecordedEvent {
+            position,
+            stream_id: stream.to_owned(),
+            version,
+            id: event.id,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at: now,
+        });
+    }
+    Ok(recorded)
+}
+
+pub(crate) async fn read_stream(
+    pool: &Pool,
+    stream: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<EventRow>, Error> {
+    let sql =
+        select_events!("WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version");
+    Ok(on_pool!(pool, |p| {
+        sqlx::query_as(sql)
+            .bind(stream)
+            .bind(to_i64(from))
+            .bind(to_i64(to))
+            .fetch_all(p)
+            .await?
+    }))
+}
+
+/// The events of `stream` recorded at or before `at` (microseconds).
+pub(crate) async fn read_stream_until(
+    pool: &Pool,
+    stream: &str,
+    at: i64,
+) -> Result<Vec<EventRow>, Error> {
+    let sql = select_events!("WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version");
+    Ok(on_pool!(pool, |p| {
+        sqlx::query_as(sql)
+            .bind(stream)
+            .bind(at)
+            .fetch_all(p)
+            .await?
+    }))
+}
+
+pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Error> {
+    let version: i64 = on_pool!(pool, |p| {
+        sqlx::query_scalar(
+            "SELECT COALESCE(MAX(version), 0) FROM eventstore_events WHERE stream_id = $1",
+        )
+        .bind(stream)
+        .fetch_one(p)
+        .await?
+    });
+    Ok(to_u64(version))
+}
+
+/// Runs a `select_events!` query of the global log with its arguments bound, on `$executor`.
+macro_rules! global_log_query {
+    ($executor:expr, $after:expr, $limit:expr, $category:expr) => {
+        match $category {
+            None => {
+                sqlx::query_as(select_events!(
+                    "WHERE position > $1 ORDER BY position LIMIT $2"
+                ))
+                .bind($after)
+                .bind($limit)
+                .fetch_all($executor)
+                .await?
+            }
+            Some(category) => {
+                sqlx::query_as(select_events!(
+                    "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3"
+                ))
+                .bind(category)
+                .bind($after)
+                .bind($limit)
+                .fetch_all($executor)
+                .await?
+            }
+        }
+    };
+}
+
+pub(crate) async fn read_all(
+    pool: &Pool,
+    after: u64,
+    limit: usize,
+    category: Option<&str>,
+) -> Result<Vec<EventRow>, Error> {
+    let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
+    Ok(on_pool!(pool, |p| global_log_query!(
+        p, after, limit, category
+    )))
+}
+
+/// [`read_all`] within a transaction (a rebuild reads what it writes beside).
+pub(crate) async fn read_all_in(
+    tx: &mut Tx,
+    after: u64,
+    limit: usize,
+    category: Option<&str>,
+) -> Result<Vec<EventRow>, Error> {
+    let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
+    Ok(on_tx!(tx, |c| global_log_query!(
+        &mut *c, after, limit, category
+    )))
+}
+
+pub(crate) async fn head(pool: &Pool) -> Result<u64, Error> {
+    let head: i64 = on_pool!(pool, |p| {
+        sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM eventstore_events")
+            .fetch_one(p)
+            .await?
+    });
+    Ok(to_u64(head))
+}
+
+pub(crate) async fn category_head(pool: &Pool, category: &str) -> Result<u64, Error> {
+    let head: i64 = on_pool!(pool, |p| {
+        sqlx::query_scalar(
+            "SELECT COALESCE(MAX(position), 0) FROM eventstore_events WHERE category = $1",
+        )
+        .bind(category)
+        .fetch_one(p)
+        .await?
+    });
+    Ok(to_u64(head))
+}
+
+/// A snapshot row: `(version, state_version, state)`.
+pub(crate) async fn snapshot(
+    pool: &Pool,
+    stream: &str,
+) -> Result<Option<(u64, u32, String)>, Error> {
+    let row: Option<(i64, i32, String)> = on_pool!(pool, |p| {
+        sqlx::query_as(
+            "SELECT version, state_version, state FROM eventstore_snapshots WHERE stream_id = $1",
+        )
+        .bind(stream)
+        .fetch_optional(p)
+        .await?
+    });
+    Ok(row.map(|(version, state_version, state)| {
+        (
+            to_u64(version),
+            u32::try_from(state_version).unwrap_or(0),
+            state,
+        )
+    }))
+}
+
+pub(crate) async fn save_snapshot(
+    tx: &mut Tx,
+    stream: &str,
+    version: u64,
+    state_version: u32,
+    state: &str,
+) -> Result<(), Error> {
+    let state_version = i32::try_from(state_version)
+        .map_err(|_| Error::Encode("state version out of range".into()))?;
+    let now = micros(OffsetDateTime::now_utc());
+    on_tx!(tx, |c| {
+        sqlx::query(
+            "INSERT INTO eventstore_snapshots (stream_id, version, state_version, state, taken_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+             state_version = excluded.state_version, state = excluded.state, taken_at = excluded.taken_at",
+        )
+        .bind(stream)
+        .bind(to_i64(version))
+        .bind(state_version)
+        .bind(state)
+        .bind(now)
+        .execute(&mut *c)
+        .await?
+        .rows_affected()
+    });
+    Ok(())
+}
+
+pub(crate) async fn checkpoint(pool: &Pool, name: &str) -> Result<u64, Error> {
+    let position: Option<i64> = on_pool!(pool, |p| {
+        sqlx::query_scalar("SELECT position FROM eventstore_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(p)
+            .await?
+    });
+    Ok(position.map_or(0, to_u64))
+}
+
+/// Moves a checkpoint from `from` to `to`; false if it was not at `from` (another writer moved
+/// it, a rebuild say).
+pub(crate) async fn move_checkpoint(
+    tx: &mut Tx,
+    name: &str,
+    from: u64,
+    to: u64,
+) -> Result<bool, Error> {
+    let now = micros(OffsetDateTime::now_utc());
+    let moved = on_tx!(tx, |c| {
+        if from == 0 {
+            sqlx::query(
+                "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(now)
+            .execute(&mut *c)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE eventstore_checkpoints SET position = $1, updated_at = $2 \
+             WHERE name = $3 AND position = $4",
+        )
+        .bind(to_i64(to))
+        .bind(now)
+        .bind(name)
+        .bind(to_i64(from))
+        .execute(&mut *c)
+        .await?
+        .rows_affected()
+    });
+    Ok(moved == 1)
+}
+
+/// Sets a checkpoint whatever it was (a rebuild).
+pub(crate) async fn set_checkpoint(tx: &mut Tx, name: &str, to: u64) -> Result<(), Error> {
+    let now = micros(OffsetDateTime::now_utc());
+    on_tx!(tx, |c| {
+        sqlx::query(
+            "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(to_i64(to))
+        .bind(now)
+        .execute(&mut *c)
+        .await?
+        .rows_affected()
+    });
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Projections: read models kept up to date from the global log.
+//!
+//! A [`Projection`] turns events into rows of its own tables. A [`Projector`] feeds it: it reads
+//! the events after the projection's checkpoint, applies a batch and moves the checkpoint **in
+//! the same transaction**, so a crash never applies an event twice or skips one. A rebuild
+//! ([`Projector::rebuild`]) empties the tables and replays the whole log in one transaction;
+//! a running projector notices that its checkpoint moved under it and carries on from there.
+//!
+//! Metrics, labelled `projection`: `eventstore_projection_position` (the checkpoint) and
+//! `eventstore_projection_lag_events` (events of its category not yet applied).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, EventStore, RecordedEvent, StoreTx, backend};
+
+/// Events applied per transaction.
+const BATCH: usize = 500;
+
+/// A read model fed by the global log.
+pub trait Projection: Send + Sync {
+    /// A stable name: the checkpoint's key.
+    fn name(&self) -> &str;
+
+    /// The only category it reads (`None`: every event).
+    fn category(&self) -> Option<&str> {
+        None
+    }
+
+    /// Applies one event to the read model, within `tx`.
+    fn apply(
+        &self,
+        tx: &mut StoreTx,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Empties the read model (before a rebuild), within `tx`.
+    fn reset(&self, tx: &mut StoreTx) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Runs a projection against a store.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use flotilla_eventstore::{Error, EventStore, ExpectedVersion, NewEvent, Options, Projection, Projector, RecordedEvent, StoreTx};
+///
+/// /// Counts events per type, in a table of its own.
+/// struct Counts;
+/// impl Projection for Counts {
+///     fn name(&self) -> &str { "counts" }
+///     async fn apply(&self, tx: &mut StoreTx, event: &RecordedEvent) -> Result<(), Error> {
+///         sqlx::query("INSERT INTO counts (event_type, n) VALUES ($1, 1)
+///                      ON CONFLICT (event_type) DO UPDATE SET n = n + 1")
+///             .bind(&event.event_type).execute(tx.sqlite().unwrap()).await?;
+///         Ok(())
+///     }
+///     async fn reset(&self, tx: &mut StoreTx) -> Result<(), Error> {
+///         sqlx::query("DELETE FROM counts").execute(tx.sqlite().unwrap()).await?;
+///         Ok(())
+///     }
+/// }
+///
+/// let store = EventStore::connect("sqlite::memory:", Options::default()).await.unwrap();
+/// let pool = store.sqlite_pool().unwrap().clone();
+/// sqlx::query("CREATE TABLE counts (event_type TEXT PRIMARY KEY, n INTEGER)").execute(&pool).await.unwrap();
+/// for _ in 0..3 {
+///     store.append("light-1", ExpectedVersion::Any, vec![NewEvent::new("On", serde_json::json!({}))]).await.unwrap();
+/// }
+/// let projector = Projector::new(store.clone(), Counts);
+/// assert_eq!(projector.catch_up().await.unwrap(), 3);
+/// assert_eq!(projector.checkpoint().await.unwrap(), 3);
+/// assert_eq!(projector.rebuild().await.unwrap(), 3); // same rows, from zero
+/// let n: i64 = sqlx::query_scalar("SELECT n FROM counts").fetch_one(&pool).await.unwrap();
+/// assert_eq!(n, 3);
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct Projector<P> {
+    store: EventStore,
+    projection: P,
+}
+
+impl<P: Projection> Projector<P> {
+    /// A projector of `projection` over `store`.
+    pub fn new(store: EventStore, projection: P) -> Self {
+        Self { store, projection }
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// The position up to which the projection has applied the log.
+    pub async fn checkpoint(&self) -> Result<u64, Error> {
+        backend::checkpoint(&self.store.inner.pool, self.projection.name()).await
+    }
+
+    /// Events of the projection's category not applied yet.
+    pub async fn lag(&self) -> Result<u64, Error> {
+        let head = self.store.head(self.projection.category()).await?;
+        Ok(head.saturating_sub(self.checkpoint().await?))
+    }
+
+    /// Applies everything stored after the checkpoint; returns the number of events applied.
+    pub async fn catch_up(&self) -> Result<u64, Error> {
+        let name = self.projection.name();
+        let mut applied = 0;
+        loop {
+            let from = self.checkpoint().await?;
+            let events = self
+                .store
+                .read_all(from, BATCH, self.projection.category())
+                .await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                self.report(from, 0);
+                return Ok(applied);
+            };
+            let mut tx = self.store.begin().await?;
+            for event in &events {
+                self.projection.apply(&mut tx, event).await?;
+            }
+            if backend::move_checkpoint(&mut tx.tx, name, from, last).await? {
+                tx.commit().await?;
+                applied += events.len() as u64;
+                let lag = self.lag().await.unwrap_or(0);
+                self.report(last, lag);
+            } else {
+                // Moved under us (a rebuild): drop this batch and start from where it is now.
+                tracing::info!(
+                    projection = name,
+                    "checkpoint moved by another writer; reloading"
+                );
+            }
+        }
+    }
+
+    /// Empties the read model and replays the whole log into it, in one transaction; returns
+    /// the number of events applied. Readers see the old rows until it commits.
+    pub async fn rebuild(&self) -> Result<u64, Error> {
+        let name = self.projection.name();
+        let mut tx = self.store.begin().await?;
+        self.projection.reset(&mut tx).await?;
+        let mut position = 0;
+        let mut applied = 0;
+        loop {
+            let events = tx
+                .read_all(position, BATCH, self.projection.category())
+                .await?;
+            let Some(last) = events.last().map(|e| e.position) else {
+                break;
+            };
+            for event in &events {
+                self.projection.apply(&mut tx, event).await?;
+            }
+            applied += events.len() as u64;
+            position = last;
+        }
+        backend::set_checkpoint(&mut tx.tx, name, position).await?;
+        tx.commit().await?;
+        tracing::info!(projection = name, events = applied, "rebuilt");
+        self.report(position, self.lag().await.unwrap_or(0));
+        Ok(applied)
+    }
+
+    /// Keeps the projection up to date until `shutdown`: catches up, then applies new events
+    /// as they are committed. Errors are logged and retried after a pause.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut head = self.store.watch_head();
+        let poll = self.store.options().poll_interval;
+        loop {
+            head.borrow_and_update();
+            let pause = match self.catch_up().await {
+                Ok(_) => poll,
+                Err(error) => {
+                    tracing::warn!(projection = self.projection.name(), %error, "projection failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = head.changed() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    fn report(&self, position: u64, lag: u64) {
+        let name = self.projection.name().to_owned();
+        metrics::gauge!("eventstore_projection_position", "projection" => name.clone())
+            .set(position as f64);
+        metrics::gauge!("eventstore_projection_lag_events", "projection" => name).set(lag as f64);
+    }
+}
