@@ -41,8 +41,8 @@
 //! # });
 //! ```
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -116,7 +116,7 @@ pub fn stream_of<A: Aggregate>(id: &str) -> String {
 
 /// The typed event of a recorded one.
 pub fn decode<A: Aggregate>(event: &RecordedEvent) -> Result<A::Event, Error> {
-    serde_json::from_value(event.data.clone()).map_err(|e| Error::Decode {
+    A::Event::deserialize(&event.data).map_err(|e| Error::Decode {
         position: event.position,
         event_type: event.event_type.clone(),
         schema_version: event.schema_version,
@@ -142,18 +142,20 @@ pub fn encode<A: Aggregate>(event: &A::Event, metadata: &Metadata) -> Result<New
         .with_metadata(metadata.clone()))
 }
 
-fn fold<A: Aggregate>(state: &mut A, events: &[RecordedEvent]) -> Result<(), Error> {
-    for event in events {
-        let typed = decode::<A>(event)?;
-        state.apply(
-            &typed,
-            &EventContext {
-                version: event.version,
-                recorded_at: event.recorded_at,
-            },
-        );
+/// Folds stored rows into `state`; the version of the last one (or `from` if none).
+fn fold<A: Aggregate>(
+    state: &mut A,
+    rows: Vec<backend::EventRow>,
+    upcasters: &crate::Upcasters,
+    from: u64,
+) -> Result<u64, Error> {
+    let mut version = from;
+    for row in rows {
+        let (event, context) = row.into_typed::<A::Event>(upcasters)?;
+        state.apply(&event, &context);
+        version = context.version;
     }
-    Ok(())
+    Ok(version)
 }
 
 impl EventStore {
@@ -172,9 +174,8 @@ impl EventStore {
             }
             _ => (A::default(), 0),
         };
-        let tail = self.read_stream(&stream, from + 1).await?;
-        fold(&mut state, &tail)?;
-        let version = tail.last().map_or(from, |e| e.version);
+        let tail = backend::read_stream(&self.inner.pool, &stream, from + 1, u64::MAX).await?;
+        let version = fold(&mut state, tail, &self.inner.options.upcasters, from)?;
         Ok(Loaded {
             id: id.to_owned(),
             state,
@@ -185,13 +186,13 @@ impl EventStore {
     /// Loads aggregate `id` by replaying its whole stream, ignoring snapshots (for checks and
     /// benchmarks: it must equal [`EventStore::load`]).
     pub async fn replay<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, Error> {
-        let events = self.read_stream(&stream_of::<A>(id), 1).await?;
+        let rows = backend::read_stream(&self.inner.pool, &stream_of::<A>(id), 1, u64::MAX).await?;
         let mut state = A::default();
-        fold(&mut state, &events)?;
+        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
         Ok(Loaded {
             id: id.to_owned(),
             state,
-            version: events.last().map_or(0, |e| e.version),
+            version,
         })
     }
 
@@ -202,21 +203,17 @@ impl EventStore {
         as_of: AsOf,
     ) -> Result<Option<Loaded<A>>, Error> {
         let stream = stream_of::<A>(id);
-        let events = match as_of {
+        let pool = &self.inner.pool;
+        let rows = match as_of {
             AsOf::Version(0) => Vec::new(),
-            AsOf::Version(version) => self.read_stream_range(&stream, 1, version).await?,
-            AsOf::Time(at) => {
-                let rows =
-                    backend::read_stream_until(&self.inner.pool, &stream, micros(at)).await?;
-                self.decode(rows)?
-            }
+            AsOf::Version(version) => backend::read_stream(pool, &stream, 1, version).await?,
+            AsOf::Time(at) => backend::read_stream_until(pool, &stream, micros(at)).await?,
         };
-        let Some(last) = events.last() else {
+        if rows.is_empty() {
             return Ok(None);
-        };
-        let version = last.version;
+        }
         let mut state = A::default();
-        fold(&mut state, &events)?;
+        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
         Ok(Some(Loaded {
             id: id.to_owned(),
             state,

@@ -115,6 +115,40 @@ impl EventRow {
     }
 }
 
+impl EventRow {
+    /// The typed event of this row and where it sits, decoded straight from the stored text
+    /// when no upcaster applies (the common case: no intermediate JSON value).
+    pub(crate) fn into_typed<T: serde::de::DeserializeOwned>(
+        self,
+        upcasters: &Upcasters,
+    ) -> Result<(T, crate::EventContext), Error> {
+        let stored_version = u32::try_from(self.schema_version).unwrap_or(0);
+        let context = crate::EventContext {
+            version: to_u64(self.version),
+            recorded_at: from_micros(self.recorded_at),
+        };
+        if !upcasters.applies(&self.event_type, stored_version) {
+            return match serde_json::from_str(&self.data) {
+                Ok(typed) => Ok((typed, context)),
+                Err(e) => Err(Error::Decode {
+                    position: to_u64(self.position),
+                    event_type: self.event_type,
+                    schema_version: stored_version,
+                    reason: e.to_string(),
+                }),
+            };
+        }
+        let recorded = self.into_recorded(upcasters)?;
+        let typed = serde_json::from_value(recorded.data).map_err(|e| Error::Decode {
+            position: recorded.position,
+            event_type: recorded.event_type,
+            schema_version: recorded.schema_version,
+            reason: e.to_string(),
+        })?;
+        Ok((typed, context))
+    }
+}
+
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
@@ -193,42 +227,54 @@ pub(crate) async fn append(
     // The stored instant, so that what the caller gets back equals what a reader will get.
     let now = from_micros(recorded_at);
     let category = category(stream);
-    let mut recorded = Vec::with_capacity(events.len());
-    for (offset, event) in (0u64..).zip(events) {
-        let position = first_position + offset;
-        let version = actual + 1 + offset;
-        let data = serde_json::to_string(&event.data).map_err(|e| Error::Encode(e.to_string()))?;
-        let extra = serde_json::to_string(&event.metadata.extra)
-            .map_err(|e| Error::Encode(e.to_string()))?;
-        let schema_version = i32::try_from(event.schema_version)
-            .map_err(|_| Error::Encode("schema version out of range".into()))?;
+    let mut rows = Vec::with_capacity(events.len());
+    for (offset, event) in (0u64..).zip(&events) {
+        rows.push(Row {
+            position: to_i64(first_position + offset),
+            event_id: event.id.to_string(),
+            version: to_i64(actual + 1 + offset),
+            event_type: &event.event_type,
+            schema_version: i32::try_from(event.schema_version)
+                .map_err(|_| Error::Encode("schema version out of range".into()))?,
+            data: serde_json::to_string(&event.data).map_err(|e| Error::Encode(e.to_string()))?,
+            metadata: serde_json::to_string(&event.metadata.extra)
+                .map_err(|e| Error::Encode(e.to_string()))?,
+            causation_id: event.metadata.causation_id.as_deref(),
+            correlation_id: event.metadata.correlation_id.as_deref(),
+        });
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
         let inserted = on_tx!(tx, |c| {
-            sqlx::query(
+            let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO eventstore_events (position, event_id, stream_id, category, version, \
-                 event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(to_i64(position))
-            .bind(event.id.to_string())
-            .bind(stream)
-            .bind(category)
-            .bind(to_i64(version))
-            .bind(&event.event_type)
-            .bind(schema_version)
-            .bind(&data)
-            .bind(&extra)
-            .bind(event.metadata.causation_id.as_deref())
-            .bind(event.metadata.correlation_id.as_deref())
-            .bind(recorded_at)
-            .execute(&mut *c)
-            .await
-            .map(|done| done.rows_affected())
+                 event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) ",
+            );
+            insert.push_values(chunk, |mut values, row| {
+                values
+                    .push_bind(row.position)
+                    .push_bind(row.event_id.as_str())
+                    .push_bind(stream)
+                    .push_bind(category)
+                    .push_bind(row.version)
+                    .push_bind(row.event_type.as_str())
+                    .push_bind(row.schema_version)
+                    .push_bind(row.data.as_str())
+                    .push_bind(row.metadata.as_str())
+                    .push_bind(row.causation_id)
+                    .push_bind(row.correlation_id)
+                    .push_bind(recorded_at);
+            });
+            insert
+                .build()
+                .execute(&mut *c)
+                .await
+                .map(|done| done.rows_affected())
         });
         match inserted {
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(if e.message().contains("event_id") {
-                    Error::DuplicateEvent(event.id)
+                    Error::DuplicateEvent(duplicate(tx, &events, e.as_ref()).await)
                 } else {
                     Error::Conflict {
                         stream: stream.to_owned(),
@@ -239,19 +285,79 @@ pub(crate) async fn append(
             }
             Err(e) => return Err(e.into()),
         }
-        recorded.push(RecordedEvent {
-            position,
+    }
+    drop(rows);
+    let recorded = events
+        .into_iter()
+        .zip(0u64..)
+        .map(|(event, offset)| RecordedEvent {
+            position: first_position + offset,
             stream_id: stream.to_owned(),
-            version,
+            version: actual + 1 + offset,
             id: event.id,
             event_type: event.event_type,
             schema_version: event.schema_version,
             data: event.data,
             metadata: event.metadata,
             recorded_at: now,
-        });
-    }
+        })
+        .collect();
     Ok(recorded)
+}
+
+/// Rows per `INSERT` statement: 12 parameters each, well under SQLite's 32,766 and
+/// PostgreSQL's 65,535 parameters per statement.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// An event encoded for its row.
+struct Row<'a> {
+    position: i64,
+    event_id: String,
+    version: i64,
+    event_type: &'a String,
+    schema_version: i32,
+    data: String,
+    metadata: String,
+    causation_id: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+}
+
+/// Which event of a batch already has its id stored (or repeats an earlier one of the batch).
+async fn duplicate(
+    tx: &mut Tx,
+    events: &[NewEvent],
+    error: &dyn sqlx::error::DatabaseError,
+) -> Uuid {
+    let first = events.first().map_or(Uuid::nil(), |e| e.id);
+    let mut seen = std::collections::HashSet::new();
+    if let Some(repeated) = events.iter().find(|e| !seen.insert(e.id)) {
+        return repeated.id;
+    }
+    match tx {
+        // PostgreSQL names the key in the error's detail (and the transaction is now aborted).
+        Tx::Postgres(_) => error
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .and_then(|e| e.detail())
+            .and_then(|detail| events.iter().find(|e| detail.contains(&e.id.to_string())))
+            .map_or(first, |e| e.id),
+        // SQLite rolled back only the statement: ask.
+        Tx::Sqlite(tx) => {
+            for event in events {
+                let stored: Option<i64> = sqlx::query_scalar(
+                    "SELECT position FROM eventstore_events WHERE event_id = $1",
+                )
+                .bind(event.id.to_string())
+                .fetch_optional(&mut **tx)
+                .await
+                .ok()
+                .flatten();
+                if stored.is_some() {
+                    return event.id;
+                }
+            }
+            first
+        }
+    }
 }
 
 pub(crate) async fn read_stream(

@@ -68,6 +68,18 @@ impl Upcasters {
         self
     }
 
+    /// Whether an event of `event_type` at schema `version` would be changed by a read.
+    ///
+    /// ```
+    /// use flotilla_eventstore::Upcasters;
+    /// let upcasters = Upcasters::default().with("Deposited", 1, Ok);
+    /// assert!(upcasters.applies("Deposited", 1));
+    /// assert!(!upcasters.applies("Deposited", 2));
+    /// ```
+    pub fn applies(&self, event_type: &str, version: u32) -> bool {
+        !self.steps.is_empty() && self.steps.contains_key(&(event_type.to_owned(), version))
+    }
+
     /// Brings `data` of `event_type` from schema `version` to the newest one there is an
     /// upcaster chain to: `(new version, new data)`.
     pub fn upcast(
