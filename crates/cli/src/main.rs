@@ -2,7 +2,8 @@
 //!
 //! * `flotilla` or `flotilla up`: the supervisor runs the whole system ([`supervisor`]);
 //! * `flotilla run ROLE`: one component (registry, gateway, order, payment, inventory, shipping);
-//! * `flotilla status`: the instances the registry knows.
+//! * `flotilla status`: the instances the registry knows;
+//! * `flotilla projections rebuild order`: rebuilds the order's read models from its events.
 
 mod supervisor;
 
@@ -30,6 +31,37 @@ enum Command {
     Run(RunOptions),
     /// List the instances the registry knows.
     Status(StatusOptions),
+    /// Manage the read models kept from event stores.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsAction {
+    /// Empty a service's read models and replay its whole event log into them, in one
+    /// transaction (safe while the service runs: readers see the old rows until it commits).
+    Rebuild(RebuildOptions),
+}
+
+/// The services whose read models are projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Projected {
+    /// The order service: `order_summaries` and `revenue_per_day`.
+    Order,
+}
+
+#[derive(Debug, clap::Args)]
+struct RebuildOptions {
+    /// The service.
+    service: Projected,
+    /// Directory of the embedded databases.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Settings file (TOML); `FLOTILLA_*` variables and flags override it.
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// The components `flotilla run` can start.
@@ -129,6 +161,9 @@ fn main() -> std::process::ExitCode {
             Command::Up(options) => supervisor::up(options).await,
             Command::Run(options) => run(options).await,
             Command::Status(options) => status(options).await,
+            Command::Projections {
+                action: ProjectionsAction::Rebuild(options),
+            } => rebuild(options).await,
         }
     });
     // A blocking read of standard input (the supervised child's watch on its parent) cannot be
@@ -168,6 +203,31 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     result.with_context(|| format!("{} failed", role.name()))?;
     tracing::info!(role = role.name(), "stopped");
+    Ok(())
+}
+
+async fn rebuild(options: RebuildOptions) -> anyhow::Result<()> {
+    let flags = Flags {
+        listen: None,
+        registry_url: None,
+        data_dir: options.data_dir,
+    };
+    let settings = Settings::load(options.config.as_deref(), flags)?;
+    let Projected::Order = options.service;
+    let path = settings.database_path(flotilla_order::SERVICE);
+    anyhow::ensure!(
+        path.exists(),
+        "no order database at {} (give --data-dir)",
+        path.display()
+    );
+    let started = std::time::Instant::now();
+    let rebuilt = flotilla_order::rebuild_projections(&settings)
+        .await
+        .with_context(|| format!("cannot rebuild the read models of {}", path.display()))?;
+    for (projection, events) in rebuilt {
+        println!("{projection}: rebuilt from {events} events");
+    }
+    println!("done in {} ms", started.elapsed().as_millis());
     Ok(())
 }
 

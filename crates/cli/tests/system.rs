@@ -181,6 +181,20 @@ impl System {
             .unwrap_or_default()
     }
 
+    /// The text `path` of the first instance of `service` answers (direct, not via the gateway).
+    async fn get_from(&self, service: &str, path: &str) -> String {
+        let instances = self.instances(service).await;
+        let address = instances
+            .first()
+            .and_then(|i| i["address"].as_str())
+            .unwrap_or_else(|| panic!("an instance of {service}"))
+            .to_owned();
+        let answer = self
+            .call(Method::GET, &format!("http://{address}{path}"), &[], None)
+            .await;
+        answer.body.as_str().map(str::to_owned).unwrap_or_default()
+    }
+
     async fn count_orders(&self) -> i64 {
         let url = format!(
             "sqlite://{}?mode=ro",
@@ -189,10 +203,13 @@ impl System {
         let pool = sqlx::SqlitePool::connect(&url)
             .await
             .expect("order database opens");
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM orders")
-            .fetch_one(&pool)
-            .await
-            .expect("count");
+        // Orders are event-sourced: one `OrderPlaced` per order stored.
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM eventstore_events WHERE event_type = 'OrderPlaced'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("count");
         pool.close().await;
         count
     }
@@ -340,6 +357,64 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
         "{text}"
     );
     assert!(text.contains("gateway_upstream_requests_total"), "{text}");
+
+    // Event sourcing through the gateway: the stream, time travel, and the read models.
+    let events = system.get(&format!("{location}/events")).await;
+    assert_eq!(events.status, StatusCode::OK);
+    assert_eq!(events.body["events"][0]["event_type"], "OrderPlaced");
+    assert_eq!(events.body["events"][0]["schema_version"], 2);
+    let first = system.get(&format!("{location}?version=1")).await;
+    assert_eq!(first.body["version"], 1);
+    assert_eq!(first.body["total_cents"], 3 * price);
+    let beyond = system.get(&format!("{location}?version=2")).await;
+    assert_eq!(beyond.status, StatusCode::NOT_FOUND);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let listed = loop {
+        let list = system.get("/v1/orders?customer_id=alice").await;
+        assert_eq!(list.status, StatusCode::OK);
+        if list.body["orders"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty())
+        {
+            break list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read model caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(listed.body["orders"][0]["order_id"], id.as_str());
+    assert_eq!(listed.body["orders"][0]["status"], "PENDING");
+    // `flotilla projections rebuild order` while the system runs: the same rows after.
+    let rebuild = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["projections", "rebuild", "order", "--data-dir"])
+        .arg(system.data_dir.path())
+        .output()
+        .expect("flotilla projections rebuild runs");
+    let said = String::from_utf8_lossy(&rebuild.stdout);
+    assert!(
+        rebuild.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&rebuild.stderr)
+    );
+    assert!(
+        said.contains("order_summaries: rebuilt from 2 events"),
+        "{said}"
+    );
+    assert!(
+        said.contains("revenue_per_day: rebuilt from 2 events"),
+        "{said}"
+    );
+    let relisted = system.get("/v1/orders?customer_id=alice").await;
+    assert_eq!(relisted.body, listed.body);
+    let revenue = system.get("/v1/orders/revenue").await;
+    assert_eq!(revenue.body["days"][0]["placed_orders"], 2);
+    let metrics = system.get_from("order", "/metrics").await;
+    assert!(
+        metrics.contains("eventstore_projection_lag_events{projection=\"order_summaries\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

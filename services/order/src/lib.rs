@@ -1,19 +1,24 @@
-//! The order service: takes orders, prices them with the inventory's catalog and keeps them.
-//!
-//! This version stores orders as `PENDING`; the saga that completes them and the event-sourced
-//! model (DESIGN.md) arrive in later versions. Its database is `<data_dir>/order.db`.
+//! The order service: takes orders, prices them with the inventory's catalog, and keeps them
+//! **event-sourced** (DESIGN.md): an order's state is a fold of its events in the event store
+//! ([`aggregate`]), and lists and reports come from read models kept by projections
+//! ([`projections`], CQRS). Its database is `<data_dir>/order.db`.
 //!
 //! | method and path | meaning |
 //! | --- | --- |
 //! | `POST /v1/orders` | place an order ([`domain::PlaceOrder`]); 202 with `Location`; honours `Idempotency-Key` |
-//! | `GET /v1/orders/{id}` | the order; 404 if there is none |
+//! | `GET /v1/orders/{id}` | the order; `?version=N` or `?at=RFC3339` for the order as it was (time travel) |
+//! | `GET /v1/orders/{id}/events` | the order's event stream |
+//! | `GET /v1/orders?customer_id=…&status=…&limit=…` | orders from the read model, newest first |
+//! | `GET /v1/orders/revenue?from=YYYY-MM-DD&to=YYYY-MM-DD` | revenue per day from the read model |
 //!
 //! Bad input never stores anything: the body is validated first ([`domain`]), then every SKU
-//! is priced through discovery (an unknown SKU is a 422), and only then is the order written,
-//! in one transaction with its idempotency key.
+//! is priced through discovery (an unknown SKU is a 422), and only then is `OrderPlaced`
+//! appended, in one transaction with the idempotency key.
 
+pub mod aggregate;
 pub mod domain;
-mod store;
+pub mod projections;
+pub mod store;
 
 use std::time::Duration;
 
@@ -24,15 +29,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use flotilla_discovery::Discovery;
-use flotilla_kit::{Json, Problem, Settings};
+use flotilla_eventstore::AsOf;
+use flotilla_kit::{Json, Problem, Query, Settings};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{NewOrder, PlaceOrder};
-pub use crate::store::{Order, OrderLine};
+
+pub use crate::aggregate::{Order, OrderError, OrderEvent, OrderLine, Status};
+pub use crate::store::{Database, OrderView, Summary};
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "order";
@@ -43,8 +53,8 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// What a handler needs.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// The order database.
-    pub pool: SqlitePool,
+    /// The order database and its event store.
+    pub db: Database,
     /// How to reach the inventory.
     pub discovery: Discovery,
 }
@@ -63,8 +73,10 @@ pub struct Accepted {
 /// The service's routes.
 pub fn routes(context: Context) -> Router {
     Router::new()
-        .route("/v1/orders", post(place))
+        .route("/v1/orders", post(place).get(list))
+        .route("/v1/orders/revenue", get(revenue))
         .route("/v1/orders/{id}", get(fetch))
+        .route("/v1/orders/{id}/events", get(events))
         .with_state(context)
 }
 
@@ -78,30 +90,41 @@ async fn place(
         serde_json::to_vec(&request).map_err(|e| Problem::internal(&e))?,
     ));
     if let Some(key) = &key
-        && let Some(order_id) = replay(&context.pool, key, &hash).await?
+        && let Some(order_id) = replay(&context.db.pool, key, &hash).await?
     {
-        return accepted(&context.pool, &order_id).await;
+        return accepted_id(&context.db, &order_id).await;
     }
     let order = request.validate()?;
     let prices = price(&context.discovery, &order).await?;
     let order_id = uuid::Uuid::now_v7().to_string();
-    match store::insert(
-        &context.pool,
+    let lines = order
+        .items
+        .iter()
+        .zip(&prices)
+        .map(|(item, price)| OrderLine {
+            sku: item.sku.clone(),
+            quantity: item.quantity,
+            unit_price_cents: *price,
+        })
+        .collect();
+    match store::place(
+        &context.db.events,
         &order_id,
-        &order,
-        &prices,
+        &order.customer_id,
+        lines,
+        order.ship_to.clone(),
         key.as_deref().map(|k| (k, hash.as_str())),
     )
     .await
     {
-        Ok(store::Inserted::New) => {
+        Ok(store::Placed::New(loaded)) => {
             tracing::info!(%order_id, customer = %order.customer_id, "order placed");
-            accepted(&context.pool, &order_id).await
+            accepted(&loaded)
         }
         // A concurrent request with the same key won the race.
-        Ok(store::Inserted::KeyTaken) => match &key {
-            Some(key) => match replay(&context.pool, key, &hash).await? {
-                Some(order_id) => accepted(&context.pool, &order_id).await,
+        Ok(store::Placed::KeyTaken) => match &key {
+            Some(key) => match replay(&context.db.pool, key, &hash).await? {
+                Some(order_id) => accepted_id(&context.db, &order_id).await,
                 None => Err(Problem::internal(&"idempotency key vanished")),
             },
             None => Err(Problem::internal(&"key conflict without a key")),
@@ -125,17 +148,27 @@ async fn replay(pool: &SqlitePool, key: &str, hash: &str) -> Result<Option<Strin
     }
 }
 
-async fn accepted(pool: &SqlitePool, order_id: &str) -> Result<Response, Problem> {
-    let order = store::find(pool, order_id)
+/// 202 for the order an earlier request with the same key placed.
+async fn accepted_id(db: &Database, order_id: &str) -> Result<Response, Problem> {
+    let loaded = db
+        .events
+        .load::<Order>(order_id)
         .await
-        .map_err(|e| Problem::internal(&e))?
-        .ok_or_else(|| Problem::internal(&"order vanished after insert"))?;
+        .map_err(|e| Problem::internal(&e))?;
+    accepted(&loaded)
+}
+
+fn accepted(loaded: &flotilla_eventstore::Loaded<Order>) -> Result<Response, Problem> {
+    let status = loaded
+        .state
+        .status
+        .ok_or_else(|| Problem::internal(&"order vanished after it was placed"))?;
     let body = Accepted {
-        order_id: order.order_id.clone(),
-        status: order.status.clone(),
-        total_cents: order.total_cents,
+        order_id: loaded.id.clone(),
+        status: status.as_str().to_owned(),
+        total_cents: loaded.state.total_cents,
     };
-    let location = HeaderValue::from_str(&format!("/v1/orders/{order_id}"))
+    let location = HeaderValue::from_str(&format!("/v1/orders/{}", loaded.id))
         .map_err(|e| Problem::internal(&e))?;
     Ok((
         StatusCode::ACCEPTED,
@@ -220,15 +253,202 @@ fn inventory_unavailable(cause: &dyn std::fmt::Display) -> Problem {
     )
 }
 
+/// `?version=N` or `?at=RFC3339`: the order as it was.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AsOfQuery {
+    version: Option<u64>,
+    at: Option<String>,
+}
+
 async fn fetch(
     State(context): State<Context>,
     Path(id): Path<String>,
-) -> Result<axum::Json<Order>, Problem> {
-    store::find(&context.pool, &id)
-        .await
-        .map_err(|e| Problem::internal(&e))?
+    Query(query): Query<AsOfQuery>,
+) -> Result<axum::Json<OrderView>, Problem> {
+    let events = &context.db.events;
+    let internal = |e: flotilla_eventstore::Error| Problem::internal(&e);
+    let loaded = match (query.version, query.at) {
+        (Some(_), Some(_)) => {
+            return Err(Problem::bad_request(
+                "invalid-query",
+                "give `version` or `at`, not both",
+            ));
+        }
+        (None, None) => Some(events.load::<Order>(&id).await.map_err(internal)?),
+        (Some(0), None) => {
+            return Err(Problem::bad_request(
+                "invalid-query",
+                "`version` counts events from 1",
+            ));
+        }
+        (Some(version), None) => {
+            let current = events
+                .stream_version(&flotilla_eventstore::aggregate::stream_of::<Order>(&id))
+                .await
+                .map_err(internal)?;
+            if current == 0 {
+                return Err(Problem::not_found(format!("no order `{id}`")));
+            }
+            if version > current {
+                return Err(Problem::not_found(format!(
+                    "order `{id}` has {current} events; there is no version {version}"
+                ))
+                .with("current_version", current));
+            }
+            events
+                .load_as_of::<Order>(&id, AsOf::Version(version))
+                .await
+                .map_err(internal)?
+        }
+        (None, Some(at)) => {
+            let at = OffsetDateTime::parse(&at, &Rfc3339).map_err(|e| {
+                Problem::bad_request(
+                    "invalid-query",
+                    format!("`at` must be an RFC 3339 instant such as 2026-11-26T10:00:00Z: {e}"),
+                )
+            })?;
+            let loaded = events
+                .load_as_of::<Order>(&id, AsOf::Time(at))
+                .await
+                .map_err(internal)?;
+            if loaded.is_none()
+                && events
+                    .stream_version(&format!("order-{id}"))
+                    .await
+                    .map_err(internal)?
+                    > 0
+            {
+                return Err(Problem::not_found(format!(
+                    "order `{id}` did not exist yet at {}",
+                    query_instant(at)
+                )));
+            }
+            loaded
+        }
+    };
+    loaded
+        .as_ref()
+        .and_then(OrderView::of)
         .map(axum::Json)
         .ok_or_else(|| Problem::not_found(format!("no order `{id}`")))
+}
+
+fn query_instant(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The answer to `GET /v1/orders/{id}/events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventList {
+    /// The order.
+    pub order_id: String,
+    /// Its events, oldest first, each at the current schema version.
+    pub events: Vec<flotilla_eventstore::RecordedEvent>,
+}
+
+async fn events(
+    State(context): State<Context>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<EventList>, Problem> {
+    let events = context
+        .db
+        .events
+        .read_stream(&flotilla_eventstore::aggregate::stream_of::<Order>(&id), 1)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    if events.is_empty() {
+        return Err(Problem::not_found(format!("no order `{id}`")));
+    }
+    Ok(axum::Json(EventList {
+        order_id: id,
+        events,
+    }))
+}
+
+/// Most orders one list returns.
+pub const MAX_LIST: u32 = 500;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    customer_id: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The answer to `GET /v1/orders`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderList {
+    /// The orders, newest first.
+    pub orders: Vec<Summary>,
+}
+
+async fn list(
+    State(context): State<Context>,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<OrderList>, Problem> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(name) => Some(Status::parse(name).ok_or_else(|| {
+            Problem::bad_request(
+                "invalid-query",
+                format!("`status` must be PENDING, APPROVED, REJECTED or CANCELLED, not `{name}`"),
+            )
+        })?),
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(Problem::bad_request(
+            "invalid-query",
+            format!("`limit` must be 1 to {MAX_LIST}"),
+        ));
+    }
+    let orders = store::list(
+        &context.db.pool,
+        query.customer_id.as_deref(),
+        status,
+        limit,
+    )
+    .await
+    .map_err(|e| Problem::internal(&e))?;
+    Ok(axum::Json(OrderList { orders }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevenueQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// The answer to `GET /v1/orders/revenue`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevenueReport {
+    /// One row per day with activity, oldest first.
+    pub days: Vec<store::DayRevenue>,
+}
+
+async fn revenue(
+    State(context): State<Context>,
+    Query(query): Query<RevenueQuery>,
+) -> Result<axum::Json<RevenueReport>, Problem> {
+    let day = |name: &str, value: &Option<String>| -> Result<(), Problem> {
+        let format = time::macros::format_description!("[year]-[month]-[day]");
+        match value {
+            Some(value) if time::Date::parse(value, &format).is_err() => Err(Problem::bad_request(
+                "invalid-query",
+                format!("`{name}` must be a day such as 2026-11-26, not `{value}`"),
+            )),
+            _ => Ok(()),
+        }
+    };
+    day("from", &query.from)?;
+    day("to", &query.to)?;
+    let days = store::revenue(&context.db.pool, query.from.as_deref(), query.to.as_deref())
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(axum::Json(RevenueReport { days }))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -241,7 +461,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let pool = store::open(&settings)
+    let db = store::open(&settings)
         .await
         .map_err(std::io::Error::other)?;
     let timeout = Duration::from_millis(settings.request_timeout_ms);
@@ -251,13 +471,24 @@ pub async fn run(
     }
     .with_resilience(settings.breaker.clone(), settings.retry.clone())
     .map_err(std::io::Error::other)?;
+    projections::spawn(&db.events, &shutdown);
     let context = Context {
-        pool: pool.clone(),
+        db: db.clone(),
         discovery,
     };
     let result =
         flotilla_discovery::serve_routes(SERVICE, &settings, listener, routes(context), shutdown)
             .await;
-    pool.close().await;
+    db.pool.close().await;
     result
+}
+
+/// `flotilla projections rebuild order`: rebuilds the order's read models from its events.
+pub async fn rebuild_projections(
+    settings: &Settings,
+) -> Result<Vec<(&'static str, u64)>, flotilla_eventstore::Error> {
+    let db = store::open(settings).await?;
+    let rebuilt = projections::rebuild(&db.events).await;
+    db.pool.close().await;
+    rebuilt
 }

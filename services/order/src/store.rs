@@ -1,18 +1,125 @@
-//! The order database.
+//! The order database: the event store's tables (the orders themselves), the idempotency keys,
+//! and the read models the projections keep.
 
+use flotilla_eventstore::{EventStore, Loaded, Metadata, Options};
 use flotilla_kit::Settings;
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::domain::{Address, NewOrder};
+use crate::aggregate::{self, Order, OrderLine, Status};
+use crate::domain::Address;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// An order as stored.
+/// Events between two snapshots of an order.
+pub const SNAPSHOT_EVERY: u64 = 50;
+
+/// The order service's storage.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// The SQLite pool (idempotency keys, read models).
+    pub pool: SqlitePool,
+    /// The event store in the same database.
+    pub events: EventStore,
+}
+
+/// The event store's settings for orders: snapshots and the order's upcasters.
+pub fn options() -> Options {
+    Options {
+        snapshot_every: SNAPSHOT_EVERY,
+        upcasters: aggregate::upcasters(),
+        ..Options::default()
+    }
+}
+
+/// Opens the database, applies the service's and the event store's migrations.
+pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::Error> {
+    let opening =
+        flotilla_kit::database::open(&settings.database_path(crate::SERVICE), &MIGRATIONS).await?;
+    let events = EventStore::sqlite(opening.pool().clone(), options()).await?;
+    Ok(Database {
+        pool: opening.ready(),
+        events,
+    })
+}
+
+/// What [`place`] did.
+#[derive(Debug)]
+pub enum Placed {
+    /// The order was stored.
+    New(Box<Loaded<Order>>),
+    /// Another order holds the idempotency key; nothing was stored.
+    KeyTaken,
+}
+
+/// Appends a new order's `OrderPlaced` and stores its idempotency key (if any), in one
+/// transaction.
+pub async fn place(
+    events: &EventStore,
+    order_id: &str,
+    customer_id: &str,
+    lines: Vec<OrderLine>,
+    ship_to: Address,
+    key: Option<(&str, &str)>,
+) -> Result<Placed, flotilla_eventstore::Error> {
+    let mut loaded = Loaded {
+        id: order_id.to_owned(),
+        state: Order::default(),
+        version: 0,
+    };
+    let placed = loaded
+        .state
+        .place(customer_id, lines, ship_to)
+        .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
+    let mut tx = events.begin().await?;
+    if let Some((key, hash)) = key {
+        let now = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
+        let connection = tx
+            .sqlite()
+            .ok_or_else(|| flotilla_eventstore::Error::Encode("orders live in SQLite".into()))?;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(hash)
+        .bind(order_id)
+        .bind(&now)
+        .execute(connection)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            return Ok(Placed::KeyTaken);
+        }
+    }
+    tx.save(
+        &mut loaded,
+        &placed,
+        &Metadata::correlated(format!("order-{order_id}")),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Placed::New(Box::new(loaded)))
+}
+
+/// The `(request_hash, order_id)` stored for an idempotency key.
+pub async fn find_key(
+    pool: &SqlitePool,
+    key: &str,
+) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT request_hash, order_id FROM idempotency_keys WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+}
+
+/// An order as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Order {
+pub struct OrderView {
     /// The order's id (UUIDv7).
     pub order_id: String,
     /// The ordering customer.
@@ -25,151 +132,117 @@ pub struct Order {
     pub items: Vec<OrderLine>,
     /// Where to ship.
     pub ship_to: Address,
+    /// Why it was rejected or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// RFC 3339, UTC.
     pub updated_at: String,
+    /// The number of events folded into this view (its stream version).
+    pub version: u64,
 }
 
-/// One priced line of an order.
+impl OrderView {
+    /// The view of a loaded order; `None` if it was never placed.
+    pub fn of(loaded: &Loaded<Order>) -> Option<Self> {
+        let order = &loaded.state;
+        let format = |at: Option<OffsetDateTime>| {
+            at.and_then(|at| at.format(&Rfc3339).ok())
+                .unwrap_or_default()
+        };
+        Some(Self {
+            order_id: loaded.id.clone(),
+            customer_id: order.customer_id.clone(),
+            status: order.status?.as_str().to_owned(),
+            total_cents: order.total_cents,
+            items: order.items.clone(),
+            ship_to: order.ship_to.clone()?,
+            reason: order.reason.clone(),
+            created_at: format(order.created_at),
+            updated_at: format(order.updated_at),
+            version: loaded.version,
+        })
+    }
+}
+
+/// A row of the `order_summaries` read model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
-pub struct OrderLine {
-    /// Product SKU.
-    pub sku: String,
-    /// Units.
-    pub quantity: i64,
-    /// Unit price when ordered, in cents.
-    pub unit_price_cents: i64,
+pub struct Summary {
+    /// The order's id.
+    pub order_id: String,
+    /// The ordering customer.
+    pub customer_id: String,
+    /// Its status.
+    pub status: String,
+    /// Its total, in cents.
+    pub total_cents: i64,
+    /// Its number of lines.
+    pub lines: i64,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+    /// The last event folded in.
+    pub version: i64,
 }
 
-/// Opens the database and applies migrations.
-pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
-    let opening =
-        flotilla_kit::database::open(&settings.database_path(crate::SERVICE), &MIGRATIONS).await?;
-    Ok(opening.ready())
-}
-
-/// What [`insert`] did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Inserted {
-    /// The order was stored.
-    New,
-    /// Another order holds the idempotency key; nothing was stored.
-    KeyTaken,
-}
-
-/// Stores a priced order and its idempotency key (if any) in one transaction.
-pub async fn insert(
+/// Orders from the read model, newest first, optionally of one customer and one status.
+pub async fn list(
     pool: &SqlitePool,
-    order_id: &str,
-    order: &NewOrder,
-    prices: &[i64],
-    key: Option<(&str, &str)>,
-) -> Result<Inserted, sqlx::Error> {
-    let now = OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let total: i64 = order
-        .items
-        .iter()
-        .zip(prices)
-        .map(|(item, price)| item.quantity.saturating_mul(*price))
-        .fold(0i64, i64::saturating_add);
-    let ship_to =
-        serde_json::to_string(&order.ship_to).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO orders (order_id, customer_id, status, total_cents, ship_to, created_at, updated_at)
-         VALUES (?, ?, 'PENDING', ?, ?, ?, ?)",
+    customer_id: Option<&str>,
+    status: Option<Status>,
+    limit: u32,
+) -> Result<Vec<Summary>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT order_id, customer_id, status, total_cents, lines, created_at, updated_at, version
+         FROM order_summaries
+         WHERE ($1 IS NULL OR customer_id = $1) AND ($2 IS NULL OR status = $2)
+         ORDER BY created_at DESC, order_id DESC LIMIT $3",
     )
-    .bind(order_id)
-    .bind(&order.customer_id)
-    .bind(total)
-    .bind(&ship_to)
-    .bind(&now)
-    .bind(&now)
-    .execute(&mut *tx)
-    .await?;
-    for (line, (item, price)) in order.items.iter().zip(prices).enumerate() {
-        sqlx::query("INSERT INTO order_items (order_id, line, sku, quantity, unit_price_cents) VALUES (?, ?, ?, ?, ?)")
-            .bind(order_id)
-            .bind(line as i64)
-            .bind(&item.sku)
-            .bind(item.quantity)
-            .bind(price)
-            .execute(&mut *tx)
-            .await?;
-    }
-    if let Some((key, hash)) = key {
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(hash)
-        .bind(order_id)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if claimed == 0 {
-            tx.rollback().await?;
-            return Ok(Inserted::KeyTaken);
-        }
-    }
-    tx.commit().await?;
-    Ok(Inserted::New)
-}
-
-/// The `(request_hash, order_id)` stored for an idempotency key.
-pub async fn find_key(
-    pool: &SqlitePool,
-    key: &str,
-) -> Result<Option<(String, String)>, sqlx::Error> {
-    sqlx::query_as("SELECT request_hash, order_id FROM idempotency_keys WHERE key = ?")
-        .bind(key)
-        .fetch_optional(pool)
-        .await
-}
-
-#[derive(sqlx::FromRow)]
-struct OrderRow {
-    order_id: String,
-    customer_id: String,
-    status: String,
-    total_cents: i64,
-    ship_to: String,
-    created_at: String,
-    updated_at: String,
-}
-
-/// The order `order_id`, with its lines.
-pub async fn find(pool: &SqlitePool, order_id: &str) -> Result<Option<Order>, sqlx::Error> {
-    let Some(row) = sqlx::query_as::<_, OrderRow>(
-        "SELECT order_id, customer_id, status, total_cents, ship_to, created_at, updated_at FROM orders WHERE order_id = ?",
-    )
-    .bind(order_id)
-    .fetch_optional(pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let items = sqlx::query_as::<_, OrderLine>(
-        "SELECT sku, quantity, unit_price_cents FROM order_items WHERE order_id = ? ORDER BY line",
-    )
-    .bind(order_id)
+    .bind(customer_id)
+    .bind(status.map(Status::as_str))
+    .bind(i64::from(limit))
     .fetch_all(pool)
-    .await?;
-    let ship_to =
-        serde_json::from_str(&row.ship_to).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(Some(Order {
-        order_id: row.order_id,
-        customer_id: row.customer_id,
-        status: row.status,
-        total_cents: row.total_cents,
-        items,
-        ship_to,
-        created_at: row.created_at,
-        updated_at: row.updated_at,
-    }))
+    .await
+}
+
+/// A row of the `revenue_per_day` read model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct DayRevenue {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub day: String,
+    /// Orders placed that day.
+    pub placed_orders: i64,
+    /// Their total, in cents.
+    pub placed_cents: i64,
+    /// Orders approved that day.
+    pub approved_orders: i64,
+    /// Their total, in cents.
+    pub approved_cents: i64,
+    /// Orders rejected that day.
+    pub rejected_orders: i64,
+    /// Orders cancelled that day.
+    pub cancelled_orders: i64,
+    /// Their total, in cents.
+    pub cancelled_cents: i64,
+}
+
+/// Revenue per day from the read model, days `from..=to` (inclusive, `YYYY-MM-DD`).
+pub async fn revenue(
+    pool: &SqlitePool,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<Vec<DayRevenue>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT day, placed_orders, placed_cents, approved_orders, approved_cents,
+                rejected_orders, cancelled_orders, cancelled_cents
+         FROM revenue_per_day
+         WHERE ($1 IS NULL OR day >= $1) AND ($2 IS NULL OR day <= $2)
+         ORDER BY day",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
 }

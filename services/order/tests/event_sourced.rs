@@ -1,0 +1,410 @@
+//! The event-sourced order service: upcasting of a stored v1 stream, time travel and the event
+//! list over HTTP, concurrent commands on one order, and read models that rebuild to the same
+//! rows as the live ones.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use flotilla_discovery::Discovery;
+use flotilla_eventstore::{ExpectedVersion, Metadata, NewEvent, aggregate::Execute};
+use flotilla_kit::Settings;
+use flotilla_order::store::{self, Placed};
+use flotilla_order::{
+    Context, Database, Order, OrderError, OrderLine, OrderView, Status, domain::Address,
+    projections,
+};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+struct Service {
+    db: Database,
+    router: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+async fn service() -> Service {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = Settings {
+        data_dir: dir.path().to_owned(),
+        ..Settings::default()
+    };
+    let db = store::open(&settings).await.expect("database");
+    let router = flotilla_order::routes(Context {
+        db: db.clone(),
+        discovery: Discovery::fixed(Default::default(), Duration::from_secs(1)),
+    });
+    Service {
+        db,
+        router,
+        _dir: dir,
+    }
+}
+
+impl Service {
+    async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        let response = self
+            .router
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body:?}"));
+        (status, json)
+    }
+
+    async fn place(&self, customer: &str, cents: i64) -> String {
+        let order_id = uuid::Uuid::now_v7().to_string();
+        let lines = vec![OrderLine {
+            sku: "KB-001".into(),
+            quantity: 1,
+            unit_price_cents: cents,
+        }];
+        let placed = store::place(&self.db.events, &order_id, customer, lines, address(), None)
+            .await
+            .expect("placed");
+        assert!(matches!(placed, Placed::New(_)));
+        order_id
+    }
+
+    async fn run(
+        &self,
+        order_id: &str,
+        command: impl Fn(&Order) -> Result<Vec<flotilla_order::OrderEvent>, OrderError> + Send,
+    ) -> Result<(), Execute<OrderError>> {
+        self.db
+            .events
+            .execute::<Order, OrderError>(order_id, 10, &Metadata::default(), command)
+            .await
+            .map(drop)
+    }
+
+    async fn approve(&self, order_id: &str) {
+        self.run(order_id, Order::reserve_inventory)
+            .await
+            .expect("reserve");
+        self.run(order_id, |o| o.authorize_payment("pay-1"))
+            .await
+            .expect("authorize");
+        self.run(order_id, |o| o.schedule_shipment("ship-1"))
+            .await
+            .expect("schedule");
+        self.run(order_id, Order::approve).await.expect("approve");
+    }
+}
+
+fn address() -> Address {
+    Address {
+        name: "Alice Liddell".into(),
+        street: "7 Rabbit Hole".into(),
+        city: "Oxford".into(),
+        postal_code: "OX1 1AA".into(),
+        country: "GB".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_stored_v1_order_stream_reads_as_the_current_schema() {
+    let service = service().await;
+    let fixture: Value = serde_json::from_str(include_str!("fixtures/order_placed_v1.json"))
+        .expect("fixture is JSON");
+    let stream = fixture["stream_id"].as_str().expect("stream id");
+    let events: Vec<NewEvent> = fixture["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| NewEvent {
+            id: e["id"].as_str().expect("id").parse().expect("uuid"),
+            event_type: e["event_type"].as_str().expect("type").to_owned(),
+            schema_version: u32::try_from(e["schema_version"].as_u64().expect("version"))
+                .expect("small"),
+            data: e["data"].clone(),
+            metadata: serde_json::from_value(e["metadata"].clone()).expect("metadata"),
+        })
+        .collect();
+    // Stored as the old version wrote it: schema 1, `price_cents`, no total.
+    service
+        .db
+        .events
+        .append(stream, ExpectedVersion::NoStream, events)
+        .await
+        .expect("fixture stored");
+    let order_id = stream.strip_prefix("order-").expect("an order stream");
+
+    let (status, view) = service.get(&format!("/v1/orders/{order_id}")).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    let view: OrderView = serde_json::from_value(view).expect("an order view");
+    assert_eq!(
+        view.total_cents,
+        2 * 4999 + 1999,
+        "total added by the upcaster"
+    );
+    assert_eq!(view.items[0].unit_price_cents, 4999);
+    assert_eq!(view.status, "REJECTED");
+    assert_eq!(
+        view.reason.as_deref(),
+        Some("payment declined: credit limit exceeded")
+    );
+
+    let (status, list) = service.get(&format!("/v1/orders/{order_id}/events")).await;
+    assert_eq!(status, StatusCode::OK);
+    let placed = &list["events"][0];
+    assert_eq!(placed["event_type"], "OrderPlaced");
+    assert_eq!(placed["schema_version"], 2, "read at the current schema");
+    assert_eq!(placed["data"]["items"][1]["unit_price_cents"], 1999);
+    assert!(placed["data"]["items"][1].get("price_cents").is_none());
+    assert_eq!(
+        placed["metadata"]["correlation_id"],
+        fixture["events"][0]["metadata"]["correlation_id"]
+    );
+    assert_eq!(list["events"].as_array().map(Vec::len), Some(3));
+
+    // The read models see the upcast event too.
+    projections::catch_up(&service.db.events)
+        .await
+        .expect("projections");
+    let (_, orders) = service.get("/v1/orders?customer_id=alice").await;
+    assert_eq!(orders["orders"][0]["total_cents"], 11997);
+    assert_eq!(orders["orders"][0]["status"], "REJECTED");
+}
+
+#[tokio::test]
+async fn time_travel_returns_the_order_as_it_was() {
+    let service = service().await;
+    let order_id = service.place("bob", 2500).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let between = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    service.approve(&order_id).await;
+
+    let (status, now) = service.get(&format!("/v1/orders/{order_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (now["status"].as_str(), now["version"].as_u64()),
+        (Some("APPROVED"), Some(5))
+    );
+    let (status, first) = service
+        .get(&format!("/v1/orders/{order_id}?version=1"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (first["status"].as_str(), first["version"].as_u64()),
+        (Some("PENDING"), Some(1))
+    );
+    assert_eq!(first["total_cents"], 2500);
+    let (_, fourth) = service
+        .get(&format!("/v1/orders/{order_id}?version=4"))
+        .await;
+    assert_eq!(fourth["status"], "PENDING");
+    let at = between
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("format");
+    let (status, then) = service.get(&format!("/v1/orders/{order_id}?at={at}")).await;
+    assert_eq!(status, StatusCode::OK, "{then}");
+    assert_eq!(
+        (then["status"].as_str(), then["version"].as_u64()),
+        (Some("PENDING"), Some(1))
+    );
+
+    let (_, events) = service.get(&format!("/v1/orders/{order_id}/events")).await;
+    let types: Vec<&str> = events["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "OrderPlaced",
+            "InventoryReserved",
+            "PaymentAuthorized",
+            "ShipmentScheduled",
+            "OrderApproved"
+        ]
+    );
+
+    // Bad questions get problems and change nothing.
+    for (query, expected) in [
+        ("?version=0", StatusCode::BAD_REQUEST),
+        ("?version=abc", StatusCode::BAD_REQUEST),
+        ("?version=-1", StatusCode::BAD_REQUEST),
+        ("?at=yesterday", StatusCode::BAD_REQUEST),
+        (
+            "?version=1&at=2026-01-01T00:00:00Z",
+            StatusCode::BAD_REQUEST,
+        ),
+        ("?colour=blue", StatusCode::BAD_REQUEST),
+        ("?version=6", StatusCode::NOT_FOUND),
+        ("?at=2000-01-01T00:00:00Z", StatusCode::NOT_FOUND),
+    ] {
+        let (status, problem) = service.get(&format!("/v1/orders/{order_id}{query}")).await;
+        assert_eq!(status, expected, "{query}: {problem}");
+        assert!(problem["type"].as_str().is_some(), "{query}: a problem");
+    }
+    let (status, _) = service.get("/v1/orders/no-such-order").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = service.get("/v1/orders/no-such-order/events").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = service.get("/v1/orders/no-such-order?version=1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, unchanged) = service.get(&format!("/v1/orders/{order_id}")).await;
+    assert_eq!(unchanged, now);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_on_one_order_resolve_by_retry() {
+    let service = std::sync::Arc::new(service().await);
+    let order_id = service.place("alice", 1000).await;
+    // Every step twice, all at once: each retries on conflict with the fresh state, and the
+    // aggregate makes the repeats no-ops, so each step is recorded exactly once.
+    let tasks: Vec<_> = (0..12)
+        .map(|n| {
+            let service = service.clone();
+            let order_id = order_id.clone();
+            tokio::spawn(async move {
+                match n % 3 {
+                    0 => service.run(&order_id, Order::reserve_inventory).await,
+                    1 => {
+                        service
+                            .run(&order_id, |o| o.authorize_payment(&format!("pay-{n}")))
+                            .await
+                    }
+                    _ => {
+                        service
+                            .run(&order_id, |o| o.schedule_shipment(&format!("ship-{n}")))
+                            .await
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("command applied");
+    }
+    service
+        .run(&order_id, Order::approve)
+        .await
+        .expect("approve");
+    let events = service
+        .db
+        .events
+        .read_stream(&format!("order-{order_id}"), 1)
+        .await
+        .expect("stream");
+    let mut types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    types[1..4].sort_unstable();
+    assert_eq!(
+        types,
+        [
+            "OrderPlaced",
+            "InventoryReserved",
+            "PaymentAuthorized",
+            "ShipmentScheduled",
+            "OrderApproved"
+        ]
+    );
+    // A command the state refuses is refused whatever the retries.
+    let refused = service.run(&order_id, |o| o.reject("too late")).await;
+    assert!(matches!(
+        refused,
+        Err(Execute::Refused(OrderError::WrongStatus { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn read_models_list_report_and_rebuild_to_the_same_rows() {
+    let service = service().await;
+    let mut approved = Vec::new();
+    for n in 0..24i64 {
+        let customer = ["alice", "bob", "carol"][(n % 3) as usize];
+        let order_id = service.place(customer, 100 * (n + 1)).await;
+        match n % 4 {
+            0 => {}
+            1 => {
+                service.approve(&order_id).await;
+                approved.push(100 * (n + 1));
+            }
+            2 => service
+                .run(&order_id, |o| o.reject("out of stock"))
+                .await
+                .expect("reject"),
+            _ => {
+                service.approve(&order_id).await;
+                service
+                    .run(&order_id, |o| o.cancel("changed my mind"))
+                    .await
+                    .expect("cancel");
+            }
+        }
+    }
+    projections::catch_up(&service.db.events)
+        .await
+        .expect("live projections");
+    let (status, all) = service.get("/v1/orders?limit=500").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all["orders"].as_array().map(Vec::len), Some(24));
+    let (_, bobs_approved) = service
+        .get("/v1/orders?customer_id=bob&status=APPROVED")
+        .await;
+    let rows = bobs_approved["orders"].as_array().expect("orders");
+    // bob is n % 3 == 1; approved and kept is n % 4 == 1: n in {1, 13}.
+    assert_eq!(rows.len(), 2, "{bobs_approved}");
+    assert!(
+        rows.iter()
+            .all(|r| r["customer_id"] == "bob" && r["status"] == "APPROVED")
+    );
+    let (_, revenue) = service.get("/v1/orders/revenue").await;
+    let today = &revenue["days"][0];
+    assert_eq!(today["placed_orders"], 24);
+    assert_eq!(
+        today["placed_cents"],
+        (1..=24).map(|n| 100 * n).sum::<i64>()
+    );
+    assert_eq!(today["approved_orders"], 12, "approved, cancelled or not");
+    assert_eq!(today["rejected_orders"], 6);
+    assert_eq!(today["cancelled_orders"], 6);
+    let approved_cents: i64 = approved.iter().sum();
+    let cancelled_cents = today["cancelled_cents"].as_i64().expect("cents");
+    assert_eq!(
+        today["approved_cents"].as_i64().expect("cents") - cancelled_cents,
+        approved_cents
+    );
+
+    for (query, problem) in [
+        ("/v1/orders?status=SHIPPED", "status"),
+        ("/v1/orders?limit=0", "limit"),
+        ("/v1/orders?limit=501", "limit"),
+        ("/v1/orders?limit=many", "limit"),
+        ("/v1/orders?sort=asc", "sort"),
+        ("/v1/orders/revenue?from=26-11-2026", "from"),
+    ] {
+        let (status, body) = service.get(query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(problem), "{query}: {detail}");
+    }
+
+    let live_orders = service.get("/v1/orders?limit=500").await.1;
+    let live_revenue = service.get("/v1/orders/revenue").await.1;
+    let rebuilt = projections::rebuild(&service.db.events)
+        .await
+        .expect("rebuild");
+    let events = service.db.events.head(Some("order")).await.expect("head");
+    assert_eq!(
+        rebuilt,
+        [("order_summaries", events), ("revenue_per_day", events)]
+    );
+    assert_eq!(service.get("/v1/orders?limit=500").await.1, live_orders);
+    assert_eq!(service.get("/v1/orders/revenue").await.1, live_revenue);
+    assert_eq!(Status::parse("APPROVED"), Some(Status::Approved));
+}
