@@ -17,15 +17,35 @@ use serde::{Deserialize, Serialize};
 pub enum Window {
     /// The last `calls` calls.
     Count {
-        /// Number of calls in the window.
+        /// Number of calls in the window, from 1 to [`MAX_WINDOW_CALLS`].
         calls: u32,
     },
     /// The calls of the last `millis` milliseconds (resolution: a tenth of the window).
     Time {
-        /// Length of the window in milliseconds.
+        /// Length of the window in milliseconds, from 1 to [`MAX_WINDOW_MILLIS`] (a day).
         millis: u64,
     },
 }
+
+/// The longest time window: a day. (Rates over longer spans say little about a target's health
+/// now, and the window's arithmetic is in nanoseconds.)
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, MAX_WINDOW_MILLIS, Window};
+/// let config = BreakerConfig { window: Window::Time { millis: MAX_WINDOW_MILLIS + 1 }, ..BreakerConfig::default() };
+/// assert_eq!(config.validate().unwrap_err().field, "window.millis");
+/// ```
+pub const MAX_WINDOW_MILLIS: u64 = 24 * 60 * 60 * 1_000;
+
+/// The longest count window: a million calls (the window keeps each call's outcome, so its
+/// memory grows with it).
+///
+/// ```
+/// use flotilla_resilience::breaker::{BreakerConfig, MAX_WINDOW_CALLS, Window};
+/// let config = BreakerConfig { window: Window::Count { calls: MAX_WINDOW_CALLS + 1 }, ..BreakerConfig::default() };
+/// assert_eq!(config.validate().unwrap_err().field, "window.calls");
+/// ```
+pub const MAX_WINDOW_CALLS: u32 = 1_000_000;
 
 /// Circuit breaker parameters. Every field has a default ([`BreakerConfig::default`]); rates
 /// are percentages.
@@ -122,7 +142,13 @@ impl BreakerConfig {
         let fail = |field, reason| Err(ConfigError { field, reason });
         match self.window {
             Window::Count { calls: 0 } => return fail("window.calls", "must be at least 1"),
+            Window::Count { calls } if calls > MAX_WINDOW_CALLS => {
+                return fail("window.calls", "cannot exceed 1 000 000");
+            }
             Window::Time { millis: 0 } => return fail("window.millis", "must be at least 1"),
+            Window::Time { millis } if millis > MAX_WINDOW_MILLIS => {
+                return fail("window.millis", "cannot exceed a day (86 400 000)");
+            }
             _ => {}
         }
         let rate = |r: f64| r > 0.0 && r <= 100.0;
@@ -177,5 +203,56 @@ impl BreakerConfig {
             .powi(i32::try_from(opens_in_a_row).unwrap_or(i32::MAX));
         let millis = (self.wait_in_open_ms as f64 * factor).min(self.max_wait_in_open_ms as f64);
         Duration::from_millis(millis as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_window(window: Window) -> BreakerConfig {
+        BreakerConfig {
+            window,
+            minimum_calls: 1,
+            ..BreakerConfig::default()
+        }
+    }
+
+    #[test]
+    fn windows_beyond_the_bounds_are_refused() {
+        for millis in [MAX_WINDOW_MILLIS + 1, u64::MAX / 1_000_000 + 1, u64::MAX] {
+            let error = with_window(Window::Time { millis })
+                .validate()
+                .expect_err("too long");
+            assert_eq!(error.field, "window.millis", "{millis}");
+        }
+        let error = with_window(Window::Count { calls: u32::MAX })
+            .validate()
+            .expect_err("too many");
+        assert_eq!(error.field, "window.calls");
+        assert!(
+            with_window(Window::Time {
+                millis: MAX_WINDOW_MILLIS
+            })
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            with_window(Window::Count {
+                calls: MAX_WINDOW_CALLS
+            })
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_huge_window_from_json_is_refused_by_the_breaker() {
+        let config: BreakerConfig = serde_json::from_str(
+            r#"{ "window": { "kind": "time", "millis": 18446744073709551615 }, "minimum_calls": 1 }"#,
+        )
+        .expect("well-formed");
+        let error = crate::CircuitBreaker::new("huge", config).expect_err("refused");
+        assert_eq!(error.field, "window.millis");
     }
 }

@@ -44,7 +44,7 @@ mod window;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use config::{BreakerConfig, ConfigError, Window};
+pub use config::{BreakerConfig, ConfigError, MAX_WINDOW_CALLS, MAX_WINDOW_MILLIS, Window};
 pub use layer::{
     BreakerError, CircuitBreakerLayer, CircuitBreakerService, Classify, HttpClassifier,
     ResponseFuture,

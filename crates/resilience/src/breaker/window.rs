@@ -58,7 +58,9 @@ impl Outcomes {
             }
             Window::Time { millis } => Outcomes::Time {
                 buckets: vec![(u64::MAX, Totals::default()); BUCKETS as usize],
-                width: (millis.max(1) * 1_000_000).div_ceil(BUCKETS),
+                // Saturating: the configuration bounds `millis`, but the arithmetic never
+                // overflows even without it.
+                width: millis.max(1).saturating_mul(1_000_000).div_ceil(BUCKETS),
             },
         }
     }
@@ -166,5 +168,14 @@ mod tests {
                 slow: 1
             }
         );
+    }
+
+    #[test]
+    fn a_huge_time_window_does_not_overflow() {
+        let mut window = Outcomes::new(&Window::Time { millis: u64::MAX });
+        let totals = window.record(u64::MAX, true, false);
+        assert_eq!(totals.calls, 1);
+        let totals = window.record(u64::MAX, false, false);
+        assert_eq!((totals.calls, totals.failures), (2, 1));
     }
 }
