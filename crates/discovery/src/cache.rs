@@ -299,19 +299,22 @@ impl Discovery {
             return Some(pipeline.clone());
         }
         let circuit = CircuitBreaker::new(service, breaker.clone()).ok()?;
-        let pipeline = Pipeline::new(Some(circuit), Some(RetryPolicy::new(retry.clone())));
+        // Both configurations were validated by `with_resilience`.
+        let policy = RetryPolicy::new(retry.clone()).ok()?;
+        let pipeline = Pipeline::new(Some(circuit), Some(policy));
         pipelines.insert(service.to_owned(), pipeline.clone());
         Some(pipeline)
     }
 
     /// Adds a circuit breaker (configured by `breaker`) and a retry policy per service to
-    /// [`Discovery::send`]. Fails if `breaker` is invalid.
+    /// [`Discovery::send`]. Fails if `breaker` or `retry` is invalid.
     pub fn with_resilience(
         self,
         breaker: BreakerConfig,
         retry: RetryConfig,
     ) -> Result<Self, ConfigError> {
         breaker.validate()?;
+        retry.validate()?;
         let Inner {
             registry,
             http,

@@ -98,10 +98,9 @@ async fn retries(
     let policy = proxy
         .retry(&service)
         .ok_or_else(|| Problem::not_found(format!("no upstream service `{service}`")))?;
-    config
-        .validate()
+    policy
+        .reconfigure(config)
         .map_err(|e| Problem::unprocessable("invalid-retry-config", e.to_string()))?;
-    policy.reconfigure(config);
     tracing::warn!(%service, "retry policy reconfigured by an operator");
     Ok(axum::Json(policy.config()))
 }

@@ -74,7 +74,8 @@ struct Inner {
 impl Proxy {
     /// A proxy for `routes`, finding instances with `discovery`, giving each request `timeout`
     /// to receive the upstream's response head, with a circuit breaker configured by `breaker`
-    /// in front of each upstream service.
+    /// and a retry policy configured by `retry` in front of each upstream service. Fails if
+    /// either configuration is invalid.
     pub fn new(
         discovery: Discovery,
         routes: Routes,
@@ -93,7 +94,7 @@ impl Proxy {
         for route in routes.iter() {
             if !pipelines.contains_key(&route.service) {
                 let circuit = CircuitBreaker::new(&route.service, breaker.clone())?;
-                let policy = RetryPolicy::new(retry.clone());
+                let policy = RetryPolicy::new(retry.clone())?;
                 pipelines.insert(
                     route.service.clone(),
                     Pipeline::new(Some(circuit), Some(policy)),

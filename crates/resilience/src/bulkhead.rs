@@ -14,12 +14,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tower::{Layer, Service, ServiceExt};
 
 /// Bulkhead parameters.
@@ -90,8 +90,48 @@ pub enum BulkheadFull {
 #[derive(Debug, Clone)]
 pub struct Bulkhead {
     places: Arc<Semaphore>,
+    /// Places to take back as calls in flight end, after `max_concurrent` was lowered below
+    /// the calls in flight.
+    owed: Arc<AtomicUsize>,
     waiting: Arc<AtomicU32>,
     config: Arc<std::sync::Mutex<BulkheadConfig>>,
+}
+
+/// A place in a [`Bulkhead`], held for the length of a call: dropping it gives the place back
+/// (or, if the bulkhead was shrunk meanwhile, lets the bulkhead take it back).
+///
+/// ```
+/// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 2, ..BulkheadConfig::default() });
+/// let place = bulkhead.acquire().await.unwrap();
+/// assert_eq!(bulkhead.available(), 1);
+/// drop(place);
+/// assert_eq!(bulkhead.available(), 2);
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "the place is given back as soon as it is dropped"]
+pub struct Place {
+    permit: Option<OwnedSemaphorePermit>,
+    owed: Arc<AtomicUsize>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take()
+            && self
+                .owed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |owed| {
+                    owed.checked_sub(1)
+                })
+                .is_ok()
+        {
+            // Owed after a shrink: the place leaves the bulkhead instead of coming back.
+            permit.forget();
+        }
+    }
 }
 
 impl Bulkhead {
@@ -105,6 +145,7 @@ impl Bulkhead {
     pub fn new(config: BulkheadConfig) -> Self {
         Self {
             places: Arc::new(Semaphore::new(config.max_concurrent as usize)),
+            owed: Arc::default(),
             waiting: Arc::default(),
             config: Arc::new(std::sync::Mutex::new(config)),
         }
@@ -117,38 +158,81 @@ impl Bulkhead {
     }
 
     /// Changes the limits at run time. More places are usable at once; fewer places are taken
-    /// back as calls in flight finish (none is interrupted).
+    /// back at once if free, otherwise as calls in flight finish (none is interrupted). Needs no
+    /// async runtime: it may be called from any thread.
     ///
     /// ```
     /// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let bulkhead = Bulkhead::new(BulkheadConfig { max_concurrent: 2, ..BulkheadConfig::default() });
-    /// bulkhead.reconfigure(BulkheadConfig { max_concurrent: 4, ..BulkheadConfig::default() });
+    /// let config = |max_concurrent| BulkheadConfig { max_concurrent, ..BulkheadConfig::default() };
+    /// let bulkhead = Bulkhead::new(config(2));
+    /// bulkhead.reconfigure(config(4));
     /// assert_eq!(bulkhead.available(), 4);
-    /// bulkhead.reconfigure(BulkheadConfig { max_concurrent: 1, ..BulkheadConfig::default() });
-    /// tokio::task::yield_now().await; // places are taken back by a task
+    /// let (a, b) = (bulkhead.acquire().await.unwrap(), bulkhead.acquire().await.unwrap());
+    /// bulkhead.reconfigure(config(1)); // two free places taken back at once, one still owed
+    /// assert_eq!(bulkhead.available(), 0);
+    /// drop(a); // taken back as the call ends
+    /// assert_eq!(bulkhead.available(), 0);
+    /// drop(b);
     /// assert_eq!(bulkhead.available(), 1);
     /// # }
     /// ```
     pub fn reconfigure(&self, new: BulkheadConfig) {
-        let old = std::mem::replace(&mut *self.config(), new);
-        if new.max_concurrent > old.max_concurrent {
-            self.places
-                .add_permits((new.max_concurrent - old.max_concurrent) as usize);
-        } else if new.max_concurrent < old.max_concurrent {
-            let surplus = old.max_concurrent - new.max_concurrent;
-            let places = self.places.clone();
-            tokio::spawn(async move {
-                if let Ok(taken) = places.acquire_many_owned(surplus).await {
-                    taken.forget();
-                }
-            });
+        // Held throughout, so that reconfigurations do not interleave.
+        let mut config = self.config();
+        let old = std::mem::replace(&mut *config, new);
+        let (old_max, new_max) = (old.max_concurrent as usize, new.max_concurrent as usize);
+        if new_max > old_max {
+            let more = new_max - old_max;
+            // Places still owed from an earlier shrink are forgiven first.
+            let owed = self
+                .owed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |owed| {
+                    Some(owed.saturating_sub(more))
+                })
+                .unwrap_or_else(|owed| owed);
+            self.places.add_permits(more - owed.min(more));
+        } else if new_max < old_max {
+            // Owed first, then taken from the free places: a place given back in between
+            // either pays the debt on its way back or is found free here.
+            self.owed.fetch_add(old_max - new_max, Ordering::SeqCst);
+            self.take_back_free_places();
+        }
+    }
+
+    /// Takes back, without waiting, as many free places as are owed.
+    fn take_back_free_places(&self) {
+        loop {
+            let owed = self.owed.load(Ordering::SeqCst);
+            let free = self
+                .places
+                .available_permits()
+                .min(owed)
+                .min(u32::MAX as usize);
+            if free == 0 {
+                return;
+            }
+            let taken = match self.places.try_acquire_many(free as u32) {
+                Ok(taken) => taken,
+                // Another caller took some meanwhile: look again.
+                Err(TryAcquireError::NoPermits) => continue,
+                Err(TryAcquireError::Closed) => return,
+            };
+            // Calls that ended meanwhile may have paid part of the debt.
+            let owed = self
+                .owed
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |owed| {
+                    Some(owed.saturating_sub(free))
+                })
+                .unwrap_or_else(|owed| owed);
+            taken.forget();
+            self.places.add_permits(free - owed.min(free));
         }
     }
 
     /// Takes a place, waiting in line if there is room in it; the place is given back when the
-    /// returned permit drops.
+    /// returned [`Place`] drops.
     ///
     /// ```
     /// use flotilla_resilience::bulkhead::{Bulkhead, BulkheadConfig};
@@ -161,9 +245,9 @@ impl Bulkhead {
     /// assert_eq!(bulkhead.available(), 2);
     /// # }
     /// ```
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, BulkheadFull> {
+    pub async fn acquire(&self) -> Result<Place, BulkheadFull> {
         if let Ok(permit) = self.places.clone().try_acquire_owned() {
-            return Ok(permit);
+            return Ok(self.place(permit));
         }
         let (max_waiting, max_wait_ms) = {
             let config = self.config();
@@ -178,9 +262,16 @@ impl Bulkhead {
         let permit = tokio::time::timeout(wait, self.places.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
         match permit {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => Ok(self.place(permit)),
             // The semaphore is never closed; treat it as a timeout all the same.
             Ok(Err(_)) | Err(_) => Err(BulkheadFull::Timeout(wait)),
+        }
+    }
+
+    fn place(&self, permit: OwnedSemaphorePermit) -> Place {
+        Place {
+            permit: Some(permit),
+            owed: self.owed.clone(),
         }
     }
 
@@ -216,9 +307,10 @@ impl Bulkhead {
 /// ```
 #[derive(Debug, thiserror::Error)]
 pub enum BulkheadError<E> {
-    /// The bulkhead refused the call; the service was not called.
-    #[error(transparent)]
-    Full(BulkheadFull),
+    /// The bulkhead refused the call; the service was not called. (Its [`BulkheadFull`] is also
+    /// the error's source, so that a retry policy finds it in a boxed error.)
+    #[error("{0}")]
+    Full(#[source] BulkheadFull),
     /// The service failed.
     #[error(transparent)]
     Inner(E),
@@ -448,5 +540,101 @@ mod tests {
             call.await.expect("task").expect("served");
         }
         assert_eq!(most.load(Ordering::SeqCst), 3);
+    }
+
+    fn places(max_concurrent: u32) -> BulkheadConfig {
+        BulkheadConfig {
+            max_concurrent,
+            max_waiting: 0,
+            max_wait_ms: 10,
+        }
+    }
+
+    #[test]
+    fn places_can_be_changed_without_a_runtime() {
+        // A plain test thread: no tokio runtime anywhere.
+        let bulkhead = Bulkhead::new(places(4));
+        bulkhead.reconfigure(places(1));
+        assert_eq!(
+            bulkhead.available(),
+            1,
+            "free places are taken back at once"
+        );
+        bulkhead.reconfigure(places(3));
+        assert_eq!(bulkhead.available(), 3);
+        bulkhead.reconfigure(places(0));
+        assert_eq!(bulkhead.available(), 0);
+    }
+
+    #[tokio::test]
+    async fn places_in_use_are_taken_back_as_calls_end_after_a_shrink_from_another_thread() {
+        let bulkhead = Bulkhead::new(places(3));
+        let first = bulkhead.acquire().await.expect("place");
+        let second = bulkhead.acquire().await.expect("place");
+        // An operator thread, outside any runtime, lowers the limit below the calls in flight.
+        let operator = bulkhead.clone();
+        std::thread::spawn(move || operator.reconfigure(places(1)))
+            .join()
+            .expect("reconfigure does not panic outside a runtime");
+        assert_eq!(bulkhead.available(), 0, "the free place was taken back");
+        assert!(bulkhead.acquire().await.is_err());
+        // Both calls go on; the first to end gives its place up for good.
+        drop(first);
+        assert_eq!(bulkhead.available(), 0);
+        assert!(
+            bulkhead.acquire().await.is_err(),
+            "still one call in flight"
+        );
+        drop(second);
+        assert_eq!(bulkhead.available(), 1);
+        let only = bulkhead.acquire().await.expect("the one place left");
+        assert!(bulkhead.acquire().await.is_err());
+        drop(only);
+        // Raising the limit while places are still owed forgives the debt first.
+        let a = bulkhead.acquire().await.expect("place");
+        bulkhead.reconfigure(places(0)); // one owed, held by `a`
+        bulkhead.reconfigure(places(2)); // forgives it and adds one
+        assert_eq!(bulkhead.available(), 1);
+        drop(a);
+        assert_eq!(bulkhead.available(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_shrinks_and_calls_never_lose_or_leak_places() {
+        let bulkhead = Bulkhead::new(BulkheadConfig {
+            max_concurrent: 8,
+            max_waiting: 1_000,
+            max_wait_ms: 10_000,
+        });
+        let calls: Vec<_> = (0..200)
+            .map(|_| {
+                let bulkhead = bulkhead.clone();
+                tokio::spawn(async move {
+                    let _place = bulkhead.acquire().await.expect("a place in time");
+                    tokio::task::yield_now().await;
+                })
+            })
+            .collect();
+        let operator = bulkhead.clone();
+        let shrinks = std::thread::spawn(move || {
+            for max_concurrent in [6, 2, 7, 1, 5, 3] {
+                operator.reconfigure(BulkheadConfig {
+                    max_concurrent,
+                    max_waiting: 1_000,
+                    max_wait_ms: 10_000,
+                });
+                std::thread::yield_now();
+            }
+        });
+        shrinks.join().expect("no panic");
+        for call in calls {
+            call.await.expect("task");
+        }
+        assert_eq!(
+            bulkhead.available(),
+            3,
+            "every place back, as configured last"
+        );
+        assert_eq!(bulkhead.owed.load(Ordering::SeqCst), 0);
     }
 }

@@ -4,13 +4,19 @@
 //!
 //! The order to stack them in, outermost first, and why:
 //!
-//! 1. **rate limiter** — refuse excess load before spending anything on it;
-//! 2. **retry** — each attempt goes through everything below, so a retry is limited, bulkheaded
-//!    and judged by the breaker like any call;
-//! 3. **circuit breaker** — fail fast while the target is down (retries then stop at once);
-//! 4. **bulkhead** — bound the calls in flight to the target;
-//! 5. **timeout** — innermost, so that it bounds one attempt, and a timed-out attempt counts as a
-//!    failure for the breaker.
+//! 1. **rate limiter** — refuse excess load before spending anything on it; above the retry, it
+//!    counts a call once, not its retries (`max_attempts` and the retry budget bound those);
+//! 2. **retry** — each attempt goes through everything below, so a retry is judged by the
+//!    breaker and bulkheaded like any call;
+//! 3. **circuit breaker** — fail fast while the target is down: the retry never retries its
+//!    refusal, so the retries stop at once when it opens, even in the middle of a call;
+//! 4. **bulkhead** — bound the calls in flight to the target; a call it refuses is not retried
+//!    either;
+//! 5. **timeout** — innermost, so that it bounds one attempt: a timed-out attempt counts as a
+//!    failure for the breaker and may be retried like a transport error.
+//!
+//! Which errors the retry treats as refusals, and how it finds them in typed or boxed errors:
+//! see [`retry`] ([`retry::Refusal`], [`retry::MaybeRefusal`]).
 //!
 //! | module | what |
 //! | --- | --- |

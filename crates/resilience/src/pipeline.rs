@@ -13,7 +13,7 @@
 //! # async fn main() {
 //! let pipeline = Pipeline::new(
 //!     Some(CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap()),
-//!     Some(RetryPolicy::new(RetryConfig::default())),
+//!     Some(RetryPolicy::new(RetryConfig::default()).unwrap()),
 //! );
 //! let answer = pipeline
 //!     .run(true, |_attempt| async { 200u16 }, |status: &u16| match *status {
@@ -96,7 +96,7 @@ impl Verdict {
 /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
-/// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+/// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default()).unwrap()));
 /// let judge = |status: &u16| Verdict::of_status(http::StatusCode::from_u16(*status).unwrap());
 /// let answer = pipeline
 ///     .run(true, |attempt| async move { if attempt == 0 { 503 } else { 200 } }, judge)
@@ -143,8 +143,8 @@ impl Pipeline {
     /// ```
     /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
     /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
-    /// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
-    /// pipeline.retry().unwrap().reconfigure(RetryConfig { max_attempts: 1, ..RetryConfig::default() });
+    /// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default()).unwrap()));
+    /// pipeline.retry().unwrap().reconfigure(RetryConfig { max_attempts: 1, ..RetryConfig::default() }).unwrap();
     /// let mut call = pipeline.start(true);
     /// let permit = call.admit().unwrap();
     /// assert_eq!(call.after(permit, Verdict::Failure { retryable: true }), None); // one attempt only now
@@ -160,7 +160,7 @@ impl Pipeline {
     /// ```
     /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
     /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
-    /// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+    /// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default()).unwrap()));
     /// let mut post = pipeline.start(false); // not safe to make twice
     /// let permit = post.admit().unwrap();
     /// assert_eq!(post.after(permit, Verdict::Failure { retryable: true }), None);
@@ -225,7 +225,7 @@ impl Pipeline {
 /// ```
 /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
 /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
-/// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+/// let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default()).unwrap()));
 /// let mut call = pipeline.start(true);
 /// let permit = call.admit().unwrap();
 /// // A 503: another attempt may help, after a short wait.
@@ -267,7 +267,7 @@ impl Call<'_> {
     /// use std::time::Duration;
     /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
     /// use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
-    /// let retry = RetryPolicy::new(RetryConfig { max_attempts: 2, ..RetryConfig::default() });
+    /// let retry = RetryPolicy::new(RetryConfig { max_attempts: 2, ..RetryConfig::default() }).unwrap();
     /// let pipeline = Pipeline::new(None, Some(retry));
     /// let mut call = pipeline.start(true);
     /// let wait = call.after(None, Verdict::Failure { retryable: true }).unwrap();
@@ -315,10 +315,13 @@ mod tests {
         .expect("valid");
         let pipeline = Pipeline::new(
             Some(breaker.clone()),
-            Some(RetryPolicy::new(RetryConfig {
-                max_attempts: 5,
-                ..RetryConfig::default()
-            })),
+            Some(
+                RetryPolicy::new(RetryConfig {
+                    max_attempts: 5,
+                    ..RetryConfig::default()
+                })
+                .expect("valid"),
+            ),
         );
         let calls = Arc::new(AtomicU32::new(0));
         let counted = calls.clone();
@@ -339,7 +342,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unsafe_call_is_made_once() {
-        let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+        let pipeline = Pipeline::new(
+            None,
+            Some(RetryPolicy::new(RetryConfig::default()).expect("valid")),
+        );
         let calls = Arc::new(AtomicU32::new(0));
         let counted = calls.clone();
         let result = pipeline
@@ -358,7 +364,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_transient_failure_is_retried_to_success() {
-        let pipeline = Pipeline::new(None, Some(RetryPolicy::new(RetryConfig::default())));
+        let pipeline = Pipeline::new(
+            None,
+            Some(RetryPolicy::new(RetryConfig::default()).expect("valid")),
+        );
         let result = pipeline
             .run(
                 true,

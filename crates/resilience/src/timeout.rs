@@ -1,5 +1,9 @@
 //! A deadline per call: tower's timeout, configured like the other layers.
 //!
+//! Under a retry it bounds one attempt, and its [`Elapsed`] is retried like a transport error;
+//! a deadline of the whole call is tokio's `Elapsed`, which the retry does not retry (see
+//! [`retry`](crate::retry)).
+//!
 //! ```
 //! use flotilla_resilience::timeout::TimeoutConfig;
 //! let layer = TimeoutConfig { timeout_ms: 250 }.layer();

@@ -80,9 +80,10 @@ impl<B, E> Classify<http::Response<B>, E> for HttpClassifier {
 /// ```
 #[derive(Debug, thiserror::Error)]
 pub enum BreakerError<E> {
-    /// The breaker rejected the call; the service was not called.
-    #[error(transparent)]
-    Open(CircuitOpen),
+    /// The breaker rejected the call; the service was not called. (Its [`CircuitOpen`] is also
+    /// the error's source, so that a retry policy finds it in a boxed error.)
+    #[error("{0}")]
+    Open(#[source] CircuitOpen),
     /// The service failed.
     #[error(transparent)]
     Inner(E),
