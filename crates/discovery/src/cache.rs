@@ -323,7 +323,8 @@ impl Discovery {
             shutdown,
             ..
         } = Arc::try_unwrap(self.inner).map_err(|_| ConfigError {
-            field: "discovery",
+            component: "discovery",
+            field: "with_resilience",
             reason: "add resilience before sharing the client",
         })?;
         Ok(Self {

@@ -115,7 +115,13 @@ impl RetryConfig {
     /// assert_eq!(config.validate().unwrap_err().field, "budget_percent");
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |field, reason| Err(ConfigError { field, reason });
+        let fail = |field, reason| {
+            Err(ConfigError {
+                component: "retry",
+                field,
+                reason,
+            })
+        };
         if self.max_attempts == 0 {
             return fail(
                 "max_attempts",

@@ -121,8 +121,10 @@ impl Default for BreakerConfig {
 /// );
 /// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("invalid circuit breaker setting `{field}`: {reason}")]
+#[error("invalid {component} setting `{field}`: {reason}")]
 pub struct ConfigError {
+    /// What the setting configures: `circuit breaker` or `retry`.
+    pub component: &'static str,
     /// The offending field.
     pub field: &'static str,
     /// What is wrong.
@@ -139,7 +141,13 @@ impl BreakerConfig {
     /// assert_eq!(config.validate().unwrap_err().field, "success_threshold"); // above half_open_permits
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |field, reason| Err(ConfigError { field, reason });
+        let fail = |field, reason| {
+            Err(ConfigError {
+                component: "circuit breaker",
+                field,
+                reason,
+            })
+        };
         match self.window {
             Window::Count { calls: 0 } => return fail("window.calls", "must be at least 1"),
             Window::Count { calls } if calls > MAX_WINDOW_CALLS => {

@@ -8,6 +8,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::{CircuitBreaker, CircuitOpen, Outcome, Permit};
+use crate::retry::{MaybeRefusal, Refusal};
 
 /// Decides how a call's result counts for the breaker.
 ///
@@ -39,26 +40,38 @@ where
 
 /// The default classifier for HTTP: a server error (5xx) and any error (connection refused,
 /// timeout, broken connection) are failures; everything else, client errors (4xx) included, is a
-/// success — a 404 says nothing about the target's health.
+/// success — a 404 says nothing about the target's health. A refusal by a resilience layer
+/// *below* the breaker (a full bulkhead, a rate limit, another breaker open) is ignored: it is
+/// this process's own overload, not the target's failure, and must not open the breaker.
 ///
 /// ```
 /// use flotilla_resilience::breaker::{Classify, HttpClassifier, Outcome};
-/// let answer = |status: u16| -> Result<http::Response<()>, ()> {
+/// use flotilla_resilience::bulkhead::{BulkheadError, BulkheadFull};
+/// type Answer = Result<http::Response<()>, BulkheadError<std::io::Error>>;
+/// let answer = |status: u16| -> Answer {
 ///     Ok(http::Response::builder().status(status).body(()).unwrap())
 /// };
 /// assert_eq!(HttpClassifier.classify(&answer(503)), Outcome::Failure);
 /// assert_eq!(HttpClassifier.classify(&answer(404)), Outcome::Success);
-/// assert_eq!(HttpClassifier.classify(&Err::<http::Response<()>, _>(())), Outcome::Failure);
+/// let refused: Answer = Err(BulkheadError::Inner(std::io::ErrorKind::ConnectionRefused.into()));
+/// assert_eq!(HttpClassifier.classify(&refused), Outcome::Failure);
+/// let overloaded: Answer = Err(BulkheadError::Full(BulkheadFull::QueueFull(8)));
+/// assert_eq!(HttpClassifier.classify(&overloaded), Outcome::Ignored);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpClassifier;
 
-impl<B, E> Classify<http::Response<B>, E> for HttpClassifier {
+impl<B, E: MaybeRefusal> Classify<http::Response<B>, E> for HttpClassifier {
     fn classify(&self, result: &Result<http::Response<B>, E>) -> Outcome {
         match result {
             Ok(response) if response.status().is_server_error() => Outcome::Failure,
             Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
+            Err(error) => match error.refusal() {
+                Some(Refusal::BulkheadFull | Refusal::RateLimited | Refusal::CircuitOpen) => {
+                    Outcome::Ignored
+                }
+                Some(Refusal::Deadline) | None => Outcome::Failure,
+            },
         }
     }
 }
@@ -72,8 +85,11 @@ impl<B, E> Classify<http::Response<B>, E> for HttpClassifier {
 /// # async fn main() {
 /// let breaker = CircuitBreaker::new("inventory", BreakerConfig::default()).unwrap();
 /// let service = CircuitBreakerLayer::new(breaker.clone(), HttpClassifier)
-///     .layer(tower::service_fn(|_: ()| async { Err::<http::Response<()>, _>("refused") }));
-/// assert!(matches!(service.clone().oneshot(()).await, Err(BreakerError::Inner("refused"))));
+///     .layer(tower::service_fn(|_: ()| async {
+///         Err::<http::Response<()>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+///     }));
+/// let refused = service.clone().oneshot(()).await;
+/// assert!(matches!(refused, Err(BreakerError::Inner(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused));
 /// breaker.force(Some(Forced::Open));
 /// assert!(matches!(service.oneshot(()).await, Err(BreakerError::Open(_))));
 /// # }
