@@ -145,7 +145,7 @@ pub fn encode<A: Aggregate>(event: &A::Event, metadata: &Metadata) -> Result<New
 /// Folds stored rows into `state`; the version of the last one (or `from` if none).
 fn fold<A: Aggregate>(
     state: &mut A,
-    rows: Vec<backend::EventRow>,
+    rows: Vec<backend::StoredEvent>,
     upcasters: &crate::Upcasters,
     from: u64,
 ) -> Result<u64, Error> {

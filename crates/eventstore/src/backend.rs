@@ -51,7 +51,7 @@ macro_rules! on_tx {
     };
 }
 
-/// `SELECT <columns> FROM eventstore_events <rest>`, as one static string.
+/// `SELECT <columns> FROM eventstore_events <rest>`, as one static string (PostgreSQL).
 macro_rules! select_events {
     ($rest:literal) => {
         concat!(
@@ -62,9 +62,44 @@ macro_rules! select_events {
     };
 }
 
-/// An event row as stored.
+/// The events of `SELECT * FROM eventstore_events <rest>` as **one** row holding a JSON array
+/// of `[position, stream_id, …]` arrays (SQLite). The driver's cost per row (a copy of every
+/// value and a message from its worker thread, about 7 µs) dominated reads; one row per page
+/// and one `serde_json` pass over it read about twice as fast (see docs/benchmarks.md). The
+/// array's order is not guaranteed by SQLite: [`from_page`] sorts it by position (an
+/// `ORDER BY` inside the aggregate would sort the payloads again in SQLite, which costs more).
+macro_rules! sqlite_page {
+    ($rest:literal) => {
+        concat!(
+            "SELECT json_group_array(json_array(position, stream_id, version, event_id, \
+             event_type, schema_version, json(data), json(metadata), causation_id, \
+             correlation_id, recorded_at)) \
+             FROM (SELECT * FROM eventstore_events ",
+            $rest,
+            ")"
+        )
+    };
+}
+
+/// An event as stored, its payload and metadata parsed.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct StoredEvent {
+    position: i64,
+    stream_id: String,
+    version: i64,
+    event_id: String,
+    event_type: String,
+    schema_version: i32,
+    data: Value,
+    metadata: Map<String, Value>,
+    causation_id: Option<String>,
+    correlation_id: Option<String>,
+    recorded_at: i64,
+}
+
+/// An event row as PostgreSQL returns it (payloads as text).
 #[derive(Debug, sqlx::FromRow)]
-pub(crate) struct EventRow {
+struct EventRow {
     position: i64,
     stream_id: String,
     version: i64,
@@ -78,7 +113,56 @@ pub(crate) struct EventRow {
     recorded_at: i64,
 }
 
-impl EventRow {
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = Error;
+
+    fn try_from(row: EventRow) -> Result<Self, Error> {
+        let fail = |what: &str, e: serde_json::Error| Error::Decode {
+            position: to_u64(row.position),
+            event_type: row.event_type.clone(),
+            schema_version: u32::try_from(row.schema_version).unwrap_or(0),
+            reason: format!("{what}: {e}"),
+        };
+        let data = serde_json::from_str(&row.data).map_err(|e| fail("payload", e))?;
+        let metadata = serde_json::from_str(&row.metadata).map_err(|e| fail("metadata", e))?;
+        Ok(StoredEvent {
+            position: row.position,
+            stream_id: row.stream_id,
+            version: row.version,
+            event_id: row.event_id,
+            event_type: row.event_type,
+            schema_version: row.schema_version,
+            data,
+            metadata,
+            causation_id: row.causation_id,
+            correlation_id: row.correlation_id,
+            recorded_at: row.recorded_at,
+        })
+    }
+}
+
+fn from_rows(rows: Vec<EventRow>) -> Result<Vec<StoredEvent>, Error> {
+    rows.into_iter().map(StoredEvent::try_from).collect()
+}
+
+fn from_page(page: Option<String>) -> Result<Vec<StoredEvent>, Error> {
+    match page {
+        None => Ok(Vec::new()),
+        Some(page) => {
+            let mut events: Vec<StoredEvent> =
+                serde_json::from_str(&page).map_err(|e| Error::Decode {
+                    position: 0,
+                    event_type: String::new(),
+                    schema_version: 0,
+                    reason: format!("page of events: {e}"),
+                })?;
+            events.sort_unstable_by_key(|e| e.position);
+            Ok(events)
+        }
+    }
+}
+
+impl StoredEvent {
     /// The recorded event, its payload brought to the current schema.
     pub(crate) fn into_recorded(self, upcasters: &Upcasters) -> Result<RecordedEvent, Error> {
         let position = to_u64(self.position);
@@ -89,13 +173,9 @@ impl EventRow {
             schema_version: stored_version,
             reason,
         };
-        let data: Value =
-            serde_json::from_str(&self.data).map_err(|e| fail(format!("payload: {e}")))?;
-        let extra: Map<String, Value> =
-            serde_json::from_str(&self.metadata).map_err(|e| fail(format!("metadata: {e}")))?;
         let id = Uuid::parse_str(&self.event_id).map_err(|e| fail(format!("id: {e}")))?;
         let (schema_version, data) = upcasters
-            .upcast(&self.event_type, stored_version, data)
+            .upcast(&self.event_type, stored_version, self.data)
             .map_err(fail)?;
         Ok(RecordedEvent {
             position,
@@ -108,44 +188,48 @@ impl EventRow {
             metadata: Metadata {
                 causation_id: self.causation_id,
                 correlation_id: self.correlation_id,
-                extra,
+                extra: self.metadata,
             },
             recorded_at: from_micros(self.recorded_at),
         })
     }
-}
 
-impl EventRow {
-    /// The typed event of this row and where it sits, decoded straight from the stored text
-    /// when no upcaster applies (the common case: no intermediate JSON value).
+    /// The typed event and where it sits, upcast first if an upcaster applies.
     pub(crate) fn into_typed<T: serde::de::DeserializeOwned>(
         self,
         upcasters: &Upcasters,
     ) -> Result<(T, crate::EventContext), Error> {
-        let stored_version = u32::try_from(self.schema_version).unwrap_or(0);
         let context = crate::EventContext {
             version: to_u64(self.version),
             recorded_at: from_micros(self.recorded_at),
         };
-        if !upcasters.applies(&self.event_type, stored_version) {
-            return match serde_json::from_str(&self.data) {
-                Ok(typed) => Ok((typed, context)),
-                Err(e) => Err(Error::Decode {
-                    position: to_u64(self.position),
-                    event_type: self.event_type,
-                    schema_version: stored_version,
-                    reason: e.to_string(),
-                }),
+        let stored_version = u32::try_from(self.schema_version).unwrap_or(0);
+        let (position, event_type, schema_version, data) =
+            if upcasters.applies(&self.event_type, stored_version) {
+                let recorded = self.into_recorded(upcasters)?;
+                (
+                    recorded.position,
+                    recorded.event_type,
+                    recorded.schema_version,
+                    recorded.data,
+                )
+            } else {
+                (
+                    to_u64(self.position),
+                    self.event_type,
+                    stored_version,
+                    self.data,
+                )
             };
+        match T::deserialize(data) {
+            Ok(typed) => Ok((typed, context)),
+            Err(e) => Err(Error::Decode {
+                position,
+                event_type,
+                schema_version,
+                reason: e.to_string(),
+            }),
         }
-        let recorded = self.into_recorded(upcasters)?;
-        let typed = serde_json::from_value(recorded.data).map_err(|e| Error::Decode {
-            position: recorded.position,
-            event_type: recorded.event_type,
-            schema_version: recorded.schema_version,
-            reason: e.to_string(),
-        })?;
-        Ok((typed, context))
     }
 }
 
@@ -360,22 +444,52 @@ async fn duplicate(
     }
 }
 
+/// Runs `$where` (with `$bind`s) as a page query on either database, on `$executor`.
+macro_rules! fetch_events {
+    ($database:ident, $executor:expr, $where:literal $(, $bind:expr)*) => {
+        fetch_events!(@$database, $executor, $where $(, $bind)*)
+    };
+    (@sqlite, $executor:expr, $where:literal $(, $bind:expr)*) => {{
+        let (page,): (Option<String>,) = sqlx::query_as(sqlite_page!($where))
+            $(.bind($bind))*
+            .fetch_one($executor)
+            .await?;
+        from_page(page)?
+    }};
+    (@postgres, $executor:expr, $where:literal $(, $bind:expr)*) => {{
+        let rows: Vec<EventRow> = sqlx::query_as(select_events!($where))
+            $(.bind($bind))*
+            .fetch_all($executor)
+            .await?;
+        from_rows(rows)?
+    }};
+}
+
 pub(crate) async fn read_stream(
     pool: &Pool,
     stream: &str,
     from: u64,
     to: u64,
-) -> Result<Vec<EventRow>, Error> {
-    let sql =
-        select_events!("WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version");
-    Ok(on_pool!(pool, |p| {
-        sqlx::query_as(sql)
-            .bind(stream)
-            .bind(to_i64(from))
-            .bind(to_i64(to))
-            .fetch_all(p)
-            .await?
-    }))
+) -> Result<Vec<StoredEvent>, Error> {
+    let (from, to) = (to_i64(from), to_i64(to));
+    Ok(match pool {
+        Pool::Sqlite(p) => fetch_events!(
+            sqlite,
+            p,
+            "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+            stream,
+            from,
+            to
+        ),
+        Pool::Postgres(p) => fetch_events!(
+            postgres,
+            p,
+            "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+            stream,
+            from,
+            to
+        ),
+    })
 }
 
 /// The events of `stream` recorded at or before `at` (microseconds).
@@ -383,15 +497,23 @@ pub(crate) async fn read_stream_until(
     pool: &Pool,
     stream: &str,
     at: i64,
-) -> Result<Vec<EventRow>, Error> {
-    let sql = select_events!("WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version");
-    Ok(on_pool!(pool, |p| {
-        sqlx::query_as(sql)
-            .bind(stream)
-            .bind(at)
-            .fetch_all(p)
-            .await?
-    }))
+) -> Result<Vec<StoredEvent>, Error> {
+    Ok(match pool {
+        Pool::Sqlite(p) => fetch_events!(
+            sqlite,
+            p,
+            "WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version",
+            stream,
+            at
+        ),
+        Pool::Postgres(p) => fetch_events!(
+            postgres,
+            p,
+            "WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version",
+            stream,
+            at
+        ),
+    })
 }
 
 pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Error> {
@@ -406,29 +528,25 @@ pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Err
     Ok(to_u64(version))
 }
 
-/// Runs a `select_events!` query of the global log with its arguments bound, on `$executor`.
-macro_rules! global_log_query {
-    ($executor:expr, $after:expr, $limit:expr, $category:expr) => {
+/// A page of the global log (of one category or all) on `$executor` of `$database`.
+macro_rules! global_log_page {
+    ($database:ident, $executor:expr, $after:expr, $limit:expr, $category:expr) => {
         match $category {
-            None => {
-                sqlx::query_as(select_events!(
-                    "WHERE position > $1 ORDER BY position LIMIT $2"
-                ))
-                .bind($after)
-                .bind($limit)
-                .fetch_all($executor)
-                .await?
-            }
-            Some(category) => {
-                sqlx::query_as(select_events!(
-                    "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3"
-                ))
-                .bind(category)
-                .bind($after)
-                .bind($limit)
-                .fetch_all($executor)
-                .await?
-            }
+            None => fetch_events!(
+                $database,
+                $executor,
+                "WHERE position > $1 ORDER BY position LIMIT $2",
+                $after,
+                $limit
+            ),
+            Some(category) => fetch_events!(
+                $database,
+                $executor,
+                "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3",
+                category,
+                $after,
+                $limit
+            ),
         }
     };
 }
@@ -438,11 +556,12 @@ pub(crate) async fn read_all(
     after: u64,
     limit: usize,
     category: Option<&str>,
-) -> Result<Vec<EventRow>, Error> {
+) -> Result<Vec<StoredEvent>, Error> {
     let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
-    Ok(on_pool!(pool, |p| global_log_query!(
-        p, after, limit, category
-    )))
+    Ok(match pool {
+        Pool::Sqlite(p) => global_log_page!(sqlite, p, after, limit, category),
+        Pool::Postgres(p) => global_log_page!(postgres, p, after, limit, category),
+    })
 }
 
 /// [`read_all`] within a transaction (a rebuild reads what it writes beside).
@@ -451,11 +570,12 @@ pub(crate) async fn read_all_in(
     after: u64,
     limit: usize,
     category: Option<&str>,
-) -> Result<Vec<EventRow>, Error> {
+) -> Result<Vec<StoredEvent>, Error> {
     let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
-    Ok(on_tx!(tx, |c| global_log_query!(
-        &mut *c, after, limit, category
-    )))
+    Ok(match tx {
+        Tx::Sqlite(tx) => global_log_page!(sqlite, &mut **tx, after, limit, category),
+        Tx::Postgres(tx) => global_log_page!(postgres, &mut **tx, after, limit, category),
+    })
 }
 
 pub(crate) async fn head(pool: &Pool) -> Result<u64, Error> {
@@ -540,42 +660,44 @@ pub(crate) async fn checkpoint(pool: &Pool, name: &str) -> Result<u64, Error> {
     Ok(position.map_or(0, to_u64))
 }
 
-/// Moves a checkpoint from `from` to `to`; false if it was not at `from` (another writer moved
-/// it, a rebuild say).
-pub(crate) async fn move_checkpoint(
-    tx: &mut Tx,
-    name: &str,
-    from: u64,
-    to: u64,
-) -> Result<bool, Error> {
+/// Takes a projection's checkpoint for this transaction and returns it: on PostgreSQL the row
+/// is locked (`FOR UPDATE`), so that a projector and a rebuild never interleave (under READ
+/// COMMITTED a rebuild's `DELETE` would miss rows a projector inserted meanwhile, and the
+/// replay would count them twice); on SQLite the `IMMEDIATE` transaction already excludes
+/// every other writer.
+pub(crate) async fn lock_checkpoint(tx: &mut Tx, name: &str) -> Result<u64, Error> {
     let now = micros(OffsetDateTime::now_utc());
-    let moved = on_tx!(tx, |c| {
-        if from == 0 {
-            sqlx::query(
-                "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
-                 ON CONFLICT (name) DO NOTHING",
-            )
-            .bind(name)
-            .bind(now)
-            .execute(&mut *c)
-            .await?;
-        }
+    on_tx!(tx, |c| {
         sqlx::query(
-            "UPDATE eventstore_checkpoints SET position = $1, updated_at = $2 \
-             WHERE name = $3 AND position = $4",
+            "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
+             ON CONFLICT (name) DO NOTHING",
         )
-        .bind(to_i64(to))
-        .bind(now)
         .bind(name)
-        .bind(to_i64(from))
+        .bind(now)
         .execute(&mut *c)
         .await?
         .rows_affected()
     });
-    Ok(moved == 1)
+    let position: i64 = match tx {
+        Tx::Sqlite(tx) => {
+            sqlx::query_scalar("SELECT position FROM eventstore_checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_one(&mut **tx)
+                .await?
+        }
+        Tx::Postgres(tx) => {
+            sqlx::query_scalar(
+                "SELECT position FROM eventstore_checkpoints WHERE name = $1 FOR UPDATE",
+            )
+            .bind(name)
+            .fetch_one(&mut **tx)
+            .await?
+        }
+    };
+    Ok(to_u64(position))
 }
 
-/// Sets a checkpoint whatever it was (a rebuild).
+/// Sets a checkpoint (taken first with [`lock_checkpoint`]).
 pub(crate) async fn set_checkpoint(tx: &mut Tx, name: &str, to: u64) -> Result<(), Error> {
     let now = micros(OffsetDateTime::now_utc());
     on_tx!(tx, |c| {

@@ -306,7 +306,7 @@ impl EventStore {
         Subscription::new(self.clone(), after, category.map(str::to_owned))
     }
 
-    fn decode(&self, rows: Vec<backend::EventRow>) -> Result<Vec<RecordedEvent>, Error> {
+    fn decode(&self, rows: Vec<backend::StoredEvent>) -> Result<Vec<RecordedEvent>, Error> {
         rows.into_iter()
             .map(|row| row.into_recorded(&self.inner.options.upcasters))
             .collect()

@@ -1,10 +1,12 @@
 //! Projections: read models kept up to date from the global log.
 //!
-//! A [`Projection`] turns events into rows of its own tables. A [`Projector`] feeds it: it reads
-//! the events after the projection's checkpoint, applies a batch and moves the checkpoint **in
-//! the same transaction**, so a crash never applies an event twice or skips one. A rebuild
-//! ([`Projector::rebuild`]) empties the tables and replays the whole log in one transaction;
-//! a running projector notices that its checkpoint moved under it and carries on from there.
+//! A [`Projection`] turns events into rows of its own tables. A [`Projector`] feeds it: in one
+//! transaction it takes the projection's checkpoint (locked on PostgreSQL; SQLite's write
+//! transactions exclude each other anyway), reads the events after it, applies them and moves
+//! the checkpoint, so a crash never applies an event twice or skips one, and two projectors (two
+//! instances of a service) or a projector and a rebuild never interleave. A rebuild
+//! ([`Projector::rebuild`]) empties the tables and replays the whole log in one transaction; a
+//! running projector then carries on from the rebuilt checkpoint.
 //!
 //! Metrics, labelled `projection`: `eventstore_projection_position` (the checkpoint) and
 //! `eventstore_projection_lag_events` (events of its category not yet applied).
@@ -109,39 +111,37 @@ impl<P: Projection> Projector<P> {
         let name = self.projection.name();
         let mut applied = 0;
         loop {
+            // Nothing new: no write transaction at all (the common case when idle).
             let from = self.checkpoint().await?;
-            let events = self
-                .store
-                .read_all(from, BATCH, self.projection.category())
-                .await?;
+            if self.store.head(self.projection.category()).await? <= from {
+                self.report(from, 0);
+                return Ok(applied);
+            }
+            let mut tx = self.store.begin().await?;
+            let from = backend::lock_checkpoint(&mut tx.tx, name).await?;
+            let events = tx.read_all(from, BATCH, self.projection.category()).await?;
             let Some(last) = events.last().map(|e| e.position) else {
                 self.report(from, 0);
                 return Ok(applied);
             };
-            let mut tx = self.store.begin().await?;
             for event in &events {
                 self.projection.apply(&mut tx, event).await?;
             }
-            if backend::move_checkpoint(&mut tx.tx, name, from, last).await? {
-                tx.commit().await?;
-                applied += events.len() as u64;
-                let lag = self.lag().await.unwrap_or(0);
-                self.report(last, lag);
-            } else {
-                // Moved under us (a rebuild): drop this batch and start from where it is now.
-                tracing::info!(
-                    projection = name,
-                    "checkpoint moved by another writer; reloading"
-                );
-            }
+            backend::set_checkpoint(&mut tx.tx, name, last).await?;
+            tx.commit().await?;
+            applied += events.len() as u64;
+            let lag = self.lag().await.unwrap_or(0);
+            self.report(last, lag);
         }
     }
 
     /// Empties the read model and replays the whole log into it, in one transaction; returns
-    /// the number of events applied. Readers see the old rows until it commits.
+    /// the number of events applied. Readers see the old rows until it commits; a projector
+    /// running meanwhile waits for it and carries on from its checkpoint.
     pub async fn rebuild(&self) -> Result<u64, Error> {
         let name = self.projection.name();
         let mut tx = self.store.begin().await?;
+        backend::lock_checkpoint(&mut tx.tx, name).await?;
         self.projection.reset(&mut tx).await?;
         let mut position = 0;
         let mut applied = 0;
