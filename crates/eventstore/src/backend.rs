@@ -241,6 +241,13 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// The version of a stream. Written as "the last row of the (stream_id, version) index" rather
+/// than `MAX(version)`: on PostgreSQL the prepared `MAX` form grew slower as one stream grew
+/// (0.5 ms to 1.4 ms per call over 1,800 appends in a probe, a plan chosen for the generic
+/// parameter), while `ORDER BY … DESC LIMIT 1` stayed flat, walking the index from its end.
+const STREAM_VERSION: &str = "SELECT COALESCE((SELECT version FROM eventstore_events \
+     WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0)";
+
 /// Starts a transaction that can write. SQLite takes its write lock at once (`IMMEDIATE`), so
 /// that two appends never both read a version and then fail to upgrade their locks.
 pub(crate) async fn begin(pool: &Pool) -> Result<Tx, Error> {
@@ -292,7 +299,7 @@ pub(crate) async fn append(
     };
     let actual: i64 = on_tx!(tx, |c| {
         sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) FROM eventstore_events WHERE stream_id = $1",
+            STREAM_VERSION,
         )
         .bind(stream)
         .fetch_one(&mut *c)
@@ -519,7 +526,7 @@ pub(crate) async fn read_stream_until(
 pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Error> {
     let version: i64 = on_pool!(pool, |p| {
         sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0) FROM eventstore_events WHERE stream_id = $1",
+            STREAM_VERSION,
         )
         .bind(stream)
         .fetch_one(p)
