@@ -112,13 +112,12 @@ fn address() -> Address {
     }
 }
 
-#[tokio::test]
-async fn a_stored_v1_order_stream_reads_as_the_current_schema() {
-    let service = service().await;
+/// The stored v1 stream: the whole fixture, its stream id, and its events as they were written.
+fn fixture() -> (Value, String, Vec<NewEvent>) {
     let fixture: Value = serde_json::from_str(include_str!("fixtures/order_placed_v1.json"))
         .expect("fixture is JSON");
-    let stream = fixture["stream_id"].as_str().expect("stream id");
-    let events: Vec<NewEvent> = fixture["events"]
+    let stream = fixture["stream_id"].as_str().expect("stream id").to_owned();
+    let events = fixture["events"]
         .as_array()
         .expect("events")
         .iter()
@@ -131,6 +130,39 @@ async fn a_stored_v1_order_stream_reads_as_the_current_schema() {
             metadata: serde_json::from_value(e["metadata"].clone()).expect("metadata"),
         })
         .collect();
+    (fixture, stream, events)
+}
+
+#[tokio::test]
+async fn the_v1_fixture_reads_as_the_current_schema_on_postgresql_too() {
+    let Some(schema) = flotilla_eventstore::testing::postgres_schema().await else {
+        return;
+    };
+    let events = flotilla_eventstore::EventStore::postgres(schema.pool.clone(), store::options())
+        .await
+        .expect("postgres store");
+    let (_, stream, written) = fixture();
+    events
+        .append(&stream, ExpectedVersion::NoStream, written)
+        .await
+        .expect("fixture stored");
+    let order_id = stream.strip_prefix("order-").expect("an order stream");
+    let order = events.load::<Order>(order_id).await.expect("loads");
+    assert_eq!(order.version, 3);
+    assert_eq!(order.state.total_cents, 2 * 4999 + 1999);
+    assert_eq!(order.state.items[1].unit_price_cents, 1999);
+    assert_eq!(order.state.status, Some(Status::Rejected));
+    let stored = events.read_stream(&stream, 1).await.expect("stream");
+    assert_eq!(stored[0].schema_version, 2);
+    assert_eq!(stored[0].data["total_cents"], 11997);
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_stored_v1_order_stream_reads_as_the_current_schema() {
+    let service = service().await;
+    let (fixture, stream, events) = fixture();
+    let stream = stream.as_str();
     // Stored as the old version wrote it: schema 1, `price_cents`, no total.
     service
         .db
