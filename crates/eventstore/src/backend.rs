@@ -298,12 +298,10 @@ pub(crate) async fn append(
         }
     };
     let actual: i64 = on_tx!(tx, |c| {
-        sqlx::query_scalar(
-            STREAM_VERSION,
-        )
-        .bind(stream)
-        .fetch_one(&mut *c)
-        .await?
+        sqlx::query_scalar(STREAM_VERSION)
+            .bind(stream)
+            .fetch_one(&mut *c)
+            .await?
     });
     let actual = to_u64(actual);
     if !expected.admits(actual) {
@@ -525,12 +523,10 @@ pub(crate) async fn read_stream_until(
 
 pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Error> {
     let version: i64 = on_pool!(pool, |p| {
-        sqlx::query_scalar(
-            STREAM_VERSION,
-        )
-        .bind(stream)
-        .fetch_one(p)
-        .await?
+        sqlx::query_scalar(STREAM_VERSION)
+            .bind(stream)
+            .fetch_one(p)
+            .await?
     });
     Ok(to_u64(version))
 }
