@@ -1,0 +1,196 @@
+//! The idempotent inbox and the consumer loop.
+//!
+//! Every delivery is processed in one local transaction that (1) records the message id in the
+//! inbox, (2) applies the handler's effect, and (3) writes the messages the handler answers with
+//! to the outbox. A redelivered message finds its id already recorded and is acknowledged
+//! without running the handler again: at-least-once delivery, exactly-once effect.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::transport::{Delivery, Transport};
+use crate::{Error, Message, outbox};
+
+/// Records `message_id` as processed by `consumer` within the caller's transaction; false if it
+/// was already (a redelivery: skip the effect).
+pub async fn claim(
+    connection: &mut SqliteConnection,
+    consumer: &str,
+    message_id: &str,
+) -> Result<bool, Error> {
+    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
+        .unwrap_or(i64::MAX);
+    let claimed = sqlx::query(
+        "INSERT INTO messaging_inbox (consumer, message_id, processed_at) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer, message_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(message_id)
+    .bind(now)
+    .execute(connection)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// Why a handler did not process a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Try again later (a dependency is down): the message is delivered again.
+    #[error("retry later: {0}")]
+    Retry(String),
+    /// The message can never be processed (unreadable, unknown type): it is acknowledged and
+    /// logged, and its effect is nothing.
+    #[error("rejected: {0}")]
+    Reject(String),
+    /// The database failed: retried.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// What a consumer does with a message.
+pub trait Handler: Send + Sync + 'static {
+    /// Applies `message`'s effect within `tx` and returns the messages to publish because of it
+    /// (events, replies); they are written to the outbox in the same transaction.
+    fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> impl Future<Output = Result<Vec<Message>, HandlerError>> + Send;
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processed {
+    /// The handler ran and its effect committed.
+    Applied,
+    /// The message had been processed before: nothing ran.
+    Duplicate,
+    /// The handler rejected it for good.
+    Rejected,
+    /// It will be delivered again.
+    Retried,
+}
+
+/// Runs a handler over a transport's deliveries, with the inbox and the outbox.
+#[derive(Debug)]
+pub struct Consumer<H> {
+    name: String,
+    pool: SqlitePool,
+    handler: Arc<H>,
+    outbox_waker: Option<Arc<Notify>>,
+    retry_delay: Duration,
+}
+
+impl<H: Handler> Consumer<H> {
+    /// Consumer `name` (its group on the transport and its key in the inbox) running `handler`
+    /// on the database `pool`.
+    pub fn new(name: impl Into<String>, pool: SqlitePool, handler: H) -> Self {
+        Self {
+            name: name.into(),
+            pool,
+            handler: Arc::new(handler),
+            outbox_waker: None,
+            retry_delay: Duration::from_millis(500),
+        }
+    }
+
+    /// Wakes this relay when the handler wrote to the outbox.
+    #[must_use]
+    pub fn waking(mut self, relay: Arc<Notify>) -> Self {
+        self.outbox_waker = Some(relay);
+        self
+    }
+
+    /// Processes one delivered message in one transaction: inbox, effect, outbox.
+    pub async fn process(&self, message: &Message) -> Result<Processed, Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if !claim(&mut tx, &self.name, &message.id.to_string()).await? {
+            return Ok(Processed::Duplicate);
+        }
+        match self.handler.handle(&mut tx, message).await {
+            Ok(outgoing) => {
+                for out in &outgoing {
+                    outbox::enqueue(&mut tx, out).await?;
+                }
+                tx.commit().await?;
+                if !outgoing.is_empty()
+                    && let Some(waker) = &self.outbox_waker
+                {
+                    waker.notify_one();
+                }
+                Ok(Processed::Applied)
+            }
+            Err(HandlerError::Reject(reason)) => {
+                // Keep the inbox row: a redelivery is a duplicate, not a second rejection.
+                tx.commit().await?;
+                tracing::error!(consumer = %self.name, message_id = %message.id, message_type = %message.message_type, %reason, "message rejected");
+                Ok(Processed::Rejected)
+            }
+            Err(HandlerError::Retry(reason)) => {
+                drop(tx);
+                tracing::warn!(consumer = %self.name, message_id = %message.id, %reason, "message will be retried");
+                Ok(Processed::Retried)
+            }
+            Err(HandlerError::Database(error)) => Err(error.into()),
+        }
+    }
+
+    /// Settles one delivery after processing it.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<Processed, Error> {
+        let processed = match self.process(&delivery.message).await {
+            Ok(processed) => processed,
+            Err(error) => {
+                tracing::warn!(consumer = %self.name, %error, "processing failed; will retry");
+                Processed::Retried
+            }
+        };
+        let settled = match processed {
+            Processed::Retried => delivery.retry(self.retry_delay).await,
+            _ => delivery.ack().await,
+        };
+        if let Err(error) = settled {
+            // Unsettled: the transport delivers it again, and the inbox absorbs it.
+            tracing::warn!(consumer = %self.name, %error, "could not settle a delivery");
+        }
+        metrics::counter!("messaging_consumed_total", "consumer" => self.name.clone(), "outcome" => match processed {
+            Processed::Applied => "applied",
+            Processed::Duplicate => "duplicate",
+            Processed::Rejected => "rejected",
+            Processed::Retried => "retried",
+        })
+        .increment(1);
+        Ok(processed)
+    }
+
+    /// Subscribes to `topics` on `transport` as group `name` and processes deliveries one at a
+    /// time (in order) until `shutdown`.
+    pub async fn run<T: Transport>(
+        self,
+        transport: &T,
+        topics: &[&str],
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let mut deliveries = transport.subscribe(&self.name, topics).await?;
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                next = deliveries.next() => next,
+            };
+            match next {
+                None => return Ok(()),
+                Some(Ok(delivery)) => {
+                    self.deliver(delivery).await?;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(consumer = %self.name, %error, "delivery failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! Reliable messaging for services with their own database: a transactional **outbox**
+//! ([`outbox`]), an idempotent **inbox** ([`inbox`]), a **relay** that publishes the outbox,
+//! and **transports** behind one trait ([`Transport`]): NATS JetStream ([`nats`]) now, the
+//! embedded HTTP push next.
+//!
+//! The guarantees, end to end: a message is published if and only if the state change it
+//! announces committed (outbox in the same transaction); it is published at least once (the
+//! relay marks it only after the transport's acknowledgement); each consumer applies its effect
+//! exactly once (the inbox row is written in the same transaction as the effect). Messages of one
+//! key are published in order.
+//!
+//! Patterns: publish-subscribe (a topic, several consumer groups), fire-and-forget (a message
+//! nobody answers), request-reply ([`Message::replying_to`], [`Message::reply`]).
+
+mod envelope;
+pub mod inbox;
+pub mod nats;
+pub mod outbox;
+mod transport;
+
+use sqlx::SqlitePool;
+
+pub use crate::envelope::{Message, valid_topic};
+pub use crate::transport::{Deliveries, Delivery, Settlement, Transport, TransportError};
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A topic that transports cannot carry.
+    #[error("invalid topic `{0}`: use lower-case letters, digits, `.`, `-` and `_`")]
+    InvalidTopic(String),
+    /// A message could not be encoded.
+    #[error("message cannot be encoded: {0}")]
+    Encode(serde_json::Error),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be set up.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The transport failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Creates the outbox, dead-letter and inbox tables in a service's database if needed
+/// (migrations recorded in `_messaging_migrations`, apart from the service's own).
+pub async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name("_messaging_migrations");
+    migrator.run(pool).await?;
+    Ok(())
+}

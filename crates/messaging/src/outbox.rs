@@ -1,0 +1,307 @@
+//! The transactional outbox and its relay.
+//!
+//! A service writes a message with [`enqueue`] **in the same local transaction** as the state
+//! change the message announces: both commit or neither does. The [`Relay`] then publishes the
+//! pending rows through a [`Transport`] and marks each published only after the transport's
+//! acknowledgement: a crash between the two publishes the message again, which the broker's
+//! deduplication and the consumers' inbox absorb.
+//!
+//! Order: rows are read in `seq` order; the messages of one key are published one after the
+//! other, and a key whose message failed waits (with backoff) before its next message goes;
+//! different keys go concurrently. After `max_attempts` a message is moved to the dead letters,
+//! so that one poisoned message does not block its key forever.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{SqliteConnection, SqlitePool};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::transport::{Transport, TransportError};
+use crate::{Error, Message, valid_topic};
+
+fn now_micros() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// Writes `message` to the outbox within the caller's transaction.
+pub async fn enqueue(connection: &mut SqliteConnection, message: &Message) -> Result<(), Error> {
+    if !valid_topic(&message.topic) {
+        return Err(Error::InvalidTopic(message.topic.clone()));
+    }
+    let envelope = serde_json::to_string(message).map_err(Error::Encode)?;
+    sqlx::query(
+        "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(message.id.to_string())
+    .bind(&message.topic)
+    .bind(&message.key)
+    .bind(envelope)
+    .bind(now_micros())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// How the relay works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Rows read per pass. Default 256.
+    pub batch: u32,
+    /// Attempts before a message is dead-lettered. Default 20.
+    pub max_attempts: u32,
+    /// First wait after a failed attempt; doubles each time. Default 100 ms.
+    pub base_backoff: Duration,
+    /// Longest wait between attempts. Default 30 s.
+    pub max_backoff: Duration,
+    /// How often to look for rows when nobody said there are some. Default 200 ms.
+    pub poll_interval: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch: 256,
+            max_attempts: 20,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What one pass of the relay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Messages published.
+    pub published: u32,
+    /// Messages that failed and will be tried again.
+    pub failed: u32,
+    /// Messages moved to the dead letters.
+    pub dead: u32,
+}
+
+/// Publishes the outbox through a transport.
+#[derive(Debug)]
+pub struct Relay<T> {
+    pool: SqlitePool,
+    transport: Arc<T>,
+    config: RelayConfig,
+    wake: Arc<Notify>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Pending {
+    seq: i64,
+    key: String,
+    envelope: String,
+    attempts: i64,
+    next_attempt_at: i64,
+}
+
+impl<T: Transport> Relay<T> {
+    /// A relay of the outbox in `pool` through `transport`.
+    pub fn new(pool: SqlitePool, transport: Arc<T>, config: RelayConfig) -> Self {
+        Self {
+            pool,
+            transport,
+            config,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Notify it after committing an outbox row, so that it does not wait for its next poll.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Publishes until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let pause = match self.relay_once().await {
+                // More may be waiting right behind a full batch.
+                Ok(pass) if pass.published + pass.dead >= self.config.batch => Duration::ZERO,
+                Ok(_) => self.config.poll_interval,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay pass failed");
+                    self.config.poll_interval
+                }
+            };
+            if pause.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One pass over the pending rows.
+    pub async fn relay_once(&self) -> Result<Pass, Error> {
+        let rows: Vec<Pending> = sqlx::query_as(
+            "SELECT seq, key, envelope, attempts, next_attempt_at FROM messaging_outbox
+             WHERE published_at IS NULL ORDER BY seq LIMIT $1",
+        )
+        .bind(i64::from(self.config.batch))
+        .fetch_all(&self.pool)
+        .await?;
+        // Group by key, keeping each key's order.
+        let mut keys: Vec<String> = Vec::new();
+        let mut by_key: HashMap<String, Vec<Pending>> = HashMap::new();
+        for row in rows {
+            if !by_key.contains_key(&row.key) {
+                keys.push(row.key.clone());
+            }
+            by_key.entry(row.key.clone()).or_default().push(row);
+        }
+        let now = now_micros();
+        let lanes = keys
+            .into_iter()
+            .filter_map(|key| by_key.remove(&key))
+            .map(|rows| self.relay_key(rows, now));
+        let mut pass = Pass::default();
+        for lane in futures_util::future::join_all(lanes).await {
+            let lane = lane?;
+            pass.published += lane.published;
+            pass.failed += lane.failed;
+            pass.dead += lane.dead;
+        }
+        if pass.published > 0 {
+            metrics::counter!("messaging_outbox_published_total")
+                .increment(u64::from(pass.published));
+        }
+        if pass.dead > 0 {
+            metrics::counter!("messaging_outbox_dead_lettered_total")
+                .increment(u64::from(pass.dead));
+        }
+        Ok(pass)
+    }
+
+    /// Publishes one key's rows in order, stopping at the first that must wait.
+    async fn relay_key(&self, rows: Vec<Pending>, now: i64) -> Result<Pass, Error> {
+        let mut pass = Pass::default();
+        for row in rows {
+            if row.next_attempt_at > now {
+                break; // backing off: later messages of this key wait too
+            }
+            let outcome = match serde_json::from_str::<Message>(&row.envelope) {
+                Ok(message) => self.transport.publish(&message).await,
+                Err(error) => Err(TransportError::Refused(format!("unreadable row: {error}"))),
+            };
+            match outcome {
+                Ok(()) => {
+                    sqlx::query("UPDATE messaging_outbox SET published_at = $1 WHERE seq = $2")
+                        .bind(now_micros())
+                        .bind(row.seq)
+                        .execute(&self.pool)
+                        .await?;
+                    pass.published += 1;
+                }
+                Err(error) => {
+                    let attempts = row.attempts + 1;
+                    let refused = matches!(error, TransportError::Refused(_));
+                    if refused || attempts >= i64::from(self.config.max_attempts) {
+                        self.bury(row.seq, attempts, &error.to_string()).await?;
+                        pass.dead += 1;
+                        tracing::error!(seq = row.seq, %error, attempts, "outbox message dead-lettered");
+                        continue; // the key's next message may go
+                    }
+                    let wait = self.backoff(attempts);
+                    sqlx::query(
+                        "UPDATE messaging_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 WHERE seq = $4",
+                    )
+                    .bind(attempts)
+                    .bind(now_micros().saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)))
+                    .bind(error.to_string())
+                    .bind(row.seq)
+                    .execute(&self.pool)
+                    .await?;
+                    pass.failed += 1;
+                    tracing::warn!(seq = row.seq, %error, attempts, ?wait, "outbox publish failed; will retry");
+                    break;
+                }
+            }
+        }
+        Ok(pass)
+    }
+
+    fn backoff(&self, attempts: i64) -> Duration {
+        let exponent = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+        self.config
+            .base_backoff
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(self.config.max_backoff)
+    }
+
+    async fn bury(&self, seq: i64, attempts: i64, error: &str) -> Result<(), Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO messaging_dead_letters (seq, message_id, topic, key, envelope, attempts, last_error, dead_at)
+             SELECT seq, message_id, topic, key, envelope, $1, $2, $3 FROM messaging_outbox WHERE seq = $4",
+        )
+        .bind(attempts)
+        .bind(error)
+        .bind(now_micros())
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM messaging_outbox WHERE seq = $1")
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// A dead letter, as listed by [`dead_letters`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    /// Its outbox sequence number.
+    pub seq: i64,
+    /// The message's id.
+    pub message_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its key.
+    pub key: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// The last failure.
+    pub last_error: String,
+}
+
+/// The dead letters, oldest first.
+pub async fn dead_letters(pool: &SqlitePool) -> Result<Vec<DeadLetter>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT seq, message_id, topic, key, attempts, last_error FROM messaging_dead_letters ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Puts dead letter `seq` back in the outbox (attempts reset), to be published again; false if
+/// there is no such dead letter.
+pub async fn replay_dead_letter(pool: &SqlitePool, seq: i64) -> Result<bool, Error> {
+    let mut tx = pool.begin().await?;
+    let moved = sqlx::query(
+        "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at)
+         SELECT message_id, topic, key, envelope, $1 FROM messaging_dead_letters WHERE seq = $2",
+    )
+    .bind(now_micros())
+    .bind(seq)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM messaging_dead_letters WHERE seq = $1")
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(moved == 1)
+}
