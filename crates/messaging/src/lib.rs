@@ -1,7 +1,7 @@
 //! Reliable messaging for services with their own database: a transactional **outbox**
 //! ([`outbox`]), an idempotent **inbox** ([`inbox`]), a **relay** that publishes the outbox,
-//! and **transports** behind one trait ([`Transport`]): NATS JetStream ([`nats`]) now, the
-//! embedded HTTP push next.
+//! and **transports** behind one trait ([`Transport`]): the embedded HTTP push through the
+//! registry ([`embedded`], the default: no broker) and NATS JetStream ([`nats`]).
 //!
 //! The guarantees, end to end: a message is published if and only if the state change it
 //! announces committed (outbox in the same transaction); it is published at least once (the
@@ -12,6 +12,7 @@
 //! Patterns: publish-subscribe (a topic, several consumer groups), fire-and-forget (a message
 //! nobody answers), request-reply ([`Message::replying_to`], [`Message::reply`]).
 
+pub mod embedded;
 mod envelope;
 pub mod inbox;
 pub mod nats;
