@@ -1,14 +1,17 @@
 //! The inventory service: owns the catalog (SKU, name, price in cents) and its stock
 //! (`on_hand`, `reserved`).
 //!
-//! This version serves the catalog; reserving, releasing and committing stock arrive with the
-//! order saga. Its database is `<data_dir>/inventory.db`, seeded on first start from
+//! It serves the catalog, and holds stock for orders ([`stock`]: reserve, release, commit,
+//! restock — idempotent per order, never overselling), which the order saga drives. Its
+//! database is `<data_dir>/inventory.db`, seeded on first start from
 //! `services/inventory/seed/products.json`.
 //!
 //! | method and path | meaning |
 //! | --- | --- |
 //! | `GET /v1/products` | the catalog with stock |
 //! | `GET /v1/products/{sku}` | one product; 404 `/problems/unknown-sku` if there is none |
+
+pub mod stock;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -65,10 +68,11 @@ async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
         .await?;
     if count == 0 {
         for product in &products {
-            sqlx::query("INSERT INTO products (sku, name, price_cents, on_hand, reserved) VALUES (?, ?, ?, ?, 0)")
+            sqlx::query("INSERT INTO products (sku, name, price_cents, on_hand, reserved, initial_on_hand) VALUES (?, ?, ?, ?, 0, ?)")
                 .bind(&product.sku)
                 .bind(&product.name)
                 .bind(product.price_cents)
+                .bind(product.on_hand)
                 .bind(product.on_hand)
                 .execute(&mut *tx)
                 .await?;
