@@ -1,8 +1,11 @@
 //! The shipping service: owns shipments, and the destinations the carrier refuses.
 //!
-//! This version serves the shipments of an order and the refused destinations; scheduling and
-//! cancelling arrive with the order saga (a refused destination is the saga's natural late
-//! failure). Its database is `<data_dir>/shipping.db`, seeded on first start from
+//! This version serves the shipments of an order and the refused destinations over HTTP, and
+//! offers the order saga's shipping step as idempotent domain functions on a database
+//! transaction, in [`carrier`]: [`carrier::schedule`] (a refused destination is the saga's
+//! natural late failure), [`carrier::cancel`] (its compensation) and [`carrier::check`] (the
+//! invariants, for the system checker). No message handler calls them yet. Its database is
+//! `<data_dir>/shipping.db`, seeded on first start from
 //! `services/shipping/seed/refused_destinations.json` (country `AQ`).
 //!
 //! | method and path | meaning |
@@ -18,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub mod carrier;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "shipping";

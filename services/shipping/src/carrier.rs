@@ -1,0 +1,319 @@
+//! The carrier's saga operations: schedule a shipment for an order, cancel it, and check the
+//! invariants they keep.
+//!
+//! Each operation is a plain domain function on the caller's transaction, which should be opened
+//! with `BEGIN IMMEDIATE` (`pool.begin_with("BEGIN IMMEDIATE")`): it then holds the write lock
+//! from its first statement, so concurrent calls for one order run one after the other. The
+//! caller commits, typically together with its inbox and outbox rows, and retries on a database
+//! error. Every operation is idempotent per order, so a redelivered message is harmless:
+//!
+//! - [`schedule`] answers a repeat with its first outcome, a shipment or a refusal, whatever the
+//!   destination of the repeat. An order never has two shipments (the database enforces it
+//!   too: `shipments_one_per_order`), nor both a shipment and a refusal.
+//! - [`cancel`] turns a `SCHEDULED` shipment into `CANCELLED`; a repeat, or an order without a
+//!   shipment, changes nothing. Cancelling an order that has no shipment yet also records a
+//!   refusal, so that a request to schedule it arriving late (a compensation overtaking the step
+//!   it undoes) is refused instead of shipping a rejected order.
+//!
+//! ```text
+//!   schedule ──▶ SCHEDULED ──cancel──▶ CANCELLED
+//!      │             │
+//!      │             └── (dispatch, deliver: later) ──▶ DISPATCHED ──▶ DELIVERED  (too late to cancel)
+//!      └── refused or invalid country ──▶ refusal (stable answer)
+//! ```
+//!
+//! [`check`] reports any breach of these rules, for the system checker.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{SqliteConnection, SqlitePool};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The reason recorded when an order is cancelled before any shipment was scheduled for it.
+pub const CANCELLED_BEFORE_SCHEDULING: &str =
+    "the order was cancelled before its shipment was scheduled";
+
+/// Where to ship an order: the same shape as the order service's `ship_to` address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Destination {
+    /// Recipient.
+    pub name: String,
+    /// Street and number.
+    pub street: String,
+    /// City.
+    pub city: String,
+    /// Postal code.
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2 country code, upper case.
+    pub country: String,
+}
+
+/// The outcome of [`schedule`]: the same for every request about one order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scheduling {
+    /// The order has a shipment (it may have been cancelled since: a repeat still answers with
+    /// the first outcome).
+    Scheduled {
+        /// The shipment's id.
+        shipment_id: String,
+    },
+    /// The carrier does not ship this order: the saga's natural late failure.
+    Refused {
+        /// Why, for the customer.
+        reason: String,
+    },
+}
+
+/// The outcome of a [`cancel`] that the shipment's state allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cancellation {
+    /// The shipment was `SCHEDULED`; it is now `CANCELLED`.
+    Cancelled {
+        /// The shipment's id.
+        shipment_id: String,
+    },
+    /// The shipment was cancelled already: nothing changed.
+    AlreadyCancelled {
+        /// The shipment's id.
+        shipment_id: String,
+    },
+    /// The order has no shipment: nothing to cancel. A later [`schedule`] of it is refused.
+    NoShipment,
+}
+
+/// A [`cancel`] that cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// The shipment has left (`DISPATCHED` or `DELIVERED`): too late to cancel.
+    #[error("shipment `{shipment_id}` is {status}: too late to cancel")]
+    TooLate {
+        /// The shipment's id.
+        shipment_id: String,
+        /// Its status.
+        status: String,
+    },
+    /// The database failed; the caller should roll back and may retry.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Schedules the shipment of `order_id` to `destination`, or refuses it if the country is not a
+/// valid upper-case ISO 3166-1 alpha-2 code or is one the carrier does not serve.
+///
+/// Idempotent: if the order has a shipment or a refusal already, answers with it and changes
+/// nothing (the repeat's `destination` is not looked at). A refusal is recorded, so the answer
+/// stays the same even if the refused destinations change.
+pub async fn schedule(
+    conn: &mut SqliteConnection,
+    order_id: &str,
+    destination: &Destination,
+) -> Result<Scheduling, sqlx::Error> {
+    if let Some(outcome) = recorded(conn, order_id).await? {
+        return Ok(outcome);
+    }
+    let now = now()?;
+    let country = &destination.country;
+    let refusal = if is_country_code(country) {
+        sqlx::query_scalar::<_, String>("SELECT reason FROM refused_destinations WHERE country = ?")
+            .bind(country)
+            .fetch_optional(&mut *conn)
+            .await?
+    } else {
+        Some(format!(
+            "invalid country code {country:?}: expected an ISO 3166-1 alpha-2 code, upper case"
+        ))
+    };
+    match refusal {
+        Some(reason) => {
+            sqlx::query(
+                "INSERT INTO shipment_refusals (order_id, country, reason, refused_at) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(order_id)
+            .bind(country)
+            .bind(&reason)
+            .bind(&now)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            sqlx::query(
+                "INSERT INTO shipments
+                   (shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 'SCHEDULED', ?, ?)
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(order_id)
+            .bind(&destination.name)
+            .bind(&destination.street)
+            .bind(&destination.city)
+            .bind(&destination.postal_code)
+            .bind(country)
+            .bind(&now)
+            .bind(&now)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    // Read back what is stored: the row just written, or the one that won a race.
+    recorded(conn, order_id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// Cancels the shipment of `order_id`: `SCHEDULED` becomes `CANCELLED`.
+///
+/// Idempotent: a shipment cancelled already, or an order without a shipment, changes nothing and
+/// is reported as such; in the latter case a refusal is recorded (unless the order has one), so
+/// that a request to schedule the order arriving after its compensation is refused.
+/// A `DISPATCHED` or `DELIVERED` shipment is [`CancelError::TooLate`].
+pub async fn cancel(
+    conn: &mut SqliteConnection,
+    order_id: &str,
+) -> Result<Cancellation, CancelError> {
+    let shipment: Option<(String, String)> =
+        sqlx::query_as("SELECT shipment_id, status FROM shipments WHERE order_id = ?")
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let now = now()?;
+    match shipment {
+        None => {
+            sqlx::query(
+                "INSERT INTO shipment_refusals (order_id, country, reason, refused_at) VALUES (?, NULL, ?, ?)
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(order_id)
+            .bind(CANCELLED_BEFORE_SCHEDULING)
+            .bind(&now)
+            .execute(&mut *conn)
+            .await?;
+            Ok(Cancellation::NoShipment)
+        }
+        Some((shipment_id, status)) => match status.as_str() {
+            "SCHEDULED" => {
+                sqlx::query(
+                    "UPDATE shipments SET status = 'CANCELLED', updated_at = ?
+                     WHERE shipment_id = ? AND status = 'SCHEDULED'",
+                )
+                .bind(&now)
+                .bind(&shipment_id)
+                .execute(&mut *conn)
+                .await?;
+                Ok(Cancellation::Cancelled { shipment_id })
+            }
+            "CANCELLED" => Ok(Cancellation::AlreadyCancelled { shipment_id }),
+            _ => Err(CancelError::TooLate {
+                shipment_id,
+                status,
+            }),
+        },
+    }
+}
+
+/// Checks the carrier's invariants and describes every breach; empty when all hold:
+///
+/// - at most one shipment per order;
+/// - no order with both a shipment and a refusal;
+/// - no `SCHEDULED` shipment to a refused destination or to an invalid country code.
+///
+/// Reads one consistent snapshot of the database.
+pub async fn check(pool: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut violations = Vec::new();
+
+    let duplicated: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT order_id, COUNT(*) FROM shipments GROUP BY order_id HAVING COUNT(*) > 1 ORDER BY order_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    violations.extend(
+        duplicated
+            .into_iter()
+            .map(|(order, count)| format!("order `{order}` has {count} shipments")),
+    );
+
+    let both: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT s.order_id, s.shipment_id, r.reason
+         FROM shipments s JOIN shipment_refusals r ON r.order_id = s.order_id
+         ORDER BY s.order_id, s.shipment_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    violations.extend(both.into_iter().map(|(order, shipment, reason)| {
+        format!("order `{order}` has shipment `{shipment}` and was refused: {reason}")
+    }));
+
+    let scheduled: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT shipment_id, order_id, country FROM shipments WHERE status = 'SCHEDULED'
+         ORDER BY order_id, shipment_id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let refused: Vec<(String, String)> =
+        sqlx::query_as("SELECT country, reason FROM refused_destinations")
+            .fetch_all(&mut *tx)
+            .await?;
+    for (shipment, order, country) in scheduled {
+        if !is_country_code(&country) {
+            violations.push(format!(
+                "SCHEDULED shipment `{shipment}` of order `{order}` has an invalid country code {country:?}"
+            ));
+        } else if let Some((_, reason)) = refused.iter().find(|(c, _)| *c == country) {
+            violations.push(format!(
+                "SCHEDULED shipment `{shipment}` of order `{order}` goes to refused destination {country} ({reason})"
+            ));
+        }
+    }
+    tx.rollback().await?;
+    Ok(violations)
+}
+
+/// The outcome recorded for `order_id`, if any: its shipment, else its refusal.
+async fn recorded(
+    conn: &mut SqliteConnection,
+    order_id: &str,
+) -> Result<Option<Scheduling>, sqlx::Error> {
+    let shipment =
+        sqlx::query_scalar::<_, String>("SELECT shipment_id FROM shipments WHERE order_id = ?")
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(shipment_id) = shipment {
+        return Ok(Some(Scheduling::Scheduled { shipment_id }));
+    }
+    let refusal =
+        sqlx::query_scalar::<_, String>("SELECT reason FROM shipment_refusals WHERE order_id = ?")
+            .bind(order_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(refusal.map(|reason| Scheduling::Refused { reason }))
+}
+
+/// Whether `country` has the shape of an ISO 3166-1 alpha-2 code: two upper-case ASCII letters
+/// (the order service validates `ship_to.country` the same way).
+fn is_country_code(country: &str) -> bool {
+    country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// Now, RFC 3339 in UTC, as the `created_at`/`updated_at` columns store it.
+fn now() -> Result<String, sqlx::Error> {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_country_code;
+
+    #[test]
+    fn country_codes_are_two_upper_case_letters() {
+        assert!(is_country_code("FR"));
+        assert!(is_country_code("AQ"));
+        for bad in ["", "F", "fr", "Fr", "FRA", "F1", "ÉÉ", " F"] {
+            assert!(!is_country_code(bad), "{bad:?}");
+        }
+    }
+}
