@@ -1,0 +1,659 @@
+//! The orchestrator: instances, transitions, commands, timeouts.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{SqliteConnection, SqlitePool};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::{Message, outbox};
+
+use crate::{Error, Saga};
+
+/// A command a step sends to a participant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// The participant's command topic, such as `payment.commands`.
+    pub topic: String,
+    /// What to do, such as `AuthorizePayment`.
+    pub message_type: String,
+    /// With what.
+    pub payload: Value,
+}
+
+/// One step of a saga.
+pub struct Step<D> {
+    /// Its name, in logs and transitions.
+    pub name: &'static str,
+    /// The command that does it.
+    pub action: fn(&D) -> Command,
+    /// The command that undoes it, if it can be undone.
+    pub compensation: Option<fn(&D) -> Command>,
+    /// Records what the participant answered (ids) in the saga's data.
+    pub on_success: fn(&mut D, &Value),
+    /// How long to wait for a reply before sending the command again.
+    pub timeout: Duration,
+    /// Attempts of the action before it counts as failed (compensations are retried until
+    /// they succeed).
+    pub attempts: u32,
+}
+
+impl<D> std::fmt::Debug for Step<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a saga instance stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// Running its steps forward.
+    Running,
+    /// Undoing the steps that succeeded.
+    Compensating,
+    /// Every step succeeded.
+    Completed,
+    /// A step failed and the others were undone.
+    Failed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "RUNNING",
+            Status::Compensating => "COMPENSATING",
+            Status::Completed => "COMPLETED",
+            Status::Failed => "FAILED",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "RUNNING" => Some(Status::Running),
+            "COMPENSATING" => Some(Status::Compensating),
+            "COMPLETED" => Some(Status::Completed),
+            "FAILED" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A change of a saga instance, handed to [`Saga::on_transition`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// The saga started.
+    Started,
+    /// A step's action succeeded.
+    StepSucceeded {
+        /// The step.
+        step: &'static str,
+    },
+    /// A step's action failed (refused, or timed out every attempt): compensation starts.
+    StepFailed {
+        /// The step.
+        step: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A step was undone.
+    Compensated {
+        /// The step.
+        step: &'static str,
+    },
+    /// Every step succeeded.
+    Completed,
+    /// The saga failed; every step that had succeeded was undone.
+    Failed {
+        /// Why the failing step failed.
+        reason: String,
+    },
+}
+
+/// What became of a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// It moved the saga.
+    Applied,
+    /// It answers a step or phase the saga has left (late or redelivered): ignored.
+    Stale,
+    /// It answers no command of this orchestrator.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Action,
+    Compensation,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Action => "ACTION",
+            Phase::Compensation => "COMPENSATION",
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    saga_id: String,
+    data: String,
+    status: String,
+    step: i64,
+    attempt: i64,
+    reason: Option<String>,
+}
+
+fn now() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+fn after(wait: Duration) -> i64 {
+    now().saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Drives the instances of one saga definition.
+#[derive(Debug)]
+pub struct Orchestrator<S> {
+    saga: S,
+    pool: SqlitePool,
+}
+
+/// A saga instance as loaded.
+struct Instance<D> {
+    saga_id: String,
+    data: D,
+    status: Status,
+    step: usize,
+    attempt: u32,
+    reason: Option<String>,
+}
+
+impl<S: Saga> Orchestrator<S> {
+    /// An orchestrator of `saga` whose instances live in `pool` (migrated with
+    /// [`crate::migrate`]).
+    pub fn new(saga: S, pool: SqlitePool) -> Self {
+        Self { saga, pool }
+    }
+
+    /// The definition.
+    pub fn saga(&self) -> &S {
+        &self.saga
+    }
+
+    /// Starts instance `saga_id` with `data`, within the caller's transaction (with the state
+    /// change that asked for it): sends the first step's command.
+    pub async fn start(
+        &self,
+        tx: &mut SqliteConnection,
+        saga_id: &str,
+        data: S::Data,
+        cause: Option<&Message>,
+    ) -> Result<(), Error> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM saga_instances WHERE saga_id = $1")
+                .bind(saga_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_some() {
+            return Err(Error::Exists(saga_id.to_owned()));
+        }
+        let at = now();
+        sqlx::query(
+            "INSERT INTO saga_instances (saga_id, saga_type, data, status, step, attempt, deadline, created_at, updated_at)
+             VALUES ($1, $2, $3, 'RUNNING', 0, 0, 0, $4, $4)",
+        )
+        .bind(saga_id)
+        .bind(self.saga.name())
+        .bind(serde_json::to_string(&data)?)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let mut instance = Instance {
+            saga_id: saga_id.to_owned(),
+            data,
+            status: Status::Running,
+            step: 0,
+            attempt: 0,
+            reason: None,
+        };
+        self.log(tx, saga_id, "started").await?;
+        self.effect(tx, &instance, &Transition::Started).await?;
+        let deadline = if self.saga.steps().is_empty() {
+            instance.status = Status::Completed;
+            self.effect(tx, &instance, &Transition::Completed).await?;
+            0
+        } else {
+            self.send(tx, &mut instance, Phase::Action, cause).await?
+        };
+        self.save(tx, &instance, deadline).await
+    }
+
+    /// Applies a participant's reply within the caller's transaction.
+    pub async fn on_reply(
+        &self,
+        tx: &mut SqliteConnection,
+        reply: &Message,
+    ) -> Result<Handled, Error> {
+        let Some(command_id) = reply.causation_id.as_deref() else {
+            return Ok(Handled::Unknown);
+        };
+        let sent: Option<(String, i64, String)> =
+            sqlx::query_as("SELECT saga_id, step, phase FROM saga_commands WHERE message_id = $1")
+                .bind(command_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some((saga_id, step, phase)) = sent else {
+            return Ok(Handled::Unknown);
+        };
+        let mut instance = self.load(tx, &saga_id).await?;
+        let phase = if phase == "ACTION" {
+            Phase::Action
+        } else {
+            Phase::Compensation
+        };
+        let current = match instance.status {
+            Status::Running => Phase::Action,
+            Status::Compensating => Phase::Compensation,
+            Status::Completed | Status::Failed => return Ok(Handled::Stale),
+        };
+        if usize::try_from(step).ok() != Some(instance.step) || phase != current {
+            return Ok(Handled::Stale);
+        }
+        let ok = reply
+            .payload
+            .get("ok")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let reason = reply
+            .payload
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given")
+            .to_owned();
+        let steps = self.saga.steps();
+        let name = steps[instance.step].name;
+        match (phase, ok) {
+            (Phase::Action, true) => {
+                (steps[instance.step].on_success)(&mut instance.data, &reply.payload);
+                self.log(tx, &saga_id, &format!("{name} succeeded")).await?;
+                self.effect(tx, &instance, &Transition::StepSucceeded { step: name })
+                    .await?;
+                if instance.step + 1 == steps.len() {
+                    instance.status = Status::Completed;
+                    self.log(tx, &saga_id, "completed").await?;
+                    self.effect(tx, &instance, &Transition::Completed).await?;
+                    self.save(tx, &instance, 0).await?;
+                } else {
+                    instance.step += 1;
+                    instance.attempt = 0;
+                    let deadline = self
+                        .send(tx, &mut instance, Phase::Action, Some(reply))
+                        .await?;
+                    self.save(tx, &instance, deadline).await?;
+                }
+            }
+            (Phase::Action, false) => {
+                self.fail(tx, &mut instance, reason, Some(reply)).await?;
+            }
+            (Phase::Compensation, true) => {
+                self.log(tx, &saga_id, &format!("{name} compensated"))
+                    .await?;
+                self.effect(tx, &instance, &Transition::Compensated { step: name })
+                    .await?;
+                self.compensate_below(tx, &mut instance, Some(reply))
+                    .await?;
+            }
+            (Phase::Compensation, false) => {
+                // A compensation must succeed: try it again at its next deadline.
+                self.log(
+                    tx,
+                    &saga_id,
+                    &format!("{name} compensation refused ({reason}); will retry"),
+                )
+                .await?;
+            }
+        }
+        Ok(Handled::Applied)
+    }
+
+    /// Resends the command of every unfinished instance past its deadline (timeouts, and the
+    /// recovery after a crash); an action that used all its attempts fails its step. Returns
+    /// how many instances it moved.
+    pub async fn tick(&self) -> Result<u32, Error> {
+        let due: Vec<String> = sqlx::query_scalar(
+            "SELECT saga_id FROM saga_instances
+             WHERE status IN ('RUNNING', 'COMPENSATING') AND saga_type = $1 AND deadline <= $2
+             ORDER BY deadline LIMIT 256",
+        )
+        .bind(self.saga.name())
+        .bind(now())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut moved = 0;
+        for saga_id in due {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut instance = self.load(&mut tx, &saga_id).await?;
+            // Checked again in the write transaction: a reply may have moved it meanwhile.
+            let (status, deadline): (String, i64) =
+                sqlx::query_as("SELECT status, deadline FROM saga_instances WHERE saga_id = $1")
+                    .bind(&saga_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if deadline > now() || !matches!(status.as_str(), "RUNNING" | "COMPENSATING") {
+                continue;
+            }
+            let step = &self.saga.steps()[instance.step];
+            match instance.status {
+                Status::Running if instance.attempt >= step.attempts => {
+                    let reason = format!(
+                        "{} did not answer within {:?}, {} attempts",
+                        step.name, step.timeout, step.attempts
+                    );
+                    self.fail(&mut tx, &mut instance, reason, None).await?;
+                }
+                Status::Running => {
+                    self.log(
+                        &mut tx,
+                        &saga_id,
+                        &format!("{} timed out; sending again", step.name),
+                    )
+                    .await?;
+                    let deadline = self
+                        .send(&mut tx, &mut instance, Phase::Action, None)
+                        .await?;
+                    self.save(&mut tx, &instance, deadline).await?;
+                }
+                _ => {
+                    let deadline = self
+                        .send(&mut tx, &mut instance, Phase::Compensation, None)
+                        .await?;
+                    self.save(&mut tx, &instance, deadline).await?;
+                }
+            }
+            tx.commit().await?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    /// Runs [`Orchestrator::tick`] every `interval` until `shutdown`.
+    pub async fn run_timeouts(&self, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            if let Err(error) = self.tick().await {
+                tracing::warn!(saga = self.saga.name(), %error, "saga timeouts pass failed");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// The status of instance `saga_id`, with the reason it failed or is compensating.
+    pub async fn status(&self, saga_id: &str) -> Result<Option<(Status, Option<String>)>, Error> {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, reason FROM saga_instances WHERE saga_id = $1")
+                .bind(saga_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(status, reason)| Status::parse(&status).map(|s| (s, reason))))
+    }
+
+    /// The log of instance `saga_id`, oldest first.
+    pub async fn log_of(&self, saga_id: &str) -> Result<Vec<String>, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT entry FROM saga_log WHERE saga_id = $1 ORDER BY seq")
+                .bind(saga_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The action failed: compensate the steps below it that succeeded, or fail at once.
+    async fn fail(
+        &self,
+        tx: &mut SqliteConnection,
+        instance: &mut Instance<S::Data>,
+        reason: String,
+        cause: Option<&Message>,
+    ) -> Result<(), Error> {
+        let name = self.saga.steps()[instance.step].name;
+        self.log(tx, &instance.saga_id, &format!("{name} failed: {reason}"))
+            .await?;
+        self.effect(
+            tx,
+            instance,
+            &Transition::StepFailed {
+                step: name,
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        instance.reason = Some(reason);
+        self.compensate_below(tx, instance, cause).await
+    }
+
+    /// Sends the compensation of the nearest step below the current one that has one, or ends
+    /// the saga as failed.
+    async fn compensate_below(
+        &self,
+        tx: &mut SqliteConnection,
+        instance: &mut Instance<S::Data>,
+        cause: Option<&Message>,
+    ) -> Result<(), Error> {
+        let steps = self.saga.steps();
+        let next = (0..instance.step)
+            .rev()
+            .find(|&j| steps[j].compensation.is_some());
+        match next {
+            Some(j) => {
+                instance.status = Status::Compensating;
+                instance.step = j;
+                instance.attempt = 0;
+                let deadline = self.send(tx, instance, Phase::Compensation, cause).await?;
+                self.save(tx, instance, deadline).await
+            }
+            None => {
+                instance.status = Status::Failed;
+                let reason = instance.reason.clone().unwrap_or_default();
+                self.log(tx, &instance.saga_id, "failed").await?;
+                self.effect(tx, instance, &Transition::Failed { reason })
+                    .await?;
+                self.save(tx, instance, 0).await
+            }
+        }
+    }
+
+    /// Writes the command of the current step and phase to the outbox; returns the deadline.
+    async fn send(
+        &self,
+        tx: &mut SqliteConnection,
+        instance: &mut Instance<S::Data>,
+        phase: Phase,
+        cause: Option<&Message>,
+    ) -> Result<i64, Error> {
+        let step = &self.saga.steps()[instance.step];
+        let build = match phase {
+            Phase::Action => step.action,
+            Phase::Compensation => step
+                .compensation
+                .ok_or_else(|| Error::Transition(format!("{} has no compensation", step.name)))?,
+        };
+        let command = build(&instance.data);
+        let mut payload = match command.payload {
+            Value::Object(map) => map,
+            other => {
+                let mut map = serde_json::Map::new();
+                map.insert("value".into(), other);
+                map
+            }
+        };
+        payload.insert(
+            "idempotency_key".into(),
+            format!("{}:{}:{}", instance.saga_id, instance.step, phase.as_str()).into(),
+        );
+        let mut message = Message::new(
+            command.topic,
+            command.message_type,
+            instance.saga_id.clone(),
+            Value::Object(payload),
+        )
+        .replying_to(self.saga.reply_topic());
+        message = match cause {
+            Some(cause) => message.caused_by(cause),
+            None => message,
+        };
+        if message.correlation_id.is_none() {
+            message.correlation_id = Some(instance.saga_id.clone());
+        }
+        outbox::enqueue(tx, &message).await?;
+        sqlx::query(
+            "INSERT INTO saga_commands (message_id, saga_id, step, phase, sent_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(message.id.to_string())
+        .bind(&instance.saga_id)
+        .bind(i64::try_from(instance.step).unwrap_or(i64::MAX))
+        .bind(phase.as_str())
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        instance.attempt += 1;
+        // Compensations back off: 1×, 2×, 4× … up to 32× the step's timeout.
+        let wait = match phase {
+            Phase::Action => step.timeout,
+            Phase::Compensation => step
+                .timeout
+                .saturating_mul(1 << instance.attempt.saturating_sub(1).min(5)),
+        };
+        Ok(after(wait))
+    }
+
+    async fn effect(
+        &self,
+        tx: &mut SqliteConnection,
+        instance: &Instance<S::Data>,
+        transition: &Transition,
+    ) -> Result<(), Error> {
+        let messages = self
+            .saga
+            .on_transition(tx, &instance.saga_id, &instance.data, transition)
+            .await?;
+        for message in &messages {
+            outbox::enqueue(tx, message).await?;
+        }
+        metrics::counter!("saga_transitions_total", "saga" => self.saga.name(), "transition" => match transition {
+            Transition::Started => "started",
+            Transition::StepSucceeded { .. } => "step_succeeded",
+            Transition::StepFailed { .. } => "step_failed",
+            Transition::Compensated { .. } => "compensated",
+            Transition::Completed => "completed",
+            Transition::Failed { .. } => "failed",
+        })
+        .increment(1);
+        Ok(())
+    }
+
+    async fn load(
+        &self,
+        tx: &mut SqliteConnection,
+        saga_id: &str,
+    ) -> Result<Instance<S::Data>, Error> {
+        let row: Row = sqlx::query_as(
+            "SELECT saga_id, data, status, step, attempt, reason FROM saga_instances WHERE saga_id = $1",
+        )
+        .bind(saga_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound(saga_id.to_owned()))?;
+        let steps = self.saga.steps().len();
+        let step = usize::try_from(row.step).unwrap_or(0);
+        if step >= steps.max(1) {
+            return Err(Error::Transition(format!(
+                "saga `{saga_id}` is at step {step} of {steps}"
+            )));
+        }
+        Ok(Instance {
+            saga_id: row.saga_id,
+            data: serde_json::from_str(&row.data)?,
+            status: Status::parse(&row.status)
+                .ok_or_else(|| Error::Transition(format!("unknown status {}", row.status)))?,
+            step,
+            attempt: u32::try_from(row.attempt).unwrap_or(u32::MAX),
+            reason: row.reason,
+        })
+    }
+
+    async fn save(
+        &self,
+        tx: &mut SqliteConnection,
+        instance: &Instance<S::Data>,
+        deadline: i64,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE saga_instances SET data = $1, status = $2, step = $3, attempt = $4, deadline = $5,
+             reason = $6, updated_at = $7 WHERE saga_id = $8",
+        )
+        .bind(serde_json::to_string(&instance.data)?)
+        .bind(instance.status.as_str())
+        .bind(i64::try_from(instance.step).unwrap_or(i64::MAX))
+        .bind(i64::from(instance.attempt))
+        .bind(deadline)
+        .bind(instance.reason.as_deref())
+        .bind(now())
+        .bind(&instance.saga_id)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn log(
+        &self,
+        tx: &mut SqliteConnection,
+        saga_id: &str,
+        entry: &str,
+    ) -> Result<(), Error> {
+        sqlx::query("INSERT INTO saga_log (saga_id, entry, at) VALUES ($1, $2, $3)")
+            .bind(saga_id)
+            .bind(entry)
+            .bind(now())
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The orchestrator as the consumer of its reply topic
+/// ([`flotilla_messaging::inbox::Consumer`]): each reply is applied in the consumer's
+/// transaction, with the inbox row that makes a redelivered reply a no-op.
+#[derive(Debug)]
+pub struct Replies<S>(pub std::sync::Arc<Orchestrator<S>>);
+
+impl<S: Saga> Handler for Replies<S> {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        let orchestrator = &self.0;
+        match orchestrator.on_reply(tx, message).await {
+            Ok(handled) => {
+                if handled != Handled::Applied {
+                    tracing::debug!(saga = orchestrator.saga.name(), message_id = %message.id, ?handled, "reply not applied");
+                }
+                Ok(Vec::new())
+            }
+            Err(Error::Database(error)) => Err(HandlerError::Database(error)),
+            Err(error) => Err(HandlerError::Reject(error.to_string())),
+        }
+    }
+}

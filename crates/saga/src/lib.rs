@@ -1,0 +1,135 @@
+//! Saga orchestration that survives crashes.
+//!
+//! A [`Saga`] is a list of [`Step`]s, each with an action (a command to a participant), an
+//! optional compensation (the command that undoes it), a timeout and a number of attempts. An
+//! [`Orchestrator`] keeps every instance in the orchestrator's own database and moves it **in
+//! the same transaction** as the commands it sends (written to the messaging outbox) and as the
+//! saga's own effects ([`Saga::on_transition`]: the order's events, say):
+//!
+//! ```text
+//!  start ──▶ step 0 ──ok──▶ step 1 ──ok──▶ … ──ok──▶ COMPLETED
+//!               │              │
+//!               │           fails, or times out `attempts` times
+//!               │              ▼
+//!               │        COMPENSATING: the compensations of the steps that succeeded,
+//!               │        latest first, each retried until it succeeds ──▶ FAILED
+//!               └─ fails ──▶ FAILED (nothing to undo)
+//! ```
+//!
+//! * **Replies** come back as messages (request-reply over the messaging crate) and are matched
+//!   to the command they answer (`causation_id`): a reply to an earlier attempt of the current
+//!   step counts (participants are idempotent), a reply to another step or phase is stale and
+//!   ignored, so redelivered or late replies never move a saga twice.
+//! * **Timeouts and crash recovery** are one mechanism: every unfinished instance has a
+//!   deadline; [`Orchestrator::tick`] resends the command of every instance past its deadline.
+//!   After a crash nothing else is needed: the instances, their deadlines and the unsent
+//!   commands are all in the database.
+//! * **Idempotency**: every command carries `idempotency_key` = `<saga id>:<step>:<phase>`, the
+//!   same for every attempt, so that a participant applies it once.
+
+mod engine;
+
+pub use engine::{Command, Handled, Orchestrator, Replies, Status, Step, Transition};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::{SqliteConnection, SqlitePool};
+use std::future::Future;
+
+use flotilla_messaging::Message;
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be set up.
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Messaging failed (an invalid topic...).
+    #[error(transparent)]
+    Messaging(#[from] flotilla_messaging::Error),
+    /// Saga data could not be encoded or decoded.
+    #[error("saga data: {0}")]
+    Data(#[from] serde_json::Error),
+    /// No saga instance has this id.
+    #[error("no saga `{0}`")]
+    NotFound(String),
+    /// A saga with this id exists already.
+    #[error("saga `{0}` exists already")]
+    Exists(String),
+    /// The saga's own effect failed.
+    #[error("saga transition failed: {0}")]
+    Transition(String),
+}
+
+/// A saga definition.
+pub trait Saga: Send + Sync + 'static {
+    /// The saga's own data (the order, its amounts, the ids participants answered with).
+    type Data: Serialize + DeserializeOwned + Send + Sync;
+
+    /// Its name, stored with each instance.
+    fn name(&self) -> &'static str;
+
+    /// Its steps, in order.
+    fn steps(&self) -> &[Step<Self::Data>];
+
+    /// The topic participants reply on.
+    fn reply_topic(&self) -> &str;
+
+    /// Called in the transaction of every transition, to apply the saga's own effects (append
+    /// the order's events, say); the messages it returns are written to the outbox too.
+    fn on_transition(
+        &self,
+        tx: &mut SqliteConnection,
+        saga_id: &str,
+        data: &Self::Data,
+        transition: &Transition,
+    ) -> impl Future<Output = Result<Vec<Message>, Error>> + Send;
+}
+
+/// Creates the saga tables in the orchestrator's database if needed (migrations recorded in
+/// `_saga_migrations`).
+pub async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name("_saga_migrations");
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// The reply of a participant that did what `command` asked, with `data` for the saga.
+///
+/// ```
+/// use flotilla_messaging::Message;
+/// let command = Message::new("payment.commands", "AuthorizePayment", "saga-1", serde_json::json!({}))
+///     .replying_to("order.saga-replies");
+/// let reply = flotilla_saga::succeeded(&command, serde_json::json!({ "payment_id": "p-1" })).unwrap();
+/// assert_eq!(reply.payload["ok"], true);
+/// assert_eq!(reply.payload["payment_id"], "p-1");
+/// ```
+pub fn succeeded(command: &Message, data: serde_json::Value) -> Option<Message> {
+    let mut payload = match data {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    payload.insert("ok".into(), true.into());
+    command.reply(format!("{}Succeeded", command.message_type), payload.into())
+}
+
+/// The reply of a participant that refused `command` for `reason` (a business failure).
+///
+/// ```
+/// use flotilla_messaging::Message;
+/// let command = Message::new("inventory.commands", "ReserveStock", "saga-1", serde_json::json!({}))
+///     .replying_to("order.saga-replies");
+/// let reply = flotilla_saga::refused(&command, "out of stock: KB-001").unwrap();
+/// assert_eq!(reply.payload["ok"], false);
+/// assert_eq!(reply.payload["reason"], "out of stock: KB-001");
+/// ```
+pub fn refused(command: &Message, reason: &str) -> Option<Message> {
+    command.reply(
+        format!("{}Refused", command.message_type),
+        serde_json::json!({ "ok": false, "reason": reason }),
+    )
+}

@@ -1,0 +1,449 @@
+//! The orchestrator on a real SQLite database, with the test playing the participants: it reads
+//! the commands the orchestrator wrote to its outbox and answers them.
+
+use std::time::Duration;
+
+use flotilla_messaging::{Message, outbox};
+use flotilla_saga::{
+    Command, Error, Handled, Orchestrator, Saga, Status, Step, Transition, refused, succeeded,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::{SqliteConnection, SqlitePool};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Trip {
+    hotel: Option<String>,
+    flight: Option<String>,
+}
+
+const TIMEOUT: Duration = Duration::from_millis(150);
+
+fn command(topic: &str, kind: &str) -> Command {
+    Command {
+        topic: topic.into(),
+        message_type: kind.into(),
+        payload: json!({}),
+    }
+}
+
+struct TripSaga {
+    steps: Vec<Step<Trip>>,
+}
+
+impl TripSaga {
+    fn new() -> Self {
+        Self {
+            steps: vec![
+                Step {
+                    name: "book_hotel",
+                    action: |_| command("hotel.commands", "BookHotel"),
+                    compensation: Some(|_| command("hotel.commands", "CancelHotel")),
+                    on_success: |trip, reply| {
+                        trip.hotel = reply["hotel_id"].as_str().map(str::to_owned)
+                    },
+                    timeout: TIMEOUT,
+                    attempts: 2,
+                },
+                Step {
+                    name: "book_flight",
+                    action: |trip| Command {
+                        topic: "flight.commands".into(),
+                        message_type: "BookFlight".into(),
+                        payload: json!({ "hotel": trip.hotel }),
+                    },
+                    compensation: Some(|_| command("flight.commands", "CancelFlight")),
+                    on_success: |trip, reply| {
+                        trip.flight = reply["flight_id"].as_str().map(str::to_owned)
+                    },
+                    timeout: TIMEOUT,
+                    attempts: 2,
+                },
+                Step {
+                    name: "charge_card",
+                    action: |_| command("card.commands", "ChargeCard"),
+                    compensation: None,
+                    on_success: |_, _| {},
+                    timeout: TIMEOUT,
+                    attempts: 2,
+                },
+            ],
+        }
+    }
+}
+
+impl Saga for TripSaga {
+    type Data = Trip;
+
+    fn name(&self) -> &'static str {
+        "trip"
+    }
+
+    fn steps(&self) -> &[Step<Trip>] {
+        &self.steps
+    }
+
+    fn reply_topic(&self) -> &str {
+        "trip.replies"
+    }
+
+    async fn on_transition(
+        &self,
+        tx: &mut SqliteConnection,
+        saga_id: &str,
+        data: &Trip,
+        transition: &Transition,
+    ) -> Result<Vec<Message>, Error> {
+        let text = match transition {
+            Transition::Started => "started".to_owned(),
+            Transition::StepSucceeded { step } => format!("{step} ok"),
+            Transition::StepFailed { step, .. } => format!("{step} failed"),
+            Transition::Compensated { step } => format!("{step} undone"),
+            Transition::Completed => format!("completed with {:?}", data.flight),
+            Transition::Failed { reason } => format!("failed: {reason}"),
+        };
+        sqlx::query("INSERT INTO trip_events (saga_id, event) VALUES ($1, $2)")
+            .bind(saga_id)
+            .bind(text)
+            .execute(&mut *tx)
+            .await?;
+        // A notification when the trip ends, fire-and-forget.
+        Ok(match transition {
+            Transition::Completed | Transition::Failed { .. } => vec![Message::new(
+                "trip.notifications",
+                "TripEnded",
+                saga_id,
+                json!({}),
+            )],
+            _ => vec![],
+        })
+    }
+}
+
+struct World {
+    pool: SqlitePool,
+    trips: Orchestrator<TripSaga>,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("orchestrator.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+    flotilla_messaging::migrate(&pool)
+        .await
+        .expect("messaging tables");
+    flotilla_saga::migrate(&pool).await.expect("saga tables");
+    sqlx::query("CREATE TABLE trip_events (seq INTEGER PRIMARY KEY AUTOINCREMENT, saga_id TEXT, event TEXT)")
+        .execute(&pool)
+        .await
+        .expect("table");
+    World {
+        trips: Orchestrator::new(TripSaga::new(), pool.clone()),
+        pool,
+        _dir: dir,
+    }
+}
+
+impl World {
+    async fn start(&self, saga_id: &str) {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .expect("begin");
+        self.trips
+            .start(&mut tx, saga_id, Trip::default(), None)
+            .await
+            .expect("started");
+        tx.commit().await.expect("commit");
+    }
+
+    /// The commands written since the last call (the test's "relay").
+    async fn commands(&self) -> Vec<Message> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, envelope FROM messaging_outbox WHERE published_at IS NULL AND topic LIKE '%.commands' ORDER BY seq",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("outbox");
+        sqlx::query("UPDATE messaging_outbox SET published_at = 1 WHERE topic LIKE '%.commands'")
+            .execute(&self.pool)
+            .await
+            .expect("mark");
+        rows.into_iter()
+            .map(|(_, envelope)| serde_json::from_str(&envelope).expect("a message"))
+            .collect()
+    }
+
+    async fn one_command(&self, message_type: &str) -> Message {
+        let commands = self.commands().await;
+        assert_eq!(
+            commands
+                .iter()
+                .map(|c| c.message_type.as_str())
+                .collect::<Vec<_>>(),
+            [message_type]
+        );
+        commands.into_iter().next().expect("one")
+    }
+
+    async fn answer(&self, reply: Option<Message>) -> Handled {
+        let reply = reply.expect("the command asked for a reply");
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .expect("begin");
+        let handled = self.trips.on_reply(&mut tx, &reply).await.expect("reply");
+        tx.commit().await.expect("commit");
+        handled
+    }
+
+    async fn ok(&self, command: &Message, data: Value) -> Handled {
+        self.answer(succeeded(command, data)).await
+    }
+
+    async fn events(&self, saga_id: &str) -> Vec<String> {
+        sqlx::query_scalar("SELECT event FROM trip_events WHERE saga_id = $1 ORDER BY seq")
+            .bind(saga_id)
+            .fetch_all(&self.pool)
+            .await
+            .expect("events")
+    }
+
+    async fn status(&self, saga_id: &str) -> Status {
+        self.trips
+            .status(saga_id)
+            .await
+            .expect("status")
+            .expect("exists")
+            .0
+    }
+}
+
+#[tokio::test]
+async fn every_step_in_order_then_completed() {
+    let w = world().await;
+    w.start("t1").await;
+    let hotel = w.one_command("BookHotel").await;
+    assert_eq!(hotel.key, "t1");
+    assert_eq!(hotel.reply_to.as_deref(), Some("trip.replies"));
+    assert_eq!(hotel.correlation_id.as_deref(), Some("t1"));
+    assert_eq!(hotel.payload["idempotency_key"], "t1:0:ACTION");
+    let reply = succeeded(&hotel, json!({ "hotel_id": "h-7" })).expect("a reply");
+    let reply_id = reply.id.to_string();
+    assert_eq!(w.answer(Some(reply)).await, Handled::Applied);
+    let flight = w.one_command("BookFlight").await;
+    assert_eq!(
+        flight.payload["hotel"], "h-7",
+        "data from the first reply reaches the second step"
+    );
+    assert_eq!(flight.causation_id, Some(reply_id), "caused by the reply");
+    assert_eq!(flight.correlation_id.as_deref(), Some("t1"));
+    w.ok(&flight, json!({ "flight_id": "f-9" })).await;
+    let charge = w.one_command("ChargeCard").await;
+    w.ok(&charge, json!({})).await;
+    assert_eq!(w.status("t1").await, Status::Completed);
+    assert_eq!(
+        w.events("t1").await,
+        [
+            "started",
+            "book_hotel ok",
+            "book_flight ok",
+            "charge_card ok",
+            "completed with Some(\"f-9\")"
+        ]
+    );
+    assert!(w.commands().await.is_empty(), "nothing more to do");
+    let (notifications,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM messaging_outbox WHERE topic = 'trip.notifications'")
+            .fetch_one(&w.pool)
+            .await
+            .expect("count");
+    assert_eq!(notifications, 1);
+}
+
+#[tokio::test]
+async fn a_late_failure_undoes_the_earlier_steps_latest_first() {
+    let w = world().await;
+    w.start("t2").await;
+    let hotel = w.one_command("BookHotel").await;
+    w.ok(&hotel, json!({ "hotel_id": "h-1" })).await;
+    let flight = w.one_command("BookFlight").await;
+    w.ok(&flight, json!({ "flight_id": "f-1" })).await;
+    let charge = w.one_command("ChargeCard").await;
+    assert_eq!(
+        w.answer(refused(&charge, "card declined")).await,
+        Handled::Applied
+    );
+    assert_eq!(w.status("t2").await, Status::Compensating);
+    let cancel_flight = w.one_command("CancelFlight").await;
+    assert_eq!(
+        cancel_flight.payload["idempotency_key"],
+        "t2:1:COMPENSATION"
+    );
+    w.ok(&cancel_flight, json!({})).await;
+    let cancel_hotel = w.one_command("CancelHotel").await;
+    w.ok(&cancel_hotel, json!({})).await;
+    let (status, reason) = w.trips.status("t2").await.expect("status").expect("exists");
+    assert_eq!(
+        (status, reason.as_deref()),
+        (Status::Failed, Some("card declined"))
+    );
+    assert_eq!(
+        w.events("t2").await,
+        [
+            "started",
+            "book_hotel ok",
+            "book_flight ok",
+            "charge_card failed",
+            "book_flight undone",
+            "book_hotel undone",
+            "failed: card declined"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_first_step_refused_fails_with_nothing_to_undo() {
+    let w = world().await;
+    w.start("t3").await;
+    let hotel = w.one_command("BookHotel").await;
+    w.answer(refused(&hotel, "no rooms")).await;
+    assert_eq!(w.status("t3").await, Status::Failed);
+    assert!(w.commands().await.is_empty(), "no compensation sent");
+}
+
+#[tokio::test]
+async fn stale_duplicate_and_unknown_replies_change_nothing() {
+    let w = world().await;
+    w.start("t4").await;
+    let hotel = w.one_command("BookHotel").await;
+    let reply = succeeded(&hotel, json!({ "hotel_id": "h-1" }));
+    assert_eq!(w.answer(reply.clone()).await, Handled::Applied);
+    // The same reply again (redelivered), and a contradicting late one: both stale.
+    assert_eq!(w.answer(reply).await, Handled::Stale);
+    assert_eq!(w.answer(refused(&hotel, "too late")).await, Handled::Stale);
+    let flight = w.one_command("BookFlight").await;
+    assert_eq!(w.status("t4").await, Status::Running);
+    let stranger = Message::new("trip.replies", "X", "t4", json!({ "ok": true }));
+    assert_eq!(w.answer(Some(stranger)).await, Handled::Unknown);
+    assert_eq!(w.events("t4").await, ["started", "book_hotel ok"]);
+    drop(flight);
+}
+
+#[tokio::test]
+async fn an_unanswered_step_is_sent_again_then_fails_after_its_attempts() {
+    let w = world().await;
+    w.start("t5").await;
+    let first = w.one_command("BookHotel").await;
+    assert_eq!(w.trips.tick().await.expect("tick"), 0, "not due yet");
+    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    assert_eq!(w.trips.tick().await.expect("tick"), 1);
+    let second = w.one_command("BookHotel").await;
+    assert_ne!(second.id, first.id, "a new message");
+    assert_eq!(
+        second.payload["idempotency_key"], first.payload["idempotency_key"],
+        "the same key"
+    );
+    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.trips.tick().await.expect("tick");
+    let (status, reason) = w.trips.status("t5").await.expect("status").expect("exists");
+    assert_eq!(status, Status::Failed);
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|r| r.contains("book_hotel did not answer")),
+        "{reason:?}"
+    );
+    // The participant answers at last: too late, stale.
+    assert_eq!(w.ok(&first, json!({})).await, Handled::Stale);
+}
+
+#[tokio::test]
+async fn a_reply_to_an_earlier_attempt_still_counts() {
+    let w = world().await;
+    w.start("t6").await;
+    let first = w.one_command("BookHotel").await;
+    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.trips.tick().await.expect("tick");
+    let _second = w.one_command("BookHotel").await;
+    assert_eq!(
+        w.ok(&first, json!({ "hotel_id": "h-3" })).await,
+        Handled::Applied
+    );
+    let flight = w.one_command("BookFlight").await;
+    assert_eq!(flight.payload["hotel"], "h-3");
+}
+
+#[tokio::test]
+async fn a_new_orchestrator_resumes_what_a_crashed_one_left() {
+    let w = world().await;
+    w.start("t7").await;
+    let hotel = w.one_command("BookHotel").await;
+    w.ok(&hotel, json!({ "hotel_id": "h-1" })).await;
+    let lost = w.one_command("BookFlight").await;
+    // The orchestrator process dies; the command it sent is lost on the way.
+    drop(lost);
+    let restarted = Orchestrator::new(TripSaga::new(), w.pool.clone());
+    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    assert_eq!(
+        restarted.tick().await.expect("tick"),
+        1,
+        "the unfinished saga resumed"
+    );
+    let flight = w.one_command("BookFlight").await;
+    let mut tx = w.pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+    let handled = restarted
+        .on_reply(
+            &mut tx,
+            &succeeded(&flight, json!({ "flight_id": "f-2" })).expect("reply"),
+        )
+        .await
+        .expect("reply");
+    tx.commit().await.expect("commit");
+    assert_eq!(handled, Handled::Applied);
+    let charge = w.one_command("ChargeCard").await;
+    w.ok(&charge, json!({})).await;
+    assert_eq!(w.status("t7").await, Status::Completed);
+}
+
+#[tokio::test]
+async fn a_refused_compensation_is_retried_until_it_succeeds() {
+    let w = world().await;
+    w.start("t8").await;
+    let hotel = w.one_command("BookHotel").await;
+    w.ok(&hotel, json!({})).await;
+    let flight = w.one_command("BookFlight").await;
+    w.answer(refused(&flight, "sold out")).await;
+    let cancel = w.one_command("CancelHotel").await;
+    assert_eq!(
+        w.answer(refused(&cancel, "hotel system down")).await,
+        Handled::Applied
+    );
+    assert_eq!(w.status("t8").await, Status::Compensating, "still undoing");
+    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.trips.tick().await.expect("tick");
+    let again = w.one_command("CancelHotel").await;
+    w.ok(&again, json!({})).await;
+    assert_eq!(w.status("t8").await, Status::Failed);
+    let log = w.trips.log_of("t8").await.expect("log");
+    assert!(
+        log.iter().any(|l| l.contains("compensation refused")),
+        "{log:?}"
+    );
+    // Starting the same saga twice is refused.
+    let mut tx = w.pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+    assert!(matches!(
+        w.trips.start(&mut tx, "t8", Trip::default(), None).await,
+        Err(Error::Exists(_))
+    ));
+    // What is left in the outbox are notifications only.
+    let pending = outbox::dead_letters(&w.pool).await.expect("dead letters");
+    assert!(pending.is_empty());
+}
