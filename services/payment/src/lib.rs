@@ -1,9 +1,11 @@
 //! The payment service: owns customer accounts with a credit limit, and payments.
 //!
-//! This version serves accounts and the payments of an order; authorize, capture, void and
-//! refund arrive with the order saga. Its database is `<data_dir>/payment.db`, seeded on first
-//! start from `services/payment/seed/accounts.json` (`alice` and `bob` with ample credit,
-//! `carol` with 1,000 cents: the natural "insufficient credit" failure).
+//! It serves accounts and the payments of an order. The order saga's payment steps (authorize,
+//! capture, void, refund) and the ledger's invariant check are idempotent domain functions in
+//! [`ledger`], run on the caller's transaction; the saga's message handlers call them. Its
+//! database is `<data_dir>/payment.db`, seeded on first start from
+//! `services/payment/seed/accounts.json` (`alice` and `bob` with ample credit, `carol` with
+//! 1,000 cents: the natural "insufficient credit" failure).
 //!
 //! | method and path | meaning |
 //! | --- | --- |
@@ -20,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub mod ledger;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "payment";
