@@ -11,6 +11,7 @@
 //! | `GET /v1/products` | the catalog with stock |
 //! | `GET /v1/products/{sku}` | one product; 404 `/problems/unknown-sku` if there is none |
 
+pub mod commands;
 pub mod stock;
 
 use axum::Router;
@@ -56,6 +57,9 @@ pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
     let opening =
         flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     seed(opening.pool()).await?;
+    flotilla_messaging::migrate(opening.pool())
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     Ok(opening.ready())
 }
 

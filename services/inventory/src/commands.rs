@@ -1,0 +1,68 @@
+//! The inventory's side of the order saga: it consumes `inventory.commands` and answers each
+//! command on its `reply_to` topic, in the same transaction as the stock change (and the inbox
+//! row that makes a redelivered command a no-op).
+
+use flotilla_contracts::{CommitStock, ReleaseStock, ReserveStock, RestockStock, decode};
+use flotilla_messaging::Message;
+use flotilla_messaging::inbox::{Handler, HandlerError};
+use sqlx::SqliteConnection;
+
+use crate::stock::{self, Change, Line, Reservation};
+
+/// Handles the stock commands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StockCommands;
+
+fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
+    HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
+}
+
+/// The reply to a later step: success when applied, repeated or nothing to do; a refusal
+/// when the reservation is in a state the step cannot follow.
+fn settled(command: &Message, change: &Change) -> Option<Message> {
+    match change {
+        Change::Conflict { status } => {
+            flotilla_saga::refused(command, &format!("the reservation is {status}"))
+        }
+        _ => flotilla_saga::succeeded(command, serde_json::json!({})),
+    }
+}
+
+impl Handler for StockCommands {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        let reply = if let Some(command) = decode::<ReserveStock>(message) {
+            let command = command.map_err(|e| unreadable(message, &e))?;
+            let lines: Vec<Line> = command
+                .lines
+                .into_iter()
+                .map(|l| Line {
+                    sku: l.sku,
+                    quantity: l.quantity,
+                })
+                .collect();
+            match stock::reserve(tx, &command.order_id, &lines).await? {
+                Reservation::Reserved => flotilla_saga::succeeded(message, serde_json::json!({})),
+                Reservation::Refused { reason } => flotilla_saga::refused(message, &reason),
+            }
+        } else if let Some(command) = decode::<ReleaseStock>(message) {
+            let command = command.map_err(|e| unreadable(message, &e))?;
+            settled(message, &stock::release(tx, &command.order_id).await?)
+        } else if let Some(command) = decode::<CommitStock>(message) {
+            let command = command.map_err(|e| unreadable(message, &e))?;
+            settled(message, &stock::commit(tx, &command.order_id).await?)
+        } else if let Some(command) = decode::<RestockStock>(message) {
+            let command = command.map_err(|e| unreadable(message, &e))?;
+            settled(message, &stock::restock(tx, &command.order_id).await?)
+        } else {
+            return Err(HandlerError::Reject(format!(
+                "the inventory does not handle {}",
+                message.message_type
+            )));
+        };
+        Ok(reply.into_iter().collect())
+    }
+}
