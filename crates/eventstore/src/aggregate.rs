@@ -285,38 +285,82 @@ impl StoreTx {
         events: &[A::Event],
         metadata: &Metadata,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        let stream = stream_of::<A>(&loaded.id);
-        let new = events
-            .iter()
-            .map(|event| encode::<A>(event, metadata))
-            .collect::<Result<Vec<_>, _>>()?;
-        let recorded = self
-            .append(&stream, ExpectedVersion::Exact(loaded.version), new)
-            .await?;
-        let before = loaded.version;
-        for (event, typed) in recorded.iter().zip(events) {
-            loaded.state.apply(
-                typed,
-                &EventContext {
-                    version: event.version,
-                    recorded_at: event.recorded_at,
-                },
-            );
-            loaded.version = event.version;
-        }
-        let every = self.store().options().snapshot_every;
-        if every > 0 && loaded.version / every > before / every {
-            let state =
-                serde_json::to_string(&loaded.state).map_err(|e| Error::Encode(e.to_string()))?;
-            backend::save_snapshot(
-                &mut self.tx,
-                &stream,
-                loaded.version,
-                A::STATE_VERSION,
-                &state,
-            )
-            .await?;
-        }
-        Ok(recorded)
+        let store = self.store.clone();
+        save_in(&store, &mut self.tx.conn(), loaded, events, metadata).await
     }
+}
+
+impl EventStore {
+    /// Loads aggregate `id` within the caller's own SQLite transaction on this store's database
+    /// (a message handler's, say), seeing what that transaction appended; replays the whole
+    /// stream (no snapshot), so keep it for short streams.
+    pub async fn load_on<A: Aggregate>(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        id: &str,
+    ) -> Result<Loaded<A>, Error> {
+        let rows =
+            backend::read_stream_on(&mut backend::Conn::Sqlite(conn), &stream_of::<A>(id), 1)
+                .await?;
+        let mut state = A::default();
+        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
+        Ok(Loaded {
+            id: id.to_owned(),
+            state,
+            version,
+        })
+    }
+
+    /// [`StoreTx::save`] within the caller's own SQLite transaction on this store's database.
+    /// Subscriptions of this process learn of the events at their next poll.
+    pub async fn save_on<A: Aggregate>(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        loaded: &mut Loaded<A>,
+        events: &[A::Event],
+        metadata: &Metadata,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        save_in(
+            self,
+            &mut backend::Conn::Sqlite(conn),
+            loaded,
+            events,
+            metadata,
+        )
+        .await
+    }
+}
+
+async fn save_in<A: Aggregate>(
+    store: &EventStore,
+    conn: &mut backend::Conn<'_>,
+    loaded: &mut Loaded<A>,
+    events: &[A::Event],
+    metadata: &Metadata,
+) -> Result<Vec<RecordedEvent>, Error> {
+    let stream = stream_of::<A>(&loaded.id);
+    let new = events
+        .iter()
+        .map(|event| encode::<A>(event, metadata))
+        .collect::<Result<Vec<_>, _>>()?;
+    let recorded =
+        backend::append(conn, &stream, ExpectedVersion::Exact(loaded.version), new).await?;
+    let before = loaded.version;
+    for (event, typed) in recorded.iter().zip(events) {
+        loaded.state.apply(
+            typed,
+            &EventContext {
+                version: event.version,
+                recorded_at: event.recorded_at,
+            },
+        );
+        loaded.version = event.version;
+    }
+    let every = store.options().snapshot_every;
+    if every > 0 && loaded.version / every > before / every {
+        let state =
+            serde_json::to_string(&loaded.state).map_err(|e| Error::Encode(e.to_string()))?;
+        backend::save_snapshot(conn, &stream, loaded.version, A::STATE_VERSION, &state).await?;
+    }
+    Ok(recorded)
 }

@@ -25,6 +25,40 @@ pub(crate) enum Tx {
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
+/// A connection of either database, borrowed: a transaction of this store's, or a caller's
+/// own transaction (appends inside a message handler's transaction, say).
+#[derive(Debug)]
+pub(crate) enum Conn<'c> {
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    Postgres(&'c mut sqlx::PgConnection),
+}
+
+impl Tx {
+    /// The transaction's connection.
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Tx::Sqlite(tx) => Conn::Sqlite(&mut **tx),
+            Tx::Postgres(tx) => Conn::Postgres(&mut **tx),
+        }
+    }
+}
+
+/// Runs `$body` with `$c` bound to the borrowed connection, whichever database it is.
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            Conn::Sqlite($c) => {
+                let $c = &mut **$c;
+                $body
+            }
+            Conn::Postgres($c) => {
+                let $c = &mut **$c;
+                $body
+            }
+        }
+    };
+}
+
 /// Runs `$body` with `$p` bound to the pool, whichever database it is.
 macro_rules! on_pool {
     ($pool:expr, |$p:ident| $body:expr) => {
@@ -267,7 +301,7 @@ pub(crate) async fn commit(tx: Tx) -> Result<(), Error> {
 
 /// Appends a batch in the transaction: takes the positions, checks the stream's version, writes.
 pub(crate) async fn append(
-    tx: &mut Tx,
+    conn: &mut Conn<'_>,
     stream: &str,
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
@@ -278,26 +312,26 @@ pub(crate) async fn append(
     let first_position = if count == 0 {
         0
     } else {
-        match tx {
-            Tx::Sqlite(tx) => {
+        match conn {
+            Conn::Sqlite(c) => {
                 let last: i64 =
                     sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM eventstore_events")
-                        .fetch_one(&mut **tx)
+                        .fetch_one(&mut **c)
                         .await?;
                 to_u64(last) + 1
             }
-            Tx::Postgres(tx) => {
+            Conn::Postgres(c) => {
                 let last: i64 = sqlx::query_scalar(
                     "UPDATE eventstore_head SET position = position + $1 WHERE id = 1 RETURNING position",
                 )
                 .bind(to_i64(count))
-                .fetch_one(&mut **tx)
+                .fetch_one(&mut **c)
                 .await?;
                 to_u64(last) + 1 - count
             }
         }
     };
-    let actual: i64 = on_tx!(tx, |c| {
+    let actual: i64 = on_conn!(conn, |c| {
         sqlx::query_scalar(STREAM_VERSION)
             .bind(stream)
             .fetch_one(&mut *c)
@@ -333,7 +367,7 @@ pub(crate) async fn append(
         });
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let inserted = on_tx!(tx, |c| {
+        let inserted = on_conn!(conn, |c| {
             let mut insert = sqlx::QueryBuilder::new(
                 "INSERT INTO eventstore_events (position, event_id, stream_id, category, version, \
                  event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) ",
@@ -363,7 +397,7 @@ pub(crate) async fn append(
             Ok(_) => {}
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 return Err(if e.message().contains("event_id") {
-                    Error::DuplicateEvent(duplicate(tx, &events, e.as_ref()).await)
+                    Error::DuplicateEvent(duplicate(conn, &events, e.as_ref()).await)
                 } else {
                     Error::Conflict {
                         stream: stream.to_owned(),
@@ -413,7 +447,7 @@ struct Row<'a> {
 
 /// Which event of a batch already has its id stored (or repeats an earlier one of the batch).
 async fn duplicate(
-    tx: &mut Tx,
+    conn: &mut Conn<'_>,
     events: &[NewEvent],
     error: &dyn sqlx::error::DatabaseError,
 ) -> Uuid {
@@ -422,21 +456,21 @@ async fn duplicate(
     if let Some(repeated) = events.iter().find(|e| !seen.insert(e.id)) {
         return repeated.id;
     }
-    match tx {
+    match conn {
         // PostgreSQL names the key in the error's detail (and the transaction is now aborted).
-        Tx::Postgres(_) => error
+        Conn::Postgres(_) => error
             .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
             .and_then(|e| e.detail())
             .and_then(|detail| events.iter().find(|e| detail.contains(&e.id.to_string())))
             .map_or(first, |e| e.id),
         // SQLite rolled back only the statement: ask.
-        Tx::Sqlite(tx) => {
+        Conn::Sqlite(c) => {
             for event in events {
                 let stored: Option<i64> = sqlx::query_scalar(
                     "SELECT position FROM eventstore_events WHERE event_id = $1",
                 )
                 .bind(event.id.to_string())
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut **c)
                 .await
                 .ok()
                 .flatten();
@@ -489,6 +523,33 @@ pub(crate) async fn read_stream(
         Pool::Postgres(p) => fetch_events!(
             postgres,
             p,
+            "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+            stream,
+            from,
+            to
+        ),
+    })
+}
+
+/// [`read_stream`] on a borrowed connection (sees that transaction's own appends).
+pub(crate) async fn read_stream_on(
+    conn: &mut Conn<'_>,
+    stream: &str,
+    from: u64,
+) -> Result<Vec<StoredEvent>, Error> {
+    let (from, to) = (to_i64(from), i64::MAX);
+    Ok(match conn {
+        Conn::Sqlite(c) => fetch_events!(
+            sqlite,
+            &mut **c,
+            "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+            stream,
+            from,
+            to
+        ),
+        Conn::Postgres(c) => fetch_events!(
+            postgres,
+            &mut **c,
             "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
             stream,
             from,
@@ -625,7 +686,7 @@ pub(crate) async fn snapshot(
 }
 
 pub(crate) async fn save_snapshot(
-    tx: &mut Tx,
+    conn: &mut Conn<'_>,
     stream: &str,
     version: u64,
     state_version: u32,
@@ -634,7 +695,7 @@ pub(crate) async fn save_snapshot(
     let state_version = i32::try_from(state_version)
         .map_err(|_| Error::Encode("state version out of range".into()))?;
     let now = micros(OffsetDateTime::now_utc());
-    on_tx!(tx, |c| {
+    on_conn!(conn, |c| {
         sqlx::query(
             "INSERT INTO eventstore_snapshots (stream_id, version, state_version, state, taken_at) \
              VALUES ($1, $2, $3, $4, $5) \

@@ -344,7 +344,7 @@ impl StoreTx {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        let recorded = backend::append(&mut self.tx, stream, expected, events).await?;
+        let recorded = backend::append(&mut self.tx.conn(), stream, expected, events).await?;
         if let Some(last) = recorded.last() {
             self.last_position = self.last_position.max(last.position);
         }

@@ -965,3 +965,73 @@ async fn a_rebuilt_projection_equals_the_live_one(backend: Backend) {
 fn tokio_util_token() -> tokio_util::sync::CancellationToken {
     tokio_util::sync::CancellationToken::new()
 }
+
+/// SQLite only: an aggregate loaded and saved twice within the caller's own transaction (a
+/// message handler's) sees its first save; dropping the transaction drops both.
+#[tokio::test]
+async fn saves_within_a_callers_sqlite_transaction_see_each_other_and_roll_back_together() {
+    let db = Db::open(Backend::Sqlite, Options::default())
+        .await
+        .expect("sqlite always works");
+    let store = &db.store;
+    let pool = store.sqlite_pool().expect("sqlite").clone();
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut account = store.load_on::<Account>(&mut tx, "own").await.unwrap();
+    store
+        .save_on(
+            &mut tx,
+            &mut account,
+            &[account_event(100)],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    let mut again = store.load_on::<Account>(&mut tx, "own").await.unwrap();
+    assert_eq!(
+        (again.state.balance, again.version),
+        (100, 1),
+        "sees its own append"
+    );
+    store
+        .save_on(
+            &mut tx,
+            &mut again,
+            &[account_event(-30)],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    // A stale save in the same transaction is a conflict, as anywhere.
+    let stale = store
+        .save_on(
+            &mut tx,
+            &mut account,
+            &[account_event(1)],
+            &Metadata::default(),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(Error::Conflict { actual: 2, .. })),
+        "{stale:?}"
+    );
+    drop(tx);
+    assert_eq!(
+        store.stream_version("account-own").await.unwrap(),
+        0,
+        "rolled back"
+    );
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut account = store.load_on::<Account>(&mut tx, "own").await.unwrap();
+    store
+        .save_on(
+            &mut tx,
+            &mut account,
+            &[account_event(7)],
+            &Metadata::default(),
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(store.load::<Account>("own").await.unwrap().state.balance, 7);
+    db.close().await;
+}
