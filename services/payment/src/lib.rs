@@ -2,10 +2,11 @@
 //!
 //! It serves accounts and the payments of an order. The order saga's payment steps (authorize,
 //! capture, void, refund) and the ledger's invariant check are idempotent domain functions in
-//! [`ledger`], run on the caller's transaction; the saga's message handlers call them. Its
-//! database is `<data_dir>/payment.db`, seeded on first start from
-//! `services/payment/seed/accounts.json` (`alice` and `bob` with ample credit, `carol` with
-//! 1,000 cents: the natural "insufficient credit" failure).
+//! [`ledger`], run on the caller's transaction; [`commands::PaymentCommands`] is the handler of
+//! the saga's commands (topic `payment.commands`) that calls them and answers on `reply_to`. Its
+//! database is `<data_dir>/payment.db`, with the messaging tables (outbox, inbox), seeded on
+//! first start from `services/payment/seed/accounts.json` (`alice` and `bob` with ample credit,
+//! `carol` with 1,000 cents: the natural "insufficient credit" failure).
 //!
 //! | method and path | meaning |
 //! | --- | --- |
@@ -23,6 +24,7 @@ use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod commands;
 pub mod ledger;
 
 /// The service's name in the registry.
@@ -98,6 +100,9 @@ pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
         tracing::info!(accounts = accounts.len(), "accounts seeded");
     }
     tx.commit().await?;
+    flotilla_messaging::migrate(opening.pool())
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     Ok(opening.ready())
 }
 

@@ -4,9 +4,10 @@
 //! offers the order saga's shipping step as idempotent domain functions on a database
 //! transaction, in [`carrier`]: [`carrier::schedule`] (a refused destination is the saga's
 //! natural late failure), [`carrier::cancel`] (its compensation) and [`carrier::check`] (the
-//! invariants, for the system checker). No message handler calls them yet. Its database is
-//! `<data_dir>/shipping.db`, seeded on first start from
-//! `services/shipping/seed/refused_destinations.json` (country `AQ`).
+//! invariants, for the system checker). [`commands::ShippingCommands`] is the handler of the
+//! saga's commands (topic `shipping.commands`) that calls them and answers on `reply_to`. Its
+//! database is `<data_dir>/shipping.db`, with the messaging tables (outbox, inbox), seeded on
+//! first start from `services/shipping/seed/refused_destinations.json` (country `AQ`).
 //!
 //! | method and path | meaning |
 //! | --- | --- |
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod carrier;
+pub mod commands;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "shipping";
@@ -91,6 +93,9 @@ pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
         }
     }
     tx.commit().await?;
+    flotilla_messaging::migrate(opening.pool())
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     Ok(opening.ready())
 }
 
