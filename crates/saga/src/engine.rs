@@ -39,6 +39,10 @@ pub struct Step<D> {
     /// Attempts of the action before it counts as failed (compensations are retried until
     /// they succeed).
     pub attempts: u32,
+    /// A step after the saga's point of no return (its *pivot*): it must eventually succeed,
+    /// so a refusal or a timeout sends it again (with backoff) instead of compensating, and
+    /// `attempts` does not apply. Capturing a payment after every check passed is one.
+    pub retriable: bool,
 }
 
 impl<D> std::fmt::Debug for Step<D> {
@@ -302,6 +306,15 @@ impl<S: Saga> Orchestrator<S> {
                     self.save(tx, &instance, deadline).await?;
                 }
             }
+            (Phase::Action, false) if steps[instance.step].retriable => {
+                // Past the point of no return: try again at the deadline.
+                self.log(
+                    tx,
+                    &saga_id,
+                    &format!("{name} refused ({reason}); will retry"),
+                )
+                .await?;
+            }
             (Phase::Action, false) => {
                 self.fail(tx, &mut instance, reason, Some(reply)).await?;
             }
@@ -354,7 +367,7 @@ impl<S: Saga> Orchestrator<S> {
             }
             let step = &self.saga.steps()[instance.step];
             match instance.status {
-                Status::Running if instance.attempt >= step.attempts => {
+                Status::Running if !step.retriable && instance.attempt >= step.attempts => {
                     let reason = format!(
                         "{} did not answer within {:?}, {} attempts",
                         step.name, step.timeout, step.attempts
@@ -528,7 +541,6 @@ impl<S: Saga> Orchestrator<S> {
         .execute(&mut *tx)
         .await?;
         instance.attempt += 1;
-        // Compensations back off: 1×, 2×, 4× … up to 32× the step's timeout.
         let wait = match phase {
             Phase::Action => step.timeout,
             Phase::Compensation => step

@@ -16,6 +16,10 @@
 //!               └─ fails ──▶ FAILED (nothing to undo)
 //! ```
 //!
+//! Steps after the saga's point of no return (its *pivot*) are [`Step::retriable`]: they are
+//! sent again until they succeed and never start a compensation (capturing a payment that was
+//! authorized, committing stock that was reserved).
+//!
 //! * **Replies** come back as messages (request-reply over the messaging crate) and are matched
 //!   to the command they answer (`causation_id`): a reply to an earlier attempt of the current
 //!   step counts (participants are idempotent), a reply to another step or phase is stale and

@@ -44,6 +44,7 @@ impl TripSaga {
                     },
                     timeout: TIMEOUT,
                     attempts: 2,
+                    retriable: false,
                 },
                 Step {
                     name: "book_flight",
@@ -58,6 +59,7 @@ impl TripSaga {
                     },
                     timeout: TIMEOUT,
                     attempts: 2,
+                    retriable: false,
                 },
                 Step {
                     name: "charge_card",
@@ -66,9 +68,27 @@ impl TripSaga {
                     on_success: |_, _| {},
                     timeout: TIMEOUT,
                     attempts: 2,
+                    retriable: false,
                 },
             ],
         }
+    }
+}
+
+impl TripSaga {
+    /// The trip with a last step past the point of no return: the tickets must go out.
+    fn with_tickets() -> Self {
+        let mut saga = Self::new();
+        saga.steps.push(Step {
+            name: "send_tickets",
+            action: |_| command("mail.commands", "SendTickets"),
+            compensation: None,
+            on_success: |_, _| {},
+            timeout: TIMEOUT,
+            attempts: 1,
+            retriable: true,
+        });
+        saga
     }
 }
 
@@ -127,6 +147,10 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(TripSaga::new()).await
+}
+
+async fn world_with(saga: TripSaga) -> World {
     let dir = tempfile::tempdir().expect("temp dir");
     let options = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(dir.path().join("orchestrator.db"))
@@ -143,7 +167,7 @@ async fn world() -> World {
         .await
         .expect("table");
     World {
-        trips: Orchestrator::new(TripSaga::new(), pool.clone()),
+        trips: Orchestrator::new(saga, pool.clone()),
         pool,
         _dir: dir,
     }
@@ -446,4 +470,31 @@ async fn a_refused_compensation_is_retried_until_it_succeeds() {
     // What is left in the outbox are notifications only.
     let pending = outbox::dead_letters(&w.pool).await.expect("dead letters");
     assert!(pending.is_empty());
+}
+
+#[tokio::test]
+async fn a_step_past_the_point_of_no_return_is_retried_never_compensated() {
+    let w = world_with(TripSaga::with_tickets()).await;
+    w.start("t9").await;
+    for (kind, data) in [
+        ("BookHotel", json!({ "hotel_id": "h" })),
+        ("BookFlight", json!({ "flight_id": "f" })),
+        ("ChargeCard", json!({})),
+    ] {
+        let command = w.one_command(kind).await;
+        w.ok(&command, data).await;
+    }
+    let tickets = w.one_command("SendTickets").await;
+    assert_eq!(
+        w.answer(refused(&tickets, "mail server down")).await,
+        Handled::Applied
+    );
+    assert_eq!(w.status("t9").await, Status::Running, "not compensating");
+    // Its one attempt is used, yet a timeout sends it again rather than failing.
+    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.trips.tick().await.expect("tick");
+    let again = w.one_command("SendTickets").await;
+    w.ok(&again, json!({})).await;
+    assert_eq!(w.status("t9").await, Status::Completed);
+    assert!(!w.events("t9").await.iter().any(|e| e.contains("undone")));
 }
