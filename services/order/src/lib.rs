@@ -18,6 +18,7 @@
 pub mod aggregate;
 pub mod domain;
 pub mod projections;
+pub mod saga;
 pub mod store;
 
 use std::time::Duration;
@@ -108,7 +109,7 @@ async fn place(
         })
         .collect();
     match store::place(
-        &context.db.events,
+        &context.db,
         &order_id,
         &order.customer_id,
         lines,

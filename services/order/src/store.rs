@@ -8,8 +8,13 @@ use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use std::sync::Arc;
+
+use flotilla_saga::Orchestrator;
+
 use crate::aggregate::{self, Order, OrderLine, Status};
 use crate::domain::Address;
+use crate::saga::{self, PlaceOrderSaga};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -19,10 +24,12 @@ pub const SNAPSHOT_EVERY: u64 = 50;
 /// The order service's storage.
 #[derive(Debug, Clone)]
 pub struct Database {
-    /// The SQLite pool (idempotency keys, read models).
+    /// The SQLite pool (idempotency keys, read models, outbox, inbox, sagas).
     pub pool: SqlitePool,
     /// The event store in the same database.
     pub events: EventStore,
+    /// The place-order saga's orchestrator, whose instances live in the same database.
+    pub saga: Arc<Orchestrator<PlaceOrderSaga>>,
 }
 
 /// The event store's settings for orders: snapshots and the order's upcasters.
@@ -39,10 +46,19 @@ pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::
     let opening =
         flotilla_kit::database::open(&settings.database_path(crate::SERVICE), &MIGRATIONS).await?;
     let events = EventStore::sqlite(opening.pool().clone(), options()).await?;
-    Ok(Database {
-        pool: opening.ready(),
-        events,
-    })
+    let setup = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
+    flotilla_messaging::migrate(opening.pool())
+        .await
+        .map_err(|e| setup(&e))?;
+    flotilla_saga::migrate(opening.pool())
+        .await
+        .map_err(|e| setup(&e))?;
+    let pool = opening.ready();
+    let saga = Arc::new(Orchestrator::new(
+        PlaceOrderSaga::new(events.clone()),
+        pool.clone(),
+    ));
+    Ok(Database { pool, events, saga })
 }
 
 /// What [`place`] did.
@@ -54,10 +70,10 @@ pub enum Placed {
     KeyTaken,
 }
 
-/// Appends a new order's `OrderPlaced` and stores its idempotency key (if any), in one
-/// transaction.
+/// Appends a new order's `OrderPlaced`, stores its idempotency key (if any) and starts its
+/// place-order saga (its first command goes to the outbox), in one transaction.
 pub async fn place(
-    events: &EventStore,
+    db: &Database,
     order_id: &str,
     customer_id: &str,
     lines: Vec<OrderLine>,
@@ -73,7 +89,7 @@ pub async fn place(
         .state
         .place(customer_id, lines, ship_to)
         .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
-    let mut tx = events.begin().await?;
+    let mut tx = db.events.begin().await?;
     if let Some((key, hash)) = key {
         let now = OffsetDateTime::now_utc()
             .format(&Rfc3339)
@@ -102,6 +118,16 @@ pub async fn place(
         &Metadata::correlated(format!("order-{order_id}")),
     )
     .await?;
+    let data = saga::data_of(order_id, &loaded.state).ok_or_else(|| {
+        flotilla_eventstore::Error::Encode("a placed order has an address".into())
+    })?;
+    let connection = tx
+        .sqlite()
+        .ok_or_else(|| flotilla_eventstore::Error::Encode("orders live in SQLite".into()))?;
+    db.saga
+        .start(connection, order_id, data, None)
+        .await
+        .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
     tx.commit().await?;
     Ok(Placed::New(Box::new(loaded)))
 }

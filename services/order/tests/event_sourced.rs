@@ -78,7 +78,7 @@ impl Service {
             quantity: 1,
             unit_price_cents: cents,
         }];
-        let placed = store::place(&self.db.events, &order_id, customer, lines, address(), None)
+        let placed = store::place(&self.db, &order_id, customer, lines, address(), None)
             .await
             .expect("placed");
         assert!(matches!(placed, Placed::New(_)));

@@ -1,0 +1,282 @@
+//! The place-order saga, orchestrated by the order service.
+//!
+//! ```text
+//!  reserve_stock ──▶ authorize_payment ──▶ schedule_shipment ══▶ capture_payment ──▶ commit_stock
+//!  (ReleaseStock)    (VoidPayment)         (CancelShipment)  ║   retried until they succeed
+//!                                                    point of no return
+//! ```
+//!
+//! Each step is a command to a participant (`flotilla-contracts`) answered on
+//! `order.saga-replies`. Every transition is also an event of the order, appended in the same
+//! transaction as the saga's state and its next command: `InventoryReserved`,
+//! `PaymentAuthorized`, `ShipmentScheduled`, then `OrderApproved` when every step succeeded, or
+//! `OrderRejected{reason}` once the compensations of the steps that had succeeded (latest first)
+//! are done. The natural failures: stock short (`reserve_stock` refused, nothing to undo), credit
+//! limit (`authorize_payment` refused: release the stock), an unserviceable destination
+//! (`schedule_shipment` refused: void the payment, release the stock).
+
+use std::time::Duration;
+
+use flotilla_contracts::{
+    AuthorizePayment, CancelShipment, CapturePayment, CommitStock, Destination, Line, ReleaseStock,
+    ReserveStock, ScheduleShipment, VoidPayment,
+};
+use flotilla_eventstore::{EventStore, Metadata};
+use flotilla_messaging::Message;
+use flotilla_saga::{Command, Error, Saga, Step, Transition};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::SqliteConnection;
+
+use crate::aggregate::{Order, OrderError, OrderEvent};
+
+/// How long a participant has to answer before the command is sent again.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts of a step before the saga gives up on it and compensates.
+pub const STEP_ATTEMPTS: u32 = 3;
+/// The topic of the order's notifications (fire-and-forget).
+pub const NOTIFICATIONS: &str = "order.notifications";
+
+/// What the saga carries from step to step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceOrderData {
+    /// The order (also the saga's id).
+    pub order_id: String,
+    /// The paying customer.
+    pub customer_id: String,
+    /// What to reserve.
+    pub lines: Vec<Line>,
+    /// What to charge, in cents.
+    pub total_cents: i64,
+    /// Where to ship.
+    pub destination: Destination,
+    /// The payment, once authorized.
+    pub payment_id: Option<String>,
+    /// The shipment, once scheduled.
+    pub shipment_id: Option<String>,
+}
+
+fn command<C: flotilla_contracts::Command>(command: &C) -> Command {
+    Command {
+        topic: C::TOPIC.to_owned(),
+        message_type: C::TYPE.to_owned(),
+        payload: serde_json::to_value(command).unwrap_or(Value::Null),
+    }
+}
+
+fn text(reply: &Value, field: &str) -> Option<String> {
+    reply.get(field).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn step(
+    name: &'static str,
+    action: fn(&PlaceOrderData) -> Command,
+    compensation: Option<fn(&PlaceOrderData) -> Command>,
+    on_success: fn(&mut PlaceOrderData, &Value),
+    retriable: bool,
+) -> Step<PlaceOrderData> {
+    Step {
+        name,
+        action,
+        compensation,
+        on_success,
+        timeout: STEP_TIMEOUT,
+        attempts: STEP_ATTEMPTS,
+        retriable,
+    }
+}
+
+/// The place-order saga definition.
+#[derive(Debug)]
+pub struct PlaceOrderSaga {
+    steps: Vec<Step<PlaceOrderData>>,
+    events: EventStore,
+}
+
+impl PlaceOrderSaga {
+    /// The saga, appending the order's events to `events` (the order's own store).
+    pub fn new(events: EventStore) -> Self {
+        let steps = vec![
+            step(
+                "reserve_stock",
+                |d| {
+                    command(&ReserveStock {
+                        order_id: d.order_id.clone(),
+                        lines: d.lines.clone(),
+                    })
+                },
+                Some(|d| {
+                    command(&ReleaseStock {
+                        order_id: d.order_id.clone(),
+                    })
+                }),
+                |_, _| {},
+                false,
+            ),
+            step(
+                "authorize_payment",
+                |d| {
+                    command(&AuthorizePayment {
+                        order_id: d.order_id.clone(),
+                        customer_id: d.customer_id.clone(),
+                        amount_cents: d.total_cents,
+                    })
+                },
+                Some(|d| {
+                    command(&VoidPayment {
+                        order_id: d.order_id.clone(),
+                    })
+                }),
+                |d, reply| d.payment_id = text(reply, "payment_id"),
+                false,
+            ),
+            step(
+                "schedule_shipment",
+                |d| {
+                    command(&ScheduleShipment {
+                        order_id: d.order_id.clone(),
+                        destination: d.destination.clone(),
+                    })
+                },
+                Some(|d| {
+                    command(&CancelShipment {
+                        order_id: d.order_id.clone(),
+                    })
+                }),
+                |d, reply| d.shipment_id = text(reply, "shipment_id"),
+                false,
+            ),
+            step(
+                "capture_payment",
+                |d| {
+                    command(&CapturePayment {
+                        order_id: d.order_id.clone(),
+                    })
+                },
+                None,
+                |_, _| {},
+                true,
+            ),
+            step(
+                "commit_stock",
+                |d| {
+                    command(&CommitStock {
+                        order_id: d.order_id.clone(),
+                    })
+                },
+                None,
+                |_, _| {},
+                true,
+            ),
+        ];
+        Self { steps, events }
+    }
+}
+
+impl Saga for PlaceOrderSaga {
+    type Data = PlaceOrderData;
+
+    fn name(&self) -> &'static str {
+        "place_order"
+    }
+
+    fn steps(&self) -> &[Step<PlaceOrderData>] {
+        &self.steps
+    }
+
+    fn reply_topic(&self) -> &str {
+        flotilla_contracts::ORDER_SAGA_REPLIES
+    }
+
+    async fn on_transition(
+        &self,
+        tx: &mut SqliteConnection,
+        saga_id: &str,
+        data: &PlaceOrderData,
+        transition: &Transition,
+    ) -> Result<Vec<Message>, Error> {
+        if !matches!(
+            transition,
+            Transition::StepSucceeded { .. } | Transition::Completed | Transition::Failed { .. }
+        ) {
+            return Ok(Vec::new());
+        }
+        let failed = |e: &dyn std::fmt::Display| Error::Transition(e.to_string());
+        let mut order = self
+            .events
+            .load_on::<Order>(tx, &data.order_id)
+            .await
+            .map_err(|e| failed(&e))?;
+        let state = &order.state;
+        let events: Result<Vec<OrderEvent>, OrderError> = match transition {
+            Transition::StepSucceeded {
+                step: "reserve_stock",
+            } => state.reserve_inventory(),
+            Transition::StepSucceeded {
+                step: "authorize_payment",
+            } => state.authorize_payment(data.payment_id.as_deref().unwrap_or_default()),
+            Transition::StepSucceeded {
+                step: "schedule_shipment",
+            } => state.schedule_shipment(data.shipment_id.as_deref().unwrap_or_default()),
+            Transition::Completed => state.approve(),
+            Transition::Failed { reason } => state.reject(reason),
+            // Capturing and committing are the participants' facts; the order records the
+            // approval that follows them.
+            _ => Ok(Vec::new()),
+        };
+        let events = events.map_err(|e| failed(&e))?;
+        self.events
+            .save_on(tx, &mut order, &events, &Metadata::correlated(saga_id))
+            .await
+            .map_err(|e| failed(&e))?;
+        Ok(match transition {
+            Transition::Completed => vec![notification(data, "OrderConfirmed", json!({}))],
+            Transition::Failed { reason } => vec![notification(
+                data,
+                "OrderRejected",
+                json!({ "reason": reason }),
+            )],
+            _ => Vec::new(),
+        })
+    }
+}
+
+fn notification(data: &PlaceOrderData, message_type: &str, extra: Value) -> Message {
+    let mut payload = json!({
+        "order_id": data.order_id,
+        "customer_id": data.customer_id,
+        "total_cents": data.total_cents,
+    });
+    if let (Some(target), Value::Object(extra)) = (payload.as_object_mut(), extra) {
+        target.extend(extra);
+    }
+    Message::new(NOTIFICATIONS, message_type, data.order_id.clone(), payload)
+        .correlated(data.order_id.clone())
+}
+
+/// The saga's data for a placed order.
+pub fn data_of(order_id: &str, order: &Order) -> Option<PlaceOrderData> {
+    let ship_to = order.ship_to.as_ref()?;
+    Some(PlaceOrderData {
+        order_id: order_id.to_owned(),
+        customer_id: order.customer_id.clone(),
+        lines: order
+            .items
+            .iter()
+            .map(|line| Line {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+            })
+            .collect(),
+        total_cents: order.total_cents,
+        destination: Destination {
+            name: ship_to.name.clone(),
+            street: ship_to.street.clone(),
+            city: ship_to.city.clone(),
+            postal_code: ship_to.postal_code.clone(),
+            country: ship_to.country.clone(),
+        },
+        payment_id: None,
+        shipment_id: None,
+    })
+}
