@@ -181,6 +181,23 @@ impl System {
             .unwrap_or_default()
     }
 
+    /// The order at `location` once it left PENDING (at most 15 s).
+    async fn final_state(&self, location: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let order = self.get(location).await;
+            if order.status == StatusCode::OK && order.body["status"] != "PENDING" {
+                return order.body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{location} still pending: {}",
+                order.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The text `path` of the first instance of `service` answers (direct, not via the gateway).
     async fn get_from(&self, service: &str, path: &str) -> String {
         let instances = self.instances(service).await;
@@ -295,19 +312,17 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
     assert_eq!(read.status, StatusCode::OK);
     assert_eq!(read.body["order_id"], id.as_str());
     assert_eq!(read.body["customer_id"], "alice");
-    assert_eq!(read.body["status"], "PENDING");
+    // The saga may already have moved it on.
+    assert!(
+        ["PENDING", "APPROVED"].contains(&read.body["status"].as_str().unwrap_or_default()),
+        "{}",
+        read.body
+    );
     assert_eq!(read.body["items"][0]["sku"], "KB-001");
     assert_eq!(read.body["items"][0]["quantity"], 3);
     assert_eq!(read.body["items"][0]["unit_price_cents"], price);
     assert_eq!(read.body["ship_to"]["country"], "FR");
 
-    // The participants' views answer (nothing has happened to the order there yet).
-    let payments = system.get(&format!("/v1/payments?order_id={id}")).await;
-    assert_eq!(payments.status, StatusCode::OK);
-    assert_eq!(payments.body["items"], json!([]));
-    let shipments = system.get(&format!("/v1/shipments?order_id={id}")).await;
-    assert_eq!(shipments.status, StatusCode::OK);
-    assert_eq!(shipments.body["items"], json!([]));
     // The seed data the demos and the saga rely on.
     let carol = system.get("/v1/accounts/carol").await;
     assert_eq!(carol.body["credit_limit_cents"], 1000);
@@ -358,34 +373,71 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
     );
     assert!(text.contains("gateway_upstream_requests_total"), "{text}");
 
+    // The place-order saga runs through the four services: the order ends APPROVED, paid,
+    // its shipment scheduled.
+    let approved = system.final_state(&location).await;
+    assert_eq!(approved["status"], "APPROVED", "{approved}");
+    let bobs = format!(
+        "/v1/orders/{}",
+        first.body["order_id"].as_str().expect("id")
+    );
+    assert_eq!(system.final_state(&bobs).await["status"], "APPROVED");
+    let payments = system.get(&format!("/v1/payments?order_id={id}")).await;
+    assert_eq!(payments.status, StatusCode::OK);
+    assert_eq!(
+        payments.body["items"][0]["status"], "CAPTURED",
+        "{}",
+        payments.body
+    );
+    assert_eq!(payments.body["items"][0]["amount_cents"], 3 * price);
+    let shipments = system.get(&format!("/v1/shipments?order_id={id}")).await;
+    assert_eq!(
+        shipments.body["items"][0]["status"], "SCHEDULED",
+        "{}",
+        shipments.body
+    );
+
     // Event sourcing through the gateway: the stream, time travel, and the read models.
     let events = system.get(&format!("{location}/events")).await;
     assert_eq!(events.status, StatusCode::OK);
-    assert_eq!(events.body["events"][0]["event_type"], "OrderPlaced");
+    let types: Vec<&str> = events.body["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event_type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "OrderPlaced",
+            "InventoryReserved",
+            "PaymentAuthorized",
+            "ShipmentScheduled",
+            "OrderApproved"
+        ]
+    );
     assert_eq!(events.body["events"][0]["schema_version"], 2);
-    let first = system.get(&format!("{location}?version=1")).await;
-    assert_eq!(first.body["version"], 1);
-    assert_eq!(first.body["total_cents"], 3 * price);
-    let beyond = system.get(&format!("{location}?version=2")).await;
+    let at_first = system.get(&format!("{location}?version=1")).await;
+    assert_eq!(at_first.body["version"], 1);
+    assert_eq!(at_first.body["status"], "PENDING");
+    assert_eq!(at_first.body["total_cents"], 3 * price);
+    let beyond = system.get(&format!("{location}?version=6")).await;
     assert_eq!(beyond.status, StatusCode::NOT_FOUND);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let listed = loop {
         let list = system.get("/v1/orders?customer_id=alice").await;
         assert_eq!(list.status, StatusCode::OK);
-        if list.body["orders"]
-            .as_array()
-            .is_some_and(|o| !o.is_empty())
-        {
+        if list.body["orders"][0]["status"] == "APPROVED" {
             break list;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the read model caught up"
+            "the read model caught up: {}",
+            list.body
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(listed.body["orders"][0]["order_id"], id.as_str());
-    assert_eq!(listed.body["orders"][0]["status"], "PENDING");
     // `flotilla projections rebuild order` while the system runs: the same rows after.
     let rebuild = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(["projections", "rebuild", "order", "--data-dir"])
@@ -399,21 +451,38 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
         String::from_utf8_lossy(&rebuild.stderr)
     );
     assert!(
-        said.contains("order_summaries: rebuilt from 2 events"),
+        said.contains("order_summaries: rebuilt from 10 events"),
         "{said}"
     );
     assert!(
-        said.contains("revenue_per_day: rebuilt from 2 events"),
+        said.contains("revenue_per_day: rebuilt from 10 events"),
         "{said}"
     );
     let relisted = system.get("/v1/orders?customer_id=alice").await;
     assert_eq!(relisted.body, listed.body);
     let revenue = system.get("/v1/orders/revenue").await;
     assert_eq!(revenue.body["days"][0]["placed_orders"], 2);
+    assert_eq!(revenue.body["days"][0]["approved_orders"], 2);
     let metrics = system.get_from("order", "/metrics").await;
     assert!(
         metrics.contains("eventstore_projection_lag_events{projection=\"order_summaries\"} 0"),
         "{metrics}"
+    );
+
+    // The natural failure: carol's credit (1,000 cents) does not cover a keyboard.
+    let carols = system.post_order(&order("carol", "KB-001", 1), &[]).await;
+    assert_eq!(carols.status, StatusCode::ACCEPTED);
+    let carols = format!(
+        "/v1/orders/{}",
+        carols.body["order_id"].as_str().expect("id")
+    );
+    let rejected = system.final_state(&carols).await;
+    assert_eq!(rejected["status"], "REJECTED", "{rejected}");
+    assert!(
+        rejected["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("credit limit")),
+        "{rejected}"
     );
 }
 

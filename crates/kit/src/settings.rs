@@ -74,6 +74,40 @@ pub struct Settings {
     /// Serve `/admin/faults`, which makes this process fail a share of its requests or answer
     /// late, for demos and tests. Never enable it in production.
     pub fault_injection: bool,
+    /// How services exchange messages (the saga's commands and replies):
+    /// `FLOTILLA_MESSAGING__TRANSPORT=nats`.
+    pub messaging: MessagingSettings,
+}
+
+/// The message transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// HTTP push from the sender's relay to the subscribing services, found through the
+    /// registry: no broker.
+    #[default]
+    Embedded,
+    /// NATS JetStream.
+    Nats,
+}
+
+/// Messaging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagingSettings {
+    /// `embedded` (default) or `nats`.
+    pub transport: TransportKind,
+    /// The NATS server, for the `nats` transport.
+    pub nats_url: String,
+}
+
+impl Default for MessagingSettings {
+    fn default() -> Self {
+        Self {
+            transport: TransportKind::Embedded,
+            nats_url: "nats://127.0.0.1:4222".into(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -98,6 +132,7 @@ impl Default for Settings {
             queue_for_later: Vec::new(),
             admin_api: false,
             fault_injection: false,
+            messaging: MessagingSettings::default(),
         }
     }
 }

@@ -176,6 +176,16 @@ impl<H: Handler> Consumer<H> {
         topics: &[&str],
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
+        self.serve(transport, topics, shutdown).await
+    }
+
+    /// [`Consumer::run`] without giving the consumer up (to subscribe again after a failure).
+    pub async fn serve<T: Transport>(
+        &self,
+        transport: &T,
+        topics: &[&str],
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
         let mut deliveries = transport.subscribe(&self.name, topics).await?;
         loop {
             let next = tokio::select! {

@@ -17,6 +17,7 @@ mod envelope;
 pub mod inbox;
 pub mod nats;
 pub mod outbox;
+pub mod runtime;
 mod transport;
 
 use sqlx::SqlitePool;

@@ -133,14 +133,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let pool = open(&settings).await.map_err(std::io::Error::other)?;
-    let result = flotilla_discovery::serve_routes(
+    flotilla_messaging::runtime::serve(
         SERVICE,
-        &settings,
+        settings,
         listener,
-        routes(pool.clone()),
+        pool.clone(),
+        routes(pool),
+        flotilla_contracts::subscriptions(),
+        commands::StockCommands,
+        &[flotilla_contracts::INVENTORY_COMMANDS],
         shutdown,
     )
-    .await;
-    pool.close().await;
-    result
+    .await
 }

@@ -21,6 +21,7 @@ pub mod projections;
 pub mod saga;
 pub mod store;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -38,6 +39,7 @@ use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{NewOrder, PlaceOrder};
@@ -58,6 +60,8 @@ pub struct Context {
     pub db: Database,
     /// How to reach the inventory.
     pub discovery: Discovery,
+    /// Wakes the outbox relay once a new order's first saga command is committed.
+    pub relay: Arc<Notify>,
 }
 
 /// The answer to `POST /v1/orders`.
@@ -119,6 +123,7 @@ async fn place(
     .await
     {
         Ok(store::Placed::New(loaded)) => {
+            context.relay.notify_one();
             tracing::info!(%order_id, customer = %order.customer_id, "order placed");
             accepted(&loaded)
         }
@@ -473,13 +478,39 @@ pub async fn run(
     .with_resilience(settings.breaker.clone(), settings.retry.clone())
     .map_err(std::io::Error::other)?;
     projections::spawn(&db.events, &shutdown);
+    let messaging = flotilla_messaging::runtime::start(
+        &settings,
+        discovery.clone(),
+        flotilla_contracts::subscriptions(),
+        SERVICE,
+        db.pool.clone(),
+        flotilla_saga::Replies(db.saga.clone()),
+        &[flotilla_contracts::ORDER_SAGA_REPLIES],
+        &shutdown,
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    tokio::spawn({
+        let saga = db.saga.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            saga.run_timeouts(Duration::from_millis(100), shutdown)
+                .await
+        }
+    });
     let context = Context {
         db: db.clone(),
         discovery,
+        relay: messaging.relay.clone(),
     };
-    let result =
-        flotilla_discovery::serve_routes(SERVICE, &settings, listener, routes(context), shutdown)
-            .await;
+    let result = flotilla_discovery::serve_routes(
+        SERVICE,
+        &settings,
+        listener,
+        routes(context).merge(messaging.routes),
+        shutdown,
+    )
+    .await;
     db.pool.close().await;
     result
 }

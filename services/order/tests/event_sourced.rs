@@ -43,6 +43,7 @@ async fn service() -> Service {
     let router = flotilla_order::routes(Context {
         db: db.clone(),
         discovery: Discovery::fixed(Default::default(), Duration::from_secs(1)),
+        relay: std::sync::Arc::new(tokio::sync::Notify::new()),
     });
     Service {
         db,

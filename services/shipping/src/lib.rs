@@ -147,14 +147,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let pool = open(&settings).await.map_err(std::io::Error::other)?;
-    let result = flotilla_discovery::serve_routes(
+    flotilla_messaging::runtime::serve(
         SERVICE,
-        &settings,
+        settings,
         listener,
-        routes(pool.clone()),
+        pool.clone(),
+        routes(pool),
+        flotilla_contracts::subscriptions(),
+        commands::ShippingCommands,
+        &[flotilla_contracts::SHIPPING_COMMANDS],
         shutdown,
     )
-    .await;
-    pool.close().await;
-    result
+    .await
 }
