@@ -3,8 +3,10 @@
 //! * `flotilla` or `flotilla up`: the supervisor runs the whole system ([`supervisor`]);
 //! * `flotilla run ROLE`: one component (registry, gateway, order, payment, inventory, shipping);
 //! * `flotilla status`: the instances the registry knows;
-//! * `flotilla projections rebuild order`: rebuilds the order's read models from its events.
+//! * `flotilla projections rebuild order`: rebuilds the order's read models from its events;
+//! * `flotilla check`: the system's invariants, computed from the services' databases.
 
+mod check;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -31,11 +33,26 @@ enum Command {
     Run(RunOptions),
     /// List the instances the registry knows.
     Status(StatusOptions),
+    /// Check the system's invariants (money, stock, every order ended) from the databases.
+    Check(CheckOptions),
     /// Manage the read models kept from event stores.
     Projections {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckOptions {
+    /// Data directory of the system (a running one is fine: the databases are read only).
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+    data_dir: PathBuf,
+    /// Every order must have ended (after recovery): an order in flight is a violation.
+    #[arg(long)]
+    settled: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +178,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(options) => supervisor::up(options).await,
             Command::Run(options) => run(options).await,
             Command::Status(options) => status(options).await,
+            Command::Check(options) => check_command(options).await,
             Command::Projections {
                 action: ProjectionsAction::Rebuild(options),
             } => rebuild(options).await,
@@ -203,6 +221,32 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     result.with_context(|| format!("{} failed", role.name()))?;
     tracing::info!(role = role.name(), "stopped");
+    Ok(())
+}
+
+async fn check_command(options: CheckOptions) -> anyhow::Result<()> {
+    let report = check::check(&options.data_dir, options.settled).await?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let counts: Vec<String> = report
+            .orders
+            .iter()
+            .map(|(status, n)| format!("{status} {n}"))
+            .collect();
+        println!("orders: {}", counts.join(", "));
+        for violation in &report.violations {
+            println!("violation: {violation}");
+        }
+        if report.violations.is_empty() {
+            println!("all invariants hold");
+        }
+    }
+    anyhow::ensure!(
+        report.violations.is_empty(),
+        "{} invariant violation(s)",
+        report.violations.len()
+    );
     Ok(())
 }
 

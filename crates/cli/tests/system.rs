@@ -469,20 +469,67 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
         "{metrics}"
     );
 
-    // The natural failure: carol's credit (1,000 cents) does not cover a keyboard.
-    let carols = system.post_order(&order("carol", "KB-001", 1), &[]).await;
-    assert_eq!(carols.status, StatusCode::ACCEPTED);
-    let carols = format!(
-        "/v1/orders/{}",
-        carols.body["order_id"].as_str().expect("id")
-    );
-    let rejected = system.final_state(&carols).await;
+    // The natural failure: carol's credit (1,000 cents) does not cover a keyboard. With
+    // `Prefer: wait=5` the answer waits for the saga's end: 200 and the final order.
+    let carols = system
+        .post_order(&order("carol", "KB-001", 1), &[("prefer", "wait=5")])
+        .await;
+    assert_eq!(carols.status, StatusCode::OK, "{}", carols.body);
+    assert_eq!(carols.headers["preference-applied"], "wait=5");
+    let rejected = carols.body;
     assert_eq!(rejected["status"], "REJECTED", "{rejected}");
     assert!(
         rejected["reason"]
             .as_str()
             .is_some_and(|r| r.contains("credit limit")),
         "{rejected}"
+    );
+
+    // `flotilla check`: every invariant holds, every order ended (the saga of the last order
+    // ended before its answer).
+    let check = |settled: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_flotilla"));
+        command
+            .args(["check", "--json", "--data-dir"])
+            .arg(system.data_dir.path());
+        if settled {
+            command.arg("--settled");
+        }
+        command.output().expect("flotilla check runs")
+    };
+    let report = check(true);
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        report.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let report: Value = serde_json::from_str(&text).expect("a JSON report");
+    assert_eq!(report["violations"], json!([]));
+    assert_eq!(report["orders"], json!({ "APPROVED": 2, "REJECTED": 1 }));
+    // And it notices money that does not add up: a captured payment voided behind its back.
+    let payment_db = system.data_dir.path().join("payment.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", payment_db.display()))
+        .await
+        .expect("payment database");
+    sqlx::query("UPDATE payments SET status = 'VOIDED' WHERE order_id = $1")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .expect("tampered");
+    pool.close().await;
+    let report = check(false);
+    assert!(!report.status.success(), "a violation fails the command");
+    let report: Value =
+        serde_json::from_str(&String::from_utf8_lossy(&report.stdout)).expect("a JSON report");
+    let violations = report["violations"].to_string();
+    assert!(
+        violations.contains(&format!("order {id} is APPROVED but its payment")),
+        "{violations}"
+    );
+    assert!(
+        violations.contains("captured payments total"),
+        "{violations}"
     );
 }
 

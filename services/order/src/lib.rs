@@ -5,7 +5,7 @@
 //!
 //! | method and path | meaning |
 //! | --- | --- |
-//! | `POST /v1/orders` | place an order ([`domain::PlaceOrder`]); 202 with `Location`; honours `Idempotency-Key` |
+//! | `POST /v1/orders` | place an order ([`domain::PlaceOrder`]); 202 with `Location`; honours `Idempotency-Key`; with `Prefer: wait=N`, 200 and the final order if its saga ends within N seconds |
 //! | `GET /v1/orders/{id}` | the order; `?version=N` or `?at=RFC3339` for the order as it was (time travel) |
 //! | `GET /v1/orders/{id}/events` | the order's event stream |
 //! | `GET /v1/orders?customer_id=…&status=…&limit=…` | orders from the read model, newest first |
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -94,10 +94,11 @@ async fn place(
     let hash = hex(&Sha256::digest(
         serde_json::to_vec(&request).map_err(|e| Problem::internal(&e))?,
     ));
+    let wait = prefer_wait(&headers);
     if let Some(key) = &key
         && let Some(order_id) = replay(&context.db.pool, key, &hash).await?
     {
-        return accepted_id(&context.db, &order_id).await;
+        return respond(&context.db, &order_id, wait).await;
     }
     let order = request.validate()?;
     let prices = price(&context.discovery, &order).await?;
@@ -122,15 +123,15 @@ async fn place(
     )
     .await
     {
-        Ok(store::Placed::New(loaded)) => {
+        Ok(store::Placed::New(_)) => {
             context.relay.notify_one();
             tracing::info!(%order_id, customer = %order.customer_id, "order placed");
-            accepted(&loaded)
+            respond(&context.db, &order_id, wait).await
         }
         // A concurrent request with the same key won the race.
         Ok(store::Placed::KeyTaken) => match &key {
             Some(key) => match replay(&context.db.pool, key, &hash).await? {
-                Some(order_id) => accepted_id(&context.db, &order_id).await,
+                Some(order_id) => respond(&context.db, &order_id, wait).await,
                 None => Err(Problem::internal(&"idempotency key vanished")),
             },
             None => Err(Problem::internal(&"key conflict without a key")),
@@ -154,14 +155,63 @@ async fn replay(pool: &SqlitePool, key: &str, hash: &str) -> Result<Option<Strin
     }
 }
 
-/// 202 for the order an earlier request with the same key placed.
-async fn accepted_id(db: &Database, order_id: &str) -> Result<Response, Problem> {
-    let loaded = db
-        .events
-        .load::<Order>(order_id)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
-    accepted(&loaded)
+/// The longest `Prefer: wait=N` honoured, in seconds.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+/// `Prefer: wait=N` (RFC 7240): how long the client is ready to wait for the final state, at
+/// most [`MAX_WAIT_SECONDS`]. A preference that cannot be read is ignored, as the RFC asks.
+fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ';']))
+        .filter_map(|token| {
+            let (name, value) = token.trim().split_once('=')?;
+            name.trim()
+                .eq_ignore_ascii_case("wait")
+                .then(|| value.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+        })
+        .next()
+        .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
+}
+
+/// The answer to a placement: 202 with the order as it stands; or, with `Prefer: wait=N`, 200
+/// with the whole order as soon as its saga has ended, if that is within N seconds.
+async fn respond(db: &Database, order_id: &str, wait: Option<u64>) -> Result<Response, Problem> {
+    let deadline = wait.map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
+    loop {
+        let loaded = db
+            .events
+            .load::<Order>(order_id)
+            .await
+            .map_err(|e| Problem::internal(&e))?;
+        let ended = loaded.state.status.is_some_and(|s| s != Status::Pending);
+        match (wait, deadline) {
+            (Some(seconds), Some(_)) if ended => {
+                let view = OrderView::of(&loaded)
+                    .ok_or_else(|| Problem::internal(&"order vanished after it was placed"))?;
+                let location = HeaderValue::from_str(&format!("/v1/orders/{order_id}"))
+                    .map_err(|e| Problem::internal(&e))?;
+                let applied = HeaderValue::from_str(&format!("wait={seconds}"))
+                    .map_err(|e| Problem::internal(&e))?;
+                return Ok((
+                    StatusCode::OK,
+                    [
+                        (header::LOCATION, location),
+                        (HeaderName::from_static("preference-applied"), applied),
+                    ],
+                    axum::Json(view),
+                )
+                    .into_response());
+            }
+            (Some(_), Some(deadline)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return accepted(&loaded),
+        }
+    }
 }
 
 fn accepted(loaded: &flotilla_eventstore::Loaded<Order>) -> Result<Response, Problem> {

@@ -1,0 +1,195 @@
+//! `flotilla check`: the invariants of DESIGN.md computed from the four services' databases.
+//!
+//! It opens every database read-only, so it can run against a live system; an order whose saga
+//! is still running is *in flight*, and only a violation with `--settled` (after recovery, every
+//! order must have ended). Invariants:
+//!
+//! 1. every order ends APPROVED, REJECTED or CANCELLED (with `--settled`);
+//! 2. money: captured payments add up to the totals of the approved orders; an approved order's
+//!    payment is captured for its total, a rejected order's is never captured; one payment per
+//!    order (the payment service's own checks: holds and charges match the payments);
+//! 3. stock: each participant's own check (reserved = units of reservations in flight; on hand =
+//!    initial − committed), an approved order's stock is committed, a rejected order's is not
+//!    held or committed, and no stock is held for an order that has ended;
+//! 4. nothing exists at a participant for an order the order service does not know.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteConnectOptions;
+
+/// What the checker found.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Orders by status.
+    pub orders: BTreeMap<String, u64>,
+    /// Every invariant that does not hold.
+    pub violations: Vec<String>,
+}
+
+async fn open(data_dir: &Path, service: &str) -> anyhow::Result<SqlitePool> {
+    let path = data_dir.join(format!("{service}.db"));
+    anyhow::ensure!(path.exists(), "no {service} database at {}", path.display());
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .read_only(true)
+        .busy_timeout(std::time::Duration::from_secs(10));
+    SqlitePool::connect_with(options)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))
+}
+
+struct OrderFacts {
+    status: &'static str,
+    total: i64,
+}
+
+/// The status and total of every order, from its events (upcast like the service reads them).
+async fn orders(pool: &SqlitePool) -> anyhow::Result<HashMap<String, OrderFacts>> {
+    let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT stream_id, event_type, schema_version, data FROM eventstore_events
+         WHERE category = 'order' ORDER BY position",
+    )
+    .fetch_all(pool)
+    .await?;
+    let upcasters = flotilla_order::aggregate::upcasters();
+    let mut orders: HashMap<String, OrderFacts> = HashMap::new();
+    for (stream, event_type, schema_version, data) in rows {
+        let order_id = stream.strip_prefix("order-").unwrap_or(&stream).to_owned();
+        let facts = orders.entry(order_id).or_insert(OrderFacts {
+            status: "PENDING",
+            total: 0,
+        });
+        match event_type.as_str() {
+            "OrderPlaced" => {
+                let data: serde_json::Value = serde_json::from_str(&data)?;
+                let version = u32::try_from(schema_version).unwrap_or(1);
+                let (_, data) = upcasters
+                    .upcast(&event_type, version, data)
+                    .map_err(anyhow::Error::msg)?;
+                facts.total = data["total_cents"].as_i64().unwrap_or_default();
+            }
+            "OrderApproved" => facts.status = "APPROVED",
+            "OrderRejected" => facts.status = "REJECTED",
+            "OrderCancelled" => facts.status = "CANCELLED",
+            _ => {}
+        }
+    }
+    Ok(orders)
+}
+
+async fn by_order(
+    pool: &SqlitePool,
+    sql: &'static str,
+) -> anyhow::Result<HashMap<String, (String, i64)>> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(sql).fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(order, status, amount)| (order, (status, amount)))
+        .collect())
+}
+
+/// Checks the databases in `data_dir`; with `settled`, an order in flight is a violation.
+pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
+    let order = open(data_dir, "order").await?;
+    let inventory = open(data_dir, "inventory").await?;
+    let payment = open(data_dir, "payment").await?;
+    let shipping = open(data_dir, "shipping").await?;
+
+    let mut violations = Vec::new();
+    violations.extend(flotilla_inventory::stock::check(&inventory).await?);
+    violations.extend(flotilla_payment::ledger::check(&payment).await?);
+    violations.extend(flotilla_shipping::carrier::check(&shipping).await?);
+
+    let orders = orders(&order).await?;
+    let payments = by_order(
+        &payment,
+        "SELECT order_id, status, amount_cents FROM payments",
+    )
+    .await?;
+    let reservations = by_order(&inventory, "SELECT order_id, status, 0 FROM reservations").await?;
+    let shipments = by_order(&shipping, "SELECT order_id, status, 0 FROM shipments").await?;
+
+    let mut counts = BTreeMap::new();
+    let mut captured_orders = 0i64;
+    for (order_id, facts) in &orders {
+        *counts.entry(facts.status.to_owned()).or_insert(0) += 1;
+        let payment = payments.get(order_id).map(|(s, a)| (s.as_str(), *a));
+        let stock = reservations.get(order_id).map(|(s, _)| s.as_str());
+        let shipment = shipments.get(order_id).map(|(s, _)| s.as_str());
+        match facts.status {
+            "APPROVED" => {
+                captured_orders += facts.total;
+                if payment != Some(("CAPTURED", facts.total)) {
+                    violations.push(format!(
+                        "order {order_id} is APPROVED but its payment is {payment:?}, not CAPTURED for {}",
+                        facts.total
+                    ));
+                }
+                if stock != Some("COMMITTED") {
+                    violations.push(format!(
+                        "order {order_id} is APPROVED but its stock is {stock:?}, not COMMITTED"
+                    ));
+                }
+                if !matches!(shipment, Some("SCHEDULED" | "DISPATCHED" | "DELIVERED")) {
+                    violations.push(format!(
+                        "order {order_id} is APPROVED but its shipment is {shipment:?}"
+                    ));
+                }
+            }
+            "REJECTED" => {
+                if matches!(payment, Some(("CAPTURED" | "AUTHORIZED", _))) {
+                    violations.push(format!(
+                        "order {order_id} is REJECTED but its payment is {payment:?}"
+                    ));
+                }
+                if matches!(stock, Some("RESERVED" | "COMMITTED")) {
+                    violations.push(format!(
+                        "order {order_id} is REJECTED but its stock is {stock:?}"
+                    ));
+                }
+                if shipment == Some("SCHEDULED") {
+                    violations.push(format!(
+                        "order {order_id} is REJECTED but its shipment is still SCHEDULED"
+                    ));
+                }
+            }
+            "PENDING" if settled => {
+                violations.push(format!("order {order_id} is still PENDING"));
+            }
+            _ => {}
+        }
+    }
+    let captured: i64 = payments
+        .values()
+        .filter(|(status, _)| status == "CAPTURED")
+        .map(|(_, amount)| amount)
+        .sum();
+    if captured != captured_orders {
+        violations.push(format!(
+            "captured payments total {captured} cents but approved orders total {captured_orders}"
+        ));
+    }
+    for (what, known) in [
+        ("payment", payments.keys().collect::<Vec<_>>()),
+        ("reservation", reservations.keys().collect()),
+        ("shipment", shipments.keys().collect()),
+    ] {
+        for order_id in known {
+            if !orders.contains_key(order_id) {
+                violations.push(format!("a {what} exists for unknown order {order_id}"));
+            }
+        }
+    }
+    for pool in [order, inventory, payment, shipping] {
+        pool.close().await;
+    }
+    violations.sort();
+    Ok(Report {
+        orders: counts,
+        violations,
+    })
+}
