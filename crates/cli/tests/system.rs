@@ -1267,3 +1267,133 @@ async fn writes_queued_while_the_breaker_is_open_are_replayed_in_order_exactly_o
         assert_eq!(stored.body["items"][0]["quantity"], n as i64 + 1);
     }
 }
+
+/// The pid of the first registered instance of `service`.
+async fn pid_of(system: &System, service: &str) -> i32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let instances = system.instances(service).await;
+        if let Some(pid) = instances
+            .first()
+            .and_then(|i| i["metadata"]["pid"].as_str())
+            .and_then(|p| p.parse().ok())
+        {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} is registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sagas_survive_kill_9_of_the_orchestrator_and_of_each_participant() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let system = System::start(&[]);
+    const ORDERS: usize = 200;
+    const WORKERS: usize = 8;
+    // 200 orders from 8 clients at once: alice's and bob's, carol's (credit refused) and some to
+    // AQ (destination refused), one line each.
+    let placing: Vec<_> = (0..WORKERS)
+        .map(|worker| {
+            let probe = System::client_only(system.gateway.clone(), system.http.clone());
+            tokio::spawn(async move {
+                let mut accepted = 0;
+                for n in (worker..ORDERS).step_by(WORKERS) {
+                    let mut body = match n % 5 {
+                        0 => order("carol", "MS-002", 1),
+                        1 => order("bob", "KB-001", 1),
+                        _ => order("alice", "MS-002", 1),
+                    };
+                    if n % 7 == 0 {
+                        body["ship_to"]["country"] = json!("AQ");
+                    }
+                    // A client that retries with its idempotency key while the services are
+                    // down (the gateway's breaker fails fast meanwhile): each order once.
+                    let key = format!("crash-{n}");
+                    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let answer = probe.post_order(&body, &[("idempotency-key", &key)]).await;
+                        if answer.status == StatusCode::ACCEPTED {
+                            accepted += 1;
+                            break;
+                        }
+                        assert!(
+                            answer.status.is_server_error(),
+                            "only unavailability may refuse an order: {} {}",
+                            answer.status,
+                            answer.body
+                        );
+                        assert!(std::time::Instant::now() < deadline, "order {n} accepted");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    // While they flow: kill -9 the order service (the orchestrator), then each participant;
+    // the supervisor restarts each one.
+    for service in ["order", "inventory", "payment", "shipping"] {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let pid = pid_of(&system, service).await;
+        kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
+        // Until the replacement registers, the old instance may still be listed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while pid_of(&system, service).await == pid {
+            assert!(std::time::Instant::now() < deadline, "{service} came back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut accepted = 0;
+    for worker in placing {
+        accepted += worker.await.expect("client");
+    }
+    assert!(
+        accepted >= ORDERS / 2,
+        "most orders were accepted: {accepted}"
+    );
+
+    // Every order ends and every invariant holds, once the sagas have recovered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["check", "--settled", "--json", "--data-dir"])
+            .arg(system.data_dir.path())
+            .output()
+            .expect("flotilla check runs");
+        let report: Value =
+            serde_json::from_str(&String::from_utf8_lossy(&output.stdout)).expect("a JSON report");
+        if output.status.success() {
+            break report;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not settled: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("after kill -9 of every service: {report}");
+    let counts = &report["orders"];
+    let total: u64 = counts
+        .as_object()
+        .expect("counts")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert!(
+        total >= accepted as u64,
+        "every accepted order is there: {report}"
+    );
+    assert!(counts["APPROVED"].as_u64().unwrap_or(0) > 0, "{report}");
+    assert!(counts["REJECTED"].as_u64().unwrap_or(0) > 0, "{report}");
+    let log = std::fs::read_to_string(system.data_dir.path().join("system.log")).expect("log");
+    assert!(
+        log.contains("restarting"),
+        "the supervisor restarted the killed services"
+    );
+}
