@@ -1397,3 +1397,66 @@ async fn sagas_survive_kill_9_of_the_orchestrator_and_of_each_participant() {
         "the supervisor restarted the killed services"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_saga_runs_over_nats_jetstream_too() {
+    let url = std::env::var("FLOTILLA_TEST_NATS_URL")
+        .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let client = match async_nats::connect(url.as_str()).await {
+        Ok(client) => client,
+        Err(error) if std::env::var_os("CI").is_some() => {
+            panic!("NATS at {url} is required in CI and unreachable: {error}")
+        }
+        Err(error) => {
+            eprintln!("skipping: NATS at {url} is unreachable ({error})");
+            return;
+        }
+    };
+    // A stream of this run's own, so that nothing of another run is delivered here.
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let stream = format!("SYSTEM_{unique}");
+    let system = System::start_with(
+        &[],
+        &[
+            ("FLOTILLA_MESSAGING__TRANSPORT", "nats"),
+            ("FLOTILLA_MESSAGING__NATS_URL", &url),
+            ("FLOTILLA_MESSAGING__NATS_STREAM", &stream),
+            (
+                "FLOTILLA_MESSAGING__NATS_SUBJECT_PREFIX",
+                &format!("system{unique}"),
+            ),
+        ],
+    );
+    let wait = [("prefer", "wait=8")];
+    let approved = system.post_order(&order("alice", "KB-001", 1), &wait).await;
+    assert_eq!(approved.status, StatusCode::OK, "{}", approved.body);
+    assert_eq!(approved.body["status"], "APPROVED");
+    let credit = system.post_order(&order("carol", "KB-001", 1), &wait).await;
+    assert_eq!(credit.body["status"], "REJECTED", "{}", credit.body);
+    let mut far = order("bob", "MS-002", 2);
+    far["ship_to"]["country"] = json!("AQ");
+    let far = system.post_order(&far, &wait).await;
+    assert_eq!(far.body["status"], "REJECTED", "{}", far.body);
+    assert!(
+        far.body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Antarctica")),
+        "{}",
+        far.body
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["check", "--settled", "--data-dir"])
+        .arg(system.data_dir.path())
+        .output()
+        .expect("flotilla check runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    drop(system);
+    let jetstream = async_nats::jetstream::new(client);
+    if let Err(error) = jetstream.delete_stream(&stream).await {
+        eprintln!("could not delete test stream {stream}: {error}");
+    }
+}

@@ -99,6 +99,10 @@ pub struct MessagingSettings {
     pub transport: TransportKind,
     /// The NATS server, for the `nats` transport.
     pub nats_url: String,
+    /// The JetStream stream that holds every topic (one per system sharing a server).
+    pub nats_stream: String,
+    /// The prefix of the stream's subjects (`<prefix>.<topic>`).
+    pub nats_subject_prefix: String,
 }
 
 impl Default for MessagingSettings {
@@ -106,6 +110,8 @@ impl Default for MessagingSettings {
         Self {
             transport: TransportKind::Embedded,
             nats_url: "nats://127.0.0.1:4222".into(),
+            nats_stream: "FLOTILLA".into(),
+            nats_subject_prefix: "flotilla".into(),
         }
     }
 }

@@ -43,6 +43,8 @@ impl AnyTransport {
             TransportKind::Nats => AnyTransport::Nats(Box::new(
                 Nats::connect(NatsConfig {
                     url: settings.messaging.nats_url.clone(),
+                    stream: settings.messaging.nats_stream.clone(),
+                    subject_prefix: settings.messaging.nats_subject_prefix.clone(),
                     ..NatsConfig::default()
                 })
                 .await?,
