@@ -4,8 +4,10 @@
 //! * `flotilla run ROLE`: one component (registry, gateway, order, payment, inventory, shipping);
 //! * `flotilla status`: the instances the registry knows;
 //! * `flotilla projections rebuild order`: rebuilds the order's read models from its events;
-//! * `flotilla check`: the system's invariants, computed from the services' databases.
+//! * `flotilla check`: the system's invariants, computed from the services' databases;
+//! * `flotilla bench orders`: completed sagas per second and time to final state, under load.
 
+mod bench;
 mod check;
 mod supervisor;
 
@@ -35,11 +37,39 @@ enum Command {
     Status(StatusOptions),
     /// Check the system's invariants (money, stock, every order ended) from the databases.
     Check(CheckOptions),
+    /// Measure a running system under load.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Manage the read models kept from event stores.
     Projections {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchWhat {
+    /// Place orders at a fixed rate through the gateway; report completed sagas per second and
+    /// the p50/p99 time from the order to its final state.
+    Orders(BenchOptions),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchOptions {
+    /// The gateway of the running system.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// Orders per second.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,6 +209,9 @@ fn main() -> std::process::ExitCode {
             Command::Run(options) => run(options).await,
             Command::Status(options) => status(options).await,
             Command::Check(options) => check_command(options).await,
+            Command::Bench {
+                what: BenchWhat::Orders(options),
+            } => bench_command(options).await,
             Command::Projections {
                 action: ProjectionsAction::Rebuild(options),
             } => rebuild(options).await,
@@ -221,6 +254,33 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     result.with_context(|| format!("{} failed", role.name()))?;
     tracing::info!(role = role.name(), "stopped");
+    Ok(())
+}
+
+async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
+    let figures = bench::orders(
+        &options.gateway,
+        options.rate,
+        std::time::Duration::from_secs(options.duration),
+    )
+    .await?;
+    if options.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+    } else {
+        println!(
+            "{} orders offered at {}/s for {} s: {} sagas completed ({} approved), {} failed",
+            figures.offered,
+            options.rate,
+            options.duration,
+            figures.completed,
+            figures.approved,
+            figures.failed
+        );
+        println!(
+            "{:.0} completed sagas/s · time to final state p50 {:.1} ms, p99 {:.1} ms",
+            figures.sagas_per_second, figures.p50_ms, figures.p99_ms
+        );
+    }
     Ok(())
 }
 

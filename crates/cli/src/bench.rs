@@ -1,0 +1,108 @@
+//! `flotilla bench orders`: places orders through the gateway at a fixed rate (open loop, so a
+//! slow system does not slow the offered load) and measures each order's time to its final
+//! state, with `Prefer: wait=30` (the answer comes when the saga ends).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+pub struct Figures {
+    /// Orders offered.
+    pub offered: usize,
+    /// Orders whose saga ended within the wait (approved or rejected).
+    pub completed: usize,
+    /// Of those, approved.
+    pub approved: usize,
+    /// Orders refused or not ended in time (errors, 202 after the wait).
+    pub failed: usize,
+    /// Completed sagas per second over the run (first send to last completion).
+    pub sagas_per_second: f64,
+    /// Median time from sending the order to its final state, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile of the same.
+    pub p99_ms: f64,
+}
+
+const SKUS: [&str; 10] = [
+    "KB-001", "MS-002", "MN-003", "HD-004", "CB-005", "DK-006", "WC-007", "LS-008", "SD-009",
+    "MP-010",
+];
+
+fn body(n: usize) -> String {
+    let sku = SKUS[n % SKUS.len()];
+    serde_json::json!({
+        "customer_id": if n.is_multiple_of(2) { "alice" } else { "bob" },
+        "items": [{ "sku": sku, "quantity": 1 }],
+        "ship_to": { "name": "Load Test", "street": "1 Bench St", "city": "Paris",
+                     "postal_code": "75002", "country": "FR" }
+    })
+    .to_string()
+}
+
+/// Offers `rate` orders a second for `duration` to the gateway at `gateway`.
+pub async fn orders(gateway: &str, rate: u32, duration: Duration) -> anyhow::Result<Figures> {
+    anyhow::ensure!(rate > 0, "--rate must be positive");
+    let client = flotilla_kit::client::client();
+    let url = format!("{}/v1/orders", gateway.trim_end_matches('/'));
+    let offered = usize::try_from(u64::from(rate) * duration.as_secs()).unwrap_or(usize::MAX);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(offered);
+    for n in 0..offered {
+        let due = started + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .header("prefer", "wait=30")
+            .body(Full::new(Bytes::from(body(n))))
+            .context("request")?;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let answer =
+                flotilla_kit::client::exchange(&client, "", request, Duration::from_secs(35)).await;
+            (answer, sent.elapsed(), Instant::now())
+        }));
+    }
+    let mut latencies = Vec::with_capacity(offered);
+    let (mut approved, mut failed) = (0, 0);
+    let mut last = started;
+    for task in tasks {
+        let (answer, took, at) = task.await.context("a client task")?;
+        match answer {
+            Ok((StatusCode::OK, body)) => {
+                let order: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                if order["status"] == "APPROVED" {
+                    approved += 1;
+                }
+                latencies.push(took);
+                last = last.max(at);
+            }
+            _ => failed += 1,
+        }
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let elapsed = last.duration_since(started).as_secs_f64().max(f64::EPSILON);
+    Ok(Figures {
+        offered,
+        completed: latencies.len(),
+        approved,
+        failed,
+        sagas_per_second: latencies.len() as f64 / elapsed,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+    })
+}
