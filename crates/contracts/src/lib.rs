@@ -66,7 +66,7 @@ pub struct Line {
 }
 
 /// Where to ship.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Destination {
     /// Recipient.
     pub name: String,

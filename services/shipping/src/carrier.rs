@@ -33,20 +33,9 @@ use time::format_description::well_known::Rfc3339;
 pub const CANCELLED_BEFORE_SCHEDULING: &str =
     "the order was cancelled before its shipment was scheduled";
 
-/// Where to ship an order: the same shape as the order service's `ship_to` address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Destination {
-    /// Recipient.
-    pub name: String,
-    /// Street and number.
-    pub street: String,
-    /// City.
-    pub city: String,
-    /// Postal code.
-    pub postal_code: String,
-    /// ISO 3166-1 alpha-2 country code, upper case.
-    pub country: String,
-}
+/// Where to ship an order: the saga's contract type (the same shape as the order's
+/// `ship_to` address).
+pub use flotilla_contracts::Destination;
 
 /// The outcome of [`schedule`]: the same for every request about one order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use sqlx::SqliteConnection;
 
-use crate::carrier::{self, CancelError, Cancellation, Destination, Scheduling};
+use crate::carrier::{self, CancelError, Cancellation, Scheduling};
 
 /// Handles the shipping commands.
 #[derive(Debug, Clone, Copy, Default)]
@@ -25,15 +25,7 @@ impl Handler for ShippingCommands {
     ) -> Result<Vec<Message>, HandlerError> {
         let reply = if let Some(command) = decode::<ScheduleShipment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            let to = command.destination;
-            let destination = Destination {
-                name: to.name,
-                street: to.street,
-                city: to.city,
-                postal_code: to.postal_code,
-                country: to.country,
-            };
-            match carrier::schedule(tx, &command.order_id, &destination).await? {
+            match carrier::schedule(tx, &command.order_id, &command.destination).await? {
                 Scheduling::Scheduled { shipment_id } => flotilla_saga::succeeded(
                     message,
                     serde_json::json!({ "shipment_id": shipment_id }),
