@@ -1,6 +1,6 @@
 //! `flotilla bench orders`: places orders through the gateway at a fixed rate (open loop, so a
 //! slow system does not slow the offered load) and measures each order's time to its final
-//! state, with `Prefer: wait=30` (the answer comes when the saga ends).
+//! state, with `Prefer: wait=8` (the answer comes when the saga ends; the gateway's deadline is 10 s).
 
 use std::time::{Duration, Instant};
 
@@ -61,19 +61,20 @@ pub async fn orders(gateway: &str, rate: u32, duration: Duration) -> anyhow::Res
             .method(Method::POST)
             .uri(&url)
             .header("content-type", "application/json")
-            .header("prefer", "wait=30")
+            .header("prefer", "wait=8")
             .body(Full::new(Bytes::from(body(n))))
             .context("request")?;
         let client = client.clone();
         tasks.push(tokio::spawn(async move {
             let sent = Instant::now();
             let answer =
-                flotilla_kit::client::exchange(&client, "", request, Duration::from_secs(35)).await;
+                flotilla_kit::client::exchange(&client, "", request, Duration::from_secs(12)).await;
             (answer, sent.elapsed(), Instant::now())
         }));
     }
     let mut latencies = Vec::with_capacity(offered);
     let (mut approved, mut failed) = (0, 0);
+    let mut errors: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     let mut last = started;
     for task in tasks {
         let (answer, took, at) = task.await.context("a client task")?;
@@ -86,8 +87,26 @@ pub async fn orders(gateway: &str, rate: u32, duration: Duration) -> anyhow::Res
                 latencies.push(took);
                 last = last.max(at);
             }
-            _ => failed += 1,
+            Ok((status, body)) => {
+                failed += 1;
+                *errors
+                    .entry(format!(
+                        "{status}: {}",
+                        String::from_utf8_lossy(&body)
+                            .chars()
+                            .take(120)
+                            .collect::<String>()
+                    ))
+                    .or_insert(0) += 1;
+            }
+            Err(error) => {
+                failed += 1;
+                *errors.entry(error.to_string()).or_insert(0) += 1;
+            }
         }
+    }
+    for (error, count) in &errors {
+        eprintln!("{count} × {error}");
     }
     latencies.sort_unstable();
     let percentile = |p: f64| {

@@ -180,6 +180,15 @@ pub async fn serve(
     router: Router,
     drain: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // No Nagle: a response written in two segments would otherwise wait for the peer's delayed
+    // acknowledgement (about 40 ms on Linux) — once per hop of a saga, which made an idle
+    // place-order saga take 0.8 s instead of a few milliseconds.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(drain)
         .await

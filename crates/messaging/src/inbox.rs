@@ -100,7 +100,8 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Wakes this relay when the handler wrote to the outbox.
+    /// Wakes this relay after each applied message (the handler may have written to the
+    /// outbox).
     #[must_use]
     pub fn waking(mut self, relay: Arc<Notify>) -> Self {
         self.outbox_waker = Some(relay);
@@ -119,9 +120,9 @@ impl<H: Handler> Consumer<H> {
                     outbox::enqueue(&mut tx, out).await?;
                 }
                 tx.commit().await?;
-                if !outgoing.is_empty()
-                    && let Some(waker) = &self.outbox_waker
-                {
+                // The handler may also have written to the outbox itself (a saga orchestrator
+                // does): wake the relay after every effect, a spare pass costs one query.
+                if let Some(waker) = &self.outbox_waker {
                     waker.notify_one();
                 }
                 Ok(Processed::Applied)

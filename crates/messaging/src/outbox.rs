@@ -165,11 +165,25 @@ impl<T: Transport> Relay<T> {
             .filter_map(|key| by_key.remove(&key))
             .map(|rows| self.relay_key(rows, now));
         let mut pass = Pass::default();
+        let mut published = Vec::new();
         for lane in futures_util::future::join_all(lanes).await {
-            let lane = lane?;
+            let (lane, seqs) = lane?;
             pass.published += lane.published;
             pass.failed += lane.failed;
             pass.dead += lane.dead;
+            published.extend(seqs);
+        }
+        // One write for the whole pass: a crash before it publishes these again, which the
+        // transport's deduplication and the consumers' inboxes absorb.
+        if !published.is_empty() {
+            let mut mark = sqlx::QueryBuilder::new("UPDATE messaging_outbox SET published_at = ");
+            mark.push_bind(now_micros()).push(" WHERE seq IN (");
+            let mut seqs = mark.separated(", ");
+            for seq in &published {
+                seqs.push_bind(*seq);
+            }
+            seqs.push_unseparated(")");
+            mark.build().execute(&self.pool).await?;
         }
         if pass.published > 0 {
             metrics::counter!("messaging_outbox_published_total")
@@ -182,9 +196,11 @@ impl<T: Transport> Relay<T> {
         Ok(pass)
     }
 
-    /// Publishes one key's rows in order, stopping at the first that must wait.
-    async fn relay_key(&self, rows: Vec<Pending>, now: i64) -> Result<Pass, Error> {
+    /// Publishes one key's rows in order, stopping at the first that must wait; returns the
+    /// pass's counts and the rows published (marked by the caller, all at once).
+    async fn relay_key(&self, rows: Vec<Pending>, now: i64) -> Result<(Pass, Vec<i64>), Error> {
         let mut pass = Pass::default();
+        let mut published = Vec::new();
         for row in rows {
             if row.next_attempt_at > now {
                 break; // backing off: later messages of this key wait too
@@ -195,11 +211,7 @@ impl<T: Transport> Relay<T> {
             };
             match outcome {
                 Ok(()) => {
-                    sqlx::query("UPDATE messaging_outbox SET published_at = $1 WHERE seq = $2")
-                        .bind(now_micros())
-                        .bind(row.seq)
-                        .execute(&self.pool)
-                        .await?;
+                    published.push(row.seq);
                     pass.published += 1;
                 }
                 Err(error) => {
@@ -227,7 +239,7 @@ impl<T: Transport> Relay<T> {
                 }
             }
         }
-        Ok(pass)
+        Ok((pass, published))
     }
 
     fn backoff(&self, attempts: i64) -> Duration {
