@@ -45,6 +45,84 @@ fn body(n: usize) -> String {
     .to_string()
 }
 
+/// What a run without waiting measured: the sustained rate of sagas.
+#[derive(Debug, Serialize)]
+pub struct Sustained {
+    /// Orders offered.
+    pub offered: usize,
+    /// Orders accepted (202).
+    pub accepted: usize,
+    /// Seconds from the first order until no order was pending any more.
+    pub seconds: f64,
+    /// Sagas ended per second over that time.
+    pub sagas_per_second: f64,
+    /// Orders by final status.
+    pub orders: std::collections::BTreeMap<String, u64>,
+}
+
+/// Offers `rate` orders a second for `duration` without waiting for their sagas, then watches
+/// the databases in `data_dir` (read only) until no order is pending: the sustained throughput,
+/// which `Prefer: wait` (a poll per waiting request) does not disturb.
+pub async fn sustained(
+    gateway: &str,
+    data_dir: &std::path::Path,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<Sustained> {
+    anyhow::ensure!(rate > 0, "--rate must be positive");
+    let before = crate::check::check(data_dir, false).await?;
+    let already: u64 = before.orders.values().sum();
+    let client = flotilla_kit::client::client();
+    let url = format!("{}/v1/orders", gateway.trim_end_matches('/'));
+    let offered = usize::try_from(u64::from(rate) * duration.as_secs()).unwrap_or(usize::MAX);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(offered);
+    for n in 0..offered {
+        tokio::time::sleep_until((started + interval.mul_f64(n as f64)).into()).await;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body(n))))
+            .context("request")?;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            flotilla_kit::client::exchange(&client, "", request, Duration::from_secs(15)).await
+        }));
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        if matches!(
+            task.await.context("a client task")?,
+            Ok((StatusCode::ACCEPTED, _))
+        ) {
+            accepted += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let report = crate::check::check(data_dir, false).await?;
+        let total: u64 = report.orders.values().sum();
+        let pending = report.orders.get("PENDING").copied().unwrap_or(0);
+        if pending == 0 && total >= already + accepted as u64 {
+            let seconds = started.elapsed().as_secs_f64();
+            return Ok(Sustained {
+                offered,
+                accepted,
+                seconds,
+                sagas_per_second: accepted as f64 / seconds,
+                orders: report.orders,
+            });
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "orders still pending after 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Offers `rate` orders a second for `duration` to the gateway at `gateway`.
 pub async fn orders(gateway: &str, rate: u32, duration: Duration) -> anyhow::Result<Figures> {
     anyhow::ensure!(rate > 0, "--rate must be positive");

@@ -67,6 +67,10 @@ struct BenchOptions {
     /// Seconds of load.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Do not wait for each saga (`Prefer: wait`): send, then watch the system's databases in
+    /// this data directory until no order is pending, and report the sustained rate.
+    #[arg(long)]
+    sustained: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -258,6 +262,30 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
+    if let Some(data_dir) = &options.sustained {
+        let figures = bench::sustained(
+            &options.gateway,
+            data_dir,
+            options.rate,
+            std::time::Duration::from_secs(options.duration),
+        )
+        .await?;
+        if options.json {
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+        } else {
+            println!(
+                "{} orders offered at {}/s for {} s, {} accepted: all ended after {:.1} s, {:.0} sagas/s sustained; {:?}",
+                figures.offered,
+                options.rate,
+                options.duration,
+                figures.accepted,
+                figures.seconds,
+                figures.sagas_per_second,
+                figures.orders
+            );
+        }
+        return Ok(());
+    }
     let figures = bench::orders(
         &options.gateway,
         options.rate,
