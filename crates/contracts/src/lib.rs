@@ -40,6 +40,21 @@ pub trait Command: Serialize + DeserializeOwned {
     const TYPE: &'static str;
     /// The topic it is sent on.
     const TOPIC: &'static str;
+
+    /// The command as a message with ordering key `key`, asking for a reply on `reply_to`.
+    ///
+    /// ```
+    /// use flotilla_contracts::{CancelShipment, Command};
+    /// let message = CancelShipment { order_id: "o-1".into() }.message("o-1", "order.saga-replies");
+    /// assert_eq!((message.topic.as_str(), message.message_type.as_str()), ("shipping.commands", "CancelShipment"));
+    /// assert_eq!(message.reply_to.as_deref(), Some("order.saga-replies"));
+    /// assert_eq!(message.payload["order_id"], "o-1");
+    /// ```
+    fn message(&self, key: &str, reply_to: &str) -> flotilla_messaging::Message {
+        let payload = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        flotilla_messaging::Message::new(Self::TOPIC, Self::TYPE, key, payload)
+            .replying_to(reply_to)
+    }
 }
 
 macro_rules! command {

@@ -21,13 +21,7 @@ async fn database() -> (SqlitePool, tempfile::TempDir) {
 }
 
 fn command<C: Command>(command: &C) -> Message {
-    Message::new(
-        C::TOPIC,
-        C::TYPE,
-        "saga-1",
-        serde_json::to_value(command).expect("payload"),
-    )
-    .replying_to("order.saga-replies")
+    command.message("saga-1", "order.saga-replies")
 }
 
 async fn replies(pool: &SqlitePool) -> Vec<Message> {
