@@ -4,8 +4,11 @@
 //! is still running is *in flight*, and only a violation with `--settled` (after recovery, every
 //! order must have ended). Invariants:
 //!
-//! 1. every order ends APPROVED, REJECTED or CANCELLED (with `--settled`);
-//! 2. money: captured payments add up to the totals of the approved orders; an approved order's
+//! 1. every order ends APPROVED, REJECTED or CANCELLED, and no cancellation is still running
+//!    (with `--settled`);
+//! 2. money: captured payments add up to the totals of the approved orders not cancelled (a
+//!    cancelled order's payment is refunded, its stock restocked, its shipment cancelled); an
+//!    approved order's
 //!    payment is captured for its total, a rejected order's is never captured; one payment per
 //!    order (the payment service's own checks: holds and charges match the payments);
 //! 3. stock: each participant's own check (reserved = units of reservations in flight; on hand =
@@ -45,6 +48,8 @@ async fn open(data_dir: &Path, service: &str) -> anyhow::Result<SqlitePool> {
 struct OrderFacts {
     status: &'static str,
     total: i64,
+    /// A cancellation of the approved order is running.
+    cancelling: bool,
 }
 
 /// The status and total of every order, from its events (upcast like the service reads them).
@@ -62,6 +67,7 @@ async fn orders(pool: &SqlitePool) -> anyhow::Result<HashMap<String, OrderFacts>
         let facts = orders.entry(order_id).or_insert(OrderFacts {
             status: "PENDING",
             total: 0,
+            cancelling: false,
         });
         match event_type.as_str() {
             "OrderPlaced" => {
@@ -74,7 +80,12 @@ async fn orders(pool: &SqlitePool) -> anyhow::Result<HashMap<String, OrderFacts>
             }
             "OrderApproved" => facts.status = "APPROVED",
             "OrderRejected" => facts.status = "REJECTED",
-            "OrderCancelled" => facts.status = "CANCELLED",
+            "OrderCancelled" => {
+                facts.status = "CANCELLED";
+                facts.cancelling = false;
+            }
+            "CancellationRequested" => facts.cancelling = true,
+            "CancellationRefused" => facts.cancelling = false,
             _ => {}
         }
     }
@@ -121,6 +132,34 @@ pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
         let stock = reservations.get(order_id).map(|(s, _)| s.as_str());
         let shipment = shipments.get(order_id).map(|(s, _)| s.as_str());
         match facts.status {
+            // Refunding and restocking are under way: the money and the stock are checked once
+            // it is over (only the total, below).
+            "APPROVED" if facts.cancelling => {
+                if settled {
+                    violations.push(format!("order {order_id} is still being cancelled"));
+                }
+                if payment.is_some_and(|(status, _)| status == "CAPTURED") {
+                    captured_orders += facts.total;
+                }
+            }
+            "CANCELLED" => {
+                if payment != Some(("REFUNDED", facts.total)) {
+                    violations.push(format!(
+                        "order {order_id} is CANCELLED but its payment is {payment:?}, not REFUNDED for {}",
+                        facts.total
+                    ));
+                }
+                if stock != Some("RESTOCKED") {
+                    violations.push(format!(
+                        "order {order_id} is CANCELLED but its stock is {stock:?}, not RESTOCKED"
+                    ));
+                }
+                if !matches!(shipment, Some("CANCELLED")) {
+                    violations.push(format!(
+                        "order {order_id} is CANCELLED but its shipment is {shipment:?}"
+                    ));
+                }
+            }
             "APPROVED" => {
                 captured_orders += facts.total;
                 if payment != Some(("CAPTURED", facts.total)) {

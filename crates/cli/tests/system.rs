@@ -88,6 +88,18 @@ impl Gateway {
             .await
     }
 
+    async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.call(
+            Method::POST,
+            &format!("{}{path}", self.gateway),
+            &all,
+            Some(body.as_bytes().to_vec()),
+        )
+        .await
+    }
+
     async fn post_order(&self, body: &Value, headers: &[(&str, &str)]) -> Answer {
         let mut all = vec![("content-type", "application/json")];
         all.extend_from_slice(headers);
@@ -1290,10 +1302,21 @@ async fn pid_of(system: &System, service: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sagas_survive_kill_9_of_the_orchestrator_and_of_each_participant() {
+    sagas_survive_kill_9("orchestration").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn choreographed_sagas_survive_kill_9_of_each_service() {
+    sagas_survive_kill_9("choreography").await;
+}
+
+/// 200 orders in flight in saga style `style` (the setting, for every order), while each
+/// service is killed with SIGKILL in turn.
+async fn sagas_survive_kill_9(style: &str) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
-    let system = System::start(&[]);
+    let system = System::start_with(&[], &[("FLOTILLA_SAGA_STYLE", style)]);
     const ORDERS: usize = 200;
     const WORKERS: usize = 8;
     // 200 orders from 8 clients at once: alice's and bob's, carol's (credit refused) and some to
@@ -1377,7 +1400,7 @@ async fn sagas_survive_kill_9_of_the_orchestrator_and_of_each_participant() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    eprintln!("after kill -9 of every service: {report}");
+    eprintln!("{style}: after kill -9 of every service: {report}");
     let counts = &report["orders"];
     let total: u64 = counts
         .as_object()
@@ -1427,23 +1450,117 @@ async fn the_saga_runs_over_nats_jetstream_too() {
             ),
         ],
     );
-    let wait = [("prefer", "wait=8")];
-    let approved = system.post_order(&order("alice", "KB-001", 1), &wait).await;
-    assert_eq!(approved.status, StatusCode::OK, "{}", approved.body);
-    assert_eq!(approved.body["status"], "APPROVED");
-    let credit = system.post_order(&order("carol", "KB-001", 1), &wait).await;
-    assert_eq!(credit.body["status"], "REJECTED", "{}", credit.body);
-    let mut far = order("bob", "MS-002", 2);
-    far["ship_to"]["country"] = json!("AQ");
-    let far = system.post_order(&far, &wait).await;
-    assert_eq!(far.body["status"], "REJECTED", "{}", far.body);
-    assert!(
-        far.body["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("Antarctica")),
-        "{}",
-        far.body
-    );
+    every_path_in_both_styles(&system).await;
+    drop(system);
+    let jetstream = async_nats::jetstream::new(client);
+    if let Err(error) = jetstream.delete_stream(&stream).await {
+        eprintln!("could not delete test stream {stream}: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_saga_styles_place_reject_and_cancel_orders_through_the_gateway() {
+    let system = System::start(&[]);
+    every_path_in_both_styles(&system).await;
+}
+
+/// In each style (chosen per request with `X-Saga-Style`): an order that passes, one over the
+/// credit limit, one to an unserviceable destination, the cancellation of the approved one and
+/// a refused style; then `flotilla check --settled`.
+async fn every_path_in_both_styles(system: &System) {
+    let bad = system
+        .post_order(&order("alice", "KB-001", 1), &[("x-saga-style", "both")])
+        .await;
+    assert_problem("an unknown saga style", &bad, "invalid-saga-style");
+    for style in ["orchestration", "choreography"] {
+        let wait = [("prefer", "wait=8"), ("x-saga-style", style)];
+        let approved = system.post_order(&order("alice", "KB-001", 1), &wait).await;
+        assert_eq!(
+            approved.status,
+            StatusCode::OK,
+            "{style}: {}",
+            approved.body
+        );
+        assert_eq!(approved.body["status"], "APPROVED", "{style}");
+        assert_eq!(approved.headers["x-saga-style"], style);
+        let credit = system.post_order(&order("carol", "KB-001", 1), &wait).await;
+        assert_eq!(
+            credit.body["status"], "REJECTED",
+            "{style}: {}",
+            credit.body
+        );
+        assert!(
+            credit.body["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("credit limit")),
+            "{style}: {}",
+            credit.body
+        );
+        let mut far = order("bob", "MS-002", 2);
+        far["ship_to"]["country"] = json!("AQ");
+        let far = system.post_order(&far, &wait).await;
+        assert_eq!(far.body["status"], "REJECTED", "{style}: {}", far.body);
+        assert!(
+            far.body["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("Antarctica")),
+            "{style}: {}",
+            far.body
+        );
+        let short = system
+            .post_order(&order("alice", "MN-003", 1000), &wait)
+            .await;
+        assert_eq!(short.body["status"], "REJECTED", "{style}: {}", short.body);
+
+        let id = approved.body["order_id"].as_str().expect("order id");
+        let cancelled = system
+            .post(
+                &format!("/v1/orders/{id}/cancel"),
+                r#"{"reason": "changed my mind"}"#,
+                &wait,
+            )
+            .await;
+        assert_eq!(
+            cancelled.status,
+            StatusCode::OK,
+            "{style}: {}",
+            cancelled.body
+        );
+        assert_eq!(cancelled.body["status"], "CANCELLED", "{style}");
+        assert_eq!(cancelled.body["reason"], "changed my mind");
+        let again = system
+            .post(&format!("/v1/orders/{id}/cancel"), "", &wait)
+            .await;
+        assert_eq!(again.status, StatusCode::OK, "cancelling twice is harmless");
+        let rejected = far.body["order_id"].as_str().expect("order id");
+        let refused = system
+            .post(&format!("/v1/orders/{rejected}/cancel"), "", &wait)
+            .await;
+        assert_problem(
+            "cancelling a rejected order",
+            &refused,
+            "order-not-cancellable",
+        );
+
+        // The fire-and-forget notifications arrive (no one waits for them).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = system.get(&format!("/v1/orders/{id}/notifications")).await;
+            let kinds: Vec<&str> = list.body["notifications"]
+                .as_array()
+                .map(|all| all.iter().filter_map(|n| n["kind"].as_str()).collect())
+                .unwrap_or_default();
+            if kinds == ["OrderConfirmed", "OrderCancelled"] {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{style}: notifications {}",
+                list.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args(["check", "--settled", "--data-dir"])
         .arg(system.data_dir.path())
@@ -1454,9 +1571,4 @@ async fn the_saga_runs_over_nats_jetstream_too() {
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
-    drop(system);
-    let jetstream = async_nats::jetstream::new(client);
-    if let Err(error) = jetstream.delete_stream(&stream).await {
-        eprintln!("could not delete test stream {stream}: {error}");
-    }
 }

@@ -2,9 +2,28 @@
 //! saga sends to its participants (their payloads as serde types), and which service consumes
 //! which topic (the embedded transport's wiring).
 //!
-//! A command's `message_type` is its type's name ([`Command::TYPE`]); a participant answers
-//! with `flotilla_saga::succeeded` (payload `{"ok": true, …}`) or `flotilla_saga::refused`
-//! (`{"ok": false, "reason": …}`) on the command's `reply_to` topic.
+//! Two saga styles share these contracts:
+//!
+//! * **orchestration**: the order's orchestrator sends [`Command`]s; a command's
+//!   `message_type` is its type's name ([`Command::TYPE`]); a participant answers with
+//!   `flotilla_saga::succeeded` (payload `{"ok": true, …}`) or `flotilla_saga::refused`
+//!   (`{"ok": false, "reason": …}`) on the command's `reply_to` topic;
+//! * **choreography**: every service publishes the facts it established as [`Event`]s on its
+//!   own `<service>.events` topic, and the others react to them (nobody coordinates):
+//!
+//! ```text
+//!  order         OrderCreated ─▶ inventory: reserve ─▶ StockReserved ─▶ payment: authorize
+//!  payment   PaymentAuthorized ─▶ shipping: schedule ─▶ ShipmentScheduled ─▶ payment: capture
+//!                                                                       └─▶ inventory: commit
+//!  failures  StockRefused                      (nothing to undo)
+//!            PaymentRefused   ─▶ inventory: release
+//!            ShipmentRefused  ─▶ payment: void, inventory: release
+//!  cancel    OrderCancellationRequested ─▶ shipping: cancel ─▶ ShipmentCancelled
+//!                                          ─▶ payment: refund, inventory: restock
+//! ```
+//!
+//! The order service listens to every fact and decides the order's outcome from them
+//! (`flotilla_saga::choreography`).
 
 use flotilla_messaging::embedded::Subscriptions;
 use serde::de::DeserializeOwned;
@@ -18,6 +37,16 @@ pub const PAYMENT_COMMANDS: &str = "payment.commands";
 pub const SHIPPING_COMMANDS: &str = "shipping.commands";
 /// Replies to the order saga's commands.
 pub const ORDER_SAGA_REPLIES: &str = "order.saga-replies";
+/// The order's facts for choreographed sagas (an order created, a cancellation requested).
+pub const ORDER_EVENTS: &str = "order.events";
+/// The inventory's facts (stock reserved, refused, released, committed, restocked).
+pub const INVENTORY_EVENTS: &str = "inventory.events";
+/// The payment service's facts (authorized, refused, voided, captured, refunded).
+pub const PAYMENT_EVENTS: &str = "payment.events";
+/// The shipping service's facts (scheduled, refused, cancelled, cancellation refused).
+pub const SHIPPING_EVENTS: &str = "shipping.events";
+/// The order's notifications to its customer (fire-and-forget).
+pub const ORDER_NOTIFICATIONS: &str = "order.notifications";
 
 /// Who consumes what: every process builds its embedded transport with this wiring.
 ///
@@ -25,6 +54,7 @@ pub const ORDER_SAGA_REPLIES: &str = "order.saga-replies";
 /// let wiring = flotilla_contracts::subscriptions();
 /// assert_eq!(wiring.groups(flotilla_contracts::PAYMENT_COMMANDS), ["payment"]);
 /// assert_eq!(wiring.groups(flotilla_contracts::ORDER_SAGA_REPLIES), ["order"]);
+/// assert_eq!(wiring.groups(flotilla_contracts::SHIPPING_EVENTS), ["inventory", "order", "payment"]);
 /// ```
 pub fn subscriptions() -> Subscriptions {
     Subscriptions::default()
@@ -32,6 +62,40 @@ pub fn subscriptions() -> Subscriptions {
         .topic(PAYMENT_COMMANDS, ["payment"])
         .topic(SHIPPING_COMMANDS, ["shipping"])
         .topic(ORDER_SAGA_REPLIES, ["order"])
+        .topic(ORDER_EVENTS, ["inventory", "shipping"])
+        .topic(INVENTORY_EVENTS, ["order", "payment"])
+        .topic(PAYMENT_EVENTS, ["inventory", "order", "shipping"])
+        .topic(SHIPPING_EVENTS, ["inventory", "order", "payment"])
+        .topic(ORDER_NOTIFICATIONS, ["order"])
+}
+
+/// The topics each service consumes, as [`subscriptions`] wires them.
+///
+/// ```
+/// assert_eq!(
+///     flotilla_contracts::topics_of("payment"),
+///     ["payment.commands", "inventory.events", "shipping.events"]
+/// );
+/// ```
+pub fn topics_of(service: &str) -> &'static [&'static str] {
+    match service {
+        "inventory" => &[
+            INVENTORY_COMMANDS,
+            ORDER_EVENTS,
+            PAYMENT_EVENTS,
+            SHIPPING_EVENTS,
+        ],
+        "payment" => &[PAYMENT_COMMANDS, INVENTORY_EVENTS, SHIPPING_EVENTS],
+        "shipping" => &[SHIPPING_COMMANDS, ORDER_EVENTS, PAYMENT_EVENTS],
+        "order" => &[
+            ORDER_SAGA_REPLIES,
+            INVENTORY_EVENTS,
+            PAYMENT_EVENTS,
+            SHIPPING_EVENTS,
+            ORDER_NOTIFICATIONS,
+        ],
+        _ => &[],
+    }
 }
 
 /// A command: its message type and topic.
@@ -189,4 +253,208 @@ pub fn decode<C: Command>(
     message: &flotilla_messaging::Message,
 ) -> Option<Result<C, serde_json::Error>> {
     (message.message_type == C::TYPE).then(|| C::deserialize(&message.payload))
+}
+
+/// A fact one service publishes for the others (choreography): its message type and topic.
+pub trait Event: Serialize + DeserializeOwned {
+    /// The message type, the type's name.
+    const TYPE: &'static str;
+    /// The topic it is published on (its service's events).
+    const TOPIC: &'static str;
+
+    /// The event as a message about order `order_id` (its key, so that one order's facts keep
+    /// their order), caused by `cause` (same correlation id) if given.
+    ///
+    /// ```
+    /// use flotilla_contracts::{Event, StockReleased};
+    /// let message = StockReleased { order_id: "o-1".into() }.message("o-1", None);
+    /// assert_eq!((message.topic.as_str(), message.message_type.as_str()), ("inventory.events", "StockReleased"));
+    /// assert_eq!(message.key, "o-1");
+    /// assert_eq!(message.reply_to, None);
+    /// ```
+    fn message(
+        &self,
+        order_id: &str,
+        cause: Option<&flotilla_messaging::Message>,
+    ) -> flotilla_messaging::Message {
+        let payload = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        let message = flotilla_messaging::Message::new(Self::TOPIC, Self::TYPE, order_id, payload);
+        match cause {
+            Some(cause) => message.caused_by(cause),
+            None => message.correlated(order_id),
+        }
+    }
+}
+
+macro_rules! event {
+    ($(#[$doc:meta])* $name:ident on $topic:ident { $($(#[$field_doc:meta])* $field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        pub struct $name {
+            $($(#[$field_doc])* pub $field: $ty,)*
+        }
+        impl Event for $name {
+            const TYPE: &'static str = stringify!($name);
+            const TOPIC: &'static str = $topic;
+        }
+    };
+}
+
+/// What the participants of a choreographed place-order saga need to know of the order; it
+/// travels with the facts that lead to the next step (event-carried state transfer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderDetails {
+    /// The order.
+    pub order_id: String,
+    /// The paying customer.
+    pub customer_id: String,
+    /// What to reserve.
+    pub lines: Vec<Line>,
+    /// What to charge, in cents.
+    pub total_cents: i64,
+    /// Where to ship.
+    pub destination: Destination,
+}
+
+event!(
+    /// An order was placed with the choreographed saga: the inventory reserves its stock.
+    OrderCreated on ORDER_EVENTS {
+        /// The order.
+        order: OrderDetails,
+    }
+);
+event!(
+    /// The customer asked to cancel an approved order (choreography): shipping cancels the
+    /// shipment first, the others follow.
+    OrderCancellationRequested on ORDER_EVENTS {
+        /// The order.
+        order_id: String,
+        /// Why.
+        reason: String,
+    }
+);
+event!(
+    /// The order's stock is held: the payment service authorizes the amount.
+    StockReserved on INVENTORY_EVENTS {
+        /// The order.
+        order: OrderDetails,
+    }
+);
+event!(
+    /// The order's stock could not be held (the saga's first natural failure).
+    StockRefused on INVENTORY_EVENTS {
+        /// The order.
+        order_id: String,
+        /// Why.
+        reason: String,
+    }
+);
+event!(
+    /// The order's held stock was given back (compensation).
+    StockReleased on INVENTORY_EVENTS {
+        /// The order.
+        order_id: String,
+    }
+);
+event!(
+    /// The order's stock left the warehouse.
+    StockCommitted on INVENTORY_EVENTS {
+        /// The order.
+        order_id: String,
+    }
+);
+event!(
+    /// A cancelled order's stock came back.
+    StockRestocked on INVENTORY_EVENTS {
+        /// The order.
+        order_id: String,
+    }
+);
+event!(
+    /// The amount is held on the customer's credit: shipping schedules the shipment.
+    PaymentAuthorized on PAYMENT_EVENTS {
+        /// The order.
+        order: OrderDetails,
+        /// The payment.
+        payment_id: String,
+    }
+);
+event!(
+    /// The amount could not be held (over the credit limit): the stock is released.
+    PaymentRefused on PAYMENT_EVENTS {
+        /// The order.
+        order_id: String,
+        /// Why.
+        reason: String,
+    }
+);
+event!(
+    /// The hold was released (compensation).
+    PaymentVoided on PAYMENT_EVENTS {
+        /// The order.
+        order_id: String,
+    }
+);
+event!(
+    /// The held amount was taken.
+    PaymentCaptured on PAYMENT_EVENTS {
+        /// The order.
+        order_id: String,
+    }
+);
+event!(
+    /// A cancelled order's charge was given back.
+    PaymentRefunded on PAYMENT_EVENTS {
+        /// The order.
+        order_id: String,
+    }
+);
+event!(
+    /// The shipment is scheduled (the saga's pivot): payment captures, inventory commits.
+    ShipmentScheduled on SHIPPING_EVENTS {
+        /// The order.
+        order_id: String,
+        /// The shipment.
+        shipment_id: String,
+    }
+);
+event!(
+    /// The destination cannot be served: payment voids, inventory releases.
+    ShipmentRefused on SHIPPING_EVENTS {
+        /// The order.
+        order_id: String,
+        /// Why.
+        reason: String,
+    }
+);
+event!(
+    /// A cancelled order's shipment was cancelled: payment refunds, inventory restocks.
+    ShipmentCancelled on SHIPPING_EVENTS {
+        /// The order.
+        order_id: String,
+    }
+);
+event!(
+    /// The shipment could not be cancelled (it left already): the order stays approved.
+    ShipmentCancellationRefused on SHIPPING_EVENTS {
+        /// The order.
+        order_id: String,
+        /// Why.
+        reason: String,
+    }
+);
+
+/// The payload of `message` as event `E`, if it is one.
+///
+/// ```
+/// use flotilla_contracts::{Event, StockReleased, event};
+/// let message = StockReleased { order_id: "o-1".into() }.message("o-1", None);
+/// let fact: StockReleased = event(&message).unwrap().unwrap();
+/// assert_eq!(fact.order_id, "o-1");
+/// ```
+pub fn event<E: Event>(
+    message: &flotilla_messaging::Message,
+) -> Option<Result<E, serde_json::Error>> {
+    (message.topic == E::TOPIC && message.message_type == E::TYPE)
+        .then(|| E::deserialize(&message.payload))
 }

@@ -77,6 +77,43 @@ pub struct Settings {
     /// How services exchange messages (the saga's commands and replies):
     /// `FLOTILLA_MESSAGING__TRANSPORT=nats`.
     pub messaging: MessagingSettings,
+    /// How sagas run by default: `FLOTILLA_SAGA_STYLE=choreography`. A request may choose with
+    /// the header `X-Saga-Style`.
+    pub saga_style: SagaStyle,
+}
+
+/// How a saga's steps are coordinated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SagaStyle {
+    /// A persistent orchestrator sends each step's command and waits for its reply.
+    #[default]
+    Orchestration,
+    /// The participants react to each other's events; nobody coordinates.
+    Choreography,
+}
+
+impl SagaStyle {
+    /// Its name, as in settings and the `X-Saga-Style` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStyle::Orchestration => "orchestration",
+            SagaStyle::Choreography => "choreography",
+        }
+    }
+
+    /// The style named `name` (case-insensitive).
+    ///
+    /// ```
+    /// use flotilla_kit::settings::SagaStyle;
+    /// assert_eq!(SagaStyle::parse("Choreography"), Some(SagaStyle::Choreography));
+    /// assert_eq!(SagaStyle::parse("both"), None);
+    /// ```
+    pub fn parse(name: &str) -> Option<Self> {
+        [SagaStyle::Orchestration, SagaStyle::Choreography]
+            .into_iter()
+            .find(|style| style.as_str().eq_ignore_ascii_case(name.trim()))
+    }
 }
 
 /// The message transport.
@@ -139,6 +176,7 @@ impl Default for Settings {
             admin_api: false,
             fault_injection: false,
             messaging: MessagingSettings::default(),
+            saga_style: SagaStyle::Orchestration,
         }
     }
 }

@@ -128,7 +128,7 @@ pub enum Handled {
     Applied,
     /// It answers a step or phase the saga has left (late or redelivered): ignored.
     Stale,
-    /// It answers no command of this orchestrator.
+    /// It answers no command of this orchestrator (another saga's, or none).
     Unknown,
 }
 
@@ -251,11 +251,16 @@ impl<S: Saga> Orchestrator<S> {
         let Some(command_id) = reply.causation_id.as_deref() else {
             return Ok(Handled::Unknown);
         };
-        let sent: Option<(String, i64, String)> =
-            sqlx::query_as("SELECT saga_id, step, phase FROM saga_commands WHERE message_id = $1")
-                .bind(command_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        // Several sagas may share a reply topic: each orchestrator answers only its own.
+        let sent: Option<(String, i64, String)> = sqlx::query_as(
+            "SELECT c.saga_id, c.step, c.phase FROM saga_commands c
+             JOIN saga_instances i ON i.saga_id = c.saga_id
+             WHERE c.message_id = $1 AND i.saga_type = $2",
+        )
+        .bind(command_id)
+        .bind(self.saga.name())
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some((saga_id, step, phase)) = sent else {
             return Ok(Handled::Unknown);
         };

@@ -1,4 +1,5 @@
-//! Saga orchestration that survives crashes.
+//! Sagas that survive crashes: an orchestration engine, and helpers for choreography
+//! ([`choreography`]).
 //!
 //! A [`Saga`] is a list of [`Step`]s, each with an action (a command to a participant), an
 //! optional compensation (the command that undoes it), a timeout and a number of attempts. An
@@ -31,6 +32,7 @@
 //! * **Idempotency**: every command carries `idempotency_key` = `<saga id>:<step>:<phase>`, the
 //!   same for every attempt, so that a participant applies it once.
 
+pub mod choreography;
 mod engine;
 
 pub use engine::{Command, Handled, Orchestrator, Replies, Status, Step, Transition};

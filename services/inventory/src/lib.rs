@@ -12,6 +12,7 @@
 //! | `GET /v1/products/{sku}` | one product; 404 `/problems/unknown-sku` if there is none |
 
 pub mod commands;
+pub mod reactions;
 pub mod stock;
 
 use axum::Router;
@@ -140,9 +141,28 @@ pub async fn run(
         pool.clone(),
         routes(pool),
         flotilla_contracts::subscriptions(),
-        commands::StockCommands,
-        &[flotilla_contracts::INVENTORY_COMMANDS],
+        Participant,
+        flotilla_contracts::topics_of(SERVICE),
         shutdown,
     )
     .await
+}
+
+/// The inventory's consumer: saga commands (orchestration) go to [`commands::StockCommands`],
+/// the other services' facts (choreography) to [`reactions::StockReactions`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Participant;
+
+impl flotilla_messaging::inbox::Handler for Participant {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        message: &flotilla_messaging::Message,
+    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
+        if message.topic == flotilla_contracts::INVENTORY_COMMANDS {
+            commands::StockCommands.handle(tx, message).await
+        } else {
+            reactions::StockReactions.handle(tx, message).await
+        }
+    }
 }

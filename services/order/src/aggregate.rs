@@ -111,6 +111,32 @@ pub enum OrderEvent {
         /// Why.
         reason: String,
     },
+    /// The customer asked to cancel the approved order; the cancel-order saga runs.
+    CancellationRequested {
+        /// Why.
+        reason: String,
+    },
+    /// The order could not be cancelled (its shipment left already); it stays approved.
+    CancellationRefused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where a customer's cancellation of an approved order stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Cancellation {
+    /// The cancel-order saga runs.
+    Requested {
+        /// The customer's reason.
+        reason: String,
+    },
+    /// It could not be done (the shipment left): the order stays approved, for good.
+    Refused {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// An order as folded from its events.
@@ -134,6 +160,9 @@ pub struct Order {
     pub shipment_id: Option<String>,
     /// Why it was rejected or cancelled.
     pub reason: Option<String>,
+    /// The latest cancellation asked of the approved order, if any.
+    #[serde(default)]
+    pub cancellation: Option<Cancellation>,
     /// When it was placed.
     #[serde(with = "time::serde::rfc3339::option")]
     pub created_at: Option<OffsetDateTime>,
@@ -158,6 +187,12 @@ pub enum OrderError {
         status: &'static str,
         /// What the command needs.
         needed: &'static str,
+    },
+    /// The order's cancellation was refused before.
+    #[error("the order cannot be cancelled: {reason}")]
+    NotCancellable {
+        /// Why.
+        reason: String,
     },
     /// Approval before every step succeeded.
     #[error("the order cannot be approved before stock, payment and shipment are all in place")]
@@ -255,6 +290,47 @@ impl Order {
         }])
     }
 
+    /// Asks to cancel an approved order (the cancel-order saga starts); asking again while a
+    /// cancellation runs, or once the order is cancelled, changes nothing. A cancellation that
+    /// was refused stays refused (a shipment that left does not come back).
+    pub fn request_cancellation(&self, reason: &str) -> Result<Vec<OrderEvent>, OrderError> {
+        match (self.status, &self.cancellation) {
+            (Some(Status::Approved), Some(Cancellation::Refused { reason })) => {
+                Err(OrderError::NotCancellable {
+                    reason: reason.clone(),
+                })
+            }
+            (Some(Status::Cancelled), _)
+            | (Some(Status::Approved), Some(Cancellation::Requested { .. })) => Ok(vec![]),
+            (Some(Status::Approved), _) => Ok(vec![OrderEvent::CancellationRequested {
+                reason: reason.to_owned(),
+            }]),
+            (None, _) => Err(OrderError::NotFound),
+            (Some(other), _) => Err(OrderError::WrongStatus {
+                status: other.as_str(),
+                needed: "APPROVED",
+            }),
+        }
+    }
+
+    /// Records that the running cancellation could not be done; anything else changes nothing.
+    pub fn refuse_cancellation(&self, reason: &str) -> Result<Vec<OrderEvent>, OrderError> {
+        Ok(match (self.status, &self.cancellation) {
+            (Some(Status::Approved), Some(Cancellation::Requested { .. })) => {
+                vec![OrderEvent::CancellationRefused {
+                    reason: reason.to_owned(),
+                }]
+            }
+            _ => vec![],
+        })
+    }
+
+    /// Whether a cancellation of the approved order is running.
+    pub fn cancelling(&self) -> bool {
+        self.status == Some(Status::Approved)
+            && matches!(self.cancellation, Some(Cancellation::Requested { .. }))
+    }
+
     /// Cancels an approved order; cancelling again changes nothing.
     pub fn cancel(&self, reason: &str) -> Result<Vec<OrderEvent>, OrderError> {
         match self.status {
@@ -305,6 +381,16 @@ impl Aggregate for Order {
             OrderEvent::OrderCancelled { reason } => {
                 self.status = Some(Status::Cancelled);
                 self.reason = Some(reason.clone());
+            }
+            OrderEvent::CancellationRequested { reason } => {
+                self.cancellation = Some(Cancellation::Requested {
+                    reason: reason.clone(),
+                });
+            }
+            OrderEvent::CancellationRefused { reason } => {
+                self.cancellation = Some(Cancellation::Refused {
+                    reason: reason.clone(),
+                });
             }
         }
         self.updated_at = Some(context.recorded_at);

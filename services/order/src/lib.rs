@@ -8,6 +8,13 @@
 //! | `POST /v1/orders` | place an order ([`domain::PlaceOrder`]); 202 with `Location`; honours `Idempotency-Key`; with `Prefer: wait=N`, 200 and the final order if its saga ends within N seconds |
 //! | `GET /v1/orders/{id}` | the order; `?version=N` or `?at=RFC3339` for the order as it was (time travel) |
 //! | `GET /v1/orders/{id}/events` | the order's event stream |
+//! | `POST /v1/orders/{id}/cancel` | cancel an approved order (`{"reason": …}` optional); 202, or with `Prefer: wait=N` 200 once cancelled; 409 if it cannot be |
+//! | `GET /v1/orders/{id}/notifications` | the customer notifications sent about the order |
+//!
+//! Sagas run in the style of the setting `saga_style` (orchestration by default); a request
+//! may choose with the header `X-Saga-Style: orchestration|choreography`, and the answer says
+//! which ran in its own `X-Saga-Style`. Orchestrated: [`saga`] and [`cancel`]; choreographed:
+//! [`choreography`].
 //! | `GET /v1/orders?customer_id=…&status=…&limit=…` | orders from the read model, newest first |
 //! | `GET /v1/orders/revenue?from=YYYY-MM-DD&to=YYYY-MM-DD` | revenue per day from the read model |
 //!
@@ -16,7 +23,10 @@
 //! appended, in one transaction with the idempotency key.
 
 pub mod aggregate;
+pub mod cancel;
+pub mod choreography;
 pub mod domain;
+pub mod notifications;
 pub mod projections;
 pub mod saga;
 pub mod store;
@@ -44,14 +54,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{NewOrder, PlaceOrder};
 
-pub use crate::aggregate::{Order, OrderError, OrderEvent, OrderLine, Status};
+pub use crate::aggregate::{Cancellation, Order, OrderError, OrderEvent, OrderLine, Status};
 pub use crate::store::{Database, OrderView, Summary};
+pub use flotilla_kit::settings::SagaStyle;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "order";
 
 /// The header carrying a client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The header choosing a request's saga style, and telling which ran.
+pub const SAGA_STYLE: &str = "x-saga-style";
 
 /// What a handler needs.
 #[derive(Debug, Clone)]
@@ -62,6 +76,8 @@ pub struct Context {
     pub discovery: Discovery,
     /// Wakes the outbox relay once a new order's first saga command is committed.
     pub relay: Arc<Notify>,
+    /// The saga style of requests that do not choose one.
+    pub style: SagaStyle,
 }
 
 /// The answer to `POST /v1/orders`.
@@ -82,6 +98,8 @@ pub fn routes(context: Context) -> Router {
         .route("/v1/orders/revenue", get(revenue))
         .route("/v1/orders/{id}", get(fetch))
         .route("/v1/orders/{id}/events", get(events))
+        .route("/v1/orders/{id}/cancel", post(cancel))
+        .route("/v1/orders/{id}/notifications", get(notifications_of))
         .with_state(context)
 }
 
@@ -91,6 +109,7 @@ async fn place(
     Json(request): Json<PlaceOrder>,
 ) -> Result<Response, Problem> {
     let key = idempotency_key(&headers)?;
+    let style = saga_style(&headers, context.style)?;
     let hash = hex(&Sha256::digest(
         serde_json::to_vec(&request).map_err(|e| Problem::internal(&e))?,
     ));
@@ -98,7 +117,7 @@ async fn place(
     if let Some(key) = &key
         && let Some(order_id) = replay(&context.db.pool, key, &hash).await?
     {
-        return respond(&context.db, &order_id, wait).await;
+        return respond(&context.db, &order_id, wait, style).await;
     }
     let order = request.validate()?;
     let prices = price(&context.discovery, &order).await?;
@@ -120,18 +139,19 @@ async fn place(
         lines,
         order.ship_to.clone(),
         key.as_deref().map(|k| (k, hash.as_str())),
+        style,
     )
     .await
     {
         Ok(store::Placed::New(_)) => {
             context.relay.notify_one();
-            tracing::info!(%order_id, customer = %order.customer_id, "order placed");
-            respond(&context.db, &order_id, wait).await
+            tracing::info!(%order_id, customer = %order.customer_id, style = style.as_str(), "order placed");
+            respond(&context.db, &order_id, wait, style).await
         }
         // A concurrent request with the same key won the race.
         Ok(store::Placed::KeyTaken) => match &key {
             Some(key) => match replay(&context.db.pool, key, &hash).await? {
-                Some(order_id) => respond(&context.db, &order_id, wait).await,
+                Some(order_id) => respond(&context.db, &order_id, wait, style).await,
                 None => Err(Problem::internal(&"idempotency key vanished")),
             },
             None => Err(Problem::internal(&"key conflict without a key")),
@@ -177,44 +197,203 @@ fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
         .map(|seconds| seconds.min(MAX_WAIT_SECONDS))
 }
 
-/// The answer to a placement: 202 with the order as it stands; or, with `Prefer: wait=N`, 200
-/// with the whole order as soon as its saga has ended, if that is within N seconds.
-async fn respond(db: &Database, order_id: &str, wait: Option<u64>) -> Result<Response, Problem> {
-    let deadline = wait.map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
+/// The saga style `X-Saga-Style` asks for, or `default`; an unknown style is a 400.
+fn saga_style(headers: &HeaderMap, default: SagaStyle) -> Result<SagaStyle, Problem> {
+    let Some(value) = headers.get(SAGA_STYLE) else {
+        return Ok(default);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(SagaStyle::parse)
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "invalid-saga-style",
+                "X-Saga-Style must be `orchestration` or `choreography`",
+            )
+        })
+}
+
+/// Loads order `order_id` until `done` holds of it or `deadline` passes; the order as last
+/// loaded, and whether `done` held.
+async fn wait_for(
+    db: &Database,
+    order_id: &str,
+    deadline: Option<tokio::time::Instant>,
+    done: impl Fn(&Order) -> bool,
+) -> Result<(flotilla_eventstore::Loaded<Order>, bool), Problem> {
     loop {
         let loaded = db
             .events
             .load::<Order>(order_id)
             .await
             .map_err(|e| Problem::internal(&e))?;
-        let ended = loaded.state.status.is_some_and(|s| s != Status::Pending);
-        match (wait, deadline) {
-            (Some(seconds), Some(_)) if ended => {
-                let view = OrderView::of(&loaded)
-                    .ok_or_else(|| Problem::internal(&"order vanished after it was placed"))?;
-                let location = HeaderValue::from_str(&format!("/v1/orders/{order_id}"))
-                    .map_err(|e| Problem::internal(&e))?;
-                let applied = HeaderValue::from_str(&format!("wait={seconds}"))
-                    .map_err(|e| Problem::internal(&e))?;
-                return Ok((
-                    StatusCode::OK,
-                    [
-                        (header::LOCATION, location),
-                        (HeaderName::from_static("preference-applied"), applied),
-                    ],
-                    axum::Json(view),
-                )
-                    .into_response());
-            }
-            (Some(_), Some(deadline)) if tokio::time::Instant::now() < deadline => {
+        if done(&loaded.state) {
+            return Ok((loaded, true));
+        }
+        match deadline {
+            Some(deadline) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            _ => return accepted(&loaded),
+            _ => return Ok((loaded, false)),
         }
     }
 }
 
-fn accepted(loaded: &flotilla_eventstore::Loaded<Order>) -> Result<Response, Problem> {
+/// 200 with the whole order, and the headers of a request that waited `seconds`.
+fn final_state(
+    loaded: &flotilla_eventstore::Loaded<Order>,
+    seconds: u64,
+    style: SagaStyle,
+) -> Result<Response, Problem> {
+    let view = OrderView::of(loaded)
+        .ok_or_else(|| Problem::internal(&"order vanished after it was placed"))?;
+    let location = HeaderValue::from_str(&format!("/v1/orders/{}", loaded.id))
+        .map_err(|e| Problem::internal(&e))?;
+    let applied =
+        HeaderValue::from_str(&format!("wait={seconds}")).map_err(|e| Problem::internal(&e))?;
+    Ok((
+        StatusCode::OK,
+        [
+            (header::LOCATION, location),
+            (HeaderName::from_static("preference-applied"), applied),
+            (
+                HeaderName::from_static(SAGA_STYLE),
+                HeaderValue::from_static(style.as_str()),
+            ),
+        ],
+        axum::Json(view),
+    )
+        .into_response())
+}
+
+/// The answer to a placement: 202 with the order as it stands; or, with `Prefer: wait=N`, 200
+/// with the whole order as soon as its saga has ended, if that is within N seconds.
+async fn respond(
+    db: &Database,
+    order_id: &str,
+    wait: Option<u64>,
+    style: SagaStyle,
+) -> Result<Response, Problem> {
+    let deadline = wait.map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
+    let (loaded, ended) = wait_for(db, order_id, deadline, |order| {
+        wait.is_some() && order.status.is_some_and(|s| s != Status::Pending)
+    })
+    .await?;
+    match wait {
+        Some(seconds) if ended => final_state(&loaded, seconds, style),
+        _ => accepted(&loaded, style),
+    }
+}
+
+/// `POST /v1/orders/{id}/cancel`: an optional `{"reason": …}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    reason: Option<String>,
+}
+
+/// The longest cancellation reason kept.
+pub const MAX_REASON: usize = 500;
+
+async fn cancel(
+    State(context): State<Context>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let style = saga_style(&headers, context.style)?;
+    let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Problem::bad_request(
+                "invalid-body",
+                format!("the body must be empty or {{\"reason\": \"…\"}}: {e}"),
+            )
+        })?
+    };
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "cancelled by the customer".to_owned());
+    if reason.trim().is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(Problem::bad_request(
+            "invalid-body",
+            format!("`reason` must be 1 to {MAX_REASON} characters"),
+        ));
+    }
+    let outcome = store::request_cancellation(&context.db, &id, &reason, style)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    match outcome {
+        store::Cancelling::Started => {
+            context.relay.notify_one();
+            tracing::info!(order_id = %id, style = style.as_str(), "order cancellation requested");
+        }
+        store::Cancelling::Already => {}
+        store::Cancelling::Refused(OrderError::NotFound) => {
+            return Err(Problem::not_found(format!("no order `{id}`")));
+        }
+        store::Cancelling::Refused(refused) => {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "order-not-cancellable",
+                refused.to_string(),
+            ));
+        }
+    }
+    let wait = prefer_wait(&headers);
+    let deadline = wait.map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
+    let (loaded, ended) = wait_for(&context.db, &id, deadline, |order| {
+        wait.is_some() && !order.cancelling()
+    })
+    .await?;
+    match (wait, &loaded.state.cancellation) {
+        (Some(_), Some(Cancellation::Refused { reason })) if ended => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "order-not-cancellable",
+            format!("the order cannot be cancelled: {reason}"),
+        )),
+        (Some(seconds), _) if ended => final_state(&loaded, seconds, style),
+        _ => accepted(&loaded, style),
+    }
+}
+
+/// The answer to `GET /v1/orders/{id}/notifications`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotificationList {
+    /// The order.
+    pub order_id: String,
+    /// Its notifications, oldest first.
+    pub notifications: Vec<notifications::Notification>,
+}
+
+async fn notifications_of(
+    State(context): State<Context>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<NotificationList>, Problem> {
+    let exists = context
+        .db
+        .events
+        .stream_version(&flotilla_eventstore::aggregate::stream_of::<Order>(&id))
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    if exists == 0 {
+        return Err(Problem::not_found(format!("no order `{id}`")));
+    }
+    let notifications = notifications::of_order(&context.db.pool, &id)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(axum::Json(NotificationList {
+        order_id: id,
+        notifications,
+    }))
+}
+
+fn accepted(
+    loaded: &flotilla_eventstore::Loaded<Order>,
+    style: SagaStyle,
+) -> Result<Response, Problem> {
     let status = loaded
         .state
         .status
@@ -228,7 +407,13 @@ fn accepted(loaded: &flotilla_eventstore::Loaded<Order>) -> Result<Response, Pro
         .map_err(|e| Problem::internal(&e))?;
     Ok((
         StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
+        [
+            (header::LOCATION, location),
+            (
+                HeaderName::from_static(SAGA_STYLE),
+                HeaderValue::from_static(style.as_str()),
+            ),
+        ],
         axum::Json(body),
     )
         .into_response())
@@ -534,8 +719,8 @@ pub async fn run(
         flotilla_contracts::subscriptions(),
         SERVICE,
         db.pool.clone(),
-        flotilla_saga::Replies(db.saga.clone()),
-        &[flotilla_contracts::ORDER_SAGA_REPLIES],
+        Inbox::new(&db),
+        flotilla_contracts::topics_of(SERVICE),
         &shutdown,
     )
     .await
@@ -548,10 +733,19 @@ pub async fn run(
                 .await
         }
     });
+    tokio::spawn({
+        let saga = db.cancel.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            saga.run_timeouts(Duration::from_millis(100), shutdown)
+                .await
+        }
+    });
     let context = Context {
         db: db.clone(),
         discovery,
         relay: messaging.relay.clone(),
+        style: settings.saga_style,
     };
     let result = flotilla_discovery::serve_routes(
         SERVICE,
@@ -573,4 +767,55 @@ pub async fn rebuild_projections(
     let rebuilt = projections::rebuild(&db.events).await;
     db.pool.close().await;
     rebuilt
+}
+
+/// The order's consumer: replies to the orchestrated sagas' commands (place-order, then
+/// cancel-order), the notifications, and the participants' facts (choreography).
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    place: Arc<flotilla_saga::Orchestrator<saga::PlaceOrderSaga>>,
+    cancel: Arc<flotilla_saga::Orchestrator<cancel::CancelOrderSaga>>,
+    facts: choreography::Listener,
+}
+
+impl Inbox {
+    /// The consumer of `db`'s sagas and events.
+    pub fn new(db: &Database) -> Self {
+        Self {
+            place: db.saga.clone(),
+            cancel: db.cancel.clone(),
+            facts: choreography::Listener::new(db.events.clone()),
+        }
+    }
+}
+
+impl flotilla_messaging::inbox::Handler for Inbox {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        message: &flotilla_messaging::Message,
+    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
+        use flotilla_messaging::inbox::HandlerError;
+        use flotilla_saga::Handled;
+        let failed = |error: flotilla_saga::Error| match error {
+            flotilla_saga::Error::Database(error) => HandlerError::Database(error),
+            other => HandlerError::Reject(other.to_string()),
+        };
+        match message.topic.as_str() {
+            flotilla_contracts::ORDER_SAGA_REPLIES => {
+                let handled = match self.place.on_reply(tx, message).await.map_err(failed)? {
+                    Handled::Unknown => self.cancel.on_reply(tx, message).await.map_err(failed)?,
+                    handled => handled,
+                };
+                if handled != Handled::Applied {
+                    tracing::debug!(message_id = %message.id, ?handled, "reply not applied");
+                }
+                Ok(Vec::new())
+            }
+            flotilla_contracts::ORDER_NOTIFICATIONS => {
+                notifications::Notifications.handle(tx, message).await
+            }
+            _ => self.facts.handle(tx, message).await,
+        }
+    }
 }

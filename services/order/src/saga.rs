@@ -34,8 +34,6 @@ use crate::aggregate::{Order, OrderError, OrderEvent};
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts of a step before the saga gives up on it and compensates.
 pub const STEP_ATTEMPTS: u32 = 3;
-/// The topic of the order's notifications (fire-and-forget).
-pub const NOTIFICATIONS: &str = "order.notifications";
 
 /// What the saga carries from step to step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +54,7 @@ pub struct PlaceOrderData {
     pub shipment_id: Option<String>,
 }
 
-fn command<C: flotilla_contracts::Command>(command: &C) -> Command {
+pub(crate) fn command<C: flotilla_contracts::Command>(command: &C) -> Command {
     Command {
         topic: C::TOPIC.to_owned(),
         message_type: C::TYPE.to_owned(),
@@ -241,17 +239,14 @@ impl Saga for PlaceOrderSaga {
     }
 }
 
-fn notification(data: &PlaceOrderData, message_type: &str, extra: Value) -> Message {
-    let mut payload = json!({
-        "order_id": data.order_id,
-        "customer_id": data.customer_id,
-        "total_cents": data.total_cents,
-    });
-    if let (Some(target), Value::Object(extra)) = (payload.as_object_mut(), extra) {
-        target.extend(extra);
-    }
-    Message::new(NOTIFICATIONS, message_type, data.order_id.clone(), payload)
-        .correlated(data.order_id.clone())
+fn notification(data: &PlaceOrderData, kind: &str, extra: Value) -> Message {
+    crate::notifications::message(
+        &data.order_id,
+        &data.customer_id,
+        data.total_cents,
+        kind,
+        extra,
+    )
 }
 
 /// The saga's data for a placed order.

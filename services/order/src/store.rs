@@ -10,9 +10,12 @@ use time::format_description::well_known::Rfc3339;
 
 use std::sync::Arc;
 
+use flotilla_kit::settings::SagaStyle;
 use flotilla_saga::Orchestrator;
 
-use crate::aggregate::{self, Order, OrderLine, Status};
+use crate::aggregate::{self, Cancellation, Order, OrderError, OrderLine, Status};
+use crate::cancel::{self, CancelOrderData, CancelOrderSaga};
+use crate::choreography;
 use crate::domain::Address;
 use crate::saga::{self, PlaceOrderSaga};
 
@@ -30,6 +33,8 @@ pub struct Database {
     pub events: EventStore,
     /// The place-order saga's orchestrator, whose instances live in the same database.
     pub saga: Arc<Orchestrator<PlaceOrderSaga>>,
+    /// The cancel-order saga's orchestrator (same tables, same reply topic).
+    pub cancel: Arc<Orchestrator<CancelOrderSaga>>,
 }
 
 /// The event store's settings for orders: snapshots and the order's upcasters.
@@ -58,7 +63,16 @@ pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::
         PlaceOrderSaga::new(events.clone()),
         pool.clone(),
     ));
-    Ok(Database { pool, events, saga })
+    let cancel = Arc::new(Orchestrator::new(
+        CancelOrderSaga::new(events.clone()),
+        pool.clone(),
+    ));
+    Ok(Database {
+        pool,
+        events,
+        saga,
+        cancel,
+    })
 }
 
 /// What [`place`] did.
@@ -71,7 +85,9 @@ pub enum Placed {
 }
 
 /// Appends a new order's `OrderPlaced`, stores its idempotency key (if any) and starts its
-/// place-order saga (its first command goes to the outbox), in one transaction.
+/// place-order saga in `style`, in one transaction: orchestrated, the saga instance and its first
+/// command (to the outbox); choreographed, the `OrderCreated` event (to the outbox).
+#[allow(clippy::too_many_arguments)]
 pub async fn place(
     db: &Database,
     order_id: &str,
@@ -79,6 +95,7 @@ pub async fn place(
     lines: Vec<OrderLine>,
     ship_to: Address,
     key: Option<(&str, &str)>,
+    style: SagaStyle,
 ) -> Result<Placed, flotilla_eventstore::Error> {
     let mut loaded = Loaded {
         id: order_id.to_owned(),
@@ -124,12 +141,87 @@ pub async fn place(
     let connection = tx
         .sqlite()
         .ok_or_else(|| flotilla_eventstore::Error::Encode("orders live in SQLite".into()))?;
-    db.saga
-        .start(connection, order_id, data, None)
-        .await
-        .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
+    let started = match style {
+        SagaStyle::Orchestration => db.saga.start(connection, order_id, data, None).await,
+        SagaStyle::Choreography => match choreography::details(order_id, &loaded.state) {
+            Some(details) => {
+                flotilla_messaging::outbox::enqueue(connection, &choreography::created(details))
+                    .await
+                    .map_err(flotilla_saga::Error::from)
+            }
+            None => Err(flotilla_saga::Error::Transition(
+                "a placed order has an address".into(),
+            )),
+        },
+    };
+    started.map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
     tx.commit().await?;
     Ok(Placed::New(Box::new(loaded)))
+}
+
+/// What [`request_cancellation`] did.
+#[derive(Debug)]
+pub enum Cancelling {
+    /// The cancel-order saga started now.
+    Started,
+    /// A cancellation was running already, or the order is cancelled: nothing changed.
+    Already,
+    /// The order's state does not allow it (not approved, or a cancellation was refused).
+    Refused(OrderError),
+}
+
+/// Asks to cancel approved order `order_id` for `reason`: appends `CancellationRequested` and
+/// starts the cancel-order saga in `style`, in one transaction.
+pub async fn request_cancellation(
+    db: &Database,
+    order_id: &str,
+    reason: &str,
+    style: SagaStyle,
+) -> Result<Cancelling, flotilla_eventstore::Error> {
+    let encode = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
+    let mut tx = db.events.begin().await?;
+    let connection = tx
+        .sqlite()
+        .ok_or_else(|| encode(&"orders live in SQLite"))?;
+    let mut order = db.events.load_on::<Order>(connection, order_id).await?;
+    let events = match order.state.request_cancellation(reason) {
+        Ok(events) => events,
+        Err(refused) => return Ok(Cancelling::Refused(refused)),
+    };
+    if events.is_empty() {
+        return Ok(Cancelling::Already);
+    }
+    let saga_id = cancel::saga_id(order_id);
+    db.events
+        .save_on(
+            connection,
+            &mut order,
+            &events,
+            &Metadata::correlated(&saga_id),
+        )
+        .await?;
+    match style {
+        SagaStyle::Orchestration => {
+            let data = CancelOrderData {
+                order_id: order_id.to_owned(),
+                customer_id: order.state.customer_id.clone(),
+                total_cents: order.state.total_cents,
+                reason: reason.to_owned(),
+            };
+            db.cancel
+                .start(connection, &saga_id, data, None)
+                .await
+                .map_err(|e| encode(&e))?;
+        }
+        SagaStyle::Choreography => {
+            let message = choreography::cancellation_requested(order_id, reason);
+            flotilla_messaging::outbox::enqueue(connection, &message)
+                .await
+                .map_err(|e| encode(&e))?;
+        }
+    }
+    tx.commit().await?;
+    Ok(Cancelling::Started)
 }
 
 /// The `(request_hash, order_id)` stored for an idempotency key.
@@ -161,6 +253,9 @@ pub struct OrderView {
     /// Why it was rejected or cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The customer's cancellation of the approved order: running (`REQUESTED`) or `REFUSED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<Cancellation>,
     /// RFC 3339, UTC.
     pub created_at: String,
     /// RFC 3339, UTC.
@@ -185,6 +280,10 @@ impl OrderView {
             items: order.items.clone(),
             ship_to: order.ship_to.clone()?,
             reason: order.reason.clone(),
+            cancellation: match (order.status, &order.cancellation) {
+                (Some(Status::Approved), Some(cancellation)) => Some(cancellation.clone()),
+                _ => None,
+            },
             created_at: format(order.created_at),
             updated_at: format(order.updated_at),
             version: loaded.version,

@@ -1,6 +1,6 @@
 //! The event-sourced order service: upcasting of a stored v1 stream, time travel and the event
-//! list over HTTP, concurrent commands on one order, and read models that rebuild to the same
-//! rows as the live ones.
+//! list over HTTP, concurrent commands on one order, read models that rebuild to the same
+//! rows as the live ones, and the cancellation endpoint's answers.
 
 use std::time::Duration;
 
@@ -44,6 +44,7 @@ async fn service() -> Service {
         db: db.clone(),
         discovery: Discovery::fixed(Default::default(), Duration::from_secs(1)),
         relay: std::sync::Arc::new(tokio::sync::Notify::new()),
+        style: flotilla_order::SagaStyle::Orchestration,
     });
     Service {
         db,
@@ -72,6 +73,43 @@ impl Service {
         (status, json)
     }
 
+    async fn post(
+        &self,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let mut request = Request::post(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(Body::from(body.to_owned())).expect("request"))
+            .await
+            .expect("infallible");
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body:?}"));
+        (status, headers, json)
+    }
+
+    async fn outbox_types(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT json_extract(envelope, '$.message_type') FROM messaging_outbox ORDER BY seq",
+        )
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("outbox")
+    }
+
     async fn place(&self, customer: &str, cents: i64) -> String {
         let order_id = uuid::Uuid::now_v7().to_string();
         let lines = vec![OrderLine {
@@ -79,9 +117,17 @@ impl Service {
             quantity: 1,
             unit_price_cents: cents,
         }];
-        let placed = store::place(&self.db, &order_id, customer, lines, address(), None)
-            .await
-            .expect("placed");
+        let placed = store::place(
+            &self.db,
+            &order_id,
+            customer,
+            lines,
+            address(),
+            None,
+            flotilla_order::SagaStyle::Orchestration,
+        )
+        .await
+        .expect("placed");
         assert!(matches!(placed, Placed::New(_)));
         order_id
     }
@@ -431,4 +477,81 @@ async fn read_models_list_report_and_rebuild_to_the_same_rows() {
     assert_eq!(service.get("/v1/orders?limit=500").await.1, live_orders);
     assert_eq!(service.get("/v1/orders/revenue").await.1, live_revenue);
     assert_eq!(Status::parse("APPROVED"), Some(Status::Approved));
+}
+
+#[tokio::test]
+async fn cancellation_over_http_refuses_bad_requests_and_starts_the_chosen_style() {
+    let service = service().await;
+    let pending = service.place("alice", 1200).await;
+    let approved = service.place("alice", 1500).await;
+    service.approve(&approved).await;
+    let outbox_before = service.outbox_types().await;
+
+    let (status, _, problem) = service
+        .post("/v1/orders/no-such-order/cancel", &[], "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+
+    let (status, _, problem) = service
+        .post(&format!("/v1/orders/{pending}/cancel"), &[], "")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("order-not-cancellable"))
+    );
+
+    let uri = format!("/v1/orders/{approved}/cancel");
+    for (headers, body, kind) in [
+        (vec![("x-saga-style", "sideways")], "", "invalid-saga-style"),
+        (vec![], r#"{"bogus": 1}"#, "invalid-body"),
+        (vec![], "not json", "invalid-body"),
+        (vec![], r#"{"reason": "   "}"#, "invalid-body"),
+    ] {
+        let (status, _, problem) = service.post(&uri, &headers, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
+        assert!(
+            problem["type"].as_str().is_some_and(|t| t.ends_with(kind)),
+            "{problem}"
+        );
+    }
+    let long = format!(r#"{{"reason": "{}"}}"#, "x".repeat(501));
+    let (status, _, _) = service.post(&uri, &[], &long).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // None of that changed anything.
+    assert_eq!(service.outbox_types().await, outbox_before);
+    let (_, order) = service.get(&format!("/v1/orders/{approved}")).await;
+    assert_eq!(order["status"], "APPROVED");
+    assert!(order.get("cancellation").is_none(), "{order}");
+
+    let headers = [("x-saga-style", "Choreography")];
+    let (status, answer, body) = service
+        .post(&uri, &headers, r#"{"reason": "found it cheaper"}"#)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(answer["x-saga-style"], "choreography");
+    let (_, order) = service.get(&format!("/v1/orders/{approved}")).await;
+    assert_eq!(order["cancellation"]["status"], "REQUESTED", "{order}");
+    assert_eq!(order["cancellation"]["reason"], "found it cheaper");
+    let mut expected = outbox_before.clone();
+    expected.push("OrderCancellationRequested".to_owned());
+    assert_eq!(
+        service.outbox_types().await,
+        expected,
+        "the choreography's first event"
+    );
+
+    // Asking again while it runs changes nothing.
+    let (status, _, _) = service.post(&uri, &headers, "").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(service.outbox_types().await, expected);
+
+    let (status, _) = service.get("/v1/orders/no-such-order/notifications").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, list) = service
+        .get(&format!("/v1/orders/{approved}/notifications"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["notifications"], serde_json::json!([]));
 }

@@ -1,36 +1,34 @@
-//! The place-order saga across the four services' real databases and real handlers. The test
-//! is the transport: it moves each service's outbox messages to the consumer of their topic
-//! (transports have their own conformance suite), and delivers every message twice, so that
-//! each path also proves that redelivery changes nothing.
+//! The place-order and cancel-order sagas across the four services' real databases and real
+//! handlers, in both styles (orchestration and choreography). The test is the transport: it
+//! moves each service's outbox messages to every consumer of their topic, as the contracts wire
+//! them (transports have their own conformance suite), and delivers every message twice, so
+//! that each path also proves that redelivery changes nothing.
 
 use std::sync::Arc;
 
-use flotilla_inventory::commands::StockCommands;
 use flotilla_kit::Settings;
+use flotilla_kit::settings::SagaStyle;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use flotilla_order::domain::Address;
-use flotilla_order::saga::PlaceOrderSaga;
-use flotilla_order::store::{self, Database, Placed};
-use flotilla_order::{Order, OrderLine, Status};
-use flotilla_payment::commands::PaymentCommands;
-use flotilla_saga::Replies;
-use flotilla_shipping::commands::ShippingCommands;
+use flotilla_order::store::{self, Cancelling, Database, Placed};
+use flotilla_order::{Cancellation, Order, OrderLine, Status};
 use sqlx::SqlitePool;
 
 struct System {
+    style: SagaStyle,
     order: Database,
     inventory: SqlitePool,
     payment: SqlitePool,
     shipping: SqlitePool,
-    replies: Consumer<Replies<PlaceOrderSaga>>,
-    stock: Consumer<StockCommands>,
-    payments: Consumer<PaymentCommands>,
-    shipments: Consumer<ShippingCommands>,
+    orders: Consumer<flotilla_order::Inbox>,
+    stock: Consumer<flotilla_inventory::Participant>,
+    payments: Consumer<flotilla_payment::Participant>,
+    shipments: Consumer<flotilla_shipping::Participant>,
     _dir: tempfile::TempDir,
 }
 
-async fn system() -> System {
+async fn system(style: SagaStyle) -> System {
     let dir = tempfile::tempdir().expect("temp dir");
     let settings = Settings {
         data_dir: dir.path().to_owned(),
@@ -45,10 +43,19 @@ async fn system() -> System {
         .await
         .expect("shipping db");
     System {
-        replies: Consumer::new("order", order.pool.clone(), Replies(order.saga.clone())),
-        stock: Consumer::new("inventory", inventory.clone(), StockCommands),
-        payments: Consumer::new("payment", payment.clone(), PaymentCommands),
-        shipments: Consumer::new("shipping", shipping.clone(), ShippingCommands),
+        style,
+        orders: Consumer::new(
+            "order",
+            order.pool.clone(),
+            flotilla_order::Inbox::new(&order),
+        ),
+        stock: Consumer::new(
+            "inventory",
+            inventory.clone(),
+            flotilla_inventory::Participant,
+        ),
+        payments: Consumer::new("payment", payment.clone(), flotilla_payment::Participant),
+        shipments: Consumer::new("shipping", shipping.clone(), flotilla_shipping::Participant),
         order,
         inventory,
         payment,
@@ -60,6 +67,7 @@ async fn system() -> System {
 impl System {
     /// Moves messages until no outbox has any left; returns how many were delivered.
     async fn settle(&self) -> usize {
+        let wiring = flotilla_contracts::subscriptions();
         let mut delivered = 0;
         for _ in 0..100 {
             let mut moved = 0;
@@ -70,11 +78,13 @@ impl System {
                 &self.shipping,
             ] {
                 for message in take(pool).await {
+                    let groups = wiring.groups(&message.topic);
+                    assert!(!groups.is_empty(), "nobody consumes {}", message.topic);
                     moved += 1;
-                    // Every message twice: the second must be a duplicate.
-                    let first = self.deliver(&message).await;
-                    let second = self.deliver(&message).await;
-                    if let (Some(first), Some(second)) = (first, second) {
+                    for group in groups {
+                        // Every message twice: the second must be a duplicate.
+                        let first = self.deliver(group, &message).await;
+                        let second = self.deliver(group, &message).await;
                         assert_ne!(first, Processed::Rejected, "{}", message.message_type);
                         assert_eq!(second, Processed::Duplicate, "{}", message.message_type);
                     }
@@ -88,17 +98,15 @@ impl System {
         panic!("messages kept coming");
     }
 
-    /// `None` for notifications: nobody consumes them in this test.
-    async fn deliver(&self, message: &Message) -> Option<Processed> {
-        let processed = match message.topic.as_str() {
-            "order.saga-replies" => self.replies.process(message).await,
-            "inventory.commands" => self.stock.process(message).await,
-            "payment.commands" => self.payments.process(message).await,
-            "shipping.commands" => self.shipments.process(message).await,
-            "order.notifications" => return None,
-            other => panic!("a message to an unknown topic: {other}"),
+    async fn deliver(&self, group: &str, message: &Message) -> Processed {
+        let processed = match group {
+            "order" => self.orders.process(message).await,
+            "inventory" => self.stock.process(message).await,
+            "payment" => self.payments.process(message).await,
+            "shipping" => self.shipments.process(message).await,
+            other => panic!("an unknown consumer group: {other}"),
         };
-        Some(processed.expect("processed"))
+        processed.expect("processed")
     }
 
     async fn place(&self, customer: &str, lines: &[(&str, i64)], country: &str) -> String {
@@ -124,11 +132,45 @@ impl System {
             postal_code: "12345".into(),
             country: country.into(),
         };
-        let placed = store::place(&self.order, &order_id, customer, priced, address, None)
-            .await
-            .expect("placed");
+        let placed = store::place(
+            &self.order,
+            &order_id,
+            customer,
+            priced,
+            address,
+            None,
+            self.style,
+        )
+        .await
+        .expect("placed");
         assert!(matches!(placed, Placed::New(_)));
         order_id
+    }
+
+    async fn notifications(&self, order_id: &str) -> Vec<String> {
+        flotilla_order::notifications::of_order(&self.order.pool, order_id)
+            .await
+            .expect("notifications")
+            .into_iter()
+            .map(|n| n.kind)
+            .collect()
+    }
+
+    async fn status_at(&self, pool: &SqlitePool, table: &'static str, order_id: &str) -> String {
+        let sql = match table {
+            "payments" => "SELECT status FROM payments WHERE order_id = $1",
+            "reservations" => "SELECT status FROM reservations WHERE order_id = $1",
+            _ => "SELECT status FROM shipments WHERE order_id = $1",
+        };
+        self.scalar(pool, sql, order_id).await.unwrap_or_default()
+    }
+
+    async fn on_hand(&self, sku: &str) -> i64 {
+        sqlx::query_scalar("SELECT on_hand FROM products WHERE sku = $1")
+            .bind(sku)
+            .fetch_one(&self.inventory)
+            .await
+            .expect("stock")
     }
 
     async fn order(&self, order_id: &str) -> Order {
@@ -197,18 +239,22 @@ async fn take(pool: &SqlitePool) -> Vec<Message> {
         .collect()
 }
 
-#[tokio::test]
-async fn an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed() {
-    let s = system().await;
+async fn an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed(style: SagaStyle) {
+    let s = system(style).await;
     let (before,): (i64,) = sqlx::query_as("SELECT on_hand FROM products WHERE sku = 'KB-001'")
         .fetch_one(&s.inventory)
         .await
         .expect("stock");
     let order_id = s.place("alice", &[("KB-001", 2)], "FR").await;
-    assert!(
-        s.settle().await >= 10,
-        "five commands and five replies at least"
-    );
+    let messages = s.settle().await;
+    match style {
+        SagaStyle::Orchestration => {
+            assert_eq!(messages, 11, "five commands, five replies, a notification")
+        }
+        // OrderCreated, StockReserved, PaymentAuthorized, ShipmentScheduled, PaymentCaptured,
+        // StockCommitted, the notification.
+        SagaStyle::Choreography => assert_eq!(messages, 7, "six facts, a notification"),
+    }
     let order = s.order(&order_id).await;
     assert_eq!(order.status, Some(Status::Approved));
     assert_eq!(
@@ -246,20 +292,22 @@ async fn an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed() 
         .await
         .expect("stock");
     assert_eq!(after, before - 2, "committed out");
-    let status = s
-        .order
-        .saga
-        .status(&order_id)
-        .await
-        .expect("saga")
-        .expect("exists");
-    assert_eq!(status.0, flotilla_saga::Status::Completed);
+    let status = s.order.saga.status(&order_id).await.expect("saga");
+    match style {
+        SagaStyle::Orchestration => {
+            assert_eq!(
+                status.map(|(status, _)| status),
+                Some(flotilla_saga::Status::Completed)
+            );
+        }
+        SagaStyle::Choreography => assert_eq!(status, None, "no orchestrator ran"),
+    }
+    assert_eq!(s.notifications(&order_id).await, ["OrderConfirmed"]);
     s.invariants().await;
 }
 
-#[tokio::test]
-async fn a_customer_over_the_credit_limit_is_rejected_and_the_stock_released() {
-    let s = system().await;
+async fn a_customer_over_the_credit_limit_is_rejected_and_the_stock_released(style: SagaStyle) {
+    let s = system(style).await;
     // carol may spend 1,000 cents; a keyboard costs more.
     let order_id = s.place("carol", &[("KB-001", 1)], "FR").await;
     s.settle().await;
@@ -300,9 +348,8 @@ async fn a_customer_over_the_credit_limit_is_rejected_and_the_stock_released() {
     s.invariants().await;
 }
 
-#[tokio::test]
-async fn an_unserviceable_destination_voids_the_payment_and_releases_the_stock() {
-    let s = system().await;
+async fn an_unserviceable_destination_voids_the_payment_and_releases_the_stock(style: SagaStyle) {
+    let s = system(style).await;
     let order_id = s.place("bob", &[("MS-002", 3)], "AQ").await;
     s.settle().await;
     let order = s.order(&order_id).await;
@@ -344,19 +391,21 @@ async fn an_unserviceable_destination_voids_the_payment_and_releases_the_stock()
         .as_deref(),
         Some("RELEASED")
     );
-    let log = s.order.saga.log_of(&order_id).await.expect("log");
-    let undo: Vec<&String> = log.iter().filter(|l| l.contains("compensated")).collect();
-    assert_eq!(
-        undo,
-        ["authorize_payment compensated", "reserve_stock compensated"],
-        "latest first"
-    );
+    if style == SagaStyle::Orchestration {
+        let log = s.order.saga.log_of(&order_id).await.expect("log");
+        let undo: Vec<&String> = log.iter().filter(|l| l.contains("compensated")).collect();
+        assert_eq!(
+            undo,
+            ["authorize_payment compensated", "reserve_stock compensated"],
+            "latest first"
+        );
+    }
+    assert_eq!(s.notifications(&order_id).await, ["OrderRejected"]);
     s.invariants().await;
 }
 
-#[tokio::test]
-async fn an_out_of_stock_order_is_rejected_with_nothing_to_undo() {
-    let s = system().await;
+async fn an_out_of_stock_order_is_rejected_with_nothing_to_undo(style: SagaStyle) {
+    let s = system(style).await;
     let order_id = s.place("alice", &[("MN-003", 10_000)], "FR").await;
     s.settle().await;
     let order = s.order(&order_id).await;
@@ -374,9 +423,8 @@ async fn an_out_of_stock_order_is_rejected_with_nothing_to_undo() {
     s.invariants().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn many_orders_at_once_all_end_and_the_books_balance() {
-    let s = Arc::new(system().await);
+async fn many_orders_at_once_all_end_and_the_books_balance(style: SagaStyle) {
+    let s = Arc::new(system(style).await);
     let mut placed = Vec::new();
     for n in 0..24 {
         let (customer, country) = match n % 4 {
@@ -414,3 +462,156 @@ async fn many_orders_at_once_all_end_and_the_books_balance() {
     );
     assert_eq!(reserved, 0, "nothing left held");
 }
+
+async fn an_approved_order_is_cancelled_refunded_restocked_and_its_shipment_cancelled(
+    style: SagaStyle,
+) {
+    let s = system(style).await;
+    let before = s.on_hand("KB-001").await;
+    let order_id = s.place("alice", &[("KB-001", 2)], "FR").await;
+    s.settle().await;
+    assert_eq!(s.order(&order_id).await.status, Some(Status::Approved));
+    assert_eq!(s.on_hand("KB-001").await, before - 2);
+    let started = store::request_cancellation(&s.order, &order_id, "changed my mind", style)
+        .await
+        .expect("cancel");
+    assert!(matches!(started, Cancelling::Started), "{started:?}");
+    assert!(s.order(&order_id).await.cancelling());
+    // Asking again while it runs changes nothing.
+    let again = store::request_cancellation(&s.order, &order_id, "really", style)
+        .await
+        .expect("cancel again");
+    assert!(matches!(again, Cancelling::Already), "{again:?}");
+    s.settle().await;
+    let order = s.order(&order_id).await;
+    assert_eq!(order.status, Some(Status::Cancelled));
+    assert_eq!(order.reason.as_deref(), Some("changed my mind"));
+    assert_eq!(
+        s.status_at(&s.payment, "payments", &order_id).await,
+        "REFUNDED"
+    );
+    assert_eq!(
+        s.status_at(&s.inventory, "reservations", &order_id).await,
+        "RESTOCKED"
+    );
+    assert_eq!(
+        s.status_at(&s.shipping, "shipments", &order_id).await,
+        "CANCELLED"
+    );
+    assert_eq!(s.on_hand("KB-001").await, before, "the stock came back");
+    assert_eq!(
+        s.event_types(&order_id).await[5..],
+        ["CancellationRequested", "OrderCancelled"]
+    );
+    assert_eq!(
+        s.notifications(&order_id).await,
+        ["OrderConfirmed", "OrderCancelled"]
+    );
+    let done = store::request_cancellation(&s.order, &order_id, "again", style)
+        .await
+        .expect("cancel a cancelled order");
+    assert!(matches!(done, Cancelling::Already), "{done:?}");
+    s.invariants().await;
+}
+
+async fn a_dispatched_order_cannot_be_cancelled_and_stays_approved_and_paid(style: SagaStyle) {
+    let s = system(style).await;
+    let order_id = s.place("alice", &[("MS-002", 1)], "DE").await;
+    s.settle().await;
+    assert_eq!(s.order(&order_id).await.status, Some(Status::Approved));
+    // The carrier took it (dispatching is the carrier's own business, not yet an API).
+    sqlx::query("UPDATE shipments SET status = 'DISPATCHED' WHERE order_id = $1")
+        .bind(&order_id)
+        .execute(&s.shipping)
+        .await
+        .expect("dispatch");
+    let started = store::request_cancellation(&s.order, &order_id, "too late?", style)
+        .await
+        .expect("cancel");
+    assert!(matches!(started, Cancelling::Started), "{started:?}");
+    s.settle().await;
+    let order = s.order(&order_id).await;
+    assert_eq!(order.status, Some(Status::Approved));
+    assert!(
+        matches!(&order.cancellation, Some(Cancellation::Refused { reason }) if reason.contains("DISPATCHED")),
+        "{:?}",
+        order.cancellation
+    );
+    assert_eq!(
+        s.status_at(&s.payment, "payments", &order_id).await,
+        "CAPTURED"
+    );
+    assert_eq!(
+        s.status_at(&s.inventory, "reservations", &order_id).await,
+        "COMMITTED"
+    );
+    assert_eq!(
+        s.notifications(&order_id).await,
+        ["OrderConfirmed", "OrderCancellationRefused"]
+    );
+    // A refused cancellation stays refused.
+    let again = store::request_cancellation(&s.order, &order_id, "please", style)
+        .await
+        .expect("cancel again");
+    assert!(matches!(again, Cancelling::Refused(_)), "{again:?}");
+    s.invariants().await;
+}
+
+async fn only_an_approved_order_can_be_cancelled(style: SagaStyle) {
+    let s = system(style).await;
+    let rejected = s.place("alice", &[("MN-003", 10_000)], "FR").await;
+    let pending = s.place("alice", &[("MN-003", 1)], "FR").await;
+    for order_id in [&pending, &rejected] {
+        if order_id == &rejected {
+            s.settle().await;
+        }
+        let refused = store::request_cancellation(&s.order, order_id, "no", style)
+            .await
+            .expect("cancel");
+        assert!(matches!(refused, Cancelling::Refused(_)), "{refused:?}");
+    }
+    let unknown = store::request_cancellation(&s.order, "no-such-order", "no", style)
+        .await
+        .expect("cancel");
+    assert!(
+        matches!(
+            unknown,
+            Cancelling::Refused(flotilla_order::OrderError::NotFound)
+        ),
+        "{unknown:?}"
+    );
+    s.settle().await;
+    s.invariants().await;
+}
+
+macro_rules! in_both_styles {
+    ($($name:ident),* $(,)?) => {
+        mod orchestration {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::SagaStyle::Orchestration).await;
+                }
+            )*
+        }
+        mod choreography {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::SagaStyle::Choreography).await;
+                }
+            )*
+        }
+    };
+}
+
+in_both_styles!(
+    an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed,
+    a_customer_over_the_credit_limit_is_rejected_and_the_stock_released,
+    an_unserviceable_destination_voids_the_payment_and_releases_the_stock,
+    an_out_of_stock_order_is_rejected_with_nothing_to_undo,
+    many_orders_at_once_all_end_and_the_books_balance,
+    an_approved_order_is_cancelled_refunded_restocked_and_its_shipment_cancelled,
+    a_dispatched_order_cannot_be_cancelled_and_stays_approved_and_paid,
+    only_an_approved_order_can_be_cancelled,
+);

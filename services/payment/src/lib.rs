@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod commands;
 pub mod ledger;
+pub mod reactions;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "payment";
@@ -178,9 +179,28 @@ pub async fn run(
         pool.clone(),
         routes(pool),
         flotilla_contracts::subscriptions(),
-        commands::PaymentCommands,
-        &[flotilla_contracts::PAYMENT_COMMANDS],
+        Participant,
+        flotilla_contracts::topics_of(SERVICE),
         shutdown,
     )
     .await
+}
+
+/// The payment service's consumer: saga commands (orchestration) go to [`commands::PaymentCommands`],
+/// the other services' facts (choreography) to [`reactions::PaymentReactions`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Participant;
+
+impl flotilla_messaging::inbox::Handler for Participant {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        message: &flotilla_messaging::Message,
+    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
+        if message.topic == flotilla_contracts::PAYMENT_COMMANDS {
+            commands::PaymentCommands.handle(tx, message).await
+        } else {
+            reactions::PaymentReactions.handle(tx, message).await
+        }
+    }
 }

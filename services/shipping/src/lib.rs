@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod carrier;
 pub mod commands;
+pub mod reactions;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "shipping";
@@ -154,9 +155,28 @@ pub async fn run(
         pool.clone(),
         routes(pool),
         flotilla_contracts::subscriptions(),
-        commands::ShippingCommands,
-        &[flotilla_contracts::SHIPPING_COMMANDS],
+        Participant,
+        flotilla_contracts::topics_of(SERVICE),
         shutdown,
     )
     .await
+}
+
+/// The shipping service's consumer: saga commands (orchestration) go to [`commands::ShippingCommands`],
+/// the other services' facts (choreography) to [`reactions::ShippingReactions`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Participant;
+
+impl flotilla_messaging::inbox::Handler for Participant {
+    async fn handle(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        message: &flotilla_messaging::Message,
+    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
+        if message.topic == flotilla_contracts::SHIPPING_COMMANDS {
+            commands::ShippingCommands.handle(tx, message).await
+        } else {
+            reactions::ShippingReactions.handle(tx, message).await
+        }
+    }
 }

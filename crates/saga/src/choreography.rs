@@ -1,0 +1,108 @@
+//! Choreography helpers: sagas without a coordinator.
+//!
+//! In a choreographed saga every participant publishes the facts it established as events, and
+//! the others react to them: the inventory reserves stock when an order is created, the payment
+//! service authorizes when stock is reserved, and so on. Nobody holds the saga's state, so a
+//! service that must decide an outcome from several facts (the order: approved once payment is
+//! captured *and* stock committed; rejected once every compensation is done) keeps a ledger of
+//! the facts it observed, per saga, in its own database: [`record`] adds one in the
+//! transaction of the consumer that received it, [`facts`] reads them all back.
+//!
+//! Facts may arrive in any order (they come from different services' outboxes) and more than
+//! once (redelivery): the ledger keeps the first detail of each fact, and a decision made from
+//! the whole set is the same whatever the order of arrival.
+//!
+//! What choreography gives up, compared with [`crate::Orchestrator`]: no single place knows a
+//! saga's progress, and no timer notices a participant that never answers (reliable messaging
+//! makes every fact arrive eventually; a business deadline would need its own timer).
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sqlx::SqliteConnection;
+use time::OffsetDateTime;
+
+use crate::Error;
+
+/// Records that `fact` (with `detail`) happened in saga `saga_id`, in the caller's transaction;
+/// false if it had been recorded before (the first detail is kept).
+pub async fn record(
+    tx: &mut SqliteConnection,
+    saga_id: &str,
+    fact: &str,
+    detail: &Value,
+) -> Result<bool, Error> {
+    let now =
+        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+    let inserted = sqlx::query(
+        "INSERT INTO saga_facts (saga_id, fact, detail, observed_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (saga_id, fact) DO NOTHING",
+    )
+    .bind(saga_id)
+    .bind(fact)
+    .bind(serde_json::to_string(detail)?)
+    .bind(now)
+    .execute(tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Every fact recorded for saga `saga_id`.
+pub async fn facts(tx: &mut SqliteConnection, saga_id: &str) -> Result<Facts, Error> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT fact, detail FROM saga_facts WHERE saga_id = $1")
+            .bind(saga_id)
+            .fetch_all(tx)
+            .await?;
+    let mut facts = BTreeMap::new();
+    for (fact, detail) in rows {
+        facts.insert(fact, serde_json::from_str(&detail)?);
+    }
+    Ok(Facts(facts))
+}
+
+/// The facts observed of one saga.
+///
+/// ```
+/// use flotilla_saga::choreography::Facts;
+/// let facts = Facts::from_iter([("PaymentRefused", serde_json::json!({"reason": "credit"}))]);
+/// assert!(facts.has("PaymentRefused"));
+/// assert!(!facts.all(&["PaymentRefused", "StockReleased"]));
+/// assert_eq!(facts.text("PaymentRefused", "reason"), Some("credit"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Facts(BTreeMap<String, Value>);
+
+impl Facts {
+    /// Whether `fact` was observed.
+    pub fn has(&self, fact: &str) -> bool {
+        self.0.contains_key(fact)
+    }
+
+    /// Whether every one of `facts` was observed.
+    pub fn all(&self, facts: &[&str]) -> bool {
+        facts.iter().all(|fact| self.has(fact))
+    }
+
+    /// The detail recorded with `fact`.
+    pub fn detail(&self, fact: &str) -> Option<&Value> {
+        self.0.get(fact)
+    }
+
+    /// The text field `field` of `fact`'s detail.
+    pub fn text(&self, fact: &str, field: &str) -> Option<&str> {
+        self.detail(fact)?.get(field)?.as_str()
+    }
+
+    /// The facts' names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+}
+
+impl<S: Into<String>> FromIterator<(S, Value)> for Facts {
+    fn from_iter<I: IntoIterator<Item = (S, Value)>>(iter: I) -> Self {
+        Facts(iter.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+}

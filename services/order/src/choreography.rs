@@ -1,0 +1,266 @@
+//! The order's side of the **choreographed** sagas: no orchestrator. Placing an order publishes
+//! `OrderCreated` (with everything the participants need) and the participants react to each
+//! other's facts (`flotilla_contracts`); the order only listens. Every fact about an order is
+//! recorded in the order's fact ledger (`flotilla_saga::choreography`), and [`decide`] turns
+//! the whole set into the order's events, whatever order the facts arrived in:
+//!
+//! | facts observed | the order records |
+//! | --- | --- |
+//! | `StockReserved`, then `PaymentAuthorized`, then `ShipmentScheduled` | `InventoryReserved`, `PaymentAuthorized`, `ShipmentScheduled` |
+//! | `PaymentCaptured` and `StockCommitted` (after the shipment) | `OrderApproved` |
+//! | `StockRefused` | `OrderRejected` (nothing to undo) |
+//! | `PaymentRefused` and `StockReleased` | `OrderRejected` (the stock is back) |
+//! | `ShipmentRefused`, `PaymentVoided` and `StockReleased` | `OrderRejected` (both undone) |
+//! | `ShipmentCancelled`, `PaymentRefunded` and `StockRestocked` | `OrderCancelled` |
+//! | `ShipmentCancellationRefused` | `CancellationRefused` |
+//!
+//! An order is rejected only once the compensations are done, so that a REJECTED order never
+//! holds stock or money, as with the orchestrator.
+
+use flotilla_contracts::{
+    Destination, Event, Line, OrderCancellationRequested, OrderCreated, OrderDetails,
+};
+use flotilla_eventstore::{EventStore, Metadata};
+use flotilla_messaging::Message;
+use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_saga::choreography::{self, Facts};
+use serde_json::json;
+use sqlx::SqliteConnection;
+
+use crate::aggregate::{Order, OrderError, OrderEvent, Status};
+
+/// The facts the order listens for.
+pub const FACTS: [&str; 14] = [
+    "StockReserved",
+    "StockRefused",
+    "StockReleased",
+    "StockCommitted",
+    "StockRestocked",
+    "PaymentAuthorized",
+    "PaymentRefused",
+    "PaymentVoided",
+    "PaymentCaptured",
+    "PaymentRefunded",
+    "ShipmentScheduled",
+    "ShipmentRefused",
+    "ShipmentCancelled",
+    "ShipmentCancellationRefused",
+];
+
+/// What [`decide`] concluded besides the events: a notification to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still under way.
+    Pending,
+    /// The order was approved now.
+    Approved,
+    /// The order was rejected now, for this reason.
+    Rejected(String),
+    /// The order was cancelled now.
+    Cancelled,
+    /// Its cancellation was refused now, for this reason.
+    CancellationRefused(String),
+}
+
+/// The events the order's facts call for, given the order as it stands: the steps not yet
+/// recorded, in the saga's order, then its outcome once every fact it needs is in.
+///
+/// ```
+/// use flotilla_order::choreography::{decide, Outcome};
+/// use flotilla_saga::choreography::Facts;
+/// let order = flotilla_order::Order { status: Some(flotilla_order::Status::Pending), ..Default::default() };
+/// let facts = Facts::from_iter([
+///     ("PaymentRefused", serde_json::json!({ "reason": "over the credit limit" })),
+///     ("StockReserved", serde_json::json!({})),
+/// ]);
+/// // The stock is still held: not rejected yet.
+/// let (events, outcome) = decide(&order, &facts).unwrap();
+/// assert_eq!((events.len(), outcome), (1, Outcome::Pending));
+/// ```
+pub fn decide(order: &Order, facts: &Facts) -> Result<(Vec<OrderEvent>, Outcome), OrderError> {
+    let mut events = Vec::new();
+    match order.status {
+        Some(Status::Pending) => {
+            let mut reserved = order.inventory_reserved;
+            let mut authorized = order.payment_id.is_some();
+            let mut scheduled = order.shipment_id.is_some();
+            if !reserved && facts.has("StockReserved") {
+                events.push(OrderEvent::InventoryReserved {});
+                reserved = true;
+            }
+            if reserved && !authorized && facts.has("PaymentAuthorized") {
+                let payment_id = facts.text("PaymentAuthorized", "payment_id");
+                events.push(OrderEvent::PaymentAuthorized {
+                    payment_id: payment_id.unwrap_or_default().to_owned(),
+                });
+                authorized = true;
+            }
+            if authorized && !scheduled && facts.has("ShipmentScheduled") {
+                let shipment_id = facts.text("ShipmentScheduled", "shipment_id");
+                events.push(OrderEvent::ShipmentScheduled {
+                    shipment_id: shipment_id.unwrap_or_default().to_owned(),
+                });
+                scheduled = true;
+            }
+            let reason = |fact: &str| {
+                facts
+                    .text(fact, "reason")
+                    .unwrap_or("no reason given")
+                    .to_owned()
+            };
+            let outcome = if scheduled && facts.all(&["PaymentCaptured", "StockCommitted"]) {
+                events.push(OrderEvent::OrderApproved {});
+                Outcome::Approved
+            } else if facts.has("StockRefused") {
+                Outcome::Rejected(reason("StockRefused"))
+            } else if facts.all(&["PaymentRefused", "StockReleased"]) {
+                Outcome::Rejected(reason("PaymentRefused"))
+            } else if facts.all(&["ShipmentRefused", "PaymentVoided", "StockReleased"]) {
+                Outcome::Rejected(reason("ShipmentRefused"))
+            } else {
+                Outcome::Pending
+            };
+            if let Outcome::Rejected(reason) = &outcome {
+                events.push(OrderEvent::OrderRejected {
+                    reason: reason.clone(),
+                });
+            }
+            Ok((events, outcome))
+        }
+        Some(Status::Approved) if order.cancelling() => {
+            if facts.all(&["ShipmentCancelled", "PaymentRefunded", "StockRestocked"]) {
+                let reason = match &order.cancellation {
+                    Some(crate::aggregate::Cancellation::Requested { reason }) => reason.clone(),
+                    _ => String::new(),
+                };
+                Ok((order.cancel(&reason)?, Outcome::Cancelled))
+            } else if let Some(reason) = facts.text("ShipmentCancellationRefused", "reason") {
+                Ok((
+                    order.refuse_cancellation(reason)?,
+                    Outcome::CancellationRefused(reason.to_owned()),
+                ))
+            } else {
+                Ok((events, Outcome::Pending))
+            }
+        }
+        None => Err(OrderError::NotFound),
+        // Ended, or approved with no cancellation running: late or repeated facts.
+        Some(_) => Ok((events, Outcome::Pending)),
+    }
+}
+
+/// What the participants of the choreographed place-order saga need to know of `order`.
+pub fn details(order_id: &str, order: &Order) -> Option<OrderDetails> {
+    let ship_to = order.ship_to.as_ref()?;
+    Some(OrderDetails {
+        order_id: order_id.to_owned(),
+        customer_id: order.customer_id.clone(),
+        lines: order
+            .items
+            .iter()
+            .map(|line| Line {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+            })
+            .collect(),
+        total_cents: order.total_cents,
+        destination: Destination {
+            name: ship_to.name.clone(),
+            street: ship_to.street.clone(),
+            city: ship_to.city.clone(),
+            postal_code: ship_to.postal_code.clone(),
+            country: ship_to.country.clone(),
+        },
+    })
+}
+
+/// The message that starts the choreographed place-order saga of a new order.
+pub fn created(order: OrderDetails) -> Message {
+    let id = order.order_id.clone();
+    OrderCreated { order }.message(&id, None)
+}
+
+/// The message that starts the choreographed cancel-order saga.
+pub fn cancellation_requested(order_id: &str, reason: &str) -> Message {
+    OrderCancellationRequested {
+        order_id: order_id.to_owned(),
+        reason: reason.to_owned(),
+    }
+    .message(order_id, None)
+}
+
+/// The order's consumer of the participants' facts.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    events: EventStore,
+}
+
+impl Listener {
+    /// The listener, appending to the order's event store `events`.
+    pub fn new(events: EventStore) -> Self {
+        Self { events }
+    }
+}
+
+impl Handler for Listener {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        if !FACTS.contains(&message.message_type.as_str()) {
+            return Ok(Vec::new());
+        }
+        let failed = |e: &dyn std::fmt::Display| HandlerError::Reject(e.to_string());
+        let order_id = message.key.as_str();
+        choreography::record(tx, order_id, &message.message_type, &message.payload)
+            .await
+            .map_err(|e| match e {
+                flotilla_saga::Error::Database(e) => HandlerError::Database(e),
+                other => failed(&other),
+            })?;
+        let facts = choreography::facts(tx, order_id)
+            .await
+            .map_err(|e| match e {
+                flotilla_saga::Error::Database(e) => HandlerError::Database(e),
+                other => failed(&other),
+            })?;
+        let mut order = self
+            .events
+            .load_on::<Order>(tx, order_id)
+            .await
+            .map_err(|e| failed(&e))?;
+        let (events, outcome) = decide(&order.state, &facts).map_err(|e| {
+            failed(&format!(
+                "{} about order {order_id}: {e}",
+                message.message_type
+            ))
+        })?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.events
+            .save_on(tx, &mut order, &events, &Metadata::correlated(order_id))
+            .await
+            .map_err(|e| failed(&e))?;
+        let state = &order.state;
+        let notify = |kind: &str, extra| {
+            vec![crate::notifications::message(
+                order_id,
+                &state.customer_id,
+                state.total_cents,
+                kind,
+                extra,
+            )]
+        };
+        Ok(match outcome {
+            Outcome::Pending => Vec::new(),
+            Outcome::Approved => notify("OrderConfirmed", json!({})),
+            Outcome::Rejected(reason) => notify("OrderRejected", json!({ "reason": reason })),
+            Outcome::Cancelled => notify("OrderCancelled", json!({})),
+            Outcome::CancellationRefused(reason) => {
+                notify("OrderCancellationRefused", json!({ "reason": reason }))
+            }
+        })
+    }
+}

@@ -1,0 +1,70 @@
+//! The shipping service's part in the **choreographed** order saga: it reacts to the payment's
+//! and the order's facts and publishes its own on `shipping.events`, in the same transaction as
+//! the shipment change (and the inbox row that makes a redelivered event a no-op).
+//!
+//! | it hears | it does | it publishes |
+//! | --- | --- | --- |
+//! | `PaymentAuthorized` | [`carrier::schedule`] | `ShipmentScheduled` or `ShipmentRefused` |
+//! | `OrderCancellationRequested` | [`carrier::cancel`] | `ShipmentCancelled` or `ShipmentCancellationRefused` |
+//!
+//! Other facts on the topics it consumes are none of its business and are acknowledged.
+
+use flotilla_contracts::{
+    Event, OrderCancellationRequested, PaymentAuthorized, ShipmentCancellationRefused,
+    ShipmentCancelled, ShipmentRefused, ShipmentScheduled, event,
+};
+use flotilla_messaging::Message;
+use flotilla_messaging::inbox::{Handler, HandlerError};
+use sqlx::SqliteConnection;
+
+use crate::carrier::{self, CancelError, Scheduling};
+
+/// Reacts to the payment and order facts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShippingReactions;
+
+fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
+    HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
+}
+
+impl Handler for ShippingReactions {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        let fact = if let Some(fact) = event::<PaymentAuthorized>(message) {
+            let order = fact.map_err(|e| unreadable(message, &e))?.order;
+            let id = order.order_id;
+            match carrier::schedule(tx, &id, &order.destination).await? {
+                Scheduling::Scheduled { shipment_id } => ShipmentScheduled {
+                    order_id: id.clone(),
+                    shipment_id,
+                }
+                .message(&id, Some(message)),
+                Scheduling::Refused { reason } => ShipmentRefused {
+                    order_id: id.clone(),
+                    reason,
+                }
+                .message(&id, Some(message)),
+            }
+        } else if let Some(fact) = event::<OrderCancellationRequested>(message) {
+            let id = fact.map_err(|e| unreadable(message, &e))?.order_id;
+            match carrier::cancel(tx, &id).await {
+                Ok(_) => ShipmentCancelled {
+                    order_id: id.clone(),
+                }
+                .message(&id, Some(message)),
+                Err(too_late @ CancelError::TooLate { .. }) => ShipmentCancellationRefused {
+                    order_id: id.clone(),
+                    reason: too_late.to_string(),
+                }
+                .message(&id, Some(message)),
+                Err(CancelError::Database(e)) => return Err(HandlerError::Database(e)),
+            }
+        } else {
+            return Ok(Vec::new());
+        };
+        Ok(vec![fact])
+    }
+}
