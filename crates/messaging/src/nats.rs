@@ -3,12 +3,17 @@
 //! as `Nats-Msg-Id`, so the stream drops a duplicate published within its window, and returns
 //! only on the stream's publish acknowledgement.
 //!
-//! **Durability.** Jepsen's 2025 analysis of NATS 2.10 found that JetStream, with its default
-//! `sync_interval` (fsync every two minutes), could lose writes it had acknowledged when a
-//! node lost power. A production deployment that relies on the acknowledgement — which the
-//! outbox does: a row is marked published on it — must run the servers with
-//! `jetstream { sync_interval: always }` (or accept the window) and with replicated streams
-//! (`num_replicas: 3`). The embedded development server here runs with the defaults.
+//! **Durability.** Jepsen's analysis of NATS 2.12.1 (December 2025) found that JetStream, with
+//! its default `sync_interval` (fsync every two minutes), could lose writes it had acknowledged
+//! when nodes lost power. A production deployment that relies on the acknowledgement — which
+//! the outbox does: a row is marked published on it — must run nats-server 2.10 or later with
+//! `jetstream { sync_interval: always }` in its configuration file (there is no command-line
+//! flag) and replicated streams (`num_replicas: 3`), or accept the window. The development and
+//! CI server (Debian's 2.9.10) has no such setting; see `docs/patterns/messaging.md`.
+//!
+//! **Restarts.** The client reconnects without limit (async-nats's default) and the pull
+//! consumers ask for messages again after a reconnect; publishes that time out are retried by
+//! the relay and deduplicated by id. `tests/nats_restart.rs` restarts the server mid-run.
 
 use std::time::Duration;
 
