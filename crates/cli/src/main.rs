@@ -5,10 +5,13 @@
 //! * `flotilla status`: the instances the registry knows;
 //! * `flotilla projections rebuild order`: rebuilds the order's read models from its events;
 //! * `flotilla check`: the system's invariants, computed from the services' databases;
-//! * `flotilla bench orders`: completed sagas per second and time to final state, under load.
+//! * `flotilla bench orders`: completed sagas per second and time to final state, under load;
+//! * `flotilla dlq list` / `flotilla dlq replay`: the messages the outbox relays gave up on,
+//!   listed and put back for delivery ([`dlq`]).
 
 mod bench;
 mod check;
+mod dlq;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -46,6 +49,11 @@ enum Command {
     Projections {
         #[command(subcommand)]
         action: ProjectionsAction,
+    },
+    /// List and replay dead letters: messages the outbox relays gave up on.
+    Dlq {
+        #[command(subcommand)]
+        action: dlq::Action,
     },
 }
 
@@ -219,6 +227,7 @@ fn main() -> std::process::ExitCode {
             Command::Projections {
                 action: ProjectionsAction::Rebuild(options),
             } => rebuild(options).await,
+            Command::Dlq { action } => dlq::run(action).await,
         }
     });
     // A blocking read of standard input (the supervised child's watch on its parent) cannot be

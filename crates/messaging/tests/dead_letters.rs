@@ -1,0 +1,101 @@
+//! `outbox::replay_dead_letters`: all or nothing, and in the letters' seq order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_messaging::outbox::{self, Relay, RelayConfig, Replay};
+use flotilla_messaging::{Deliveries, Message, Transport, TransportError};
+use sqlx::SqlitePool;
+
+/// A transport that is always down.
+struct Down;
+
+impl Transport for Down {
+    async fn publish(&self, _message: &Message) -> Result<(), TransportError> {
+        Err(TransportError::Unavailable("down".into()))
+    }
+
+    async fn subscribe(
+        &self,
+        _group: &str,
+        _topics: &[&str],
+    ) -> Result<Deliveries, TransportError> {
+        Err(TransportError::Unavailable("down".into()))
+    }
+}
+
+/// A database whose outbox buried `count` messages of one key; returns them in enqueue order.
+async fn buried(count: usize) -> (SqlitePool, Vec<Message>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("service.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+    flotilla_messaging::migrate(&pool).await.expect("migrate");
+    let messages: Vec<Message> = (0..count)
+        .map(|n| Message::new("order.events", "Tested", "k", serde_json::json!({ "n": n })))
+        .collect();
+    let mut tx = pool.begin().await.expect("begin");
+    for message in &messages {
+        outbox::enqueue(&mut tx, message).await.expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+    let config = RelayConfig {
+        max_attempts: 1,
+        ..RelayConfig::default()
+    };
+    let pass = Relay::new(pool.clone(), Arc::new(Down), config)
+        .relay_once()
+        .await
+        .expect("pass");
+    assert_eq!(usize::try_from(pass.dead).expect("count"), count);
+    (pool, messages, dir)
+}
+
+/// The message ids of the pending outbox rows, in seq order.
+async fn pending(pool: &SqlitePool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT message_id FROM messaging_outbox WHERE published_at IS NULL ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("pending")
+}
+
+#[tokio::test]
+async fn an_unknown_seq_replays_nothing_and_the_letters_go_back_in_seq_order() {
+    let (pool, messages, _dir) = buried(3).await;
+    let letters = outbox::dead_letters(&pool).await.expect("list");
+    let seqs: Vec<i64> = letters.iter().map(|letter| letter.seq).collect();
+
+    let unknown = seqs[2] + 1;
+    assert_eq!(
+        outbox::replay_dead_letters(&pool, Some(&[seqs[0], unknown]))
+            .await
+            .expect("replay"),
+        Replay::Unknown(vec![unknown])
+    );
+    assert_eq!(outbox::dead_letters(&pool).await.expect("list"), letters);
+    assert!(pending(&pool).await.is_empty());
+
+    // Asked out of order and twice: replayed once each, in seq order.
+    assert_eq!(
+        outbox::replay_dead_letters(&pool, Some(&[seqs[2], seqs[1], seqs[2]]))
+            .await
+            .expect("replay"),
+        Replay::Done(vec![seqs[1], seqs[2]])
+    );
+    assert_eq!(
+        outbox::replay_dead_letters(&pool, None)
+            .await
+            .expect("replay"),
+        Replay::Done(vec![seqs[0]])
+    );
+    assert!(outbox::dead_letters(&pool).await.expect("list").is_empty());
+    let ids: Vec<String> = [1, 2, 0]
+        .map(|n: usize| messages[n].id.to_string())
+        .to_vec();
+    assert_eq!(pending(&pool).await, ids, "in the order they were replayed");
+}
