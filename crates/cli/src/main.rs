@@ -79,9 +79,28 @@ struct BenchOptions {
     /// this data directory until no order is pending, and report the sustained rate.
     #[arg(long)]
     sustained: Option<PathBuf>,
+    /// The saga style of every order (`X-Saga-Style`).
+    #[arg(long, value_enum, default_value_t = StyleArg::Orchestration)]
+    style: StyleArg,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// A saga style on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StyleArg {
+    Orchestration,
+    Choreography,
+}
+
+impl From<StyleArg> for flotilla_kit::settings::SagaStyle {
+    fn from(style: StyleArg) -> Self {
+        match style {
+            StyleArg::Orchestration => Self::Orchestration,
+            StyleArg::Choreography => Self::Choreography,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -277,14 +296,16 @@ async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
             data_dir,
             options.rate,
             std::time::Duration::from_secs(options.duration),
+            options.style.into(),
         )
         .await?;
         if options.json {
             println!("{}", serde_json::to_string_pretty(&figures)?);
         } else {
             println!(
-                "{} orders offered at {}/s for {} s, {} accepted: all ended after {:.1} s, {:.0} sagas/s sustained; {:?}",
+                "{} {:?} orders offered at {}/s for {} s, {} accepted: all ended after {:.1} s, {:.0} sagas/s sustained; {:?}",
                 figures.offered,
+                options.style,
                 options.rate,
                 options.duration,
                 figures.accepted,
@@ -299,14 +320,16 @@ async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
         &options.gateway,
         options.rate,
         std::time::Duration::from_secs(options.duration),
+        options.style.into(),
     )
     .await?;
     if options.json {
         println!("{}", serde_json::to_string_pretty(&figures)?);
     } else {
         println!(
-            "{} orders offered at {}/s for {} s: {} sagas completed ({} approved), {} failed",
+            "{} {:?} orders offered at {}/s for {} s: {} sagas completed ({} approved), {} failed",
             figures.offered,
+            options.style,
             options.rate,
             options.duration,
             figures.completed,

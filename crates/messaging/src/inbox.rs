@@ -62,6 +62,13 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut SqliteConnection,
         message: &Message,
     ) -> impl Future<Output = Result<Vec<Message>, HandlerError>> + Send;
+
+    /// Called once `message`'s effect has committed (not for duplicates or rejections): wake
+    /// whoever waits for it, such as a request waiting for an order's final state. Nothing by
+    /// default.
+    fn committed(&self, message: &Message) {
+        let _ = message;
+    }
 }
 
 /// What became of one delivery.
@@ -120,6 +127,7 @@ impl<H: Handler> Consumer<H> {
                     outbox::enqueue(&mut tx, out).await?;
                 }
                 tx.commit().await?;
+                self.handler.committed(message);
                 // The handler may also have written to the outbox itself (a saga orchestrator
                 // does): wake the relay after every effect, a spare pass costs one query.
                 if let Some(waker) = &self.outbox_waker {

@@ -24,6 +24,7 @@
 
 pub mod aggregate;
 pub mod cancel;
+pub mod changes;
 pub mod choreography;
 pub mod domain;
 pub mod notifications;
@@ -222,7 +223,14 @@ async fn wait_for(
     deadline: Option<tokio::time::Instant>,
     done: impl Fn(&Order) -> bool,
 ) -> Result<(flotilla_eventstore::Loaded<Order>, bool), Problem> {
+    let watch = deadline.map(|_| db.changes.watch(order_id));
     loop {
+        // Listening before loading: a change committed in between still wakes us.
+        let changed = watch.as_ref().map(|watch| watch.notify.notified());
+        let mut changed = std::pin::pin!(changed);
+        if let Some(changed) = changed.as_mut().as_pin_mut() {
+            changed.enable();
+        }
         let loaded = db
             .events
             .load::<Order>(order_id)
@@ -231,9 +239,13 @@ async fn wait_for(
         if done(&loaded.state) {
             return Ok((loaded, true));
         }
-        match deadline {
-            Some(deadline) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        match (deadline, changed.as_pin_mut()) {
+            (Some(deadline), Some(changed)) if tokio::time::Instant::now() < deadline => {
+                let wake = deadline.min(tokio::time::Instant::now() + changes::FALLBACK_POLL);
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep_until(wake) => {}
+                }
             }
             _ => return Ok((loaded, false)),
         }
@@ -770,12 +782,14 @@ pub async fn rebuild_projections(
 }
 
 /// The order's consumer: replies to the orchestrated sagas' commands (place-order, then
-/// cancel-order), the notifications, and the participants' facts (choreography).
+/// cancel-order), the notifications, and the participants' facts (choreography). After each
+/// commit it wakes the requests waiting for the order ([`changes`]).
 #[derive(Debug, Clone)]
 pub struct Inbox {
     place: Arc<flotilla_saga::Orchestrator<saga::PlaceOrderSaga>>,
     cancel: Arc<flotilla_saga::Orchestrator<cancel::CancelOrderSaga>>,
     facts: choreography::Listener,
+    changes: Arc<changes::Changes>,
 }
 
 impl Inbox {
@@ -785,6 +799,7 @@ impl Inbox {
             place: db.saga.clone(),
             cancel: db.cancel.clone(),
             facts: choreography::Listener::new(db.events.clone()),
+            changes: db.changes.clone(),
         }
     }
 }
@@ -817,5 +832,12 @@ impl flotilla_messaging::inbox::Handler for Inbox {
             }
             _ => self.facts.handle(tx, message).await,
         }
+    }
+
+    fn committed(&self, message: &flotilla_messaging::Message) {
+        // Replies are keyed by saga id: the order's id, or `cancel-<order id>`.
+        let key = message.key.as_str();
+        self.changes
+            .changed(key.strip_prefix("cancel-").unwrap_or(key));
     }
 }

@@ -35,6 +35,8 @@ pub struct Database {
     pub saga: Arc<Orchestrator<PlaceOrderSaga>>,
     /// The cancel-order saga's orchestrator (same tables, same reply topic).
     pub cancel: Arc<Orchestrator<CancelOrderSaga>>,
+    /// Wakes the requests waiting for an order's change.
+    pub changes: Arc<crate::changes::Changes>,
 }
 
 /// The event store's settings for orders: snapshots and the order's upcasters.
@@ -72,6 +74,7 @@ pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::
         events,
         saga,
         cancel,
+        changes: Arc::default(),
     })
 }
 
