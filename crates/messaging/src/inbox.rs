@@ -4,6 +4,13 @@
 //! inbox, (2) applies the handler's effect, and (3) writes the messages the handler answers with
 //! to the outbox. A redelivered message finds its id already recorded and is acknowledged
 //! without running the handler again: at-least-once delivery, exactly-once effect.
+//!
+//! Under load the consumer commits deliveries in groups ([`Consumer::process_batch`]): the
+//! deliveries already waiting (at most [`BATCH`]) are processed one after the other, in order,
+//! in one transaction, and settled once it commits. One commit then carries many messages'
+//! inbox rows, effects and outgoing messages, and pages they share are written once. If any
+//! handler asks for a retry or the database fails, the whole group is rolled back and each
+//! message is processed alone, so one message's failure never costs another its effect.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,6 +91,9 @@ pub enum Processed {
     Retried,
 }
 
+/// Most deliveries committed in one transaction.
+pub const BATCH: usize = 64;
+
 /// Runs a handler over a transport's deliveries, with the inbox and the outbox.
 #[derive(Debug)]
 pub struct Consumer<H> {
@@ -150,35 +160,116 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// Settles one delivery after processing it.
-    pub async fn deliver(&self, delivery: Delivery) -> Result<Processed, Error> {
-        let processed = match self.process(&delivery.message).await {
-            Ok(processed) => processed,
-            Err(error) => {
-                tracing::warn!(consumer = %self.name, %error, "processing failed; will retry");
-                Processed::Retried
-            }
-        };
-        let settled = match processed {
-            Processed::Retried => delivery.retry(self.retry_delay).await,
-            _ => delivery.ack().await,
-        };
-        if let Err(error) = settled {
-            // Unsettled: the transport delivers it again, and the inbox absorbs it.
-            tracing::warn!(consumer = %self.name, %error, "could not settle a delivery");
+    /// Processes `messages` in order in one transaction (group commit); one outcome per
+    /// message. If a handler asks for a retry or the database fails, the group is rolled back
+    /// and every message is processed alone ([`Consumer::process`]).
+    pub async fn process_batch(&self, messages: &[&Message]) -> Result<Vec<Processed>, Error> {
+        if let [message] = messages {
+            return Ok(vec![self.process(message).await?]);
         }
-        metrics::counter!("messaging_consumed_total", "consumer" => self.name.clone(), "outcome" => match processed {
-            Processed::Applied => "applied",
-            Processed::Duplicate => "duplicate",
-            Processed::Rejected => "rejected",
-            Processed::Retried => "retried",
-        })
-        .increment(1);
-        Ok(processed)
+        match self.try_batch(messages).await {
+            Ok(Some(outcomes)) => return Ok(outcomes),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(consumer = %self.name, %error, "group commit failed; processing one by one");
+            }
+        }
+        let mut outcomes = Vec::with_capacity(messages.len());
+        for message in messages {
+            outcomes.push(self.process(message).await?);
+        }
+        Ok(outcomes)
     }
 
-    /// Subscribes to `topics` on `transport` as group `name` and processes deliveries one at a
-    /// time (in order) until `shutdown`.
+    /// The group commit; `None` when a handler asked for a retry or failed on the database
+    /// (everything rolled back).
+    async fn try_batch(&self, messages: &[&Message]) -> Result<Option<Vec<Processed>>, Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut rejections = Vec::new();
+        for message in messages {
+            if !claim(&mut tx, &self.name, &message.id.to_string()).await? {
+                outcomes.push(Processed::Duplicate);
+                continue;
+            }
+            match self.handler.handle(&mut tx, message).await {
+                Ok(outgoing) => {
+                    for out in &outgoing {
+                        outbox::enqueue(&mut tx, out).await?;
+                    }
+                    outcomes.push(Processed::Applied);
+                }
+                // The inbox row stays: a redelivery is a duplicate, not a second rejection.
+                Err(HandlerError::Reject(reason)) => {
+                    rejections.push((*message, reason));
+                    outcomes.push(Processed::Rejected);
+                }
+                Err(HandlerError::Retry(_) | HandlerError::Database(_)) => return Ok(None),
+            }
+        }
+        tx.commit().await?;
+        for (message, reason) in rejections {
+            tracing::error!(consumer = %self.name, message_id = %message.id, message_type = %message.message_type, %reason, "message rejected");
+        }
+        let mut applied = false;
+        for (message, outcome) in messages.iter().zip(&outcomes) {
+            if *outcome == Processed::Applied {
+                self.handler.committed(message);
+                applied = true;
+            }
+        }
+        if applied && let Some(waker) = &self.outbox_waker {
+            waker.notify_one();
+        }
+        Ok(Some(outcomes))
+    }
+
+    /// Settles one delivery after processing it.
+    pub async fn deliver(&self, delivery: Delivery) -> Result<Processed, Error> {
+        let outcomes = self.deliver_all(vec![delivery]).await?;
+        Ok(outcomes.into_iter().next().unwrap_or(Processed::Retried))
+    }
+
+    /// Processes `deliveries` as one group ([`Consumer::process_batch`]), then settles each.
+    pub async fn deliver_all(&self, deliveries: Vec<Delivery>) -> Result<Vec<Processed>, Error> {
+        let messages: Vec<&Message> = deliveries.iter().map(|d| &d.message).collect();
+        let outcomes = match self.process_batch(&messages).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::warn!(consumer = %self.name, %error, "processing failed; will retry");
+                vec![Processed::Retried; deliveries.len()]
+            }
+        };
+        let settling =
+            deliveries
+                .into_iter()
+                .zip(&outcomes)
+                .map(|(delivery, processed)| async move {
+                    match processed {
+                        Processed::Retried => delivery.retry(self.retry_delay).await,
+                        _ => delivery.ack().await,
+                    }
+                });
+        for settled in futures_util::future::join_all(settling).await {
+            if let Err(error) = settled {
+                // Unsettled: the transport delivers it again, and the inbox absorbs it.
+                tracing::warn!(consumer = %self.name, %error, "could not settle a delivery");
+            }
+        }
+        for processed in &outcomes {
+            metrics::counter!("messaging_consumed_total", "consumer" => self.name.clone(), "outcome" => match processed {
+                Processed::Applied => "applied",
+                Processed::Duplicate => "duplicate",
+                Processed::Rejected => "rejected",
+                Processed::Retried => "retried",
+            })
+            .increment(1);
+        }
+        Ok(outcomes)
+    }
+
+    /// Subscribes to `topics` on `transport` as group `name` and processes deliveries in order,
+    /// those already waiting in one commit, until `shutdown`.
     pub async fn run<T: Transport>(
         self,
         transport: &T,
@@ -204,7 +295,18 @@ impl<H: Handler> Consumer<H> {
             match next {
                 None => return Ok(()),
                 Some(Ok(delivery)) => {
-                    self.deliver(delivery).await?;
+                    // Whatever else is already waiting goes in the same commit.
+                    let mut batch = vec![delivery];
+                    while batch.len() < BATCH {
+                        match deliveries.try_next() {
+                            Some(Ok(delivery)) => batch.push(delivery),
+                            Some(Err(error)) => {
+                                tracing::warn!(consumer = %self.name, %error, "delivery failed");
+                            }
+                            None => break,
+                        }
+                    }
+                    self.deliver_all(batch).await?;
                 }
                 Some(Err(error)) => {
                     tracing::warn!(consumer = %self.name, %error, "delivery failed");

@@ -105,6 +105,11 @@ impl Deliveries {
     pub async fn next(&mut self) -> Option<Result<Delivery, TransportError>> {
         self.receiver.recv().await
     }
+
+    /// The next delivery if one is ready now, without waiting (to gather a batch).
+    pub fn try_next(&mut self) -> Option<Result<Delivery, TransportError>> {
+        self.receiver.try_recv().ok()
+    }
 }
 
 /// A message transport: the embedded HTTP push or NATS JetStream, behind one interface that

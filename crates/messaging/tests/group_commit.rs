@@ -1,0 +1,219 @@
+//! Group commit: the deliveries waiting together are committed together, in order, and one
+//! message's retry or failure never costs another its effect.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, Processed};
+use flotilla_messaging::{Deliveries, Delivery, Message};
+use sqlx::{SqliteConnection, SqlitePool};
+
+/// Records each message's `n` in `effects`; asks for a retry of `n == retry`, and answers every
+/// message with an event.
+struct Recorder {
+    retry: Option<i64>,
+    committed: Arc<Mutex<Vec<i64>>>,
+}
+
+fn n(message: &Message) -> i64 {
+    message.payload["n"].as_i64().unwrap_or(-1)
+}
+
+impl Handler for Recorder {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        sqlx::query("INSERT INTO effects (n) VALUES ($1)")
+            .bind(n(message))
+            .execute(&mut *tx)
+            .await?;
+        if Some(n(message)) == self.retry {
+            return Err(HandlerError::Retry("not now".into()));
+        }
+        if n(message) < 0 {
+            return Err(HandlerError::Reject("negative".into()));
+        }
+        Ok(vec![Message::new(
+            "order.done",
+            "Done",
+            message.key.clone(),
+            serde_json::json!({ "n": n(message) }),
+        )])
+    }
+
+    fn committed(&self, message: &Message) {
+        self.committed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(n(message));
+    }
+}
+
+async fn database() -> (SqlitePool, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("consumer.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+    flotilla_messaging::migrate(&pool).await.expect("migrate");
+    sqlx::query("CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("effects table");
+    (pool, dir)
+}
+
+async fn effects(pool: &SqlitePool) -> Vec<i64> {
+    sqlx::query_scalar("SELECT n FROM effects ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .expect("effects")
+}
+
+async fn outbox(pool: &SqlitePool) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM messaging_outbox")
+        .fetch_one(pool)
+        .await
+        .expect("outbox")
+}
+
+fn message(n: i64) -> Message {
+    Message::new(
+        "order.events",
+        "Tested",
+        "key",
+        serde_json::json!({ "n": n }),
+    )
+}
+
+#[tokio::test]
+async fn a_group_commits_every_effect_in_order_and_skips_duplicates_and_rejections() {
+    let (pool, _dir) = database().await;
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::new(
+        "group",
+        pool.clone(),
+        Recorder {
+            retry: None,
+            committed: committed.clone(),
+        },
+    );
+    let (one, two, bad) = (message(1), message(2), message(-1));
+    let outcomes = consumer
+        .process_batch(&[&one, &two, &one, &bad])
+        .await
+        .expect("processed");
+    assert_eq!(
+        outcomes,
+        [
+            Processed::Applied,
+            Processed::Applied,
+            Processed::Duplicate,
+            Processed::Rejected
+        ]
+    );
+    // The rejected handler's partial write commits with its inbox row, as a lone one does.
+    assert_eq!(effects(&pool).await, [1, 2, -1]);
+    assert_eq!(outbox(&pool).await, 2, "one answer per applied message");
+    assert_eq!(
+        *committed.lock().expect("lock"),
+        [1, 2],
+        "told after the commit"
+    );
+    let again = consumer
+        .process_batch(&[&two, &one])
+        .await
+        .expect("processed again");
+    assert_eq!(again, [Processed::Duplicate, Processed::Duplicate]);
+    assert_eq!(effects(&pool).await, [1, 2, -1]);
+}
+
+#[tokio::test]
+async fn a_retry_in_a_group_rolls_it_back_and_the_others_still_apply_alone() {
+    let (pool, _dir) = database().await;
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let consumer = Consumer::new(
+        "group",
+        pool.clone(),
+        Recorder {
+            retry: Some(2),
+            committed: committed.clone(),
+        },
+    );
+    let batch = [message(1), message(2), message(3)];
+    let refs: Vec<&Message> = batch.iter().collect();
+    let outcomes = consumer.process_batch(&refs).await.expect("processed");
+    assert_eq!(
+        outcomes,
+        [Processed::Applied, Processed::Retried, Processed::Applied]
+    );
+    assert_eq!(
+        effects(&pool).await,
+        [1, 3],
+        "the retried message left nothing"
+    );
+    assert_eq!(outbox(&pool).await, 2);
+    assert_eq!(*committed.lock().expect("lock"), [1, 3]);
+    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messaging_inbox")
+        .fetch_one(&pool)
+        .await
+        .expect("inbox");
+    assert_eq!(inbox, 2, "the retried message can come again");
+}
+
+#[tokio::test]
+async fn deliveries_waiting_together_are_settled_after_one_commit() {
+    let (pool, _dir) = database().await;
+    let consumer = Consumer::new(
+        "group",
+        pool.clone(),
+        Recorder {
+            retry: Some(5),
+            committed: Arc::default(),
+        },
+    );
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let settled = Arc::new(Mutex::new(Vec::new()));
+    for n in 1..=6 {
+        let settled = settled.clone();
+        let delivery = Delivery::new(message(n), 1, move |settlement| {
+            Box::pin(async move {
+                settled
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push((n, settlement));
+                Ok(())
+            })
+        });
+        sender.send(Ok(delivery)).await.expect("queued");
+    }
+    drop(sender);
+    let mut deliveries = Deliveries::new(receiver);
+    let mut batch = Vec::new();
+    while let Some(Ok(delivery)) = deliveries.try_next() {
+        batch.push(delivery);
+    }
+    assert_eq!(batch.len(), 6, "all six were waiting");
+    let outcomes = consumer.deliver_all(batch).await.expect("delivered");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == Processed::Applied)
+            .count(),
+        5
+    );
+    let mut settled = settled.lock().expect("lock").clone();
+    settled.sort_by_key(|(n, _)| *n);
+    let retried: Vec<i64> = settled
+        .iter()
+        .filter(|(_, s)| matches!(s, flotilla_messaging::Settlement::Retry(_)))
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(settled.len(), 6);
+    assert_eq!(retried, [5]);
+    assert_eq!(effects(&pool).await, [1, 2, 3, 4, 6]);
+}
