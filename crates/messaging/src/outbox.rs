@@ -11,13 +11,14 @@
 //! different keys go concurrently. After `max_attempts` a message is moved to the dead letters,
 //! so that one poisoned message does not block its key forever.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::transport::{Transport, TransportError};
@@ -84,6 +85,9 @@ pub struct Pass {
     pub dead: u32,
 }
 
+/// A finished lane: its key, and what it published (or why it stopped).
+type LaneDone = (String, Result<(Pass, Vec<i64>), Error>);
+
 /// Publishes the outbox through a transport.
 #[derive(Debug)]
 pub struct Relay<T> {
@@ -118,30 +122,192 @@ impl<T: Transport> Relay<T> {
         self.wake.clone()
     }
 
-    /// Publishes until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Publishes until `shutdown`, pipelined: each key's pending messages go out in a lane of
+    /// their own, and as soon as a lane is done its rows are marked and its key may go again,
+    /// without waiting for the other lanes (a slow consumer holds up only its own keys). At most
+    /// `batch` keys are in flight at once.
+    pub async fn run(self, shutdown: CancellationToken)
+    where
+        T: Send + Sync + 'static,
+    {
+        let relay = Arc::new(self);
+        let mut lanes: JoinSet<LaneDone> = JoinSet::new();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        // Whether a read may find a row to start: a wake, a poll, a lane finishing after a read
+        // that could not see all rows (some keys were in flight, or it was full).
+        let mut look = true;
+        let mut hidden = false;
+        let mut looked = tokio::time::Instant::now();
         loop {
-            let pause = match self.relay_once().await {
-                // More may be waiting right behind a full batch.
-                Ok(pass) if pass.published + pass.dead >= self.config.batch => Duration::ZERO,
-                Ok(_) => self.config.poll_interval,
-                Err(error) => {
-                    tracing::warn!(%error, "outbox relay pass failed");
-                    self.config.poll_interval
+            if look {
+                looked = tokio::time::Instant::now();
+                match relay.start_lanes(&mut lanes, &mut in_flight).await {
+                    Ok(complete) => hidden |= !complete,
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay could not read its pending rows");
+                        hidden = true;
+                    }
                 }
-            };
-            if pause.is_zero() {
+            }
+            if lanes.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = relay.wake.notified() => {}
+                    () = tokio::time::sleep(relay.config.poll_interval) => {}
+                }
+                look = true;
                 continue;
             }
             tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(pause) => {}
+                () = shutdown.cancelled() => {
+                    // Unmarked rows are published again at the next start; consumers absorb it.
+                    lanes.abort_all();
+                    return;
+                }
+                Some(done) = lanes.join_next() => {
+                    let mut finished = vec![done];
+                    while let Some(done) = lanes.try_join_next() {
+                        finished.push(done);
+                    }
+                    relay.finish(finished, &mut in_flight).await;
+                    // Keys backing off become due even while lanes keep finishing.
+                    look = std::mem::take(&mut hidden)
+                        || looked.elapsed() >= relay.config.poll_interval;
+                }
+                () = relay.wake.notified() => look = true,
+                // Keys backing off become due.
+                () = tokio::time::sleep(relay.config.poll_interval) => look = true,
             }
         }
     }
 
-    /// One pass over the pending rows.
+    /// Starts a lane for every key with a due pending row that is not in flight, up to the
+    /// room left; true if the read saw every pending row (none hidden by keys in flight, by
+    /// the batch size or by the room).
+    async fn start_lanes(
+        self: &Arc<Self>,
+        lanes: &mut JoinSet<LaneDone>,
+        in_flight: &mut HashSet<String>,
+    ) -> Result<bool, Error> {
+        let room = usize::try_from(self.config.batch)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(in_flight.len());
+        if room == 0 {
+            return Ok(false);
+        }
+        let mut complete = in_flight.is_empty();
+        let mut select = sqlx::QueryBuilder::new(
+            "SELECT seq, key, envelope, attempts, next_attempt_at FROM messaging_outbox
+             WHERE published_at IS NULL",
+        );
+        if !in_flight.is_empty() {
+            select.push(" AND key NOT IN (");
+            let mut keys = select.separated(", ");
+            for key in in_flight.iter() {
+                keys.push_bind(key.as_str());
+            }
+            keys.push_unseparated(")");
+        }
+        select
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(self.config.batch));
+        let rows: Vec<Pending> = select.build_query_as().fetch_all(&self.pool).await?;
+        if rows.len() >= usize::try_from(self.config.batch).unwrap_or(usize::MAX) {
+            complete = false;
+        }
+        let mut keys: Vec<String> = Vec::new();
+        let mut by_key: HashMap<String, Vec<Pending>> = HashMap::new();
+        for row in rows {
+            if !by_key.contains_key(&row.key) {
+                keys.push(row.key.clone());
+            }
+            by_key.entry(row.key.clone()).or_default().push(row);
+        }
+        let now = now_micros();
+        if keys.len() > room {
+            complete = false;
+        }
+        for key in keys.into_iter().take(room) {
+            let Some(rows) = by_key.remove(&key) else {
+                continue;
+            };
+            // A key backing off waits for the poll that finds it due.
+            if rows.first().is_none_or(|row| row.next_attempt_at > now) {
+                continue;
+            }
+            in_flight.insert(key.clone());
+            let relay = Arc::clone(self);
+            lanes.spawn(async move {
+                let lane = relay.relay_key(rows, now).await;
+                (key, lane)
+            });
+        }
+        Ok(complete)
+    }
+
+    /// Marks the rows the finished lanes published, in one write, then lets their keys go.
+    async fn finish(
+        &self,
+        finished: Vec<Result<LaneDone, tokio::task::JoinError>>,
+        in_flight: &mut HashSet<String>,
+    ) {
+        let mut pass = Pass::default();
+        let mut published = Vec::new();
+        let mut done = Vec::new();
+        for lane in finished {
+            match lane {
+                Ok((key, Ok((lane, seqs)))) => {
+                    pass.published += lane.published;
+                    pass.failed += lane.failed;
+                    pass.dead += lane.dead;
+                    published.extend(seqs);
+                    done.push(key);
+                }
+                Ok((key, Err(error))) => {
+                    tracing::warn!(%error, %key, "outbox relay lane failed");
+                    done.push(key);
+                }
+                Err(error) => tracing::error!(%error, "outbox relay lane panicked"),
+            }
+        }
+        if let Err(error) = self.mark(&published).await {
+            // Published again later, which the consumers' inboxes absorb.
+            tracing::warn!(%error, "outbox relay could not mark published rows");
+        }
+        for key in done {
+            in_flight.remove(&key);
+        }
+        self.count(&pass);
+    }
+
+    async fn mark(&self, published: &[i64]) -> Result<(), Error> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let mut mark = sqlx::QueryBuilder::new("UPDATE messaging_outbox SET published_at = ");
+        mark.push_bind(now_micros()).push(" WHERE seq IN (");
+        let mut seqs = mark.separated(", ");
+        for seq in published {
+            seqs.push_bind(*seq);
+        }
+        seqs.push_unseparated(")");
+        mark.build().execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn count(&self, pass: &Pass) {
+        if pass.published > 0 {
+            metrics::counter!("messaging_outbox_published_total")
+                .increment(u64::from(pass.published));
+        }
+        if pass.dead > 0 {
+            metrics::counter!("messaging_outbox_dead_lettered_total")
+                .increment(u64::from(pass.dead));
+        }
+    }
+
+    /// One pass over the pending rows, every key's lane finished before it returns (tests and
+    /// tools; [`Relay::run`] pipelines them).
     pub async fn relay_once(&self) -> Result<Pass, Error> {
         let rows: Vec<Pending> = sqlx::query_as(
             "SELECT seq, key, envelope, attempts, next_attempt_at FROM messaging_outbox
@@ -175,24 +341,8 @@ impl<T: Transport> Relay<T> {
         }
         // One write for the whole pass: a crash before it publishes these again, which the
         // transport's deduplication and the consumers' inboxes absorb.
-        if !published.is_empty() {
-            let mut mark = sqlx::QueryBuilder::new("UPDATE messaging_outbox SET published_at = ");
-            mark.push_bind(now_micros()).push(" WHERE seq IN (");
-            let mut seqs = mark.separated(", ");
-            for seq in &published {
-                seqs.push_bind(*seq);
-            }
-            seqs.push_unseparated(")");
-            mark.build().execute(&self.pool).await?;
-        }
-        if pass.published > 0 {
-            metrics::counter!("messaging_outbox_published_total")
-                .increment(u64::from(pass.published));
-        }
-        if pass.dead > 0 {
-            metrics::counter!("messaging_outbox_dead_lettered_total")
-                .increment(u64::from(pass.dead));
-        }
+        self.mark(&published).await?;
+        self.count(&pass);
         Ok(pass)
     }
 

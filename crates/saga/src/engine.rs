@@ -147,6 +147,15 @@ impl Phase {
     }
 }
 
+/// A command sent and the instance it belongs to.
+#[derive(sqlx::FromRow)]
+struct SentRow {
+    sent_step: i64,
+    phase: String,
+    #[sqlx(flatten)]
+    row: Row,
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     saga_id: String,
@@ -251,20 +260,23 @@ impl<S: Saga> Orchestrator<S> {
         let Some(command_id) = reply.causation_id.as_deref() else {
             return Ok(Handled::Unknown);
         };
-        // Several sagas may share a reply topic: each orchestrator answers only its own.
-        let sent: Option<(String, i64, String)> = sqlx::query_as(
-            "SELECT c.saga_id, c.step, c.phase FROM saga_commands c
-             JOIN saga_instances i ON i.saga_id = c.saga_id
+        // Several sagas may share a reply topic: each orchestrator answers only its own. The
+        // command and its instance come in one query.
+        let sent: Option<SentRow> = sqlx::query_as(
+            "SELECT c.step AS sent_step, c.phase, i.saga_id, i.data, i.status, i.step, i.attempt, i.reason
+             FROM saga_commands c JOIN saga_instances i ON i.saga_id = c.saga_id
              WHERE c.message_id = $1 AND i.saga_type = $2",
         )
         .bind(command_id)
         .bind(self.saga.name())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((saga_id, step, phase)) = sent else {
+        let Some(sent) = sent else {
             return Ok(Handled::Unknown);
         };
-        let mut instance = self.load(tx, &saga_id).await?;
+        let (step, phase) = (sent.sent_step, sent.phase);
+        let mut instance = self.instance(sent.row)?;
+        let saga_id = instance.saga_id.clone();
         let phase = if phase == "ACTION" {
             Phase::Action
         } else {
@@ -592,6 +604,11 @@ impl<S: Saga> Orchestrator<S> {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| Error::NotFound(saga_id.to_owned()))?;
+        self.instance(row)
+    }
+
+    fn instance(&self, row: Row) -> Result<Instance<S::Data>, Error> {
+        let saga_id = row.saga_id.as_str();
         let steps = self.saga.steps().len();
         let step = usize::try_from(row.step).unwrap_or(0);
         if step >= steps.max(1) {

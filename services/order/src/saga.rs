@@ -193,9 +193,14 @@ impl Saga for PlaceOrderSaga {
         data: &PlaceOrderData,
         transition: &Transition,
     ) -> Result<Vec<Message>, Error> {
+        // Capturing and committing are the participants' facts; the order records the approval
+        // that follows them. Other transitions leave the order as it is (no need to load it).
         if !matches!(
             transition,
-            Transition::StepSucceeded { .. } | Transition::Completed | Transition::Failed { .. }
+            Transition::StepSucceeded {
+                step: "reserve_stock" | "authorize_payment" | "schedule_shipment"
+            } | Transition::Completed
+                | Transition::Failed { .. }
         ) {
             return Ok(Vec::new());
         }
@@ -218,8 +223,6 @@ impl Saga for PlaceOrderSaga {
             } => state.schedule_shipment(data.shipment_id.as_deref().unwrap_or_default()),
             Transition::Completed => state.approve(),
             Transition::Failed { reason } => state.reject(reason),
-            // Capturing and committing are the participants' facts; the order records the
-            // approval that follows them.
             _ => Ok(Vec::new()),
         };
         let events = events.map_err(|e| failed(&e))?;
