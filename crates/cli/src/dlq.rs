@@ -252,24 +252,28 @@ async fn open(path: &Path, read_only: bool) -> anyhow::Result<SqlitePool> {
 
 /// The letters as a table with a header, columns as wide as their widest cell.
 fn table(letters: &[Listed]) -> String {
-    const HEADER: [&str; 7] = [
+    const HEADER: [&str; 9] = [
         "SERVICE",
         "SEQ",
         "TOPIC",
+        "TYPE",
         "KEY",
         "ATTEMPTS",
+        "DEAD AT",
         "MESSAGE ID",
         "LAST ERROR",
     ];
-    let rows: Vec<[String; 7]> = letters
+    let rows: Vec<[String; 9]> = letters
         .iter()
         .map(|Listed { service, letter }| {
             [
                 (*service).to_owned(),
                 letter.seq.to_string(),
                 letter.topic.clone(),
+                letter.message_type.clone(),
                 letter.key.clone(),
                 letter.attempts.to_string(),
+                dead_at(letter.dead_at),
                 letter.message_id.clone(),
                 // One line per letter, whatever the error said.
                 letter.last_error.replace(['\n', '\r'], " "),
@@ -300,6 +304,17 @@ fn table(letters: &[Listed]) -> String {
     out
 }
 
+/// A dead letter's time (microseconds since the epoch) as RFC 3339, UTC, to the second.
+fn dead_at(micros: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000))
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| micros.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,9 +327,11 @@ mod tests {
                 seq,
                 message_id: format!("id-{seq}"),
                 topic: "saga.replies".into(),
+                message_type: "ReserveStockSucceeded".into(),
                 key: "order-1".into(),
                 attempts: 20,
                 last_error: "transport unavailable:\nno subscriber".into(),
+                dead_at: 1_796_000_000_000_000,
             },
         });
         let table = table(&letters);

@@ -143,6 +143,13 @@ async fn list_shows_the_dead_letters_of_every_service_and_names_those_without_a_
         assert_eq!(letter["topic"], message.topic, "{letter}");
         assert_eq!(letter["key"], message.key, "{letter}");
         assert_eq!(letter["attempts"], 1, "{letter}");
+        assert_eq!(letter["message_type"], "Tested", "{letter}");
+        assert!(
+            letter["dead_at"]
+                .as_i64()
+                .is_some_and(|at| at > 1_700_000_000_000_000),
+            "{letter}"
+        );
         assert!(letter["seq"].is_i64(), "{letter}");
         let error = letter["last_error"].as_str().unwrap_or_default();
         assert!(error.contains("the broker is down"), "{letter}");

@@ -129,6 +129,8 @@ impl<P: Projection> Projector<P> {
             }
             backend::set_checkpoint(&mut tx.tx, name, last).await?;
             tx.commit().await?;
+            metrics::counter!("eventstore_projection_commits_total", "projection" => name.to_owned())
+                .increment(1);
             applied += events.len() as u64;
             let lag = self.lag().await.unwrap_or(0);
             self.report(last, lag);

@@ -137,6 +137,8 @@ impl<H: Handler> Consumer<H> {
                     outbox::enqueue(&mut tx, out).await?;
                 }
                 tx.commit().await?;
+                metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
+                    .increment(1);
                 self.handler.committed(message);
                 // The handler may also have written to the outbox itself (a saga orchestrator
                 // does): wake the relay after every effect, a spare pass costs one query.
@@ -148,6 +150,8 @@ impl<H: Handler> Consumer<H> {
             Err(HandlerError::Reject(reason)) => {
                 // Keep the inbox row: a redelivery is a duplicate, not a second rejection.
                 tx.commit().await?;
+                metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
+                    .increment(1);
                 tracing::error!(consumer = %self.name, message_id = %message.id, message_type = %message.message_type, %reason, "message rejected");
                 Ok(Processed::Rejected)
             }
@@ -208,6 +212,8 @@ impl<H: Handler> Consumer<H> {
             }
         }
         tx.commit().await?;
+        metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
+            .increment(1);
         for (message, reason) in rejections {
             tracing::error!(consumer = %self.name, message_id = %message.id, message_type = %message.message_type, %reason, "message rejected");
         }

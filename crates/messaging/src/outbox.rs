@@ -292,6 +292,7 @@ impl<T: Transport> Relay<T> {
         }
         seqs.push_unseparated(")");
         mark.build().execute(&self.pool).await?;
+        metrics::counter!("messaging_outbox_mark_commits_total").increment(1);
         Ok(())
     }
 
@@ -430,18 +431,24 @@ pub struct DeadLetter {
     pub message_id: String,
     /// Its topic.
     pub topic: String,
+    /// Its type (`ReserveStock`, …).
+    pub message_type: String,
     /// Its key.
     pub key: String,
     /// Attempts made.
     pub attempts: i64,
     /// The last failure.
     pub last_error: String,
+    /// When it was given up, in microseconds since the Unix epoch.
+    pub dead_at: i64,
 }
 
 /// The dead letters, oldest first.
 pub async fn dead_letters(pool: &SqlitePool) -> Result<Vec<DeadLetter>, Error> {
     Ok(sqlx::query_as(
-        "SELECT seq, message_id, topic, key, attempts, last_error FROM messaging_dead_letters ORDER BY seq",
+        "SELECT seq, message_id, topic, COALESCE(json_extract(envelope, '$.message_type'), '') AS message_type,
+                key, attempts, last_error, dead_at
+         FROM messaging_dead_letters ORDER BY seq",
     )
     .fetch_all(pool)
     .await?)
