@@ -196,8 +196,15 @@ pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
                     ));
                 }
             }
-            "PENDING" if settled => {
-                violations.push(format!("order {order_id} is still PENDING"));
+            "PENDING" => {
+                if settled {
+                    violations.push(format!("order {order_id} is still PENDING"));
+                }
+                // In flight past its point of no return: captured before the order records its
+                // approval.
+                if payment.is_some_and(|(status, _)| status == "CAPTURED") {
+                    captured_orders += facts.total;
+                }
             }
             _ => {}
         }

@@ -1302,28 +1302,106 @@ async fn pid_of(system: &System, service: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sagas_survive_kill_9_of_the_orchestrator_and_of_each_participant() {
-    sagas_survive_kill_9("orchestration").await;
+    sagas_survive_kill_9("orchestration", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn choreographed_sagas_survive_kill_9_of_each_service() {
-    sagas_survive_kill_9("choreography").await;
+    sagas_survive_kill_9("choreography", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sagas_over_nats_survive_kill_9_of_each_service_in_both_styles() {
+    let Some(nats) = NatsStream::open().await else {
+        return;
+    };
+    for style in ["orchestration", "choreography"] {
+        let stream = nats.unique(style);
+        sagas_survive_kill_9(style, &stream.environment()).await;
+        stream.delete(&nats).await;
+    }
+}
+
+/// A stream of a test run's own on the machine's NATS server (CI: required; elsewhere the test
+/// skips without one).
+struct NatsStream {
+    url: String,
+    client: async_nats::Client,
+}
+
+/// The settings that put a system on stream `stream` with subject prefix `prefix`.
+struct StreamSettings {
+    url: String,
+    stream: String,
+    prefix: String,
+}
+
+impl NatsStream {
+    async fn open() -> Option<Self> {
+        let url = std::env::var("FLOTILLA_TEST_NATS_URL")
+            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+        match async_nats::connect(url.as_str()).await {
+            Ok(client) => Some(Self { url, client }),
+            Err(error) if std::env::var_os("CI").is_some() => {
+                panic!("NATS at {url} is required in CI and unreachable: {error}")
+            }
+            Err(error) => {
+                eprintln!("skipping: NATS at {url} is unreachable ({error})");
+                None
+            }
+        }
+    }
+
+    fn unique(&self, tag: &str) -> StreamSettings {
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        StreamSettings {
+            url: self.url.clone(),
+            stream: format!("KILL_{tag}_{unique}").to_uppercase(),
+            prefix: format!("kill{unique}"),
+        }
+    }
+}
+
+impl StreamSettings {
+    fn environment(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("FLOTILLA_MESSAGING__TRANSPORT", "nats".to_owned()),
+            ("FLOTILLA_MESSAGING__NATS_URL", self.url.clone()),
+            ("FLOTILLA_MESSAGING__NATS_STREAM", self.stream.clone()),
+            (
+                "FLOTILLA_MESSAGING__NATS_SUBJECT_PREFIX",
+                self.prefix.clone(),
+            ),
+        ]
+    }
+
+    async fn delete(&self, nats: &NatsStream) {
+        let jetstream = async_nats::jetstream::new(nats.client.clone());
+        if let Err(error) = jetstream.delete_stream(&self.stream).await {
+            eprintln!("could not delete test stream {}: {error}", self.stream);
+        }
+    }
 }
 
 /// 200 orders in flight in saga style `style` (the setting, for every order), while each
-/// service is killed with SIGKILL in turn.
-async fn sagas_survive_kill_9(style: &str) {
+/// service is killed with SIGKILL in turn; `extra` settings choose the transport.
+async fn sagas_survive_kill_9(style: &str, extra: &[(&'static str, String)]) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
 
-    let system = System::start_with(&[], &[("FLOTILLA_SAGA_STYLE", style)]);
+    let mut environment = vec![("FLOTILLA_SAGA_STYLE", style)];
+    environment.extend(extra.iter().map(|(name, value)| (*name, value.as_str())));
+    let system = System::start_with(&[], &environment);
     const ORDERS: usize = 200;
     const WORKERS: usize = 8;
-    // 200 orders from 8 clients at once: alice's and bob's, carol's (credit refused) and some to
-    // AQ (destination refused), one line each.
+    // 200 orders from 8 clients at once, each pausing 150 ms between its orders so that the
+    // kills below land while sagas are in flight: alice's and bob's, carol's (credit refused)
+    // and some to AQ (destination refused), one line each.
+    let placed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let placing: Vec<_> = (0..WORKERS)
         .map(|worker| {
             let probe = System::client_only(system.gateway.clone(), system.http.clone());
+            let placed = placed.clone();
             tokio::spawn(async move {
                 let mut accepted = 0;
                 for n in (worker..ORDERS).step_by(WORKERS) {
@@ -1343,6 +1421,8 @@ async fn sagas_survive_kill_9(style: &str) {
                         let answer = probe.post_order(&body, &[("idempotency-key", &key)]).await;
                         if answer.status == StatusCode::ACCEPTED {
                             accepted += 1;
+                            placed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(150)).await;
                             break;
                         }
                         assert!(
@@ -1359,10 +1439,23 @@ async fn sagas_survive_kill_9(style: &str) {
             })
         })
         .collect();
-    // While they flow: kill -9 the order service (the orchestrator), then each participant;
-    // the supervisor restarts each one.
-    for service in ["order", "inventory", "payment", "shipping"] {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    // While they flow: kill -9 the order service (the orchestrator), then each participant,
+    // each when a sixth more of the orders was accepted; the supervisor restarts each one.
+    let mut placed_at_kill = Vec::new();
+    for (n, service) in ["order", "inventory", "payment", "shipping"]
+        .into_iter()
+        .enumerate()
+    {
+        let threshold = (n + 1) * ORDERS / 6;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while placed.load(std::sync::atomic::Ordering::SeqCst) < threshold {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{threshold} orders placed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        placed_at_kill.push((service, placed.load(std::sync::atomic::Ordering::SeqCst)));
         let pid = pid_of(&system, service).await;
         kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9");
         // Until the replacement registers, the old instance may still be listed.
@@ -1379,6 +1472,11 @@ async fn sagas_survive_kill_9(style: &str) {
     assert!(
         accepted >= ORDERS / 2,
         "most orders were accepted: {accepted}"
+    );
+    eprintln!("{style}: orders accepted when each service was killed: {placed_at_kill:?}");
+    assert!(
+        placed_at_kill.iter().all(|(_, placed)| *placed < ORDERS),
+        "every kill landed while orders were still being placed: {placed_at_kill:?}"
     );
 
     // Every order ends and every invariant holds, once the sagas have recovered.
@@ -1400,7 +1498,7 @@ async fn sagas_survive_kill_9(style: &str) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    eprintln!("{style}: after kill -9 of every service: {report}");
+    eprintln!("{style} {extra:?}: after kill -9 of every service: {report}");
     let counts = &report["orders"];
     let total: u64 = counts
         .as_object()
