@@ -78,6 +78,71 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// Two handlers behind one consumer: messages on `topic` go to the first, all others to the
+/// second — a saga participant's commands and its reactions to other services' events, say.
+///
+/// ```
+/// use flotilla_messaging::inbox::{ByTopic, Handler, HandlerError};
+/// use flotilla_messaging::Message;
+///
+/// struct Named(&'static str);
+/// impl Handler for Named {
+///     async fn handle(
+///         &self,
+///         _tx: &mut sqlx::SqliteConnection,
+///         message: &Message,
+///     ) -> Result<Vec<Message>, HandlerError> {
+///         Ok(vec![Message::new("seen", self.0, message.key.clone(), serde_json::json!({}))])
+///     }
+/// }
+/// let participant = ByTopic::new("payment.commands", Named("command"), Named("reaction"));
+/// assert_eq!(participant.topic(), "payment.commands");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ByTopic<A, B> {
+    topic: &'static str,
+    on_topic: A,
+    otherwise: B,
+}
+
+impl<A, B> ByTopic<A, B> {
+    /// `on_topic` handles the messages on `topic`, `otherwise` every other.
+    pub const fn new(topic: &'static str, on_topic: A, otherwise: B) -> Self {
+        Self {
+            topic,
+            on_topic,
+            otherwise,
+        }
+    }
+
+    /// The topic that goes to the first handler.
+    pub fn topic(&self) -> &'static str {
+        self.topic
+    }
+}
+
+impl<A: Handler, B: Handler> Handler for ByTopic<A, B> {
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        if message.topic == self.topic {
+            self.on_topic.handle(tx, message).await
+        } else {
+            self.otherwise.handle(tx, message).await
+        }
+    }
+
+    fn committed(&self, message: &Message) {
+        if message.topic == self.topic {
+            self.on_topic.committed(message);
+        } else {
+            self.otherwise.committed(message);
+        }
+    }
+}
+
 /// What became of one delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Processed {

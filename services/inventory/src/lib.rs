@@ -141,28 +141,23 @@ pub async fn run(
         pool.clone(),
         routes(pool),
         flotilla_contracts::subscriptions(),
-        Participant,
+        participant(),
         flotilla_contracts::topics_of(SERVICE),
         shutdown,
     )
     .await
 }
 
-/// The inventory's consumer: saga commands (orchestration) go to [`commands::StockCommands`],
-/// the other services' facts (choreography) to [`reactions::StockReactions`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Participant;
+/// The inventory service's consumer: saga commands (orchestration, `inventory.commands`) go
+/// to [`commands::StockCommands`], the other services' facts (choreography) to [`reactions::StockReactions`].
+pub type Participant =
+    flotilla_messaging::inbox::ByTopic<commands::StockCommands, reactions::StockReactions>;
 
-impl flotilla_messaging::inbox::Handler for Participant {
-    async fn handle(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        message: &flotilla_messaging::Message,
-    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
-        if message.topic == flotilla_contracts::INVENTORY_COMMANDS {
-            commands::StockCommands.handle(tx, message).await
-        } else {
-            reactions::StockReactions.handle(tx, message).await
-        }
-    }
+/// The inventory service's consumer ([`Participant`]).
+pub const fn participant() -> Participant {
+    flotilla_messaging::inbox::ByTopic::new(
+        flotilla_contracts::INVENTORY_COMMANDS,
+        commands::StockCommands,
+        reactions::StockReactions,
+    )
 }

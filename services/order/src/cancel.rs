@@ -14,14 +14,13 @@
 use std::time::Duration;
 
 use flotilla_contracts::{CancelShipment, RefundPayment, RestockStock};
-use flotilla_eventstore::{EventStore, Metadata};
+use flotilla_eventstore::EventStore;
 use flotilla_messaging::Message;
 use flotilla_saga::{Error, Saga, Step, Transition};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::SqliteConnection;
 
-use crate::aggregate::{Order, OrderError, OrderEvent};
 use crate::saga::{STEP_TIMEOUT, command};
 
 /// The saga id of order `order_id`'s cancellation.
@@ -138,27 +137,17 @@ impl Saga for CancelOrderSaga {
         ) {
             return Ok(Vec::new());
         }
-        let failed = |e: &dyn std::fmt::Display| Error::Transition(e.to_string());
-        let mut order = self
-            .events
-            .load_on::<Order>(tx, &data.order_id)
-            .await
-            .map_err(|e| failed(&e))?;
-        let events: Result<Vec<OrderEvent>, OrderError> = match transition {
-            Transition::Completed => order.state.cancel(&data.reason),
-            Transition::Failed { reason } => order.state.refuse_cancellation(reason),
-            _ => Ok(Vec::new()),
-        };
-        let events = events.map_err(|e| failed(&e))?;
-        self.events
-            .save_on(
-                tx,
-                &mut order,
-                &events,
-                &Metadata::correlated(saga_id(&data.order_id)),
-            )
-            .await
-            .map_err(|e| failed(&e))?;
+        let correlation = saga_id(&data.order_id);
+        crate::store::record_on(&self.events, tx, &data.order_id, &correlation, |order| {
+            let events = match transition {
+                Transition::Completed => order.cancel(&data.reason)?,
+                Transition::Failed { reason } => order.refuse_cancellation(reason)?,
+                _ => Vec::new(),
+            };
+            Ok((events, ()))
+        })
+        .await
+        .map_err(|e| Error::Transition(e.to_string()))?;
         let notify = |kind: &str, extra| {
             crate::notifications::message(
                 &data.order_id,

@@ -20,7 +20,7 @@
 use flotilla_contracts::{
     Destination, Event, Line, OrderCancellationRequested, OrderCreated, OrderDetails,
 };
-use flotilla_eventstore::{EventStore, Metadata};
+use flotilla_eventstore::EventStore;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_saga::choreography::{self, Facts};
@@ -225,24 +225,19 @@ impl Handler for Listener {
                 flotilla_saga::Error::Database(e) => HandlerError::Database(e),
                 other => failed(&other),
             })?;
-        let mut order = self
-            .events
-            .load_on::<Order>(tx, order_id)
+        let (order, outcome) =
+            crate::store::record_on(&self.events, tx, order_id, order_id, |order| {
+                decide(order, &facts)
+            })
             .await
-            .map_err(|e| failed(&e))?;
-        let (events, outcome) = decide(&order.state, &facts).map_err(|e| {
-            failed(&format!(
-                "{} about order {order_id}: {e}",
-                message.message_type
-            ))
-        })?;
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.events
-            .save_on(tx, &mut order, &events, &Metadata::correlated(order_id))
-            .await
-            .map_err(|e| failed(&e))?;
+            .map_err(|e| match e {
+                // The store failed (busy, I/O): try again later.
+                crate::store::RecordError::Store(e) => HandlerError::Retry(e.to_string()),
+                crate::store::RecordError::Order(e) => failed(&format!(
+                    "{} about order {order_id}: {e}",
+                    message.message_type
+                )),
+            })?;
         let state = &order.state;
         let notify = |kind: &str, extra| {
             vec![crate::notifications::message(

@@ -21,14 +21,14 @@ use flotilla_contracts::{
     AuthorizePayment, CancelShipment, CapturePayment, CommitStock, Destination, Line, ReleaseStock,
     ReserveStock, ScheduleShipment, VoidPayment,
 };
-use flotilla_eventstore::{EventStore, Metadata};
+use flotilla_eventstore::EventStore;
 use flotilla_messaging::Message;
 use flotilla_saga::{Command, Error, Saga, Step, Transition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::SqliteConnection;
 
-use crate::aggregate::{Order, OrderError, OrderEvent};
+use crate::aggregate::Order;
 
 /// How long a participant has to answer before the command is sent again.
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -204,32 +204,25 @@ impl Saga for PlaceOrderSaga {
         ) {
             return Ok(Vec::new());
         }
-        let failed = |e: &dyn std::fmt::Display| Error::Transition(e.to_string());
-        let mut order = self
-            .events
-            .load_on::<Order>(tx, &data.order_id)
-            .await
-            .map_err(|e| failed(&e))?;
-        let state = &order.state;
-        let events: Result<Vec<OrderEvent>, OrderError> = match transition {
-            Transition::StepSucceeded {
-                step: "reserve_stock",
-            } => state.reserve_inventory(),
-            Transition::StepSucceeded {
-                step: "authorize_payment",
-            } => state.authorize_payment(data.payment_id.as_deref().unwrap_or_default()),
-            Transition::StepSucceeded {
-                step: "schedule_shipment",
-            } => state.schedule_shipment(data.shipment_id.as_deref().unwrap_or_default()),
-            Transition::Completed => state.approve(),
-            Transition::Failed { reason } => state.reject(reason),
-            _ => Ok(Vec::new()),
-        };
-        let events = events.map_err(|e| failed(&e))?;
-        self.events
-            .save_on(tx, &mut order, &events, &Metadata::correlated(saga_id))
-            .await
-            .map_err(|e| failed(&e))?;
+        crate::store::record_on(&self.events, tx, &data.order_id, saga_id, |state| {
+            let events = match transition {
+                Transition::StepSucceeded {
+                    step: "reserve_stock",
+                } => state.reserve_inventory()?,
+                Transition::StepSucceeded {
+                    step: "authorize_payment",
+                } => state.authorize_payment(data.payment_id.as_deref().unwrap_or_default())?,
+                Transition::StepSucceeded {
+                    step: "schedule_shipment",
+                } => state.schedule_shipment(data.shipment_id.as_deref().unwrap_or_default())?,
+                Transition::Completed => state.approve()?,
+                Transition::Failed { reason } => state.reject(reason)?,
+                _ => Vec::new(),
+            };
+            Ok((events, ()))
+        })
+        .await
+        .map_err(|e| Error::Transition(e.to_string()))?;
         Ok(match transition {
             Transition::Completed => vec![notification(data, "OrderConfirmed", json!({}))],
             Transition::Failed { reason } => vec![notification(

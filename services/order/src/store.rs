@@ -374,3 +374,35 @@ pub async fn revenue(
     .fetch_all(pool)
     .await
 }
+
+/// Why [`record_on`] appended nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The event store failed.
+    #[error(transparent)]
+    Store(#[from] flotilla_eventstore::Error),
+    /// The order's state refused the change.
+    #[error(transparent)]
+    Order(#[from] OrderError),
+}
+
+/// Loads order `order_id` within the caller's transaction `tx`, asks `decide` for the events its
+/// state calls for (and whatever else it concludes), and appends them correlated with
+/// `correlation`: the way every saga, orchestrated or choreographed, records its steps on the
+/// order. Returns the order as it now stands and `decide`'s conclusion.
+pub async fn record_on<T>(
+    events: &EventStore,
+    tx: &mut sqlx::SqliteConnection,
+    order_id: &str,
+    correlation: &str,
+    decide: impl FnOnce(&Order) -> Result<(Vec<aggregate::OrderEvent>, T), OrderError>,
+) -> Result<(Loaded<Order>, T), RecordError> {
+    let mut order = events.load_on::<Order>(tx, order_id).await?;
+    let (new, conclusion) = decide(&order.state)?;
+    if !new.is_empty() {
+        events
+            .save_on(tx, &mut order, &new, &Metadata::correlated(correlation))
+            .await?;
+    }
+    Ok((order, conclusion))
+}

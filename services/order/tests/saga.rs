@@ -52,10 +52,14 @@ async fn system(style: SagaStyle) -> System {
         stock: Consumer::new(
             "inventory",
             inventory.clone(),
-            flotilla_inventory::Participant,
+            flotilla_inventory::participant(),
         ),
-        payments: Consumer::new("payment", payment.clone(), flotilla_payment::Participant),
-        shipments: Consumer::new("shipping", shipping.clone(), flotilla_shipping::Participant),
+        payments: Consumer::new("payment", payment.clone(), flotilla_payment::participant()),
+        shipments: Consumer::new(
+            "shipping",
+            shipping.clone(),
+            flotilla_shipping::participant(),
+        ),
         order,
         inventory,
         payment,

@@ -179,28 +179,23 @@ pub async fn run(
         pool.clone(),
         routes(pool),
         flotilla_contracts::subscriptions(),
-        Participant,
+        participant(),
         flotilla_contracts::topics_of(SERVICE),
         shutdown,
     )
     .await
 }
 
-/// The payment service's consumer: saga commands (orchestration) go to [`commands::PaymentCommands`],
-/// the other services' facts (choreography) to [`reactions::PaymentReactions`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Participant;
+/// The payment service's consumer: saga commands (orchestration, `payment.commands`) go
+/// to [`commands::PaymentCommands`], the other services' facts (choreography) to [`reactions::PaymentReactions`].
+pub type Participant =
+    flotilla_messaging::inbox::ByTopic<commands::PaymentCommands, reactions::PaymentReactions>;
 
-impl flotilla_messaging::inbox::Handler for Participant {
-    async fn handle(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        message: &flotilla_messaging::Message,
-    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
-        if message.topic == flotilla_contracts::PAYMENT_COMMANDS {
-            commands::PaymentCommands.handle(tx, message).await
-        } else {
-            reactions::PaymentReactions.handle(tx, message).await
-        }
-    }
+/// The payment service's consumer ([`Participant`]).
+pub const fn participant() -> Participant {
+    flotilla_messaging::inbox::ByTopic::new(
+        flotilla_contracts::PAYMENT_COMMANDS,
+        commands::PaymentCommands,
+        reactions::PaymentReactions,
+    )
 }

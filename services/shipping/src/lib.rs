@@ -155,28 +155,23 @@ pub async fn run(
         pool.clone(),
         routes(pool),
         flotilla_contracts::subscriptions(),
-        Participant,
+        participant(),
         flotilla_contracts::topics_of(SERVICE),
         shutdown,
     )
     .await
 }
 
-/// The shipping service's consumer: saga commands (orchestration) go to [`commands::ShippingCommands`],
-/// the other services' facts (choreography) to [`reactions::ShippingReactions`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Participant;
+/// The shipping service's consumer: saga commands (orchestration, `shipping.commands`) go
+/// to [`commands::ShippingCommands`], the other services' facts (choreography) to [`reactions::ShippingReactions`].
+pub type Participant =
+    flotilla_messaging::inbox::ByTopic<commands::ShippingCommands, reactions::ShippingReactions>;
 
-impl flotilla_messaging::inbox::Handler for Participant {
-    async fn handle(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        message: &flotilla_messaging::Message,
-    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
-        if message.topic == flotilla_contracts::SHIPPING_COMMANDS {
-            commands::ShippingCommands.handle(tx, message).await
-        } else {
-            reactions::ShippingReactions.handle(tx, message).await
-        }
-    }
+/// The shipping service's consumer ([`Participant`]).
+pub const fn participant() -> Participant {
+    flotilla_messaging::inbox::ByTopic::new(
+        flotilla_contracts::SHIPPING_COMMANDS,
+        commands::ShippingCommands,
+        reactions::ShippingReactions,
+    )
 }
