@@ -282,6 +282,10 @@ fn to_i64(value: u64) -> i64 {
 const STREAM_VERSION: &str = "SELECT COALESCE((SELECT version FROM eventstore_events \
      WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0)";
 
+/// SQLite: the last global position and the stream's version, in one round trip.
+const SQLITE_HEAD_AND_VERSION: &str = "SELECT COALESCE((SELECT MAX(position) FROM eventstore_events), 0), \
+     COALESCE((SELECT version FROM eventstore_events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0)";
+
 /// Starts a transaction that can write. SQLite takes its write lock at once (`IMMEDIATE`), so
 /// that two appends never both read a version and then fail to upgrade their locks.
 pub(crate) async fn begin(pool: &Pool) -> Result<Tx, Error> {
@@ -308,19 +312,20 @@ pub(crate) async fn append(
 ) -> Result<Vec<RecordedEvent>, Error> {
     let count = events.len() as u64;
     // Positions first: on PostgreSQL this locks the head row until commit, which serialises
-    // appends and keeps positions in commit order.
-    let first_position = if count == 0 {
-        0
-    } else {
-        match conn {
-            Conn::Sqlite(c) => {
-                let last: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM eventstore_events")
-                        .fetch_one(&mut **c)
-                        .await?;
-                to_u64(last) + 1
-            }
-            Conn::Postgres(c) => {
+    // appends and keeps positions in commit order. On SQLite the transaction holds the write
+    // lock already; the last position and the stream's version come in one query.
+    let (first_position, actual) = match conn {
+        Conn::Sqlite(c) => {
+            let (last, actual): (i64, i64) = sqlx::query_as(SQLITE_HEAD_AND_VERSION)
+                .bind(stream)
+                .fetch_one(&mut **c)
+                .await?;
+            (to_u64(last) + 1, actual)
+        }
+        Conn::Postgres(c) => {
+            let first = if count == 0 {
+                0
+            } else {
                 let last: i64 = sqlx::query_scalar(
                     "UPDATE eventstore_head SET position = position + $1 WHERE id = 1 RETURNING position",
                 )
@@ -328,15 +333,14 @@ pub(crate) async fn append(
                 .fetch_one(&mut **c)
                 .await?;
                 to_u64(last) + 1 - count
-            }
+            };
+            let actual: i64 = sqlx::query_scalar(STREAM_VERSION)
+                .bind(stream)
+                .fetch_one(&mut **c)
+                .await?;
+            (first, actual)
         }
     };
-    let actual: i64 = on_conn!(conn, |c| {
-        sqlx::query_scalar(STREAM_VERSION)
-            .bind(stream)
-            .fetch_one(&mut *c)
-            .await?
-    });
     let actual = to_u64(actual);
     if !expected.admits(actual) {
         return Err(Error::Conflict {

@@ -61,13 +61,15 @@ fn step(
 /// The cancel-order saga definition.
 #[derive(Debug)]
 pub struct CancelOrderSaga {
+    changes: std::sync::Arc<crate::changes::Changes>,
     steps: Vec<Step<CancelOrderData>>,
     events: EventStore,
 }
 
 impl CancelOrderSaga {
-    /// The saga, appending the order's events to `events`.
-    pub fn new(events: EventStore) -> Self {
+    /// The saga, appending the order's events to `events` and telling `changes` when an
+    /// order's cancellation ends.
+    pub fn new(events: EventStore, changes: std::sync::Arc<crate::changes::Changes>) -> Self {
         let steps = vec![
             step(
                 "cancel_shipment",
@@ -100,7 +102,11 @@ impl CancelOrderSaga {
                 true,
             ),
         ];
-        Self { steps, events }
+        Self {
+            changes,
+            steps,
+            events,
+        }
     }
 
     /// How long a participant has to answer (the same as the place-order saga's).
@@ -148,6 +154,7 @@ impl Saga for CancelOrderSaga {
         })
         .await
         .map_err(|e| Error::Transition(e.to_string()))?;
+        self.changes.ending(&data.order_id);
         let notify = |kind: &str, extra| {
             crate::notifications::message(
                 &data.order_id,

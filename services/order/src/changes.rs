@@ -1,13 +1,15 @@
 //! Who waits for which order: a request with `Prefer: wait=N` sleeps until the order's consumer
-//! commits a change to that order, instead of polling the event store.
+//! commits the change that ends the order's saga, instead of polling the event store.
 //!
-//! The consumer calls [`Changes::changed`] after each commit ([`crate::Inbox`]'s
-//! `committed`); a waiter takes [`Changes::watch`] *before* loading the order, so a change
-//! committed between its load and its sleep still wakes it. Changes made by another instance of
+//! A saga's last step marks its order [`Changes::ending`] inside the transaction; after each
+//! commit the consumer calls [`Changes::committed`] ([`crate::Inbox`]'s `committed`), which wakes
+//! the order's waiters if it was marked (a mark left by a transaction that rolled back only
+//! causes a spare look). A waiter takes [`Changes::watch`] *before* loading the order, so a
+//! change committed between its load and its sleep still wakes it. Changes made by another instance of
 //! the service (`--scale order=2`) are not seen here: waiters also look again every
 //! [`FALLBACK_POLL`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ pub const FALLBACK_POLL: Duration = Duration::from_millis(250);
 #[derive(Debug, Default)]
 pub struct Changes {
     waiting: Mutex<HashMap<String, Arc<Notify>>>,
+    ending: Mutex<HashSet<String>>,
 }
 
 /// A waiter's hold on an order; dropping it forgets the order once nobody else waits for it.
@@ -64,6 +67,41 @@ impl Changes {
         let waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(notify) = waiting.get(order_id) {
             notify.notify_waiters();
+        }
+    }
+
+    /// Order `order_id`'s saga ends in the transaction under way: its waiters are woken once
+    /// that commits ([`Changes::committed`]).
+    pub fn ending(&self, order_id: &str) {
+        // Marked whether or not anybody waits yet: a waiter may start before the commit.
+        self.ending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(order_id.to_owned());
+    }
+
+    /// A change of `order_id` committed: wake its waiters if it ended the order's saga.
+    ///
+    /// ```
+    /// use futures_util::FutureExt as _;
+    /// let changes = flotilla_order::changes::Changes::default();
+    /// let watch = changes.watch("o-1");
+    /// let mut woken = std::pin::pin!(watch.notify.notified());
+    /// woken.as_mut().enable();
+    /// changes.committed("o-1");
+    /// assert!(woken.as_mut().now_or_never().is_none(), "a step, not the end");
+    /// changes.ending("o-1");
+    /// changes.committed("o-1");
+    /// assert!(woken.now_or_never().is_some());
+    /// ```
+    pub fn committed(&self, order_id: &str) {
+        let ended = self
+            .ending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(order_id);
+        if ended {
+            self.changed(order_id);
         }
     }
 

@@ -193,12 +193,14 @@ pub fn cancellation_requested(order_id: &str, reason: &str) -> Message {
 #[derive(Debug, Clone)]
 pub struct Listener {
     events: EventStore,
+    changes: std::sync::Arc<crate::changes::Changes>,
 }
 
 impl Listener {
-    /// The listener, appending to the order's event store `events`.
-    pub fn new(events: EventStore) -> Self {
-        Self { events }
+    /// The listener, appending to the order's event store `events` and telling `changes` when
+    /// an order's saga ends.
+    pub fn new(events: EventStore, changes: std::sync::Arc<crate::changes::Changes>) -> Self {
+        Self { events, changes }
     }
 }
 
@@ -238,6 +240,9 @@ impl Handler for Listener {
                     message.message_type
                 )),
             })?;
+        if outcome != Outcome::Pending {
+            self.changes.ending(order_id);
+        }
         let state = &order.state;
         let notify = |kind: &str, extra| {
             vec![crate::notifications::message(

@@ -798,7 +798,7 @@ impl Inbox {
         Self {
             place: db.saga.clone(),
             cancel: db.cancel.clone(),
-            facts: choreography::Listener::new(db.events.clone()),
+            facts: choreography::Listener::new(db.events.clone(), db.changes.clone()),
             changes: db.changes.clone(),
         }
     }
@@ -838,6 +838,6 @@ impl flotilla_messaging::inbox::Handler for Inbox {
         // Replies are keyed by saga id: the order's id, or `cancel-<order id>`.
         let key = message.key.as_str();
         self.changes
-            .changed(key.strip_prefix("cancel-").unwrap_or(key));
+            .committed(key.strip_prefix("cancel-").unwrap_or(key));
     }
 }

@@ -87,13 +87,15 @@ fn step(
 /// The place-order saga definition.
 #[derive(Debug)]
 pub struct PlaceOrderSaga {
+    changes: std::sync::Arc<crate::changes::Changes>,
     steps: Vec<Step<PlaceOrderData>>,
     events: EventStore,
 }
 
 impl PlaceOrderSaga {
-    /// The saga, appending the order's events to `events` (the order's own store).
-    pub fn new(events: EventStore) -> Self {
+    /// The saga, appending the order's events to `events` (the order's own store) and telling
+    /// `changes` when an order's saga ends.
+    pub fn new(events: EventStore, changes: std::sync::Arc<crate::changes::Changes>) -> Self {
         let steps = vec![
             step(
                 "reserve_stock",
@@ -167,7 +169,11 @@ impl PlaceOrderSaga {
                 true,
             ),
         ];
-        Self { steps, events }
+        Self {
+            changes,
+            steps,
+            events,
+        }
     }
 }
 
@@ -223,6 +229,12 @@ impl Saga for PlaceOrderSaga {
         })
         .await
         .map_err(|e| Error::Transition(e.to_string()))?;
+        if matches!(
+            transition,
+            Transition::Completed | Transition::Failed { .. }
+        ) {
+            self.changes.ending(&data.order_id);
+        }
         Ok(match transition {
             Transition::Completed => vec![notification(data, "OrderConfirmed", json!({}))],
             Transition::Failed { reason } => vec![notification(

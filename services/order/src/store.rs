@@ -61,12 +61,13 @@ pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::
         .await
         .map_err(|e| setup(&e))?;
     let pool = opening.ready();
+    let changes: Arc<crate::changes::Changes> = Arc::default();
     let saga = Arc::new(Orchestrator::new(
-        PlaceOrderSaga::new(events.clone()),
+        PlaceOrderSaga::new(events.clone(), changes.clone()),
         pool.clone(),
     ));
     let cancel = Arc::new(Orchestrator::new(
-        CancelOrderSaga::new(events.clone()),
+        CancelOrderSaga::new(events.clone(), changes.clone()),
         pool.clone(),
     ));
     Ok(Database {
@@ -74,7 +75,7 @@ pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::
         events,
         saga,
         cancel,
-        changes: Arc::default(),
+        changes,
     })
 }
 
