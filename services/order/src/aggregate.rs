@@ -6,10 +6,12 @@
 //!                                 (in any order, each once)
 //!   OrderPlaced ──▶ PENDING ──────────────────────────────────────▶ OrderApproved ──▶ APPROVED
 //!                      │                                                                │
-//!                      └── OrderRejected{reason} ──▶ REJECTED     OrderCancelled ◀──────┘
-//!                                                                        │
-//!                                                                        ▼
-//!                                                                    CANCELLED
+//!                      └── OrderRejected{reason} ──▶ REJECTED                           │
+//!                                                                                       ▼
+//!                                             APPROVED, for good ◀── CancellationRequested
+//!                                          (CancellationRefused)             │
+//!                                                                            ▼
+//!                                                        OrderCancelled ──▶ CANCELLED
 //! ```
 //!
 //! Schema history: `OrderPlaced` v1 stored each line's price as `price_cents` and no total;
