@@ -11,7 +11,7 @@
 #   cargo build --release && scripts/bench-sagas.sh [RATE] [DURATION] [SUSTAINED_RATE]
 #
 # NATS must listen on 127.0.0.1:4222 for its rows; each run uses a stream of its own, BENCH<n>,
-# left on the server (`nats stream rm` removes them).
+# deleted afterwards (through JetStream's API, with python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release/flotilla
@@ -20,11 +20,14 @@ DURATION=${2:-10}
 SUSTAINED=${3:-400}
 PORT=18181
 DIR=$(mktemp -d)
-trap 'pkill -f "flotilla up --gateway-port $PORT" || true; rm -rf "$DIR"' EXIT
+trap 'pkill -f "up --gateway-port $PORT" || true; rm -rf "$DIR"' EXIT
 
 start() { # start a fresh system with the given environment
-  pkill -f "flotilla up --gateway-port $PORT" || true
-  sleep 1
+  pkill -f "up --gateway-port $PORT" || true
+  for _ in $(seq 1 100); do # until the last one is gone (it removes its registry.url last)
+    pgrep -f "up --gateway-port $PORT" >/dev/null || break
+    sleep 0.2
+  done
   rm -rf "$DIR" && mkdir -p "$DIR"
   env "$@" "$BIN" up --gateway-port "$PORT" --data-dir "$DIR" >"$DIR.log" 2>&1 &
   for _ in $(seq 1 150); do
@@ -33,6 +36,16 @@ start() { # start a fresh system with the given environment
   done
   echo "the system did not start: $(tail -5 "$DIR.log")" >&2
   exit 1
+}
+
+delete_stream() { # JetStream's $JS.API.STREAM.DELETE.<name>, over the plain NATS protocol
+  python3 - "$1" <<'PY' || echo "could not delete NATS stream $1" >&2
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", 4222), timeout=5)
+s.recv(4096)
+s.sendall(b'CONNECT {"verbose":false}\r\nPUB $JS.API.STREAM.DELETE.%s 0\r\n\r\nPING\r\n' % sys.argv[1].encode())
+time.sleep(0.3)
+PY
 }
 
 commits() { # every commit the four services counted so far
@@ -73,6 +86,11 @@ for transport in embedded nats; do
     per() { if [ "$2" = n/a ] || [ "$completed" = 0 ]; then echo n/a; else echo "scale=1; $2 / $completed" | bc; fi; }
     start "${env[@]}"
     sustained=$("$BIN" bench orders --gateway "http://127.0.0.1:$PORT" --rate "$SUSTAINED" --duration "$DURATION" --style "$style" --sustained "$DIR" --json | jq -r '.sagas_per_second')
+    if [ "$transport" = nats ]; then
+      pkill -f "up --gateway-port $PORT" || true
+      while pgrep -f "up --gateway-port $PORT" >/dev/null; do sleep 0.2; done
+      delete_stream "BENCH$unique"
+    fi
     printf '| %s | %s | %s | %.0f | %.1f | %.1f | %.0f | %s | %s |\n' "$transport" "$style" "$RATE" "$persecond" "$p50" "$p99" "$sustained" \
       "$(per commits $((after - before)))" "$(per fsyncs "$synced")"
   done
