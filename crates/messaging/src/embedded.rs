@@ -13,6 +13,11 @@
 //!   be read is answered 400 and dead-lettered at once.
 //! * Redelivery is the relay's job here (the broker's with NATS): a consumer asking to retry
 //!   answers 503 with `Retry-After`.
+//! * **Batched pushes.** Each subscribing group has a pusher with at most [`PUSHES_IN_FLIGHT`]
+//!   requests under way; the messages that queue up meanwhile go together in the next request,
+//!   a JSON array (at most [`MAX_BATCH`] messages, [`MAX_BATCH_BYTES`]), answered with one
+//!   outcome per message once the consumer has settled each. A lone message still goes alone.
+//!   Per-key order holds: the relay never has two messages of one key under way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -77,14 +82,58 @@ pub fn path(group: &str) -> String {
 
 type Senders = HashMap<(String, String), mpsc::Sender<Result<Delivery, TransportError>>>;
 
+/// Requests under way to one subscribing group at most; what queues meanwhile is batched.
+pub const PUSHES_IN_FLIGHT: usize = 8;
+/// Messages in one pushed batch at most.
+pub const MAX_BATCH: usize = 64;
+/// Bytes of messages in one pushed batch at most (under the services' 64 KiB body limit).
+pub const MAX_BATCH_BYTES: usize = 48 * 1024;
+
+/// A message waiting for its group's pusher.
+struct Queued {
+    body: Bytes,
+    id: String,
+    done: oneshot::Sender<Result<(), TransportError>>,
+}
+
+type Pushers = HashMap<String, mpsc::UnboundedSender<Queued>>;
+
+/// What a subscriber did with one message of a pushed batch.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Processed (or a duplicate): acknowledged.
+    Ack,
+    /// Try again later.
+    Retry {
+        /// Why.
+        detail: String,
+    },
+    /// It cannot be read: dead-letter it.
+    Refused {
+        /// Why.
+        detail: String,
+    },
+}
+
 /// The embedded transport: a publisher (through discovery) and a receiver (an HTTP route) in
 /// one value; a process uses either side or both.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Embedded {
     discovery: Discovery,
     subscriptions: Subscriptions,
     receivers: Arc<Mutex<Senders>>,
+    pushers: Arc<Mutex<Pushers>>,
     ack_wait: Duration,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded")
+            .field("subscriptions", &self.subscriptions)
+            .field("ack_wait", &self.ack_wait)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Embedded {
@@ -94,6 +143,7 @@ impl Embedded {
             discovery,
             subscriptions,
             receivers: Arc::default(),
+            pushers: Arc::default(),
             ack_wait: Duration::from_secs(30),
         }
     }
@@ -117,40 +167,179 @@ impl Embedded {
             .cloned()
     }
 
+    /// Hands `message` (serialised as `body`) to `group`'s pusher and waits for its outcome.
     async fn push(
         &self,
         group: &str,
         body: &Bytes,
         message: &Message,
     ) -> Result<(), TransportError> {
+        let (done, outcome) = oneshot::channel();
+        let queued = Queued {
+            body: body.clone(),
+            id: message.id.to_string(),
+            done,
+        };
+        self.pusher(group)
+            .send(queued)
+            .map_err(|_| TransportError::Unavailable(format!("the pusher of `{group}` stopped")))?;
+        outcome
+            .await
+            .map_err(|_| TransportError::Unavailable(format!("the pusher of `{group}` stopped")))?
+    }
+
+    /// The queue of `group`'s pusher, started on first use.
+    fn pusher(&self, group: &str) -> mpsc::UnboundedSender<Queued> {
+        let mut pushers = self
+            .pushers
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(queue) = pushers.get(group)
+            && !queue.is_closed()
+        {
+            return queue.clone();
+        }
+        let (queue, queued) = mpsc::unbounded_channel();
+        pushers.insert(group.to_owned(), queue.clone());
+        tokio::spawn(self.clone().run_pusher(group.to_owned(), queued));
+        queue
+    }
+
+    /// Sends what queues for `group`: at most [`PUSHES_IN_FLIGHT`] requests at once, each with
+    /// everything that waited (up to [`MAX_BATCH`] messages, [`MAX_BATCH_BYTES`]).
+    async fn run_pusher(self, group: String, mut queued: mpsc::UnboundedReceiver<Queued>) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(PUSHES_IN_FLIGHT));
+        let mut carried: Option<Queued> = None;
+        loop {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match queued.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
+            };
+            let mut bytes = first.body.len();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queued.try_recv() {
+                    Ok(next) if bytes + next.body.len() < MAX_BATCH_BYTES => {
+                        bytes += next.body.len() + 1;
+                        batch.push(next);
+                    }
+                    Ok(next) => {
+                        carried = Some(next);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let this = self.clone();
+            let group = group.clone();
+            tokio::spawn(async move {
+                this.send_batch(&group, batch).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// One request for `batch`; tells each message's publisher its outcome.
+    async fn send_batch(&self, group: &str, batch: Vec<Queued>) {
+        if let [_] = batch.as_slice() {
+            for queued in batch {
+                let outcome = self.send_one(group, &queued).await;
+                let _ = queued.done.send(outcome);
+            }
+            return;
+        }
+        let mut body =
+            Vec::with_capacity(batch.iter().map(|q| q.body.len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (n, queued) in batch.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&queued.body);
+        }
+        body.push(b']');
+        let answer = self
+            .send(group, Bytes::from(body), &uuid::Uuid::now_v7().to_string())
+            .await;
+        let outcomes: Result<Vec<Outcome>, TransportError> = match answer {
+            Ok((StatusCode::OK, answer)) => serde_json::from_slice::<Vec<Outcome>>(&answer)
+                .ok()
+                .filter(|outcomes| outcomes.len() == batch.len())
+                .ok_or_else(|| {
+                    TransportError::Unavailable(format!("`{group}` answered a batch unreadably"))
+                }),
+            Ok((status, _)) => Err(TransportError::Unavailable(format!(
+                "`{group}` answered {status}"
+            ))),
+            Err(error) => Err(error),
+        };
+        match outcomes {
+            Ok(outcomes) => {
+                for (queued, outcome) in batch.into_iter().zip(outcomes) {
+                    let result = match outcome {
+                        Outcome::Ack => Ok(()),
+                        Outcome::Retry { detail } => {
+                            Err(TransportError::Unavailable(format!("`{group}`: {detail}")))
+                        }
+                        Outcome::Refused { detail } => Err(TransportError::Refused(format!(
+                            "`{group}` cannot read the message: {detail}"
+                        ))),
+                    };
+                    let _ = queued.done.send(result);
+                }
+            }
+            Err(error) => {
+                for queued in batch {
+                    let _ = queued
+                        .done
+                        .send(Err(TransportError::Unavailable(error.to_string())));
+                }
+            }
+        }
+    }
+
+    /// One message alone, as a single JSON object.
+    async fn send_one(&self, group: &str, queued: &Queued) -> Result<(), TransportError> {
+        match self.send(group, queued.body.clone(), &queued.id).await? {
+            (StatusCode::OK, _) => Ok(()),
+            (StatusCode::BAD_REQUEST, answer) => Err(TransportError::Refused(format!(
+                "`{group}` cannot read the message: {}",
+                String::from_utf8_lossy(&answer)
+            ))),
+            (status, _) => Err(TransportError::Unavailable(format!(
+                "`{group}` answered {status}"
+            ))),
+        }
+    }
+
+    /// POSTs `body` to an instance of `group`, with `key` making it safe to retry.
+    async fn send(
+        &self,
+        group: &str,
+        body: Bytes,
+        key: &str,
+    ) -> Result<(StatusCode, Bytes), TransportError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
         // A key makes the push safe to retry for discovery's retry policy.
-        if let Ok(key) = HeaderValue::from_str(&message.id.to_string()) {
+        if let Ok(key) = HeaderValue::from_str(key) {
             headers.insert("idempotency-key", key);
         }
         match self
             .discovery
-            .send(
-                group,
-                http::Method::POST,
-                &path(group),
-                &headers,
-                body.clone(),
-            )
+            .send(group, http::Method::POST, &path(group), &headers, body)
             .await
         {
-            Ok((StatusCode::OK, _)) => Ok(()),
-            Ok((StatusCode::BAD_REQUEST, answer)) => Err(TransportError::Refused(format!(
-                "`{group}` cannot read the message: {}",
-                String::from_utf8_lossy(&answer)
-            ))),
-            Ok((status, _)) => Err(TransportError::Unavailable(format!(
-                "`{group}` answered {status}"
-            ))),
+            Ok(answer) => Ok(answer),
             Err(
                 error @ (DiscoveryError::NoInstances { .. } | DiscoveryError::Unreachable { .. }),
             ) => Err(TransportError::Unavailable(error.to_string())),
@@ -214,6 +403,9 @@ async fn receive(
     Path(group): Path<String>,
     body: Bytes,
 ) -> Response {
+    if body.trim_ascii_start().first() == Some(&b'[') {
+        return receive_batch(&transport, &group, &body).await;
+    }
     let message: Message = match serde_json::from_slice(&body) {
         Ok(message) => message,
         Err(error) => {
@@ -221,34 +413,104 @@ async fn receive(
                 .into_response();
         }
     };
-    let Some(sender) = transport.receiver(&group, &message.topic) else {
-        // Not subscribed (yet): the publisher tries again later.
-        return busy(
-            &format!(
-                "group `{group}` does not consume `{}` here yet",
-                message.topic
-            ),
-            Duration::from_secs(1),
-        );
-    };
-    let (settled, answer) = oneshot::channel();
-    let delivery = Delivery::new(message, 1, move |settlement| {
-        Box::pin(async move {
-            // The pusher may have given up waiting; the inbox absorbs the repeat it will send.
-            let _ = settled.send(settlement);
-            Ok(())
-        })
-    });
-    if sender.send(Ok(delivery)).await.is_err() {
-        return busy("the consumer stopped", Duration::from_secs(1));
+    match transport.hand_over(&group, message).await {
+        Ok(answer) => match transport.settled(answer).await {
+            Outcome::Ack => StatusCode::OK.into_response(),
+            Outcome::Retry { detail } => busy(&detail, Duration::from_secs(1)),
+            Outcome::Refused { detail } => {
+                Problem::bad_request("invalid-message", detail).into_response()
+            }
+        },
+        Err(Outcome::Refused { detail }) => {
+            Problem::bad_request("invalid-message", detail).into_response()
+        }
+        Err(Outcome::Retry { detail }) => busy(&detail, Duration::from_secs(1)),
+        Err(Outcome::Ack) => StatusCode::OK.into_response(),
     }
-    match tokio::time::timeout(transport.ack_wait, answer).await {
-        Ok(Ok(Settlement::Ack)) => StatusCode::OK.into_response(),
-        Ok(Ok(Settlement::Retry(delay))) => busy("the consumer asks to retry later", delay),
-        Ok(Err(_)) => busy("the delivery was dropped unsettled", Duration::from_secs(1)),
-        Err(_) => busy(
-            "the consumer did not settle in time",
-            Duration::from_secs(1),
-        ),
+}
+
+/// A pushed batch: each message handed to the consumer in order, then one outcome each.
+async fn receive_batch(transport: &Embedded, group: &str, body: &Bytes) -> Response {
+    let items: Vec<serde_json::Value> = match serde_json::from_slice(body) {
+        Ok(items) => items,
+        Err(error) => {
+            return Problem::bad_request("invalid-message", format!("not a batch: {error}"))
+                .into_response();
+        }
+    };
+    if items.len() > MAX_BATCH {
+        return Problem::bad_request(
+            "invalid-message",
+            format!("a batch holds {MAX_BATCH} messages at most"),
+        )
+        .into_response();
+    }
+    // Handed over in order (the consumer applies them in that order), settled together.
+    let mut answers = Vec::with_capacity(items.len());
+    for item in items {
+        let handed = match serde_json::from_value::<Message>(item) {
+            Ok(message) => transport.hand_over(group, message).await,
+            Err(error) => Err(Outcome::Refused {
+                detail: format!("not a message: {error}"),
+            }),
+        };
+        answers.push(handed);
+    }
+    let outcomes = futures_util::future::join_all(answers.into_iter().map(|handed| async move {
+        match handed {
+            Ok(answer) => transport.settled(answer).await,
+            Err(outcome) => outcome,
+        }
+    }))
+    .await;
+    axum::Json(outcomes).into_response()
+}
+
+impl Embedded {
+    /// Puts `message` in the consumer's queue; the receiver of its settlement, or why not.
+    async fn hand_over(
+        &self,
+        group: &str,
+        message: Message,
+    ) -> Result<oneshot::Receiver<Settlement>, Outcome> {
+        let Some(sender) = self.receiver(group, &message.topic) else {
+            // Not subscribed (yet): the publisher tries again later.
+            return Err(Outcome::Retry {
+                detail: format!(
+                    "group `{group}` does not consume `{}` here yet",
+                    message.topic
+                ),
+            });
+        };
+        let (settled, answer) = oneshot::channel();
+        let delivery = Delivery::new(message, 1, move |settlement| {
+            Box::pin(async move {
+                // The pusher may have given up waiting; the inbox absorbs the repeat it will send.
+                let _ = settled.send(settlement);
+                Ok(())
+            })
+        });
+        if sender.send(Ok(delivery)).await.is_err() {
+            return Err(Outcome::Retry {
+                detail: "the consumer stopped".into(),
+            });
+        }
+        Ok(answer)
+    }
+
+    /// How the consumer settled a delivery, waiting [`Embedded`]'s acknowledgement time.
+    async fn settled(&self, answer: oneshot::Receiver<Settlement>) -> Outcome {
+        match tokio::time::timeout(self.ack_wait, answer).await {
+            Ok(Ok(Settlement::Ack)) => Outcome::Ack,
+            Ok(Ok(Settlement::Retry(_))) => Outcome::Retry {
+                detail: "the consumer asks to retry later".into(),
+            },
+            Ok(Err(_)) => Outcome::Retry {
+                detail: "the delivery was dropped unsettled".into(),
+            },
+            Err(_) => Outcome::Retry {
+                detail: "the consumer did not settle in time".into(),
+            },
+        }
     }
 }
