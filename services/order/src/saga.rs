@@ -257,28 +257,15 @@ fn notification(data: &PlaceOrderData, kind: &str, extra: Value) -> Message {
     )
 }
 
-/// The saga's data for a placed order.
+/// The saga's data for a placed order (the same details the choreographed saga carries).
 pub fn data_of(order_id: &str, order: &Order) -> Option<PlaceOrderData> {
-    let ship_to = order.ship_to.as_ref()?;
+    let details = crate::choreography::details(order_id, order)?;
     Some(PlaceOrderData {
-        order_id: order_id.to_owned(),
-        customer_id: order.customer_id.clone(),
-        lines: order
-            .items
-            .iter()
-            .map(|line| Line {
-                sku: line.sku.clone(),
-                quantity: line.quantity,
-            })
-            .collect(),
-        total_cents: order.total_cents,
-        destination: Destination {
-            name: ship_to.name.clone(),
-            street: ship_to.street.clone(),
-            city: ship_to.city.clone(),
-            postal_code: ship_to.postal_code.clone(),
-            country: ship_to.country.clone(),
-        },
+        order_id: details.order_id,
+        customer_id: details.customer_id,
+        lines: details.lines,
+        total_cents: details.total_cents,
+        destination: details.destination,
         payment_id: None,
         shipment_id: None,
     })
