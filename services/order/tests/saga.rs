@@ -272,24 +272,12 @@ async fn an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed(st
         ]
     );
     assert_eq!(
-        s.scalar(
-            &s.payment,
-            "SELECT status FROM payments WHERE order_id = $1",
-            &order_id
-        )
-        .await
-        .as_deref(),
-        Some("CAPTURED")
+        s.status_at(&s.payment, "payments", &order_id).await,
+        "CAPTURED"
     );
     assert_eq!(
-        s.scalar(
-            &s.shipping,
-            "SELECT status FROM shipments WHERE order_id = $1",
-            &order_id
-        )
-        .await
-        .as_deref(),
-        Some("SCHEDULED")
+        s.status_at(&s.shipping, "shipments", &order_id).await,
+        "SCHEDULED"
     );
     let (after,): (i64,) = sqlx::query_as("SELECT on_hand FROM products WHERE sku = 'KB-001'")
         .fetch_one(&s.inventory)
@@ -330,14 +318,8 @@ async fn a_customer_over_the_credit_limit_is_rejected_and_the_stock_released(sty
         ["OrderPlaced", "InventoryReserved", "OrderRejected"]
     );
     assert_eq!(
-        s.scalar(
-            &s.inventory,
-            "SELECT status FROM reservations WHERE order_id = $1",
-            &order_id
-        )
-        .await
-        .as_deref(),
-        Some("RELEASED")
+        s.status_at(&s.inventory, "reservations", &order_id).await,
+        "RELEASED"
     );
     assert_eq!(
         s.scalar(
@@ -376,24 +358,12 @@ async fn an_unserviceable_destination_voids_the_payment_and_releases_the_stock(s
         ]
     );
     assert_eq!(
-        s.scalar(
-            &s.payment,
-            "SELECT status FROM payments WHERE order_id = $1",
-            &order_id
-        )
-        .await
-        .as_deref(),
-        Some("VOIDED")
+        s.status_at(&s.payment, "payments", &order_id).await,
+        "VOIDED"
     );
     assert_eq!(
-        s.scalar(
-            &s.inventory,
-            "SELECT status FROM reservations WHERE order_id = $1",
-            &order_id
-        )
-        .await
-        .as_deref(),
-        Some("RELEASED")
+        s.status_at(&s.inventory, "reservations", &order_id).await,
+        "RELEASED"
     );
     if style == SagaStyle::Orchestration {
         let log = s.order.saga.log_of(&order_id).await.expect("log");
