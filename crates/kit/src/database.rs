@@ -24,6 +24,9 @@ use sqlx::SqlitePool;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 1024;
+
 /// Connections of a service's pool: one (see the module's documentation).
 pub const CONNECTIONS: u32 = 1;
 
@@ -70,7 +73,10 @@ pub async fn open(path: &Path, migrations: &Migrator) -> Result<Opening, sqlx::E
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
-        .foreign_keys(true);
+        .foreign_keys(true)
+        // Every statement a service runs stays prepared: evicting one costs a parse and plan
+        // at its next use (sqlx's default keeps 100).
+        .statement_cache_capacity(STATEMENT_CACHE);
     let pool = SqlitePoolOptions::new()
         .max_connections(CONNECTIONS)
         .connect_with(options)

@@ -45,6 +45,31 @@ pub async fn claim(
     Ok(claimed == 1)
 }
 
+/// Claims every message id of `message_ids` for `consumer` in one statement, within the caller's
+/// transaction; returns the ids claimed now (not processed before). An id listed twice is
+/// claimed once.
+pub async fn claim_all(
+    connection: &mut SqliteConnection,
+    consumer: &str,
+    message_ids: &[String],
+) -> Result<std::collections::HashSet<String>, Error> {
+    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
+        .unwrap_or(i64::MAX);
+    let ids = serde_json::to_string(message_ids).map_err(Error::Encode)?;
+    // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO messaging_inbox (consumer, message_id, processed_at)
+         SELECT DISTINCT $1, value, $2 FROM json_each($3) WHERE true
+         ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id",
+    )
+    .bind(consumer)
+    .bind(now)
+    .bind(ids)
+    .fetch_all(connection)
+    .await?;
+    Ok(claimed.into_iter().collect())
+}
+
 /// Why a handler did not process a message.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -256,8 +281,12 @@ impl<H: Handler> Consumer<H> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut rejections = Vec::new();
-        for message in messages {
-            if !claim(&mut tx, &self.name, &message.id.to_string()).await? {
+        // One statement claims the whole group.
+        let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
+        let mut claimed = claim_all(&mut tx, &self.name, &ids).await?;
+        for (message, id) in messages.iter().zip(&ids) {
+            // Removed once taken: the same message twice in a group is applied once.
+            if !claimed.remove(id) {
                 outcomes.push(Processed::Duplicate);
                 continue;
             }

@@ -88,6 +88,40 @@ pub struct Pass {
 /// A finished lane: its key, and what it published (or why it stopped).
 type LaneDone = (String, Result<(Pass, Vec<i64>), Error>);
 
+/// What the pipelined relay has in flight.
+#[derive(Debug, Default)]
+struct Flight {
+    /// Keys whose lane runs, each with what the lane took.
+    keys: HashMap<String, Taken>,
+    /// Rows published and not marked yet.
+    unmarked: Vec<i64>,
+}
+
+impl Flight {
+    /// Rows taken by the running lanes.
+    fn rows(&self) -> usize {
+        self.keys.values().map(|taken| taken.rows).sum()
+    }
+}
+
+/// The rows a lane took.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    /// The last one's sequence number.
+    last: i64,
+    /// How many.
+    rows: usize,
+}
+
+/// What a read of the pending rows left behind.
+#[derive(Debug, Default)]
+struct Read {
+    /// Rows it could not take: its limit or the room for lanes ran out.
+    full: bool,
+    /// Keys in flight with rows after their lane's.
+    waiting: HashSet<String>,
+}
+
 /// Publishes the outbox through a transport.
 #[derive(Debug)]
 pub struct Relay<T> {
@@ -123,33 +157,42 @@ impl<T: Transport> Relay<T> {
     }
 
     /// Publishes until `shutdown`, pipelined: each key's pending messages go out in a lane of
-    /// their own, and as soon as a lane is done its rows are marked and its key may go again,
-    /// without waiting for the other lanes (a slow consumer holds up only its own keys). At most
-    /// `batch` keys are in flight at once.
+    /// their own, and as soon as a lane is done its key may go again, without waiting for the
+    /// other lanes (a slow consumer holds up only its own keys). At most `batch` keys are in
+    /// flight at once.
+    ///
+    /// Published rows are marked by the relay's next read, in the same statement (one round
+    /// trip to the database instead of two), or on their own before the relay goes idle; a
+    /// crash in between publishes them again, which the consumers' inboxes absorb.
     pub async fn run(self, shutdown: CancellationToken)
     where
         T: Send + Sync + 'static,
     {
         let relay = Arc::new(self);
         let mut lanes: JoinSet<LaneDone> = JoinSet::new();
-        let mut in_flight: HashSet<String> = HashSet::new();
-        // Whether a read may find a row to start: a wake, a poll, a lane finishing after a read
-        // that could not see all rows (some keys were in flight, or it was full).
+        let mut flight = Flight::default();
+        // Whether a read may find a row to start: a wake, a poll, a lane finishing whose key
+        // had rows waiting behind it, or after a read that could not take all it saw.
         let mut look = true;
-        let mut hidden = false;
+        let mut read = Read::default();
         let mut looked = tokio::time::Instant::now();
         loop {
             if look {
                 looked = tokio::time::Instant::now();
-                match relay.start_lanes(&mut lanes, &mut in_flight).await {
-                    Ok(complete) => hidden |= !complete,
-                    Err(error) => {
+                read = relay
+                    .start_lanes(&mut lanes, &mut flight)
+                    .await
+                    .unwrap_or_else(|error| {
                         tracing::warn!(%error, "outbox relay could not read its pending rows");
-                        hidden = true;
-                    }
-                }
+                        Read {
+                            full: true,
+                            ..Read::default()
+                        }
+                    });
             }
             if lanes.is_empty() {
+                // No read is coming soon: mark what was published before going idle.
+                relay.mark_unmarked(&mut flight).await;
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = relay.wake.notified() => {}
@@ -160,8 +203,10 @@ impl<T: Transport> Relay<T> {
             }
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    // Unmarked rows are published again at the next start; consumers absorb it.
+                    // Rows left unmarked are published again at the next start; consumers
+                    // absorb it.
                     lanes.abort_all();
+                    relay.mark_unmarked(&mut flight).await;
                     return;
                 }
                 Some(done) = lanes.join_next() => {
@@ -169,10 +214,12 @@ impl<T: Transport> Relay<T> {
                     while let Some(done) = lanes.try_join_next() {
                         finished.push(done);
                     }
-                    relay.finish(finished, &mut in_flight).await;
+                    let keys = relay.finish(finished, &mut flight);
                     // Keys backing off become due even while lanes keep finishing.
-                    look = std::mem::take(&mut hidden)
-                        || looked.elapsed() >= relay.config.poll_interval;
+                    look = read.full
+                        || keys.iter().any(|key| read.waiting.contains(key))
+                        || looked.elapsed() >= relay.config.poll_interval
+                        || flight.unmarked.len() >= usize::try_from(relay.config.batch).unwrap_or(usize::MAX);
                 }
                 () = relay.wake.notified() => look = true,
                 // Keys backing off become due.
@@ -181,43 +228,81 @@ impl<T: Transport> Relay<T> {
         }
     }
 
-    /// Starts a lane for every key with a due pending row that is not in flight, up to the
-    /// room left; true if the read saw every pending row (none hidden by keys in flight, by
-    /// the batch size or by the room).
+    /// Marks the published rows not marked yet; on failure they stay for the next try.
+    async fn mark_unmarked(&self, flight: &mut Flight) {
+        if flight.unmarked.is_empty() {
+            return;
+        }
+        match self.mark(&flight.unmarked).await {
+            Ok(()) => flight.unmarked.clear(),
+            // Published again later, which the consumers' inboxes absorb.
+            Err(error) => tracing::warn!(%error, "outbox relay could not mark published rows"),
+        }
+    }
+
+    /// Marks the rows published since the last read, reads the pending rows and starts a lane
+    /// for every key with a due row that is not in flight, up to the room left.
     async fn start_lanes(
         self: &Arc<Self>,
         lanes: &mut JoinSet<LaneDone>,
-        in_flight: &mut HashSet<String>,
-    ) -> Result<bool, Error> {
-        let room = usize::try_from(self.config.batch)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(in_flight.len());
+        flight: &mut Flight,
+    ) -> Result<Read, Error> {
+        let batch = usize::try_from(self.config.batch).unwrap_or(usize::MAX);
+        let room = batch.saturating_sub(flight.keys.len());
         if room == 0 {
-            return Ok(false);
+            return Ok(Read {
+                full: true,
+                ..Read::default()
+            });
         }
-        let mut complete = in_flight.is_empty();
-        let mut select = sqlx::QueryBuilder::new(
-            "SELECT seq, key, envelope, attempts, next_attempt_at FROM messaging_outbox
-             WHERE published_at IS NULL",
-        );
-        if !in_flight.is_empty() {
-            select.push(" AND key NOT IN (");
-            let mut keys = select.separated(", ");
-            for key in in_flight.iter() {
-                keys.push_bind(key.as_str());
-            }
-            keys.push_unseparated(")");
+        // The rows in flight are still pending: read past them.
+        let limit = batch.saturating_add(flight.rows());
+        macro_rules! pending {
+            ($limit:literal) => {
+                concat!(
+                    "SELECT seq, key, envelope, attempts, next_attempt_at FROM messaging_outbox ",
+                    "WHERE published_at IS NULL ORDER BY seq LIMIT ",
+                    $limit
+                )
+            };
         }
-        select
-            .push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::from(self.config.batch));
-        let rows: Vec<Pending> = select.build_query_as().fetch_all(&self.pool).await?;
-        if rows.len() >= usize::try_from(self.config.batch).unwrap_or(usize::MAX) {
-            complete = false;
-        }
+        let rows: Vec<Pending> = if flight.unmarked.is_empty() {
+            sqlx::query_as(pending!("$1"))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?
+        } else {
+            // One statement text whatever is marked (the rows travel as one JSON array), so
+            // that it stays prepared in the connection's statement cache.
+            let seqs = serde_json::to_string(&flight.unmarked).map_err(Error::Encode)?;
+            let rows = sqlx::query_as(concat!(
+                "UPDATE messaging_outbox SET published_at = $1 ",
+                "WHERE seq IN (SELECT value FROM json_each($2)); ",
+                pending!("$3")
+            ))
+            .bind(now_micros())
+            .bind(seqs)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+            flight.unmarked.clear();
+            metrics::counter!("messaging_outbox_mark_commits_total").increment(1);
+            rows
+        };
+        let mut read = Read {
+            full: rows.len() >= limit,
+            ..Read::default()
+        };
         let mut keys: Vec<String> = Vec::new();
         let mut by_key: HashMap<String, Vec<Pending>> = HashMap::new();
         for row in rows {
+            if let Some(taken) = flight.keys.get(&row.key) {
+                // In flight: a row after its lane's waits for the lane to finish.
+                if row.seq > taken.last {
+                    read.waiting.insert(row.key);
+                }
+                continue;
+            }
             if !by_key.contains_key(&row.key) {
                 keys.push(row.key.clone());
             }
@@ -225,34 +310,43 @@ impl<T: Transport> Relay<T> {
         }
         let now = now_micros();
         if keys.len() > room {
-            complete = false;
+            read.full = true;
         }
         for key in keys.into_iter().take(room) {
             let Some(rows) = by_key.remove(&key) else {
                 continue;
             };
             // A key backing off waits for the poll that finds it due.
-            if rows.first().is_none_or(|row| row.next_attempt_at > now) {
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                continue;
+            };
+            if first.next_attempt_at > now {
                 continue;
             }
-            in_flight.insert(key.clone());
+            flight.keys.insert(
+                key.clone(),
+                Taken {
+                    last: last.seq,
+                    rows: rows.len(),
+                },
+            );
             let relay = Arc::clone(self);
             lanes.spawn(async move {
                 let lane = relay.relay_key(rows, now).await;
                 (key, lane)
             });
         }
-        Ok(complete)
+        Ok(read)
     }
 
-    /// Marks the rows the finished lanes published, in one write, then lets their keys go.
-    async fn finish(
+    /// Takes in the finished lanes: their published rows wait to be marked, their keys may go
+    /// again. Returns those keys.
+    fn finish(
         &self,
         finished: Vec<Result<LaneDone, tokio::task::JoinError>>,
-        in_flight: &mut HashSet<String>,
-    ) {
+        flight: &mut Flight,
+    ) -> Vec<String> {
         let mut pass = Pass::default();
-        let mut published = Vec::new();
         let mut done = Vec::new();
         for lane in finished {
             match lane {
@@ -260,7 +354,7 @@ impl<T: Transport> Relay<T> {
                     pass.published += lane.published;
                     pass.failed += lane.failed;
                     pass.dead += lane.dead;
-                    published.extend(seqs);
+                    flight.unmarked.extend(seqs);
                     done.push(key);
                 }
                 Ok((key, Err(error))) => {
@@ -270,28 +364,26 @@ impl<T: Transport> Relay<T> {
                 Err(error) => tracing::error!(%error, "outbox relay lane panicked"),
             }
         }
-        if let Err(error) = self.mark(&published).await {
-            // Published again later, which the consumers' inboxes absorb.
-            tracing::warn!(%error, "outbox relay could not mark published rows");
-        }
-        for key in done {
-            in_flight.remove(&key);
+        for key in &done {
+            flight.keys.remove(key);
         }
         self.count(&pass);
+        done
     }
 
     async fn mark(&self, published: &[i64]) -> Result<(), Error> {
         if published.is_empty() {
             return Ok(());
         }
-        let mut mark = sqlx::QueryBuilder::new("UPDATE messaging_outbox SET published_at = ");
-        mark.push_bind(now_micros()).push(" WHERE seq IN (");
-        let mut seqs = mark.separated(", ");
-        for seq in published {
-            seqs.push_bind(*seq);
-        }
-        seqs.push_unseparated(")");
-        mark.build().execute(&self.pool).await?;
+        let seqs = serde_json::to_string(published).map_err(Error::Encode)?;
+        sqlx::query(
+            "UPDATE messaging_outbox SET published_at = $1
+             WHERE seq IN (SELECT value FROM json_each($2))",
+        )
+        .bind(now_micros())
+        .bind(seqs)
+        .execute(&self.pool)
+        .await?;
         metrics::counter!("messaging_outbox_mark_commits_total").increment(1);
         Ok(())
     }

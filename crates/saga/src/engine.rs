@@ -189,6 +189,24 @@ struct Instance<D> {
     step: usize,
     attempt: u32,
     reason: Option<String>,
+    /// Log entries of this transition, written with the instance ([`Orchestrator::write`]).
+    journal: Vec<String>,
+    /// The command this transition sent, recorded with the instance.
+    sent: Option<SentCommand>,
+}
+
+/// A command written to the outbox, to be recorded in `saga_commands`.
+struct SentCommand {
+    message_id: String,
+    step: i64,
+    phase: &'static str,
+}
+
+impl<D> Instance<D> {
+    /// Adds `entry` to the instance's log.
+    fn note(&mut self, entry: impl Into<String>) {
+        self.journal.push(entry.into());
+    }
 }
 
 impl<S: Saga> Orchestrator<S> {
@@ -212,25 +230,21 @@ impl<S: Saga> Orchestrator<S> {
         data: S::Data,
         cause: Option<&Message>,
     ) -> Result<(), Error> {
-        let exists: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM saga_instances WHERE saga_id = $1")
-                .bind(saga_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if exists.is_some() {
-            return Err(Error::Exists(saga_id.to_owned()));
-        }
         let at = now();
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO saga_instances (saga_id, saga_type, data, status, step, attempt, deadline, created_at, updated_at)
-             VALUES ($1, $2, $3, 'RUNNING', 0, 0, 0, $4, $4)",
+             VALUES ($1, $2, $3, 'RUNNING', 0, 0, 0, $4, $4) ON CONFLICT (saga_id) DO NOTHING",
         )
         .bind(saga_id)
         .bind(self.saga.name())
         .bind(serde_json::to_string(&data)?)
         .bind(at)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Err(Error::Exists(saga_id.to_owned()));
+        }
         let mut instance = Instance {
             saga_id: saga_id.to_owned(),
             data,
@@ -238,8 +252,10 @@ impl<S: Saga> Orchestrator<S> {
             step: 0,
             attempt: 0,
             reason: None,
+            journal: Vec::new(),
+            sent: None,
         };
-        self.log(tx, saga_id, "started").await?;
+        instance.note("started");
         self.effect(tx, &instance, &Transition::Started).await?;
         let deadline = if self.saga.steps().is_empty() {
             instance.status = Status::Completed;
@@ -248,7 +264,7 @@ impl<S: Saga> Orchestrator<S> {
         } else {
             self.send(tx, &mut instance, Phase::Action, cause).await?
         };
-        self.save(tx, &instance, deadline).await
+        self.write(tx, &mut instance, Some(deadline)).await
     }
 
     /// Applies a participant's reply within the caller's transaction.
@@ -276,7 +292,6 @@ impl<S: Saga> Orchestrator<S> {
         };
         let (step, phase) = (sent.sent_step, sent.phase);
         let mut instance = self.instance(sent.row)?;
-        let saga_id = instance.saga_id.clone();
         let phase = if phase == "ACTION" {
             Phase::Action
         } else {
@@ -306,38 +321,33 @@ impl<S: Saga> Orchestrator<S> {
         match (phase, ok) {
             (Phase::Action, true) => {
                 (steps[instance.step].on_success)(&mut instance.data, &reply.payload);
-                self.log(tx, &saga_id, &format!("{name} succeeded")).await?;
+                instance.note(format!("{name} succeeded"));
                 self.effect(tx, &instance, &Transition::StepSucceeded { step: name })
                     .await?;
                 if instance.step + 1 == steps.len() {
                     instance.status = Status::Completed;
-                    self.log(tx, &saga_id, "completed").await?;
+                    instance.note("completed");
                     self.effect(tx, &instance, &Transition::Completed).await?;
-                    self.save(tx, &instance, 0).await?;
+                    self.write(tx, &mut instance, Some(0)).await?;
                 } else {
                     instance.step += 1;
                     instance.attempt = 0;
                     let deadline = self
                         .send(tx, &mut instance, Phase::Action, Some(reply))
                         .await?;
-                    self.save(tx, &instance, deadline).await?;
+                    self.write(tx, &mut instance, Some(deadline)).await?;
                 }
             }
             (Phase::Action, false) if steps[instance.step].retriable => {
                 // Past the point of no return: try again at the deadline.
-                self.log(
-                    tx,
-                    &saga_id,
-                    &format!("{name} refused ({reason}); will retry"),
-                )
-                .await?;
+                instance.note(format!("{name} refused ({reason}); will retry"));
+                self.write(tx, &mut instance, None).await?;
             }
             (Phase::Action, false) => {
                 self.fail(tx, &mut instance, reason, Some(reply)).await?;
             }
             (Phase::Compensation, true) => {
-                self.log(tx, &saga_id, &format!("{name} compensated"))
-                    .await?;
+                instance.note(format!("{name} compensated"));
                 self.effect(tx, &instance, &Transition::Compensated { step: name })
                     .await?;
                 self.compensate_below(tx, &mut instance, Some(reply))
@@ -345,12 +355,10 @@ impl<S: Saga> Orchestrator<S> {
             }
             (Phase::Compensation, false) => {
                 // A compensation must succeed: try it again at its next deadline.
-                self.log(
-                    tx,
-                    &saga_id,
-                    &format!("{name} compensation refused ({reason}); will retry"),
-                )
-                .await?;
+                instance.note(format!(
+                    "{name} compensation refused ({reason}); will retry"
+                ));
+                self.write(tx, &mut instance, None).await?;
             }
         }
         Ok(Handled::Applied)
@@ -392,22 +400,17 @@ impl<S: Saga> Orchestrator<S> {
                     self.fail(&mut tx, &mut instance, reason, None).await?;
                 }
                 Status::Running => {
-                    self.log(
-                        &mut tx,
-                        &saga_id,
-                        &format!("{} timed out; sending again", step.name),
-                    )
-                    .await?;
+                    instance.note(format!("{} timed out; sending again", step.name));
                     let deadline = self
                         .send(&mut tx, &mut instance, Phase::Action, None)
                         .await?;
-                    self.save(&mut tx, &instance, deadline).await?;
+                    self.write(&mut tx, &mut instance, Some(deadline)).await?;
                 }
                 _ => {
                     let deadline = self
                         .send(&mut tx, &mut instance, Phase::Compensation, None)
                         .await?;
-                    self.save(&mut tx, &instance, deadline).await?;
+                    self.write(&mut tx, &mut instance, Some(deadline)).await?;
                 }
             }
             tx.commit().await?;
@@ -458,8 +461,7 @@ impl<S: Saga> Orchestrator<S> {
         cause: Option<&Message>,
     ) -> Result<(), Error> {
         let name = self.saga.steps()[instance.step].name;
-        self.log(tx, &instance.saga_id, &format!("{name} failed: {reason}"))
-            .await?;
+        instance.note(format!("{name} failed: {reason}"));
         self.effect(
             tx,
             instance,
@@ -491,15 +493,15 @@ impl<S: Saga> Orchestrator<S> {
                 instance.step = j;
                 instance.attempt = 0;
                 let deadline = self.send(tx, instance, Phase::Compensation, cause).await?;
-                self.save(tx, instance, deadline).await
+                self.write(tx, instance, Some(deadline)).await
             }
             None => {
                 instance.status = Status::Failed;
                 let reason = instance.reason.clone().unwrap_or_default();
-                self.log(tx, &instance.saga_id, "failed").await?;
+                instance.note("failed");
                 self.effect(tx, instance, &Transition::Failed { reason })
                     .await?;
-                self.save(tx, instance, 0).await
+                self.write(tx, instance, Some(0)).await
             }
         }
     }
@@ -547,16 +549,11 @@ impl<S: Saga> Orchestrator<S> {
             message.correlation_id = Some(instance.saga_id.clone());
         }
         outbox::enqueue(tx, &message).await?;
-        sqlx::query(
-            "INSERT INTO saga_commands (message_id, saga_id, step, phase, sent_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(message.id.to_string())
-        .bind(&instance.saga_id)
-        .bind(i64::try_from(instance.step).unwrap_or(i64::MAX))
-        .bind(phase.as_str())
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
+        instance.sent = Some(SentCommand {
+            message_id: message.id.to_string(),
+            step: i64::try_from(instance.step).unwrap_or(i64::MAX),
+            phase: phase.as_str(),
+        });
         instance.attempt += 1;
         let wait = match phase {
             Phase::Action => step.timeout,
@@ -624,44 +621,79 @@ impl<S: Saga> Orchestrator<S> {
             step,
             attempt: u32::try_from(row.attempt).unwrap_or(u32::MAX),
             reason: row.reason,
+            journal: Vec::new(),
+            sent: None,
         })
     }
 
-    async fn save(
+    /// Writes what a transition did, in one statement: its log entries, the command it sent
+    /// (`saga_commands`) and, unless `deadline` is `None` (nothing moved), the instance.
+    async fn write(
         &self,
         tx: &mut SqliteConnection,
-        instance: &Instance<S::Data>,
-        deadline: i64,
+        instance: &mut Instance<S::Data>,
+        deadline: Option<i64>,
     ) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE saga_instances SET data = $1, status = $2, step = $3, attempt = $4, deadline = $5,
-             reason = $6, updated_at = $7 WHERE saga_id = $8",
-        )
-        .bind(serde_json::to_string(&instance.data)?)
-        .bind(instance.status.as_str())
-        .bind(i64::try_from(instance.step).unwrap_or(i64::MAX))
-        .bind(i64::from(instance.attempt))
-        .bind(deadline)
-        .bind(instance.reason.as_deref())
-        .bind(now())
-        .bind(&instance.saga_id)
-        .execute(tx)
-        .await?;
-        Ok(())
-    }
-
-    async fn log(
-        &self,
-        tx: &mut SqliteConnection,
-        saga_id: &str,
-        entry: &str,
-    ) -> Result<(), Error> {
-        sqlx::query("INSERT INTO saga_log (saga_id, entry, at) VALUES ($1, $2, $3)")
-            .bind(saga_id)
-            .bind(entry)
-            .bind(now())
-            .execute(tx)
-            .await?;
+        use std::fmt::Write as _;
+        let journal = std::mem::take(&mut instance.journal);
+        let sent = instance.sent.take();
+        // $1 the saga, $2 the time; then the instance's values, the command's and the entries.
+        let mut sql = String::new();
+        let mut next = 3;
+        let mut param = || {
+            let n = next;
+            next += 1;
+            n
+        };
+        if deadline.is_some() {
+            let [data, status, step, attempt, deadline, reason] = std::array::from_fn(|_| param());
+            let _ = write!(
+                sql,
+                "UPDATE saga_instances SET data = ${data}, status = ${status}, step = ${step}, \
+                 attempt = ${attempt}, deadline = ${deadline}, reason = ${reason}, updated_at = $2 \
+                 WHERE saga_id = $1;"
+            );
+        }
+        if sent.is_some() {
+            let [message_id, step, phase] = std::array::from_fn(|_| param());
+            let _ = write!(
+                sql,
+                "INSERT INTO saga_commands (message_id, saga_id, step, phase, sent_at) \
+                 VALUES (${message_id}, $1, ${step}, ${phase}, $2);"
+            );
+        }
+        if !journal.is_empty() {
+            sql.push_str("INSERT INTO saga_log (saga_id, entry, at) VALUES ");
+            for (i, _) in journal.iter().enumerate() {
+                let entry = param();
+                let _ = write!(sql, "{}($1, ${entry}, $2)", if i == 0 { "" } else { ", " });
+            }
+            sql.push(';');
+        }
+        if sql.is_empty() {
+            return Ok(());
+        }
+        // A handful of statement texts (how many entries, whether a command went): each is
+        // prepared once and stays in the connection's statement cache.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&instance.saga_id)
+            .bind(now());
+        if let Some(deadline) = deadline {
+            query = query
+                .bind(serde_json::to_string(&instance.data)?)
+                .bind(instance.status.as_str())
+                .bind(i64::try_from(instance.step).unwrap_or(i64::MAX))
+                .bind(i64::from(instance.attempt))
+                .bind(deadline)
+                .bind(instance.reason.clone());
+        }
+        if let Some(sent) = sent {
+            query = query.bind(sent.message_id).bind(sent.step).bind(sent.phase);
+        }
+        for entry in journal {
+            query = query.bind(entry);
+        }
+        query.execute(tx).await?;
         Ok(())
     }
 }
