@@ -311,6 +311,16 @@ pub(crate) async fn append(
     events: Vec<NewEvent>,
 ) -> Result<Vec<RecordedEvent>, Error> {
     let count = events.len() as u64;
+    if let Conn::Sqlite(c) = conn
+        && events.len() == 1
+        && let Some(version) = match expected {
+            ExpectedVersion::Exact(version) => Some(version),
+            ExpectedVersion::NoStream => Some(0),
+            ExpectedVersion::Any => None,
+        }
+    {
+        return append_one_sqlite(c, stream, expected, version, events).await;
+    }
     // Positions first: on PostgreSQL this locks the head row until commit, which serialises
     // appends and keeps positions in commit order. On SQLite the transaction holds the write
     // lock already; the last position and the stream's version come in one query.
@@ -430,6 +440,85 @@ pub(crate) async fn append(
         })
         .collect();
     Ok(recorded)
+}
+
+/// SQLite, one event after a known version (the common append: an aggregate's new event): one
+/// statement, no head read. The position is the rowid SQLite assigns (the last one plus one:
+/// `position` is the `INTEGER PRIMARY KEY`), and the row goes in only if the stream is at
+/// `version`; otherwise its actual version comes back in a [`Error::Conflict`].
+async fn append_one_sqlite(
+    c: &mut sqlx::SqliteConnection,
+    stream: &str,
+    expected: ExpectedVersion,
+    version: u64,
+    events: Vec<NewEvent>,
+) -> Result<Vec<RecordedEvent>, Error> {
+    let Some(event) = events.first() else {
+        return Ok(Vec::new());
+    };
+    let now = OffsetDateTime::now_utc();
+    let recorded_at = micros(now);
+    let now = from_micros(recorded_at);
+    let data = serde_json::to_string(&event.data).map_err(|e| Error::Encode(e.to_string()))?;
+    let metadata =
+        serde_json::to_string(&event.metadata.extra).map_err(|e| Error::Encode(e.to_string()))?;
+    let schema_version = i32::try_from(event.schema_version)
+        .map_err(|_| Error::Encode("schema version out of range".into()))?;
+    let inserted: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
+        "INSERT INTO eventstore_events (event_id, stream_id, category, version, event_type, \
+         schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
+         SELECT $1, $2, $3, $4 + 1, $5, $6, $7, $8, $9, $10, $11 \
+         WHERE COALESCE((SELECT version FROM eventstore_events WHERE stream_id = $2 \
+                         ORDER BY version DESC LIMIT 1), 0) = $4 \
+         RETURNING position",
+    )
+    .bind(event.id.to_string())
+    .bind(stream)
+    .bind(category(stream))
+    .bind(to_i64(version))
+    .bind(&event.event_type)
+    .bind(schema_version)
+    .bind(data)
+    .bind(metadata)
+    .bind(event.metadata.causation_id.as_deref())
+    .bind(event.metadata.correlation_id.as_deref())
+    .bind(recorded_at)
+    .fetch_optional(&mut *c)
+    .await;
+    let position = match inserted {
+        Ok(Some(position)) => position,
+        Ok(None) => {
+            let actual: i64 = sqlx::query_scalar(STREAM_VERSION)
+                .bind(stream)
+                .fetch_one(&mut *c)
+                .await?;
+            return Err(Error::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                actual: to_u64(actual),
+            });
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return Err(Error::DuplicateEvent(
+                duplicate(&mut Conn::Sqlite(c), &events, e.as_ref()).await,
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(events
+        .into_iter()
+        .map(|event| RecordedEvent {
+            position: to_u64(position),
+            stream_id: stream.to_owned(),
+            version: version + 1,
+            id: event.id,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at: now,
+        })
+        .collect())
 }
 
 /// Rows per `INSERT` statement: 12 parameters each, well under SQLite's 32,766 and

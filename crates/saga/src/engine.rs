@@ -193,6 +193,9 @@ struct Instance<D> {
     journal: Vec<String>,
     /// The command this transition sent, recorded with the instance.
     sent: Option<SentCommand>,
+    /// Messages of this transition (its command, the saga's own), written to the outbox with
+    /// the instance, in this order.
+    outgoing: Vec<outbox::Staged>,
 }
 
 /// A command written to the outbox, to be recorded in `saga_commands`.
@@ -254,15 +257,17 @@ impl<S: Saga> Orchestrator<S> {
             reason: None,
             journal: Vec::new(),
             sent: None,
+            outgoing: Vec::new(),
         };
         instance.note("started");
-        self.effect(tx, &instance, &Transition::Started).await?;
+        self.effect(tx, &mut instance, &Transition::Started).await?;
         let deadline = if self.saga.steps().is_empty() {
             instance.status = Status::Completed;
-            self.effect(tx, &instance, &Transition::Completed).await?;
+            self.effect(tx, &mut instance, &Transition::Completed)
+                .await?;
             0
         } else {
-            self.send(tx, &mut instance, Phase::Action, cause).await?
+            self.send(&mut instance, Phase::Action, cause)?
         };
         self.write(tx, &mut instance, Some(deadline)).await
     }
@@ -322,19 +327,18 @@ impl<S: Saga> Orchestrator<S> {
             (Phase::Action, true) => {
                 (steps[instance.step].on_success)(&mut instance.data, &reply.payload);
                 instance.note(format!("{name} succeeded"));
-                self.effect(tx, &instance, &Transition::StepSucceeded { step: name })
+                self.effect(tx, &mut instance, &Transition::StepSucceeded { step: name })
                     .await?;
                 if instance.step + 1 == steps.len() {
                     instance.status = Status::Completed;
                     instance.note("completed");
-                    self.effect(tx, &instance, &Transition::Completed).await?;
+                    self.effect(tx, &mut instance, &Transition::Completed)
+                        .await?;
                     self.write(tx, &mut instance, Some(0)).await?;
                 } else {
                     instance.step += 1;
                     instance.attempt = 0;
-                    let deadline = self
-                        .send(tx, &mut instance, Phase::Action, Some(reply))
-                        .await?;
+                    let deadline = self.send(&mut instance, Phase::Action, Some(reply))?;
                     self.write(tx, &mut instance, Some(deadline)).await?;
                 }
             }
@@ -348,7 +352,7 @@ impl<S: Saga> Orchestrator<S> {
             }
             (Phase::Compensation, true) => {
                 instance.note(format!("{name} compensated"));
-                self.effect(tx, &instance, &Transition::Compensated { step: name })
+                self.effect(tx, &mut instance, &Transition::Compensated { step: name })
                     .await?;
                 self.compensate_below(tx, &mut instance, Some(reply))
                     .await?;
@@ -401,15 +405,11 @@ impl<S: Saga> Orchestrator<S> {
                 }
                 Status::Running => {
                     instance.note(format!("{} timed out; sending again", step.name));
-                    let deadline = self
-                        .send(&mut tx, &mut instance, Phase::Action, None)
-                        .await?;
+                    let deadline = self.send(&mut instance, Phase::Action, None)?;
                     self.write(&mut tx, &mut instance, Some(deadline)).await?;
                 }
                 _ => {
-                    let deadline = self
-                        .send(&mut tx, &mut instance, Phase::Compensation, None)
-                        .await?;
+                    let deadline = self.send(&mut instance, Phase::Compensation, None)?;
                     self.write(&mut tx, &mut instance, Some(deadline)).await?;
                 }
             }
@@ -492,7 +492,7 @@ impl<S: Saga> Orchestrator<S> {
                 instance.status = Status::Compensating;
                 instance.step = j;
                 instance.attempt = 0;
-                let deadline = self.send(tx, instance, Phase::Compensation, cause).await?;
+                let deadline = self.send(instance, Phase::Compensation, cause)?;
                 self.write(tx, instance, Some(deadline)).await
             }
             None => {
@@ -506,10 +506,10 @@ impl<S: Saga> Orchestrator<S> {
         }
     }
 
-    /// Writes the command of the current step and phase to the outbox; returns the deadline.
-    async fn send(
+    /// Stages the command of the current step and phase (written with the instance by
+    /// [`Orchestrator::write`]); returns the deadline.
+    fn send(
         &self,
-        tx: &mut SqliteConnection,
         instance: &mut Instance<S::Data>,
         phase: Phase,
         cause: Option<&Message>,
@@ -548,7 +548,7 @@ impl<S: Saga> Orchestrator<S> {
         if message.correlation_id.is_none() {
             message.correlation_id = Some(instance.saga_id.clone());
         }
-        outbox::enqueue(tx, &message).await?;
+        instance.outgoing.push(outbox::Staged::new(&message)?);
         instance.sent = Some(SentCommand {
             message_id: message.id.to_string(),
             step: i64::try_from(instance.step).unwrap_or(i64::MAX),
@@ -567,7 +567,7 @@ impl<S: Saga> Orchestrator<S> {
     async fn effect(
         &self,
         tx: &mut SqliteConnection,
-        instance: &Instance<S::Data>,
+        instance: &mut Instance<S::Data>,
         transition: &Transition,
     ) -> Result<(), Error> {
         let messages = self
@@ -575,7 +575,7 @@ impl<S: Saga> Orchestrator<S> {
             .on_transition(tx, &instance.saga_id, &instance.data, transition)
             .await?;
         for message in &messages {
-            outbox::enqueue(tx, message).await?;
+            instance.outgoing.push(outbox::Staged::new(message)?);
         }
         metrics::counter!("saga_transitions_total", "saga" => self.saga.name(), "transition" => match transition {
             Transition::Started => "started",
@@ -623,11 +623,13 @@ impl<S: Saga> Orchestrator<S> {
             reason: row.reason,
             journal: Vec::new(),
             sent: None,
+            outgoing: Vec::new(),
         })
     }
 
-    /// Writes what a transition did, in one statement: its log entries, the command it sent
-    /// (`saga_commands`) and, unless `deadline` is `None` (nothing moved), the instance.
+    /// Writes what a transition did, in one statement: unless `deadline` is `None` (nothing
+    /// moved) the instance, the command it sent (`saga_commands`), its messages (the outbox)
+    /// and its log entries.
     async fn write(
         &self,
         tx: &mut SqliteConnection,
@@ -637,6 +639,7 @@ impl<S: Saga> Orchestrator<S> {
         use std::fmt::Write as _;
         let journal = std::mem::take(&mut instance.journal);
         let sent = instance.sent.take();
+        let outgoing = std::mem::take(&mut instance.outgoing);
         // $1 the saga, $2 the time; then the instance's values, the command's and the entries.
         let mut sql = String::new();
         let mut next = 3;
@@ -661,6 +664,13 @@ impl<S: Saga> Orchestrator<S> {
                 "INSERT INTO saga_commands (message_id, saga_id, step, phase, sent_at) \
                  VALUES (${message_id}, $1, ${step}, ${phase}, $2);"
             );
+        }
+        for _ in &outgoing {
+            let first = param();
+            for _ in 1..outbox::Staged::PARAMETERS {
+                param();
+            }
+            sql.push_str(&outbox::Staged::statement(first));
         }
         if !journal.is_empty() {
             sql.push_str("INSERT INTO saga_log (saga_id, entry, at) VALUES ");
@@ -689,6 +699,9 @@ impl<S: Saga> Orchestrator<S> {
         }
         if let Some(sent) = sent {
             query = query.bind(sent.message_id).bind(sent.step).bind(sent.phase);
+        }
+        for staged in outgoing {
+            query = staged.bind(query);
         }
         for entry in journal {
             query = query.bind(entry);
