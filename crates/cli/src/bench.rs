@@ -131,6 +131,24 @@ pub async fn sustained(
     }
 }
 
+/// How a failed answer is counted: by status and problem type (each body names its own order).
+fn failure(status: StatusCode, body: &[u8]) -> String {
+    if status == StatusCode::ACCEPTED {
+        return format!("{status}: the saga had not ended when the wait ran out");
+    }
+    let problem: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    match problem["type"].as_str() {
+        Some(kind) => format!("{status}: {kind}"),
+        None => format!(
+            "{status}: {}",
+            String::from_utf8_lossy(body)
+                .chars()
+                .take(120)
+                .collect::<String>()
+        ),
+    }
+}
+
 /// Offers `rate` orders a second for `duration` to the gateway at `gateway`.
 pub async fn orders(
     gateway: &str,
@@ -181,15 +199,7 @@ pub async fn orders(
             }
             Ok((status, body)) => {
                 failed += 1;
-                *errors
-                    .entry(format!(
-                        "{status}: {}",
-                        String::from_utf8_lossy(&body)
-                            .chars()
-                            .take(120)
-                            .collect::<String>()
-                    ))
-                    .or_insert(0) += 1;
+                *errors.entry(failure(status, &body)).or_insert(0) += 1;
             }
             Err(error) => {
                 failed += 1;
@@ -216,4 +226,38 @@ pub async fn orders(
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_by_status_and_problem_type_not_by_body() {
+        let open = |order: &str| {
+            failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(r#"{{"type":"/problems/circuit-open","detail":"{order}"}}"#).as_bytes(),
+            )
+        };
+        assert_eq!(open("o-1"), open("o-2"));
+        assert_eq!(
+            open("o-1"),
+            "503 Service Unavailable: /problems/circuit-open"
+        );
+        assert_eq!(
+            failure(
+                StatusCode::ACCEPTED,
+                br#"{"order_id":"o-1","status":"PENDING"}"#
+            ),
+            failure(
+                StatusCode::ACCEPTED,
+                br#"{"order_id":"o-2","status":"PENDING"}"#
+            ),
+        );
+        assert_eq!(
+            failure(StatusCode::BAD_GATEWAY, b"down"),
+            "502 Bad Gateway: down"
+        );
+    }
 }

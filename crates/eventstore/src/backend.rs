@@ -817,6 +817,35 @@ pub(crate) async fn checkpoint(pool: &Pool, name: &str) -> Result<u64, Error> {
     Ok(position.map_or(0, to_u64))
 }
 
+/// A projection's checkpoint and the last position of its category (of the whole log if
+/// `None`), in one round trip.
+pub(crate) async fn checkpoint_and_head(
+    pool: &Pool,
+    name: &str,
+    category: Option<&str>,
+) -> Result<(u64, u64), Error> {
+    let (checkpoint, head): (i64, i64) = on_pool!(pool, |p| {
+        match category {
+            Some(category) => sqlx::query_as(
+                "SELECT COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
+                 COALESCE((SELECT MAX(position) FROM eventstore_events WHERE category = $2), 0)",
+            )
+            .bind(name)
+            .bind(category)
+            .fetch_one(p)
+            .await?,
+            None => sqlx::query_as(
+                "SELECT COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
+                 COALESCE((SELECT MAX(position) FROM eventstore_events), 0)",
+            )
+            .bind(name)
+            .fetch_one(p)
+            .await?,
+        }
+    });
+    Ok((to_u64(checkpoint), to_u64(head)))
+}
+
 /// Takes a projection's checkpoint for this transaction and returns it: on PostgreSQL the row
 /// is locked (`FOR UPDATE`), so that a projector and a rebuild never interleave (under READ
 /// COMMITTED a rebuild's `DELETE` would miss rows a projector inserted meanwhile, and the
@@ -824,25 +853,26 @@ pub(crate) async fn checkpoint(pool: &Pool, name: &str) -> Result<u64, Error> {
 /// every other writer.
 pub(crate) async fn lock_checkpoint(tx: &mut Tx, name: &str) -> Result<u64, Error> {
     let now = micros(OffsetDateTime::now_utc());
-    on_tx!(tx, |c| {
-        sqlx::query(
+    let position: i64 = match tx {
+        // Both statements in one round trip.
+        Tx::Sqlite(tx) => sqlx::query_scalar(
             "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
-             ON CONFLICT (name) DO NOTHING",
+                 ON CONFLICT (name) DO NOTHING; \
+                 SELECT position FROM eventstore_checkpoints WHERE name = $1",
         )
         .bind(name)
         .bind(now)
-        .execute(&mut *c)
-        .await?
-        .rows_affected()
-    });
-    let position: i64 = match tx {
-        Tx::Sqlite(tx) => {
-            sqlx::query_scalar("SELECT position FROM eventstore_checkpoints WHERE name = $1")
-                .bind(name)
-                .fetch_one(&mut **tx)
-                .await?
-        }
+        .fetch_one(&mut **tx)
+        .await?,
         Tx::Postgres(tx) => {
+            sqlx::query(
+                "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
             sqlx::query_scalar(
                 "SELECT position FROM eventstore_checkpoints WHERE name = $1 FOR UPDATE",
             )

@@ -21,6 +21,10 @@ use crate::{Error, EventStore, RecordedEvent, StoreTx, backend};
 /// Events applied per transaction.
 const BATCH: usize = 500;
 
+/// How long a projector waits after a wake before catching up, so that a burst of appends is
+/// applied in one round (a projection is behind by up to this much more).
+const GATHER: Duration = Duration::from_millis(10);
+
 /// A read model fed by the global log.
 pub trait Projection: Send + Sync {
     /// A stable name: the checkpoint's key.
@@ -109,14 +113,16 @@ impl<P: Projection> Projector<P> {
     /// Applies everything stored after the checkpoint; returns the number of events applied.
     pub async fn catch_up(&self) -> Result<u64, Error> {
         let name = self.projection.name();
+        // Nothing new: no write transaction at all (the common case when idle), and one read.
+        let (from, head) =
+            backend::checkpoint_and_head(&self.store.inner.pool, name, self.projection.category())
+                .await?;
+        if head <= from {
+            self.report(from, 0);
+            return Ok(0);
+        }
         let mut applied = 0;
         loop {
-            // Nothing new: no write transaction at all (the common case when idle).
-            let from = self.checkpoint().await?;
-            if self.store.head(self.projection.category()).await? <= from {
-                self.report(from, 0);
-                return Ok(applied);
-            }
             let mut tx = self.store.begin().await?;
             let from = backend::lock_checkpoint(&mut tx.tx, name).await?;
             let events = tx.read_all(from, BATCH, self.projection.category()).await?;
@@ -132,8 +138,11 @@ impl<P: Projection> Projector<P> {
             metrics::counter!("eventstore_projection_commits_total", "projection" => name.to_owned())
                 .increment(1);
             applied += events.len() as u64;
-            let lag = self.lag().await.unwrap_or(0);
-            self.report(last, lag);
+            if events.len() < BATCH {
+                // A short page was the whole of what was there when it was read.
+                self.report(last, head.saturating_sub(last));
+                return Ok(applied);
+            }
         }
     }
 
@@ -183,7 +192,14 @@ impl<P: Projection> Projector<P> {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = head.changed() => {}
+                _ = head.changed() => {
+                    // Let the appends of the next moments join this round: one transaction
+                    // for many events instead of one each.
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(GATHER) => {}
+                    }
+                }
                 () = tokio::time::sleep(pause) => {}
             }
         }

@@ -193,13 +193,21 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
             // Retried only if the body can be sent again and the request is safe to repeat.
             let safe = prepared.replayable() && retry::is_safe(&prepared.method, &prepared.headers);
             let mut call = inner.pipelines[&service].start(safe);
+            // A long poll takes as long as what its client waits for: not a slow call.
+            let long_poll = long_poll(&prepared.headers);
             let result = loop {
                 let permit = match call.admit() {
                     Ok(permit) => permit,
                     Err(open) => break Err(open),
                 };
                 let result = attempt(inner, &service, &mut prepared, deadline).await;
-                match call.after(permit, judge(&result)) {
+                let verdict = judge(&result);
+                let next = if long_poll {
+                    call.after_untimed(permit, verdict)
+                } else {
+                    call.after(permit, verdict)
+                };
+                match next {
                     Some(wait) => tokio::time::sleep(wait).await,
                     None => break Ok(result),
                 }
@@ -321,6 +329,22 @@ pub async fn replay(proxy: Proxy, service: String, shutdown: CancellationToken) 
 }
 
 /// How one attempt counts for the breaker and the retry policy.
+/// Whether the request asks to wait for its answer (`Prefer: wait=N`, RFC 7240), so that its
+/// time says nothing of the upstream's health.
+fn long_poll(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ';']))
+        .any(|preference| {
+            preference
+                .split('=')
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case("wait"))
+        })
+}
+
 fn judge(result: &Result<Response, (&'static str, Problem)>) -> Verdict {
     match result {
         Ok(response) => Verdict::of_status(response.status()),
@@ -555,6 +579,23 @@ fn is_lower_hex(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_preference_makes_a_long_poll() {
+        let with = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append("prefer", HeaderValue::from_str(value).expect("value"));
+            }
+            long_poll(&headers)
+        };
+        assert!(with(&["wait=8"]));
+        assert!(with(&["respond-async, Wait = 3"]));
+        assert!(with(&["return=minimal", "wait=1"]));
+        assert!(!with(&[]));
+        assert!(!with(&["return=minimal"]));
+        assert!(!with(&["waiting=1"]));
+    }
 
     #[test]
     fn a_valid_trace_is_continued_with_a_new_parent() {

@@ -90,6 +90,13 @@ async fn upstream() -> String {
             }),
         )
         .route(
+            "/v1/orders/waited",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                "done"
+            }),
+        )
+        .route(
             "/v1/orders/slow",
             get(|| async {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -357,6 +364,52 @@ async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
         "a POST with an Idempotency-Key is retried"
     );
     assert_eq!(count(), before + 2);
+}
+
+#[tokio::test]
+async fn long_polls_are_not_slow_calls_for_the_breaker() {
+    let harness = harness_with(Settings {
+        admin_api: true,
+        breaker: flotilla_resilience::BreakerConfig {
+            window: flotilla_resilience::breaker::Window::Count { calls: 2 },
+            minimum_calls: 2,
+            slow_call_duration_ms: 50,
+            ..flotilla_resilience::BreakerConfig::default()
+        },
+        ..Settings::default()
+    })
+    .await;
+    let address = upstream().await;
+    let _registration = register(&harness, "order", &address).await;
+    let waited = format!("{}/v1/orders/waited", harness.gateway);
+    let state = || async {
+        let (_, _, body) = call(
+            Method::GET,
+            &format!("{}/admin/breakers", harness.gateway),
+            &[],
+            Vec::new(),
+        )
+        .await;
+        body["order"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Each answer takes 150 ms, three times the slow-call duration.
+    for _ in 0..3 {
+        let (status, _, _) = call(Method::GET, &waited, &[("prefer", "wait=2")], Vec::new()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(state().await, "closed", "long polls are not slow calls");
+    for _ in 0..2 {
+        let (status, _, _) = call(Method::GET, &waited, &[], Vec::new()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(
+        state().await,
+        "open",
+        "the same calls without the preference are"
+    );
 }
 
 #[tokio::test]

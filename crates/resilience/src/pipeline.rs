@@ -278,6 +278,40 @@ impl Call<'_> {
         if let Some(permit) = permit {
             permit.record(verdict.outcome());
         }
+        self.next_wait(verdict)
+    }
+
+    /// [`Call::after`] for an attempt whose duration says nothing of the upstream's health: a
+    /// long poll (`Prefer: wait=N`), which the upstream answers when what the client waits for
+    /// happens. Its outcome counts; it never counts as a slow call.
+    ///
+    /// ```
+    /// use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, State, Window};
+    /// use flotilla_resilience::pipeline::{Pipeline, Verdict};
+    /// let config = BreakerConfig {
+    ///     window: Window::Count { calls: 2 },
+    ///     minimum_calls: 2,
+    ///     slow_call_duration_ms: 1,
+    ///     ..BreakerConfig::default()
+    /// };
+    /// let breaker = CircuitBreaker::new("order", config).unwrap();
+    /// let pipeline = Pipeline::new(Some(breaker.clone()), None);
+    /// for _ in 0..2 {
+    ///     let mut call = pipeline.start(false);
+    ///     let permit = call.admit().unwrap();
+    ///     std::thread::sleep(std::time::Duration::from_millis(5)); // slower than 1 ms
+    ///     call.after_untimed(permit, Verdict::Success);
+    /// }
+    /// assert_eq!(breaker.state(), State::Closed);
+    /// ```
+    pub fn after_untimed(&mut self, permit: Option<Permit>, verdict: Verdict) -> Option<Duration> {
+        if let Some(permit) = permit {
+            permit.record_with_duration(verdict.outcome(), Duration::ZERO);
+        }
+        self.next_wait(verdict)
+    }
+
+    fn next_wait(&mut self, verdict: Verdict) -> Option<Duration> {
         let retryable = matches!(verdict, Verdict::Failure { retryable: true });
         let safe = self.safe;
         self.retry
