@@ -6,8 +6,8 @@
 //! the order's waiters if it was marked (a mark left by a transaction that rolled back only
 //! causes a spare look). A waiter takes [`Changes::watch`] *before* loading the order, so a
 //! change committed between its load and its sleep still wakes it. Changes made by another instance of
-//! the service (`--scale order=2`) are not seen here: waiters also look again every
-//! [`FALLBACK_POLL`].
+//! the service (`--scale order=2`) are not seen here: waiters also look again after
+//! [`FALLBACK_POLL`], then after twice as long each time, up to [`FALLBACK_POLL_MAX`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,8 +15,12 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// How often a waiter looks at its order even without a wake-up.
+/// When a waiter first looks at its order again without a wake-up; each look doubles the wait,
+/// up to [`FALLBACK_POLL_MAX`].
 pub const FALLBACK_POLL: Duration = Duration::from_millis(250);
+
+/// The longest wait between a waiter's looks without a wake-up.
+pub const FALLBACK_POLL_MAX: Duration = Duration::from_secs(2);
 
 /// The orders waited for, each with what wakes its waiters.
 #[derive(Debug, Default)]

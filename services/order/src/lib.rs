@@ -224,6 +224,7 @@ async fn wait_for(
     done: impl Fn(&Order) -> bool,
 ) -> Result<(flotilla_eventstore::Loaded<Order>, bool), Problem> {
     let watch = deadline.map(|_| db.changes.watch(order_id));
+    let mut poll = changes::FALLBACK_POLL;
     loop {
         // Listening before loading: a change committed in between still wakes us.
         let changed = watch.as_ref().map(|watch| watch.notify.notified());
@@ -241,11 +242,14 @@ async fn wait_for(
         }
         match (deadline, changed.as_pin_mut()) {
             (Some(deadline), Some(changed)) if tokio::time::Instant::now() < deadline => {
-                let wake = deadline.min(tokio::time::Instant::now() + changes::FALLBACK_POLL);
+                let wake = deadline.min(tokio::time::Instant::now() + poll);
                 tokio::select! {
                     () = changed => {}
                     () = tokio::time::sleep_until(wake) => {}
                 }
+                // The fallback backs off: under load many requests wait at once, and their
+                // looks must not crowd out the work that ends their sagas.
+                poll = (poll * 2).min(changes::FALLBACK_POLL_MAX);
             }
             _ => return Ok((loaded, false)),
         }
