@@ -144,10 +144,11 @@ async fn place(
     )
     .await
     {
-        Ok(store::Placed::New(_)) => {
+        Ok(store::Placed::New(placed)) => {
             context.relay.notify_one();
             tracing::info!(%order_id, customer = %order.customer_id, style = style.as_str(), "order placed");
-            respond(&context.db, &order_id, wait, style).await
+            // The order as the placement committed it: no need to load it again.
+            respond_with(&context.db, &order_id, wait, style, Some(*placed)).await
         }
         // A concurrent request with the same key won the race.
         Ok(store::Placed::KeyTaken) => match &key {
@@ -216,11 +217,15 @@ fn saga_style(headers: &HeaderMap, default: SagaStyle) -> Result<SagaStyle, Prob
 }
 
 /// Loads order `order_id` until `done` holds of it or `deadline` passes; the order as last
-/// loaded, and whether `done` held.
+/// loaded, and whether `done` held. The first look uses `known` instead of a load when given:
+/// the order as a transaction that just committed left it. (A change committed between that
+/// commit and the first sleep is then seen at the first fallback look, not at once; a saga
+/// cannot end that fast, its steps being messages to other services.)
 async fn wait_for(
     db: &Database,
     order_id: &str,
     deadline: Option<tokio::time::Instant>,
+    mut known: Option<flotilla_eventstore::Loaded<Order>>,
     done: impl Fn(&Order) -> bool,
 ) -> Result<(flotilla_eventstore::Loaded<Order>, bool), Problem> {
     let watch = deadline.map(|_| db.changes.watch(order_id));
@@ -232,11 +237,14 @@ async fn wait_for(
         if let Some(changed) = changed.as_mut().as_pin_mut() {
             changed.enable();
         }
-        let loaded = db
-            .events
-            .load::<Order>(order_id)
-            .await
-            .map_err(|e| Problem::internal(&e))?;
+        let loaded = match known.take() {
+            Some(loaded) => loaded,
+            None => db
+                .events
+                .load::<Order>(order_id)
+                .await
+                .map_err(|e| Problem::internal(&e))?,
+        };
         if done(&loaded.state) {
             return Ok((loaded, true));
         }
@@ -291,8 +299,19 @@ async fn respond(
     wait: Option<u64>,
     style: SagaStyle,
 ) -> Result<Response, Problem> {
+    respond_with(db, order_id, wait, style, None).await
+}
+
+/// [`respond`], starting from the order as it is `known` to be, if it is.
+async fn respond_with(
+    db: &Database,
+    order_id: &str,
+    wait: Option<u64>,
+    style: SagaStyle,
+    known: Option<flotilla_eventstore::Loaded<Order>>,
+) -> Result<Response, Problem> {
     let deadline = wait.map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
-    let (loaded, ended) = wait_for(db, order_id, deadline, |order| {
+    let (loaded, ended) = wait_for(db, order_id, deadline, known, |order| {
         wait.is_some() && order.status.is_some_and(|s| s != Status::Pending)
     })
     .await?;
@@ -360,7 +379,7 @@ async fn cancel(
     }
     let wait = prefer_wait(&headers);
     let deadline = wait.map(|seconds| tokio::time::Instant::now() + Duration::from_secs(seconds));
-    let (loaded, ended) = wait_for(&context.db, &id, deadline, |order| {
+    let (loaded, ended) = wait_for(&context.db, &id, deadline, None, |order| {
         wait.is_some() && !order.cancelling()
     })
     .await?;
