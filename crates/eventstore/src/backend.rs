@@ -424,22 +424,7 @@ pub(crate) async fn append(
         }
     }
     drop(rows);
-    let recorded = events
-        .into_iter()
-        .zip(0u64..)
-        .map(|(event, offset)| RecordedEvent {
-            position: first_position + offset,
-            stream_id: stream.to_owned(),
-            version: actual + 1 + offset,
-            id: event.id,
-            event_type: event.event_type,
-            schema_version: event.schema_version,
-            data: event.data,
-            metadata: event.metadata,
-            recorded_at: now,
-        })
-        .collect();
-    Ok(recorded)
+    Ok(recorded(events, stream, first_position, actual + 1, now))
 }
 
 /// SQLite, one event after a known version (the common append: an aggregate's new event): one
@@ -505,12 +490,25 @@ async fn append_one_sqlite(
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(events
+    Ok(recorded(events, stream, to_u64(position), version + 1, now))
+}
+
+/// `events` as appended to `stream`: consecutive positions from `first_position` and versions
+/// from `first_version`.
+fn recorded(
+    events: Vec<NewEvent>,
+    stream: &str,
+    first_position: u64,
+    first_version: u64,
+    now: OffsetDateTime,
+) -> Vec<RecordedEvent> {
+    events
         .into_iter()
-        .map(|event| RecordedEvent {
-            position: to_u64(position),
+        .zip(0u64..)
+        .map(|(event, offset)| RecordedEvent {
+            position: first_position + offset,
             stream_id: stream.to_owned(),
-            version: version + 1,
+            version: first_version + offset,
             id: event.id,
             event_type: event.event_type,
             schema_version: event.schema_version,
@@ -518,7 +516,7 @@ async fn append_one_sqlite(
             metadata: event.metadata,
             recorded_at: now,
         })
-        .collect())
+        .collect()
 }
 
 /// Rows per `INSERT` statement: 12 parameters each, well under SQLite's 32,766 and
