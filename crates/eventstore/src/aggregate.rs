@@ -345,6 +345,84 @@ async fn save_in<A: Aggregate>(
         .collect::<Result<Vec<_>, _>>()?;
     let recorded =
         backend::append(conn, &stream, ExpectedVersion::Exact(loaded.version), new).await?;
+    let before = applied(loaded, &recorded, events);
+    let every = store.options().snapshot_every;
+    if every > 0 && loaded.version / every > before / every {
+        let state =
+            serde_json::to_string(&loaded.state).map_err(|e| Error::Encode(e.to_string()))?;
+        backend::save_snapshot(conn, &stream, loaded.version, A::STATE_VERSION, &state).await?;
+    }
+    Ok(recorded)
+}
+
+/// Loading and saving aggregates with direct SQLite calls inside a caller's transaction
+/// ([`flotilla_kit::database::direct`]): what [`EventStore::load_on`] and
+/// [`EventStore::save_on`] do, without a round trip to sqlx's worker per statement.
+impl EventStore {
+    /// [`EventStore::append`] on a borrowed SQLite handle, inside the caller's transaction:
+    /// `events` after `expected` on `stream`.
+    pub fn append_direct(
+        &self,
+        db: &rusqlite::Connection,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<crate::NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        backend::direct::append(db, stream, expected, events)
+    }
+
+    /// [`EventStore::load_on`] on a borrowed SQLite handle: replays the whole stream, seeing
+    /// what the caller's transaction appended.
+    pub fn load_direct<A: Aggregate>(
+        &self,
+        db: &rusqlite::Connection,
+        id: &str,
+    ) -> Result<Loaded<A>, Error> {
+        let rows = backend::direct::read_stream(db, &stream_of::<A>(id), 1)?;
+        let mut state = A::default();
+        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
+        Ok(Loaded {
+            id: id.to_owned(),
+            state,
+            version,
+        })
+    }
+
+    /// [`EventStore::save_on`] on a borrowed SQLite handle: appends `events` after
+    /// `loaded.version`, applies them to `loaded`, and writes a snapshot when the stream passes a
+    /// multiple of [`Options::snapshot_every`](crate::Options::snapshot_every). Subscriptions of
+    /// this process learn of the events at their next poll.
+    pub fn save_direct<A: Aggregate>(
+        &self,
+        db: &rusqlite::Connection,
+        loaded: &mut Loaded<A>,
+        events: &[A::Event],
+        metadata: &Metadata,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        let stream = stream_of::<A>(&loaded.id);
+        let new = events
+            .iter()
+            .map(|event| encode::<A>(event, metadata))
+            .collect::<Result<Vec<_>, _>>()?;
+        let recorded =
+            backend::direct::append(db, &stream, ExpectedVersion::Exact(loaded.version), new)?;
+        let before = applied(loaded, &recorded, events);
+        let every = self.options().snapshot_every;
+        if every > 0 && loaded.version / every > before / every {
+            let state =
+                serde_json::to_string(&loaded.state).map_err(|e| Error::Encode(e.to_string()))?;
+            backend::direct::save_snapshot(db, &stream, loaded.version, A::STATE_VERSION, &state)?;
+        }
+        Ok(recorded)
+    }
+}
+
+/// Applies the `recorded` appends of `events` to `loaded`; returns its version before them.
+fn applied<A: Aggregate>(
+    loaded: &mut Loaded<A>,
+    recorded: &[RecordedEvent],
+    events: &[A::Event],
+) -> u64 {
     let before = loaded.version;
     for (event, typed) in recorded.iter().zip(events) {
         loaded.state.apply(
@@ -356,11 +434,5 @@ async fn save_in<A: Aggregate>(
         );
         loaded.version = event.version;
     }
-    let every = store.options().snapshot_every;
-    if every > 0 && loaded.version / every > before / every {
-        let state =
-            serde_json::to_string(&loaded.state).map_err(|e| Error::Encode(e.to_string()))?;
-        backend::save_snapshot(conn, &stream, loaded.version, A::STATE_VERSION, &state).await?;
-    }
-    Ok(recorded)
+    before
 }

@@ -899,3 +899,224 @@ pub(crate) async fn set_checkpoint(tx: &mut Tx, name: &str, to: u64) -> Result<(
     });
     Ok(())
 }
+
+/// The SQLite paths with direct calls on a borrowed handle (`flotilla_kit::database::direct`):
+/// the same SQL as above, run on the caller's thread inside the caller's transaction, with no
+/// round trip to sqlx's worker per statement.
+pub(crate) mod direct {
+    use flotilla_kit::database::{execute, query_optional, sqlx_error};
+    use rusqlite::Connection;
+    use time::OffsetDateTime;
+
+    use super::{
+        SQLITE_HEAD_AND_VERSION, STREAM_VERSION, StoredEvent, from_page, recorded, to_i64, to_u64,
+    };
+    use crate::event::{from_micros, micros};
+    use crate::{Error, ExpectedVersion, NewEvent, RecordedEvent, category};
+
+    fn failed(error: rusqlite::Error) -> Error {
+        Error::Database(sqlx_error(error))
+    }
+
+    fn is_unique_violation(error: &rusqlite::Error) -> bool {
+        error.sqlite_error().is_some_and(|failure| {
+            matches!(
+                failure.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            )
+        })
+    }
+
+    /// The events of `stream` from version `from` on.
+    pub(crate) fn read_stream(
+        db: &Connection,
+        stream: &str,
+        from: u64,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let page: Option<Option<String>> = query_optional(
+            db,
+            sqlite_page!(
+                "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version"
+            ),
+            &[&stream, &to_i64(from), &i64::MAX],
+            |row| row.get(0),
+        )
+        .map_err(failed)?;
+        from_page(page.flatten())
+    }
+
+    /// [`super::append`] on SQLite: one statement for a single event after a known version, else
+    /// the head and the version in one read and one `INSERT` per event.
+    pub(crate) fn append(
+        db: &Connection,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<RecordedEvent>, Error> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let known = match expected {
+            ExpectedVersion::Exact(version) => Some(version),
+            ExpectedVersion::NoStream => Some(0),
+            ExpectedVersion::Any => None,
+        };
+        let now = OffsetDateTime::now_utc();
+        let recorded_at = micros(now);
+        let now = from_micros(recorded_at);
+        let category = category(stream);
+        let conflict = |actual: u64| Error::Conflict {
+            stream: stream.to_owned(),
+            expected,
+            actual,
+        };
+        if let (Some(version), [event]) = (known, events.as_slice()) {
+            let [data, metadata] = encoded(event)?;
+            let position: Option<i64> = query_optional(
+                db,
+                "INSERT INTO eventstore_events (event_id, stream_id, category, version, event_type, \
+                 schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
+                 SELECT $1, $2, $3, $4 + 1, $5, $6, $7, $8, $9, $10, $11 \
+                 WHERE COALESCE((SELECT version FROM eventstore_events WHERE stream_id = $2 \
+                                 ORDER BY version DESC LIMIT 1), 0) = $4 \
+                 RETURNING position",
+                &[
+                    &event.id.to_string(),
+                    &stream,
+                    &category,
+                    &to_i64(version),
+                    &event.event_type,
+                    &schema_version(event)?,
+                    &data,
+                    &metadata,
+                    &event.metadata.causation_id,
+                    &event.metadata.correlation_id,
+                    &recorded_at,
+                ],
+                |row| row.get(0),
+            )
+            .map_err(|e| unique_or(db, &events, e, || conflict(version)))?;
+            let Some(position) = position else {
+                return Err(conflict(stream_version(db, stream)?));
+            };
+            return Ok(recorded(events, stream, to_u64(position), version + 1, now));
+        }
+        let (last, actual): (i64, i64) =
+            query_optional(db, SQLITE_HEAD_AND_VERSION, &[&stream], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(failed)?
+            .unwrap_or((0, 0));
+        let (first_position, actual) = (to_u64(last) + 1, to_u64(actual));
+        if !expected.admits(actual) {
+            return Err(conflict(actual));
+        }
+        for (offset, event) in (0u64..).zip(&events) {
+            let [data, metadata] = encoded(event)?;
+            execute(
+                db,
+                "INSERT INTO eventstore_events (position, event_id, stream_id, category, version, \
+                 event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                &[
+                    &to_i64(first_position + offset),
+                    &event.id.to_string(),
+                    &stream,
+                    &category,
+                    &to_i64(actual + 1 + offset),
+                    &event.event_type,
+                    &schema_version(event)?,
+                    &data,
+                    &metadata,
+                    &event.metadata.causation_id,
+                    &event.metadata.correlation_id,
+                    &recorded_at,
+                ],
+            )
+            .map_err(|e| unique_or(db, &events, e, || conflict(actual)))?;
+        }
+        Ok(recorded(events, stream, first_position, actual + 1, now))
+    }
+
+    fn encoded(event: &NewEvent) -> Result<[String; 2], Error> {
+        let encode = |e: serde_json::Error| Error::Encode(e.to_string());
+        Ok([
+            serde_json::to_string(&event.data).map_err(encode)?,
+            serde_json::to_string(&event.metadata.extra).map_err(encode)?,
+        ])
+    }
+
+    fn schema_version(event: &NewEvent) -> Result<i32, Error> {
+        i32::try_from(event.schema_version)
+            .map_err(|_| Error::Encode("schema version out of range".into()))
+    }
+
+    fn stream_version(db: &Connection, stream: &str) -> Result<u64, Error> {
+        let actual: Option<i64> =
+            query_optional(db, STREAM_VERSION, &[&stream], |row| row.get(0)).map_err(failed)?;
+        Ok(to_u64(actual.unwrap_or(0)))
+    }
+
+    /// A unique violation of an `INSERT`: an event id stored already, named in
+    /// [`Error::DuplicateEvent`], or a version taken (`conflict`); any other error as it is.
+    fn unique_or(
+        db: &Connection,
+        events: &[NewEvent],
+        error: rusqlite::Error,
+        conflict: impl FnOnce() -> Error,
+    ) -> Error {
+        if !is_unique_violation(&error) {
+            return failed(error);
+        }
+        if !error.to_string().contains("event_id") {
+            return conflict();
+        }
+        let first = events.first().map_or(uuid::Uuid::nil(), |e| e.id);
+        let mut seen = std::collections::HashSet::new();
+        if let Some(repeated) = events.iter().find(|e| !seen.insert(e.id)) {
+            return Error::DuplicateEvent(repeated.id);
+        }
+        // SQLite rolled back only the statement: ask which id is stored.
+        let stored = events.iter().find(|event| {
+            query_optional(
+                db,
+                "SELECT position FROM eventstore_events WHERE event_id = $1",
+                &[&event.id.to_string()],
+                |row| row.get::<_, i64>(0),
+            )
+            .ok()
+            .flatten()
+            .is_some()
+        });
+        Error::DuplicateEvent(stored.map_or(first, |e| e.id))
+    }
+
+    /// [`super::save_snapshot`] on SQLite.
+    pub(crate) fn save_snapshot(
+        db: &Connection,
+        stream: &str,
+        version: u64,
+        state_version: u32,
+        state: &str,
+    ) -> Result<(), Error> {
+        let state_version = i32::try_from(state_version)
+            .map_err(|_| Error::Encode("state version out of range".into()))?;
+        execute(
+            db,
+            "INSERT INTO eventstore_snapshots (stream_id, version, state_version, state, taken_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+             state_version = excluded.state_version, state = excluded.state, taken_at = excluded.taken_at",
+            &[
+                &stream,
+                &to_i64(version),
+                &state_version,
+                &state,
+                &micros(OffsetDateTime::now_utc()),
+            ],
+        )
+        .map_err(failed)?;
+        Ok(())
+    }
+}

@@ -1035,3 +1035,96 @@ async fn saves_within_a_callers_sqlite_transaction_see_each_other_and_roll_back_
     assert_eq!(store.load::<Account>("own").await.unwrap().state.balance, 7);
     db.close().await;
 }
+
+/// SQLite only: the direct path (`load_direct`/`save_direct` on sqlx's borrowed handle) inside a
+/// caller's transaction behaves as `load_on`/`save_on`: it sees its own appends, a stale save
+/// is a conflict, a repeated event id is named, several events go in at once, a snapshot is
+/// taken at the interval, and what it recorded reads back the same through sqlx.
+#[tokio::test]
+async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
+    let options = Options {
+        snapshot_every: 3,
+        ..Options::default()
+    };
+    let db = Db::open(Backend::Sqlite, options)
+        .await
+        .expect("sqlite always works");
+    let store = db.store.clone();
+    let pool = store.sqlite_pool().expect("sqlite").clone();
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let recorded = flotilla_kit::database::direct(&mut tx, |sql| {
+        let mut account = store.load_direct::<Account>(sql, "direct").unwrap();
+        let first = store
+            .save_direct(
+                sql,
+                &mut account,
+                &[account_event(100)],
+                &Metadata::default(),
+            )
+            .unwrap();
+        let mut again = store.load_direct::<Account>(sql, "direct").unwrap();
+        assert_eq!(
+            (again.state.balance, again.version),
+            (100, 1),
+            "sees its own append"
+        );
+        let more = store
+            .save_direct(
+                sql,
+                &mut again,
+                &[account_event(-30), account_event(5)],
+                &Metadata::default(),
+            )
+            .unwrap();
+        let stale = store.save_direct(sql, &mut account, &[account_event(1)], &Metadata::default());
+        assert!(
+            matches!(stale, Err(Error::Conflict { actual: 3, .. })),
+            "{stale:?}"
+        );
+        Ok(first.into_iter().chain(more).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        recorded.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    tx.commit().await.unwrap();
+    let read = store.read_stream("account-direct", 1).await.unwrap();
+    assert_eq!(
+        read, recorded,
+        "what the direct path returned is what a reader reads"
+    );
+    let loaded = store.load::<Account>("direct").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (75, 3));
+    let snapshot: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM eventstore_snapshots WHERE stream_id = $1")
+            .bind("account-direct")
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+    assert_eq!(snapshot, Some(3), "a snapshot at the interval");
+
+    // A repeated event id is named, and the transaction rolls back with everything in it.
+    let repeated = read[0].id;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let duplicate = flotilla_kit::database::direct(&mut tx, |sql| {
+        let mut again = event("Deposited", 9);
+        again.id = repeated;
+        Ok(store.append_direct(
+            sql,
+            "account-direct",
+            ExpectedVersion::Exact(3),
+            vec![again],
+        ))
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(duplicate, Err(Error::DuplicateEvent(id)) if id == repeated),
+        "{duplicate:?}"
+    );
+    drop(tx);
+    assert_eq!(store.stream_version("account-direct").await.unwrap(), 3);
+    db.close().await;
+}
