@@ -44,6 +44,22 @@ pub trait Projection: Send + Sync {
 
     /// Empties the read model (before a rebuild), within `tx`.
     fn reset(&self, tx: &mut StoreTx) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Whether [`Projection::apply_direct`] does the work: then on SQLite the projector applies
+    /// a round's events on its transaction's borrowed handle in one round trip
+    /// ([`flotilla_kit::database::direct`]), each statement prepared once for the round. False
+    /// by default.
+    const DIRECT: bool = false;
+
+    /// [`Projection::apply`] on a borrowed SQLite handle, inside the projector's transaction;
+    /// used when [`Projection::DIRECT`] is true. By default it fails.
+    fn apply_direct(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
+        let _ = (db, event);
+        Err(Error::Encode(format!(
+            "projection {} has no direct apply",
+            self.name()
+        )))
+    }
 }
 
 /// Runs a projection against a store.
@@ -130,9 +146,7 @@ impl<P: Projection> Projector<P> {
                 self.report(from, 0);
                 return Ok(applied);
             };
-            for event in &events {
-                self.projection.apply(&mut tx, event).await?;
-            }
+            self.apply_all(&mut tx, &events).await?;
             backend::set_checkpoint(&mut tx.tx, name, last).await?;
             tx.commit().await?;
             metrics::counter!("eventstore_projection_commits_total", "projection" => name.to_owned())
@@ -163,9 +177,7 @@ impl<P: Projection> Projector<P> {
             let Some(last) = events.last().map(|e| e.position) else {
                 break;
             };
-            for event in &events {
-                self.projection.apply(&mut tx, event).await?;
-            }
+            self.apply_all(&mut tx, &events).await?;
             applied += events.len() as u64;
             position = last;
         }
@@ -203,6 +215,25 @@ impl<P: Projection> Projector<P> {
                 () = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    /// Applies `events` in order within `tx`: with direct calls in one round trip when the
+    /// projection has them and the store is SQLite, else one by one.
+    async fn apply_all(&self, tx: &mut StoreTx, events: &[RecordedEvent]) -> Result<(), Error> {
+        if P::DIRECT
+            && let Some(connection) = tx.sqlite()
+        {
+            return flotilla_kit::database::direct(connection, |db| {
+                events
+                    .iter()
+                    .try_for_each(|event| self.projection.apply_direct(db, event))
+            })
+            .await;
+        }
+        for event in events {
+            self.projection.apply(tx, event).await?;
+        }
+        Ok(())
     }
 
     fn report(&self, position: u64, lag: u64) {

@@ -1081,7 +1081,7 @@ async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
             matches!(stale, Err(Error::Conflict { actual: 3, .. })),
             "{stale:?}"
         );
-        Ok(first.into_iter().chain(more).collect::<Vec<_>>())
+        Ok::<_, Error>(first.into_iter().chain(more).collect::<Vec<_>>())
     })
     .await
     .unwrap();
@@ -1111,7 +1111,7 @@ async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
     let duplicate = flotilla_kit::database::direct(&mut tx, |sql| {
         let mut again = event("Deposited", 9);
         again.id = repeated;
-        Ok(store.append_direct(
+        Ok::<_, Error>(store.append_direct(
             sql,
             "account-direct",
             ExpectedVersion::Exact(3),

@@ -97,7 +97,8 @@ pub async fn open(path: &Path, migrations: &Migrator) -> Result<Opening, sqlx::E
 /// `work` runs. Within a transaction begun through sqlx, `work` runs inside it; it must not
 /// begin, commit or roll back itself.
 ///
-/// `work` holds the handle: it must be short (a transaction's statements, not a wait), since it
+/// `work`'s errors are its own (`E`, which an sqlx error converts into); [`sqlx_error`] turns a
+/// rusqlite error into an sqlx one. `work` holds the handle: it must be short (a transaction's statements, not a wait), since it
 /// runs on an async worker thread and every other user of the connection queues behind it.
 /// Statements `work` prepares ([`rusqlite::Connection::prepare_cached`]) live until it returns:
 /// repeated statements are prepared once per call.
@@ -107,28 +108,30 @@ pub async fn open(path: &Path, migrations: &Migrator) -> Result<Opening, sqlx::E
 /// use sqlx::Connection;
 /// let mut connection = sqlx::SqliteConnection::connect("sqlite::memory:").await.unwrap();
 /// let answer = flotilla_kit::database::direct(&mut connection, |db| {
-///     db.execute_batch("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (41), (1);")?;
-///     db.query_row("SELECT SUM(n) FROM t", [], |row| row.get::<_, i64>(0))
+///     db.execute_batch("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (41), (1);")
+///         .and_then(|()| db.query_row("SELECT SUM(n) FROM t", [], |row| row.get::<_, i64>(0)))
+///         .map_err(flotilla_kit::database::sqlx_error)
 /// })
 /// .await
 /// .unwrap();
 /// assert_eq!(answer, 42);
 /// # });
 /// ```
-pub async fn direct<T, F>(connection: &mut SqliteConnection, work: F) -> Result<T, sqlx::Error>
+pub async fn direct<T, E, F>(connection: &mut SqliteConnection, work: F) -> Result<T, E>
 where
-    F: FnOnce(&rusqlite::Connection) -> Result<T, rusqlite::Error>,
+    F: FnOnce(&rusqlite::Connection) -> Result<T, E>,
+    E: From<sqlx::Error>,
 {
-    let mut handle = connection.lock_handle().await?;
+    let mut handle = connection.lock_handle().await.map_err(E::from)?;
     let raw = handle.as_raw_handle();
     // SAFETY: `handle` keeps sqlx's worker thread off this database handle (and its statements)
     // until it drops, after `borrowed`. `from_handle` does not take ownership: dropping
     // `borrowed` finalizes only the statements it prepared and leaves the handle open. Both
     // crates link the one libsqlite3-sys of the build (0.37).
     #[allow(unsafe_code)]
-    let borrowed =
-        unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }.map_err(sqlx_error)?;
-    let result = work(&borrowed).map_err(sqlx_error);
+    let borrowed = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }
+        .map_err(|e| E::from(sqlx_error(e)))?;
+    let result = work(&borrowed);
     drop(borrowed);
     drop(handle);
     result

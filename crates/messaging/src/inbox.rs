@@ -70,6 +70,28 @@ pub async fn claim_all(
     Ok(claimed.into_iter().collect())
 }
 
+/// [`claim_all`] on a borrowed SQLite handle, inside the caller's transaction
+/// ([`flotilla_kit::database::direct`]).
+pub fn claim_all_direct(
+    db: &rusqlite::Connection,
+    consumer: &str,
+    message_ids: &[String],
+) -> Result<std::collections::HashSet<String>, Error> {
+    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
+        .unwrap_or(i64::MAX);
+    let ids = serde_json::to_string(message_ids).map_err(Error::Encode)?;
+    let claimed = flotilla_kit::database::query(
+        db,
+        "INSERT INTO messaging_inbox (consumer, message_id, processed_at)
+         SELECT DISTINCT $1, value, $2 FROM json_each($3) WHERE true
+         ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id",
+        &[&consumer, &now, &ids],
+        |row| row.get::<_, String>(0),
+    )
+    .map_err(flotilla_kit::database::sqlx_error)?;
+    Ok(claimed.into_iter().collect())
+}
+
 /// Why a handler did not process a message.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -94,6 +116,26 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut SqliteConnection,
         message: &Message,
     ) -> impl Future<Output = Result<Vec<Message>, HandlerError>> + Send;
+
+    /// Whether [`Handler::handle_direct`] does the work: then the consumer runs a whole group
+    /// of messages (claims, effects, outgoing messages) on its borrowed SQLite handle in one
+    /// round trip ([`flotilla_kit::database::direct`]), each statement prepared once for the
+    /// group. False by default.
+    const DIRECT: bool = false;
+
+    /// [`Handler::handle`] on a borrowed SQLite handle, inside the consumer's transaction;
+    /// used when [`Handler::DIRECT`] is true. By default it rejects the message.
+    fn handle_direct(
+        &self,
+        db: &rusqlite::Connection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        let _ = db;
+        Err(HandlerError::Reject(format!(
+            "{} has no direct handler",
+            message.message_type
+        )))
+    }
 
     /// Called once `message`'s effect has committed (not for duplicates or rejections): wake
     /// whoever waits for it, such as a request waiting for an order's final state. Nothing by
@@ -159,6 +201,20 @@ impl<A: Handler, B: Handler> Handler for ByTopic<A, B> {
         }
     }
 
+    const DIRECT: bool = A::DIRECT && B::DIRECT;
+
+    fn handle_direct(
+        &self,
+        db: &rusqlite::Connection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        if message.topic == self.topic {
+            self.on_topic.handle_direct(db, message)
+        } else {
+            self.otherwise.handle_direct(db, message)
+        }
+    }
+
     fn committed(&self, message: &Message) {
         if message.topic == self.topic {
             self.on_topic.committed(message);
@@ -179,6 +235,16 @@ pub enum Processed {
     Rejected,
     /// It will be delivered again.
     Retried,
+}
+
+/// What became of a group processed with direct calls.
+enum Group {
+    /// Committed: one outcome per message.
+    Done(Vec<Processed>),
+    /// A handler asked for a retry: rolled back.
+    Retry(String),
+    /// A handler failed on the database: rolled back.
+    Failed(sqlx::Error),
 }
 
 /// Most deliveries committed in one transaction.
@@ -217,6 +283,18 @@ impl<H: Handler> Consumer<H> {
 
     /// Processes one delivered message in one transaction: inbox, effect, outbox.
     pub async fn process(&self, message: &Message) -> Result<Processed, Error> {
+        if H::DIRECT {
+            return match self.group_direct(&[message]).await? {
+                Group::Done(outcomes) => {
+                    Ok(outcomes.into_iter().next().unwrap_or(Processed::Retried))
+                }
+                Group::Retry(reason) => {
+                    tracing::warn!(consumer = %self.name, message_id = %message.id, %reason, "message will be retried");
+                    Ok(Processed::Retried)
+                }
+                Group::Failed(error) => Err(error.into()),
+            };
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if !claim(&mut tx, &self.name, &message.id.to_string()).await? {
             return Ok(Processed::Duplicate);
@@ -278,6 +356,12 @@ impl<H: Handler> Consumer<H> {
     /// The group commit; `None` when a handler asked for a retry or failed on the database
     /// (everything rolled back).
     async fn try_batch(&self, messages: &[&Message]) -> Result<Option<Vec<Processed>>, Error> {
+        if H::DIRECT {
+            return match self.group_direct(messages).await? {
+                Group::Done(outcomes) => Ok(Some(outcomes)),
+                Group::Retry(_) | Group::Failed(_) => Ok(None),
+            };
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut outcomes = Vec::with_capacity(messages.len());
         let mut rejections = Vec::new();
@@ -322,6 +406,66 @@ impl<H: Handler> Consumer<H> {
             waker.notify_one();
         }
         Ok(Some(outcomes))
+    }
+
+    /// The group commit with direct calls ([`Handler::DIRECT`]): one transaction, one round
+    /// trip for its claims, effects and outgoing messages. Rolled back, with the reason, when a
+    /// handler asks for a retry or fails on the database.
+    async fn group_direct(&self, messages: &[&Message]) -> Result<Group, Error> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
+        let handler = &self.handler;
+        let ran = flotilla_kit::database::direct(&mut tx, |db| {
+            let mut claimed = claim_all_direct(db, &self.name, &ids)?;
+            let mut outcomes = Vec::with_capacity(messages.len());
+            let mut rejections = Vec::new();
+            for (message, id) in messages.iter().zip(&ids) {
+                // Removed once taken: the same message twice in a group is applied once.
+                if !claimed.remove(id) {
+                    outcomes.push(Processed::Duplicate);
+                    continue;
+                }
+                match handler.handle_direct(db, message) {
+                    Ok(outgoing) => {
+                        for out in &outgoing {
+                            outbox::enqueue_direct(db, out)?;
+                        }
+                        outcomes.push(Processed::Applied);
+                    }
+                    // The inbox row stays: a redelivery is a duplicate, not a second rejection.
+                    Err(HandlerError::Reject(reason)) => {
+                        rejections.push((*message, reason));
+                        outcomes.push(Processed::Rejected);
+                    }
+                    Err(HandlerError::Retry(reason)) => return Ok(Err(Group::Retry(reason))),
+                    Err(HandlerError::Database(error)) => return Ok(Err(Group::Failed(error))),
+                }
+            }
+            Ok::<_, Error>(Ok((outcomes, rejections)))
+        })
+        .await?;
+        let (outcomes, rejections) = match ran {
+            Ok(done) => done,
+            // Dropping the transaction rolls everything back.
+            Err(stopped) => return Ok(stopped),
+        };
+        tx.commit().await?;
+        metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
+            .increment(1);
+        for (message, reason) in rejections {
+            tracing::error!(consumer = %self.name, message_id = %message.id, message_type = %message.message_type, %reason, "message rejected");
+        }
+        let mut applied = false;
+        for (message, outcome) in messages.iter().zip(&outcomes) {
+            if *outcome == Processed::Applied {
+                self.handler.committed(message);
+                applied = true;
+            }
+        }
+        if applied && let Some(waker) = &self.outbox_waker {
+            waker.notify_one();
+        }
+        Ok(Group::Done(outcomes))
     }
 
     /// Settles one delivery after processing it.

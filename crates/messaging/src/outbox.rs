@@ -38,6 +38,12 @@ pub async fn enqueue(connection: &mut SqliteConnection, message: &Message) -> Re
     Ok(())
 }
 
+/// [`enqueue`] with a direct SQLite call, inside the caller's transaction
+/// ([`flotilla_kit::database::direct`]).
+pub fn enqueue_direct(db: &rusqlite::Connection, message: &Message) -> Result<(), Error> {
+    Staged::new(message)?.insert_direct(db)
+}
+
 /// A message checked and encoded for the outbox, for a caller that writes it in a statement of
 /// its own with other rows (one round trip to the database instead of two): append
 /// [`Staged::statement`] to that statement's text and [`Staged::bind`] its values in order.
@@ -84,6 +90,25 @@ impl Staged {
             "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
              VALUES (${a}, ${b}, ${c}, ${d}, ${e});"
         )
+    }
+
+    /// Writes the row with a direct SQLite call, inside the caller's transaction
+    /// ([`flotilla_kit::database::direct`]).
+    pub fn insert_direct(&self, db: &rusqlite::Connection) -> Result<(), Error> {
+        flotilla_kit::database::execute(
+            db,
+            "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &self.message_id,
+                &self.topic,
+                &self.key,
+                &self.envelope,
+                &self.created_at,
+            ],
+        )
+        .map_err(flotilla_kit::database::sqlx_error)?;
+        Ok(())
     }
 
     /// Binds the row's values, in [`Staged::statement`]'s order, to `query`.

@@ -51,6 +51,46 @@ impl Handler for Recorder {
     }
 }
 
+/// [`Recorder`] with direct calls: the consumer runs a whole group on its borrowed handle.
+struct DirectRecorder(Recorder);
+
+impl Handler for DirectRecorder {
+    const DIRECT: bool = true;
+
+    async fn handle(
+        &self,
+        tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
+    }
+
+    fn handle_direct(
+        &self,
+        db: &rusqlite::Connection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        flotilla_kit::database::execute(db, "INSERT INTO effects (n) VALUES ($1)", &[&n(message)])
+            .map_err(flotilla_kit::database::sqlx_error)?;
+        if Some(n(message)) == self.0.retry {
+            return Err(HandlerError::Retry("not now".into()));
+        }
+        if n(message) < 0 {
+            return Err(HandlerError::Reject("negative".into()));
+        }
+        Ok(vec![Message::new(
+            "order.done",
+            "Done",
+            message.key.clone(),
+            serde_json::json!({ "n": n(message) }),
+        )])
+    }
+
+    fn committed(&self, message: &Message) {
+        self.0.committed(message);
+    }
+}
+
 async fn database() -> (SqlitePool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
     let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -94,14 +134,40 @@ fn message(n: i64) -> Message {
 async fn a_group_commits_every_effect_in_order_and_skips_duplicates_and_rejections() {
     let (pool, _dir) = database().await;
     let committed = Arc::new(Mutex::new(Vec::new()));
-    let consumer = Consumer::new(
-        "group",
-        pool.clone(),
-        Recorder {
-            retry: None,
-            committed: committed.clone(),
-        },
-    );
+    let recorder = Recorder {
+        retry: None,
+        committed: committed.clone(),
+    };
+    commits_in_order(
+        Consumer::new("group", pool.clone(), recorder),
+        &pool,
+        &committed,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_direct_group_commits_every_effect_in_order_and_skips_duplicates_and_rejections() {
+    let (pool, _dir) = database().await;
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let recorder = DirectRecorder(Recorder {
+        retry: None,
+        committed: committed.clone(),
+    });
+    commits_in_order(
+        Consumer::new("group", pool.clone(), recorder),
+        &pool,
+        &committed,
+    )
+    .await;
+}
+
+async fn commits_in_order<H: Handler>(
+    consumer: Consumer<H>,
+    pool: &SqlitePool,
+    committed: &Mutex<Vec<i64>>,
+) {
+    let pool = pool.clone();
     let (one, two, bad) = (message(1), message(2), message(-1));
     let outcomes = consumer
         .process_batch(&[&one, &two, &one, &bad])
@@ -136,14 +202,40 @@ async fn a_group_commits_every_effect_in_order_and_skips_duplicates_and_rejectio
 async fn a_retry_in_a_group_rolls_it_back_and_the_others_still_apply_alone() {
     let (pool, _dir) = database().await;
     let committed = Arc::new(Mutex::new(Vec::new()));
-    let consumer = Consumer::new(
-        "group",
-        pool.clone(),
-        Recorder {
-            retry: Some(2),
-            committed: committed.clone(),
-        },
-    );
+    let recorder = Recorder {
+        retry: Some(2),
+        committed: committed.clone(),
+    };
+    retries_alone(
+        Consumer::new("group", pool.clone(), recorder),
+        &pool,
+        &committed,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_retry_in_a_direct_group_rolls_it_back_and_the_others_still_apply_alone() {
+    let (pool, _dir) = database().await;
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let recorder = DirectRecorder(Recorder {
+        retry: Some(2),
+        committed: committed.clone(),
+    });
+    retries_alone(
+        Consumer::new("group", pool.clone(), recorder),
+        &pool,
+        &committed,
+    )
+    .await;
+}
+
+async fn retries_alone<H: Handler>(
+    consumer: Consumer<H>,
+    pool: &SqlitePool,
+    committed: &Mutex<Vec<i64>>,
+) {
+    let pool = pool.clone();
     let batch = [message(1), message(2), message(3)];
     let refs: Vec<&Message> = batch.iter().collect();
     let outcomes = consumer.process_batch(&refs).await.expect("processed");

@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_kit::database::{direct, execute, query, sqlx_error};
 use serde_json::Value;
 use sqlx::SqliteConnection;
 use time::OffsetDateTime;
@@ -32,29 +33,44 @@ pub async fn record(
     fact: &str,
     detail: &Value,
 ) -> Result<bool, Error> {
+    direct(tx, |db| record_direct(db, saga_id, fact, detail)).await
+}
+
+/// [`record`] on a borrowed SQLite handle, inside the caller's transaction
+/// ([`flotilla_kit::database::direct`]).
+pub fn record_direct(
+    db: &rusqlite::Connection,
+    saga_id: &str,
+    fact: &str,
+    detail: &Value,
+) -> Result<bool, Error> {
     let now =
         i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
-    let inserted = sqlx::query(
+    let inserted = execute(
+        db,
         "INSERT INTO saga_facts (saga_id, fact, detail, observed_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (saga_id, fact) DO NOTHING",
+        &[&saga_id, &fact, &serde_json::to_string(detail)?, &now],
     )
-    .bind(saga_id)
-    .bind(fact)
-    .bind(serde_json::to_string(detail)?)
-    .bind(now)
-    .execute(tx)
-    .await?
-    .rows_affected();
+    .map_err(sqlx_error)?;
     Ok(inserted == 1)
 }
 
 /// Every fact recorded for saga `saga_id`.
 pub async fn facts(tx: &mut SqliteConnection, saga_id: &str) -> Result<Facts, Error> {
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT fact, detail FROM saga_facts WHERE saga_id = $1")
-            .bind(saga_id)
-            .fetch_all(tx)
-            .await?;
+    direct(tx, |db| facts_direct(db, saga_id)).await
+}
+
+/// [`facts`] on a borrowed SQLite handle, inside the caller's transaction
+/// ([`flotilla_kit::database::direct`]).
+pub fn facts_direct(db: &rusqlite::Connection, saga_id: &str) -> Result<Facts, Error> {
+    let rows: Vec<(String, String)> = query(
+        db,
+        "SELECT fact, detail FROM saga_facts WHERE saga_id = $1",
+        &[&saga_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .map_err(sqlx_error)?;
     let mut facts = BTreeMap::new();
     for (fact, detail) in rows {
         facts.insert(fact, serde_json::from_str(&detail)?);

@@ -8,6 +8,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_messaging::{Message, outbox};
 
@@ -148,15 +149,13 @@ impl Phase {
 }
 
 /// A command sent and the instance it belongs to.
-#[derive(sqlx::FromRow)]
 struct SentRow {
     sent_step: i64,
     phase: String,
-    #[sqlx(flatten)]
     row: Row,
 }
 
-#[derive(sqlx::FromRow)]
+/// An instance as stored.
 struct Row {
     saga_id: String,
     data: String,
@@ -212,6 +211,23 @@ impl<D> Instance<D> {
     }
 }
 
+/// A direct SQLite call's error as the saga's.
+fn failed(error: rusqlite::Error) -> Error {
+    Error::Database(sqlx_error(error))
+}
+
+/// An instance row: `saga_id, data, status, step, attempt, reason` from column `first` on.
+fn row_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Row> {
+    Ok(Row {
+        saga_id: row.get(first)?,
+        data: row.get(first + 1)?,
+        status: row.get(first + 2)?,
+        step: row.get(first + 3)?,
+        attempt: row.get(first + 4)?,
+        reason: row.get(first + 5)?,
+    })
+}
+
 impl<S: Saga> Orchestrator<S> {
     /// An orchestrator of `saga` whose instances live in `pool` (migrated with
     /// [`crate::migrate`]).
@@ -233,18 +249,26 @@ impl<S: Saga> Orchestrator<S> {
         data: S::Data,
         cause: Option<&Message>,
     ) -> Result<(), Error> {
+        direct(tx, |db| self.start_direct(db, saga_id, data, cause)).await
+    }
+
+    /// [`Orchestrator::start`] on a borrowed SQLite handle, inside the caller's transaction
+    /// ([`flotilla_kit::database::direct`]).
+    pub fn start_direct(
+        &self,
+        db: &rusqlite::Connection,
+        saga_id: &str,
+        data: S::Data,
+        cause: Option<&Message>,
+    ) -> Result<(), Error> {
         let at = now();
-        let inserted = sqlx::query(
+        let inserted = execute(
+            db,
             "INSERT INTO saga_instances (saga_id, saga_type, data, status, step, attempt, deadline, created_at, updated_at)
              VALUES ($1, $2, $3, 'RUNNING', 0, 0, 0, $4, $4) ON CONFLICT (saga_id) DO NOTHING",
+            &[&saga_id, &self.saga.name(), &serde_json::to_string(&data)?, &at],
         )
-        .bind(saga_id)
-        .bind(self.saga.name())
-        .bind(serde_json::to_string(&data)?)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .map_err(failed)?;
         if inserted == 0 {
             return Err(Error::Exists(saga_id.to_owned()));
         }
@@ -260,16 +284,15 @@ impl<S: Saga> Orchestrator<S> {
             outgoing: Vec::new(),
         };
         instance.note("started");
-        self.effect(tx, &mut instance, &Transition::Started).await?;
+        self.effect(db, &mut instance, &Transition::Started)?;
         let deadline = if self.saga.steps().is_empty() {
             instance.status = Status::Completed;
-            self.effect(tx, &mut instance, &Transition::Completed)
-                .await?;
+            self.effect(db, &mut instance, &Transition::Completed)?;
             0
         } else {
             self.send(&mut instance, Phase::Action, cause)?
         };
-        self.write(tx, &mut instance, Some(deadline)).await
+        self.write(db, &mut instance, Some(deadline))
     }
 
     /// Applies a participant's reply within the caller's transaction.
@@ -278,20 +301,36 @@ impl<S: Saga> Orchestrator<S> {
         tx: &mut SqliteConnection,
         reply: &Message,
     ) -> Result<Handled, Error> {
+        direct(tx, |db| self.on_reply_direct(db, reply)).await
+    }
+
+    /// [`Orchestrator::on_reply`] on a borrowed SQLite handle, inside the caller's transaction
+    /// ([`flotilla_kit::database::direct`]).
+    pub fn on_reply_direct(
+        &self,
+        db: &rusqlite::Connection,
+        reply: &Message,
+    ) -> Result<Handled, Error> {
         let Some(command_id) = reply.causation_id.as_deref() else {
             return Ok(Handled::Unknown);
         };
         // Several sagas may share a reply topic: each orchestrator answers only its own. The
         // command and its instance come in one query.
-        let sent: Option<SentRow> = sqlx::query_as(
+        let sent: Option<SentRow> = query_optional(
+            db,
             "SELECT c.step AS sent_step, c.phase, i.saga_id, i.data, i.status, i.step, i.attempt, i.reason
              FROM saga_commands c JOIN saga_instances i ON i.saga_id = c.saga_id
              WHERE c.message_id = $1 AND i.saga_type = $2",
+            &[&command_id, &self.saga.name()],
+            |row| {
+                Ok(SentRow {
+                    sent_step: row.get(0)?,
+                    phase: row.get(1)?,
+                    row: row_at(row, 2)?,
+                })
+            },
         )
-        .bind(command_id)
-        .bind(self.saga.name())
-        .fetch_optional(&mut *tx)
-        .await?;
+        .map_err(failed)?;
         let Some(sent) = sent else {
             return Ok(Handled::Unknown);
         };
@@ -327,42 +366,38 @@ impl<S: Saga> Orchestrator<S> {
             (Phase::Action, true) => {
                 (steps[instance.step].on_success)(&mut instance.data, &reply.payload);
                 instance.note(format!("{name} succeeded"));
-                self.effect(tx, &mut instance, &Transition::StepSucceeded { step: name })
-                    .await?;
+                self.effect(db, &mut instance, &Transition::StepSucceeded { step: name })?;
                 if instance.step + 1 == steps.len() {
                     instance.status = Status::Completed;
                     instance.note("completed");
-                    self.effect(tx, &mut instance, &Transition::Completed)
-                        .await?;
-                    self.write(tx, &mut instance, Some(0)).await?;
+                    self.effect(db, &mut instance, &Transition::Completed)?;
+                    self.write(db, &mut instance, Some(0))?;
                 } else {
                     instance.step += 1;
                     instance.attempt = 0;
                     let deadline = self.send(&mut instance, Phase::Action, Some(reply))?;
-                    self.write(tx, &mut instance, Some(deadline)).await?;
+                    self.write(db, &mut instance, Some(deadline))?;
                 }
             }
             (Phase::Action, false) if steps[instance.step].retriable => {
                 // Past the point of no return: try again at the deadline.
                 instance.note(format!("{name} refused ({reason}); will retry"));
-                self.write(tx, &mut instance, None).await?;
+                self.write(db, &mut instance, None)?;
             }
             (Phase::Action, false) => {
-                self.fail(tx, &mut instance, reason, Some(reply)).await?;
+                self.fail(db, &mut instance, reason, Some(reply))?;
             }
             (Phase::Compensation, true) => {
                 instance.note(format!("{name} compensated"));
-                self.effect(tx, &mut instance, &Transition::Compensated { step: name })
-                    .await?;
-                self.compensate_below(tx, &mut instance, Some(reply))
-                    .await?;
+                self.effect(db, &mut instance, &Transition::Compensated { step: name })?;
+                self.compensate_below(db, &mut instance, Some(reply))?;
             }
             (Phase::Compensation, false) => {
                 // A compensation must succeed: try it again at its next deadline.
                 instance.note(format!(
                     "{name} compensation refused ({reason}); will retry"
                 ));
-                self.write(tx, &mut instance, None).await?;
+                self.write(db, &mut instance, None)?;
             }
         }
         Ok(Handled::Applied)
@@ -384,39 +419,50 @@ impl<S: Saga> Orchestrator<S> {
         let mut moved = 0;
         for saga_id in due {
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let mut instance = self.load(&mut tx, &saga_id).await?;
-            // Checked again in the write transaction: a reply may have moved it meanwhile.
-            let (status, deadline): (String, i64) =
-                sqlx::query_as("SELECT status, deadline FROM saga_instances WHERE saga_id = $1")
-                    .bind(&saga_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            if deadline > now() || !matches!(status.as_str(), "RUNNING" | "COMPENSATING") {
-                continue;
+            if direct(&mut tx, |db| self.time_out(db, &saga_id)).await? {
+                tx.commit().await?;
+                moved += 1;
             }
-            let step = &self.saga.steps()[instance.step];
-            match instance.status {
-                Status::Running if !step.retriable && instance.attempt >= step.attempts => {
-                    let reason = format!(
-                        "{} did not answer within {:?}, {} attempts",
-                        step.name, step.timeout, step.attempts
-                    );
-                    self.fail(&mut tx, &mut instance, reason, None).await?;
-                }
-                Status::Running => {
-                    instance.note(format!("{} timed out; sending again", step.name));
-                    let deadline = self.send(&mut instance, Phase::Action, None)?;
-                    self.write(&mut tx, &mut instance, Some(deadline)).await?;
-                }
-                _ => {
-                    let deadline = self.send(&mut instance, Phase::Compensation, None)?;
-                    self.write(&mut tx, &mut instance, Some(deadline)).await?;
-                }
-            }
-            tx.commit().await?;
-            moved += 1;
         }
         Ok(moved)
+    }
+
+    /// Moves instance `saga_id` if it is still past its deadline (a reply may have moved it
+    /// since the due list was read): sends its command again, or fails the step whose attempts
+    /// are spent. False if it was not due any more.
+    fn time_out(&self, db: &rusqlite::Connection, saga_id: &str) -> Result<bool, Error> {
+        let row: Option<(Row, i64)> = query_optional(
+            db,
+            "SELECT saga_id, data, status, step, attempt, reason, deadline FROM saga_instances WHERE saga_id = $1",
+            &[&saga_id],
+            |row| Ok((row_at(row, 0)?, row.get(6)?)),
+        )
+        .map_err(failed)?;
+        let (row, deadline) = row.ok_or_else(|| Error::NotFound(saga_id.to_owned()))?;
+        if deadline > now() || !matches!(row.status.as_str(), "RUNNING" | "COMPENSATING") {
+            return Ok(false);
+        }
+        let mut instance = self.instance(row)?;
+        let step = &self.saga.steps()[instance.step];
+        match instance.status {
+            Status::Running if !step.retriable && instance.attempt >= step.attempts => {
+                let reason = format!(
+                    "{} did not answer within {:?}, {} attempts",
+                    step.name, step.timeout, step.attempts
+                );
+                self.fail(db, &mut instance, reason, None)?;
+            }
+            Status::Running => {
+                instance.note(format!("{} timed out; sending again", step.name));
+                let deadline = self.send(&mut instance, Phase::Action, None)?;
+                self.write(db, &mut instance, Some(deadline))?;
+            }
+            _ => {
+                let deadline = self.send(&mut instance, Phase::Compensation, None)?;
+                self.write(db, &mut instance, Some(deadline))?;
+            }
+        }
+        Ok(true)
     }
 
     /// Runs [`Orchestrator::tick`] every `interval` until `shutdown`.
@@ -453,9 +499,9 @@ impl<S: Saga> Orchestrator<S> {
     }
 
     /// The action failed: compensate the steps below it that succeeded, or fail at once.
-    async fn fail(
+    fn fail(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         instance: &mut Instance<S::Data>,
         reason: String,
         cause: Option<&Message>,
@@ -463,23 +509,22 @@ impl<S: Saga> Orchestrator<S> {
         let name = self.saga.steps()[instance.step].name;
         instance.note(format!("{name} failed: {reason}"));
         self.effect(
-            tx,
+            db,
             instance,
             &Transition::StepFailed {
                 step: name,
                 reason: reason.clone(),
             },
-        )
-        .await?;
+        )?;
         instance.reason = Some(reason);
-        self.compensate_below(tx, instance, cause).await
+        self.compensate_below(db, instance, cause)
     }
 
     /// Sends the compensation of the nearest step below the current one that has one, or ends
     /// the saga as failed.
-    async fn compensate_below(
+    fn compensate_below(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         instance: &mut Instance<S::Data>,
         cause: Option<&Message>,
     ) -> Result<(), Error> {
@@ -493,15 +538,14 @@ impl<S: Saga> Orchestrator<S> {
                 instance.step = j;
                 instance.attempt = 0;
                 let deadline = self.send(instance, Phase::Compensation, cause)?;
-                self.write(tx, instance, Some(deadline)).await
+                self.write(db, instance, Some(deadline))
             }
             None => {
                 instance.status = Status::Failed;
                 let reason = instance.reason.clone().unwrap_or_default();
                 instance.note("failed");
-                self.effect(tx, instance, &Transition::Failed { reason })
-                    .await?;
-                self.write(tx, instance, Some(0)).await
+                self.effect(db, instance, &Transition::Failed { reason })?;
+                self.write(db, instance, Some(0))
             }
         }
     }
@@ -564,16 +608,15 @@ impl<S: Saga> Orchestrator<S> {
         Ok(after(wait))
     }
 
-    async fn effect(
+    fn effect(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         instance: &mut Instance<S::Data>,
         transition: &Transition,
     ) -> Result<(), Error> {
-        let messages = self
-            .saga
-            .on_transition(tx, &instance.saga_id, &instance.data, transition)
-            .await?;
+        let messages =
+            self.saga
+                .on_transition(db, &instance.saga_id, &instance.data, transition)?;
         for message in &messages {
             instance.outgoing.push(outbox::Staged::new(message)?);
         }
@@ -587,21 +630,6 @@ impl<S: Saga> Orchestrator<S> {
         })
         .increment(1);
         Ok(())
-    }
-
-    async fn load(
-        &self,
-        tx: &mut SqliteConnection,
-        saga_id: &str,
-    ) -> Result<Instance<S::Data>, Error> {
-        let row: Row = sqlx::query_as(
-            "SELECT saga_id, data, status, step, attempt, reason FROM saga_instances WHERE saga_id = $1",
-        )
-        .bind(saga_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Error::NotFound(saga_id.to_owned()))?;
-        self.instance(row)
     }
 
     fn instance(&self, row: Row) -> Result<Instance<S::Data>, Error> {
@@ -627,86 +655,60 @@ impl<S: Saga> Orchestrator<S> {
         })
     }
 
-    /// Writes what a transition did, in one statement: unless `deadline` is `None` (nothing
-    /// moved) the instance, the command it sent (`saga_commands`), its messages (the outbox)
-    /// and its log entries.
-    async fn write(
+    /// Writes what a transition did: unless `deadline` is `None` (nothing moved) the instance,
+    /// then the command it sent (`saga_commands`), its messages (the outbox) and its log
+    /// entries. Direct calls, each statement prepared once per transaction.
+    fn write(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         instance: &mut Instance<S::Data>,
         deadline: Option<i64>,
     ) -> Result<(), Error> {
-        use std::fmt::Write as _;
-        let journal = std::mem::take(&mut instance.journal);
-        let sent = instance.sent.take();
-        let outgoing = std::mem::take(&mut instance.outgoing);
-        // $1 the saga, $2 the time; then the instance's values, the command's and the entries.
-        let mut sql = String::new();
-        let mut next = 3;
-        let mut param = || {
-            let n = next;
-            next += 1;
-            n
-        };
-        if deadline.is_some() {
-            let [data, status, step, attempt, deadline, reason] = std::array::from_fn(|_| param());
-            let _ = write!(
-                sql,
-                "UPDATE saga_instances SET data = ${data}, status = ${status}, step = ${step}, \
-                 attempt = ${attempt}, deadline = ${deadline}, reason = ${reason}, updated_at = $2 \
-                 WHERE saga_id = $1;"
-            );
-        }
-        if sent.is_some() {
-            let [message_id, step, phase] = std::array::from_fn(|_| param());
-            let _ = write!(
-                sql,
-                "INSERT INTO saga_commands (message_id, saga_id, step, phase, sent_at) \
-                 VALUES (${message_id}, $1, ${step}, ${phase}, $2);"
-            );
-        }
-        for _ in &outgoing {
-            let first = param();
-            for _ in 1..outbox::Staged::PARAMETERS {
-                param();
-            }
-            sql.push_str(&outbox::Staged::statement(first));
-        }
-        if !journal.is_empty() {
-            sql.push_str("INSERT INTO saga_log (saga_id, entry, at) VALUES ");
-            for (i, _) in journal.iter().enumerate() {
-                let entry = param();
-                let _ = write!(sql, "{}($1, ${entry}, $2)", if i == 0 { "" } else { ", " });
-            }
-            sql.push(';');
-        }
-        if sql.is_empty() {
-            return Ok(());
-        }
-        // A handful of statement texts (how many entries, whether a command went): each is
-        // prepared once and stays in the connection's statement cache.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&instance.saga_id)
-            .bind(now());
+        let at = now();
         if let Some(deadline) = deadline {
-            query = query
-                .bind(serde_json::to_string(&instance.data)?)
-                .bind(instance.status.as_str())
-                .bind(i64::try_from(instance.step).unwrap_or(i64::MAX))
-                .bind(i64::from(instance.attempt))
-                .bind(deadline)
-                .bind(instance.reason.clone());
+            execute(
+                db,
+                "UPDATE saga_instances SET data = $2, status = $3, step = $4, attempt = $5, \
+                 deadline = $6, reason = $7, updated_at = $8 WHERE saga_id = $1",
+                &[
+                    &instance.saga_id,
+                    &serde_json::to_string(&instance.data)?,
+                    &instance.status.as_str(),
+                    &i64::try_from(instance.step).unwrap_or(i64::MAX),
+                    &i64::from(instance.attempt),
+                    &deadline,
+                    &instance.reason,
+                    &at,
+                ],
+            )
+            .map_err(failed)?;
         }
-        if let Some(sent) = sent {
-            query = query.bind(sent.message_id).bind(sent.step).bind(sent.phase);
+        if let Some(sent) = instance.sent.take() {
+            execute(
+                db,
+                "INSERT INTO saga_commands (message_id, saga_id, step, phase, sent_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &sent.message_id,
+                    &instance.saga_id,
+                    &sent.step,
+                    &sent.phase,
+                    &at,
+                ],
+            )
+            .map_err(failed)?;
         }
-        for staged in outgoing {
-            query = staged.bind(query);
+        for staged in std::mem::take(&mut instance.outgoing) {
+            staged.insert_direct(db)?;
         }
-        for entry in journal {
-            query = query.bind(entry);
+        for entry in std::mem::take(&mut instance.journal) {
+            execute(
+                db,
+                "INSERT INTO saga_log (saga_id, entry, at) VALUES ($1, $2, $3)",
+                &[&instance.saga_id, &entry, &at],
+            )
+            .map_err(failed)?;
         }
-        query.execute(tx).await?;
         Ok(())
     }
 }

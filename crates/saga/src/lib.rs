@@ -39,8 +39,7 @@ pub use engine::{Command, Handled, Orchestrator, Replies, Status, Step, Transiti
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::{SqliteConnection, SqlitePool};
-use std::future::Future;
+use sqlx::SqlitePool;
 
 use flotilla_messaging::Message;
 
@@ -85,14 +84,16 @@ pub trait Saga: Send + Sync + 'static {
     fn reply_topic(&self) -> &str;
 
     /// Called in the transaction of every transition, to apply the saga's own effects (append
-    /// the order's events, say); the messages it returns are written to the outbox too.
+    /// the order's events, say); the messages it returns are written to the outbox too. It runs
+    /// on the orchestrator's borrowed SQLite handle ([`flotilla_kit::database::direct`]): direct
+    /// calls, inside the transaction, without a round trip per statement.
     fn on_transition(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         saga_id: &str,
         data: &Self::Data,
         transition: &Transition,
-    ) -> impl Future<Output = Result<Vec<Message>, Error>> + Send;
+    ) -> Result<Vec<Message>, Error>;
 }
 
 /// Creates the saga tables in the orchestrator's database if needed (migrations recorded in

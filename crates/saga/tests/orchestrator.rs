@@ -9,7 +9,7 @@ use flotilla_saga::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Trip {
@@ -107,9 +107,9 @@ impl Saga for TripSaga {
         "trip.replies"
     }
 
-    async fn on_transition(
+    fn on_transition(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         saga_id: &str,
         data: &Trip,
         transition: &Transition,
@@ -122,11 +122,12 @@ impl Saga for TripSaga {
             Transition::Completed => format!("completed with {:?}", data.flight),
             Transition::Failed { reason } => format!("failed: {reason}"),
         };
-        sqlx::query("INSERT INTO trip_events (saga_id, event) VALUES ($1, $2)")
-            .bind(saga_id)
-            .bind(text)
-            .execute(&mut *tx)
-            .await?;
+        flotilla_kit::database::execute(
+            db,
+            "INSERT INTO trip_events (saga_id, event) VALUES ($1, $2)",
+            &[&saga_id, &text],
+        )
+        .map_err(flotilla_kit::database::sqlx_error)?;
         // A notification when the trip ends, fire-and-forget.
         Ok(match transition {
             Transition::Completed | Transition::Failed { .. } => vec![Message::new(

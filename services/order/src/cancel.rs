@@ -19,7 +19,6 @@ use flotilla_messaging::Message;
 use flotilla_saga::{Error, Saga, Step, Transition};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::SqliteConnection;
 
 use crate::saga::{STEP_TIMEOUT, command};
 
@@ -130,9 +129,9 @@ impl Saga for CancelOrderSaga {
         flotilla_contracts::ORDER_SAGA_REPLIES
     }
 
-    async fn on_transition(
+    fn on_transition(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         _saga_id: &str,
         data: &CancelOrderData,
         transition: &Transition,
@@ -144,7 +143,7 @@ impl Saga for CancelOrderSaga {
             return Ok(Vec::new());
         }
         let correlation = saga_id(&data.order_id);
-        crate::store::record_on(&self.events, tx, &data.order_id, &correlation, |order| {
+        crate::store::record(&self.events, db, &data.order_id, &correlation, |order| {
             let events = match transition {
                 Transition::Completed => order.cancel(&data.reason)?,
                 Transition::Failed { reason } => order.refuse_cancellation(reason)?,
@@ -152,7 +151,6 @@ impl Saga for CancelOrderSaga {
             };
             Ok((events, ()))
         })
-        .await
         .map_err(|e| Error::Transition(e.to_string()))?;
         self.changes.ending(&data.order_id);
         let notify = |kind: &str, extra| {

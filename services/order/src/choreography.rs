@@ -205,9 +205,19 @@ impl Listener {
 }
 
 impl Handler for Listener {
+    const DIRECT: bool = true;
+
     async fn handle(
         &self,
         tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
+    }
+
+    fn handle_direct(
+        &self,
+        db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         if !FACTS.contains(&message.message_type.as_str()) {
@@ -215,23 +225,18 @@ impl Handler for Listener {
         }
         let failed = |e: &dyn std::fmt::Display| HandlerError::Reject(e.to_string());
         let order_id = message.key.as_str();
-        choreography::record(tx, order_id, &message.message_type, &message.payload)
-            .await
-            .map_err(|e| match e {
-                flotilla_saga::Error::Database(e) => HandlerError::Database(e),
-                other => failed(&other),
-            })?;
-        let facts = choreography::facts(tx, order_id)
-            .await
-            .map_err(|e| match e {
-                flotilla_saga::Error::Database(e) => HandlerError::Database(e),
-                other => failed(&other),
-            })?;
+        let saga = |e: flotilla_saga::Error| match e {
+            flotilla_saga::Error::Database(e) => HandlerError::Database(e),
+            other => failed(&other),
+        };
+        // The fact, the ledger and the order's events.
+        choreography::record_direct(db, order_id, &message.message_type, &message.payload)
+            .map_err(saga)?;
+        let facts = choreography::facts_direct(db, order_id).map_err(saga)?;
         let (order, outcome) =
-            crate::store::record_on(&self.events, tx, order_id, order_id, |order| {
+            crate::store::record(&self.events, db, order_id, order_id, |order| {
                 decide(order, &facts)
             })
-            .await
             .map_err(|e| match e {
                 // The store failed (busy, I/O): try again later.
                 crate::store::RecordError::Store(e) => HandlerError::Retry(e.to_string()),

@@ -133,17 +133,30 @@ async fn place(
             unit_price_cents: *price,
         })
         .collect();
-    match store::place(
-        &context.db,
-        &order_id,
-        &order.customer_id,
-        lines,
-        order.ship_to.clone(),
-        key.as_deref().map(|k| (k, hash.as_str())),
-        style,
-    )
-    .await
-    {
+    // Placed in a task of its own: a client that goes away must not cancel the transaction
+    // half-way through its direct calls.
+    let placing = {
+        let (db, order_id, customer_id) = (
+            context.db.clone(),
+            order_id.clone(),
+            order.customer_id.clone(),
+        );
+        let (ship_to, key, hash) = (order.ship_to.clone(), key.clone(), hash.clone());
+        tokio::spawn(async move {
+            store::place(
+                &db,
+                &order_id,
+                &customer_id,
+                lines,
+                ship_to,
+                key.as_deref().map(|k| (k, hash.as_str())),
+                style,
+            )
+            .await
+        })
+    };
+    let placed = placing.await.map_err(|e| Problem::internal(&e))?;
+    match placed {
         Ok(store::Placed::New(placed)) => {
             context.relay.notify_one();
             tracing::info!(%order_id, customer = %order.customer_id, style = style.as_str(), "order placed");
@@ -828,9 +841,20 @@ impl Inbox {
 }
 
 impl flotilla_messaging::inbox::Handler for Inbox {
+    // A group of replies and facts runs on the borrowed handle in one round trip.
+    const DIRECT: bool = true;
+
     async fn handle(
         &self,
         tx: &mut sqlx::SqliteConnection,
+        message: &flotilla_messaging::Message,
+    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
+        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
+    }
+
+    fn handle_direct(
+        &self,
+        db: &rusqlite::Connection,
         message: &flotilla_messaging::Message,
     ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
         use flotilla_messaging::inbox::HandlerError;
@@ -841,8 +865,8 @@ impl flotilla_messaging::inbox::Handler for Inbox {
         };
         match message.topic.as_str() {
             flotilla_contracts::ORDER_SAGA_REPLIES => {
-                let handled = match self.place.on_reply(tx, message).await.map_err(failed)? {
-                    Handled::Unknown => self.cancel.on_reply(tx, message).await.map_err(failed)?,
+                let handled = match self.place.on_reply_direct(db, message).map_err(failed)? {
+                    Handled::Unknown => self.cancel.on_reply_direct(db, message).map_err(failed)?,
                     handled => handled,
                 };
                 if handled != Handled::Applied {
@@ -851,9 +875,9 @@ impl flotilla_messaging::inbox::Handler for Inbox {
                 Ok(Vec::new())
             }
             flotilla_contracts::ORDER_NOTIFICATIONS => {
-                notifications::Notifications.handle(tx, message).await
+                notifications::Notifications.handle_direct(db, message)
             }
-            _ => self.facts.handle(tx, message).await,
+            _ => self.facts.handle_direct(db, message),
         }
     }
 

@@ -79,9 +79,19 @@ pub async fn of_order(pool: &SqlitePool, order_id: &str) -> Result<Vec<Notificat
 pub struct Notifications;
 
 impl Handler for Notifications {
+    const DIRECT: bool = true;
+
     async fn handle(
         &self,
         tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
+    }
+
+    fn handle_direct(
+        &self,
+        db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         let field = |name: &str| {
@@ -98,18 +108,20 @@ impl Handler for Notifications {
         let now = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .map_err(|e| HandlerError::Reject(e.to_string()))?;
-        sqlx::query(
+        flotilla_kit::database::execute(
+            db,
             "INSERT INTO notifications (message_id, order_id, customer_id, kind, detail, recorded_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
+            &[
+                &message.id.to_string(),
+                &order_id,
+                &customer_id,
+                &message.message_type,
+                &message.payload.to_string(),
+                &now,
+            ],
         )
-        .bind(message.id.to_string())
-        .bind(&order_id)
-        .bind(&customer_id)
-        .bind(&message.message_type)
-        .bind(message.payload.to_string())
-        .bind(now)
-        .execute(tx)
-        .await?;
+        .map_err(flotilla_kit::database::sqlx_error)?;
         tracing::info!(%order_id, customer = %customer_id, kind = %message.message_type, "customer notified");
         Ok(Vec::new())
     }

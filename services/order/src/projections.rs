@@ -9,6 +9,7 @@
 use flotilla_eventstore::{
     Error, EventStore, Projection, Projector, RecordedEvent, StoreTx, aggregate,
 };
+use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
 use sqlx::SqliteConnection;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
@@ -48,31 +49,28 @@ impl Projection for OrderSummaries {
     }
 
     async fn apply(&self, tx: &mut StoreTx, event: &RecordedEvent) -> Result<(), Error> {
+        direct(connection(tx)?, |db| self.apply_direct(db, event)).await
+    }
+
+    const DIRECT: bool = true;
+
+    fn apply_direct(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
         let typed = aggregate::decode::<Order>(event)?;
         let id = order_id(event);
         let at = rfc3339(event)?;
         let version = i64::try_from(event.version).unwrap_or(i64::MAX);
-        let connection = connection(tx)?;
         match typed {
             OrderEvent::OrderPlaced {
                 customer_id,
                 items,
                 total_cents,
                 ..
-            } => {
-                sqlx::query(
-                    "INSERT INTO order_summaries (order_id, customer_id, status, total_cents, lines, created_at, updated_at, version)
-                     VALUES ($1, $2, 'PENDING', $3, $4, $5, $5, $6)",
-                )
-                .bind(id)
-                .bind(customer_id)
-                .bind(total_cents)
-                .bind(items.len() as i64)
-                .bind(&at)
-                .bind(version)
-                .execute(connection)
-                .await?;
-            }
+            } => execute(
+                db,
+                "INSERT INTO order_summaries (order_id, customer_id, status, total_cents, lines, created_at, updated_at, version)
+                 VALUES ($1, $2, 'PENDING', $3, $4, $5, $5, $6)",
+                &[&id, &customer_id, &total_cents, &(items.len() as i64), &at, &version],
+            ),
             other => {
                 let status = match other {
                     OrderEvent::OrderApproved {} => Some(Status::Approved),
@@ -80,18 +78,15 @@ impl Projection for OrderSummaries {
                     OrderEvent::OrderCancelled { .. } => Some(Status::Cancelled),
                     _ => None,
                 };
-                sqlx::query(
+                execute(
+                    db,
                     "UPDATE order_summaries SET status = COALESCE($1, status), updated_at = $2, version = $3
                      WHERE order_id = $4",
+                    &[&status.map(Status::as_str), &at, &version, &id],
                 )
-                .bind(status.map(Status::as_str))
-                .bind(&at)
-                .bind(version)
-                .bind(id)
-                .execute(connection)
-                .await?;
             }
         }
+        .map_err(sqlx_error)?;
         Ok(())
     }
 
@@ -104,13 +99,14 @@ impl Projection for OrderSummaries {
 }
 
 /// The total the revenue projection recorded for an order when it was placed.
-async fn order_total(connection: &mut SqliteConnection, order_id: &str) -> Result<i64, Error> {
-    let total = sqlx::query_scalar::<_, i64>(
+fn order_total(db: &rusqlite::Connection, order_id: &str) -> Result<i64, Error> {
+    let total: Option<i64> = query_optional(
+        db,
         "SELECT total_cents FROM revenue_order_totals WHERE order_id = $1",
+        &[&order_id],
+        |row| row.get(0),
     )
-    .bind(order_id)
-    .fetch_optional(connection)
-    .await?;
+    .map_err(sqlx_error)?;
     Ok(total.unwrap_or_default())
 }
 
@@ -128,54 +124,60 @@ impl Projection for RevenuePerDay {
     }
 
     async fn apply(&self, tx: &mut StoreTx, event: &RecordedEvent) -> Result<(), Error> {
+        direct(connection(tx)?, |db| self.apply_direct(db, event)).await
+    }
+
+    const DIRECT: bool = true;
+
+    fn apply_direct(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
         let typed = aggregate::decode::<Order>(event)?;
         let id = order_id(event).to_owned();
         let day = event.recorded_at.date().to_string();
-        let connection = connection(tx)?;
         let (column_orders, column_cents, cents) = match typed {
             OrderEvent::OrderPlaced { total_cents, .. } => {
-                sqlx::query(
+                execute(
+                    db,
                     "INSERT INTO revenue_order_totals (order_id, total_cents) VALUES ($1, $2)
                      ON CONFLICT (order_id) DO UPDATE SET total_cents = excluded.total_cents",
+                    &[&id, &total_cents],
                 )
-                .bind(&id)
-                .bind(total_cents)
-                .execute(&mut *connection)
-                .await?;
+                .map_err(sqlx_error)?;
                 ("placed_orders", Some("placed_cents"), total_cents)
             }
             OrderEvent::OrderApproved {} => (
                 "approved_orders",
                 Some("approved_cents"),
-                order_total(&mut *connection, &id).await?,
+                order_total(db, &id)?,
             ),
             OrderEvent::OrderCancelled { .. } => (
                 "cancelled_orders",
                 Some("cancelled_cents"),
-                order_total(&mut *connection, &id).await?,
+                order_total(db, &id)?,
             ),
             OrderEvent::OrderRejected { .. } => ("rejected_orders", None, 0),
             _ => return Ok(()),
         };
         // Column names come from the match above, never from input.
-        let sql = match column_cents {
-            Some(cents_column) => format!(
-                "INSERT INTO revenue_per_day (day, {column_orders}, {cents_column}) VALUES ($1, 1, $2)
-                 ON CONFLICT (day) DO UPDATE SET {column_orders} = {column_orders} + 1,
-                 {cents_column} = {cents_column} + excluded.{cents_column}"
+        match column_cents {
+            Some(cents_column) => execute(
+                db,
+                &format!(
+                    "INSERT INTO revenue_per_day (day, {column_orders}, {cents_column}) VALUES ($1, 1, $2)
+                     ON CONFLICT (day) DO UPDATE SET {column_orders} = {column_orders} + 1,
+                     {cents_column} = {cents_column} + excluded.{cents_column}"
+                ),
+                &[&day, &cents],
             ),
-            None => format!(
-                "INSERT INTO revenue_per_day (day, {column_orders}) VALUES ($1, 1)
-                 ON CONFLICT (day) DO UPDATE SET {column_orders} = {column_orders} + 1"
+            None => execute(
+                db,
+                &format!(
+                    "INSERT INTO revenue_per_day (day, {column_orders}) VALUES ($1, 1)
+                     ON CONFLICT (day) DO UPDATE SET {column_orders} = {column_orders} + 1"
+                ),
+                &[&day],
             ),
-        };
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(day);
-        let query = if column_cents.is_some() {
-            query.bind(cents)
-        } else {
-            query
-        };
-        query.execute(connection).await?;
+        }
+        .map_err(sqlx_error)?;
         Ok(())
     }
 

@@ -26,7 +26,6 @@ use flotilla_messaging::Message;
 use flotilla_saga::{Command, Error, Saga, Step, Transition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::SqliteConnection;
 
 use crate::aggregate::Order;
 
@@ -192,9 +191,9 @@ impl Saga for PlaceOrderSaga {
         flotilla_contracts::ORDER_SAGA_REPLIES
     }
 
-    async fn on_transition(
+    fn on_transition(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         saga_id: &str,
         data: &PlaceOrderData,
         transition: &Transition,
@@ -210,7 +209,7 @@ impl Saga for PlaceOrderSaga {
         ) {
             return Ok(Vec::new());
         }
-        crate::store::record_on(&self.events, tx, &data.order_id, saga_id, |state| {
+        crate::store::record(&self.events, db, &data.order_id, saga_id, |state| {
             let events = match transition {
                 Transition::StepSucceeded {
                     step: "reserve_stock",
@@ -227,7 +226,6 @@ impl Saga for PlaceOrderSaga {
             };
             Ok((events, ()))
         })
-        .await
         .map_err(|e| Error::Transition(e.to_string()))?;
         if matches!(
             transition,

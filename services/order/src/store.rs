@@ -3,6 +3,7 @@
 
 use flotilla_eventstore::{EventStore, Loaded, Metadata, Options};
 use flotilla_kit::Settings;
+use flotilla_kit::database::{direct, execute, sqlx_error};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use time::OffsetDateTime;
@@ -110,55 +111,54 @@ pub async fn place(
         .state
         .place(customer_id, lines, ship_to)
         .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
+    let now = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
     let mut tx = db.events.begin().await?;
-    if let Some((key, hash)) = key {
-        let now = OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
-        let connection = tx
-            .sqlite()
-            .ok_or_else(|| flotilla_eventstore::Error::Encode("orders live in SQLite".into()))?;
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(hash)
-        .bind(order_id)
-        .bind(&now)
-        .execute(connection)
-        .await?
-        .rows_affected();
-        if claimed == 0 {
-            return Ok(Placed::KeyTaken);
-        }
-    }
-    tx.save(
-        &mut loaded,
-        &placed,
-        &Metadata::correlated(format!("order-{order_id}")),
-    )
-    .await?;
-    let data = saga::data_of(order_id, &loaded.state).ok_or_else(|| {
-        flotilla_eventstore::Error::Encode("a placed order has an address".into())
-    })?;
     let connection = tx
         .sqlite()
         .ok_or_else(|| flotilla_eventstore::Error::Encode("orders live in SQLite".into()))?;
-    let started = match style {
-        SagaStyle::Orchestration => db.saga.start(connection, order_id, data, None).await,
-        SagaStyle::Choreography => match choreography::details(order_id, &loaded.state) {
-            Some(details) => {
-                flotilla_messaging::outbox::enqueue(connection, &choreography::created(details))
-                    .await
-                    .map_err(flotilla_saga::Error::from)
+    // The key, the event and the saga's start: direct calls, one round trip to the database.
+    let stored = direct(connection, |sql| {
+        if let Some((key, hash)) = key {
+            let claimed = execute(
+                sql,
+                "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (key) DO NOTHING",
+                &[&key, &hash, &order_id, &now],
+            )
+            .map_err(sqlx_error)?;
+            if claimed == 0 {
+                return Ok(false);
             }
-            None => Err(flotilla_saga::Error::Transition(
-                "a placed order has an address".into(),
-            )),
-        },
-    };
-    started.map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
+        }
+        db.events.save_direct(
+            sql,
+            &mut loaded,
+            &placed,
+            &Metadata::correlated(format!("order-{order_id}")),
+        )?;
+        let encode = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
+        let data = saga::data_of(order_id, &loaded.state)
+            .ok_or_else(|| encode(&"a placed order has an address"))?;
+        match style {
+            SagaStyle::Orchestration => db
+                .saga
+                .start_direct(sql, order_id, data, None)
+                .map_err(|e| encode(&e))?,
+            SagaStyle::Choreography => {
+                let details = choreography::details(order_id, &loaded.state)
+                    .ok_or_else(|| encode(&"a placed order has an address"))?;
+                flotilla_messaging::outbox::enqueue_direct(sql, &choreography::created(details))
+                    .map_err(|e| encode(&e))?;
+            }
+        }
+        Ok::<_, flotilla_eventstore::Error>(true)
+    })
+    .await?;
+    if !stored {
+        return Ok(Placed::KeyTaken);
+    }
     tx.commit().await?;
     Ok(Placed::New(Box::new(loaded)))
 }
@@ -187,42 +187,43 @@ pub async fn request_cancellation(
     let connection = tx
         .sqlite()
         .ok_or_else(|| encode(&"orders live in SQLite"))?;
-    let mut order = db.events.load_on::<Order>(connection, order_id).await?;
-    let events = match order.state.request_cancellation(reason) {
-        Ok(events) => events,
-        Err(refused) => return Ok(Cancelling::Refused(refused)),
-    };
-    if events.is_empty() {
-        return Ok(Cancelling::Already);
-    }
-    let saga_id = cancel::saga_id(order_id);
-    db.events
-        .save_on(
-            connection,
-            &mut order,
-            &events,
-            &Metadata::correlated(&saga_id),
-        )
-        .await?;
-    match style {
-        SagaStyle::Orchestration => {
-            let data = CancelOrderData {
-                order_id: order_id.to_owned(),
-                customer_id: order.state.customer_id.clone(),
-                total_cents: order.state.total_cents,
-                reason: reason.to_owned(),
-            };
-            db.cancel
-                .start(connection, &saga_id, data, None)
-                .await
-                .map_err(|e| encode(&e))?;
+    let started = direct(connection, |sql| {
+        let mut order = db.events.load_direct::<Order>(sql, order_id)?;
+        let events = match order.state.request_cancellation(reason) {
+            Ok(events) => events,
+            Err(refused) => {
+                return Ok::<_, flotilla_eventstore::Error>(Cancelling::Refused(refused));
+            }
+        };
+        if events.is_empty() {
+            return Ok(Cancelling::Already);
         }
-        SagaStyle::Choreography => {
-            let message = choreography::cancellation_requested(order_id, reason);
-            flotilla_messaging::outbox::enqueue(connection, &message)
-                .await
-                .map_err(|e| encode(&e))?;
+        let saga_id = cancel::saga_id(order_id);
+        db.events
+            .save_direct(sql, &mut order, &events, &Metadata::correlated(&saga_id))?;
+        match style {
+            SagaStyle::Orchestration => {
+                let data = CancelOrderData {
+                    order_id: order_id.to_owned(),
+                    customer_id: order.state.customer_id.clone(),
+                    total_cents: order.state.total_cents,
+                    reason: reason.to_owned(),
+                };
+                db.cancel
+                    .start_direct(sql, &saga_id, data, None)
+                    .map_err(|e| encode(&e))?;
+            }
+            SagaStyle::Choreography => {
+                let message = choreography::cancellation_requested(order_id, reason);
+                flotilla_messaging::outbox::enqueue_direct(sql, &message)
+                    .map_err(|e| encode(&e))?;
+            }
         }
+        Ok(Cancelling::Started)
+    })
+    .await?;
+    if !matches!(started, Cancelling::Started) {
+        return Ok(started);
     }
     tx.commit().await?;
     Ok(Cancelling::Started)
@@ -376,7 +377,7 @@ pub async fn revenue(
     .await
 }
 
-/// Why [`record_on`] appended nothing.
+/// Why [`record`] appended nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     /// The event store failed.
@@ -387,23 +388,22 @@ pub enum RecordError {
     Order(#[from] OrderError),
 }
 
-/// Loads order `order_id` within the caller's transaction `tx`, asks `decide` for the events its
-/// state calls for (and whatever else it concludes), and appends them correlated with
-/// `correlation`: the way every saga, orchestrated or choreographed, records its steps on the
-/// order. Returns the order as it now stands and `decide`'s conclusion.
-pub async fn record_on<T>(
+/// Loads order `order_id` within the caller's transaction (on its borrowed SQLite handle,
+/// [`flotilla_kit::database::direct`]), asks `decide` for the events its state calls for (and
+/// whatever else it concludes), and appends them correlated with `correlation`: the way every
+/// saga, orchestrated or choreographed, records its steps on the order. Returns the order as it
+/// now stands and `decide`'s conclusion.
+pub fn record<T>(
     events: &EventStore,
-    tx: &mut sqlx::SqliteConnection,
+    db: &rusqlite::Connection,
     order_id: &str,
     correlation: &str,
     decide: impl FnOnce(&Order) -> Result<(Vec<aggregate::OrderEvent>, T), OrderError>,
 ) -> Result<(Loaded<Order>, T), RecordError> {
-    let mut order = events.load_on::<Order>(tx, order_id).await?;
+    let mut order = events.load_direct::<Order>(db, order_id)?;
     let (new, conclusion) = decide(&order.state)?;
     if !new.is_empty() {
-        events
-            .save_on(tx, &mut order, &new, &Metadata::correlated(correlation))
-            .await?;
+        events.save_direct(db, &mut order, &new, &Metadata::correlated(correlation))?;
     }
     Ok((order, conclusion))
 }
