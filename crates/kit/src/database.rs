@@ -134,6 +134,8 @@ where
     let result = work(&borrowed);
     drop(borrowed);
     drop(handle);
+    // One line per borrow, as sqlx logs one per statement (`scripts/statements-per-saga.sh`).
+    tracing::debug!(target: "flotilla_kit::database::direct", "direct SQLite call");
     result
 }
 

@@ -16,8 +16,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// When a waiter first looks at its order again without a wake-up; each look doubles the wait,
-/// up to [`FALLBACK_POLL_MAX`].
-pub const FALLBACK_POLL: Duration = Duration::from_millis(250);
+/// up to [`FALLBACK_POLL_MAX`]. The look only covers another instance's commits: within an
+/// instance the consumer wakes waiters. At 250 ms, under 500 sagas/s with waiting clients, the
+/// looks of the sagas that took longer loaded the one connection enough to tip the service
+/// into a queue that never drained (docs/benchmarks.md, "Third pass").
+pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
 /// The longest wait between a waiter's looks without a wake-up.
 pub const FALLBACK_POLL_MAX: Duration = Duration::from_secs(2);

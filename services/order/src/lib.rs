@@ -370,8 +370,15 @@ async fn cancel(
             format!("`reason` must be 1 to {MAX_REASON} characters"),
         ));
     }
-    let outcome = store::request_cancellation(&context.db, &id, &reason, style)
+    // In a task of its own, as a placement: a client that goes away must not cancel the
+    // transaction half-way through its direct calls.
+    let cancelling = {
+        let (db, id, reason) = (context.db.clone(), id.clone(), reason.clone());
+        tokio::spawn(async move { store::request_cancellation(&db, &id, &reason, style).await })
+    };
+    let outcome = cancelling
         .await
+        .map_err(|e| Problem::internal(&e))?
         .map_err(|e| Problem::internal(&e))?;
     match outcome {
         store::Cancelling::Started => {
