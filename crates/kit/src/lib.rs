@@ -11,7 +11,7 @@
 //! | [`faults`] | fault injection for demos and tests (`/admin/faults`, off unless enabled) |
 //! | [`health`] | `/livez`, `/readyz`, `/startupz` backed by a cheap shared [`health::Health`] handle |
 //! | [`metrics`] | the Prometheus recorder and `/metrics`, with per-route request counts and latencies |
-//! | `database` | (feature `sqlite`) opening a service's embedded database and running its migrations |
+//! | `database` | (feature `sqlite`) opening a service's embedded database, running its migrations, and direct SQLite calls on its connection (`database::direct`) |
 //! | [`client`] | the pooled HTTP client for internal calls, with JSON helpers |
 //! | [`app`] | the HTTP stack every process serves, assembled in one function, and graceful serving |
 //! | [`shutdown`] | one cancellation token fired by Ctrl-C, SIGTERM or the death of the supervisor |
