@@ -139,8 +139,10 @@ where
     result
 }
 
-/// Binds `values` to `statement`'s parameters `$1`, `$2`, … by name, whatever order they first
-/// appear in: the SQL text sqlx runs runs here unchanged. Every parameter must get a value.
+/// Binds `values` to `statement`'s parameters the way sqlx binds them, so that the SQL text sqlx
+/// runs runs here unchanged: value *n* goes to `$n` or `?n` wherever it appears (whatever order
+/// they first appear in), or else to the *n*-th parameter (a plain `?`). Every parameter must
+/// get a value.
 pub fn bind_numbered(
     statement: &mut rusqlite::Statement<'_>,
     values: &[&dyn rusqlite::ToSql],
@@ -152,10 +154,12 @@ pub fn bind_numbered(
         ));
     }
     for (number, value) in (1..).zip(values) {
-        let name = format!("${number}");
-        let index = statement
-            .parameter_index(&name)?
-            .ok_or(rusqlite::Error::InvalidParameterName(name))?;
+        let index = match statement.parameter_index(&format!("${number}"))? {
+            Some(index) => index,
+            None => statement
+                .parameter_index(&format!("?{number}"))?
+                .unwrap_or(number),
+        };
         statement.raw_bind_parameter(index, value)?;
     }
     Ok(())

@@ -73,3 +73,31 @@ async fn cancelled_direct_transactions_never_wedge_the_connection() {
         .expect("query");
     assert!(whole > 0, "some transactions committed");
 }
+
+/// Values go where sqlx would put them: `$n` and `?n` by number wherever they appear and in any
+/// order, a plain `?` by position; a missing value is an error, not a NULL.
+#[tokio::test]
+async fn parameters_bind_by_number_as_sqlx_binds_them() {
+    use sqlx::Connection;
+    let mut connection = sqlx::SqliteConnection::connect("sqlite::memory:")
+        .await
+        .expect("open");
+    let rows = direct(&mut connection, |db| {
+        let one = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
+            flotilla_kit::database::query_optional(db, sql, values, |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })
+        };
+        let numbered = one("SELECT $2 + 0, $1 || '-' || $1", &[&"a", &2i64]).map_err(sqlx_error)?;
+        let questioned = one("SELECT ?2 + 0, ?1 || ?1", &[&"b", &3i64]).map_err(sqlx_error)?;
+        let plain = one("SELECT ? + 0, ?", &[&4i64, &"c"]).map_err(sqlx_error)?;
+        let short = one("SELECT $1 + 0, $2", &[&5i64]);
+        Ok::<_, sqlx::Error>((numbered, questioned, plain, short.is_err()))
+    })
+    .await
+    .expect("queries");
+    assert_eq!(rows.0, Some((2, "a-a".to_owned())));
+    assert_eq!(rows.1, Some((3, "bb".to_owned())));
+    assert_eq!(rows.2, Some((4, "c".to_owned())));
+    assert!(rows.3, "a missing value is refused");
+}

@@ -29,9 +29,20 @@ fn settled(command: &Message, change: &Change) -> Option<Message> {
 }
 
 impl Handler for StockCommands {
+    // A group of commands runs on the borrowed handle in one round trip.
+    const DIRECT: bool = true;
+
     async fn handle(
         &self,
         tx: &mut SqliteConnection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
+        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
+    }
+
+    fn handle_direct(
+        &self,
+        tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         let reply = if let Some(command) = decode::<ReserveStock>(message) {
@@ -44,19 +55,19 @@ impl Handler for StockCommands {
                     quantity: l.quantity,
                 })
                 .collect();
-            match stock::reserve(tx, &command.order_id, &lines).await? {
+            match stock::reserve_direct(tx, &command.order_id, &lines)? {
                 Reservation::Reserved => flotilla_saga::succeeded(message, serde_json::json!({})),
                 Reservation::Refused { reason } => flotilla_saga::refused(message, &reason),
             }
         } else if let Some(command) = decode::<ReleaseStock>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, &stock::release(tx, &command.order_id).await?)
+            settled(message, &stock::release_direct(tx, &command.order_id)?)
         } else if let Some(command) = decode::<CommitStock>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, &stock::commit(tx, &command.order_id).await?)
+            settled(message, &stock::commit_direct(tx, &command.order_id)?)
         } else if let Some(command) = decode::<RestockStock>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, &stock::restock(tx, &command.order_id).await?)
+            settled(message, &stock::restock_direct(tx, &command.order_id)?)
         } else {
             return Err(HandlerError::Reject(format!(
                 "the inventory does not handle {}",

@@ -14,6 +14,8 @@
 
 use std::collections::BTreeMap;
 
+use flotilla_kit::database::{direct, execute, query, query_optional, sqlx_error};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sqlx::{SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
@@ -64,30 +66,26 @@ fn now() -> Result<String, sqlx::Error> {
         .map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
-async fn status(
-    conn: &mut SqliteConnection,
+fn status(
+    db: &Connection,
     order_id: &str,
 ) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
-    sqlx::query_as("SELECT status, reason FROM reservations WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(conn)
-        .await
+    query_optional(
+        db,
+        "SELECT status, reason FROM reservations WHERE order_id = $1",
+        &[&order_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .map_err(sqlx_error)
 }
 
-async fn refuse(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-    reason: String,
-) -> Result<Reservation, sqlx::Error> {
-    let now = now()?;
-    sqlx::query(
+fn refuse(db: &Connection, order_id: &str, reason: String) -> Result<Reservation, sqlx::Error> {
+    execute(
+        db,
         "INSERT INTO reservations (order_id, status, reason, created_at, updated_at) VALUES ($1, 'REFUSED', $2, $3, $3)",
+        &[&order_id, &reason, &now()?],
     )
-    .bind(order_id)
-    .bind(&reason)
-    .bind(&now)
-    .execute(conn)
-    .await?;
+    .map_err(sqlx_error)?;
     Ok(Reservation::Refused { reason })
 }
 
@@ -98,7 +96,17 @@ pub async fn reserve(
     order_id: &str,
     lines: &[Line],
 ) -> Result<Reservation, sqlx::Error> {
-    if let Some((status, reason)) = status(conn, order_id).await? {
+    direct(conn, |db| reserve_direct(db, order_id, lines)).await
+}
+
+/// [`reserve`] on a borrowed SQLite handle, inside the caller's write transaction
+/// ([`flotilla_kit::database::direct`]).
+pub fn reserve_direct(
+    db: &Connection,
+    order_id: &str,
+    lines: &[Line],
+) -> Result<Reservation, sqlx::Error> {
+    if let Some((status, reason)) = status(db, order_id)? {
         return Ok(match status.as_str() {
             "REFUSED" => Reservation::Refused {
                 reason: reason.unwrap_or_default(),
@@ -111,26 +119,27 @@ pub async fn reserve(
     for line in lines {
         if line.quantity <= 0 {
             return refuse(
-                conn,
+                db,
                 order_id,
                 format!("quantity of {} must be positive", line.sku),
-            )
-            .await;
+            );
         }
         let total = wanted.entry(line.sku.as_str()).or_default();
         *total = total.saturating_add(line.quantity);
     }
     if wanted.is_empty() {
-        return refuse(conn, order_id, "no lines to reserve".into()).await;
+        return refuse(db, order_id, "no lines to reserve".into());
     }
     let mut unknown = Vec::new();
     let mut short = Vec::new();
     for (sku, quantity) in &wanted {
-        let free: Option<i64> =
-            sqlx::query_scalar("SELECT on_hand - reserved FROM products WHERE sku = $1")
-                .bind(sku)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let free: Option<i64> = query_optional(
+            db,
+            "SELECT on_hand - reserved FROM products WHERE sku = $1",
+            &[sku],
+            |row| row.get(0),
+        )
+        .map_err(sqlx_error)?;
         match free {
             None => unknown.push(*sku),
             Some(free) if free < *quantity => {
@@ -140,127 +149,126 @@ pub async fn reserve(
         }
     }
     if !unknown.is_empty() {
-        return refuse(
-            conn,
-            order_id,
-            format!("unknown SKU {}", unknown.join(", ")),
-        )
-        .await;
+        return refuse(db, order_id, format!("unknown SKU {}", unknown.join(", ")));
     }
     if !short.is_empty() {
-        return refuse(
-            conn,
-            order_id,
-            format!("out of stock: {}", short.join(", ")),
-        )
-        .await;
+        return refuse(db, order_id, format!("out of stock: {}", short.join(", ")));
     }
-    let now = now()?;
-    sqlx::query(
+    execute(
+        db,
         "INSERT INTO reservations (order_id, status, created_at, updated_at) VALUES ($1, 'RESERVED', $2, $2)",
+        &[&order_id, &now()?],
     )
-    .bind(order_id)
-    .bind(&now)
-    .execute(&mut *conn)
-    .await?;
+    .map_err(sqlx_error)?;
     for (sku, quantity) in wanted {
         // Guarded as well: the check above holds only in a write transaction.
-        let taken = sqlx::query(
+        let taken = execute(
+            db,
             "UPDATE products SET reserved = reserved + $1 WHERE sku = $2 AND on_hand - reserved >= $1",
+            &[&quantity, &sku],
         )
-        .bind(quantity)
-        .bind(sku)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+        .map_err(sqlx_error)?;
         if taken != 1 {
             return Err(sqlx::Error::Protocol(format!(
                 "stock of {sku} changed during the reservation: run it in a write transaction (BEGIN IMMEDIATE)"
             )));
         }
-        sqlx::query("INSERT INTO reservation_lines (order_id, sku, quantity) VALUES ($1, $2, $3)")
-            .bind(order_id)
-            .bind(sku)
-            .bind(quantity)
-            .execute(&mut *conn)
-            .await?;
+        execute(
+            db,
+            "INSERT INTO reservation_lines (order_id, sku, quantity) VALUES ($1, $2, $3)",
+            &[&order_id, &sku, &quantity],
+        )
+        .map_err(sqlx_error)?;
     }
     Ok(Reservation::Reserved)
 }
 
 /// Moves the reservation of `order_id` from `from` to `to`, adjusting every line's product with
 /// `adjust` (an SQL assignment list over `$1`, the line's quantity).
-async fn transition(
-    conn: &mut SqliteConnection,
+fn transition(
+    db: &Connection,
     order_id: &str,
     from: &str,
     to: &str,
     adjust: &'static str,
 ) -> Result<Change, sqlx::Error> {
-    match status(conn, order_id).await? {
+    match status(db, order_id)? {
         None => return Ok(Change::Nothing),
         Some((status, _)) if status == "REFUSED" => return Ok(Change::Nothing),
         Some((status, _)) if status == to => return Ok(Change::Repeated),
         Some((status, _)) if status != from => return Ok(Change::Conflict { status }),
         Some(_) => {}
     }
-    let lines: Vec<(String, i64)> =
-        sqlx::query_as("SELECT sku, quantity FROM reservation_lines WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_all(&mut *conn)
-            .await?;
+    let lines: Vec<(String, i64)> = query(
+        db,
+        "SELECT sku, quantity FROM reservation_lines WHERE order_id = $1",
+        &[&order_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .map_err(sqlx_error)?;
     for (sku, quantity) in lines {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE products SET {adjust} WHERE sku = $2"
-        )))
-        .bind(quantity)
-        .bind(sku)
-        .execute(&mut *conn)
-        .await?;
+        execute(
+            db,
+            &format!("UPDATE products SET {adjust} WHERE sku = $2"),
+            &[&quantity, &sku],
+        )
+        .map_err(sqlx_error)?;
     }
-    sqlx::query("UPDATE reservations SET status = $1, updated_at = $2 WHERE order_id = $3")
-        .bind(to)
-        .bind(now()?)
-        .bind(order_id)
-        .execute(conn)
-        .await?;
+    execute(
+        db,
+        "UPDATE reservations SET status = $1, updated_at = $2 WHERE order_id = $3",
+        &[&to, &now()?, &order_id],
+    )
+    .map_err(sqlx_error)?;
     Ok(Change::Applied)
 }
 
 /// Gives the held stock back (compensation of [`reserve`]).
 pub async fn release(conn: &mut SqliteConnection, order_id: &str) -> Result<Change, sqlx::Error> {
+    direct(conn, |db| release_direct(db, order_id)).await
+}
+
+/// [`release`] on a borrowed SQLite handle, inside the caller's write transaction.
+pub fn release_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
     transition(
-        conn,
+        db,
         order_id,
         "RESERVED",
         "RELEASED",
         "reserved = reserved - $1",
     )
-    .await
 }
 
 /// The order is approved: the held units leave the warehouse.
 pub async fn commit(conn: &mut SqliteConnection, order_id: &str) -> Result<Change, sqlx::Error> {
+    direct(conn, |db| commit_direct(db, order_id)).await
+}
+
+/// [`commit`] on a borrowed SQLite handle, inside the caller's write transaction.
+pub fn commit_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
     transition(
-        conn,
+        db,
         order_id,
         "RESERVED",
         "COMMITTED",
         "reserved = reserved - $1, on_hand = on_hand - $1",
     )
-    .await
 }
 
 /// An approved order was cancelled: its units come back to the warehouse.
 pub async fn restock(conn: &mut SqliteConnection, order_id: &str) -> Result<Change, sqlx::Error> {
+    direct(conn, |db| restock_direct(db, order_id)).await
+}
+
+/// [`restock`] on a borrowed SQLite handle, inside the caller's write transaction.
+pub fn restock_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
     transition(
-        conn,
+        db,
         order_id,
         "COMMITTED",
         "RESTOCKED",
         "on_hand = on_hand + $1",
     )
-    .await
 }
 
 /// Violations of the stock invariants (DESIGN.md, invariant 3), empty when all hold: for every

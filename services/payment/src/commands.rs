@@ -47,21 +47,30 @@ fn settled(
 }
 
 impl Handler for PaymentCommands {
+    // A group runs on the borrowed handle in one round trip.
+    const DIRECT: bool = true;
+
     async fn handle(
         &self,
         tx: &mut SqliteConnection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
+        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
+    }
+
+    fn handle_direct(
+        &self,
+        tx: &rusqlite::Connection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
         let reply = if let Some(command) = decode::<AuthorizePayment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            match ledger::authorize(
+            match ledger::authorize_direct(
                 tx,
                 &command.order_id,
                 &command.customer_id,
                 command.amount_cents,
-            )
-            .await?
-            {
+            )? {
                 Authorization::Authorized {
                     payment_id,
                     amount_cents,
@@ -73,13 +82,13 @@ impl Handler for PaymentCommands {
             }
         } else if let Some(command) = decode::<VoidPayment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, ledger::void(tx, &command.order_id).await)?
+            settled(message, ledger::void_direct(tx, &command.order_id))?
         } else if let Some(command) = decode::<CapturePayment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, ledger::capture(tx, &command.order_id).await)?
+            settled(message, ledger::capture_direct(tx, &command.order_id))?
         } else if let Some(command) = decode::<RefundPayment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, ledger::refund(tx, &command.order_id).await)?
+            settled(message, ledger::refund_direct(tx, &command.order_id))?
         } else {
             return Err(HandlerError::Reject(format!(
                 "the payment service does not handle {}",

@@ -35,6 +35,8 @@
 
 use std::fmt;
 
+use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use rusqlite::Connection;
 use sqlx::{SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -204,7 +206,7 @@ pub enum LedgerError {
 }
 
 /// An order's payment, as the ledger needs it.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct PaymentRow {
     payment_id: String,
     customer_id: String,
@@ -226,16 +228,21 @@ impl PaymentRow {
     }
 }
 
-async fn payment_of(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-) -> Result<Option<PaymentRow>, sqlx::Error> {
-    sqlx::query_as::<_, PaymentRow>(
+fn payment_of(db: &Connection, order_id: &str) -> Result<Option<PaymentRow>, sqlx::Error> {
+    query_optional(
+        db,
         "SELECT payment_id, customer_id, amount_cents, status FROM payments WHERE order_id = ?",
+        &[&order_id],
+        |row| {
+            Ok(PaymentRow {
+                payment_id: row.get(0)?,
+                customer_id: row.get(1)?,
+                amount_cents: row.get(2)?,
+                status: row.get(3)?,
+            })
+        },
     )
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
+    .map_err(sqlx_error)
 }
 
 fn now() -> Result<String, sqlx::Error> {
@@ -245,24 +252,20 @@ fn now() -> Result<String, sqlx::Error> {
 }
 
 /// Records that `order_id`'s authorization is refused for `reason`, and says so.
-async fn refuse(
-    conn: &mut SqliteConnection,
+fn refuse(
+    db: &Connection,
     order_id: &str,
     customer_id: Option<&str>,
     amount_cents: Option<i64>,
     reason: String,
 ) -> Result<Authorization, sqlx::Error> {
-    sqlx::query(
+    execute(
+        db,
         "INSERT INTO payment_refusals (order_id, customer_id, amount_cents, reason, created_at)
          VALUES (?, ?, ?, ?, ?)",
+        &[&order_id, &customer_id, &amount_cents, &reason, &now()?],
     )
-    .bind(order_id)
-    .bind(customer_id)
-    .bind(amount_cents)
-    .bind(&reason)
-    .bind(now()?)
-    .execute(conn)
-    .await?;
+    .map_err(sqlx_error)?;
     Ok(Authorization::Refused { reason })
 }
 
@@ -278,62 +281,82 @@ pub async fn authorize(
     customer_id: &str,
     amount_cents: i64,
 ) -> Result<Authorization, sqlx::Error> {
-    if let Some(payment) = payment_of(conn, order_id).await? {
+    direct(conn, |db| {
+        authorize_direct(db, order_id, customer_id, amount_cents)
+    })
+    .await
+}
+
+/// [`authorize`] on a borrowed SQLite handle, inside the caller's write transaction
+/// ([`flotilla_kit::database::direct`]).
+pub fn authorize_direct(
+    db: &Connection,
+    order_id: &str,
+    customer_id: &str,
+    amount_cents: i64,
+) -> Result<Authorization, sqlx::Error> {
+    if let Some(payment) = payment_of(db, order_id)? {
         return Ok(Authorization::Authorized {
             payment_id: payment.payment_id,
             amount_cents: payment.amount_cents,
         });
     }
-    let refused: Option<(String,)> =
-        sqlx::query_as("SELECT reason FROM payment_refusals WHERE order_id = ?")
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if let Some((reason,)) = refused {
+    let refused: Option<String> = query_optional(
+        db,
+        "SELECT reason FROM payment_refusals WHERE order_id = ?",
+        &[&order_id],
+        |row| row.get(0),
+    )
+    .map_err(sqlx_error)?;
+    if let Some(reason) = refused {
         return Ok(Authorization::Refused { reason });
     }
     let (customer, amount) = (Some(customer_id), Some(amount_cents));
     if amount_cents <= 0 {
         let reason = format!("the amount must be positive, not {amount_cents} cents");
-        return refuse(conn, order_id, customer, amount, reason).await;
+        return refuse(db, order_id, customer, amount, reason);
     }
-    let account: Option<(i64, i64, i64)> = sqlx::query_as(
+    let account: Option<(i64, i64, i64)> = query_optional(
+        db,
         "SELECT credit_limit_cents, held_cents, charged_cents FROM accounts WHERE customer_id = ?",
+        &[&customer_id],
+        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
     )
-    .bind(customer_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .map_err(sqlx_error)?;
     let Some((limit, held, charged)) = account else {
         let reason = format!("unknown customer `{customer_id}`");
-        return refuse(conn, order_id, customer, amount, reason).await;
+        return refuse(db, order_id, customer, amount, reason);
     };
     let available = limit.saturating_sub(held).saturating_sub(charged).max(0);
     if amount_cents > available {
         let reason = format!(
             "credit limit exceeded: {amount_cents} cents requested, {available} cents available"
         );
-        return refuse(conn, order_id, customer, amount, reason).await;
+        return refuse(db, order_id, customer, amount, reason);
     }
-    sqlx::query("UPDATE accounts SET held_cents = held_cents + ? WHERE customer_id = ?")
-        .bind(amount_cents)
-        .bind(customer_id)
-        .execute(&mut *conn)
-        .await?;
+    execute(
+        db,
+        "UPDATE accounts SET held_cents = held_cents + ? WHERE customer_id = ?",
+        &[&amount_cents, &customer_id],
+    )
+    .map_err(sqlx_error)?;
     let payment_id = uuid::Uuid::now_v7().to_string();
     let now = now()?;
-    sqlx::query(
+    execute(
+        db,
         "INSERT INTO payments (payment_id, order_id, customer_id, amount_cents, status, created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, ?, ?)",
+        &[
+            &payment_id,
+            &order_id,
+            &customer_id,
+            &amount_cents,
+            &PaymentStatus::Authorized.as_str(),
+            &now,
+            &now,
+        ],
     )
-    .bind(&payment_id)
-    .bind(order_id)
-    .bind(customer_id)
-    .bind(amount_cents)
-    .bind(PaymentStatus::Authorized.as_str())
-    .bind(&now)
-    .bind(&now)
-    .execute(&mut *conn)
-    .await?;
+    .map_err(sqlx_error)?;
     Ok(Authorization::Authorized {
         payment_id,
         amount_cents,
@@ -341,12 +364,8 @@ pub async fn authorize(
 }
 
 /// Moves `order_id`'s payment through `operation`, with its money.
-async fn settle(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-    operation: Operation,
-) -> Result<Settled, LedgerError> {
-    let Some(payment) = payment_of(conn, order_id).await? else {
+fn settle(db: &Connection, order_id: &str, operation: Operation) -> Result<Settled, LedgerError> {
+    let Some(payment) = payment_of(db, order_id)? else {
         return Err(LedgerError::NoPayment {
             operation,
             order_id: order_id.to_owned(),
@@ -368,22 +387,22 @@ async fn settle(
             status,
         });
     }
-    let updated = sqlx::query(operation.account_update())
-        .bind(payment.amount_cents)
-        .bind(&payment.customer_id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
+    let updated = execute(
+        db,
+        operation.account_update(),
+        &[&payment.amount_cents, &payment.customer_id],
+    )
+    .map_err(sqlx_error)?;
     if updated != 1 {
         // The foreign key makes this impossible; never move a payment without its money.
         return Err(sqlx::Error::RowNotFound.into());
     }
-    sqlx::query("UPDATE payments SET status = ?, updated_at = ? WHERE payment_id = ?")
-        .bind(to.as_str())
-        .bind(now()?)
-        .bind(&payment.payment_id)
-        .execute(&mut *conn)
-        .await?;
+    execute(
+        db,
+        "UPDATE payments SET status = ?, updated_at = ? WHERE payment_id = ?",
+        &[&to.as_str(), &now()?, &payment.payment_id],
+    )
+    .map_err(sqlx_error)?;
     Ok(Settled::Applied {
         payment_id: payment.payment_id,
         amount_cents: payment.amount_cents,
@@ -397,17 +416,24 @@ async fn settle(
 /// (an order already refused stays refused with its first reason). A CAPTURED or REFUNDED
 /// payment is [`LedgerError::WrongStatus`]: it must be refunded, not voided.
 pub async fn void(conn: &mut SqliteConnection, order_id: &str) -> Result<Settled, LedgerError> {
-    match settle(conn, order_id, Operation::Void).await {
+    direct(conn, |db| void_direct(db, order_id)).await
+}
+
+/// [`void`] on a borrowed SQLite handle, inside the caller's write transaction.
+pub fn void_direct(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
+    match settle(db, order_id, Operation::Void) {
         Err(LedgerError::NoPayment { .. }) => {
-            sqlx::query(
+            execute(
+                db,
                 "INSERT INTO payment_refusals (order_id, reason, created_at) VALUES (?, ?, ?)
                  ON CONFLICT (order_id) DO NOTHING",
+                &[
+                    &order_id,
+                    &"the payment was voided before it was authorized",
+                    &now()?,
+                ],
             )
-            .bind(order_id)
-            .bind("the payment was voided before it was authorized")
-            .bind(now()?)
-            .execute(conn)
-            .await?;
+            .map_err(sqlx_error)?;
             Ok(Settled::NoPayment)
         }
         settled => settled,
@@ -419,7 +445,12 @@ pub async fn void(conn: &mut SqliteConnection, order_id: &str) -> Result<Settled
 /// A CAPTURED payment gives [`Settled::AlreadyApplied`]; a VOIDED or REFUNDED payment is
 /// [`LedgerError::WrongStatus`] and no payment is [`LedgerError::NoPayment`].
 pub async fn capture(conn: &mut SqliteConnection, order_id: &str) -> Result<Settled, LedgerError> {
-    settle(conn, order_id, Operation::Capture).await
+    direct(conn, |db| capture_direct(db, order_id)).await
+}
+
+/// [`capture`] on a borrowed SQLite handle, inside the caller's write transaction.
+pub fn capture_direct(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
+    settle(db, order_id, Operation::Capture)
 }
 
 /// Gives `order_id`'s charge back: CAPTURED becomes REFUNDED, the charged amount is released.
@@ -427,7 +458,12 @@ pub async fn capture(conn: &mut SqliteConnection, order_id: &str) -> Result<Sett
 /// A REFUNDED payment gives [`Settled::AlreadyApplied`]; an AUTHORIZED (void it instead) or
 /// VOIDED payment is [`LedgerError::WrongStatus`] and no payment is [`LedgerError::NoPayment`].
 pub async fn refund(conn: &mut SqliteConnection, order_id: &str) -> Result<Settled, LedgerError> {
-    settle(conn, order_id, Operation::Refund).await
+    direct(conn, |db| refund_direct(db, order_id)).await
+}
+
+/// [`refund`] on a borrowed SQLite handle, inside the caller's write transaction.
+pub fn refund_direct(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
+    settle(db, order_id, Operation::Refund)
 }
 
 /// One account with the totals of its payments by status.

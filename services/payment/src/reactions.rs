@@ -47,15 +47,26 @@ fn settled(
 }
 
 impl Handler for PaymentReactions {
+    // A group runs on the borrowed handle in one round trip.
+    const DIRECT: bool = true;
+
     async fn handle(
         &self,
         tx: &mut SqliteConnection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
+        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
+    }
+
+    fn handle_direct(
+        &self,
+        tx: &rusqlite::Connection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
         let fact = if let Some(fact) = event::<StockReserved>(message) {
             let order = fact.map_err(|e| unreadable(message, &e))?.order;
             let id = order.order_id.clone();
-            match ledger::authorize(tx, &id, &order.customer_id, order.total_cents).await? {
+            match ledger::authorize_direct(tx, &id, &order.customer_id, order.total_cents)? {
                 Authorization::Authorized { payment_id, .. } => {
                     PaymentAuthorized { order, payment_id }.message(&id, Some(message))
                 }
@@ -72,7 +83,7 @@ impl Handler for PaymentReactions {
             };
             settled(
                 message,
-                ledger::void(tx, &id).await,
+                ledger::void_direct(tx, &id),
                 done.message(&id, Some(message)),
             )?
         } else if let Some(fact) = event::<ShipmentScheduled>(message) {
@@ -82,7 +93,7 @@ impl Handler for PaymentReactions {
             };
             settled(
                 message,
-                ledger::capture(tx, &id).await,
+                ledger::capture_direct(tx, &id),
                 done.message(&id, Some(message)),
             )?
         } else if let Some(fact) = event::<ShipmentCancelled>(message) {
@@ -92,7 +103,7 @@ impl Handler for PaymentReactions {
             };
             settled(
                 message,
-                ledger::refund(tx, &id).await,
+                ledger::refund_direct(tx, &id),
                 done.message(&id, Some(message)),
             )?
         } else {

@@ -24,6 +24,8 @@
 //!
 //! [`check`] reports any breach of these rules, for the system checker.
 
+use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sqlx::{SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
@@ -97,58 +99,63 @@ pub async fn schedule(
     order_id: &str,
     destination: &Destination,
 ) -> Result<Scheduling, sqlx::Error> {
-    if let Some(outcome) = recorded(conn, order_id).await? {
+    direct(conn, |db| schedule_direct(db, order_id, destination)).await
+}
+
+/// [`schedule`] on a borrowed SQLite handle, inside the caller's write transaction
+/// ([`flotilla_kit::database::direct`]).
+pub fn schedule_direct(
+    db: &Connection,
+    order_id: &str,
+    destination: &Destination,
+) -> Result<Scheduling, sqlx::Error> {
+    if let Some(outcome) = recorded(db, order_id)? {
         return Ok(outcome);
     }
     let now = now()?;
     let country = &destination.country;
     let refusal = if is_country_code(country) {
-        sqlx::query_scalar::<_, String>("SELECT reason FROM refused_destinations WHERE country = ?")
-            .bind(country)
-            .fetch_optional(&mut *conn)
-            .await?
+        query_optional(
+            db,
+            "SELECT reason FROM refused_destinations WHERE country = ?",
+            &[country],
+            |row| row.get::<_, String>(0),
+        )
+        .map_err(sqlx_error)?
     } else {
         Some(format!(
             "invalid country code {country:?}: expected an ISO 3166-1 alpha-2 code, upper case"
         ))
     };
     match refusal {
-        Some(reason) => {
-            sqlx::query(
-                "INSERT INTO shipment_refusals (order_id, country, reason, refused_at) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(order_id)
-            .bind(country)
-            .bind(&reason)
-            .bind(&now)
-            .execute(&mut *conn)
-            .await?;
-        }
-        None => {
-            sqlx::query(
-                "INSERT INTO shipments
-                   (shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 'SCHEDULED', ?, ?)
-                 ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(order_id)
-            .bind(&destination.name)
-            .bind(&destination.street)
-            .bind(&destination.city)
-            .bind(&destination.postal_code)
-            .bind(country)
-            .bind(&now)
-            .bind(&now)
-            .execute(&mut *conn)
-            .await?;
-        }
+        Some(reason) => execute(
+            db,
+            "INSERT INTO shipment_refusals (order_id, country, reason, refused_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (order_id) DO NOTHING",
+            &[&order_id, country, &reason, &now],
+        ),
+        None => execute(
+            db,
+            "INSERT INTO shipments
+               (shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'SCHEDULED', ?, ?)
+             ON CONFLICT (order_id) DO NOTHING",
+            &[
+                &uuid::Uuid::now_v7().to_string(),
+                &order_id,
+                &destination.name,
+                &destination.street,
+                &destination.city,
+                &destination.postal_code,
+                country,
+                &now,
+                &now,
+            ],
+        ),
     }
+    .map_err(sqlx_error)?;
     // Read back what is stored: the row just written, or the one that won a race.
-    recorded(conn, order_id)
-        .await?
-        .ok_or(sqlx::Error::RowNotFound)
+    recorded(db, order_id)?.ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Cancels the shipment of `order_id`: `SCHEDULED` becomes `CANCELLED`.
@@ -161,35 +168,39 @@ pub async fn cancel(
     conn: &mut SqliteConnection,
     order_id: &str,
 ) -> Result<Cancellation, CancelError> {
-    let shipment: Option<(String, String)> =
-        sqlx::query_as("SELECT shipment_id, status FROM shipments WHERE order_id = ?")
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    direct(conn, |db| cancel_direct(db, order_id)).await
+}
+
+/// [`cancel`] on a borrowed SQLite handle, inside the caller's write transaction.
+pub fn cancel_direct(db: &Connection, order_id: &str) -> Result<Cancellation, CancelError> {
+    let shipment: Option<(String, String)> = query_optional(
+        db,
+        "SELECT shipment_id, status FROM shipments WHERE order_id = ?",
+        &[&order_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
+    .map_err(sqlx_error)?;
     let now = now()?;
     match shipment {
         None => {
-            sqlx::query(
+            execute(
+                db,
                 "INSERT INTO shipment_refusals (order_id, country, reason, refused_at) VALUES (?, NULL, ?, ?)
                  ON CONFLICT (order_id) DO NOTHING",
+                &[&order_id, &CANCELLED_BEFORE_SCHEDULING, &now],
             )
-            .bind(order_id)
-            .bind(CANCELLED_BEFORE_SCHEDULING)
-            .bind(&now)
-            .execute(&mut *conn)
-            .await?;
+            .map_err(sqlx_error)?;
             Ok(Cancellation::NoShipment)
         }
         Some((shipment_id, status)) => match status.as_str() {
             "SCHEDULED" => {
-                sqlx::query(
+                execute(
+                    db,
                     "UPDATE shipments SET status = 'CANCELLED', updated_at = ?
                      WHERE shipment_id = ? AND status = 'SCHEDULED'",
+                    &[&now, &shipment_id],
                 )
-                .bind(&now)
-                .bind(&shipment_id)
-                .execute(&mut *conn)
-                .await?;
+                .map_err(sqlx_error)?;
                 Ok(Cancellation::Cancelled { shipment_id })
             }
             "CANCELLED" => Ok(Cancellation::AlreadyCancelled { shipment_id }),
@@ -260,23 +271,24 @@ pub async fn check(pool: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
 }
 
 /// The outcome recorded for `order_id`, if any: its shipment, else its refusal.
-async fn recorded(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-) -> Result<Option<Scheduling>, sqlx::Error> {
-    let shipment =
-        sqlx::query_scalar::<_, String>("SELECT shipment_id FROM shipments WHERE order_id = ?")
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+fn recorded(db: &Connection, order_id: &str) -> Result<Option<Scheduling>, sqlx::Error> {
+    let shipment = query_optional(
+        db,
+        "SELECT shipment_id FROM shipments WHERE order_id = ?",
+        &[&order_id],
+        |row| row.get::<_, String>(0),
+    )
+    .map_err(sqlx_error)?;
     if let Some(shipment_id) = shipment {
         return Ok(Some(Scheduling::Scheduled { shipment_id }));
     }
-    let refusal =
-        sqlx::query_scalar::<_, String>("SELECT reason FROM shipment_refusals WHERE order_id = ?")
-            .bind(order_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let refusal = query_optional(
+        db,
+        "SELECT reason FROM shipment_refusals WHERE order_id = ?",
+        &[&order_id],
+        |row| row.get::<_, String>(0),
+    )
+    .map_err(sqlx_error)?;
     Ok(refusal.map(|reason| Scheduling::Refused { reason }))
 }
 

@@ -28,15 +28,26 @@ fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
 }
 
 impl Handler for ShippingReactions {
+    // A group runs on the borrowed handle in one round trip.
+    const DIRECT: bool = true;
+
     async fn handle(
         &self,
         tx: &mut SqliteConnection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
+        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
+    }
+
+    fn handle_direct(
+        &self,
+        tx: &rusqlite::Connection,
+        message: &Message,
+    ) -> Result<Vec<Message>, HandlerError> {
         let fact = if let Some(fact) = event::<PaymentAuthorized>(message) {
             let order = fact.map_err(|e| unreadable(message, &e))?.order;
             let id = order.order_id;
-            match carrier::schedule(tx, &id, &order.destination).await? {
+            match carrier::schedule_direct(tx, &id, &order.destination)? {
                 Scheduling::Scheduled { shipment_id } => ShipmentScheduled {
                     order_id: id.clone(),
                     shipment_id,
@@ -50,7 +61,7 @@ impl Handler for ShippingReactions {
             }
         } else if let Some(fact) = event::<OrderCancellationRequested>(message) {
             let id = fact.map_err(|e| unreadable(message, &e))?.order_id;
-            match carrier::cancel(tx, &id).await {
+            match carrier::cancel_direct(tx, &id) {
                 Ok(_) => ShipmentCancelled {
                     order_id: id.clone(),
                 }
