@@ -312,6 +312,14 @@ impl EventStore {
             .collect()
     }
 
+    /// Tells this process's subscriptions and projectors that events up to `last_position`
+    /// committed: for appends committed on a caller's own transaction (the `_direct` and `_on`
+    /// paths), which the store cannot see commit. A position at or below the known head is
+    /// ignored.
+    pub fn appended(&self, last_position: u64) {
+        self.committed(last_position);
+    }
+
     fn committed(&self, last_position: u64) {
         self.inner.head.send_if_modified(|head| {
             let moved = last_position > *head;

@@ -139,6 +139,42 @@ where
     result
 }
 
+/// Runs `work` as one write transaction (`BEGIN IMMEDIATE` … `COMMIT`) on a connection of `pool`,
+/// entirely as direct SQLite calls ([`direct`]): one round trip to sqlx's worker thread for the
+/// whole transaction, where `pool.begin()`, the work and `commit()` take three. The transaction
+/// commits when `work` returns `Ok`, and rolls back when it returns `Err` or panics: with no
+/// `.await` between its `BEGIN` and its `COMMIT`, a cancelled caller cannot leave it open.
+pub async fn transaction<T, E, F>(pool: &SqlitePool, work: F) -> Result<T, E>
+where
+    F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+    E: From<sqlx::Error>,
+{
+    let mut connection = pool.acquire().await.map_err(E::from)?;
+    let mut handle = connection.lock_handle().await.map_err(E::from)?;
+    let raw = handle.as_raw_handle();
+    // SAFETY: as in `direct`: `handle` keeps sqlx's worker off the handle until it drops, after
+    // `borrowed`, which does not own the handle.
+    #[allow(unsafe_code)]
+    let mut borrowed = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }
+        .map_err(|e| E::from(sqlx_error(e)))?;
+    borrowed.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+    let result = match borrowed.transaction() {
+        Ok(tx) => match work(&tx) {
+            // Dropping `tx` without a commit rolls it back (on `Err` and on a panic alike).
+            Ok(value) => tx
+                .commit()
+                .map(|()| value)
+                .map_err(|e| E::from(sqlx_error(e))),
+            Err(error) => Err(error),
+        },
+        Err(error) => Err(E::from(sqlx_error(error))),
+    };
+    drop(borrowed);
+    drop(handle);
+    tracing::debug!(target: "flotilla_kit::database::direct", "direct SQLite call");
+    result
+}
+
 /// Binds `values` to `statement`'s parameters the way sqlx binds them, so that the SQL text sqlx
 /// runs runs here unchanged: value *n* goes to `$n` or `?n` wherever it appears (whatever order
 /// they first appear in), or else to the *n*-th parameter (a plain `?`). Every parameter must

@@ -101,3 +101,58 @@ async fn parameters_bind_by_number_as_sqlx_binds_them() {
     assert_eq!(rows.2, Some((4, "c".to_owned())));
     assert!(rows.3, "a missing value is refused");
 }
+
+/// `database::transaction` commits what its work did on `Ok`, and leaves nothing of it on `Err`
+/// or on a panic, the connection usable and out of any transaction afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_transaction_commits_on_ok_and_rolls_back_on_err_and_panic() {
+    use flotilla_kit::database::transaction;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("tx.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("open");
+    sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("schema");
+    let insert = |n: i64| {
+        move |db: &rusqlite::Transaction<'_>| {
+            execute(db, "INSERT INTO t (n) VALUES ($1)", &[&n]).map_err(sqlx_error)
+        }
+    };
+    transaction(&pool, insert(1)).await.expect("committed");
+    let failed: Result<(), sqlx::Error> = transaction(&pool, |db| {
+        insert(2)(db)?;
+        Err(sqlx::Error::Protocol("refused".into()))
+    })
+    .await;
+    assert!(failed.is_err());
+    let panicking = pool.clone();
+    let panicked = tokio::spawn(async move {
+        transaction(&panicking, |db| -> Result<(), sqlx::Error> {
+            insert(3)(db)?;
+            panic!("the work panics half-way");
+        })
+        .await
+    })
+    .await;
+    assert!(panicked.is_err(), "the task panicked");
+    let kept: Vec<i64> = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+        .fetch_all(&pool)
+        .await
+        .expect("read");
+    assert_eq!(kept, [1], "only the committed transaction's row");
+    // Out of any transaction: a sqlx transaction of its own begins and commits.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+    sqlx::query("INSERT INTO t (n) VALUES (4)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+}

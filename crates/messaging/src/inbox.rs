@@ -238,6 +238,7 @@ pub enum Processed {
 }
 
 /// What became of a group processed with direct calls.
+#[derive(Debug)]
 enum Group {
     /// Committed: one outcome per message.
     Done(Vec<Processed>),
@@ -245,6 +246,12 @@ enum Group {
     Retry(String),
     /// A handler failed on the database: rolled back.
     Failed(sqlx::Error),
+}
+
+impl From<sqlx::Error> for Group {
+    fn from(error: sqlx::Error) -> Self {
+        Group::Failed(error)
+    }
 }
 
 /// Most deliveries committed in one transaction.
@@ -412,11 +419,15 @@ impl<H: Handler> Consumer<H> {
     /// trip for its claims, effects and outgoing messages. Rolled back, with the reason, when a
     /// handler asks for a retry or fails on the database.
     async fn group_direct(&self, messages: &[&Message]) -> Result<Group, Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
         let handler = &self.handler;
-        let ran = flotilla_kit::database::direct(&mut tx, |db| {
-            let mut claimed = claim_all_direct(db, &self.name, &ids)?;
+        // `BEGIN IMMEDIATE` to `COMMIT` in one borrow of the handle; an `Err` rolls back.
+        let ran = flotilla_kit::database::transaction(&self.pool, |db| {
+            let failed = |error: Error| match error {
+                Error::Database(error) => Group::Failed(error),
+                other => Group::Failed(sqlx::Error::Protocol(other.to_string())),
+            };
+            let mut claimed = claim_all_direct(db, &self.name, &ids).map_err(failed)?;
             let mut outcomes = Vec::with_capacity(messages.len());
             let mut rejections = Vec::new();
             for (message, id) in messages.iter().zip(&ids) {
@@ -428,7 +439,7 @@ impl<H: Handler> Consumer<H> {
                 match handler.handle_direct(db, message) {
                     Ok(outgoing) => {
                         for out in &outgoing {
-                            outbox::enqueue_direct(db, out)?;
+                            outbox::enqueue_direct(db, out).map_err(failed)?;
                         }
                         outcomes.push(Processed::Applied);
                     }
@@ -437,19 +448,18 @@ impl<H: Handler> Consumer<H> {
                         rejections.push((*message, reason));
                         outcomes.push(Processed::Rejected);
                     }
-                    Err(HandlerError::Retry(reason)) => return Ok(Err(Group::Retry(reason))),
-                    Err(HandlerError::Database(error)) => return Ok(Err(Group::Failed(error))),
+                    Err(HandlerError::Retry(reason)) => return Err(Group::Retry(reason)),
+                    Err(HandlerError::Database(error)) => return Err(Group::Failed(error)),
                 }
             }
-            Ok::<_, Error>(Ok((outcomes, rejections)))
+            Ok((outcomes, rejections))
         })
-        .await?;
+        .await;
         let (outcomes, rejections) = match ran {
             Ok(done) => done,
-            // Dropping the transaction rolls everything back.
+            // Rolled back.
             Err(stopped) => return Ok(stopped),
         };
-        tx.commit().await?;
         metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
             .increment(1);
         for (message, reason) in rejections {

@@ -8,7 +8,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use flotilla_kit::database::{direct, execute, query_optional, sqlx_error, transaction};
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_messaging::{Message, outbox};
 
@@ -418,9 +418,8 @@ impl<S: Saga> Orchestrator<S> {
         .await?;
         let mut moved = 0;
         for saga_id in due {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            if direct(&mut tx, |db| self.time_out(db, &saga_id)).await? {
-                tx.commit().await?;
+            // One write transaction of direct calls (nothing written when it was not due).
+            if transaction(&self.pool, |db| self.time_out(db, &saga_id)).await? {
                 moved += 1;
             }
         }

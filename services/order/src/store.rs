@@ -3,7 +3,7 @@
 
 use flotilla_eventstore::{EventStore, Loaded, Metadata, Options};
 use flotilla_kit::Settings;
-use flotilla_kit::database::{direct, execute, sqlx_error};
+use flotilla_kit::database::{execute, sqlx_error, transaction};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use time::OffsetDateTime;
@@ -114,12 +114,9 @@ pub async fn place(
     let now = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
-    let mut tx = db.events.begin().await?;
-    let connection = tx
-        .sqlite()
-        .ok_or_else(|| flotilla_eventstore::Error::Encode("orders live in SQLite".into()))?;
-    // The key, the event and the saga's start: direct calls, one round trip to the database.
-    let stored = direct(connection, |sql| {
+    // The key, the event and the saga's start: one transaction of direct calls, one round trip
+    // to the database.
+    let stored = transaction(&db.pool, |sql| {
         if let Some((key, hash)) = key {
             let claimed = execute(
                 sql,
@@ -129,10 +126,10 @@ pub async fn place(
             )
             .map_err(sqlx_error)?;
             if claimed == 0 {
-                return Ok(false);
+                return Ok(None);
             }
         }
-        db.events.save_direct(
+        let recorded = db.events.save_direct(
             sql,
             &mut loaded,
             &placed,
@@ -153,13 +150,14 @@ pub async fn place(
                     .map_err(|e| encode(&e))?;
             }
         }
-        Ok::<_, flotilla_eventstore::Error>(true)
+        Ok::<_, flotilla_eventstore::Error>(recorded.last().map(|event| event.position))
     })
     .await?;
-    if !stored {
+    let Some(position) = stored else {
         return Ok(Placed::KeyTaken);
-    }
-    tx.commit().await?;
+    };
+    // The projectors of this process look now rather than at their next poll.
+    db.events.appended(position);
     Ok(Placed::New(Box::new(loaded)))
 }
 
@@ -183,11 +181,8 @@ pub async fn request_cancellation(
     style: SagaStyle,
 ) -> Result<Cancelling, flotilla_eventstore::Error> {
     let encode = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
-    let mut tx = db.events.begin().await?;
-    let connection = tx
-        .sqlite()
-        .ok_or_else(|| encode(&"orders live in SQLite"))?;
-    let started = direct(connection, |sql| {
+    let mut appended = None;
+    let started = transaction(&db.pool, |sql| {
         let mut order = db.events.load_direct::<Order>(sql, order_id)?;
         let events = match order.state.request_cancellation(reason) {
             Ok(events) => events,
@@ -199,8 +194,10 @@ pub async fn request_cancellation(
             return Ok(Cancelling::Already);
         }
         let saga_id = cancel::saga_id(order_id);
-        db.events
-            .save_direct(sql, &mut order, &events, &Metadata::correlated(&saga_id))?;
+        let recorded =
+            db.events
+                .save_direct(sql, &mut order, &events, &Metadata::correlated(&saga_id))?;
+        appended = recorded.last().map(|event| event.position);
         match style {
             SagaStyle::Orchestration => {
                 let data = CancelOrderData {
@@ -222,11 +219,11 @@ pub async fn request_cancellation(
         Ok(Cancelling::Started)
     })
     .await?;
-    if !matches!(started, Cancelling::Started) {
-        return Ok(started);
+    // The projectors of this process look now rather than at their next poll.
+    if let Some(position) = appended {
+        db.events.appended(position);
     }
-    tx.commit().await?;
-    Ok(Cancelling::Started)
+    Ok(started)
 }
 
 /// The `(request_hash, order_id)` stored for an idempotency key.
