@@ -344,29 +344,43 @@ impl<T: Transport> Relay<T> {
                 )
             };
         }
-        let rows: Vec<Pending> = if flight.unmarked.is_empty() {
-            sqlx::query_as(pending!("$1"))
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&self.pool)
-                .await?
+        // The marks and the read in one borrow of the connection's handle: direct calls, one
+        // round trip, the rows copied straight from SQLite (through sqlx, every row is a
+        // message from its worker thread).
+        let marks = if flight.unmarked.is_empty() {
+            None
         } else {
-            // One statement text whatever is marked (the rows travel as one JSON array), so
-            // that it stays prepared in the connection's statement cache.
-            let seqs = serde_json::to_string(&flight.unmarked).map_err(Error::Encode)?;
-            let rows = sqlx::query_as(concat!(
-                "UPDATE messaging_outbox SET published_at = $1 ",
-                "WHERE seq IN (SELECT value FROM json_each($2)); ",
-                pending!("$3")
-            ))
-            .bind(now_micros())
-            .bind(seqs)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
+            Some(serde_json::to_string(&flight.unmarked).map_err(Error::Encode)?)
+        };
+        let limit_value = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut connection = self.pool.acquire().await?;
+        let rows: Vec<Pending> = flotilla_kit::database::direct(&mut connection, |db| {
+            if let Some(seqs) = &marks {
+                flotilla_kit::database::execute(
+                    db,
+                    "UPDATE messaging_outbox SET published_at = $1 \
+                     WHERE seq IN (SELECT value FROM json_each($2))",
+                    &[&now_micros(), seqs],
+                )
+                .map_err(flotilla_kit::database::sqlx_error)?;
+            }
+            flotilla_kit::database::query(db, pending!("$1"), &[&limit_value], |row| {
+                Ok(Pending {
+                    seq: row.get(0)?,
+                    key: row.get(1)?,
+                    envelope: row.get(2)?,
+                    attempts: row.get(3)?,
+                    next_attempt_at: row.get(4)?,
+                })
+            })
+            .map_err(|e| Error::from(flotilla_kit::database::sqlx_error(e)))
+        })
+        .await?;
+        drop(connection);
+        if marks.is_some() {
             flight.unmarked.clear();
             metrics::counter!("messaging_outbox_mark_commits_total").increment(1);
-            rows
-        };
+        }
         let mut read = Read {
             full: rows.len() >= limit,
             ..Read::default()
