@@ -302,13 +302,7 @@ impl EventStore {
         let rows =
             backend::read_stream_on(&mut backend::Conn::Sqlite(conn), &stream_of::<A>(id), 1)
                 .await?;
-        let mut state = A::default();
-        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
-        Ok(Loaded {
-            id: id.to_owned(),
-            state,
-            version,
-        })
+        self.replayed(id, rows)
     }
 
     /// [`StoreTx::save`] within the caller's own SQLite transaction on this store's database.
@@ -379,13 +373,7 @@ impl EventStore {
         id: &str,
     ) -> Result<Loaded<A>, Error> {
         let rows = backend::direct::read_stream(db, &stream_of::<A>(id), 1)?;
-        let mut state = A::default();
-        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
-        Ok(Loaded {
-            id: id.to_owned(),
-            state,
-            version,
-        })
+        self.replayed(id, rows)
     }
 
     /// [`EventStore::save_on`] on a borrowed SQLite handle: appends `events` after
@@ -414,6 +402,23 @@ impl EventStore {
             backend::direct::save_snapshot(db, &stream, loaded.version, A::STATE_VERSION, &state)?;
         }
         Ok(recorded)
+    }
+}
+
+impl EventStore {
+    /// Aggregate `id` folded from the whole of its stream, `rows`.
+    fn replayed<A: Aggregate>(
+        &self,
+        id: &str,
+        rows: Vec<backend::StoredEvent>,
+    ) -> Result<Loaded<A>, Error> {
+        let mut state = A::default();
+        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
+        Ok(Loaded {
+            id: id.to_owned(),
+            state,
+            version,
+        })
     }
 }
 

@@ -110,12 +110,16 @@ pub enum HandlerError {
 /// What a consumer does with a message.
 pub trait Handler: Send + Sync + 'static {
     /// Applies `message`'s effect within `tx` and returns the messages to publish because of it
-    /// (events, replies); they are written to the outbox in the same transaction.
+    /// (events, replies); they are written to the outbox in the same transaction. By default it
+    /// runs [`Handler::handle_direct`] on `tx`'s borrowed handle: a direct handler implements
+    /// only that.
     fn handle(
         &self,
         tx: &mut SqliteConnection,
         message: &Message,
-    ) -> impl Future<Output = Result<Vec<Message>, HandlerError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Message>, HandlerError>> + Send {
+        async move { flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await }
+    }
 
     /// Whether [`Handler::handle_direct`] does the work: then the consumer runs a whole group
     /// of messages (claims, effects, outgoing messages) on its borrowed SQLite handle in one
@@ -397,13 +401,25 @@ impl<H: Handler> Consumer<H> {
             }
         }
         tx.commit().await?;
+        self.committed(messages, &outcomes, rejections);
+        Ok(Some(outcomes))
+    }
+
+    /// After a group's commit: counts it, logs its rejections, tells the handler of every
+    /// applied message and wakes the relay if any was.
+    fn committed(
+        &self,
+        messages: &[&Message],
+        outcomes: &[Processed],
+        rejections: Vec<(&Message, String)>,
+    ) {
         metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
             .increment(1);
         for (message, reason) in rejections {
             tracing::error!(consumer = %self.name, message_id = %message.id, message_type = %message.message_type, %reason, "message rejected");
         }
         let mut applied = false;
-        for (message, outcome) in messages.iter().zip(&outcomes) {
+        for (message, outcome) in messages.iter().zip(outcomes) {
             if *outcome == Processed::Applied {
                 self.handler.committed(message);
                 applied = true;
@@ -412,7 +428,6 @@ impl<H: Handler> Consumer<H> {
         if applied && let Some(waker) = &self.outbox_waker {
             waker.notify_one();
         }
-        Ok(Some(outcomes))
     }
 
     /// The group commit with direct calls ([`Handler::DIRECT`]): one transaction, one round
@@ -460,21 +475,7 @@ impl<H: Handler> Consumer<H> {
             // Rolled back.
             Err(stopped) => return Ok(stopped),
         };
-        metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
-            .increment(1);
-        for (message, reason) in rejections {
-            tracing::error!(consumer = %self.name, message_id = %message.id, message_type = %message.message_type, %reason, "message rejected");
-        }
-        let mut applied = false;
-        for (message, outcome) in messages.iter().zip(&outcomes) {
-            if *outcome == Processed::Applied {
-                self.handler.committed(message);
-                applied = true;
-            }
-        }
-        if applied && let Some(waker) = &self.outbox_waker {
-            waker.notify_one();
-        }
+        self.committed(messages, &outcomes, rejections);
         Ok(Group::Done(outcomes))
     }
 

@@ -57,14 +57,6 @@ struct DirectRecorder(Recorder);
 impl Handler for DirectRecorder {
     const DIRECT: bool = true;
 
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
-    }
-
     fn handle_direct(
         &self,
         db: &rusqlite::Connection,

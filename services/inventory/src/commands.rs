@@ -5,7 +5,6 @@
 use flotilla_contracts::{CommitStock, ReleaseStock, ReserveStock, RestockStock, decode};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
-use sqlx::SqliteConnection;
 
 use crate::stock::{self, Change, Line, Reservation};
 
@@ -31,14 +30,6 @@ fn settled(command: &Message, change: &Change) -> Option<Message> {
 impl Handler for StockCommands {
     // A group of commands runs on the borrowed handle in one round trip.
     const DIRECT: bool = true;
-
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
-    }
 
     fn handle_direct(
         &self,

@@ -25,7 +25,6 @@ use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_saga::choreography::{self, Facts};
 use serde_json::json;
-use sqlx::SqliteConnection;
 
 use crate::aggregate::{Order, OrderError, OrderEvent, Status};
 
@@ -206,14 +205,6 @@ impl Listener {
 
 impl Handler for Listener {
     const DIRECT: bool = true;
-
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
-    }
 
     fn handle_direct(
         &self,

@@ -851,14 +851,6 @@ impl flotilla_messaging::inbox::Handler for Inbox {
     // A group of replies and facts runs on the borrowed handle in one round trip.
     const DIRECT: bool = true;
 
-    async fn handle(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        message: &flotilla_messaging::Message,
-    ) -> Result<Vec<flotilla_messaging::Message>, flotilla_messaging::inbox::HandlerError> {
-        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
-    }
-
     fn handle_direct(
         &self,
         db: &rusqlite::Connection,

@@ -10,7 +10,7 @@ use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -80,14 +80,6 @@ pub struct Notifications;
 
 impl Handler for Notifications {
     const DIRECT: bool = true;
-
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
-    }
 
     fn handle_direct(
         &self,

@@ -17,7 +17,6 @@ use flotilla_contracts::{
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
-use sqlx::SqliteConnection;
 
 use crate::ledger::{self, Authorization, LedgerError, Settled};
 
@@ -49,14 +48,6 @@ fn settled(
 impl Handler for PaymentReactions {
     // A group runs on the borrowed handle in one round trip.
     const DIRECT: bool = true;
-
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
-    }
 
     fn handle_direct(
         &self,

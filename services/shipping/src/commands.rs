@@ -5,7 +5,6 @@
 use flotilla_contracts::{CancelShipment, ScheduleShipment, decode};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
-use sqlx::SqliteConnection;
 
 use crate::carrier::{self, CancelError, Cancellation, Scheduling};
 
@@ -20,14 +19,6 @@ fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
 impl Handler for ShippingCommands {
     // A group runs on the borrowed handle in one round trip.
     const DIRECT: bool = true;
-
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
-    }
 
     fn handle_direct(
         &self,

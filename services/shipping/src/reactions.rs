@@ -15,7 +15,6 @@ use flotilla_contracts::{
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
-use sqlx::SqliteConnection;
 
 use crate::carrier::{self, CancelError, Scheduling};
 
@@ -30,14 +29,6 @@ fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
 impl Handler for ShippingReactions {
     // A group runs on the borrowed handle in one round trip.
     const DIRECT: bool = true;
-
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await
-    }
 
     fn handle_direct(
         &self,
