@@ -53,21 +53,8 @@ pub async fn claim_all(
     consumer: &str,
     message_ids: &[String],
 ) -> Result<std::collections::HashSet<String>, Error> {
-    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
-        .unwrap_or(i64::MAX);
-    let ids = serde_json::to_string(message_ids).map_err(Error::Encode)?;
-    // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
-    let claimed: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO messaging_inbox (consumer, message_id, processed_at)
-         SELECT DISTINCT $1, value, $2 FROM json_each($3) WHERE true
-         ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id",
-    )
-    .bind(consumer)
-    .bind(now)
-    .bind(ids)
-    .fetch_all(connection)
-    .await?;
-    Ok(claimed.into_iter().collect())
+    flotilla_kit::database::direct(connection, |db| claim_all_direct(db, consumer, message_ids))
+        .await
 }
 
 /// [`claim_all`] on a borrowed SQLite handle, inside the caller's transaction
@@ -80,6 +67,7 @@ pub fn claim_all_direct(
     let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
         .unwrap_or(i64::MAX);
     let ids = serde_json::to_string(message_ids).map_err(Error::Encode)?;
+    // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
     let claimed = flotilla_kit::database::query(
         db,
         "INSERT INTO messaging_inbox (consumer, message_id, processed_at)
