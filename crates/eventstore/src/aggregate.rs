@@ -333,17 +333,11 @@ async fn save_in<A: Aggregate>(
     metadata: &Metadata,
 ) -> Result<Vec<RecordedEvent>, Error> {
     let stream = stream_of::<A>(&loaded.id);
-    let new = events
-        .iter()
-        .map(|event| encode::<A>(event, metadata))
-        .collect::<Result<Vec<_>, _>>()?;
+    let new = encode_all::<A>(events, metadata)?;
     let recorded =
         backend::append(conn, &stream, ExpectedVersion::Exact(loaded.version), new).await?;
     let before = applied(loaded, &recorded, events);
-    let every = store.options().snapshot_every;
-    if every > 0 && loaded.version / every > before / every {
-        let state =
-            serde_json::to_string(&loaded.state).map_err(|e| Error::Encode(e.to_string()))?;
+    if let Some(state) = snapshot_due(store, loaded, before)? {
         backend::save_snapshot(conn, &stream, loaded.version, A::STATE_VERSION, &state).await?;
     }
     Ok(recorded)
@@ -388,17 +382,11 @@ impl EventStore {
         metadata: &Metadata,
     ) -> Result<Vec<RecordedEvent>, Error> {
         let stream = stream_of::<A>(&loaded.id);
-        let new = events
-            .iter()
-            .map(|event| encode::<A>(event, metadata))
-            .collect::<Result<Vec<_>, _>>()?;
+        let new = encode_all::<A>(events, metadata)?;
         let recorded =
             backend::direct::append(db, &stream, ExpectedVersion::Exact(loaded.version), new)?;
         let before = applied(loaded, &recorded, events);
-        let every = self.options().snapshot_every;
-        if every > 0 && loaded.version / every > before / every {
-            let state =
-                serde_json::to_string(&loaded.state).map_err(|e| Error::Encode(e.to_string()))?;
+        if let Some(state) = snapshot_due(self, loaded, before)? {
             backend::direct::save_snapshot(db, &stream, loaded.version, A::STATE_VERSION, &state)?;
         }
         Ok(recorded)
@@ -420,6 +408,33 @@ impl EventStore {
             version,
         })
     }
+}
+
+/// `events` encoded for an append, with `metadata`.
+fn encode_all<A: Aggregate>(
+    events: &[A::Event],
+    metadata: &Metadata,
+) -> Result<Vec<crate::NewEvent>, Error> {
+    events
+        .iter()
+        .map(|event| encode::<A>(event, metadata))
+        .collect()
+}
+
+/// `loaded`'s state to snapshot when its stream just passed a multiple of
+/// [`Options::snapshot_every`](crate::Options::snapshot_every) (it was at `before`).
+fn snapshot_due<A: Aggregate>(
+    store: &EventStore,
+    loaded: &Loaded<A>,
+    before: u64,
+) -> Result<Option<String>, Error> {
+    let every = store.options().snapshot_every;
+    if every == 0 || loaded.version / every <= before / every {
+        return Ok(None);
+    }
+    serde_json::to_string(&loaded.state)
+        .map(Some)
+        .map_err(|e| Error::Encode(e.to_string()))
 }
 
 /// Applies the `recorded` appends of `events` to `loaded`; returns its version before them.

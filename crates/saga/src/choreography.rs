@@ -18,27 +18,16 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_kit::database::{direct, execute, query, sqlx_error};
+use flotilla_kit::database::{execute, query, sqlx_error};
 use serde_json::Value;
-use sqlx::SqliteConnection;
 use time::OffsetDateTime;
 
 use crate::Error;
 
-/// Records that `fact` (with `detail`) happened in saga `saga_id`, in the caller's transaction;
-/// false if it had been recorded before (the first detail is kept).
-pub async fn record(
-    tx: &mut SqliteConnection,
-    saga_id: &str,
-    fact: &str,
-    detail: &Value,
-) -> Result<bool, Error> {
-    direct(tx, |db| record_direct(db, saga_id, fact, detail)).await
-}
-
-/// [`record`] on a borrowed SQLite handle, inside the caller's transaction
-/// ([`flotilla_kit::database::direct`]).
-pub fn record_direct(
+/// Records that `fact` (with `detail`) happened in saga `saga_id`, in the caller's transaction
+/// (on its borrowed SQLite handle, [`flotilla_kit::database::direct`]); false if it had been
+/// recorded before (the first detail is kept).
+pub fn record(
     db: &rusqlite::Connection,
     saga_id: &str,
     fact: &str,
@@ -56,14 +45,9 @@ pub fn record_direct(
     Ok(inserted == 1)
 }
 
-/// Every fact recorded for saga `saga_id`.
-pub async fn facts(tx: &mut SqliteConnection, saga_id: &str) -> Result<Facts, Error> {
-    direct(tx, |db| facts_direct(db, saga_id)).await
-}
-
-/// [`facts`] on a borrowed SQLite handle, inside the caller's transaction
-/// ([`flotilla_kit::database::direct`]).
-pub fn facts_direct(db: &rusqlite::Connection, saga_id: &str) -> Result<Facts, Error> {
+/// Every fact recorded for saga `saga_id`, in the caller's transaction (on its borrowed SQLite
+/// handle).
+pub fn facts(db: &rusqlite::Connection, saga_id: &str) -> Result<Facts, Error> {
     let rows: Vec<(String, String)> = query(
         db,
         "SELECT fact, detail FROM saga_facts WHERE saga_id = $1",

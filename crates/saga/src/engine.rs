@@ -719,13 +719,15 @@ impl<S: Saga> Orchestrator<S> {
 pub struct Replies<S>(pub std::sync::Arc<Orchestrator<S>>);
 
 impl<S: Saga> Handler for Replies<S> {
-    async fn handle(
+    const DIRECT: bool = true;
+
+    fn handle_direct(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         let orchestrator = &self.0;
-        match orchestrator.on_reply(tx, message).await {
+        match orchestrator.on_reply_direct(db, message) {
             Ok(handled) => {
                 if handled != Handled::Applied {
                     tracing::debug!(saga = orchestrator.saga.name(), message_id = %message.id, ?handled, "reply not applied");

@@ -221,9 +221,9 @@ impl Handler for Listener {
             other => failed(&other),
         };
         // The fact, the ledger and the order's events.
-        choreography::record_direct(db, order_id, &message.message_type, &message.payload)
+        choreography::record(db, order_id, &message.message_type, &message.payload)
             .map_err(saga)?;
-        let facts = choreography::facts_direct(db, order_id).map_err(saga)?;
+        let facts = choreography::facts(db, order_id).map_err(saga)?;
         let (order, outcome) =
             crate::store::record(&self.events, db, order_id, order_id, |order| {
                 decide(order, &facts)
