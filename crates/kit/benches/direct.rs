@@ -1,8 +1,9 @@
 //! One SQLite transaction of a saga reply's shape (a read, then five writes) on a service's one
 //! connection: through sqlx, one round trip to its worker thread per statement, against
-//! `database::direct`, one round trip to borrow the handle and direct calls, each statement
-//! prepared once per call (`direct`), and the same statements run ten times in one call
-//! (`direct_x10`, per transaction: what a group commit pays once the statements are prepared).
+//! `database::direct`, one round trip to borrow the handle and direct calls (`direct`; the
+//! statements stay prepared with the connection from one call to the next), the same statements
+//! run ten times in one call (`direct_x10`, per transaction: what a group commit pays), and
+//! `database::transaction`, whose `BEGIN` and `COMMIT` run inside the one borrow too.
 //!
 //! `cargo bench -p flotilla-kit --features sqlite --bench direct`
 
@@ -103,6 +104,16 @@ fn transaction(c: &mut Criterion) {
                     .await
                     .expect("direct");
                 tx.commit().await.expect("commit");
+            }
+        });
+    });
+    group.bench_function("transaction", |b| {
+        b.to_async(&runtime).iter(|| {
+            let (pool, id) = (pool.clone(), next());
+            async move {
+                flotilla_kit::database::transaction(&pool, |db| direct_calls(db, id))
+                    .await
+                    .expect("transaction");
             }
         });
     });

@@ -15,20 +15,28 @@
 //! A transaction that runs many statements can run them as direct SQLite calls ([`direct`]): one
 //! round trip to sqlx's worker thread (to borrow the handle) instead of one per statement. On
 //! this 2-core machine the round trips, not SQLite, were most of the order service's time (two
-//! thread switches each; `perf` showed 58 % of its CPU in the kernel, switching).
+//! thread switches each; `perf` showed 58 % of its CPU in the kernel, switching). The statements
+//! direct calls prepare stay prepared with the connection, from one borrow to the next (parsing
+//! is half of a short statement's cost): the connection owns them and finalizes them before sqlx
+//! closes it (see `view`).
 //!
 //! Start-up work (migrations, seeding) runs under an exclusive lock on `<file>.lock`, so that
 //! instances starting together do not race to create the same tables: SQLite answers such
 //! races with `database is locked` at once, without waiting for its busy timeout.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use sqlx::error::{DatabaseError, ErrorKind};
 use sqlx::migrate::Migrator;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    LockedSqliteHandle, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
+    SqliteSynchronous,
+};
 use sqlx::{SqliteConnection, SqlitePool};
 
 /// Prepared statements kept per connection.
@@ -100,8 +108,9 @@ pub async fn open(path: &Path, migrations: &Migrator) -> Result<Opening, sqlx::E
 /// `work`'s errors are its own (`E`, which an sqlx error converts into); [`sqlx_error`] turns a
 /// rusqlite error into an sqlx one. `work` holds the handle: it must be short (a transaction's statements, not a wait), since it
 /// runs on an async worker thread and every other user of the connection queues behind it.
-/// Statements `work` prepares ([`rusqlite::Connection::prepare_cached`]) live until it returns:
-/// repeated statements are prepared once per call.
+/// Statements `work` prepares with [`rusqlite::Connection::prepare_cached`] (as [`execute`],
+/// [`query`] and [`query_optional`] do) stay prepared with the connection, from one call to the
+/// next: a statement is parsed once per connection.
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -123,16 +132,10 @@ where
     E: From<sqlx::Error>,
 {
     let mut handle = connection.lock_handle().await.map_err(E::from)?;
-    let raw = handle.as_raw_handle();
-    // SAFETY: `handle` keeps sqlx's worker thread off this database handle (and its statements)
-    // until it drops, after `borrowed`. `from_handle` does not take ownership: dropping
-    // `borrowed` finalizes only the statements it prepared and leaves the handle open. Both
-    // crates link the one libsqlite3-sys of the build (0.37).
-    #[allow(unsafe_code)]
-    let borrowed = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }
-        .map_err(|e| E::from(sqlx_error(e)))?;
-    let result = work(&borrowed);
-    drop(borrowed);
+    let view = view(&mut handle).map_err(|e| E::from(sqlx_error(e)))?;
+    let result = work(&view.lock().unwrap_or_else(PoisonError::into_inner));
+    // The view before the handle: sqlx's worker may drop the connection once it has it back.
+    drop(view);
     drop(handle);
     // One line per borrow, as sqlx logs one per statement (`scripts/statements-per-saga.sh`).
     tracing::debug!(target: "flotilla_kit::database::direct", "direct SQLite call");
@@ -144,35 +147,115 @@ where
 /// whole transaction, where `pool.begin()`, the work and `commit()` take three. The transaction
 /// commits when `work` returns `Ok`, and rolls back when it returns `Err` or panics: with no
 /// `.await` between its `BEGIN` and its `COMMIT`, a cancelled caller cannot leave it open.
+/// `BEGIN`, `COMMIT` and `ROLLBACK` are prepared statements kept with the others.
 pub async fn transaction<T, E, F>(pool: &SqlitePool, work: F) -> Result<T, E>
 where
-    F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+    F: FnOnce(&rusqlite::Connection) -> Result<T, E>,
     E: From<sqlx::Error>,
 {
     let mut connection = pool.acquire().await.map_err(E::from)?;
     let mut handle = connection.lock_handle().await.map_err(E::from)?;
-    let raw = handle.as_raw_handle();
-    // SAFETY: as in `direct`: `handle` keeps sqlx's worker off the handle until it drops, after
-    // `borrowed`, which does not own the handle.
-    #[allow(unsafe_code)]
-    let mut borrowed = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }
-        .map_err(|e| E::from(sqlx_error(e)))?;
-    borrowed.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
-    let result = match borrowed.transaction() {
-        Ok(tx) => match work(&tx) {
-            // Dropping `tx` without a commit rolls it back (on `Err` and on a panic alike).
-            Ok(value) => tx
-                .commit()
-                .map(|()| value)
-                .map_err(|e| E::from(sqlx_error(e))),
-            Err(error) => Err(error),
-        },
-        Err(error) => Err(E::from(sqlx_error(error))),
+    let view = view(&mut handle).map_err(|e| E::from(sqlx_error(e)))?;
+    let result = {
+        let db = view.lock().unwrap_or_else(PoisonError::into_inner);
+        match Open::begin(&db) {
+            Ok(open) => match work(&db) {
+                Ok(value) => open
+                    .commit()
+                    .map(|()| value)
+                    .map_err(|e| E::from(sqlx_error(e))),
+                // Dropping `open` rolls the transaction back (on a panic as well).
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(E::from(sqlx_error(error))),
+        }
     };
-    drop(borrowed);
+    drop(view);
     drop(handle);
     tracing::debug!(target: "flotilla_kit::database::direct", "direct SQLite call");
     result
+}
+
+/// A write transaction begun on a borrowed handle; rolled back when dropped uncommitted.
+struct Open<'c> {
+    db: &'c rusqlite::Connection,
+    committed: bool,
+}
+
+impl<'c> Open<'c> {
+    fn begin(db: &'c rusqlite::Connection) -> rusqlite::Result<Self> {
+        db.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        Ok(Self {
+            db,
+            committed: false,
+        })
+    }
+
+    fn commit(mut self) -> rusqlite::Result<()> {
+        self.db.prepare_cached("COMMIT")?.execute([])?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if !self.committed && !self.db.is_autocommit() {
+            let rolled_back = self
+                .db
+                .prepare_cached("ROLLBACK")
+                .and_then(|mut statement| statement.execute([]));
+            if let Err(error) = rolled_back {
+                tracing::error!(%error, "a direct transaction could not roll back");
+            }
+        }
+    }
+}
+
+/// Prepared statements kept per connection by direct calls.
+const DIRECT_STATEMENT_CACHE: usize = 256;
+
+/// A rusqlite view of one sqlx connection's handle, with the statements direct calls prepared.
+type View = Arc<Mutex<rusqlite::Connection>>;
+
+/// The view of every live connection, by its handle's address. The connection itself owns its
+/// view (see [`view`]); this map only finds it, and forgets it when it is gone.
+static VIEWS: LazyLock<Mutex<HashMap<usize, Weak<Mutex<rusqlite::Connection>>>>> =
+    LazyLock::new(Mutex::default);
+
+/// The view of `handle`'s connection, made at its first borrow and kept across borrows, so that a
+/// statement is prepared once per connection, not once per borrow (preparing was half the cost
+/// of a short statement, `perf` on the order service).
+///
+/// sqlx closes a connection with `sqlite3_close`, which fails (and sqlx panics) while statements
+/// prepared outside it live. So the connection itself owns its view: the view rides in the
+/// connection's rollback hook (a no-op), and sqlx drops its hooks before it closes the handle,
+/// on the thread that holds it. Dropping the view finalizes its statements; the handle then
+/// closes cleanly. Whoever replaces the rollback hook drops the view the same way, and the next
+/// borrow makes a new one.
+fn view(handle: &mut LockedSqliteHandle<'_>) -> Result<View, rusqlite::Error> {
+    let raw = handle.as_raw_handle();
+    let address = raw.as_ptr() as usize;
+    let mut views = VIEWS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(view) = views.get(&address).and_then(Weak::upgrade) {
+        return Ok(view);
+    }
+    // SAFETY: `handle` keeps sqlx's worker thread off this database handle until it drops, and
+    // every use of the view happens under such a lock (`direct`, `transaction`), or while sqlx
+    // drops the connection's hooks on the thread that owns it. `from_handle` does not take
+    // ownership: dropping the view finalizes only the statements it prepared and leaves the
+    // handle open. Both crates link the one libsqlite3-sys of the build (0.37).
+    #[allow(unsafe_code)]
+    let connection = unsafe { rusqlite::Connection::from_handle(raw.as_ptr()) }?;
+    connection.set_prepared_statement_cache_capacity(DIRECT_STATEMENT_CACHE);
+    let view = Arc::new(Mutex::new(connection));
+    let owner = Arc::clone(&view);
+    handle.set_rollback_hook(move || {
+        let _owned_by_the_connection = &owner;
+    });
+    views.retain(|_, view| view.strong_count() > 0);
+    views.insert(address, Arc::downgrade(&view));
+    Ok(view)
 }
 
 /// Binds `values` to `statement`'s parameters the way sqlx binds them, so that the SQL text sqlx
@@ -201,8 +284,8 @@ pub fn bind_numbered(
     Ok(())
 }
 
-/// Runs one statement (`$n` parameters, [`bind_numbered`]), prepared once per [`direct`] call;
-/// returns the rows it changed.
+/// Runs one statement (`$n` parameters, [`bind_numbered`]), prepared once per connection
+/// ([`direct`]); returns the rows it changed.
 pub fn execute(
     db: &rusqlite::Connection,
     sql: &str,

@@ -80,6 +80,10 @@ pub struct Settings {
     /// How sagas run by default: `FLOTILLA_SAGA_STYLE=choreography`. A request may choose with
     /// the header `X-Saga-Style`.
     pub saga_style: SagaStyle,
+    /// How long the order service prices a SKU from the catalog price it last read from the
+    /// inventory, instead of asking again (cache-aside; 0 asks for every order). A price changed
+    /// in the catalog reaches new orders within this time.
+    pub catalog_cache_ms: u64,
 }
 
 /// How a saga's steps are coordinated.
@@ -177,6 +181,7 @@ impl Default for Settings {
             fault_injection: false,
             messaging: MessagingSettings::default(),
             saga_style: SagaStyle::Orchestration,
+            catalog_cache_ms: 10_000,
         }
     }
 }

@@ -122,7 +122,7 @@ async fn a_direct_transaction_commits_on_ok_and_rolls_back_on_err_and_panic() {
         .await
         .expect("schema");
     let insert = |n: i64| {
-        move |db: &rusqlite::Transaction<'_>| {
+        move |db: &rusqlite::Connection| {
             execute(db, "INSERT INTO t (n) VALUES ($1)", &[&n]).map_err(sqlx_error)
         }
     };
@@ -155,4 +155,127 @@ async fn a_direct_transaction_commits_on_ok_and_rolls_back_on_err_and_panic() {
         .await
         .expect("insert");
     tx.commit().await.expect("commit");
+}
+
+/// How many times the statement `sql`, as the direct calls keep it prepared on `connection`,
+/// has run; one run more each call.
+async fn runs_so_far(connection: &mut sqlx::SqliteConnection, sql: &str) -> i32 {
+    direct(connection, |db| {
+        let mut statement = db.prepare_cached(sql).map_err(sqlx_error)?;
+        let before = statement.get_status(rusqlite::StatementStatus::Run);
+        statement.raw_execute().map_err(sqlx_error)?;
+        Ok::<_, sqlx::Error>(before)
+    })
+    .await
+    .expect("direct call")
+}
+
+/// A statement a direct call prepares stays prepared with the connection, from one borrow to the
+/// next; and the connection still closes cleanly, its write-ahead log checkpointed and removed
+/// (sqlx's `sqlite3_close` fails, and its worker panics, while a foreign statement lives).
+#[tokio::test]
+async fn statements_stay_prepared_across_borrows_and_the_connection_still_closes_cleanly() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("kept.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let mut connection = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .expect("open");
+    sqlx::query("CREATE TABLE t (n INTEGER)")
+        .execute(&mut connection)
+        .await
+        .expect("schema");
+    let insert = "INSERT INTO t (n) VALUES (1)";
+    let runs = [
+        runs_so_far(&mut connection, insert).await,
+        runs_so_far(&mut connection, insert).await,
+        runs_so_far(&mut connection, insert).await,
+    ];
+    assert_eq!(
+        runs,
+        [0, 1, 2],
+        "one statement, prepared once, run three times"
+    );
+    // sqlx's own statements in between do not disturb it.
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+        .fetch_one(&mut connection)
+        .await
+        .expect("count");
+    assert_eq!(count, 3);
+    assert_eq!(runs_so_far(&mut connection, insert).await, 3);
+
+    // Whoever replaces the connection's rollback hook drops the kept statements with it; the
+    // next borrow prepares afresh.
+    connection
+        .lock_handle()
+        .await
+        .expect("handle")
+        .set_rollback_hook(|| {});
+    assert_eq!(runs_so_far(&mut connection, insert).await, 0);
+    assert_eq!(runs_so_far(&mut connection, insert).await, 1);
+
+    tokio::time::timeout(Duration::from_secs(10), connection.close())
+        .await
+        .expect("the close ends")
+        .expect("the connection closes cleanly");
+    let mut wal = file.as_os_str().to_owned();
+    wal.push("-wal");
+    assert!(
+        !std::path::Path::new(&wal).exists(),
+        "a clean close checkpoints and removes the write-ahead log"
+    );
+}
+
+/// The same through a pool and `database::transaction` (whose `BEGIN`, `COMMIT` and `ROLLBACK`
+/// are kept statements too): closing the pool closes its connection cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_connection_kept_statements_closes_cleanly() {
+    use flotilla_kit::database::transaction;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pool.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("open");
+    sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("schema");
+    for n in 0..20i64 {
+        let result: Result<(), sqlx::Error> = transaction(&pool, |db| {
+            execute(db, "INSERT INTO t (n) VALUES ($1)", &[&n]).map_err(sqlx_error)?;
+            if n % 2 == 1 {
+                return Err(sqlx::Error::Protocol("odd".into()));
+            }
+            Ok(())
+        })
+        .await;
+        assert_eq!(result.is_ok(), n % 2 == 0);
+    }
+    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(
+        kept, 10,
+        "the even transactions committed, the odd rolled back"
+    );
+    tokio::time::timeout(Duration::from_secs(10), pool.close())
+        .await
+        .expect("the pool closes");
+    let mut wal = file.as_os_str().to_owned();
+    wal.push("-wal");
+    assert!(
+        !std::path::Path::new(&wal).exists(),
+        "the connection closed cleanly: its write-ahead log is gone"
+    );
 }
