@@ -1,4 +1,5 @@
-//! The order service: takes orders, prices them with the inventory's catalog, and keeps them
+//! The order service: takes orders, prices them with the inventory's catalog (prices read lately
+//! are kept a while, [`prices`]), and keeps them
 //! **event-sourced** (DESIGN.md): an order's state is a fold of its events in the event store
 //! ([`aggregate`]), and lists and reports come from read models kept by projections
 //! ([`projections`], CQRS). Its database is `<data_dir>/order.db`.
@@ -28,6 +29,7 @@ pub mod changes;
 pub mod choreography;
 pub mod domain;
 pub mod notifications;
+pub mod prices;
 pub mod projections;
 pub mod saga;
 pub mod store;
@@ -75,6 +77,8 @@ pub struct Context {
     pub db: Database,
     /// How to reach the inventory.
     pub discovery: Discovery,
+    /// The catalog prices read from the inventory lately.
+    pub prices: Arc<prices::Prices>,
     /// Wakes the outbox relay once a new order's first saga command is committed.
     pub relay: Arc<Notify>,
     /// The saga style of requests that do not choose one.
@@ -121,7 +125,7 @@ async fn place(
         return respond(&context.db, &order_id, wait, style).await;
     }
     let order = request.validate()?;
-    let prices = price(&context.discovery, &order).await?;
+    let prices = price(&context.discovery, &context.prices, &order).await?;
     let order_id = uuid::Uuid::now_v7().to_string();
     let lines = order
         .items
@@ -495,9 +499,17 @@ struct Priced {
     price_cents: i64,
 }
 
-/// The unit price of every line, asked of the inventory through discovery (with failover).
-async fn price(discovery: &Discovery, order: &NewOrder) -> Result<Vec<i64>, Problem> {
+/// The unit price of every line: from the prices read lately ([`prices`]), or else asked of the
+/// inventory through discovery (with failover).
+async fn price(
+    discovery: &Discovery,
+    known: &prices::Prices,
+    order: &NewOrder,
+) -> Result<Vec<i64>, Problem> {
     let asks = order.items.iter().map(|item| async move {
+        if let Some(price) = known.get(&item.sku) {
+            return (item.sku.as_str(), Ok(price));
+        }
         let path = format!("/v1/products/{}", item.sku);
         let answer = discovery
             .send(
@@ -508,27 +520,18 @@ async fn price(discovery: &Discovery, order: &NewOrder) -> Result<Vec<i64>, Prob
                 Bytes::new(),
             )
             .await;
-        (item.sku.as_str(), answer)
+        (item.sku.as_str(), read_price(answer))
     });
     let mut prices = Vec::with_capacity(order.items.len());
     let mut unknown = Vec::new();
     for (sku, answer) in futures_util::future::join_all(asks).await {
         match answer {
-            Ok((StatusCode::OK, body)) => match serde_json::from_slice::<Priced>(&body) {
-                Ok(product) if product.price_cents >= 0 => prices.push(product.price_cents),
-                _ => {
-                    return Err(Problem::internal(&format!(
-                        "inventory sent an unreadable product for {sku}"
-                    )));
-                }
-            },
-            Ok((StatusCode::NOT_FOUND, _)) => unknown.push(sku.to_owned()),
-            Ok((status, _)) => {
-                return Err(inventory_unavailable(&format!(
-                    "inventory answered {status}"
-                )));
+            Ok(price) => {
+                known.put(sku, price);
+                prices.push(price);
             }
-            Err(error) => return Err(inventory_unavailable(&error)),
+            Err(None) => unknown.push(sku.to_owned()),
+            Err(Some(problem)) => return Err(problem),
         }
     }
     if !unknown.is_empty() {
@@ -539,6 +542,25 @@ async fn price(discovery: &Discovery, order: &NewOrder) -> Result<Vec<i64>, Prob
         .with("skus", unknown));
     }
     Ok(prices)
+}
+
+/// The price in the inventory's answer; `Err(None)` when it knows no such product.
+fn read_price(
+    answer: Result<(StatusCode, Bytes), flotilla_discovery::DiscoveryError>,
+) -> Result<i64, Option<Problem>> {
+    match answer {
+        Ok((StatusCode::OK, body)) => match serde_json::from_slice::<Priced>(&body) {
+            Ok(product) if product.price_cents >= 0 => Ok(product.price_cents),
+            _ => Err(Some(Problem::internal(
+                &"inventory sent an unreadable product",
+            ))),
+        },
+        Ok((StatusCode::NOT_FOUND, _)) => Err(None),
+        Ok((status, _)) => Err(Some(inventory_unavailable(&format!(
+            "inventory answered {status}"
+        )))),
+        Err(error) => Err(Some(inventory_unavailable(&error))),
+    }
 }
 
 fn inventory_unavailable(cause: &dyn std::fmt::Display) -> Problem {
@@ -799,6 +821,9 @@ pub async fn run(
     let context = Context {
         db: db.clone(),
         discovery,
+        prices: Arc::new(prices::Prices::new(Duration::from_millis(
+            settings.catalog_cache_ms,
+        ))),
         relay: messaging.relay.clone(),
         style: settings.saga_style,
     };

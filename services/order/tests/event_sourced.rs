@@ -43,6 +43,7 @@ async fn service() -> Service {
     let router = flotilla_order::routes(Context {
         db: db.clone(),
         discovery: Discovery::fixed(Default::default(), Duration::from_secs(1)),
+        prices: std::sync::Arc::new(flotilla_order::prices::Prices::new(Duration::ZERO)),
         relay: std::sync::Arc::new(tokio::sync::Notify::new()),
         style: flotilla_order::SagaStyle::Orchestration,
     });
