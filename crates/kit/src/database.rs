@@ -272,13 +272,16 @@ pub fn bind_numbered(
             statement.parameter_count(),
         ));
     }
-    for (number, value) in (1..).zip(values) {
-        let index = match statement.parameter_index(&format!("${number}"))? {
-            Some(index) => index,
-            None => statement
-                .parameter_index(&format!("?{number}"))?
-                .unwrap_or(number),
-        };
+    for index in 1..=values.len() {
+        // `$n` and `?n` name value n; a plain `?` (no name) takes the value of its position.
+        let number = statement
+            .parameter_name(index)
+            .and_then(|name| name.strip_prefix(['$', '?']))
+            .map_or(Ok(index), str::parse::<usize>)
+            .map_err(|_| rusqlite::Error::InvalidParameterName(format!("parameter {index}")))?;
+        let value = values
+            .get(number.wrapping_sub(1))
+            .ok_or(rusqlite::Error::InvalidParameterCount(number, values.len()))?;
         statement.raw_bind_parameter(index, value)?;
     }
     Ok(())

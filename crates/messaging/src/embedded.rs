@@ -121,7 +121,8 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Embedded {
     discovery: Discovery,
-    subscriptions: Subscriptions,
+    /// Shared, not copied: the transport is the state of every pushed request.
+    subscriptions: Arc<Subscriptions>,
     receivers: Arc<Mutex<Senders>>,
     pushers: Arc<Mutex<Pushers>>,
     ack_wait: Duration,
@@ -141,7 +142,7 @@ impl Embedded {
     pub fn new(discovery: Discovery, subscriptions: Subscriptions) -> Self {
         Self {
             discovery,
-            subscriptions,
+            subscriptions: Arc::new(subscriptions),
             receivers: Arc::default(),
             pushers: Arc::default(),
             ack_wait: Duration::from_secs(30),

@@ -489,12 +489,14 @@ impl<S: Saga> Orchestrator<S> {
 
     /// The log of instance `saga_id`, oldest first.
     pub async fn log_of(&self, saga_id: &str) -> Result<Vec<String>, Error> {
-        Ok(
-            sqlx::query_scalar("SELECT entry FROM saga_log WHERE saga_id = $1 ORDER BY seq")
-                .bind(saga_id)
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT entry.value ->> 'entry' FROM saga_instances, \
+                 json_each(saga_instances.log) AS entry \
+                 WHERE saga_id = $1 ORDER BY entry.key",
         )
+        .bind(saga_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The action failed: compensate the steps below it that succeeded, or fail at once.
@@ -656,7 +658,8 @@ impl<S: Saga> Orchestrator<S> {
 
     /// Writes what a transition did: unless `deadline` is `None` (nothing moved) the instance,
     /// then the command it sent (`saga_commands`), its messages (the outbox) and its log
-    /// entries. Direct calls, each statement prepared once per transaction.
+    /// entries (in the instance's row). Direct calls, each statement prepared once per
+    /// connection.
     fn write(
         &self,
         db: &rusqlite::Connection,
@@ -700,10 +703,12 @@ impl<S: Saga> Orchestrator<S> {
         for staged in std::mem::take(&mut instance.outgoing) {
             staged.insert_direct(db)?;
         }
+        // The log lives in the instance's row, whose page the transition writes anyway.
         for entry in std::mem::take(&mut instance.journal) {
             execute(
                 db,
-                "INSERT INTO saga_log (saga_id, entry, at) VALUES ($1, $2, $3)",
+                "UPDATE saga_instances SET log = json_insert(log, '$[#]', \
+                 json_object('at', $3, 'entry', $2)) WHERE saga_id = $1",
                 &[&instance.saga_id, &entry, &at],
             )
             .map_err(failed)?;
