@@ -256,9 +256,7 @@ async fn wait_for(
         }
         let loaded = match known.take() {
             Some(loaded) => loaded,
-            None => db
-                .events
-                .load::<Order>(order_id)
+            None => store::load(db, order_id)
                 .await
                 .map_err(|e| Problem::internal(&e))?,
         };
