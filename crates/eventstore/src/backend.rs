@@ -928,6 +928,95 @@ pub(crate) mod direct {
         })
     }
 
+    /// A projection's checkpoint and the last position of its category (of the whole log if
+    /// `None`): [`super::checkpoint_and_head`] on a borrowed handle.
+    pub(crate) fn checkpoint_and_head(
+        db: &Connection,
+        name: &str,
+        category: Option<&str>,
+    ) -> Result<(u64, u64), Error> {
+        let row = |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?));
+        let found = match category {
+            Some(category) => query_optional(
+                db,
+                "SELECT COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
+                 COALESCE((SELECT MAX(position) FROM eventstore_events WHERE category = $2), 0)",
+                &[&name, &category],
+                row,
+            ),
+            None => query_optional(
+                db,
+                "SELECT COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
+                 COALESCE((SELECT MAX(position) FROM eventstore_events), 0)",
+                &[&name],
+                row,
+            ),
+        }
+        .map_err(failed)?;
+        let (checkpoint, head) = found.unwrap_or((0, 0));
+        Ok((to_u64(checkpoint), to_u64(head)))
+    }
+
+    /// A projection's checkpoint, created at 0 if it has none, within the caller's write
+    /// transaction (which excludes every other writer): [`super::lock_checkpoint`] on SQLite.
+    pub(crate) fn lock_checkpoint(db: &Connection, name: &str) -> Result<u64, Error> {
+        let now = micros(OffsetDateTime::now_utc());
+        execute(
+            db,
+            "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
+             ON CONFLICT (name) DO NOTHING",
+            &[&name, &now],
+        )
+        .map_err(failed)?;
+        let position: Option<i64> = query_optional(
+            db,
+            "SELECT position FROM eventstore_checkpoints WHERE name = $1",
+            &[&name],
+            |row| row.get(0),
+        )
+        .map_err(failed)?;
+        Ok(position.map_or(0, to_u64))
+    }
+
+    /// Sets a checkpoint taken with [`lock_checkpoint`].
+    pub(crate) fn set_checkpoint(db: &Connection, name: &str, to: u64) -> Result<(), Error> {
+        let now = micros(OffsetDateTime::now_utc());
+        execute(
+            db,
+            "UPDATE eventstore_checkpoints SET position = $2, updated_at = $3 WHERE name = $1",
+            &[&name, &to_i64(to), &now],
+        )
+        .map_err(failed)?;
+        Ok(())
+    }
+
+    /// A page of the global log (of one category or all) after `after`: [`super::read_all`] on
+    /// a borrowed handle.
+    pub(crate) fn read_all(
+        db: &Connection,
+        after: u64,
+        limit: usize,
+        category: Option<&str>,
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
+        let page: Option<Option<String>> = match category {
+            None => query_optional(
+                db,
+                sqlite_page!("WHERE position > $1 ORDER BY position LIMIT $2"),
+                &[&after, &limit],
+                |row| row.get(0),
+            ),
+            Some(category) => query_optional(
+                db,
+                sqlite_page!("WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3"),
+                &[&category, &after, &limit],
+                |row| row.get(0),
+            ),
+        }
+        .map_err(failed)?;
+        from_page(page.flatten())
+    }
+
     /// The events of `stream` from version `from` on.
     pub(crate) fn read_stream(
         db: &Connection,

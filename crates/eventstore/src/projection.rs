@@ -128,6 +128,11 @@ impl<P: Projection> Projector<P> {
 
     /// Applies everything stored after the checkpoint; returns the number of events applied.
     pub async fn catch_up(&self) -> Result<u64, Error> {
+        if P::DIRECT
+            && let backend::Pool::Sqlite(pool) = &self.store.inner.pool
+        {
+            return self.catch_up_direct(pool).await;
+        }
         let name = self.projection.name();
         // Nothing new: no write transaction at all (the common case when idle), and one read.
         let (from, head) =
@@ -154,6 +159,54 @@ impl<P: Projection> Projector<P> {
             applied += events.len() as u64;
             if events.len() < BATCH {
                 // A short page was the whole of what was there when it was read.
+                self.report(last, head.saturating_sub(last));
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// [`Projector::catch_up`] on SQLite with direct calls: one borrow of the connection to see
+    /// whether anything is new, then one write transaction per page (checkpoint, events,
+    /// read model and new checkpoint in one round trip, where the sqlx path takes six).
+    async fn catch_up_direct(&self, pool: &sqlx::SqlitePool) -> Result<u64, Error> {
+        use flotilla_kit::database::{direct, transaction};
+        let name = self.projection.name();
+        let category = self.projection.category();
+        let mut connection = pool.acquire().await?;
+        let (from, head) = direct(&mut connection, |db| {
+            backend::direct::checkpoint_and_head(db, name, category)
+        })
+        .await?;
+        drop(connection);
+        if head <= from {
+            self.report(from, 0);
+            return Ok(0);
+        }
+        let mut applied = 0;
+        loop {
+            let page = transaction(pool, |db| {
+                let from = backend::direct::lock_checkpoint(db, name)?;
+                let rows = backend::direct::read_all(db, from, BATCH, category)?;
+                let events = self.store.decode(rows)?;
+                let Some(last) = events.last().map(|e| e.position) else {
+                    return Ok((from, 0));
+                };
+                for event in &events {
+                    self.projection.apply_direct(db, event)?;
+                }
+                backend::direct::set_checkpoint(db, name, last)?;
+                Ok::<_, Error>((last, events.len()))
+            })
+            .await?;
+            let (last, count) = page;
+            if count == 0 {
+                self.report(last, 0);
+                return Ok(applied);
+            }
+            metrics::counter!("eventstore_projection_commits_total", "projection" => name.to_owned())
+                .increment(1);
+            applied += count as u64;
+            if count < BATCH {
                 self.report(last, head.saturating_sub(last));
                 return Ok(applied);
             }
