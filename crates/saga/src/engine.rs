@@ -163,6 +163,7 @@ struct Row {
     step: i64,
     attempt: i64,
     reason: Option<String>,
+    done: i64,
 }
 
 fn now() -> i64 {
@@ -188,10 +189,12 @@ struct Instance<D> {
     step: usize,
     attempt: u32,
     reason: Option<String>,
+    /// The steps of a concurrent tail that succeeded, one bit each ([`Saga::concurrent_tail`]).
+    done: u64,
     /// Log entries of this transition, written with the instance ([`Orchestrator::write`]).
     journal: Vec<String>,
-    /// The command this transition sent, recorded with the instance.
-    sent: Option<SentCommand>,
+    /// The commands this transition sent, recorded with the instance.
+    sent: Vec<SentCommand>,
     /// Messages of this transition (its command, the saga's own), written to the outbox with
     /// the instance, in this order.
     outgoing: Vec<outbox::Staged>,
@@ -216,7 +219,8 @@ fn failed(error: rusqlite::Error) -> Error {
     Error::Database(sqlx_error(error))
 }
 
-/// An instance row: `saga_id, data, status, step, attempt, reason` from column `first` on.
+/// An instance row: `saga_id, data, status, step, attempt, reason, done` from column `first`
+/// on.
 fn row_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Row> {
     Ok(Row {
         saga_id: row.get(first)?,
@@ -225,6 +229,7 @@ fn row_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Row> {
         step: row.get(first + 3)?,
         attempt: row.get(first + 4)?,
         reason: row.get(first + 5)?,
+        done: row.get(first + 6)?,
     })
 }
 
@@ -279,8 +284,9 @@ impl<S: Saga> Orchestrator<S> {
             step: 0,
             attempt: 0,
             reason: None,
+            done: 0,
             journal: Vec::new(),
-            sent: None,
+            sent: Vec::new(),
             outgoing: Vec::new(),
         };
         instance.note("started");
@@ -318,7 +324,7 @@ impl<S: Saga> Orchestrator<S> {
         // command and its instance come in one query.
         let sent: Option<SentRow> = query_optional(
             db,
-            "SELECT c.step AS sent_step, c.phase, i.saga_id, i.data, i.status, i.step, i.attempt, i.reason
+            "SELECT c.step AS sent_step, c.phase, i.saga_id, i.data, i.status, i.step, i.attempt, i.reason, i.done
              FROM saga_commands c JOIN saga_instances i ON i.saga_id = c.saga_id
              WHERE c.message_id = $1 AND i.saga_type = $2",
             &[&command_id, &self.saga.name()],
@@ -346,7 +352,22 @@ impl<S: Saga> Orchestrator<S> {
             Status::Compensating => Phase::Compensation,
             Status::Completed | Status::Failed => return Ok(Handled::Stale),
         };
-        if usize::try_from(step).ok() != Some(instance.step) || phase != current {
+        let Ok(step) = usize::try_from(step) else {
+            return Ok(Handled::Stale);
+        };
+        // In a concurrent tail every step not done yet is current; else only the one under way.
+        let in_tail = phase == Phase::Action
+            && current == Phase::Action
+            && self.tail() == Some(instance.step)
+            && step >= instance.step
+            && step < self.saga.steps().len();
+        if in_tail {
+            if instance.done & (1 << step) != 0 {
+                return Ok(Handled::Stale);
+            }
+            return self.on_tail_reply(db, &mut instance, step, reply);
+        }
+        if step != instance.step || phase != current {
             return Ok(Handled::Stale);
         }
         let ok = reply
@@ -403,6 +424,52 @@ impl<S: Saga> Orchestrator<S> {
         Ok(Handled::Applied)
     }
 
+    /// A reply to step `j` of the concurrent tail: a success marks the step done, and the saga
+    /// completes once every tail step is; a refusal is tried again at the deadline, as for any
+    /// retriable step.
+    fn on_tail_reply(
+        &self,
+        db: &rusqlite::Connection,
+        instance: &mut Instance<S::Data>,
+        j: usize,
+        reply: &Message,
+    ) -> Result<Handled, Error> {
+        let steps = self.saga.steps();
+        let name = steps[j].name;
+        let ok = reply
+            .payload
+            .get("ok")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !ok {
+            let reason = reply
+                .payload
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("no reason given");
+            instance.note(format!("{name} refused ({reason}); will retry"));
+            self.write(db, instance, None)?;
+            return Ok(Handled::Applied);
+        }
+        (steps[j].on_success)(&mut instance.data, &reply.payload);
+        instance.done |= 1 << j;
+        instance.note(format!("{name} succeeded"));
+        self.effect(db, instance, &Transition::StepSucceeded { step: name })?;
+        let all = (instance.step..steps.len()).all(|k| instance.done & (1 << k) != 0);
+        let deadline = if all {
+            instance.status = Status::Completed;
+            instance.note("completed");
+            self.effect(db, instance, &Transition::Completed)?;
+            0
+        } else {
+            // The steps still under way keep their time from now.
+            let pending = (instance.step..steps.len()).filter(|k| instance.done & (1 << k) == 0);
+            after(pending.map(|k| steps[k].timeout).max().unwrap_or_default())
+        };
+        self.write(db, instance, Some(deadline))?;
+        Ok(Handled::Applied)
+    }
+
     /// Resends the command of every unfinished instance past its deadline (timeouts, and the
     /// recovery after a crash); an action that used all its attempts fails its step. Returns
     /// how many instances it moved.
@@ -432,9 +499,9 @@ impl<S: Saga> Orchestrator<S> {
     fn time_out(&self, db: &rusqlite::Connection, saga_id: &str) -> Result<bool, Error> {
         let row: Option<(Row, i64)> = query_optional(
             db,
-            "SELECT saga_id, data, status, step, attempt, reason, deadline FROM saga_instances WHERE saga_id = $1",
+            "SELECT saga_id, data, status, step, attempt, reason, done, deadline FROM saga_instances WHERE saga_id = $1",
             &[&saga_id],
-            |row| Ok((row_at(row, 0)?, row.get(6)?)),
+            |row| Ok((row_at(row, 0)?, row.get(7)?)),
         )
         .map_err(failed)?;
         let (row, deadline) = row.ok_or_else(|| Error::NotFound(saga_id.to_owned()))?;
@@ -452,7 +519,15 @@ impl<S: Saga> Orchestrator<S> {
                 self.fail(db, &mut instance, reason, None)?;
             }
             Status::Running => {
-                instance.note(format!("{} timed out; sending again", step.name));
+                let names = match self.tail() {
+                    Some(first) if first == instance.step => (first..self.saga.steps().len())
+                        .filter(|k| instance.done & (1 << k) == 0)
+                        .map(|k| self.saga.steps()[k].name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => step.name.to_owned(),
+                };
+                instance.note(format!("{names} timed out; sending again"));
                 let deadline = self.send(&mut instance, Phase::Action, None)?;
                 self.write(db, &mut instance, Some(deadline))?;
             }
@@ -552,14 +627,58 @@ impl<S: Saga> Orchestrator<S> {
     }
 
     /// Stages the command of the current step and phase (written with the instance by
-    /// [`Orchestrator::write`]); returns the deadline.
+    /// [`Orchestrator::write`]), or, at the start of a concurrent tail, the commands of every
+    /// tail step not done yet; returns the deadline.
     fn send(
         &self,
         instance: &mut Instance<S::Data>,
         phase: Phase,
         cause: Option<&Message>,
     ) -> Result<i64, Error> {
-        let step = &self.saga.steps()[instance.step];
+        let steps = self.saga.steps();
+        let wait = if phase == Phase::Action && self.tail() == Some(instance.step) {
+            let mut longest = Duration::ZERO;
+            for (j, step) in steps.iter().enumerate().skip(instance.step) {
+                if instance.done & (1 << j) == 0 {
+                    self.stage(instance, j, phase, cause)?;
+                    longest = longest.max(step.timeout);
+                }
+            }
+            longest
+        } else {
+            self.stage(instance, instance.step, phase, cause)?;
+            steps[instance.step].timeout
+        };
+        instance.attempt += 1;
+        let wait = match phase {
+            Phase::Action => wait,
+            Phase::Compensation => {
+                wait.saturating_mul(1 << instance.attempt.saturating_sub(1).min(5))
+            }
+        };
+        Ok(after(wait))
+    }
+
+    /// The first step of the saga's concurrent tail ([`Saga::concurrent_tail`]): the retriable
+    /// steps that end the saga, when there are two or more and the saga runs them together.
+    fn tail(&self) -> Option<usize> {
+        if !self.saga.concurrent_tail() {
+            return None;
+        }
+        let steps = self.saga.steps();
+        let first = steps.len() - steps.iter().rev().take_while(|s| s.retriable).count();
+        (steps.len() - first >= 2 && steps.len() <= 64).then_some(first)
+    }
+
+    /// Stages the command of step `j` in `phase`.
+    fn stage(
+        &self,
+        instance: &mut Instance<S::Data>,
+        j: usize,
+        phase: Phase,
+        cause: Option<&Message>,
+    ) -> Result<(), Error> {
+        let step = &self.saga.steps()[j];
         let build = match phase {
             Phase::Action => step.action,
             Phase::Compensation => step
@@ -577,7 +696,7 @@ impl<S: Saga> Orchestrator<S> {
         };
         payload.insert(
             "idempotency_key".into(),
-            format!("{}:{}:{}", instance.saga_id, instance.step, phase.as_str()).into(),
+            format!("{}:{}:{}", instance.saga_id, j, phase.as_str()).into(),
         );
         let mut message = Message::new(
             command.topic,
@@ -594,19 +713,12 @@ impl<S: Saga> Orchestrator<S> {
             message.correlation_id = Some(instance.saga_id.clone());
         }
         instance.outgoing.push(outbox::Staged::new(&message)?);
-        instance.sent = Some(SentCommand {
+        instance.sent.push(SentCommand {
             message_id: message.id.to_string(),
-            step: i64::try_from(instance.step).unwrap_or(i64::MAX),
+            step: i64::try_from(j).unwrap_or(i64::MAX),
             phase: phase.as_str(),
         });
-        instance.attempt += 1;
-        let wait = match phase {
-            Phase::Action => step.timeout,
-            Phase::Compensation => step
-                .timeout
-                .saturating_mul(1 << instance.attempt.saturating_sub(1).min(5)),
-        };
-        Ok(after(wait))
+        Ok(())
     }
 
     fn effect(
@@ -650,8 +762,9 @@ impl<S: Saga> Orchestrator<S> {
             step,
             attempt: u32::try_from(row.attempt).unwrap_or(u32::MAX),
             reason: row.reason,
+            done: u64::try_from(row.done).unwrap_or(0),
             journal: Vec::new(),
-            sent: None,
+            sent: Vec::new(),
             outgoing: Vec::new(),
         })
     }
@@ -671,7 +784,7 @@ impl<S: Saga> Orchestrator<S> {
             execute(
                 db,
                 "UPDATE saga_instances SET data = $2, status = $3, step = $4, attempt = $5, \
-                 deadline = $6, reason = $7, updated_at = $8 WHERE saga_id = $1",
+                 deadline = $6, reason = $7, updated_at = $8, done = $9 WHERE saga_id = $1",
                 &[
                     &instance.saga_id,
                     &serde_json::to_string(&instance.data)?,
@@ -681,11 +794,12 @@ impl<S: Saga> Orchestrator<S> {
                     &deadline,
                     &instance.reason,
                     &at,
+                    &i64::try_from(instance.done).unwrap_or(0),
                 ],
             )
             .map_err(failed)?;
         }
-        if let Some(sent) = instance.sent.take() {
+        for sent in std::mem::take(&mut instance.sent) {
             execute(
                 db,
                 "INSERT INTO saga_commands (message_id, saga_id, step, phase, sent_at) \

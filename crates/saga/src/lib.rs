@@ -19,7 +19,9 @@
 //!
 //! Steps after the saga's point of no return (its *pivot*) are [`Step::retriable`]: they are
 //! sent again until they succeed and never start a compensation (capturing a payment that was
-//! authorized, committing stock that was reserved).
+//! authorized, committing stock that was reserved). A saga may run those last steps together
+//! ([`Saga::concurrent_tail`]): their commands go out at once and the saga completes when the
+//! last of them has succeeded.
 //!
 //! * **Replies** come back as messages (request-reply over the messaging crate) and are matched
 //!   to the command they answer (`causation_id`): a reply to an earlier attempt of the current
@@ -82,6 +84,16 @@ pub trait Saga: Send + Sync + 'static {
 
     /// The topic participants reply on.
     fn reply_topic(&self) -> &str;
+
+    /// Whether the retriable steps that end the saga (two or more, after its pivot) are sent
+    /// together rather than one after the other: none of them can fail for good, so when the
+    /// participants need no order between them, the saga ends as soon as the slowest answers
+    /// instead of after all of them in turn. A reply to any of them counts for that step; the
+    /// saga completes when every one has succeeded; at the deadline the ones not done yet are
+    /// sent again. False by default.
+    fn concurrent_tail(&self) -> bool {
+        false
+    }
 
     /// Called in the transaction of every transition, to apply the saga's own effects (append
     /// the order's events, say); the messages it returns are written to the outbox too. It runs

@@ -29,6 +29,7 @@ fn command(topic: &str, kind: &str) -> Command {
 
 struct TripSaga {
     steps: Vec<Step<Trip>>,
+    concurrent_tail: bool,
 }
 
 impl TripSaga {
@@ -71,6 +72,7 @@ impl TripSaga {
                     retriable: false,
                 },
             ],
+            concurrent_tail: false,
         }
     }
 }
@@ -90,6 +92,26 @@ impl TripSaga {
         });
         saga
     }
+
+    /// The trip with two last steps past the point of no return, sent together.
+    fn with_concurrent_tail() -> Self {
+        let mut saga = Self::with_tickets();
+        saga.steps.push(Step {
+            name: "earn_miles",
+            action: |trip| Command {
+                topic: "miles.commands".into(),
+                message_type: "EarnMiles".into(),
+                payload: json!({ "flight": trip.flight }),
+            },
+            compensation: None,
+            on_success: |_, _| {},
+            timeout: TIMEOUT,
+            attempts: 1,
+            retriable: true,
+        });
+        saga.concurrent_tail = true;
+        saga
+    }
 }
 
 impl Saga for TripSaga {
@@ -105,6 +127,10 @@ impl Saga for TripSaga {
 
     fn reply_topic(&self) -> &str {
         "trip.replies"
+    }
+
+    fn concurrent_tail(&self) -> bool {
+        self.concurrent_tail
     }
 
     fn on_transition(
@@ -498,4 +524,83 @@ async fn a_step_past_the_point_of_no_return_is_retried_never_compensated() {
     w.ok(&again, json!({})).await;
     assert_eq!(w.status("t9").await, Status::Completed);
     assert!(!w.events("t9").await.iter().any(|e| e.contains("undone")));
+}
+
+#[tokio::test]
+async fn a_concurrent_tail_goes_out_together_and_completes_when_every_step_succeeded() {
+    let w = world_with(TripSaga::with_concurrent_tail()).await;
+    w.start("t20").await;
+    for (kind, data) in [
+        ("BookHotel", json!({ "hotel_id": "h" })),
+        ("BookFlight", json!({ "flight_id": "f-20" })),
+    ] {
+        let command = w.one_command(kind).await;
+        w.ok(&command, data).await;
+    }
+    let charge = w.one_command("ChargeCard").await;
+    w.ok(&charge, json!({})).await;
+    // Both tail steps at once, each with its own idempotency key, caused by the last reply.
+    let tail = w.commands().await;
+    let kinds: Vec<&str> = tail.iter().map(|c| c.message_type.as_str()).collect();
+    assert_eq!(kinds, ["SendTickets", "EarnMiles"]);
+    let (tickets, miles) = (&tail[0], &tail[1]);
+    assert_eq!(tickets.payload["idempotency_key"], "t20:3:ACTION");
+    assert_eq!(miles.payload["idempotency_key"], "t20:4:ACTION");
+    assert_eq!(miles.payload["flight"], "f-20");
+
+    // A refusal is retried later, never compensated; a success is kept; a repeat is stale.
+    assert_eq!(w.answer(refused(miles, "busy")).await, Handled::Applied);
+    assert_eq!(w.ok(tickets, json!({})).await, Handled::Applied);
+    assert_eq!(w.ok(tickets, json!({})).await, Handled::Stale);
+    assert_eq!(w.status("t20").await, Status::Running, "miles still owed");
+
+    // At the deadline only the step not done is sent again, by a restarted orchestrator too.
+    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    let restarted = Orchestrator::new(TripSaga::with_concurrent_tail(), w.pool.clone());
+    assert_eq!(restarted.tick().await.expect("tick"), 1);
+    let again = w.one_command("EarnMiles").await;
+    assert_eq!(again.payload["idempotency_key"], "t20:4:ACTION");
+    assert_eq!(w.ok(&again, json!({})).await, Handled::Applied);
+    assert_eq!(w.status("t20").await, Status::Completed);
+    // The first attempt's late answer changes nothing.
+    assert_eq!(w.ok(miles, json!({})).await, Handled::Stale);
+    assert_eq!(
+        w.events("t20").await,
+        [
+            "started",
+            "book_hotel ok",
+            "book_flight ok",
+            "charge_card ok",
+            "send_tickets ok",
+            "earn_miles ok",
+            "completed with Some(\"f-20\")"
+        ]
+    );
+    assert!(w.commands().await.is_empty(), "nothing more to do");
+    let log = w.trips.log_of("t20").await.expect("log");
+    assert!(
+        log.iter()
+            .any(|entry| entry == "earn_miles timed out; sending again"),
+        "the log names the step sent again: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_concurrent_tail_the_last_steps_go_one_after_the_other() {
+    let mut saga = TripSaga::with_concurrent_tail();
+    saga.concurrent_tail = false;
+    let w = world_with(saga).await;
+    w.start("t21").await;
+    for (kind, data) in [
+        ("BookHotel", json!({ "hotel_id": "h" })),
+        ("BookFlight", json!({ "flight_id": "f" })),
+        ("ChargeCard", json!({})),
+        ("SendTickets", json!({})),
+    ] {
+        let command = w.one_command(kind).await;
+        w.ok(&command, data).await;
+    }
+    let miles = w.one_command("EarnMiles").await;
+    w.ok(&miles, json!({})).await;
+    assert_eq!(w.status("t21").await, Status::Completed);
 }

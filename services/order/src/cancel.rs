@@ -129,6 +129,12 @@ impl Saga for CancelOrderSaga {
         flotilla_contracts::ORDER_SAGA_REPLIES
     }
 
+    /// Once the shipment is cancelled, the refund and the restock go out together (as in the
+    /// choreography); the order is cancelled when both are done.
+    fn concurrent_tail(&self) -> bool {
+        true
+    }
+
     fn on_transition(
         &self,
         db: &rusqlite::Connection,

@@ -191,6 +191,13 @@ impl Saga for PlaceOrderSaga {
         flotilla_contracts::ORDER_SAGA_REPLIES
     }
 
+    /// Capturing the payment and committing the stock go out together once the shipment is
+    /// scheduled (as in the choreography, where both react to `ShipmentScheduled`): neither
+    /// depends on the other, and the order is approved when both are done.
+    fn concurrent_tail(&self) -> bool {
+        true
+    }
+
     fn on_transition(
         &self,
         db: &rusqlite::Connection,
