@@ -667,7 +667,8 @@ impl<S: Saga> Orchestrator<S> {
         }
         let steps = self.saga.steps();
         let first = steps.len() - steps.iter().rev().take_while(|s| s.retriable).count();
-        (steps.len() - first >= 2 && steps.len() <= 64).then_some(first)
+        // One bit per step in a signed 64-bit column: at most 63 steps.
+        (steps.len() - first >= 2 && steps.len() < 64).then_some(first)
     }
 
     /// Stages the command of step `j` in `phase`.

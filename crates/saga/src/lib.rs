@@ -90,7 +90,7 @@ pub trait Saga: Send + Sync + 'static {
     /// participants need no order between them, the saga ends as soon as the slowest answers
     /// instead of after all of them in turn. A reply to any of them counts for that step; the
     /// saga completes when every one has succeeded; at the deadline the ones not done yet are
-    /// sent again. False by default.
+    /// sent again. False by default; ignored for a saga of 64 steps or more.
     fn concurrent_tail(&self) -> bool {
         false
     }
