@@ -1396,15 +1396,25 @@ async fn sagas_survive_kill_9(style: &str, extra: &[(&'static str, String)]) {
     const WORKERS: usize = 8;
     // 200 orders from 8 clients at once, each pausing 150 ms between its orders so that the
     // kills below land while sagas are in flight: alice's and bob's, carol's (credit refused)
-    // and some to AQ (destination refused), one line each.
+    // and some to AQ (destination refused), one line each. The clients run at most a little
+    // ahead of the next kill (`allowed`): orders keep being placed while a service restarts
+    // (the order service prices from its cached catalog even while the inventory is down), so
+    // without the gate they could all be placed before the last kill.
     let placed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ahead = ORDERS / 12;
+    let allowed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(ORDERS / 6 + ahead));
     let placing: Vec<_> = (0..WORKERS)
         .map(|worker| {
             let probe = System::client_only(system.gateway.clone(), system.http.clone());
-            let placed = placed.clone();
+            let (placed, allowed) = (placed.clone(), allowed.clone());
             tokio::spawn(async move {
                 let mut accepted = 0;
                 for n in (worker..ORDERS).step_by(WORKERS) {
+                    while placed.load(std::sync::atomic::Ordering::SeqCst)
+                        >= allowed.load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     let mut body = match n % 5 {
                         0 => order("carol", "MS-002", 1),
                         1 => order("bob", "KB-001", 1),
@@ -1464,6 +1474,14 @@ async fn sagas_survive_kill_9(style: &str, extra: &[(&'static str, String)]) {
             assert!(std::time::Instant::now() < deadline, "{service} came back");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The clients may go on to a little past the next kill's threshold (all of the orders
+        // after the last kill).
+        let next = if n == 3 {
+            ORDERS
+        } else {
+            (n + 2) * ORDERS / 6 + ahead
+        };
+        allowed.store(next, std::sync::atomic::Ordering::SeqCst);
     }
     let mut accepted = 0;
     for worker in placing {
