@@ -108,19 +108,7 @@ async fn parameters_bind_by_number_as_sqlx_binds_them() {
 async fn a_direct_transaction_commits_on_ok_and_rolls_back_on_err_and_panic() {
     use flotilla_kit::database::transaction;
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = SqliteConnectOptions::new()
-        .filename(dir.path().join("tx.db"))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .expect("open");
-    sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
-        .execute(&pool)
-        .await
-        .expect("schema");
+    let pool = one_connection_with_a_table(&dir.path().join("tx.db")).await;
     let insert = |n: i64| {
         move |db: &rusqlite::Connection| {
             execute(db, "INSERT INTO t (n) VALUES ($1)", &[&n]).map_err(sqlx_error)
@@ -237,19 +225,7 @@ async fn a_pool_whose_connection_kept_statements_closes_cleanly() {
     use flotilla_kit::database::transaction;
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("pool.db");
-    let options = SqliteConnectOptions::new()
-        .filename(&file)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .expect("open");
-    sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
-        .execute(&pool)
-        .await
-        .expect("schema");
+    let pool = one_connection_with_a_table(&file).await;
     for n in 0..20i64 {
         let result: Result<(), sqlx::Error> = transaction(&pool, |db| {
             execute(db, "INSERT INTO t (n) VALUES ($1)", &[&n]).map_err(sqlx_error)?;
@@ -278,4 +254,22 @@ async fn a_pool_whose_connection_kept_statements_closes_cleanly() {
         !std::path::Path::new(&wal).exists(),
         "the connection closed cleanly: its write-ahead log is gone"
     );
+}
+
+/// A pool of one connection to a new WAL database at `file`, with a table `t (n INTEGER)`.
+async fn one_connection_with_a_table(file: &std::path::Path) -> sqlx::SqlitePool {
+    let options = SqliteConnectOptions::new()
+        .filename(file)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("open");
+    sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("schema");
+    pool
 }
