@@ -815,6 +815,16 @@ pub(crate) async fn checkpoint(pool: &Pool, name: &str) -> Result<u64, Error> {
     Ok(position.map_or(0, to_u64))
 }
 
+/// A projection's checkpoint (`$1`: its name) and the last position of the whole log.
+const CHECKPOINT_AND_HEAD: &str = "SELECT \
+     COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
+     COALESCE((SELECT MAX(position) FROM eventstore_events), 0)";
+
+/// A projection's checkpoint (`$1`: its name) and the last position of category `$2`.
+const CHECKPOINT_AND_CATEGORY_HEAD: &str = "SELECT \
+     COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
+     COALESCE((SELECT MAX(position) FROM eventstore_events WHERE category = $2), 0)";
+
 /// A projection's checkpoint and the last position of its category (of the whole log if
 /// `None`), in one round trip.
 pub(crate) async fn checkpoint_and_head(
@@ -824,21 +834,19 @@ pub(crate) async fn checkpoint_and_head(
 ) -> Result<(u64, u64), Error> {
     let (checkpoint, head): (i64, i64) = on_pool!(pool, |p| {
         match category {
-            Some(category) => sqlx::query_as(
-                "SELECT COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
-                 COALESCE((SELECT MAX(position) FROM eventstore_events WHERE category = $2), 0)",
-            )
-            .bind(name)
-            .bind(category)
-            .fetch_one(p)
-            .await?,
-            None => sqlx::query_as(
-                "SELECT COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
-                 COALESCE((SELECT MAX(position) FROM eventstore_events), 0)",
-            )
-            .bind(name)
-            .fetch_one(p)
-            .await?,
+            Some(category) => {
+                sqlx::query_as(CHECKPOINT_AND_CATEGORY_HEAD)
+                    .bind(name)
+                    .bind(category)
+                    .fetch_one(p)
+                    .await?
+            }
+            None => {
+                sqlx::query_as(CHECKPOINT_AND_HEAD)
+                    .bind(name)
+                    .fetch_one(p)
+                    .await?
+            }
         }
     });
     Ok((to_u64(checkpoint), to_u64(head)))
@@ -909,7 +917,8 @@ pub(crate) mod direct {
     use time::OffsetDateTime;
 
     use super::{
-        SQLITE_HEAD_AND_VERSION, STREAM_VERSION, StoredEvent, from_page, recorded, to_i64, to_u64,
+        CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SQLITE_HEAD_AND_VERSION, STREAM_VERSION,
+        StoredEvent, from_page, recorded, to_i64, to_u64,
     };
     use crate::event::{from_micros, micros};
     use crate::{Error, ExpectedVersion, NewEvent, RecordedEvent, category};
@@ -937,20 +946,10 @@ pub(crate) mod direct {
     ) -> Result<(u64, u64), Error> {
         let row = |row: &rusqlite::Row<'_>| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?));
         let found = match category {
-            Some(category) => query_optional(
-                db,
-                "SELECT COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
-                 COALESCE((SELECT MAX(position) FROM eventstore_events WHERE category = $2), 0)",
-                &[&name, &category],
-                row,
-            ),
-            None => query_optional(
-                db,
-                "SELECT COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
-                 COALESCE((SELECT MAX(position) FROM eventstore_events), 0)",
-                &[&name],
-                row,
-            ),
+            Some(category) => {
+                query_optional(db, CHECKPOINT_AND_CATEGORY_HEAD, &[&name, &category], row)
+            }
+            None => query_optional(db, CHECKPOINT_AND_HEAD, &[&name], row),
         }
         .map_err(failed)?;
         let (checkpoint, head) = found.unwrap_or((0, 0));

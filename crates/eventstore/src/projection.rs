@@ -184,7 +184,7 @@ impl<P: Projection> Projector<P> {
         }
         let mut applied = 0;
         loop {
-            let page = transaction(pool, |db| {
+            let (last, count) = transaction(pool, |db| {
                 let from = backend::direct::lock_checkpoint(db, name)?;
                 let rows = backend::direct::read_all(db, from, BATCH, category)?;
                 let events = self.store.decode(rows)?;
@@ -198,7 +198,6 @@ impl<P: Projection> Projector<P> {
                 Ok::<_, Error>((last, events.len()))
             })
             .await?;
-            let (last, count) = page;
             if count == 0 {
                 self.report(last, 0);
                 return Ok(applied);
