@@ -169,15 +169,13 @@ impl<P: Projection> Projector<P> {
     /// whether anything is new, then one write transaction per page (checkpoint, events,
     /// read model and new checkpoint in one round trip, where the sqlx path takes six).
     async fn catch_up_direct(&self, pool: &sqlx::SqlitePool) -> Result<u64, Error> {
-        use flotilla_kit::database::{direct, transaction};
+        use flotilla_kit::database::{call, transaction};
         let name = self.projection.name();
         let category = self.projection.category();
-        let mut connection = pool.acquire().await?;
-        let (from, head) = direct(&mut connection, |db| {
+        let (from, head) = call(pool, |db| {
             backend::direct::checkpoint_and_head(db, name, category)
         })
         .await?;
-        drop(connection);
         if head <= from {
             self.report(from, 0);
             return Ok(0);

@@ -3,7 +3,10 @@
 //! `database::direct`, one round trip to borrow the handle and direct calls (`direct`; the
 //! statements stay prepared with the connection from one call to the next), the same statements
 //! run ten times in one call (`direct_x10`, per transaction: what a group commit pays), and
-//! `database::transaction`, whose `BEGIN` and `COMMIT` run inside the one borrow too.
+//! `database::transaction`, which runs `BEGIN` to `COMMIT` on the process's own connection.
+//!
+//! The `borrow` group measures what holding the one connection costs a transaction when many
+//! tasks want it: borrowed from sqlx's pool, against the process's own connection.
 //!
 //! `cargo bench -p flotilla-kit --features sqlite --bench direct`
 
@@ -134,5 +137,106 @@ fn transaction(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, transaction);
+/// A short write transaction (a read and five writes) as a borrow of the pool's connection: what
+/// `database::transaction` did before it had a connection of its own.
+async fn through_the_pool(pool: &SqlitePool, id: i64) {
+    let mut connection = pool.acquire().await.expect("acquire");
+    direct(&mut connection, |db| {
+        db.prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut begin| begin.execute([]))
+            .map_err(sqlx_error)?;
+        direct_calls(db, id)?;
+        db.prepare_cached("COMMIT")
+            .and_then(|mut commit| commit.execute([]))
+            .map_err(sqlx_error)
+    })
+    .await
+    .expect("transaction");
+}
+
+/// What holding the one connection costs per transaction when `tasks` tasks want it at once:
+/// criterion's iterations each run `tasks` transactions concurrently; the time is per
+/// transaction.
+fn contended<F, Fut>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &Runtime,
+    name: &str,
+    tasks: u32,
+    one: F,
+) where
+    F: Fn(i64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    group.bench_function(name, |b| {
+        b.to_async(runtime).iter_custom(|iterations| {
+            let one = one.clone();
+            async move {
+                let start = std::time::Instant::now();
+                for _ in 0..iterations {
+                    let running: Vec<_> = (0..tasks)
+                        .map(|task| tokio::spawn(one(i64::from(task) + 1)))
+                        .collect();
+                    for task in running {
+                        task.await.expect("task");
+                    }
+                }
+                start.elapsed() / tasks
+            }
+        });
+    });
+}
+
+/// A short write transaction with 16 tasks contending for the one connection: borrowed from
+/// sqlx's pool (its ping as it hands the connection out and takes it back, then `lock_handle`:
+/// round trips to sqlx's worker thread), from a pool without the first ping (as
+/// `database::open` makes it), and on the process's own connection (`database::transaction`).
+fn borrow(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pool = runtime.block_on(open(dir.path()));
+    let without_ping = runtime.block_on(async {
+        SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(dir.path().join("bench.db"))
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal),
+            )
+            .await
+            .expect("open")
+    });
+    let mut group = c.benchmark_group("borrow");
+    group.measurement_time(Duration::from_secs(5));
+    let tasks = 16;
+    let p = pool.clone();
+    contended(&mut group, &runtime, "pool", tasks, move |id| {
+        let p = p.clone();
+        async move { through_the_pool(&p, id).await }
+    });
+    let p = without_ping.clone();
+    contended(
+        &mut group,
+        &runtime,
+        "pool_without_ping",
+        tasks,
+        move |id| {
+            let p = p.clone();
+            async move { through_the_pool(&p, id).await }
+        },
+    );
+    let p = pool.clone();
+    contended(&mut group, &runtime, "own_connection", tasks, move |id| {
+        let p = p.clone();
+        async move {
+            flotilla_kit::database::transaction(&p, |db| direct_calls(db, id))
+                .await
+                .expect("transaction");
+        }
+    });
+    group.finish();
+}
+
+criterion_group!(benches, transaction, borrow);
 criterion_main!(benches);

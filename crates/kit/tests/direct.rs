@@ -273,3 +273,150 @@ async fn one_connection_with_a_table(file: &std::path::Path) -> sqlx::SqlitePool
         .expect("schema");
     pool
 }
+
+/// `database::transaction` runs on the process's own connection to the file, so sqlx's
+/// connection can hold the write lock meanwhile: the transaction then waits for it without
+/// blocking its thread (on a one-thread runtime, the holder could not commit otherwise, and the
+/// wait would run into the busy timeout), and goes through once the holder commits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_direct_transaction_waits_for_another_connections_lock_without_blocking_the_thread() {
+    use flotilla_kit::database::transaction;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pool = one_connection_with_a_table(&dir.path().join("busy.db")).await;
+    // Made before the lock is taken (its first call borrows sqlx's connection to find the file).
+    transaction(&pool, |db| {
+        execute(db, "INSERT INTO t (n) VALUES (1)", &[]).map_err(sqlx_error)
+    })
+    .await
+    .expect("first");
+    let mut holder = pool.begin_with("BEGIN IMMEDIATE").await.expect("lock");
+    sqlx::query("INSERT INTO t (n) VALUES (2)")
+        .execute(&mut *holder)
+        .await
+        .expect("insert");
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            transaction(&pool, |db| {
+                // Sees the holder's row: it began after the holder's commit.
+                let seen: i64 = db
+                    .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+                    .map_err(sqlx_error)?;
+                execute(db, "INSERT INTO t (n) VALUES (3)", &[]).map_err(sqlx_error)?;
+                Ok::<_, sqlx::Error>(seen)
+            })
+            .await
+        })
+    };
+    // The waiting transaction runs on this same thread: it must yield while it waits.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "it waits while the lock is held");
+    holder.commit().await.expect("the holder commits");
+    let seen = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("it goes through once the lock is free, well before the busy timeout")
+        .expect("task")
+        .expect("transaction");
+    assert_eq!(seen, 2, "it began after the holder's commit");
+    let all: Vec<i64> = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+        .fetch_all(&pool)
+        .await
+        .expect("read");
+    assert_eq!(all, [1, 2, 3]);
+}
+
+/// The process's own connection is set up as `database::open`'s (foreign keys enforced, commits
+/// written to the log without an fsync each: `synchronous = NORMAL`), and a direct call outside
+/// a transaction (`database::call`) reads what was committed.
+#[tokio::test]
+async fn the_direct_connection_enforces_foreign_keys() {
+    use flotilla_kit::database::{call, transaction};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pool = one_connection_with_a_table(&dir.path().join("fk.db")).await;
+    sqlx::raw_sql(
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);
+         CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER NOT NULL REFERENCES parent (id));
+         INSERT INTO parent (id) VALUES (1);",
+    )
+    .execute(&pool)
+    .await
+    .expect("schema");
+    let orphan = transaction(&pool, |db| {
+        execute(db, "INSERT INTO child (id, parent) VALUES (1, 2)", &[]).map_err(sqlx_error)
+    })
+    .await;
+    let error = orphan.expect_err("a child without its parent is refused");
+    assert_eq!(
+        error.as_database_error().map(|e| e.kind()),
+        Some(sqlx::error::ErrorKind::ForeignKeyViolation),
+        "{error}"
+    );
+    transaction(&pool, |db| {
+        execute(db, "INSERT INTO child (id, parent) VALUES (2, 1)", &[]).map_err(sqlx_error)
+    })
+    .await
+    .expect("a child with its parent");
+    let children: i64 = call(&pool, |db| {
+        db.query_row("SELECT COUNT(*) FROM child", [], |row| row.get(0))
+            .map_err(sqlx_error)
+    })
+    .await
+    .expect("read");
+    assert_eq!(children, 1);
+    let (foreign_keys, synchronous): (i64, i64) = call(&pool, |db| {
+        let foreign_keys = db.query_row("PRAGMA foreign_keys", [], |row| row.get(0));
+        let synchronous = db.query_row("PRAGMA synchronous", [], |row| row.get(0));
+        Ok::<_, sqlx::Error>((
+            foreign_keys.map_err(sqlx_error)?,
+            synchronous.map_err(sqlx_error)?,
+        ))
+    })
+    .await
+    .expect("pragmas");
+    assert_eq!(
+        (foreign_keys, synchronous),
+        (1, 1),
+        "foreign keys on, NORMAL"
+    );
+}
+
+/// An in-memory database has no file for a second connection: `transaction` and `call` run on
+/// the pool's own connection there, and still commit and roll back.
+#[tokio::test]
+async fn direct_transactions_work_on_an_in_memory_database() {
+    use flotilla_kit::database::{call, transaction};
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .expect("open");
+    sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("schema");
+    transaction(&pool, |db| {
+        execute(db, "INSERT INTO t (n) VALUES (1)", &[]).map_err(sqlx_error)
+    })
+    .await
+    .expect("committed");
+    let refused: Result<(), sqlx::Error> = transaction(&pool, |db| {
+        execute(db, "INSERT INTO t (n) VALUES (2)", &[]).map_err(sqlx_error)?;
+        Err(sqlx::Error::Protocol("refused".into()))
+    })
+    .await;
+    assert!(refused.is_err());
+    let all: Vec<i64> = call(&pool, |db| {
+        let mut statement = db.prepare("SELECT n FROM t").map_err(sqlx_error)?;
+        let rows = statement
+            .query_map([], |row| row.get(0))
+            .map_err(sqlx_error)?;
+        rows.collect::<Result<Vec<i64>, _>>().map_err(sqlx_error)
+    })
+    .await
+    .expect("read");
+    assert_eq!(
+        all,
+        [1],
+        "the same database as sqlx's, rolled back where it failed"
+    );
+}

@@ -344,17 +344,16 @@ impl<T: Transport> Relay<T> {
                 )
             };
         }
-        // The marks and the read in one borrow of the connection's handle: direct calls, one
-        // round trip, the rows copied straight from SQLite (through sqlx, every row is a
-        // message from its worker thread).
+        // The marks and the read in one turn on the process's connection: direct calls, the
+        // rows copied straight from SQLite (through sqlx, every row is a message from its
+        // worker thread).
         let marks = if flight.unmarked.is_empty() {
             None
         } else {
             Some(serde_json::to_string(&flight.unmarked).map_err(Error::Encode)?)
         };
         let limit_value = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut connection = self.pool.acquire().await?;
-        let rows: Vec<Pending> = flotilla_kit::database::direct(&mut connection, |db| {
+        let read = |db: &rusqlite::Connection| {
             if let Some(seqs) = &marks {
                 flotilla_kit::database::execute(
                     db,
@@ -374,9 +373,14 @@ impl<T: Transport> Relay<T> {
                 })
             })
             .map_err(|e| Error::from(flotilla_kit::database::sqlx_error(e)))
-        })
-        .await?;
-        drop(connection);
+        };
+        // With marks to write it is a write transaction (whose `BEGIN` waits for the lock);
+        // otherwise a read.
+        let rows: Vec<Pending> = if marks.is_some() {
+            flotilla_kit::database::transaction(&self.pool, read).await?
+        } else {
+            flotilla_kit::database::call(&self.pool, read).await?
+        };
         if marks.is_some() {
             flight.unmarked.clear();
             metrics::counter!("messaging_outbox_mark_commits_total").increment(1);
@@ -468,13 +472,15 @@ impl<T: Transport> Relay<T> {
             return Ok(());
         }
         let seqs = serde_json::to_string(published).map_err(Error::Encode)?;
-        sqlx::query(
-            "UPDATE messaging_outbox SET published_at = $1
-             WHERE seq IN (SELECT value FROM json_each($2))",
-        )
-        .bind(now_micros())
-        .bind(seqs)
-        .execute(&self.pool)
+        flotilla_kit::database::transaction(&self.pool, |db| {
+            flotilla_kit::database::execute(
+                db,
+                "UPDATE messaging_outbox SET published_at = $1 \
+                 WHERE seq IN (SELECT value FROM json_each($2))",
+                &[&now_micros(), &seqs],
+            )
+            .map_err(flotilla_kit::database::sqlx_error)
+        })
         .await?;
         metrics::counter!("messaging_outbox_mark_commits_total").increment(1);
         Ok(())

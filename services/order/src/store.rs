@@ -226,23 +226,16 @@ pub async fn request_cancellation(
     Ok(started)
 }
 
-/// Order `order_id` as its events say now, read in one borrow of the connection (direct calls)
-/// instead of a round trip per statement; in a task of its own, so that a request that goes away
-/// cannot cancel the borrow half-way.
+/// Order `order_id` as its events say now, read with direct calls in one turn on the process's
+/// connection ([`flotilla_kit::database::call`]) instead of a round trip per statement.
 pub async fn load(
     db: &Database,
     order_id: &str,
 ) -> Result<Loaded<Order>, flotilla_eventstore::Error> {
-    let (pool, events, order_id) = (db.pool.clone(), db.events.clone(), order_id.to_owned());
-    tokio::spawn(async move {
-        let mut connection = pool.acquire().await?;
-        flotilla_kit::database::direct(&mut connection, |sql| {
-            events.load_direct::<Order>(sql, &order_id)
-        })
-        .await
+    flotilla_kit::database::call(&db.pool, |sql| {
+        db.events.load_direct::<Order>(sql, order_id)
     })
     .await
-    .map_err(|e| flotilla_eventstore::Error::Database(sqlx::Error::Protocol(e.to_string())))?
 }
 
 /// The `(request_hash, order_id)` stored for an idempotency key.
