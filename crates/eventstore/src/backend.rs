@@ -115,6 +115,15 @@ macro_rules! sqlite_page {
     };
 }
 
+/// The columns of an event the direct path reads row by row (`direct::rows`), before the rest
+/// of its query.
+macro_rules! direct_rows {
+    () => {
+        "SELECT position, stream_id, version, event_id, event_type, schema_version, data, \
+         metadata, causation_id, correlation_id, recorded_at FROM eventstore_events "
+    };
+}
+
 /// An event as stored, its payload and metadata parsed.
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct StoredEvent {
@@ -918,7 +927,7 @@ pub(crate) mod direct {
 
     use super::{
         CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SQLITE_HEAD_AND_VERSION, STREAM_VERSION,
-        StoredEvent, from_page, recorded, to_i64, to_u64,
+        StoredEvent, recorded, to_i64, to_u64,
     };
     use crate::event::{from_micros, micros};
     use crate::{Error, ExpectedVersion, NewEvent, RecordedEvent, category};
@@ -998,22 +1007,24 @@ pub(crate) mod direct {
         category: Option<&str>,
     ) -> Result<Vec<StoredEvent>, Error> {
         let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
-        let page: Option<Option<String>> = match category {
-            None => query_optional(
+        match category {
+            None => rows(
                 db,
-                sqlite_page!("WHERE position > $1 ORDER BY position LIMIT $2"),
+                concat!(
+                    direct_rows!(),
+                    "WHERE position > $1 ORDER BY position LIMIT $2"
+                ),
                 &[&after, &limit],
-                |row| row.get(0),
             ),
-            Some(category) => query_optional(
+            Some(category) => rows(
                 db,
-                sqlite_page!("WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3"),
+                concat!(
+                    direct_rows!(),
+                    "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3"
+                ),
                 &[&category, &after, &limit],
-                |row| row.get(0),
             ),
         }
-        .map_err(failed)?;
-        from_page(page.flatten())
     }
 
     /// The events of `stream` from version `from` on.
@@ -1022,16 +1033,63 @@ pub(crate) mod direct {
         stream: &str,
         from: u64,
     ) -> Result<Vec<StoredEvent>, Error> {
-        let page: Option<Option<String>> = query_optional(
+        rows(
             db,
-            sqlite_page!(
-                "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version"
+            concat!(
+                direct_rows!(),
+                "WHERE stream_id = $1 AND version >= $2 ORDER BY version"
             ),
-            &[&stream, &to_i64(from), &i64::MAX],
-            |row| row.get(0),
+            &[&stream, &to_i64(from)],
         )
-        .map_err(failed)?;
-        from_page(page.flatten())
+    }
+
+    /// The events a query of [`direct_rows!`] finds, row by row: SQLite hands over each row's
+    /// columns and only the payloads are parsed (the sqlx path has SQLite build one JSON page
+    /// instead, one row through sqlx's worker thread rather than one per event; here rows cost
+    /// no round trip, and building and parsing the page would be work for nothing).
+    fn rows(
+        db: &Connection,
+        sql: &str,
+        values: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<StoredEvent>, Error> {
+        let mut statement = db.prepare_cached(sql).map_err(failed)?;
+        flotilla_kit::database::bind_numbered(&mut statement, values).map_err(failed)?;
+        let mut found = statement.raw_query();
+        let mut events = Vec::new();
+        while let Some(row) = found.next().map_err(failed)? {
+            let position: i64 = row.get(0).map_err(failed)?;
+            let event_type: String = row.get(4).map_err(failed)?;
+            let schema_version: i32 = row.get(5).map_err(failed)?;
+            let decode = |what: &str, e: serde_json::Error| Error::Decode {
+                position: to_u64(position),
+                event_type: event_type.clone(),
+                schema_version: u32::try_from(schema_version).unwrap_or(0),
+                reason: format!("{what}: {e}"),
+            };
+            let data = serde_json::from_slice(text(row, 6)?).map_err(|e| decode("data", e))?;
+            let metadata =
+                serde_json::from_slice(text(row, 7)?).map_err(|e| decode("metadata", e))?;
+            events.push(StoredEvent {
+                position,
+                stream_id: row.get(1).map_err(failed)?,
+                version: row.get(2).map_err(failed)?,
+                event_id: row.get(3).map_err(failed)?,
+                event_type,
+                schema_version,
+                data,
+                metadata,
+                causation_id: row.get(8).map_err(failed)?,
+                correlation_id: row.get(9).map_err(failed)?,
+                recorded_at: row.get(10).map_err(failed)?,
+            });
+        }
+        Ok(events)
+    }
+
+    /// Column `column` of `row` as the bytes of its text.
+    fn text<'r>(row: &'r rusqlite::Row<'_>, column: usize) -> Result<&'r [u8], Error> {
+        let value = row.get_ref(column).map_err(failed)?;
+        value.as_bytes().map_err(|e| failed(e.into()))
     }
 
     /// [`super::append`] on SQLite: one statement for a single event after a known version, else
