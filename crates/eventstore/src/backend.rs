@@ -1006,23 +1006,24 @@ pub(crate) mod direct {
         limit: usize,
         category: Option<&str>,
     ) -> Result<Vec<StoredEvent>, Error> {
-        let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
+        // No `LIMIT` (a bound one would make SQLite prepare the statement again each time):
+        // the key or the category's index gives the order, and `rows` stops at `limit`.
+        let after = to_i64(after);
         match category {
             None => rows(
                 db,
-                concat!(
-                    direct_rows!(),
-                    "WHERE position > $1 ORDER BY position LIMIT $2"
-                ),
-                &[&after, &limit],
+                concat!(direct_rows!(), "WHERE position > $1 ORDER BY position"),
+                &[&after],
+                limit,
             ),
             Some(category) => rows(
                 db,
                 concat!(
                     direct_rows!(),
-                    "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3"
+                    "WHERE category = $1 AND position > $2 ORDER BY position"
                 ),
-                &[&category, &after, &limit],
+                &[&category, &after],
+                limit,
             ),
         }
     }
@@ -1040,23 +1041,28 @@ pub(crate) mod direct {
                 "WHERE stream_id = $1 AND version >= $2 ORDER BY version"
             ),
             &[&stream, &to_i64(from)],
+            usize::MAX,
         )
     }
 
-    /// The events a query of [`direct_rows!`] finds, row by row: SQLite hands over each row's
-    /// columns and only the payloads are parsed (the sqlx path has SQLite build one JSON page
-    /// instead, one row through sqlx's worker thread rather than one per event; here rows cost
-    /// no round trip, and building and parsing the page would be work for nothing).
+    /// The first `max` events a query of [`direct_rows!`] finds, row by row (stepping stops
+    /// there): SQLite hands over each row's columns and only the payloads are parsed (the sqlx
+    /// path has SQLite build one JSON page instead, one row through sqlx's worker thread rather
+    /// than one per event; here rows cost no round trip, and building and parsing the page
+    /// would be work for nothing).
     fn rows(
         db: &Connection,
         sql: &str,
         values: &[&dyn rusqlite::ToSql],
+        max: usize,
     ) -> Result<Vec<StoredEvent>, Error> {
         let mut statement = db.prepare_cached(sql).map_err(failed)?;
         flotilla_kit::database::bind_numbered(&mut statement, values).map_err(failed)?;
         let mut found = statement.raw_query();
         let mut events = Vec::new();
-        while let Some(row) = found.next().map_err(failed)? {
+        while events.len() < max
+            && let Some(row) = found.next().map_err(failed)?
+        {
             let position: i64 = row.get(0).map_err(failed)?;
             let event_type: String = row.get(4).map_err(failed)?;
             let schema_version: i32 = row.get(5).map_err(failed)?;

@@ -420,3 +420,48 @@ async fn direct_transactions_work_on_an_in_memory_database() {
         "the same database as sqlx's, rolled back where it failed"
     );
 }
+
+/// `query_at_most` stops at its bound, and its statement stays prepared from one run to the
+/// next; the same read with a bound `LIMIT $1` is prepared again at every run (SQLite's planner
+/// uses the value): the reason the relay and the projector read without `LIMIT`.
+#[tokio::test]
+async fn a_bounded_read_stays_prepared_where_a_bound_limit_is_prepared_again() {
+    use flotilla_kit::database::{call, query, query_at_most};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pool = one_connection_with_a_table(&dir.path().join("limit.db")).await;
+    sqlx::query(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 50) \
+         INSERT INTO t (n) SELECT i FROM k",
+    )
+    .execute(&pool)
+    .await
+    .expect("rows");
+    let (firsts, bounded, limited) = call(&pool, |db| {
+        let unbounded = "SELECT n FROM t WHERE n > $1 ORDER BY rowid";
+        let limited = "SELECT n FROM t WHERE n > $1 ORDER BY rowid LIMIT $2";
+        let mut firsts = Vec::new();
+        for run in 0..3i64 {
+            let got = query_at_most(db, unbounded, &[&(run * 10)], 3, |row| row.get::<_, i64>(0))
+                .map_err(sqlx_error)?;
+            firsts.push(got);
+            query(db, limited, &[&(run * 10), &3i64], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map_err(sqlx_error)?;
+        }
+        let status = |sql: &str| {
+            db.prepare_cached(sql)
+                .map(|statement| statement.get_status(rusqlite::StatementStatus::RePrepare))
+                .map_err(sqlx_error)
+        };
+        Ok::<_, sqlx::Error>((firsts, status(unbounded)?, status(limited)?))
+    })
+    .await
+    .expect("reads");
+    assert_eq!(firsts, [vec![1, 2, 3], vec![11, 12, 13], vec![21, 22, 23]]);
+    assert_eq!(bounded, 0, "the bounded read was prepared once");
+    assert_eq!(
+        limited, 3,
+        "the bound LIMIT was prepared again at each of its 3 runs"
+    );
+}

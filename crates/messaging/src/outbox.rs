@@ -335,15 +335,10 @@ impl<T: Transport> Relay<T> {
         }
         // The rows in flight are still pending: read past them.
         let limit = batch.saturating_add(flight.rows());
-        macro_rules! pending {
-            ($limit:literal) => {
-                concat!(
-                    "SELECT seq, key, envelope, attempts, next_attempt_at FROM messaging_outbox ",
-                    "WHERE published_at IS NULL ORDER BY seq LIMIT ",
-                    $limit
-                )
-            };
-        }
+        // No `LIMIT` (a bound one would make SQLite prepare the statement again each time):
+        // the pending index gives the order, and the read stops stepping at `limit` rows.
+        const PENDING: &str = "SELECT seq, key, envelope, attempts, next_attempt_at \
+             FROM messaging_outbox WHERE published_at IS NULL ORDER BY seq";
         // The marks and the read in one turn on the process's connection: direct calls, the
         // rows copied straight from SQLite (through sqlx, every row is a message from its
         // worker thread).
@@ -352,7 +347,6 @@ impl<T: Transport> Relay<T> {
         } else {
             Some(serde_json::to_string(&flight.unmarked).map_err(Error::Encode)?)
         };
-        let limit_value = i64::try_from(limit).unwrap_or(i64::MAX);
         let read = |db: &rusqlite::Connection| {
             if let Some(seqs) = &marks {
                 flotilla_kit::database::execute(
@@ -363,7 +357,7 @@ impl<T: Transport> Relay<T> {
                 )
                 .map_err(flotilla_kit::database::sqlx_error)?;
             }
-            flotilla_kit::database::query(db, pending!("$1"), &[&limit_value], |row| {
+            flotilla_kit::database::query_at_most(db, PENDING, &[], limit, |row| {
                 Ok(Pending {
                     seq: row.get(0)?,
                     key: row.get(1)?,
