@@ -487,6 +487,7 @@ impl<S: Saga> Orchestrator<S> {
         for saga_id in due {
             // One write transaction of direct calls (nothing written when it was not due).
             if transaction(&self.pool, |db| self.time_out(db, &saga_id)).await? {
+                self.saga.timed_out(&saga_id);
                 moved += 1;
             }
         }

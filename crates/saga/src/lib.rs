@@ -106,6 +106,15 @@ pub trait Saga: Send + Sync + 'static {
         data: &Self::Data,
         transition: &Transition,
     ) -> Result<Vec<Message>, Error>;
+
+    /// Called once a move the orchestrator made on its own, at a deadline, has committed (a
+    /// command sent again, or a step failed for want of an answer, and what followed), with the
+    /// instance's id: whoever waits for the saga can look again. Moves made by replies are the
+    /// consumer's to report ([`flotilla_messaging::inbox::Handler::committed`]). Nothing by
+    /// default.
+    fn timed_out(&self, saga_id: &str) {
+        let _ = saga_id;
+    }
 }
 
 /// Creates the saga tables in the orchestrator's database if needed (migrations recorded in

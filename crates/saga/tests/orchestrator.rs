@@ -30,6 +30,8 @@ fn command(topic: &str, kind: &str) -> Command {
 struct TripSaga {
     steps: Vec<Step<Trip>>,
     concurrent_tail: bool,
+    /// The instances the orchestrator reported moved at their deadline (`Saga::timed_out`).
+    timed_out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TripSaga {
@@ -73,6 +75,7 @@ impl TripSaga {
                 },
             ],
             concurrent_tail: false,
+            timed_out: std::sync::Arc::default(),
         }
     }
 }
@@ -131,6 +134,13 @@ impl Saga for TripSaga {
 
     fn concurrent_tail(&self) -> bool {
         self.concurrent_tail
+    }
+
+    fn timed_out(&self, saga_id: &str) {
+        self.timed_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(saga_id.to_owned());
     }
 
     fn on_transition(
@@ -201,6 +211,16 @@ async fn world_with(saga: TripSaga) -> World {
 }
 
 impl World {
+    /// What the saga was told moved at a deadline, so far.
+    fn timed_out(&self) -> Vec<String> {
+        self.trips
+            .saga()
+            .timed_out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     async fn start(&self, saga_id: &str) {
         let mut tx = self
             .pool
@@ -394,8 +414,10 @@ async fn an_unanswered_step_is_sent_again_then_fails_after_its_attempts() {
     w.start("t5").await;
     let first = w.one_command("BookHotel").await;
     assert_eq!(w.trips.tick().await.expect("tick"), 0, "not due yet");
+    assert!(w.timed_out().is_empty(), "nothing moved, nothing reported");
     tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
     assert_eq!(w.trips.tick().await.expect("tick"), 1);
+    assert_eq!(w.timed_out(), ["t5"], "the resend reported once committed");
     let second = w.one_command("BookHotel").await;
     assert_ne!(second.id, first.id, "a new message");
     assert_eq!(
@@ -406,6 +428,11 @@ async fn an_unanswered_step_is_sent_again_then_fails_after_its_attempts() {
     w.trips.tick().await.expect("tick");
     let (status, reason) = w.trips.status("t5").await.expect("status").expect("exists");
     assert_eq!(status, Status::Failed);
+    assert_eq!(
+        w.timed_out(),
+        ["t5", "t5"],
+        "the failure reported too: a waiter learns of it at once"
+    );
     assert!(
         reason
             .as_deref()

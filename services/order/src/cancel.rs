@@ -135,6 +135,13 @@ impl Saga for CancelOrderSaga {
         true
     }
 
+    /// A cancellation failed at a deadline ended in that transaction: wake the requests waiting
+    /// for the order.
+    fn timed_out(&self, saga_id: &str) {
+        self.changes
+            .committed(saga_id.strip_prefix("cancel-").unwrap_or(saga_id));
+    }
+
     fn on_transition(
         &self,
         db: &rusqlite::Connection,

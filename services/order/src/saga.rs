@@ -198,6 +198,12 @@ impl Saga for PlaceOrderSaga {
         true
     }
 
+    /// A saga failed at a deadline ended in that transaction: wake the requests waiting for the
+    /// order (the saga's id is the order's).
+    fn timed_out(&self, saga_id: &str) {
+        self.changes.committed(saga_id);
+    }
+
     fn on_transition(
         &self,
         db: &rusqlite::Connection,
