@@ -77,7 +77,11 @@ pub async fn sustained(
     style: SagaStyle,
 ) -> anyhow::Result<Sustained> {
     anyhow::ensure!(rate > 0, "--rate must be positive");
-    let before = crate::check::check(data_dir, false).await?;
+    // Right after `flotilla up` a service may not have created its tables yet.
+    let before = until_ready(Duration::from_secs(30), || {
+        crate::check::check(data_dir, false)
+    })
+    .await?;
     let already: u64 = before.orders.values().sum();
     let client = flotilla_kit::client::client();
     let url = format!("{}/v1/orders", gateway.trim_end_matches('/'));
@@ -128,6 +132,27 @@ pub async fn sustained(
             "orders still pending after 5 minutes"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `attempt`'s first success, trying again every 200 ms for at most `patience`; past it, the
+/// last failure, saying how long it waited.
+async fn until_ready<T, F, Fut>(patience: Duration, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = Instant::now() + patience;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if Instant::now() >= deadline => {
+                return Err(error.context(format!(
+                    "the system's databases were not ready after {patience:?}"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 
@@ -231,6 +256,31 @@ pub async fn orders(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_system_not_ready_yet_is_waited_for_and_one_never_ready_is_reported() {
+        let mut tries = 0;
+        let ready = until_ready(Duration::from_secs(5), || {
+            tries += 1;
+            let this = tries;
+            async move {
+                anyhow::ensure!(this >= 3, "no such table: accounts");
+                Ok(this)
+            }
+        })
+        .await
+        .expect("ready at the third try");
+        assert_eq!(ready, 3);
+        let never: anyhow::Result<()> = until_ready(Duration::from_millis(300), || async {
+            anyhow::bail!("no such table: accounts")
+        })
+        .await;
+        let error = format!("{:#}", never.expect_err("never ready"));
+        assert!(
+            error.contains("not ready after") && error.contains("no such table: accounts"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn failures_are_counted_by_status_and_problem_type_not_by_body() {
