@@ -466,16 +466,9 @@ pub fn query<T>(
     db: &rusqlite::Connection,
     sql: &str,
     values: &[&dyn rusqlite::ToSql],
-    mut row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
-    let mut statement = db.prepare_cached(sql)?;
-    bind_numbered(&mut statement, values)?;
-    let mut rows = statement.raw_query();
-    let mut out = Vec::new();
-    while let Some(next) = rows.next()? {
-        out.push(row(next)?);
-    }
-    Ok(out)
+    query_at_most(db, sql, values, usize::MAX, row)
 }
 
 /// [`query`] for at most `max` rows: it stops stepping the statement there.

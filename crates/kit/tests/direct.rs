@@ -210,10 +210,8 @@ async fn statements_stay_prepared_across_borrows_and_the_connection_still_closes
         .await
         .expect("the close ends")
         .expect("the connection closes cleanly");
-    let mut wal = file.as_os_str().to_owned();
-    wal.push("-wal");
     assert!(
-        !std::path::Path::new(&wal).exists(),
+        !wal_of(&file).exists(),
         "a clean close checkpoints and removes the write-ahead log"
     );
 }
@@ -248,12 +246,17 @@ async fn a_pool_whose_connection_kept_statements_closes_cleanly() {
     tokio::time::timeout(Duration::from_secs(10), pool.close())
         .await
         .expect("the pool closes");
-    let mut wal = file.as_os_str().to_owned();
-    wal.push("-wal");
     assert!(
-        !std::path::Path::new(&wal).exists(),
+        !wal_of(&file).exists(),
         "the connection closed cleanly: its write-ahead log is gone"
     );
+}
+
+/// The write-ahead log of the database at `file`.
+fn wal_of(file: &std::path::Path) -> std::path::PathBuf {
+    let mut wal = file.as_os_str().to_owned();
+    wal.push("-wal");
+    wal.into()
 }
 
 /// A pool of one connection to a new WAL database at `file`, with a table `t (n INTEGER)`.
