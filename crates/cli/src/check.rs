@@ -1,8 +1,14 @@
 //! `flotilla check`: the invariants of DESIGN.md computed from the four services' databases.
 //!
-//! It opens every database read-only, so it can run against a live system; an order whose saga
-//! is still running is *in flight*, and only a violation with `--settled` (after recovery, every
-//! order must have ended). Invariants:
+//! It opens every database read-only, so it can run against a live system. The four databases
+//! cannot be read at one instant, so a live check judges only the orders that stood still while
+//! it read: it reads the order database, then the participants' (each in one read transaction),
+//! then the order database again, and judges an order only if it had ended and not moved
+//! between the two reads of the order database. Every participant effect of such an order
+//! committed before its last event (the order ends only once its participants have answered), so
+//! the participants' rows read in between are final for it. Every other order is *in flight*: not
+//! judged, and counted; with `--settled` (after recovery, every order must have ended) an order in
+//! flight is a violation. Invariants:
 //!
 //! 1. every order ends APPROVED, REJECTED or CANCELLED, and no cancellation is still running
 //!    (with `--settled`);
@@ -27,8 +33,10 @@ use sqlx::sqlite::SqliteConnectOptions;
 /// What the checker found.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// Orders by status.
+    /// Orders by status (as of the checker's last read of the order database).
     pub orders: BTreeMap<String, u64>,
+    /// Orders not judged: still running, being cancelled, or moved while the checker read.
+    pub in_flight: u64,
     /// Every invariant that does not hold.
     pub violations: Vec<String>,
 }
@@ -50,25 +58,36 @@ struct OrderFacts {
     total: i64,
     /// A cancellation of the approved order is running.
     cancelling: bool,
+    /// The position of its last event in the order's log.
+    last: i64,
+}
+
+impl OrderFacts {
+    /// Ended, with nothing running for it.
+    fn ended(&self) -> bool {
+        matches!(self.status, "APPROVED" | "REJECTED" | "CANCELLED") && !self.cancelling
+    }
 }
 
 /// The status and total of every order, from its events (upcast like the service reads them).
 async fn orders(pool: &SqlitePool) -> anyhow::Result<HashMap<String, OrderFacts>> {
-    let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
-        "SELECT stream_id, event_type, schema_version, data FROM eventstore_events
+    let rows: Vec<(String, String, i64, String, i64)> = sqlx::query_as(
+        "SELECT stream_id, event_type, schema_version, data, position FROM eventstore_events
          WHERE category = 'order' ORDER BY position",
     )
     .fetch_all(pool)
     .await?;
     let upcasters = flotilla_order::aggregate::upcasters();
     let mut orders: HashMap<String, OrderFacts> = HashMap::new();
-    for (stream, event_type, schema_version, data) in rows {
+    for (stream, event_type, schema_version, data, position) in rows {
         let order_id = stream.strip_prefix("order-").unwrap_or(&stream).to_owned();
         let facts = orders.entry(order_id).or_insert(OrderFacts {
             status: "PENDING",
             total: 0,
             cancelling: false,
+            last: position,
         });
+        facts.last = position;
         match event_type.as_str() {
             "OrderPlaced" => {
                 let data: serde_json::Value = serde_json::from_str(&data)?;
@@ -110,12 +129,13 @@ pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
     let payment = open(data_dir, "payment").await?;
     let shipping = open(data_dir, "shipping").await?;
 
+    // The order database first: the orders as they stood before the participants were read.
+    let before = orders(&order).await?;
+
     let mut violations = Vec::new();
     violations.extend(flotilla_inventory::stock::check(&inventory).await?);
     violations.extend(flotilla_payment::ledger::check(&payment).await?);
     violations.extend(flotilla_shipping::carrier::check(&shipping).await?);
-
-    let orders = orders(&order).await?;
     let payments = by_order(
         &payment,
         "SELECT order_id, status, amount_cents FROM payments",
@@ -124,20 +144,40 @@ pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
     let reservations = by_order(&inventory, "SELECT order_id, status, 0 FROM reservations").await?;
     let shipments = by_order(&shipping, "SELECT order_id, status, 0 FROM shipments").await?;
 
+    // Then again: every order a participant's row names was placed before this read, and an
+    // order that ended before the first read and did not move since is judged on rows read in
+    // between.
+    let orders = orders(&order).await?;
+    let still = |order_id: &str, facts: &OrderFacts| {
+        facts.ended()
+            && before
+                .get(order_id)
+                .is_some_and(|earlier| earlier.last == facts.last)
+    };
+
     let mut counts = BTreeMap::new();
+    let mut in_flight = 0;
     let mut captured_orders = 0i64;
+    // Live, the captured money is compared over the orders judged only.
+    let mut judged = std::collections::HashSet::new();
     for (order_id, facts) in &orders {
         *counts.entry(facts.status.to_owned()).or_insert(0) += 1;
+        if !still(order_id, facts) {
+            in_flight += 1;
+            if !settled {
+                continue;
+            }
+        }
+        judged.insert(order_id.as_str());
         let payment = payments.get(order_id).map(|(s, a)| (s.as_str(), *a));
         let stock = reservations.get(order_id).map(|(s, _)| s.as_str());
         let shipment = shipments.get(order_id).map(|(s, _)| s.as_str());
         match facts.status {
             // Refunding and restocking are under way: the money and the stock are checked once
             // it is over (only the total, below).
+            // Reached only with `--settled`: live, an order in flight is not judged.
             "APPROVED" if facts.cancelling => {
-                if settled {
-                    violations.push(format!("order {order_id} is still being cancelled"));
-                }
+                violations.push(format!("order {order_id} is still being cancelled"));
                 if payment.is_some_and(|(status, _)| status == "CAPTURED") {
                     captured_orders += facts.total;
                 }
@@ -196,10 +236,9 @@ pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
                     ));
                 }
             }
+            // Reached only with `--settled`, as above.
             "PENDING" => {
-                if settled {
-                    violations.push(format!("order {order_id} is still PENDING"));
-                }
+                violations.push(format!("order {order_id} is still PENDING"));
                 // In flight past its point of no return: captured before the order records its
                 // approval.
                 if payment.is_some_and(|(status, _)| status == "CAPTURED") {
@@ -210,9 +249,11 @@ pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
         }
     }
     let captured: i64 = payments
-        .values()
-        .filter(|(status, _)| status == "CAPTURED")
-        .map(|(_, amount)| amount)
+        .iter()
+        .filter(|(order_id, (status, _))| {
+            status == "CAPTURED" && (settled || judged.contains(order_id.as_str()))
+        })
+        .map(|(_, (_, amount))| amount)
         .sum();
     if captured != captured_orders {
         violations.push(format!(
@@ -236,6 +277,7 @@ pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
     violations.sort();
     Ok(Report {
         orders: counts,
+        in_flight,
         violations,
     })
 }

@@ -361,6 +361,12 @@ async fn check_command(options: CheckOptions) -> anyhow::Result<()> {
             .map(|(status, n)| format!("{status} {n}"))
             .collect();
         println!("orders: {}", counts.join(", "));
+        if report.in_flight > 0 && !options.settled {
+            println!(
+                "{} order(s) in flight or moving while checked: not judged",
+                report.in_flight
+            );
+        }
         for violation in &report.violations {
             println!("violation: {violation}");
         }
