@@ -406,7 +406,8 @@ impl<S: Saga> Orchestrator<S> {
                 self.write(db, &mut instance, None)?;
             }
             (Phase::Action, false) => {
-                self.fail(db, &mut instance, reason, Some(reply))?;
+                // Refused: the step did nothing, only the steps before it are undone.
+                self.fail(db, &mut instance, reason, Some(reply), false)?;
             }
             (Phase::Compensation, true) => {
                 instance.note(format!("{name} compensated"));
@@ -517,7 +518,10 @@ impl<S: Saga> Orchestrator<S> {
                     "{} did not answer within {:?}, {} attempts",
                     step.name, step.timeout, step.attempts
                 );
-                self.fail(db, &mut instance, reason, None)?;
+                // Unanswered: the step may have happened, or may still happen (its command
+                // delivered late), so it is undone too; a compensation that finds nothing done
+                // leaves a mark that refuses the action when it comes.
+                self.fail(db, &mut instance, reason, None, true)?;
             }
             Status::Running => {
                 let names = match self.tail() {
@@ -575,13 +579,15 @@ impl<S: Saga> Orchestrator<S> {
         .await?)
     }
 
-    /// The action failed: compensate the steps below it that succeeded, or fail at once.
+    /// The action failed: compensate the steps below it that succeeded (and, `unanswered`, the
+    /// step itself), or fail at once.
     fn fail(
         &self,
         db: &rusqlite::Connection,
         instance: &mut Instance<S::Data>,
         reason: String,
         cause: Option<&Message>,
+        unanswered: bool,
     ) -> Result<(), Error> {
         let name = self.saga.steps()[instance.step].name;
         instance.note(format!("{name} failed: {reason}"));
@@ -594,6 +600,12 @@ impl<S: Saga> Orchestrator<S> {
             },
         )?;
         instance.reason = Some(reason);
+        if unanswered && self.saga.steps()[instance.step].compensation.is_some() {
+            instance.status = Status::Compensating;
+            instance.attempt = 0;
+            let deadline = self.send(instance, Phase::Compensation, cause)?;
+            return self.write(db, instance, Some(deadline));
+        }
         self.compensate_below(db, instance, cause)
     }
 

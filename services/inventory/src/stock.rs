@@ -228,8 +228,19 @@ pub async fn release(conn: &mut SqliteConnection, order_id: &str) -> Result<Chan
     direct(conn, |db| release_direct(db, order_id)).await
 }
 
+/// What a reservation asked for after its release is told: the release overtook it.
+pub const RELEASED_BEFORE_RESERVED: &str = "the stock was released before it was reserved";
+
 /// [`release`] on a borrowed SQLite handle, inside the caller's write transaction.
+///
+/// An order with no reservation yet gets a refusal ([`RELEASED_BEFORE_RESERVED`]): the release
+/// of a step whose answer never came (a timed-out saga step, an expired choreographed order)
+/// may overtake the reservation, which must then be refused, not held for an order that failed.
 pub fn release_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
+    if status(db, order_id)?.is_none() {
+        refuse(db, order_id, RELEASED_BEFORE_RESERVED.to_owned())?;
+        return Ok(Change::Nothing);
+    }
     transition(
         db,
         order_id,

@@ -82,11 +82,23 @@ async fn a_released_reservation_gives_the_units_back() {
     assert_eq!(in_tx!(pool, |c| stock::release(c, "o-2")), Change::Applied);
     assert_eq!(in_tx!(pool, |c| stock::release(c, "o-2")), Change::Repeated);
     assert_eq!(stock_of(&pool, "MS-002").await, (on_hand, 0));
-    // Compensating an order that never reserved anything is a no-op.
+    // Compensating an order that never reserved anything changes no stock, and the reservation
+    // arriving after it (a step that timed out, delivered late) is refused, not held.
     assert_eq!(
         in_tx!(pool, |c| stock::release(c, "never")),
         Change::Nothing
     );
+    assert_eq!(
+        in_tx!(pool, |c| stock::reserve(c, "never", &[line("MS-002", 1)])),
+        Reservation::Refused {
+            reason: stock::RELEASED_BEFORE_RESERVED.into()
+        }
+    );
+    assert_eq!(
+        in_tx!(pool, |c| stock::release(c, "never")),
+        Change::Nothing
+    );
+    assert_eq!(stock_of(&pool, "MS-002").await, (on_hand, 0));
     assert!(stock::check(&pool).await.expect("check").is_empty());
 }
 
