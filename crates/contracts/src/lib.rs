@@ -20,6 +20,7 @@
 //!            ShipmentRefused  ─▶ payment: void, inventory: release
 //!  cancel    OrderCancellationRequested ─▶ shipping: cancel ─▶ ShipmentCancelled
 //!                                          ─▶ payment: refund, inventory: restock
+//!  deadline  OrderExpired ─▶ shipping: refuse unless scheduled ─▶ ShipmentRefused (as above)
 //! ```
 //!
 //! The order service listens to every fact and decides the order's outcome from them
@@ -330,6 +331,17 @@ event!(
         /// The order.
         order_id: String,
         /// Why.
+        reason: String,
+    }
+);
+event!(
+    /// The choreographed order did not end by its deadline: shipping refuses it unless its
+    /// shipment is scheduled already (past that point of no return the saga goes on to its
+    /// approval), and the refusal undoes the rest as any `ShipmentRefused` does.
+    OrderExpired on ORDER_EVENTS {
+        /// The order.
+        order_id: String,
+        /// Why, as the rejected order will say.
         reason: String,
     }
 );

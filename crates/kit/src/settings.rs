@@ -84,6 +84,10 @@ pub struct Settings {
     /// inventory, instead of asking again (cache-aside; 0 asks for every order). A price changed
     /// in the catalog reaches new orders within this time.
     pub catalog_cache_ms: u64,
+    /// How long a choreographed order has to end before the order service expires it
+    /// (`OrderExpired`: shipping refuses it unless its shipment is scheduled, and the others undo
+    /// their work). The orchestrated saga's timeouts are per step (5 s, 3 attempts).
+    pub choreography_deadline_ms: u64,
 }
 
 /// How a saga's steps are coordinated.
@@ -182,6 +186,7 @@ impl Default for Settings {
             messaging: MessagingSettings::default(),
             saga_style: SagaStyle::Orchestration,
             catalog_cache_ms: 10_000,
+            choreography_deadline_ms: 30_000,
         }
     }
 }
@@ -248,6 +253,9 @@ impl Settings {
         }
         if self.max_body_bytes == 0 {
             return invalid("max_body_bytes", "must be positive");
+        }
+        if self.choreography_deadline_ms == 0 {
+            return invalid("choreography_deadline_ms", "must be positive");
         }
         if let Some(url) = &self.registry_url
             && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -13,12 +13,15 @@
 //! the whole set is the same whatever the order of arrival.
 //!
 //! What choreography gives up, compared with [`crate::Orchestrator`]: no single place knows a
-//! saga's progress, and no timer notices a participant that never answers (reliable messaging
-//! makes every fact arrive eventually; a business deadline would need its own timer).
+//! saga's progress, and no coordinator's timer notices a participant that never answers
+//! (reliable messaging makes every fact arrive eventually, but maybe much later). A service that
+//! wants a business deadline sets one with [`set_deadline`] in the transaction that starts the
+//! saga, clears it with [`clear_deadline`] when the saga ends, and acts on those [`due`] (the
+//! order service publishes a fact the participants undo their work on).
 
 use std::collections::BTreeMap;
 
-use flotilla_kit::database::{execute, query, sqlx_error};
+use flotilla_kit::database::{execute, query, query_at_most, sqlx_error};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -60,6 +63,43 @@ pub fn facts(db: &rusqlite::Connection, saga_id: &str) -> Result<Facts, Error> {
         facts.insert(fact, serde_json::from_str(&detail)?);
     }
     Ok(Facts(facts))
+}
+
+/// Sets saga `saga_id`'s deadline to `at` (microseconds since the Unix epoch), in the caller's
+/// transaction; replaces an earlier one.
+pub fn set_deadline(db: &rusqlite::Connection, saga_id: &str, at: i64) -> Result<(), Error> {
+    execute(
+        db,
+        "INSERT INTO saga_deadlines (saga_id, deadline) VALUES ($1, $2)
+         ON CONFLICT (saga_id) DO UPDATE SET deadline = excluded.deadline",
+        &[&saga_id, &at],
+    )
+    .map_err(sqlx_error)?;
+    Ok(())
+}
+
+/// Removes saga `saga_id`'s deadline (it ended, or its deadline was acted on), in the caller's
+/// transaction; false if it had none.
+pub fn clear_deadline(db: &rusqlite::Connection, saga_id: &str) -> Result<bool, Error> {
+    let removed = execute(
+        db,
+        "DELETE FROM saga_deadlines WHERE saga_id = $1",
+        &[&saga_id],
+    )
+    .map_err(sqlx_error)?;
+    Ok(removed == 1)
+}
+
+/// The sagas whose deadline is `now` or earlier, earliest first, at most `max`.
+pub fn due(db: &rusqlite::Connection, now: i64, max: usize) -> Result<Vec<String>, Error> {
+    query_at_most(
+        db,
+        "SELECT saga_id FROM saga_deadlines WHERE deadline <= $1 ORDER BY deadline",
+        &[&now],
+        max,
+        |row| row.get(0),
+    )
+    .map_err(|e| Error::Database(sqlx_error(e)))
 }
 
 /// The facts observed of one saga.

@@ -16,6 +16,16 @@
 //!
 //! An order is rejected only once the compensations are done, so that a REJECTED order never
 //! holds stock or money, as with the orchestrator.
+//!
+//! **Deadline.** Nobody coordinates, so the order watches the time itself: placing a
+//! choreographed order sets its deadline (`choreography_deadline_ms`, 30 s), cleared when the
+//! order ends. [`expire_due`] acts on those past due: unless the shipment is scheduled (the
+//! point of no return: capture and commit follow), it records the fact `DeadlinePassed` and
+//! publishes `OrderExpired`; shipping refuses the order unless it scheduled it meanwhile, and
+//! its `ShipmentRefused` undoes the rest as for an unserviceable destination (payment voids,
+//! inventory releases; each leaves a refusal if its step had not happened yet, so a late
+//! message cannot hold money or stock for the rejected order). The order is rejected with the
+//! deadline's reason once those are done.
 
 use flotilla_contracts::{
     Destination, Event, Line, OrderCancellationRequested, OrderCreated, OrderDetails,
@@ -45,6 +55,82 @@ pub const FACTS: [&str; 14] = [
     "ShipmentCancelled",
     "ShipmentCancellationRefused",
 ];
+
+/// The fact the order records when it expires a choreographed order (with its `reason`).
+pub const DEADLINE_PASSED: &str = "DeadlinePassed";
+
+/// Choreographed orders expired in one transaction at most.
+pub const EXPIRED_AT_ONCE: usize = 256;
+
+/// The time `after` from now, in microseconds since the Unix epoch (a deadline).
+pub fn micros_after(after: std::time::Duration) -> i64 {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
+    i64::try_from(now.saturating_add(i128::try_from(after.as_micros()).unwrap_or(i128::MAX)))
+        .unwrap_or(i64::MAX)
+}
+
+/// Expires the choreographed orders past their deadline (at most [`EXPIRED_AT_ONCE`]), in one
+/// transaction: each one still pending and not yet shipped gets the fact [`DEADLINE_PASSED`]
+/// and its `OrderExpired` goes to the outbox; the others (ended, or past the point of no return)
+/// lose their deadline only. Returns how many were expired; the caller wakes the relay.
+pub async fn expire_due(db: &crate::store::Database) -> Result<usize, flotilla_eventstore::Error> {
+    let deadline = db.choreography_deadline;
+    let encode = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
+    flotilla_kit::database::transaction(&db.pool, |sql| {
+        let now = micros_after(std::time::Duration::ZERO);
+        let due = choreography::due(sql, now, EXPIRED_AT_ONCE).map_err(|e| encode(&e))?;
+        let mut expired = 0;
+        for order_id in due {
+            choreography::clear_deadline(sql, &order_id).map_err(|e| encode(&e))?;
+            let facts = choreography::facts(sql, &order_id).map_err(|e| encode(&e))?;
+            if facts.has("ShipmentScheduled") || facts.has(DEADLINE_PASSED) {
+                continue;
+            }
+            let order = db.events.load_direct::<Order>(sql, &order_id)?;
+            if order.state.status != Some(Status::Pending) {
+                continue;
+            }
+            let reason = format!("the order did not complete within {deadline:?}");
+            choreography::record(
+                sql,
+                &order_id,
+                DEADLINE_PASSED,
+                &json!({ "reason": reason }),
+            )
+            .map_err(|e| encode(&e))?;
+            let message = flotilla_contracts::OrderExpired {
+                order_id: order_id.clone(),
+                reason,
+            }
+            .message(&order_id, None);
+            flotilla_messaging::outbox::enqueue_direct(sql, &message).map_err(|e| encode(&e))?;
+            tracing::warn!(%order_id, ?deadline, "choreographed order expired");
+            expired += 1;
+        }
+        Ok(expired)
+    })
+    .await
+}
+
+/// Runs [`expire_due`] every `interval` until `shutdown`, waking `relay` after it expired any.
+pub async fn run_deadlines(
+    db: crate::store::Database,
+    interval: std::time::Duration,
+    relay: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        match expire_due(&db).await {
+            Ok(0) => {}
+            Ok(_) => relay.notify_one(),
+            Err(error) => tracing::warn!(%error, "could not expire the choreographed orders due"),
+        }
+    }
+}
 
 /// What [`decide`] concluded besides the events: a notification to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +187,11 @@ pub fn decide(order: &Order, facts: &Facts) -> Result<(Vec<OrderEvent>, Outcome)
                 });
                 scheduled = true;
             }
+            // An expired order says so, whichever refusal its expiry caused.
             let reason = |fact: &str| {
                 facts
-                    .text(fact, "reason")
+                    .text(DEADLINE_PASSED, "reason")
+                    .or_else(|| facts.text(fact, "reason"))
                     .unwrap_or("no reason given")
                     .to_owned()
             };
@@ -238,6 +326,7 @@ impl Handler for Listener {
             })?;
         if outcome != Outcome::Pending {
             self.changes.ending(order_id);
+            choreography::clear_deadline(db, order_id).map_err(saga)?;
         }
         let state = &order.state;
         let notify = |kind: &str, extra| {

@@ -816,6 +816,12 @@ pub async fn run(
                 .await
         }
     });
+    tokio::spawn(choreography::run_deadlines(
+        db.clone(),
+        (db.choreography_deadline / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+        messaging.relay.clone(),
+        shutdown.clone(),
+    ));
     let context = Context {
         db: db.clone(),
         discovery,

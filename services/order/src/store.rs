@@ -38,6 +38,8 @@ pub struct Database {
     pub cancel: Arc<Orchestrator<CancelOrderSaga>>,
     /// Wakes the requests waiting for an order's change.
     pub changes: Arc<crate::changes::Changes>,
+    /// How long a choreographed order has to end (`choreography_deadline_ms`).
+    pub choreography_deadline: std::time::Duration,
 }
 
 /// The event store's settings for orders: snapshots and the order's upcasters.
@@ -77,6 +79,7 @@ pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::
         saga,
         cancel,
         changes,
+        choreography_deadline: std::time::Duration::from_millis(settings.choreography_deadline_ms),
     })
 }
 
@@ -147,6 +150,10 @@ pub async fn place(
                 let details = choreography::details(order_id, &loaded.state)
                     .ok_or_else(|| encode(&"a placed order has an address"))?;
                 flotilla_messaging::outbox::enqueue_direct(sql, &choreography::created(details))
+                    .map_err(|e| encode(&e))?;
+                // Nobody coordinates: the order's own deadline notices a saga that stalls.
+                let deadline = choreography::micros_after(db.choreography_deadline);
+                flotilla_saga::choreography::set_deadline(sql, order_id, deadline)
                     .map_err(|e| encode(&e))?;
             }
         }

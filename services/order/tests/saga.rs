@@ -102,6 +102,58 @@ impl System {
         panic!("messages kept coming");
     }
 
+    /// [`System::settle`], except that the deliveries `hold` picks are not made: returned, to
+    /// be made later with [`System::deliver_twice`].
+    async fn settle_holding(
+        &self,
+        hold: impl Fn(&str, &Message) -> bool,
+    ) -> Vec<(String, Message)> {
+        let wiring = flotilla_contracts::subscriptions();
+        let mut held = Vec::new();
+        loop {
+            let mut moved = 0;
+            for pool in [
+                &self.order.pool,
+                &self.inventory,
+                &self.payment,
+                &self.shipping,
+            ] {
+                for message in take(pool).await {
+                    moved += 1;
+                    for group in wiring.groups(&message.topic) {
+                        if hold(group, &message) {
+                            held.push((group.clone(), message.clone()));
+                        } else {
+                            self.deliver_twice(group, &message).await;
+                        }
+                    }
+                }
+            }
+            if moved == 0 {
+                return held;
+            }
+        }
+    }
+
+    /// Delivers `message` to `group` twice: the second must be a duplicate.
+    async fn deliver_twice(&self, group: &str, message: &Message) {
+        let first = self.deliver(group, message).await;
+        let second = self.deliver(group, message).await;
+        assert_ne!(first, Processed::Rejected, "{}", message.message_type);
+        assert_eq!(second, Processed::Duplicate, "{}", message.message_type);
+    }
+
+    /// Moves every choreographed order's deadline to the past and expires those due.
+    async fn expire_now(&self) -> usize {
+        sqlx::query("UPDATE saga_deadlines SET deadline = 0")
+            .execute(&self.order.pool)
+            .await
+            .expect("deadlines");
+        flotilla_order::choreography::expire_due(&self.order)
+            .await
+            .expect("expired")
+    }
+
     async fn deliver(&self, group: &str, message: &Message) -> Processed {
         let processed = match group {
             "order" => self.orders.process(message).await,
@@ -555,6 +607,95 @@ async fn only_an_approved_order_can_be_cancelled(style: SagaStyle) {
         "{unknown:?}"
     );
     s.settle().await;
+    s.invariants().await;
+}
+
+/// Choreographed, the payment service does not react before the order's deadline: the order
+/// expires, shipping refuses it, the payment leaves a refusal (nothing to void yet) and the
+/// stock is released; the payment's late reaction to the reservation is then refused, so the
+/// rejected order holds neither money nor stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choreographed_order_that_stalls_expires_at_its_deadline_and_is_undone() {
+    let s = system(SagaStyle::Choreography).await;
+    let order_id = s.place("alice", &[("KB-001", 1)], "FR").await;
+    let held = s.settle_holding(|group, _| group == "payment").await;
+    assert!(
+        !held.is_empty(),
+        "the payment service heard of the reservation"
+    );
+    assert_eq!(
+        s.status_at(&s.inventory, "reservations", &order_id).await,
+        "RESERVED"
+    );
+    assert_eq!(s.order(&order_id).await.status, Some(Status::Pending));
+
+    assert_eq!(s.expire_now().await, 1, "the stalled order expires");
+    assert_eq!(s.expire_now().await, 0, "once");
+    // The expiry is undone while the payment service still holds its late message back; then
+    // that message arrives.
+    let late = s
+        .settle_holding(|group, m| group == "payment" && m.message_type != "ShipmentRefused")
+        .await;
+    for (group, message) in held.into_iter().chain(late) {
+        s.deliver_twice(&group, &message).await;
+    }
+    s.settle().await;
+
+    let order = s.order(&order_id).await;
+    assert_eq!(order.status, Some(Status::Rejected), "{order:?}");
+    assert!(
+        order
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("did not complete within")),
+        "{:?}",
+        order.reason
+    );
+    assert_eq!(
+        s.status_at(&s.inventory, "reservations", &order_id).await,
+        "RELEASED"
+    );
+    assert_eq!(
+        s.status_at(&s.payment, "payments", &order_id).await,
+        "",
+        "never authorized"
+    );
+    assert_eq!(
+        s.status_at(&s.shipping, "shipments", &order_id).await,
+        "",
+        "never scheduled"
+    );
+    assert_eq!(s.notifications(&order_id).await, ["OrderRejected"]);
+    s.invariants().await;
+}
+
+/// Choreographed, an order whose shipment is scheduled is past its point of no return: its
+/// deadline passing changes nothing, and it is approved once capture and commit come in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choreographed_order_past_its_point_of_no_return_does_not_expire() {
+    let s = system(SagaStyle::Choreography).await;
+    let order_id = s.place("alice", &[("KB-001", 1)], "FR").await;
+    let held = s
+        .settle_holding(|group, m| group == "payment" && m.message_type == "ShipmentScheduled")
+        .await;
+    assert_eq!(held.len(), 1, "the capture waits");
+    assert_eq!(s.order(&order_id).await.status, Some(Status::Pending));
+    assert_eq!(s.expire_now().await, 0, "shipped: not expired");
+    for (group, message) in held {
+        s.deliver_twice(&group, &message).await;
+    }
+    s.settle().await;
+    assert_eq!(s.order(&order_id).await.status, Some(Status::Approved));
+    assert_eq!(
+        s.status_at(&s.payment, "payments", &order_id).await,
+        "CAPTURED"
+    );
+    // An order that ended has no deadline left.
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM saga_deadlines")
+        .fetch_one(&s.order.pool)
+        .await
+        .expect("deadlines");
+    assert_eq!(left, 0);
     s.invariants().await;
 }
 

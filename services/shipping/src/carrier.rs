@@ -212,6 +212,27 @@ pub fn cancel_direct(db: &Connection, order_id: &str) -> Result<Cancellation, Ca
     }
 }
 
+/// Refuses to ship `order_id` from now on, for `reason`, unless the carrier has decided about it
+/// already: the choreographed order expired (`OrderExpired`). Returns the refusal recorded now;
+/// `None` when the order has a shipment (the saga is past its point of no return and goes on) or
+/// a refusal already (published when it was made).
+pub fn expire_direct(
+    db: &Connection,
+    order_id: &str,
+    reason: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    if recorded(db, order_id)?.is_some() {
+        return Ok(None);
+    }
+    execute(
+        db,
+        "INSERT INTO shipment_refusals (order_id, country, reason, refused_at) VALUES (?, NULL, ?, ?)",
+        &[&order_id, &reason, &now()?],
+    )
+    .map_err(sqlx_error)?;
+    Ok(Some(reason.to_owned()))
+}
+
 /// Checks the carrier's invariants and describes every breach; empty when all hold:
 ///
 /// - at most one shipment per order;

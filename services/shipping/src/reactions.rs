@@ -6,12 +6,13 @@
 //! | --- | --- | --- |
 //! | `PaymentAuthorized` | [`carrier::schedule`] | `ShipmentScheduled` or `ShipmentRefused` |
 //! | `OrderCancellationRequested` | [`carrier::cancel`] | `ShipmentCancelled` or `ShipmentCancellationRefused` |
+//! | `OrderExpired` | [`carrier::expire_direct`]: refuses the order unless already decided | `ShipmentRefused`, or nothing |
 //!
 //! Other facts on the topics it consumes are none of its business and are acknowledged.
 
 use flotilla_contracts::{
-    Event, OrderCancellationRequested, PaymentAuthorized, ShipmentCancellationRefused,
-    ShipmentCancelled, ShipmentRefused, ShipmentScheduled, event,
+    Event, OrderCancellationRequested, OrderExpired, PaymentAuthorized,
+    ShipmentCancellationRefused, ShipmentCancelled, ShipmentRefused, ShipmentScheduled, event,
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
@@ -63,6 +64,17 @@ impl Handler for ShippingReactions {
                 }
                 .message(&id, Some(message)),
                 Err(CancelError::Database(e)) => return Err(HandlerError::Database(e)),
+            }
+        } else if let Some(fact) = event::<OrderExpired>(message) {
+            let fact = fact.map_err(|e| unreadable(message, &e))?;
+            let id = fact.order_id;
+            match carrier::expire_direct(tx, &id, &fact.reason)? {
+                Some(reason) => ShipmentRefused {
+                    order_id: id.clone(),
+                    reason,
+                }
+                .message(&id, Some(message)),
+                None => return Ok(Vec::new()),
             }
         } else {
             return Ok(Vec::new());
