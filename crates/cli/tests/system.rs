@@ -1811,3 +1811,80 @@ async fn a_live_check_finds_nothing_wrong_while_sagas_run() {
         );
     }
 }
+
+/// Choreographed, through the real processes: the payment service stalls (`SIGSTOP`) while an
+/// order waits for its authorization; at the order's deadline (1.5 s here) the order service
+/// expires it and shipping refuses it; once the payment service runs again it voids nothing
+/// and refuses the late authorization, the stock is released and the order ends REJECTED for
+/// its deadline, every invariant holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choreographed_order_expires_while_a_participant_stalls() {
+    let system = System::start_with(
+        &[],
+        &[
+            ("FLOTILLA_SAGA_STYLE", "choreography"),
+            ("FLOTILLA_CHOREOGRAPHY_DEADLINE_MS", "1500"),
+        ],
+    );
+    let wait = [("prefer", "wait=8")];
+    let first = system.post_order(&order("alice", "MS-002", 1), &wait).await;
+    assert_eq!(first.body["status"], "APPROVED", "{}", first.body);
+
+    let payment = pid_of(&system, "payment").await;
+    kill(Pid::from_raw(payment), Signal::SIGSTOP).expect("SIGSTOP");
+    let placed = system.post_order(&order("alice", "MS-002", 1), &[]).await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
+    let order_id = placed.body["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    // Shipping refuses the expired order while the payment service sleeps.
+    let shipping = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        system.data_dir.path().join("shipping.db").display()
+    ))
+    .await
+    .expect("shipping database");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refusal = loop {
+        let refusal: Option<String> =
+            sqlx::query_scalar("SELECT reason FROM shipment_refusals WHERE order_id = $1")
+                .bind(&order_id)
+                .fetch_optional(&shipping)
+                .await
+                .expect("refusals");
+        if let Some(refusal) = refusal {
+            break refusal;
+        }
+        assert!(Instant::now() < deadline, "the order expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    shipping.close().await;
+    assert!(refusal.contains("did not complete within"), "{refusal}");
+    let pending = system.get(&format!("/v1/orders/{order_id}")).await;
+    assert_eq!(
+        pending.body["status"], "PENDING",
+        "rejected only once the payment has answered: {}",
+        pending.body
+    );
+
+    kill(Pid::from_raw(payment), Signal::SIGCONT).expect("SIGCONT");
+    let ended = system.final_state(&format!("/v1/orders/{order_id}")).await;
+    assert_eq!(ended["status"], "REJECTED", "{ended}");
+    assert!(
+        ended["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("did not complete within")),
+        "{ended}"
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["check", "--settled", "--data-dir"])
+        .arg(system.data_dir.path())
+        .output()
+        .expect("flotilla check runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
