@@ -148,6 +148,11 @@ pub struct MessagingSettings {
     pub nats_stream: String,
     /// The prefix of the stream's subjects (`<prefix>.<topic>`).
     pub nats_subject_prefix: String,
+    /// How long the outbox keeps a published message before it is pruned (1 h).
+    pub outbox_retention_ms: u64,
+    /// How long the inbox keeps a processed message's id before it is pruned (7 days); at
+    /// least an hour, longer than any redelivery can come late.
+    pub inbox_retention_ms: u64,
 }
 
 impl Default for MessagingSettings {
@@ -157,6 +162,8 @@ impl Default for MessagingSettings {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_stream: "FLOTILLA".into(),
             nats_subject_prefix: "flotilla".into(),
+            outbox_retention_ms: 3_600_000,
+            inbox_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 }
@@ -254,6 +261,15 @@ impl Settings {
         if self.max_body_bytes == 0 {
             return invalid("max_body_bytes", "must be positive");
         }
+        if self.messaging.outbox_retention_ms == 0 {
+            return invalid("messaging.outbox_retention_ms", "must be positive");
+        }
+        if self.messaging.inbox_retention_ms < 3_600_000 {
+            return invalid(
+                "messaging.inbox_retention_ms",
+                "must be at least an hour (3600000): a redelivered message must still find its id",
+            );
+        }
         if self.choreography_deadline_ms == 0 {
             return invalid("choreography_deadline_ms", "must be positive");
         }
@@ -301,5 +317,26 @@ mod tests {
 
         let error = Settings::load(None, Flags { ttl_ms: 10 }).expect_err("too short");
         assert!(error.to_string().contains("ttl_ms"), "{error}");
+    }
+
+    #[test]
+    fn retention_and_deadline_rules_are_checked() {
+        let mut settings = Settings::default();
+        assert!(settings.validate().is_ok());
+        settings.messaging.inbox_retention_ms = 60_000;
+        let error = settings
+            .validate()
+            .expect_err("an inbox forgetting within a minute");
+        assert!(error.to_string().contains("inbox_retention_ms"), "{error}");
+        let mut settings = Settings::default();
+        settings.messaging.outbox_retention_ms = 0;
+        assert!(settings.validate().is_err());
+        let mut settings = Settings::default();
+        settings.choreography_deadline_ms = 0;
+        let error = settings.validate().expect_err("no time at all");
+        assert!(
+            error.to_string().contains("choreography_deadline_ms"),
+            "{error}"
+        );
     }
 }

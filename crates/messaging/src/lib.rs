@@ -17,6 +17,7 @@ mod envelope;
 pub mod inbox;
 pub mod nats;
 pub mod outbox;
+pub mod retention;
 pub mod runtime;
 mod transport;
 

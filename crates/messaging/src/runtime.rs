@@ -17,6 +17,7 @@ use crate::embedded::{Embedded, Subscriptions};
 use crate::inbox::{Consumer, Handler};
 use crate::nats::{Nats, NatsConfig};
 use crate::outbox::{Relay, RelayConfig};
+use crate::retention::Retention;
 use crate::transport::{Deliveries, Transport, TransportError};
 
 /// The transport a service runs with, chosen by `settings.messaging.transport`.
@@ -132,9 +133,9 @@ pub struct Messaging {
     pub transport: Arc<AnyTransport>,
 }
 
-/// Starts a service's messaging: the transport `settings` choose, its outbox relay, and its
-/// consumer `group` of `topics` running `handler`, all on the service's database `pool`, until
-/// `shutdown`.
+/// Starts a service's messaging: the transport `settings` choose, its outbox relay, its
+/// consumer `group` of `topics` running `handler`, and the pruning of messages past their
+/// retention ([`crate::retention`]), all on the service's database `pool`, until `shutdown`.
 #[allow(clippy::too_many_arguments)]
 pub async fn start<H: Handler>(
     settings: &Settings,
@@ -149,6 +150,17 @@ pub async fn start<H: Handler>(
     let transport =
         Arc::new(AnyTransport::from_settings(settings, discovery, subscriptions).await?);
     let relay = start_relay(pool.clone(), transport.clone(), shutdown.clone());
+    let retention = Retention {
+        outbox: Duration::from_millis(settings.messaging.outbox_retention_ms),
+        inbox: Duration::from_millis(settings.messaging.inbox_retention_ms),
+        ..Retention::default()
+    };
+    tokio::spawn(crate::retention::run(
+        pool.clone(),
+        group.to_owned(),
+        retention,
+        shutdown.clone(),
+    ));
     start_consumer(
         group,
         pool,
