@@ -1888,3 +1888,54 @@ async fn a_choreographed_order_expires_while_a_participant_stalls() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// Every service prunes its published outbox rows once past `messaging.outbox_retention_ms`
+/// (half a second here): after a few sagas, no service's outbox keeps a published row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_messages_are_pruned_after_their_retention() {
+    let system = System::start_with(&[], &[("FLOTILLA_MESSAGING__OUTBOX_RETENTION_MS", "500")]);
+    for style in ["orchestration", "choreography"] {
+        let placed = system
+            .post_order(
+                &order("alice", "MS-002", 1),
+                &[("prefer", "wait=8"), ("x-saga-style", style)],
+            )
+            .await;
+        assert_eq!(placed.body["status"], "APPROVED", "{}", placed.body);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for service in ["order", "inventory", "payment", "shipping"] {
+        let pool = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}?mode=ro",
+            system
+                .data_dir
+                .path()
+                .join(format!("{service}.db"))
+                .display()
+        ))
+        .await
+        .expect("database");
+        loop {
+            let published: i64 =
+                sqlx::query_scalar("SELECT COUNT(published_at) FROM messaging_outbox")
+                    .fetch_one(&pool)
+                    .await
+                    .expect("outbox");
+            if published == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service}: {published} published rows still kept"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ever: i64 =
+            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'messaging_outbox'")
+                .fetch_one(&pool)
+                .await
+                .expect("sequence");
+        assert!(ever > 0, "{service} published messages");
+        pool.close().await;
+    }
+}

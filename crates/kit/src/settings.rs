@@ -331,8 +331,10 @@ mod tests {
         let mut settings = Settings::default();
         settings.messaging.outbox_retention_ms = 0;
         assert!(settings.validate().is_err());
-        let mut settings = Settings::default();
-        settings.choreography_deadline_ms = 0;
+        let settings = Settings {
+            choreography_deadline_ms: 0,
+            ..Settings::default()
+        };
         let error = settings.validate().expect_err("no time at all");
         assert!(
             error.to_string().contains("choreography_deadline_ms"),

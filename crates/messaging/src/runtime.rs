@@ -150,10 +150,15 @@ pub async fn start<H: Handler>(
     let transport =
         Arc::new(AnyTransport::from_settings(settings, discovery, subscriptions).await?);
     let relay = start_relay(pool.clone(), transport.clone(), shutdown.clone());
+    let outbox = Duration::from_millis(settings.messaging.outbox_retention_ms);
     let retention = Retention {
-        outbox: Duration::from_millis(settings.messaging.outbox_retention_ms),
+        outbox,
         inbox: Duration::from_millis(settings.messaging.inbox_retention_ms),
-        ..Retention::default()
+        // A short window is pruned as often as it passes (down to every 100 ms).
+        interval: Retention::default()
+            .interval
+            .min(outbox)
+            .max(Duration::from_millis(100)),
     };
     tokio::spawn(crate::retention::run(
         pool.clone(),
