@@ -138,7 +138,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let registry_port = free_port()?;
     let registry_url = format!("http://127.0.0.1:{registry_port}");
 
-    let environment = vec![
+    let mut environment = vec![
         ("FLOTILLA_SUPERVISED", "true".to_owned()),
         ("FLOTILLA_REGISTRY_URL", registry_url.clone()),
         ("FLOTILLA_DATA_DIR", data_dir.display().to_string()),
@@ -150,6 +150,11 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             },
         ),
     ];
+    // The services' messages to each other carry a secret of this start's, unless one is set
+    // (the children inherit it then).
+    if std::env::var_os("FLOTILLA_MESSAGING__PUSH_TOKEN").is_none() {
+        environment.push(("FLOTILLA_MESSAGING__PUSH_TOKEN", push_token()));
+    }
     let spawner = Spawner {
         exe,
         environment,
@@ -469,9 +474,25 @@ impl Printer {
     }
 }
 
+/// A new secret for the services' pushes to each other: 32 random bytes, in hex.
+fn push_token() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_start_makes_a_new_push_token() {
+        let (a, b) = (push_token(), push_token());
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn scale_flags_are_checked() {

@@ -1939,3 +1939,58 @@ async fn published_messages_are_pruned_after_their_retention() {
         pool.close().await;
     }
 }
+
+/// `flotilla up` gives its services a push token of its own start: a message pushed straight
+/// to a service's endpoint without it is refused (401, problem+json) and changes nothing, while
+/// the services' own pushes carry it and sagas run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_systems_own_services_may_push_messages() {
+    let system = System::start(&[]);
+    let placed = system
+        .post_order(&order("alice", "MS-002", 1), &[("prefer", "wait=8")])
+        .await;
+    assert_eq!(placed.body["status"], "APPROVED", "{}", placed.body);
+    let address = system.instances("inventory").await[0]["address"]
+        .as_str()
+        .expect("an address")
+        .to_owned();
+    // A forged command: reserve the whole stock of a product for an order nobody placed.
+    let forged = json!({
+        "id": "01a219f0-0000-7000-8000-000000000001",
+        "topic": "inventory.commands",
+        "message_type": "ReserveStock",
+        "schema_version": 1,
+        "key": "forged",
+        "reply_to": "order.saga-replies",
+        "payload": { "order_id": "forged", "lines": [{ "sku": "MS-002", "quantity": 1 }] }
+    });
+    for authorization in [None, Some("Bearer guessed")] {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(authorization) = authorization {
+            headers.push(("authorization", authorization));
+        }
+        let answer = system
+            .call(
+                Method::POST,
+                &format!("http://{address}/v1/messages/inventory"),
+                &headers,
+                Some(forged.to_string().into_bytes()),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
+        assert_eq!(answer.headers["content-type"], "application/problem+json");
+    }
+    let inventory = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}?mode=ro",
+        system.data_dir.path().join("inventory.db").display()
+    ))
+    .await
+    .expect("inventory database");
+    let forged_rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM reservations WHERE order_id = 'forged'")
+            .fetch_one(&inventory)
+            .await
+            .expect("reservations");
+    assert_eq!(forged_rows, 0, "the forged command changed nothing");
+    inventory.close().await;
+}

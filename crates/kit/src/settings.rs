@@ -148,6 +148,11 @@ pub struct MessagingSettings {
     pub nats_stream: String,
     /// The prefix of the stream's subjects (`<prefix>.<topic>`).
     pub nats_subject_prefix: String,
+    /// The secret the embedded transport's pushes carry (`Authorization: Bearer …`) and its
+    /// push endpoint requires: shared by every service of one system, which alone may deliver
+    /// messages to each other. `flotilla up` makes a new one at each start unless it is set;
+    /// empty, the endpoint accepts any push (and says so at start-up).
+    pub push_token: String,
     /// How long the outbox keeps a published message before it is pruned (1 h).
     pub outbox_retention_ms: u64,
     /// How long the inbox keeps a processed message's id before it is pruned (7 days); at
@@ -162,6 +167,7 @@ impl Default for MessagingSettings {
             nats_url: "nats://127.0.0.1:4222".into(),
             nats_stream: "FLOTILLA".into(),
             nats_subject_prefix: "flotilla".into(),
+            push_token: String::new(),
             outbox_retention_ms: 3_600_000,
             inbox_retention_ms: 7 * 24 * 3_600_000,
         }

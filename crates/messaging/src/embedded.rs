@@ -18,6 +18,10 @@
 //!   a JSON array (at most [`MAX_BATCH`] messages, [`MAX_BATCH_BYTES`]), answered with one
 //!   outcome per message once the consumer has settled each. A lone message still goes alone.
 //!   Per-key order holds: the relay never has two messages of one key under way.
+//! * **Only the system's own services push.** With a token ([`Embedded::with_token`], the
+//!   setting `messaging.push_token`, which `flotilla up` makes anew at each start), every push
+//!   carries `Authorization: Bearer <token>` and the endpoint answers any other request 401
+//!   (problem+json) without handing anything to the consumer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -126,6 +130,8 @@ pub struct Embedded {
     receivers: Arc<Mutex<Senders>>,
     pushers: Arc<Mutex<Pushers>>,
     ack_wait: Duration,
+    /// What pushes carry and the endpoint requires, when set.
+    token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -146,7 +152,35 @@ impl Embedded {
             receivers: Arc::default(),
             pushers: Arc::default(),
             ack_wait: Duration::from_secs(30),
+            token: None,
         }
+    }
+
+    /// Pushes carry `token` (`Authorization: Bearer <token>`), and the push endpoint answers
+    /// 401 to any request without it; `None` (the default) authenticates nothing.
+    #[must_use]
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self
+    }
+
+    /// Whether `headers` carry this transport's token (always, when it has none). The
+    /// comparison takes the same time wherever the first difference is.
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        given.len() == token.len()
+            && given
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |differs, (a, b)| differs | (a ^ b))
+                == 0
     }
 
     /// The route subscribers must serve: `POST /v1/messages/{group}`.
@@ -335,6 +369,12 @@ impl Embedded {
         if let Ok(key) = HeaderValue::from_str(key) {
             headers.insert("idempotency-key", key);
         }
+        if let Some(token) = &self.token
+            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
         match self
             .discovery
             .send(group, http::Method::POST, &path(group), &headers, body)
@@ -402,8 +442,22 @@ fn busy(detail: &str, retry_after: Duration) -> Response {
 async fn receive(
     State(transport): State<Embedded>,
     Path(group): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !transport.admits(&headers) {
+        let mut refused = Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "pushes to this endpoint need the system's token (Authorization: Bearer …)",
+        )
+        .into_response();
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"flotilla-messages\""),
+        );
+        return refused;
+    }
     if body.trim_ascii_start().first() == Some(&b'[') {
         return receive_batch(&transport, &group, &body).await;
     }

@@ -39,7 +39,15 @@ impl AnyTransport {
     ) -> Result<Self, TransportError> {
         Ok(match settings.messaging.transport {
             TransportKind::Embedded => {
-                AnyTransport::Embedded(Embedded::new(discovery, subscriptions))
+                let token = settings.messaging.push_token.clone();
+                if token.is_empty() {
+                    tracing::warn!(
+                        "messaging.push_token is not set: the push endpoint accepts messages from anyone who can reach it"
+                    );
+                }
+                AnyTransport::Embedded(
+                    Embedded::new(discovery, subscriptions).with_token(Some(token)),
+                )
             }
             TransportKind::Nats => AnyTransport::Nats(Box::new(
                 Nats::connect(NatsConfig {

@@ -22,6 +22,8 @@ use sqlx::{SqliteConnection, SqlitePool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The embedded world's push token.
+const TOKEN: &str = "conformance-token";
 const TOPIC: &str = "order.events";
 
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +96,10 @@ impl World {
                     shutdown,
                     nats: None,
                     registry,
-                    publisher: Some(Arc::new(Embedded::new(discovery, wiring))),
+                    // Pushes carry the system's token, and every receiver requires it.
+                    publisher: Some(Arc::new(
+                        Embedded::new(discovery, wiring).with_token(Some(TOKEN.into())),
+                    )),
                     _registrations: Mutex::default(),
                 })
             }
@@ -113,7 +118,8 @@ impl World {
             Kind::Embedded => {
                 // A receiving process: its own transport value, serving the push route.
                 let discovery = Discovery::fixed(HashMap::new(), Duration::from_secs(1));
-                let receiver = Embedded::new(discovery, Subscriptions::default());
+                let receiver = Embedded::new(discovery, Subscriptions::default())
+                    .with_token(Some(TOKEN.into()));
                 let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
                 let address = listener.local_addr().expect("addr").to_string();
                 let router = receiver
