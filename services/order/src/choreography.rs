@@ -86,7 +86,14 @@ pub async fn expire_due(db: &crate::store::Database) -> Result<usize, flotilla_e
             if facts.has("ShipmentScheduled") || facts.has(DEADLINE_PASSED) {
                 continue;
             }
-            let order = db.events.load_direct::<Order>(sql, &order_id)?;
+            // An order that cannot be read stops only its own expiry, not the others'.
+            let order = match db.events.load_direct::<Order>(sql, &order_id) {
+                Ok(order) => order,
+                Err(error) => {
+                    tracing::error!(%order_id, %error, "cannot read an order past its deadline; it is left as it is");
+                    continue;
+                }
+            };
             if order.state.status != Some(Status::Pending) {
                 continue;
             }
