@@ -47,6 +47,22 @@ async fn push(
     (status, kind, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// A consumer that acknowledges the next delivery; its message's id.
+fn acknowledge_one(
+    mut deliveries: flotilla_messaging::Deliveries,
+) -> tokio::task::JoinHandle<uuid::Uuid> {
+    tokio::spawn(async move {
+        let delivery = deliveries
+            .next()
+            .await
+            .expect("a delivery")
+            .expect("delivered");
+        let id = delivery.message.id;
+        delivery.ack().await.expect("acked");
+        id
+    })
+}
+
 #[tokio::test]
 async fn pushes_without_the_token_are_refused_and_reach_no_consumer() {
     let transport = Embedded::new(
@@ -82,16 +98,7 @@ async fn pushes_without_the_token_are_refused_and_reach_no_consumer() {
     }
 
     // With the token: handed to the consumer, answered once it settles.
-    let consumer = tokio::spawn(async move {
-        let delivery = deliveries
-            .next()
-            .await
-            .expect("a delivery")
-            .expect("delivered");
-        let id = delivery.message.id;
-        delivery.ack().await.expect("acked");
-        id
-    });
+    let consumer = acknowledge_one(deliveries);
     let (status, _, body) = push(&transport, Some("Bearer s3cret-token"), &message).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(consumer.await.expect("consumer"), message.id);
@@ -104,20 +111,13 @@ async fn without_a_token_the_endpoint_takes_any_push() {
         Subscriptions::default(),
     )
     .with_token(Some(String::new()));
-    let mut deliveries = transport
+    let deliveries = transport
         .subscribe("billing", &["order.events"])
         .await
         .expect("subscribed");
-    let consumer = tokio::spawn(async move {
-        let delivery = deliveries
-            .next()
-            .await
-            .expect("a delivery")
-            .expect("delivered");
-        delivery.ack().await.expect("acked");
-    });
+    let consumer = acknowledge_one(deliveries);
     let message = Message::new("order.events", "Tested", "k", serde_json::json!({}));
     let (status, _, body) = push(&transport, None, &message).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    consumer.await.expect("consumer");
+    assert_eq!(consumer.await.expect("consumer"), message.id);
 }
