@@ -159,9 +159,7 @@ pub fn category(stream_id: &str) -> &str {
 }
 
 /// Microseconds since the Unix epoch, as stored.
-pub(crate) fn micros(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
+pub(crate) use flotilla_kit::clock::micros;
 
 /// The instant `micros` microseconds after the Unix epoch.
 pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {

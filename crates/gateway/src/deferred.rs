@@ -13,6 +13,7 @@
 //!   (so, once the open wait is over, the queued requests are the half-open trial calls); it
 //!   stops at the first failure, so that order is kept, and tries again later.
 
+use flotilla_kit::clock;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,8 +27,6 @@ use bytes::Bytes;
 use flotilla_kit::{Problem, Settings};
 use serde::Serialize;
 use sqlx::SqlitePool;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::Notify;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -57,12 +56,6 @@ pub struct Deferred {
     services: Arc<Vec<String>>,
     /// Woken when a request is queued.
     pub(crate) queued: Arc<Notify>,
-}
-
-fn now() -> String {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .unwrap_or_default()
 }
 
 impl Deferred {
@@ -107,7 +100,7 @@ impl Deferred {
         .bind(&request.path_and_query)
         .bind(serde_json::to_string(&headers).unwrap_or_default())
         .bind(request.body.as_ref())
-        .bind(now())
+        .bind(clock::now_rfc3339())
         .execute(&self.pool)
         .await?;
         self.queued.notify_waiters();
@@ -161,7 +154,7 @@ impl Deferred {
         )
         .bind(i64::from(status.as_u16()))
         .bind(body)
-        .bind(now())
+        .bind(clock::now_rfc3339())
         .bind(deferred_id)
         .execute(&self.pool)
         .await?;

@@ -13,6 +13,7 @@
 //! | [`metrics`] | the Prometheus recorder and `/metrics`, with per-route request counts and latencies |
 //! | `database` | (feature `sqlite`) opening a service's embedded database, running its migrations, and direct SQLite calls on its connection (`database::direct`) |
 //! | [`client`] | the pooled HTTP client for internal calls, with JSON helpers |
+//! | [`clock`] | the wall clock as the databases store it: microseconds since the epoch, RFC 3339 |
 //! | [`app`] | the HTTP stack every process serves, assembled in one function, and graceful serving |
 //! | [`shutdown`] | one cancellation token fired by Ctrl-C, SIGTERM or the death of the supervisor |
 //!
@@ -21,6 +22,7 @@
 
 pub mod app;
 pub mod client;
+pub mod clock;
 #[cfg(feature = "sqlite")]
 pub mod database;
 pub mod faults;

@@ -30,8 +30,7 @@ pub async fn claim(
     consumer: &str,
     message_id: &str,
 ) -> Result<bool, Error> {
-    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
-        .unwrap_or(i64::MAX);
+    let now = flotilla_kit::clock::now_micros();
     let claimed = sqlx::query(
         "INSERT INTO messaging_inbox (consumer, message_id, processed_at) VALUES ($1, $2, $3)
          ON CONFLICT (consumer, message_id) DO NOTHING",
@@ -64,8 +63,7 @@ pub fn claim_all_direct(
     consumer: &str,
     message_ids: &[String],
 ) -> Result<std::collections::HashSet<String>, Error> {
-    let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
-        .unwrap_or(i64::MAX);
+    let now = flotilla_kit::clock::now_micros();
     let ids = serde_json::to_string(message_ids).map_err(Error::Encode)?;
     // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
     let claimed = flotilla_kit::database::query(

@@ -11,22 +11,18 @@
 //! different keys go concurrently. After `max_attempts` a message is moved to the dead letters,
 //! so that one poisoned message does not block its key forever.
 
+use flotilla_kit::clock;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{SqliteConnection, SqlitePool};
-use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::transport::{Transport, TransportError};
 use crate::{Error, Message, valid_topic};
-
-fn now_micros() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
 
 /// Writes `message` to the outbox within the caller's transaction.
 pub async fn enqueue(connection: &mut SqliteConnection, message: &Message) -> Result<(), Error> {
@@ -70,7 +66,7 @@ impl Staged {
             topic: message.topic.clone(),
             key: message.key.clone(),
             envelope: serde_json::to_string(message).map_err(Error::Encode)?,
-            created_at: now_micros(),
+            created_at: clock::now_micros(),
         })
     }
 
@@ -388,7 +384,7 @@ impl<T: Transport> Relay<T> {
                     db,
                     "UPDATE messaging_outbox SET published_at = $1 \
                      WHERE seq IN (SELECT value FROM json_each($2))",
-                    &[&now_micros(), seqs],
+                    &[&clock::now_micros(), seqs],
                 )
                 .map_err(flotilla_kit::database::sqlx_error)?;
             }
@@ -418,7 +414,7 @@ impl<T: Transport> Relay<T> {
             }
             by_key.entry(row.key.clone()).or_default().push(row);
         }
-        let now = now_micros();
+        let now = clock::now_micros();
         if keys.len() > room {
             read.full = true;
         }
@@ -491,7 +487,7 @@ impl<T: Transport> Relay<T> {
                 db,
                 "UPDATE messaging_outbox SET published_at = $1 \
                  WHERE seq IN (SELECT value FROM json_each($2))",
-                &[&now_micros(), &seqs],
+                &[&clock::now_micros(), &seqs],
             )
             .map_err(flotilla_kit::database::sqlx_error)
         })
@@ -530,7 +526,7 @@ impl<T: Transport> Relay<T> {
             }
             by_key.entry(row.key.clone()).or_default().push(row);
         }
-        let now = now_micros();
+        let now = clock::now_micros();
         let lanes = keys
             .into_iter()
             .filter_map(|key| by_key.remove(&key))
@@ -583,7 +579,7 @@ impl<T: Transport> Relay<T> {
                         "UPDATE messaging_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 WHERE seq = $4",
                     )
                     .bind(attempts)
-                    .bind(now_micros().saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)))
+                    .bind(clock::now_micros().saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)))
                     .bind(error.to_string())
                     .bind(row.seq)
                     .execute(&self.pool)
@@ -613,7 +609,7 @@ impl<T: Transport> Relay<T> {
         )
         .bind(attempts)
         .bind(error)
-        .bind(now_micros())
+        .bind(clock::now_micros())
         .bind(seq)
         .execute(&mut *tx)
         .await?;
@@ -666,7 +662,7 @@ pub async fn replay_dead_letter(pool: &SqlitePool, seq: i64) -> Result<bool, Err
         "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at)
          SELECT message_id, topic, key, envelope, $1 FROM messaging_dead_letters WHERE seq = $2",
     )
-    .bind(now_micros())
+    .bind(clock::now_micros())
     .bind(seq)
     .execute(&mut *tx)
     .await?
@@ -730,7 +726,7 @@ pub async fn replay_dead_letters(pool: &SqlitePool, seqs: Option<&[i64]>) -> Res
             seqs
         }
     };
-    let now = now_micros();
+    let now = clock::now_micros();
     for seq in &chosen {
         sqlx::query(
             "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at)

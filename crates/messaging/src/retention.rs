@@ -20,6 +20,7 @@
 //! Each round deletes at most [`PRUNED_AT_ONCE`] rows per transaction, on the service's own
 //! connection, off the hot paths ([`run`] every [`Retention::interval`]).
 
+use flotilla_kit::clock;
 use std::time::Duration;
 
 use flotilla_kit::database::{execute, sqlx_error, transaction};
@@ -62,10 +63,6 @@ pub struct Pruned {
     pub inbox: u64,
 }
 
-fn micros(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
-
 /// The lowest UUIDv7 text of the millisecond `at`: every v7 id made before `at` sorts below it.
 ///
 /// ```
@@ -92,7 +89,7 @@ pub async fn prune(
     now: OffsetDateTime,
 ) -> Result<Pruned, Error> {
     let mut pruned = Pruned::default();
-    let published_before = micros(now - retention.outbox);
+    let published_before = clock::micros(now - retention.outbox);
     loop {
         let deleted = transaction(pool, |db| prune_outbox(db, published_before)).await?;
         pruned.outbox += deleted;
@@ -102,7 +99,7 @@ pub async fn prune(
         tokio::task::yield_now().await;
     }
     let cutoff = now - retention.inbox;
-    let (below, processed_before) = (lowest_v7_at(cutoff), micros(cutoff));
+    let (below, processed_before) = (lowest_v7_at(cutoff), clock::micros(cutoff));
     loop {
         let deleted = transaction(pool, |db| {
             let deleted = execute(

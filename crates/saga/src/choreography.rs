@@ -19,11 +19,11 @@
 //! saga, clears it with [`clear_deadline`] when the saga ends, and acts on those [`due`] (the
 //! order service publishes a fact the participants undo their work on).
 
+use flotilla_kit::clock;
 use std::collections::BTreeMap;
 
 use flotilla_kit::database::{execute, query, query_at_most, sqlx_error};
 use serde_json::Value;
-use time::OffsetDateTime;
 
 use crate::Error;
 
@@ -36,8 +36,7 @@ pub fn record(
     fact: &str,
     detail: &Value,
 ) -> Result<bool, Error> {
-    let now =
-        i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+    let now = clock::now_micros();
     let inserted = execute(
         db,
         "INSERT INTO saga_facts (saga_id, fact, detail, observed_at) VALUES ($1, $2, $3, $4)

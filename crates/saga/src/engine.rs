@@ -1,11 +1,11 @@
 //! The orchestrator: instances, transitions, commands, timeouts.
 
+use flotilla_kit::clock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::{SqliteConnection, SqlitePool};
-use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use flotilla_kit::database::{direct, execute, query_optional, sqlx_error, transaction};
@@ -166,12 +166,8 @@ struct Row {
     done: i64,
 }
 
-fn now() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
-}
-
 fn after(wait: Duration) -> i64 {
-    now().saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX))
+    clock::now_micros().saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Drives the instances of one saga definition.
@@ -266,7 +262,7 @@ impl<S: Saga> Orchestrator<S> {
         data: S::Data,
         cause: Option<&Message>,
     ) -> Result<(), Error> {
-        let at = now();
+        let at = clock::now_micros();
         let inserted = execute(
             db,
             "INSERT INTO saga_instances (saga_id, saga_type, data, status, step, attempt, deadline, created_at, updated_at)
@@ -481,7 +477,7 @@ impl<S: Saga> Orchestrator<S> {
              ORDER BY deadline LIMIT 256",
         )
         .bind(self.saga.name())
-        .bind(now())
+        .bind(clock::now_micros())
         .fetch_all(&self.pool)
         .await?;
         let mut moved = 0;
@@ -507,7 +503,9 @@ impl<S: Saga> Orchestrator<S> {
         )
         .map_err(failed)?;
         let (row, deadline) = row.ok_or_else(|| Error::NotFound(saga_id.to_owned()))?;
-        if deadline > now() || !matches!(row.status.as_str(), "RUNNING" | "COMPENSATING") {
+        if deadline > clock::now_micros()
+            || !matches!(row.status.as_str(), "RUNNING" | "COMPENSATING")
+        {
             return Ok(false);
         }
         let mut instance = self.instance(row)?;
@@ -793,7 +791,7 @@ impl<S: Saga> Orchestrator<S> {
         instance: &mut Instance<S::Data>,
         deadline: Option<i64>,
     ) -> Result<(), Error> {
-        let at = now();
+        let at = clock::now_micros();
         if let Some(deadline) = deadline {
             execute(
                 db,

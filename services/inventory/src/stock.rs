@@ -12,14 +12,13 @@
 //! by another writer: stock is never oversold. Every operation is idempotent per order: a repeat
 //! (a redelivered command) returns the first outcome and changes nothing.
 
+use flotilla_kit::clock;
 use std::collections::BTreeMap;
 
 use flotilla_kit::database::{direct, execute, query, query_optional, sqlx_error};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sqlx::{SqliteConnection, SqlitePool};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// Units of one SKU for an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,12 +59,6 @@ pub enum Change {
     },
 }
 
-fn now() -> Result<String, sqlx::Error> {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
-}
-
 fn status(
     db: &Connection,
     order_id: &str,
@@ -83,7 +76,7 @@ fn refuse(db: &Connection, order_id: &str, reason: String) -> Result<Reservation
     execute(
         db,
         "INSERT INTO reservations (order_id, status, reason, created_at, updated_at) VALUES ($1, 'REFUSED', $2, $3, $3)",
-        &[&order_id, &reason, &now()?],
+        &[&order_id, &reason, &clock::now_rfc3339()],
     )
     .map_err(sqlx_error)?;
     Ok(Reservation::Refused { reason })
@@ -157,7 +150,7 @@ pub fn reserve_direct(
     execute(
         db,
         "INSERT INTO reservations (order_id, status, created_at, updated_at) VALUES ($1, 'RESERVED', $2, $2)",
-        &[&order_id, &now()?],
+        &[&order_id, &clock::now_rfc3339()],
     )
     .map_err(sqlx_error)?;
     for (sku, quantity) in wanted {
@@ -217,7 +210,7 @@ fn transition(
     execute(
         db,
         "UPDATE reservations SET status = $1, updated_at = $2 WHERE order_id = $3",
-        &[&to, &now()?, &order_id],
+        &[&to, &clock::now_rfc3339(), &order_id],
     )
     .map_err(sqlx_error)?;
     Ok(Change::Applied)

@@ -63,11 +63,7 @@ pub const DEADLINE_PASSED: &str = "DeadlinePassed";
 pub const EXPIRED_AT_ONCE: usize = 256;
 
 /// The time `after` from now, in microseconds since the Unix epoch (a deadline).
-pub fn micros_after(after: std::time::Duration) -> i64 {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
-    i64::try_from(now.saturating_add(i128::try_from(after.as_micros()).unwrap_or(i128::MAX)))
-        .unwrap_or(i64::MAX)
-}
+pub use flotilla_kit::clock::micros_after;
 
 /// Expires the choreographed orders past their deadline (at most [`EXPIRED_AT_ONCE`]), in one
 /// transaction: each one still pending and not yet shipped gets the fact [`DEADLINE_PASSED`]

@@ -33,13 +33,12 @@
 //!
 //! [`check`] lists the violations of the ledger's invariants, for the system checker.
 
+use flotilla_kit::clock;
 use std::fmt;
 
 use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
 use rusqlite::Connection;
 use sqlx::{SqliteConnection, SqlitePool};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// A payment's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -245,12 +244,6 @@ fn payment_of(db: &Connection, order_id: &str) -> Result<Option<PaymentRow>, sql
     .map_err(sqlx_error)
 }
 
-fn now() -> Result<String, sqlx::Error> {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
-}
-
 /// Records that `order_id`'s authorization is refused for `reason`, and says so.
 fn refuse(
     db: &Connection,
@@ -263,7 +256,13 @@ fn refuse(
         db,
         "INSERT INTO payment_refusals (order_id, customer_id, amount_cents, reason, created_at)
          VALUES (?, ?, ?, ?, ?)",
-        &[&order_id, &customer_id, &amount_cents, &reason, &now()?],
+        &[
+            &order_id,
+            &customer_id,
+            &amount_cents,
+            &reason,
+            &clock::now_rfc3339(),
+        ],
     )
     .map_err(sqlx_error)?;
     Ok(Authorization::Refused { reason })
@@ -341,7 +340,7 @@ pub fn authorize_direct(
     )
     .map_err(sqlx_error)?;
     let payment_id = uuid::Uuid::now_v7().to_string();
-    let now = now()?;
+    let now = clock::now_rfc3339();
     execute(
         db,
         "INSERT INTO payments (payment_id, order_id, customer_id, amount_cents, status, created_at, updated_at)
@@ -400,7 +399,7 @@ fn settle(db: &Connection, order_id: &str, operation: Operation) -> Result<Settl
     execute(
         db,
         "UPDATE payments SET status = ?, updated_at = ? WHERE payment_id = ?",
-        &[&to.as_str(), &now()?, &payment.payment_id],
+        &[&to.as_str(), &clock::now_rfc3339(), &payment.payment_id],
     )
     .map_err(sqlx_error)?;
     Ok(Settled::Applied {
@@ -430,7 +429,7 @@ pub fn void_direct(db: &Connection, order_id: &str) -> Result<Settled, LedgerErr
                 &[
                     &order_id,
                     &"the payment was voided before it was authorized",
-                    &now()?,
+                    &clock::now_rfc3339(),
                 ],
             )
             .map_err(sqlx_error)?;

@@ -24,12 +24,11 @@
 //!
 //! [`check`] reports any breach of these rules, for the system checker.
 
+use flotilla_kit::clock;
 use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sqlx::{SqliteConnection, SqlitePool};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// The reason recorded when an order is cancelled before any shipment was scheduled for it.
 pub const CANCELLED_BEFORE_SCHEDULING: &str =
@@ -112,7 +111,7 @@ pub fn schedule_direct(
     if let Some(outcome) = recorded(db, order_id)? {
         return Ok(outcome);
     }
-    let now = now()?;
+    let now = clock::now_rfc3339();
     let country = &destination.country;
     let refusal = if is_country_code(country) {
         query_optional(
@@ -180,7 +179,7 @@ pub fn cancel_direct(db: &Connection, order_id: &str) -> Result<Cancellation, Ca
         |row| Ok((row.get(0)?, row.get(1)?)),
     )
     .map_err(sqlx_error)?;
-    let now = now()?;
+    let now = clock::now_rfc3339();
     match shipment {
         None => {
             execute(
@@ -227,7 +226,7 @@ pub fn expire_direct(
     execute(
         db,
         "INSERT INTO shipment_refusals (order_id, country, reason, refused_at) VALUES (?, NULL, ?, ?)",
-        &[&order_id, &reason, &now()?],
+        &[&order_id, &reason, &clock::now_rfc3339()],
     )
     .map_err(sqlx_error)?;
     Ok(Some(reason.to_owned()))
@@ -317,13 +316,6 @@ fn recorded(db: &Connection, order_id: &str) -> Result<Option<Scheduling>, sqlx:
 /// (the order service validates `ship_to.country` the same way).
 fn is_country_code(country: &str) -> bool {
     country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase())
-}
-
-/// Now, RFC 3339 in UTC, as the `created_at`/`updated_at` columns store it.
-fn now() -> Result<String, sqlx::Error> {
-    OffsetDateTime::now_utc()
-        .format(&Rfc3339)
-        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 #[cfg(test)]
