@@ -22,6 +22,10 @@
 //! connection owns them, and the process's writer, and finalizes them before sqlx closes it
 //! (see `view`).
 //!
+//! Checkpoints (copying the write-ahead log back into the file) run on a thread of their own per
+//! database, never inside a commit: see `checkpoints` for why and how the log still starts over
+//! under continuous writes.
+//!
 //! Start-up work (migrations, seeding) runs under an exclusive lock on `<file>.lock`, so that
 //! instances starting together do not race to create the same tables: SQLite answers such
 //! races with `database is locked` at once, without waiting for its busy timeout.
@@ -40,6 +44,9 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{SqliteConnection, SqlitePool};
+
+mod checkpoints;
+pub use checkpoints::{CATCH_UP_FRAMES, LOG_SIZE_LIMIT, PASS_INTERVAL};
 
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 1024;
@@ -70,7 +77,9 @@ impl Opening {
 }
 
 /// Opens (creating if needed) the database at `path`, takes the set-up lock and applies
-/// `migrations`.
+/// `migrations`. Its checkpoints run on a thread of their own, never inside a commit
+/// (`checkpoints`: every [`PASS_INTERVAL`], and the log starts over from [`CATCH_UP_FRAMES`]
+/// pages); the thread stops when the pool closes.
 pub async fn open(path: &Path, migrations: &Migrator) -> Result<Opening, sqlx::Error> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
@@ -91,6 +100,12 @@ pub async fn open(path: &Path, migrations: &Migrator) -> Result<Opening, sqlx::E
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true)
+        // Checkpoints run on a thread of their own (`checkpoints`), not inside a commit.
+        .pragma("wal_autocheckpoint", "0")
+        .pragma(
+            "journal_size_limit",
+            checkpoints::LOG_SIZE_LIMIT.to_string(),
+        )
         // Every statement a service runs stays prepared: evicting one costs a parse and plan
         // at its next use (sqlx's default keeps 100).
         .statement_cache_capacity(STATEMENT_CACHE);
@@ -104,6 +119,16 @@ pub async fn open(path: &Path, migrations: &Migrator) -> Result<Opening, sqlx::E
         .connect_with(options)
         .await?;
     migrations.run(&pool).await?;
+    if let Some(writer) = Writer::of(&pool).await? {
+        let db = writer.db.lock().await;
+        db.pragma_update(None, "wal_autocheckpoint", 0)
+            .and_then(|()| {
+                db.pragma_update(None, "journal_size_limit", checkpoints::LOG_SIZE_LIMIT)
+            })
+            .map_err(sqlx_error)?;
+        drop(db);
+        checkpoints::start(path, Arc::downgrade(&writer)).map_err(sqlx::Error::Io)?;
+    }
     Ok(Opening { pool, lock })
 }
 
