@@ -245,6 +245,153 @@ where
     result
 }
 
+/// Hands a grouped call its outcome once its group's fate is known: the commit's result (or
+/// why the group could not begin).
+type Settle = Box<dyn FnOnce(Result<(), &rusqlite::Error>) + Send>;
+
+/// A [`grouped`] call's work: runs it in the open group transaction (or learns why there is
+/// none), and says how to settle it.
+type Job = Box<dyn FnOnce(Result<&rusqlite::Connection, &rusqlite::Error>) -> Settle + Send>;
+
+/// Runs `work` as part of a write transaction shared with the other [`grouped`] calls waiting
+/// for the process's writer ([`Writer`]): one `BEGIN` … `COMMIT` for all of them, each call's
+/// work inside a savepoint of its own. Work that returns `Err` is rolled back to its savepoint
+/// alone and the others commit; if the commit fails, every call of the group gets its error.
+/// A call returns once its group committed (or failed).
+///
+/// Group commit for requests, as the consumer's groups of messages have it: the pages the calls
+/// share (the last page of a log, of an index) are written once per group, and one commit
+/// replaces many. Under load the work that waits while the writer is busy goes together; alone,
+/// a call costs what [`transaction`] does plus a savepoint.
+///
+/// `work` runs on whichever task leads its group, perhaps after its caller went away: once
+/// called, the work happens (so it must own what it needs). A panic in `work` rolls back its
+/// savepoint and is that call's error (`sqlx::Error::WorkerCrashed`). On an in-memory database
+/// it is [`transaction`].
+pub async fn grouped<T, E, F>(pool: &SqlitePool, work: F) -> Result<T, E>
+where
+    F: FnOnce(&rusqlite::Connection) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<sqlx::Error> + Send + 'static,
+{
+    let Some(writer) = Writer::of(pool).await.map_err(E::from)? else {
+        return transaction(pool, work).await;
+    };
+    let (answer, answered) = tokio::sync::oneshot::channel::<Result<T, E>>();
+    let job: Job = Box::new(move |group| {
+        let db = match group {
+            Ok(db) => db,
+            Err(error) => {
+                let error = E::from(sqlx_error(same_error(error)));
+                return Box::new(move |_| drop(answer.send(Err(error))));
+            }
+        };
+        let outcome = in_savepoint(db, work);
+        Box::new(move |committed| {
+            let outcome = match (outcome, committed) {
+                (Ok(value), Ok(())) => Ok(value),
+                (Ok(_), Err(error)) => Err(E::from(sqlx_error(same_error(error)))),
+                (Err(error), _) => Err(error),
+            };
+            // The caller may have gone away; the work is done either way.
+            let _ = answer.send(outcome);
+        })
+    });
+    writer
+        .waiting
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(job);
+    // The group is led from a task of its own, so that a caller going away cannot strand the
+    // work it queued; whichever leader takes the writer first commits everything waiting.
+    tokio::spawn(async move { writer.lead().await });
+    answered
+        .await
+        .unwrap_or_else(|_| Err(E::from(sqlx::Error::WorkerCrashed)))
+}
+
+/// `work` inside a savepoint on `db`: released when it succeeds, rolled back when it fails or
+/// panics.
+fn in_savepoint<T, E, F>(db: &rusqlite::Connection, work: F) -> Result<T, E>
+where
+    F: FnOnce(&rusqlite::Connection) -> Result<T, E>,
+    E: From<sqlx::Error>,
+{
+    let step = |sql: &str| {
+        db.prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .map(drop)
+    };
+    step("SAVEPOINT grouped").map_err(|e| E::from(sqlx_error(e)))?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(db)))
+        .unwrap_or_else(|_| Err(E::from(sqlx::Error::WorkerCrashed)));
+    let closed = match &outcome {
+        Ok(_) => step("RELEASE grouped"),
+        Err(_) => step("ROLLBACK TO grouped").and_then(|()| step("RELEASE grouped")),
+    };
+    match closed {
+        Ok(()) => outcome,
+        Err(error) => Err(E::from(sqlx_error(error))),
+    }
+}
+
+/// An error like `error`, for each call of a group that shares it.
+fn same_error(error: &rusqlite::Error) -> rusqlite::Error {
+    match error {
+        rusqlite::Error::SqliteFailure(failure, message) => {
+            rusqlite::Error::SqliteFailure(*failure, message.clone())
+        }
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(other.to_string()),
+        ),
+    }
+}
+
+impl Writer {
+    /// Commits every [`grouped`] call waiting, as one transaction, once this task holds the
+    /// writer; nothing if another leader took them first.
+    async fn lead(&self) {
+        let db = self.db.lock().await;
+        let jobs =
+            std::mem::take(&mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner));
+        if jobs.is_empty() {
+            return;
+        }
+        metrics::counter!("sqlite_grouped_commits_total").increment(1);
+        metrics::counter!("sqlite_grouped_calls_total").increment(jobs.len() as u64);
+        let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_micros(500);
+        let begun = loop {
+            match begin(&db) {
+                Ok(()) => break Ok(()),
+                Err(error) if is_busy(&error) && tokio::time::Instant::now() < deadline => {}
+                Err(error) => break Err(error),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        };
+        if let Err(error) = begun {
+            for job in jobs {
+                job(Err(&error))(Err(&error));
+            }
+            return;
+        }
+        let open = Open {
+            db: &db,
+            committed: false,
+        };
+        let settles: Vec<Settle> = jobs.into_iter().map(|job| job(Ok(&db))).collect();
+        // Dropping `open` uncommitted rolls the whole group back.
+        let committed = open.commit();
+        drop(db);
+        let committed = committed.as_ref().map(|_| ());
+        for settle in settles {
+            settle(committed);
+        }
+    }
+}
+
 /// How long a direct transaction waits for another connection's write lock, as sqlx's
 /// connections do (`busy_timeout`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -299,6 +446,8 @@ where
 /// handle), so closing the pool closes it, before sqlx closes its own handle.
 pub struct Writer {
     db: tokio::sync::Mutex<rusqlite::Connection>,
+    /// The work of [`grouped`] calls waiting for the next group.
+    waiting: Mutex<Vec<Job>>,
 }
 
 /// Every live writer, by its pool's file name.
@@ -359,6 +508,7 @@ impl Writer {
         db.set_prepared_statement_cache_capacity(DIRECT_STATEMENT_CACHE);
         Ok(Self {
             db: tokio::sync::Mutex::new(db),
+            waiting: Mutex::default(),
         })
     }
 }

@@ -3,7 +3,7 @@
 
 use flotilla_eventstore::{EventStore, Loaded, Metadata, Options};
 use flotilla_kit::Settings;
-use flotilla_kit::database::{execute, sqlx_error, transaction};
+use flotilla_kit::database::{execute, grouped, sqlx_error, transaction};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use time::OffsetDateTime;
@@ -117,19 +117,22 @@ pub async fn place(
     let now = OffsetDateTime::now_utc()
         .format(&Rfc3339)
         .map_err(|e| flotilla_eventstore::Error::Encode(e.to_string()))?;
-    // The key, the event and the saga's start: one transaction of direct calls, one round trip
-    // to the database.
-    let stored = transaction(&db.pool, |sql| {
-        if let Some((key, hash)) = key {
+    // The key, the event and the saga's start: one transaction of direct calls, shared with the
+    // placements waiting meanwhile (group commit: the pages they share are written once).
+    let (db_owned, order_id_owned) = (db.clone(), order_id.to_owned());
+    let key = key.map(|(key, hash)| (key.to_owned(), hash.to_owned()));
+    let (stored, loaded) = grouped(&db.pool, move |sql| {
+        let (db, order_id) = (&db_owned, order_id_owned.as_str());
+        if let Some((key, hash)) = &key {
             let claimed = execute(
                 sql,
                 "INSERT INTO idempotency_keys (key, request_hash, order_id, created_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (key) DO NOTHING",
-                &[&key, &hash, &order_id, &now],
+                &[key, hash, &order_id, &now],
             )
             .map_err(sqlx_error)?;
             if claimed == 0 {
-                return Ok(None);
+                return Ok((None, loaded));
             }
         }
         let recorded = db.events.save_direct(
@@ -157,7 +160,7 @@ pub async fn place(
                     .map_err(|e| encode(&e))?;
             }
         }
-        Ok::<_, flotilla_eventstore::Error>(recorded.last().map(|event| event.position))
+        Ok::<_, flotilla_eventstore::Error>((recorded.last().map(|event| event.position), loaded))
     })
     .await?;
     let Some(position) = stored else {
