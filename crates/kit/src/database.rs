@@ -193,18 +193,8 @@ where
     let Some(writer) = Writer::of(pool).await.map_err(E::from)? else {
         return borrowed_transaction(pool, work).await;
     };
-    let db = writer.db.lock().await;
-    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
-    let mut pause = Duration::from_micros(500);
-    loop {
-        match begin(&db) {
-            Ok(()) => break,
-            Err(error) if is_busy(&error) && tokio::time::Instant::now() < deadline => {}
-            Err(error) => return Err(E::from(sqlx_error(error))),
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(20));
-    }
+    let (db, begun) = begin_waiting(writer.db.lock().await).await;
+    begun.map_err(|e| E::from(sqlx_error(e)))?;
     let result = {
         let open = Open {
             db: &db,
@@ -360,17 +350,7 @@ impl Writer {
         }
         metrics::counter!("sqlite_grouped_commits_total").increment(1);
         metrics::counter!("sqlite_grouped_calls_total").increment(jobs.len() as u64);
-        let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
-        let mut pause = Duration::from_micros(500);
-        let begun = loop {
-            match begin(&db) {
-                Ok(()) => break Ok(()),
-                Err(error) if is_busy(&error) && tokio::time::Instant::now() < deadline => {}
-                Err(error) => break Err(error),
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(20));
-        };
+        let (db, begun) = begin_waiting(db).await;
         if let Err(error) = begun {
             for job in jobs {
                 job(Err(&error))(Err(&error));
@@ -398,6 +378,27 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn begin(db: &rusqlite::Connection) -> rusqlite::Result<()> {
     db.prepare_cached("BEGIN IMMEDIATE")?.execute([]).map(drop)
+}
+
+/// `BEGIN IMMEDIATE` on `db`; while another connection holds the write lock, tried again with
+/// a growing pause (without blocking the thread), for at most [`BUSY_TIMEOUT`].
+async fn begin_waiting(
+    db: tokio::sync::MutexGuard<'_, rusqlite::Connection>,
+) -> (
+    tokio::sync::MutexGuard<'_, rusqlite::Connection>,
+    rusqlite::Result<()>,
+) {
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_micros(500);
+    loop {
+        match begin(&db) {
+            Ok(()) => return (db, Ok(())),
+            Err(error) if is_busy(&error) && tokio::time::Instant::now() < deadline => {}
+            Err(error) => return (db, Err(error)),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
 }
 
 fn is_busy(error: &rusqlite::Error) -> bool {
