@@ -344,7 +344,7 @@ async fn save_in<A: Aggregate>(
 }
 
 /// Loading and saving aggregates with direct SQLite calls inside a caller's transaction
-/// ([`flotilla_kit::database::direct`]): what [`EventStore::load_on`] and
+/// ([`flotilla_sqlite::direct`]): what [`EventStore::load_on`] and
 /// [`EventStore::save_on`] do, without a round trip to sqlx's worker per statement.
 impl EventStore {
     /// [`EventStore::append`] on a borrowed SQLite handle, inside the caller's transaction:

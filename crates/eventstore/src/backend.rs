@@ -917,11 +917,11 @@ pub(crate) async fn set_checkpoint(tx: &mut Tx, name: &str, to: u64) -> Result<(
     Ok(())
 }
 
-/// The SQLite paths with direct calls on a borrowed handle (`flotilla_kit::database::direct`):
+/// The SQLite paths with direct calls on a borrowed handle (`flotilla_sqlite::direct`):
 /// the same SQL as above, run on the caller's thread inside the caller's transaction, with no
 /// round trip to sqlx's worker per statement.
 pub(crate) mod direct {
-    use flotilla_kit::database::{execute, query_optional, sqlx_error};
+    use flotilla_sqlite::{execute, query_optional, sqlx_error};
     use rusqlite::Connection;
     use time::OffsetDateTime;
 
@@ -1057,7 +1057,7 @@ pub(crate) mod direct {
         max: usize,
     ) -> Result<Vec<StoredEvent>, Error> {
         let mut statement = db.prepare_cached(sql).map_err(failed)?;
-        flotilla_kit::database::bind_numbered(&mut statement, values).map_err(failed)?;
+        flotilla_sqlite::bind_numbered(&mut statement, values).map_err(failed)?;
         let mut found = statement.raw_query();
         let mut events = Vec::new();
         while events.len() < max

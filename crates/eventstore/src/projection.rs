@@ -47,7 +47,7 @@ pub trait Projection: Send + Sync {
 
     /// Whether [`Projection::apply_direct`] does the work: then on SQLite the projector applies
     /// a round's events on its transaction's borrowed handle in one round trip
-    /// ([`flotilla_kit::database::direct`]), each statement prepared once for the round. False
+    /// ([`flotilla_sqlite::direct`]), each statement prepared once for the round. False
     /// by default.
     const DIRECT: bool = false;
 
@@ -169,7 +169,7 @@ impl<P: Projection> Projector<P> {
     /// whether anything is new, then one write transaction per page (checkpoint, events,
     /// read model and new checkpoint in one round trip, where the sqlx path takes six).
     async fn catch_up_direct(&self, pool: &sqlx::SqlitePool) -> Result<u64, Error> {
-        use flotilla_kit::database::{call, transaction};
+        use flotilla_sqlite::{call, transaction};
         let name = self.projection.name();
         let category = self.projection.category();
         let (from, head) = call(pool, |db| {
@@ -273,7 +273,7 @@ impl<P: Projection> Projector<P> {
         if P::DIRECT
             && let Some(connection) = tx.sqlite()
         {
-            return flotilla_kit::database::direct(connection, |db| {
+            return flotilla_sqlite::direct(connection, |db| {
                 events
                     .iter()
                     .try_for_each(|event| self.projection.apply_direct(db, event))

@@ -1052,7 +1052,7 @@ async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
     let store = db.store.clone();
     let pool = store.sqlite_pool().expect("sqlite").clone();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let recorded = flotilla_kit::database::direct(&mut tx, |sql| {
+    let recorded = flotilla_sqlite::direct(&mut tx, |sql| {
         let mut account = store.load_direct::<Account>(sql, "direct").unwrap();
         let first = store
             .save_direct(
@@ -1108,7 +1108,7 @@ async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
     // A repeated event id is named, and the transaction rolls back with everything in it.
     let repeated = read[0].id;
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let duplicate = flotilla_kit::database::direct(&mut tx, |sql| {
+    let duplicate = flotilla_sqlite::direct(&mut tx, |sql| {
         let mut again = event("Deposited", 9);
         again.id = repeated;
         Ok::<_, Error>(store.append_direct(
@@ -1154,14 +1154,14 @@ impl Projection for DirectTotals {
     const DIRECT: bool = true;
 
     fn apply_direct(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
-        flotilla_kit::database::execute(
+        flotilla_sqlite::execute(
             db,
             "INSERT INTO direct_totals (stream_id, events) VALUES ($1, 1) \
              ON CONFLICT (stream_id) DO UPDATE SET events = direct_totals.events + 1",
             &[&event.stream_id],
         )
         .map(drop)
-        .map_err(|e| Error::Database(flotilla_kit::database::sqlx_error(e)))
+        .map_err(|e| Error::Database(flotilla_sqlite::sqlx_error(e)))
     }
 }
 

@@ -52,12 +52,11 @@ pub async fn claim_all(
     consumer: &str,
     message_ids: &[String],
 ) -> Result<std::collections::HashSet<String>, Error> {
-    flotilla_kit::database::direct(connection, |db| claim_all_direct(db, consumer, message_ids))
-        .await
+    flotilla_sqlite::direct(connection, |db| claim_all_direct(db, consumer, message_ids)).await
 }
 
 /// [`claim_all`] on a borrowed SQLite handle, inside the caller's transaction
-/// ([`flotilla_kit::database::direct`]).
+/// ([`flotilla_sqlite::direct`]).
 pub fn claim_all_direct(
     db: &rusqlite::Connection,
     consumer: &str,
@@ -66,7 +65,7 @@ pub fn claim_all_direct(
     let now = flotilla_kit::clock::now_micros();
     let ids = serde_json::to_string(message_ids).map_err(Error::Encode)?;
     // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
-    let claimed = flotilla_kit::database::query(
+    let claimed = flotilla_sqlite::query(
         db,
         "INSERT INTO messaging_inbox (consumer, message_id, processed_at)
          SELECT DISTINCT $1, value, $2 FROM json_each($3) WHERE true
@@ -74,7 +73,7 @@ pub fn claim_all_direct(
         &[&consumer, &now, &ids],
         |row| row.get::<_, String>(0),
     )
-    .map_err(flotilla_kit::database::sqlx_error)?;
+    .map_err(flotilla_sqlite::sqlx_error)?;
     Ok(claimed.into_iter().collect())
 }
 
@@ -104,12 +103,12 @@ pub trait Handler: Send + Sync + 'static {
         tx: &mut SqliteConnection,
         message: &Message,
     ) -> impl Future<Output = Result<Vec<Message>, HandlerError>> + Send {
-        async move { flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await }
+        async move { flotilla_sqlite::direct(tx, |db| self.handle_direct(db, message)).await }
     }
 
     /// Whether [`Handler::handle_direct`] does the work: then the consumer runs a whole group
     /// of messages (claims, effects, outgoing messages) on its borrowed SQLite handle in one
-    /// round trip ([`flotilla_kit::database::direct`]), each statement prepared once for the
+    /// round trip ([`flotilla_sqlite::direct`]), each statement prepared once for the
     /// group. False by default.
     const DIRECT: bool = false;
 
@@ -423,7 +422,7 @@ impl<H: Handler> Consumer<H> {
         let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
         let handler = &self.handler;
         // `BEGIN IMMEDIATE` to `COMMIT` in one borrow of the handle; an `Err` rolls back.
-        let ran = flotilla_kit::database::transaction(&self.pool, |db| {
+        let ran = flotilla_sqlite::transaction(&self.pool, |db| {
             let failed = |error: Error| match error {
                 Error::Database(error) => Group::Failed(error),
                 other => Group::Failed(sqlx::Error::Protocol(other.to_string())),

@@ -35,7 +35,7 @@ pub async fn enqueue(connection: &mut SqliteConnection, message: &Message) -> Re
 }
 
 /// [`enqueue`] with a direct SQLite call, inside the caller's transaction
-/// ([`flotilla_kit::database::direct`]).
+/// ([`flotilla_sqlite::direct`]).
 pub fn enqueue_direct(db: &rusqlite::Connection, message: &Message) -> Result<(), Error> {
     Staged::new(message)?.insert_direct(db)
 }
@@ -89,9 +89,9 @@ impl Staged {
     }
 
     /// Writes the row with a direct SQLite call, inside the caller's transaction
-    /// ([`flotilla_kit::database::direct`]).
+    /// ([`flotilla_sqlite::direct`]).
     pub fn insert_direct(&self, db: &rusqlite::Connection) -> Result<(), Error> {
-        flotilla_kit::database::execute(
+        flotilla_sqlite::execute(
             db,
             "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -103,7 +103,7 @@ impl Staged {
                 &self.created_at,
             ],
         )
-        .map_err(flotilla_kit::database::sqlx_error)?;
+        .map_err(flotilla_sqlite::sqlx_error)?;
         Ok(())
     }
 
@@ -380,23 +380,23 @@ impl<T: Transport> Relay<T> {
         };
         let read = |db: &rusqlite::Connection| {
             if let Some(seqs) = &marks {
-                flotilla_kit::database::execute(
+                flotilla_sqlite::execute(
                     db,
                     "UPDATE messaging_outbox SET published_at = $1 \
                      WHERE seq IN (SELECT value FROM json_each($2))",
                     &[&clock::now_micros(), seqs],
                 )
-                .map_err(flotilla_kit::database::sqlx_error)?;
+                .map_err(flotilla_sqlite::sqlx_error)?;
             }
             read_pending(db, limit, &flight.keys)
-                .map_err(|e| Error::from(flotilla_kit::database::sqlx_error(e)))
+                .map_err(|e| Error::from(flotilla_sqlite::sqlx_error(e)))
         };
         // With marks to write it is a write transaction (whose `BEGIN` waits for the lock);
         // otherwise a read.
         let (seen, rows, waiting) = if marks.is_some() {
-            flotilla_kit::database::transaction(&self.pool, read).await?
+            flotilla_sqlite::transaction(&self.pool, read).await?
         } else {
-            flotilla_kit::database::call(&self.pool, read).await?
+            flotilla_sqlite::call(&self.pool, read).await?
         };
         if marks.is_some() {
             flight.unmarked.clear();
@@ -482,14 +482,14 @@ impl<T: Transport> Relay<T> {
             return Ok(());
         }
         let seqs = serde_json::to_string(published).map_err(Error::Encode)?;
-        flotilla_kit::database::transaction(&self.pool, |db| {
-            flotilla_kit::database::execute(
+        flotilla_sqlite::transaction(&self.pool, |db| {
+            flotilla_sqlite::execute(
                 db,
                 "UPDATE messaging_outbox SET published_at = $1 \
                  WHERE seq IN (SELECT value FROM json_each($2))",
                 &[&clock::now_micros(), &seqs],
             )
-            .map_err(flotilla_kit::database::sqlx_error)
+            .map_err(flotilla_sqlite::sqlx_error)
         })
         .await?;
         metrics::counter!("messaging_outbox_mark_commits_total").increment(1);

@@ -62,8 +62,8 @@ impl Handler for DirectRecorder {
         db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::execute(db, "INSERT INTO effects (n) VALUES ($1)", &[&n(message)])
-            .map_err(flotilla_kit::database::sqlx_error)?;
+        flotilla_sqlite::execute(db, "INSERT INTO effects (n) VALUES ($1)", &[&n(message)])
+            .map_err(flotilla_sqlite::sqlx_error)?;
         if Some(n(message)) == self.0.retry {
             return Err(HandlerError::Retry("not now".into()));
         }

@@ -8,9 +8,9 @@ use serde_json::Value;
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio_util::sync::CancellationToken;
 
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error, transaction};
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_messaging::{Message, outbox};
+use flotilla_sqlite::{direct, execute, query_optional, sqlx_error, transaction};
 
 use crate::{Error, Saga};
 
@@ -254,7 +254,7 @@ impl<S: Saga> Orchestrator<S> {
     }
 
     /// [`Orchestrator::start`] on a borrowed SQLite handle, inside the caller's transaction
-    /// ([`flotilla_kit::database::direct`]).
+    /// ([`flotilla_sqlite::direct`]).
     pub fn start_direct(
         &self,
         db: &rusqlite::Connection,
@@ -307,7 +307,7 @@ impl<S: Saga> Orchestrator<S> {
     }
 
     /// [`Orchestrator::on_reply`] on a borrowed SQLite handle, inside the caller's transaction
-    /// ([`flotilla_kit::database::direct`]).
+    /// ([`flotilla_sqlite::direct`]).
     pub fn on_reply_direct(
         &self,
         db: &rusqlite::Connection,

@@ -158,12 +158,12 @@ impl Saga for TripSaga {
             Transition::Completed => format!("completed with {:?}", data.flight),
             Transition::Failed { reason } => format!("failed: {reason}"),
         };
-        flotilla_kit::database::execute(
+        flotilla_sqlite::execute(
             db,
             "INSERT INTO trip_events (saga_id, event) VALUES ($1, $2)",
             &[&saga_id, &text],
         )
-        .map_err(flotilla_kit::database::sqlx_error)?;
+        .map_err(flotilla_sqlite::sqlx_error)?;
         // A notification when the trip ends, fire-and-forget.
         Ok(match transition {
             Transition::Completed | Transition::Failed { .. } => vec![Message::new(

@@ -15,7 +15,7 @@
 use flotilla_kit::clock;
 use std::collections::BTreeMap;
 
-use flotilla_kit::database::{direct, execute, query, query_optional, sqlx_error};
+use flotilla_sqlite::{direct, execute, query, query_optional, sqlx_error};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sqlx::{SqliteConnection, SqlitePool};
@@ -93,7 +93,7 @@ pub async fn reserve(
 }
 
 /// [`reserve`] on a borrowed SQLite handle, inside the caller's write transaction
-/// ([`flotilla_kit::database::direct`]).
+/// ([`flotilla_sqlite::direct`]).
 pub fn reserve_direct(
     db: &Connection,
     order_id: &str,

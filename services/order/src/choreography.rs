@@ -72,7 +72,7 @@ pub use flotilla_kit::clock::micros_after;
 pub async fn expire_due(db: &crate::store::Database) -> Result<usize, flotilla_eventstore::Error> {
     let deadline = db.choreography_deadline;
     let encode = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
-    flotilla_kit::database::transaction(&db.pool, |sql| {
+    flotilla_sqlite::transaction(&db.pool, |sql| {
         let now = micros_after(std::time::Duration::ZERO);
         let due = choreography::due(sql, now, EXPIRED_AT_ONCE).map_err(|e| encode(&e))?;
         let mut expired = 0;

@@ -9,7 +9,7 @@
 use flotilla_eventstore::{
     Error, EventStore, Projection, Projector, RecordedEvent, StoreTx, aggregate,
 };
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use flotilla_sqlite::{direct, execute, query_optional, sqlx_error};
 use sqlx::SqliteConnection;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;

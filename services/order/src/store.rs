@@ -3,7 +3,7 @@
 
 use flotilla_eventstore::{EventStore, Loaded, Metadata, Options};
 use flotilla_kit::Settings;
-use flotilla_kit::database::{execute, grouped, sqlx_error, transaction};
+use flotilla_sqlite::{execute, grouped, sqlx_error, transaction};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use time::OffsetDateTime;
@@ -54,7 +54,7 @@ pub fn options() -> Options {
 /// Opens the database, applies the service's and the event store's migrations.
 pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::Error> {
     let opening =
-        flotilla_kit::database::open(&settings.database_path(crate::SERVICE), &MIGRATIONS).await?;
+        flotilla_sqlite::open(&settings.database_path(crate::SERVICE), &MIGRATIONS).await?;
     let events = EventStore::sqlite(opening.pool().clone(), options()).await?;
     let setup = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
     flotilla_messaging::migrate(opening.pool())
@@ -237,12 +237,12 @@ pub async fn request_cancellation(
 }
 
 /// Order `order_id` as its events say now, read with direct calls in one turn on the process's
-/// connection ([`flotilla_kit::database::call`]) instead of a round trip per statement.
+/// connection ([`flotilla_sqlite::call`]) instead of a round trip per statement.
 pub async fn load(
     db: &Database,
     order_id: &str,
 ) -> Result<Loaded<Order>, flotilla_eventstore::Error> {
-    flotilla_kit::database::call(&db.pool, |sql| {
+    flotilla_sqlite::call(&db.pool, |sql| {
         db.events.load_direct::<Order>(sql, order_id)
     })
     .await
@@ -408,7 +408,7 @@ pub enum RecordError {
 }
 
 /// Loads order `order_id` within the caller's transaction (on its borrowed SQLite handle,
-/// [`flotilla_kit::database::direct`]), asks `decide` for the events its state calls for (and
+/// [`flotilla_sqlite::direct`]), asks `decide` for the events its state calls for (and
 /// whatever else it concludes), and appends them correlated with `correlation`: the way every
 /// saga, orchestrated or choreographed, records its steps on the order. Returns the order as it
 /// now stands and `decide`'s conclusion.

@@ -36,7 +36,7 @@
 use flotilla_kit::clock;
 use std::fmt;
 
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use flotilla_sqlite::{direct, execute, query_optional, sqlx_error};
 use rusqlite::Connection;
 use sqlx::{SqliteConnection, SqlitePool};
 
@@ -287,7 +287,7 @@ pub async fn authorize(
 }
 
 /// [`authorize`] on a borrowed SQLite handle, inside the caller's write transaction
-/// ([`flotilla_kit::database::direct`]).
+/// ([`flotilla_sqlite::direct`]).
 pub fn authorize_direct(
     db: &Connection,
     order_id: &str,

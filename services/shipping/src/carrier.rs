@@ -25,7 +25,7 @@
 //! [`check`] reports any breach of these rules, for the system checker.
 
 use flotilla_kit::clock;
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use flotilla_sqlite::{direct, execute, query_optional, sqlx_error};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sqlx::{SqliteConnection, SqlitePool};
@@ -102,7 +102,7 @@ pub async fn schedule(
 }
 
 /// [`schedule`] on a borrowed SQLite handle, inside the caller's write transaction
-/// ([`flotilla_kit::database::direct`]).
+/// ([`flotilla_sqlite::direct`]).
 pub fn schedule_direct(
     db: &Connection,
     order_id: &str,
