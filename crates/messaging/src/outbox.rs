@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,24 +25,12 @@ use crate::transport::{Transport, TransportError};
 use crate::{Error, Message, valid_topic};
 
 /// Writes `message` to the outbox within the caller's transaction.
-pub async fn enqueue(connection: &mut SqliteConnection, message: &Message) -> Result<(), Error> {
-    let staged = Staged::new(message)?;
-    staged
-        .bind(sqlx::query(sqlx::AssertSqlSafe(Staged::statement(1))))
-        .execute(connection)
-        .await?;
-    Ok(())
+pub fn enqueue(db: &rusqlite::Connection, message: &Message) -> Result<(), Error> {
+    Staged::new(message)?.insert(db)
 }
 
-/// [`enqueue`] with a direct SQLite call, inside the caller's transaction
-/// ([`flotilla_sqlite::direct`]).
-pub fn enqueue_direct(db: &rusqlite::Connection, message: &Message) -> Result<(), Error> {
-    Staged::new(message)?.insert_direct(db)
-}
-
-/// A message checked and encoded for the outbox, for a caller that writes it in a statement of
-/// its own with other rows (one round trip to the database instead of two): append
-/// [`Staged::statement`] to that statement's text and [`Staged::bind`] its values in order.
+/// A message checked and encoded for the outbox, to be written later within a transaction
+/// ([`Staged::insert`]).
 #[derive(Debug, Clone)]
 pub struct Staged {
     message_id: String,
@@ -53,9 +41,6 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// How many parameters [`Staged::statement`] takes.
-    pub const PARAMETERS: usize = 5;
-
     /// Checks `message`'s topic and encodes it.
     pub fn new(message: &Message) -> Result<Self, Error> {
         if !valid_topic(&message.topic) {
@@ -70,27 +55,8 @@ impl Staged {
         })
     }
 
-    /// The `INSERT` of one outbox row, its [`Staged::PARAMETERS`] parameters numbered from
-    /// `$first`, ending with `;`.
-    ///
-    /// ```
-    /// assert_eq!(
-    ///     flotilla_messaging::outbox::Staged::statement(3),
-    ///     "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
-    ///      VALUES ($3, $4, $5, $6, $7);"
-    /// );
-    /// ```
-    pub fn statement(first: usize) -> String {
-        let [a, b, c, d, e] = std::array::from_fn(|i| first + i);
-        format!(
-            "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
-             VALUES (${a}, ${b}, ${c}, ${d}, ${e});"
-        )
-    }
-
-    /// Writes the row with a direct SQLite call, inside the caller's transaction
-    /// ([`flotilla_sqlite::direct`]).
-    pub fn insert_direct(&self, db: &rusqlite::Connection) -> Result<(), Error> {
+    /// Writes the row, inside the caller's transaction.
+    pub fn insert(&self, db: &rusqlite::Connection) -> Result<(), Error> {
         flotilla_sqlite::execute(
             db,
             "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
@@ -105,19 +71,6 @@ impl Staged {
         )
         .map_err(flotilla_sqlite::sqlx_error)?;
         Ok(())
-    }
-
-    /// Binds the row's values, in [`Staged::statement`]'s order, to `query`.
-    pub fn bind<'q>(
-        self,
-        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-        query
-            .bind(self.message_id)
-            .bind(self.topic)
-            .bind(self.key)
-            .bind(self.envelope)
-            .bind(self.created_at)
     }
 }
 

@@ -45,6 +45,11 @@ use crate::writer::Writer;
 /// [`query`](crate::query) and [`query_optional`](crate::query_optional) do) stay prepared with the connection, from one call to the
 /// next: a statement is parsed once per connection.
 ///
+/// Run a loop's statements in one call, not one call per iteration: hundreds of calls back to
+/// back on one connection, with no sqlx statement between them, were seen to wedge it (sqlx's
+/// worker can fall behind on the unlock commands each borrow sends, until its command channel
+/// is full while the borrower holds the handle; `flotilla-messaging`'s tests once did so).
+///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// use sqlx::Connection;

@@ -83,7 +83,7 @@ pub async fn expire_due(db: &crate::store::Database) -> Result<usize, flotilla_e
                 continue;
             }
             // An order that cannot be read stops only its own expiry, not the others'.
-            let order = match db.events.load_direct::<Order>(sql, &order_id) {
+            let order = match db.events.load_on::<Order>(sql, &order_id) {
                 Ok(order) => order,
                 Err(error) => {
                     tracing::error!(%order_id, %error, "cannot read an order past its deadline; it is left as it is");
@@ -106,7 +106,7 @@ pub async fn expire_due(db: &crate::store::Database) -> Result<usize, flotilla_e
                 reason,
             }
             .message(&order_id, None);
-            flotilla_messaging::outbox::enqueue_direct(sql, &message).map_err(|e| encode(&e))?;
+            flotilla_messaging::outbox::enqueue(sql, &message).map_err(|e| encode(&e))?;
             tracing::warn!(%order_id, ?deadline, "choreographed order expired");
             expired += 1;
         }
@@ -295,9 +295,7 @@ impl Listener {
 }
 
 impl Handler for Listener {
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         db: &rusqlite::Connection,
         message: &Message,

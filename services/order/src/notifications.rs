@@ -79,9 +79,7 @@ pub async fn of_order(pool: &SqlitePool, order_id: &str) -> Result<Vec<Notificat
 pub struct Notifications;
 
 impl Handler for Notifications {
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         db: &rusqlite::Connection,
         message: &Message,

@@ -135,7 +135,7 @@ pub async fn place(
                 return Ok((None, loaded));
             }
         }
-        let recorded = db.events.save_direct(
+        let recorded = db.events.save_on(
             sql,
             &mut loaded,
             &placed,
@@ -147,12 +147,12 @@ pub async fn place(
         match style {
             SagaStyle::Orchestration => db
                 .saga
-                .start_direct(sql, order_id, data, None)
+                .start(sql, order_id, data, None)
                 .map_err(|e| encode(&e))?,
             SagaStyle::Choreography => {
                 let details = choreography::details(order_id, &loaded.state)
                     .ok_or_else(|| encode(&"a placed order has an address"))?;
-                flotilla_messaging::outbox::enqueue_direct(sql, &choreography::created(details))
+                flotilla_messaging::outbox::enqueue(sql, &choreography::created(details))
                     .map_err(|e| encode(&e))?;
                 // Nobody coordinates: the order's own deadline notices a saga that stalls.
                 let deadline = choreography::micros_after(db.choreography_deadline);
@@ -193,7 +193,7 @@ pub async fn request_cancellation(
     let encode = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
     let mut appended = None;
     let started = transaction(&db.pool, |sql| {
-        let mut order = db.events.load_direct::<Order>(sql, order_id)?;
+        let mut order = db.events.load_on::<Order>(sql, order_id)?;
         let events = match order.state.request_cancellation(reason) {
             Ok(events) => events,
             Err(refused) => {
@@ -206,7 +206,7 @@ pub async fn request_cancellation(
         let saga_id = cancel::saga_id(order_id);
         let recorded =
             db.events
-                .save_direct(sql, &mut order, &events, &Metadata::correlated(&saga_id))?;
+                .save_on(sql, &mut order, &events, &Metadata::correlated(&saga_id))?;
         appended = recorded.last().map(|event| event.position);
         match style {
             SagaStyle::Orchestration => {
@@ -217,13 +217,12 @@ pub async fn request_cancellation(
                     reason: reason.to_owned(),
                 };
                 db.cancel
-                    .start_direct(sql, &saga_id, data, None)
+                    .start(sql, &saga_id, data, None)
                     .map_err(|e| encode(&e))?;
             }
             SagaStyle::Choreography => {
                 let message = choreography::cancellation_requested(order_id, reason);
-                flotilla_messaging::outbox::enqueue_direct(sql, &message)
-                    .map_err(|e| encode(&e))?;
+                flotilla_messaging::outbox::enqueue(sql, &message).map_err(|e| encode(&e))?;
             }
         }
         Ok(Cancelling::Started)
@@ -242,10 +241,7 @@ pub async fn load(
     db: &Database,
     order_id: &str,
 ) -> Result<Loaded<Order>, flotilla_eventstore::Error> {
-    flotilla_sqlite::call(&db.pool, |sql| {
-        db.events.load_direct::<Order>(sql, order_id)
-    })
-    .await
+    flotilla_sqlite::call(&db.pool, |sql| db.events.load_on::<Order>(sql, order_id)).await
 }
 
 /// The `(request_hash, order_id)` stored for an idempotency key.
@@ -419,10 +415,10 @@ pub fn record<T>(
     correlation: &str,
     decide: impl FnOnce(&Order) -> Result<(Vec<aggregate::OrderEvent>, T), OrderError>,
 ) -> Result<(Loaded<Order>, T), RecordError> {
-    let mut order = events.load_direct::<Order>(db, order_id)?;
+    let mut order = events.load_on::<Order>(db, order_id)?;
     let (new, conclusion) = decide(&order.state)?;
     if !new.is_empty() {
-        events.save_direct(db, &mut order, &new, &Metadata::correlated(correlation))?;
+        events.save_on(db, &mut order, &new, &Metadata::correlated(correlation))?;
     }
     Ok((order, conclusion))
 }
