@@ -1,7 +1,13 @@
 //! The SQL of the store, written once for both databases where it can be (`$n` parameters work in
-//! both) and apart where they differ: how a transaction starts and how positions are assigned.
+//! both) and apart where they differ: how a transaction starts, how positions are assigned, how
+//! a page of events is read.
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | here | the pools, transactions and connections of either database, the statements both run, and each operation's dispatch |
+//! | `sqlite` | SQLite's own statements through sqlx, and the store's SQL on a connection (`flotilla_sqlite`: no round trip per statement) |
+//! | `postgres` | PostgreSQL's own statements: positions from the head row, locked checkpoints, rows read one by one |
 
-use serde_json::{Map, Value};
 use sqlx::postgres::PgPool;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{Postgres, Sqlite};
@@ -9,7 +15,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::event::{from_micros, micros};
-use crate::{Error, ExpectedVersion, Metadata, NewEvent, RecordedEvent, Upcasters, category};
+use crate::{Error, ExpectedVersion, NewEvent, RecordedEvent, category};
 
 /// A connection pool of either database.
 #[derive(Debug, Clone)]
@@ -85,198 +91,48 @@ macro_rules! on_tx {
     };
 }
 
-/// `SELECT <columns> FROM eventstore_events <rest>`, as one static string (PostgreSQL).
+/// `SELECT <the columns of an event> FROM eventstore_events <rest>`, as one static string: the
+/// columns in the order [`StoredEvent`]'s readers take them.
 macro_rules! select_events {
-    ($rest:literal) => {
+    ($($rest:literal)?) => {
         concat!(
             "SELECT position, stream_id, version, event_id, event_type, schema_version, data, \
              metadata, causation_id, correlation_id, recorded_at FROM eventstore_events ",
-            $rest
+            $($rest)?
         )
     };
 }
 
-/// The events of `SELECT * FROM eventstore_events <rest>` as **one** row holding a JSON array
-/// of `[position, stream_id, …]` arrays (SQLite). The driver's cost per row (a copy of every
-/// value and a message from its worker thread, about 7 µs) dominated reads; one row per page
-/// and one `serde_json` pass over it read about twice as fast (see docs/benchmarks.md). The
-/// array's order is not guaranteed by SQLite: [`from_page`] sorts it by position (an
-/// `ORDER BY` inside the aggregate would sort the payloads again in SQLite, which costs more).
-macro_rules! sqlite_page {
-    ($rest:literal) => {
-        concat!(
-            "SELECT json_group_array(json_array(position, stream_id, version, event_id, \
-             event_type, schema_version, json(data), json(metadata), causation_id, \
-             correlation_id, recorded_at)) \
-             FROM (SELECT * FROM eventstore_events ",
-            $rest,
-            ")"
-        )
-    };
-}
-
-/// The columns of an event the direct path reads row by row (`direct::rows`), before the rest
-/// of its query.
-macro_rules! direct_rows {
+/// The `INSERT` of events with every column, before its values.
+macro_rules! insert_events {
     () => {
-        "SELECT position, stream_id, version, event_id, event_type, schema_version, data, \
-         metadata, causation_id, correlation_id, recorded_at FROM eventstore_events "
+        "INSERT INTO eventstore_events (position, event_id, stream_id, category, version, \
+         event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) "
     };
 }
 
-/// An event as stored, its payload and metadata parsed.
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct StoredEvent {
-    position: i64,
-    stream_id: String,
-    version: i64,
-    event_id: String,
-    event_type: String,
-    schema_version: i32,
-    data: Value,
-    metadata: Map<String, Value>,
-    causation_id: Option<String>,
-    correlation_id: Option<String>,
-    recorded_at: i64,
+/// Creates a projection's checkpoint (`$1`: its name, `$2`: now) at 0, unless it has one.
+macro_rules! create_checkpoint {
+    () => {
+        "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
+         ON CONFLICT (name) DO NOTHING"
+    };
 }
 
-/// An event row as PostgreSQL returns it (payloads as text).
-#[derive(Debug, sqlx::FromRow)]
-struct EventRow {
-    position: i64,
-    stream_id: String,
-    version: i64,
-    event_id: String,
-    event_type: String,
-    schema_version: i32,
-    data: String,
-    metadata: String,
-    causation_id: Option<String>,
-    correlation_id: Option<String>,
-    recorded_at: i64,
+/// A projection's checkpoint (`$1`: its name).
+macro_rules! checkpoint_position {
+    () => {
+        "SELECT position FROM eventstore_checkpoints WHERE name = $1"
+    };
 }
 
-impl TryFrom<EventRow> for StoredEvent {
-    type Error = Error;
+mod postgres;
+pub(crate) mod sqlite;
+mod stored;
 
-    fn try_from(row: EventRow) -> Result<Self, Error> {
-        let fail = |what: &str, e: serde_json::Error| Error::Decode {
-            position: to_u64(row.position),
-            event_type: row.event_type.clone(),
-            schema_version: u32::try_from(row.schema_version).unwrap_or(0),
-            reason: format!("{what}: {e}"),
-        };
-        let data = serde_json::from_str(&row.data).map_err(|e| fail("payload", e))?;
-        let metadata = serde_json::from_str(&row.metadata).map_err(|e| fail("metadata", e))?;
-        Ok(StoredEvent {
-            position: row.position,
-            stream_id: row.stream_id,
-            version: row.version,
-            event_id: row.event_id,
-            event_type: row.event_type,
-            schema_version: row.schema_version,
-            data,
-            metadata,
-            causation_id: row.causation_id,
-            correlation_id: row.correlation_id,
-            recorded_at: row.recorded_at,
-        })
-    }
-}
+pub(crate) use stored::StoredEvent;
 
-fn from_rows(rows: Vec<EventRow>) -> Result<Vec<StoredEvent>, Error> {
-    rows.into_iter().map(StoredEvent::try_from).collect()
-}
-
-fn from_page(page: Option<String>) -> Result<Vec<StoredEvent>, Error> {
-    match page {
-        None => Ok(Vec::new()),
-        Some(page) => {
-            let mut events: Vec<StoredEvent> =
-                serde_json::from_str(&page).map_err(|e| Error::Decode {
-                    position: 0,
-                    event_type: String::new(),
-                    schema_version: 0,
-                    reason: format!("page of events: {e}"),
-                })?;
-            events.sort_unstable_by_key(|e| e.position);
-            Ok(events)
-        }
-    }
-}
-
-impl StoredEvent {
-    /// The recorded event, its payload brought to the current schema.
-    pub(crate) fn into_recorded(self, upcasters: &Upcasters) -> Result<RecordedEvent, Error> {
-        let position = to_u64(self.position);
-        let stored_version = u32::try_from(self.schema_version).unwrap_or(0);
-        let fail = |reason: String| Error::Decode {
-            position,
-            event_type: self.event_type.clone(),
-            schema_version: stored_version,
-            reason,
-        };
-        let id = Uuid::parse_str(&self.event_id).map_err(|e| fail(format!("id: {e}")))?;
-        let (schema_version, data) = upcasters
-            .upcast(&self.event_type, stored_version, self.data)
-            .map_err(fail)?;
-        Ok(RecordedEvent {
-            position,
-            stream_id: self.stream_id,
-            version: to_u64(self.version),
-            id,
-            event_type: self.event_type,
-            schema_version,
-            data,
-            metadata: Metadata {
-                causation_id: self.causation_id,
-                correlation_id: self.correlation_id,
-                extra: self.metadata,
-            },
-            recorded_at: from_micros(self.recorded_at),
-        })
-    }
-
-    /// The typed event and where it sits, upcast first if an upcaster applies.
-    pub(crate) fn into_typed<T: serde::de::DeserializeOwned>(
-        self,
-        upcasters: &Upcasters,
-    ) -> Result<(T, crate::EventContext), Error> {
-        let context = crate::EventContext {
-            version: to_u64(self.version),
-            recorded_at: from_micros(self.recorded_at),
-        };
-        let stored_version = u32::try_from(self.schema_version).unwrap_or(0);
-        let (position, event_type, schema_version, data) =
-            if upcasters.applies(&self.event_type, stored_version) {
-                let recorded = self.into_recorded(upcasters)?;
-                (
-                    recorded.position,
-                    recorded.event_type,
-                    recorded.schema_version,
-                    recorded.data,
-                )
-            } else {
-                (
-                    to_u64(self.position),
-                    self.event_type,
-                    stored_version,
-                    self.data,
-                )
-            };
-        match T::deserialize(data) {
-            Ok(typed) => Ok((typed, context)),
-            Err(e) => Err(Error::Decode {
-                position,
-                event_type,
-                schema_version,
-                reason: e.to_string(),
-            }),
-        }
-    }
-}
-
-fn to_u64(value: i64) -> u64 {
+pub(super) fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
@@ -290,10 +146,6 @@ fn to_i64(value: u64) -> i64 {
 /// parameter), while `ORDER BY … DESC LIMIT 1` stayed flat, walking the index from its end.
 const STREAM_VERSION: &str = "SELECT COALESCE((SELECT version FROM eventstore_events \
      WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0)";
-
-/// SQLite: the last global position and the stream's version, in one round trip.
-const SQLITE_HEAD_AND_VERSION: &str = "SELECT COALESCE((SELECT MAX(position) FROM eventstore_events), 0), \
-     COALESCE((SELECT version FROM eventstore_events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0)";
 
 /// Starts a transaction that can write. SQLite takes its write lock at once (`IMMEDIATE`), so
 /// that two appends never both read a version and then fail to upgrade their locks.
@@ -328,31 +180,21 @@ pub(crate) async fn append(
             ExpectedVersion::Any => None,
         }
     {
-        return append_one_sqlite(c, stream, expected, version, events).await;
+        return sqlite::append_one_in(c, stream, expected, version, events).await;
     }
     // Positions first: on PostgreSQL this locks the head row until commit, which serialises
     // appends and keeps positions in commit order. On SQLite the transaction holds the write
     // lock already; the last position and the stream's version come in one query.
     let (first_position, actual) = match conn {
         Conn::Sqlite(c) => {
-            let (last, actual): (i64, i64) = sqlx::query_as(SQLITE_HEAD_AND_VERSION)
+            let (last, actual): (i64, i64) = sqlx::query_as(sqlite::HEAD_AND_VERSION)
                 .bind(stream)
                 .fetch_one(&mut **c)
                 .await?;
             (to_u64(last) + 1, actual)
         }
         Conn::Postgres(c) => {
-            let first = if count == 0 {
-                0
-            } else {
-                let last: i64 = sqlx::query_scalar(
-                    "UPDATE eventstore_head SET position = position + $1 WHERE id = 1 RETURNING position",
-                )
-                .bind(to_i64(count))
-                .fetch_one(&mut **c)
-                .await?;
-                to_u64(last) + 1 - count
-            };
+            let first = postgres::reserve_positions(c, count).await?;
             let actual: i64 = sqlx::query_scalar(STREAM_VERSION)
                 .bind(stream)
                 .fetch_one(&mut **c)
@@ -391,10 +233,7 @@ pub(crate) async fn append(
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let inserted = on_conn!(conn, |c| {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO eventstore_events (position, event_id, stream_id, category, version, \
-                 event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) ",
-            );
+            let mut insert = sqlx::QueryBuilder::new(insert_events!());
             insert.push_values(chunk, |mut values, row| {
                 values
                     .push_bind(row.position)
@@ -436,75 +275,9 @@ pub(crate) async fn append(
     Ok(recorded(events, stream, first_position, actual + 1, now))
 }
 
-/// SQLite, one event after a known version (the common append: an aggregate's new event): one
-/// statement, no head read. The position is the rowid SQLite assigns (the last one plus one:
-/// `position` is the `INTEGER PRIMARY KEY`), and the row goes in only if the stream is at
-/// `version`; otherwise its actual version comes back in a [`Error::Conflict`].
-async fn append_one_sqlite(
-    c: &mut sqlx::SqliteConnection,
-    stream: &str,
-    expected: ExpectedVersion,
-    version: u64,
-    events: Vec<NewEvent>,
-) -> Result<Vec<RecordedEvent>, Error> {
-    let Some(event) = events.first() else {
-        return Ok(Vec::new());
-    };
-    let now = OffsetDateTime::now_utc();
-    let recorded_at = micros(now);
-    let now = from_micros(recorded_at);
-    let data = serde_json::to_string(&event.data).map_err(|e| Error::Encode(e.to_string()))?;
-    let metadata =
-        serde_json::to_string(&event.metadata.extra).map_err(|e| Error::Encode(e.to_string()))?;
-    let schema_version = i32::try_from(event.schema_version)
-        .map_err(|_| Error::Encode("schema version out of range".into()))?;
-    let inserted: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
-        "INSERT INTO eventstore_events (event_id, stream_id, category, version, event_type, \
-         schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
-         SELECT $1, $2, $3, $4 + 1, $5, $6, $7, $8, $9, $10, $11 \
-         WHERE COALESCE((SELECT version FROM eventstore_events WHERE stream_id = $2 \
-                         ORDER BY version DESC LIMIT 1), 0) = $4 \
-         RETURNING position",
-    )
-    .bind(event.id.to_string())
-    .bind(stream)
-    .bind(category(stream))
-    .bind(to_i64(version))
-    .bind(&event.event_type)
-    .bind(schema_version)
-    .bind(data)
-    .bind(metadata)
-    .bind(event.metadata.causation_id.as_deref())
-    .bind(event.metadata.correlation_id.as_deref())
-    .bind(recorded_at)
-    .fetch_optional(&mut *c)
-    .await;
-    let position = match inserted {
-        Ok(Some(position)) => position,
-        Ok(None) => {
-            let actual: i64 = sqlx::query_scalar(STREAM_VERSION)
-                .bind(stream)
-                .fetch_one(&mut *c)
-                .await?;
-            return Err(Error::Conflict {
-                stream: stream.to_owned(),
-                expected,
-                actual: to_u64(actual),
-            });
-        }
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            return Err(Error::DuplicateEvent(
-                duplicate(&mut Conn::Sqlite(c), &events, e.as_ref()).await,
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(recorded(events, stream, to_u64(position), version + 1, now))
-}
-
 /// `events` as appended to `stream`: consecutive positions from `first_position` and versions
 /// from `first_version`.
-fn recorded(
+pub(super) fn recorded(
     events: Vec<NewEvent>,
     stream: &str,
     first_position: u64,
@@ -551,56 +324,50 @@ async fn duplicate(
     events: &[NewEvent],
     error: &dyn sqlx::error::DatabaseError,
 ) -> Uuid {
-    let first = events.first().map_or(Uuid::nil(), |e| e.id);
-    let mut seen = std::collections::HashSet::new();
-    if let Some(repeated) = events.iter().find(|e| !seen.insert(e.id)) {
-        return repeated.id;
+    if let Some(repeated) = repeated(events) {
+        return repeated;
     }
-    match conn {
-        // PostgreSQL names the key in the error's detail (and the transaction is now aborted).
-        Conn::Postgres(_) => error
-            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-            .and_then(|e| e.detail())
-            .and_then(|detail| events.iter().find(|e| detail.contains(&e.id.to_string())))
-            .map_or(first, |e| e.id),
-        // SQLite rolled back only the statement: ask.
-        Conn::Sqlite(c) => {
-            for event in events {
-                let stored: Option<i64> = sqlx::query_scalar(
-                    "SELECT position FROM eventstore_events WHERE event_id = $1",
-                )
-                .bind(event.id.to_string())
-                .fetch_optional(&mut **c)
-                .await
-                .ok()
-                .flatten();
-                if stored.is_some() {
-                    return event.id;
-                }
-            }
-            first
-        }
-    }
+    let found = match conn {
+        Conn::Postgres(_) => postgres::duplicate(events, error),
+        Conn::Sqlite(c) => sqlite::duplicate_in(c, events).await,
+    };
+    found.unwrap_or_else(|| events.first().map_or(Uuid::nil(), |e| e.id))
 }
 
-/// Runs `$where` (with `$bind`s) as a page query on either database, on `$executor`.
+/// The first event of `events` whose id an earlier one has already.
+pub(super) fn repeated(events: &[NewEvent]) -> Option<Uuid> {
+    let mut seen = std::collections::HashSet::new();
+    events.iter().find(|e| !seen.insert(e.id)).map(|e| e.id)
+}
+
+/// Runs `$where` (with `$bind`s) as a page query on `$on`, a [`Pool`] (`pool …`) or a [`Tx`]
+/// (`tx …`) of either database: the clause is written once for both.
 macro_rules! fetch_events {
-    ($database:ident, $executor:expr, $where:literal $(, $bind:expr)*) => {
-        fetch_events!(@$database, $executor, $where $(, $bind)*)
+    (pool $on:expr, $where:literal $(, $bind:expr)*) => {
+        match $on {
+            Pool::Sqlite(p) => fetch_events!(@sqlite, p, $where $(, $bind)*),
+            Pool::Postgres(p) => fetch_events!(@postgres, p, $where $(, $bind)*),
+        }
+    };
+    (tx $on:expr, $where:literal $(, $bind:expr)*) => {
+        match $on {
+            Tx::Sqlite(tx) => fetch_events!(@sqlite, &mut **tx, $where $(, $bind)*),
+            Tx::Postgres(tx) => fetch_events!(@postgres, &mut **tx, $where $(, $bind)*),
+        }
     };
     (@sqlite, $executor:expr, $where:literal $(, $bind:expr)*) => {{
-        let (page,): (Option<String>,) = sqlx::query_as(sqlite_page!($where))
+        let (page,): (Option<String>,) = sqlx::query_as(sqlite::page!($where))
             $(.bind($bind))*
             .fetch_one($executor)
             .await?;
-        from_page(page)?
+        sqlite::from_page(page)?
     }};
     (@postgres, $executor:expr, $where:literal $(, $bind:expr)*) => {{
-        let rows: Vec<EventRow> = sqlx::query_as(select_events!($where))
+        let rows: Vec<postgres::EventRow> = sqlx::query_as(select_events!($where))
             $(.bind($bind))*
             .fetch_all($executor)
             .await?;
-        from_rows(rows)?
+        postgres::from_rows(rows)?
     }};
 }
 
@@ -611,24 +378,13 @@ pub(crate) async fn read_stream(
     to: u64,
 ) -> Result<Vec<StoredEvent>, Error> {
     let (from, to) = (to_i64(from), to_i64(to));
-    Ok(match pool {
-        Pool::Sqlite(p) => fetch_events!(
-            sqlite,
-            p,
-            "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
-            stream,
-            from,
-            to
-        ),
-        Pool::Postgres(p) => fetch_events!(
-            postgres,
-            p,
-            "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
-            stream,
-            from,
-            to
-        ),
-    })
+    Ok(fetch_events!(
+        pool pool,
+        "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+        stream,
+        from,
+        to
+    ))
 }
 
 /// The events of `stream` recorded at or before `at` (microseconds).
@@ -637,22 +393,12 @@ pub(crate) async fn read_stream_until(
     stream: &str,
     at: i64,
 ) -> Result<Vec<StoredEvent>, Error> {
-    Ok(match pool {
-        Pool::Sqlite(p) => fetch_events!(
-            sqlite,
-            p,
-            "WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version",
-            stream,
-            at
-        ),
-        Pool::Postgres(p) => fetch_events!(
-            postgres,
-            p,
-            "WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version",
-            stream,
-            at
-        ),
-    })
+    Ok(fetch_events!(
+        pool pool,
+        "WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version",
+        stream,
+        at
+    ))
 }
 
 pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Error> {
@@ -665,20 +411,18 @@ pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Err
     Ok(to_u64(version))
 }
 
-/// A page of the global log (of one category or all) on `$executor` of `$database`.
+/// A page of the global log (of one category or all) on `$on` (`pool …` or `tx …`).
 macro_rules! global_log_page {
-    ($database:ident, $executor:expr, $after:expr, $limit:expr, $category:expr) => {
+    ($kind:ident $on:expr, $after:expr, $limit:expr, $category:expr) => {
         match $category {
             None => fetch_events!(
-                $database,
-                $executor,
+                $kind $on,
                 "WHERE position > $1 ORDER BY position LIMIT $2",
                 $after,
                 $limit
             ),
             Some(category) => fetch_events!(
-                $database,
-                $executor,
+                $kind $on,
                 "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3",
                 category,
                 $after,
@@ -695,10 +439,7 @@ pub(crate) async fn read_all(
     category: Option<&str>,
 ) -> Result<Vec<StoredEvent>, Error> {
     let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
-    Ok(match pool {
-        Pool::Sqlite(p) => global_log_page!(sqlite, p, after, limit, category),
-        Pool::Postgres(p) => global_log_page!(postgres, p, after, limit, category),
-    })
+    Ok(global_log_page!(pool pool, after, limit, category))
 }
 
 /// [`read_all`] within a transaction (a rebuild reads what it writes beside).
@@ -709,10 +450,7 @@ pub(crate) async fn read_all_in(
     category: Option<&str>,
 ) -> Result<Vec<StoredEvent>, Error> {
     let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
-    Ok(match tx {
-        Tx::Sqlite(tx) => global_log_page!(sqlite, &mut **tx, after, limit, category),
-        Tx::Postgres(tx) => global_log_page!(postgres, &mut **tx, after, limit, category),
-    })
+    Ok(global_log_page!(tx tx, after, limit, category))
 }
 
 pub(crate) async fn head(pool: &Pool) -> Result<u64, Error> {
@@ -758,6 +496,12 @@ pub(crate) async fn snapshot(
     }))
 }
 
+/// Writes a stream's snapshot, replacing the one it had.
+const SAVE_SNAPSHOT: &str = "INSERT INTO eventstore_snapshots \
+     (stream_id, version, state_version, state, taken_at) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+     state_version = excluded.state_version, state = excluded.state, taken_at = excluded.taken_at";
+
 pub(crate) async fn save_snapshot(
     conn: &mut Conn<'_>,
     stream: &str,
@@ -769,27 +513,22 @@ pub(crate) async fn save_snapshot(
         .map_err(|_| Error::Encode("state version out of range".into()))?;
     let now = micros(OffsetDateTime::now_utc());
     on_conn!(conn, |c| {
-        sqlx::query(
-            "INSERT INTO eventstore_snapshots (stream_id, version, state_version, state, taken_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-             state_version = excluded.state_version, state = excluded.state, taken_at = excluded.taken_at",
-        )
-        .bind(stream)
-        .bind(to_i64(version))
-        .bind(state_version)
-        .bind(state)
-        .bind(now)
-        .execute(&mut *c)
-        .await?
-        .rows_affected()
+        sqlx::query(SAVE_SNAPSHOT)
+            .bind(stream)
+            .bind(to_i64(version))
+            .bind(state_version)
+            .bind(state)
+            .bind(now)
+            .execute(&mut *c)
+            .await?
+            .rows_affected()
     });
     Ok(())
 }
 
 pub(crate) async fn checkpoint(pool: &Pool, name: &str) -> Result<u64, Error> {
     let position: Option<i64> = on_pool!(pool, |p| {
-        sqlx::query_scalar("SELECT position FROM eventstore_checkpoints WHERE name = $1")
+        sqlx::query_scalar(checkpoint_position!())
             .bind(name)
             .fetch_optional(p)
             .await?
@@ -843,31 +582,8 @@ pub(crate) async fn lock_checkpoint(tx: &mut Tx, name: &str) -> Result<u64, Erro
     let now = micros(OffsetDateTime::now_utc());
     let position: i64 = match tx {
         // Both statements in one round trip.
-        Tx::Sqlite(tx) => sqlx::query_scalar(
-            "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
-                 ON CONFLICT (name) DO NOTHING; \
-                 SELECT position FROM eventstore_checkpoints WHERE name = $1",
-        )
-        .bind(name)
-        .bind(now)
-        .fetch_one(&mut **tx)
-        .await?,
-        Tx::Postgres(tx) => {
-            sqlx::query(
-                "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
-                 ON CONFLICT (name) DO NOTHING",
-            )
-            .bind(name)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
-            sqlx::query_scalar(
-                "SELECT position FROM eventstore_checkpoints WHERE name = $1 FOR UPDATE",
-            )
-            .bind(name)
-            .fetch_one(&mut **tx)
-            .await?
-        }
+        Tx::Sqlite(tx) => sqlite::lock_checkpoint_in(tx, name, now).await?,
+        Tx::Postgres(tx) => postgres::lock_checkpoint(tx, name, now).await?,
     };
     Ok(to_u64(position))
 }
@@ -889,5 +605,3 @@ pub(crate) async fn set_checkpoint(tx: &mut Tx, name: &str, to: u64) -> Result<(
     });
     Ok(())
 }
-
-pub(crate) mod sqlite;

@@ -1,17 +1,163 @@
-//! The SQLite backend on a connection: the store's SQL run with direct calls inside the caller's
-//! transaction (on the process's own connection, or an sqlx connection's borrowed handle,
-//! `flotilla_sqlite`), with no round trip to sqlx's worker per statement.
+//! The SQLite backend's own statements: a page of events read as one JSON row through sqlx, the
+//! one-statement append after a known version, and the store's SQL on a connection (direct
+//! calls inside the caller's transaction, on the process's own connection or an sqlx
+//! connection's borrowed handle, `flotilla_sqlite`: no round trip to sqlx's worker per
+//! statement).
 
 use flotilla_sqlite::{execute, query_optional, sqlx_error};
 use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::{
-    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SQLITE_HEAD_AND_VERSION, STREAM_VERSION,
-    StoredEvent, recorded, to_i64, to_u64,
+    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION, StoredEvent,
+    recorded, repeated, to_i64, to_u64,
 };
 use crate::event::{from_micros, micros};
 use crate::{Error, ExpectedVersion, NewEvent, RecordedEvent, category};
+
+/// The events of `SELECT * FROM eventstore_events <rest>` as **one** row holding a JSON array
+/// of `[position, stream_id, …]` arrays, read through sqlx. The driver's cost per row (a copy
+/// of every value and a message from its worker thread, about 7 µs) dominated reads; one row
+/// per page and one `serde_json` pass over it read about twice as fast (see
+/// docs/benchmarks.md). The array's order is not guaranteed by SQLite: [`from_page`] sorts it
+/// by position (an `ORDER BY` inside the aggregate would sort the payloads again in SQLite,
+/// which costs more).
+macro_rules! page {
+    ($rest:literal) => {
+        concat!(
+            "SELECT json_group_array(json_array(position, stream_id, version, event_id, \
+             event_type, schema_version, json(data), json(metadata), causation_id, \
+             correlation_id, recorded_at)) \
+             FROM (SELECT * FROM eventstore_events ",
+            $rest,
+            ")"
+        )
+    };
+}
+pub(super) use page;
+
+/// The events of a [`page!`].
+pub(super) fn from_page(page: Option<String>) -> Result<Vec<StoredEvent>, Error> {
+    match page {
+        None => Ok(Vec::new()),
+        Some(page) => {
+            let mut events: Vec<StoredEvent> =
+                serde_json::from_str(&page).map_err(|e| Error::Decode {
+                    position: 0,
+                    event_type: String::new(),
+                    schema_version: 0,
+                    reason: format!("page of events: {e}"),
+                })?;
+            events.sort_unstable_by_key(|e| e.position);
+            Ok(events)
+        }
+    }
+}
+
+/// The last global position and the stream's version, in one round trip.
+pub(super) const HEAD_AND_VERSION: &str = "SELECT COALESCE((SELECT MAX(position) FROM eventstore_events), 0), \
+     COALESCE((SELECT version FROM eventstore_events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0)";
+
+/// One event after a known version: inserted only if the stream is at version `$4`, at the
+/// position SQLite assigns (the last one plus one: `position` is the `INTEGER PRIMARY KEY`).
+const INSERT_AFTER_VERSION: &str = "INSERT INTO eventstore_events (event_id, stream_id, category, \
+     version, event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
+     SELECT $1, $2, $3, $4 + 1, $5, $6, $7, $8, $9, $10, $11 \
+     WHERE COALESCE((SELECT version FROM eventstore_events WHERE stream_id = $2 \
+                     ORDER BY version DESC LIMIT 1), 0) = $4 \
+     RETURNING position";
+
+/// Whether an event id is stored (`$1`).
+const EVENT_STORED: &str = "SELECT position FROM eventstore_events WHERE event_id = $1";
+
+/// One event after a known version (the common append: an aggregate's new event) within an
+/// sqlx transaction: one statement, no head read ([`INSERT_AFTER_VERSION`]). If the stream is
+/// not at `version`, its actual version comes back in a [`Error::Conflict`].
+pub(super) async fn append_one_in(
+    c: &mut sqlx::SqliteConnection,
+    stream: &str,
+    expected: ExpectedVersion,
+    version: u64,
+    events: Vec<NewEvent>,
+) -> Result<Vec<RecordedEvent>, Error> {
+    let Some(event) = events.first() else {
+        return Ok(Vec::new());
+    };
+    let now = OffsetDateTime::now_utc();
+    let recorded_at = micros(now);
+    let now = from_micros(recorded_at);
+    let [data, metadata] = encoded(event)?;
+    let inserted: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(INSERT_AFTER_VERSION)
+        .bind(event.id.to_string())
+        .bind(stream)
+        .bind(category(stream))
+        .bind(to_i64(version))
+        .bind(&event.event_type)
+        .bind(schema_version(event)?)
+        .bind(data)
+        .bind(metadata)
+        .bind(event.metadata.causation_id.as_deref())
+        .bind(event.metadata.correlation_id.as_deref())
+        .bind(recorded_at)
+        .fetch_optional(&mut *c)
+        .await;
+    let position = match inserted {
+        Ok(Some(position)) => position,
+        Ok(None) => {
+            let actual: i64 = sqlx::query_scalar(STREAM_VERSION)
+                .bind(stream)
+                .fetch_one(&mut *c)
+                .await?;
+            return Err(Error::Conflict {
+                stream: stream.to_owned(),
+                expected,
+                actual: to_u64(actual),
+            });
+        }
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            return Err(Error::DuplicateEvent(
+                super::duplicate(&mut super::Conn::Sqlite(c), &events, e.as_ref()).await,
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(recorded(events, stream, to_u64(position), version + 1, now))
+}
+
+/// The first event of `events` whose id is stored, asked within an sqlx transaction (SQLite
+/// rolled back only the failed statement).
+pub(super) async fn duplicate_in(
+    c: &mut sqlx::SqliteConnection,
+    events: &[NewEvent],
+) -> Option<uuid::Uuid> {
+    for event in events {
+        let stored: Option<i64> = sqlx::query_scalar(EVENT_STORED)
+            .bind(event.id.to_string())
+            .fetch_optional(&mut *c)
+            .await
+            .ok()
+            .flatten();
+        if stored.is_some() {
+            return Some(event.id);
+        }
+    }
+    None
+}
+
+/// Takes a projection's checkpoint for an sqlx transaction (created at 0 if it has none), both
+/// statements in one round trip; the `IMMEDIATE` transaction already excludes every other
+/// writer.
+pub(super) async fn lock_checkpoint_in(
+    c: &mut sqlx::SqliteConnection,
+    name: &str,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(concat!(create_checkpoint!(), "; ", checkpoint_position!()))
+        .bind(name)
+        .bind(now)
+        .fetch_one(c)
+        .await
+}
 
 fn failed(error: rusqlite::Error) -> Error {
     Error::Database(sqlx_error(error))
@@ -49,20 +195,9 @@ pub(crate) fn checkpoint_and_head(
 /// transaction (which excludes every other writer): [`super::lock_checkpoint`] on SQLite.
 pub(crate) fn lock_checkpoint(db: &Connection, name: &str) -> Result<u64, Error> {
     let now = micros(OffsetDateTime::now_utc());
-    execute(
-        db,
-        "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
-         ON CONFLICT (name) DO NOTHING",
-        &[&name, &now],
-    )
-    .map_err(failed)?;
-    let position: Option<i64> = query_optional(
-        db,
-        "SELECT position FROM eventstore_checkpoints WHERE name = $1",
-        &[&name],
-        |row| row.get(0),
-    )
-    .map_err(failed)?;
+    execute(db, create_checkpoint!(), &[&name, &now]).map_err(failed)?;
+    let position: Option<i64> =
+        query_optional(db, checkpoint_position!(), &[&name], |row| row.get(0)).map_err(failed)?;
     Ok(position.map_or(0, to_u64))
 }
 
@@ -92,16 +227,13 @@ pub(crate) fn read_all(
     match category {
         None => rows(
             db,
-            concat!(direct_rows!(), "WHERE position > $1 ORDER BY position"),
+            select_events!("WHERE position > $1 ORDER BY position"),
             &[&after],
             limit,
         ),
         Some(category) => rows(
             db,
-            concat!(
-                direct_rows!(),
-                "WHERE category = $1 AND position > $2 ORDER BY position"
-            ),
+            select_events!("WHERE category = $1 AND position > $2 ORDER BY position"),
             &[&category, &after],
             limit,
         ),
@@ -116,16 +248,13 @@ pub(crate) fn read_stream(
 ) -> Result<Vec<StoredEvent>, Error> {
     rows(
         db,
-        concat!(
-            direct_rows!(),
-            "WHERE stream_id = $1 AND version >= $2 ORDER BY version"
-        ),
+        select_events!("WHERE stream_id = $1 AND version >= $2 ORDER BY version"),
         &[&stream, &to_i64(from)],
         usize::MAX,
     )
 }
 
-/// The first `max` events a query of [`direct_rows!`] finds, row by row (stepping stops
+/// The first `max` events a query of `select_events!` finds, row by row (stepping stops
 /// there): SQLite hands over each row's columns and only the payloads are parsed (the sqlx
 /// path has SQLite build one JSON page instead, one row through sqlx's worker thread rather
 /// than one per event; here rows cost no round trip, and building and parsing the page
@@ -206,12 +335,7 @@ pub(crate) fn append(
         let [data, metadata] = encoded(event)?;
         let position: Option<i64> = query_optional(
             db,
-            "INSERT INTO eventstore_events (event_id, stream_id, category, version, event_type, \
-             schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
-             SELECT $1, $2, $3, $4 + 1, $5, $6, $7, $8, $9, $10, $11 \
-             WHERE COALESCE((SELECT version FROM eventstore_events WHERE stream_id = $2 \
-                             ORDER BY version DESC LIMIT 1), 0) = $4 \
-             RETURNING position",
+            INSERT_AFTER_VERSION,
             &[
                 &event.id.to_string(),
                 &stream,
@@ -233,12 +357,11 @@ pub(crate) fn append(
         };
         return Ok(recorded(events, stream, to_u64(position), version + 1, now));
     }
-    let (last, actual): (i64, i64) =
-        query_optional(db, SQLITE_HEAD_AND_VERSION, &[&stream], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
-        .map_err(failed)?
-        .unwrap_or((0, 0));
+    let (last, actual): (i64, i64) = query_optional(db, HEAD_AND_VERSION, &[&stream], |row| {
+        Ok((row.get(0)?, row.get(1)?))
+    })
+    .map_err(failed)?
+    .unwrap_or((0, 0));
     let (first_position, actual) = (to_u64(last) + 1, to_u64(actual));
     if !expected.admits(actual) {
         return Err(conflict(actual));
@@ -247,9 +370,10 @@ pub(crate) fn append(
         let [data, metadata] = encoded(event)?;
         execute(
             db,
-            "INSERT INTO eventstore_events (position, event_id, stream_id, category, version, \
-             event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            concat!(
+                insert_events!(),
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+            ),
             &[
                 &to_i64(first_position + offset),
                 &event.id.to_string(),
@@ -304,18 +428,14 @@ fn unique_or(
         return conflict();
     }
     let first = events.first().map_or(uuid::Uuid::nil(), |e| e.id);
-    let mut seen = std::collections::HashSet::new();
-    if let Some(repeated) = events.iter().find(|e| !seen.insert(e.id)) {
-        return Error::DuplicateEvent(repeated.id);
+    if let Some(repeated) = repeated(events) {
+        return Error::DuplicateEvent(repeated);
     }
     // SQLite rolled back only the statement: ask which id is stored.
     let stored = events.iter().find(|event| {
-        query_optional(
-            db,
-            "SELECT position FROM eventstore_events WHERE event_id = $1",
-            &[&event.id.to_string()],
-            |row| row.get::<_, i64>(0),
-        )
+        query_optional(db, EVENT_STORED, &[&event.id.to_string()], |row| {
+            row.get::<_, i64>(0)
+        })
         .ok()
         .flatten()
         .is_some()
@@ -335,10 +455,7 @@ pub(crate) fn save_snapshot(
         .map_err(|_| Error::Encode("state version out of range".into()))?;
     execute(
         db,
-        "INSERT INTO eventstore_snapshots (stream_id, version, state_version, state, taken_at) \
-         VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-         state_version = excluded.state_version, state = excluded.state, taken_at = excluded.taken_at",
+        SAVE_SNAPSHOT,
         &[
             &stream,
             &to_i64(version),
