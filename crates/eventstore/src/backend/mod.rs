@@ -502,6 +502,17 @@ const SAVE_SNAPSHOT: &str = "INSERT INTO eventstore_snapshots \
      ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
      state_version = excluded.state_version, state = excluded.state, taken_at = excluded.taken_at";
 
+/// [`SAVE_SNAPSHOT`]'s values after the stream's: its version, the state's version, and now.
+fn snapshot_values(version: u64, state_version: u32) -> Result<(i64, i32, i64), Error> {
+    let state_version = i32::try_from(state_version)
+        .map_err(|_| Error::Encode("state version out of range".into()))?;
+    Ok((
+        to_i64(version),
+        state_version,
+        micros(OffsetDateTime::now_utc()),
+    ))
+}
+
 pub(crate) async fn save_snapshot(
     conn: &mut Conn<'_>,
     stream: &str,
@@ -509,13 +520,11 @@ pub(crate) async fn save_snapshot(
     state_version: u32,
     state: &str,
 ) -> Result<(), Error> {
-    let state_version = i32::try_from(state_version)
-        .map_err(|_| Error::Encode("state version out of range".into()))?;
-    let now = micros(OffsetDateTime::now_utc());
+    let (version, state_version, now) = snapshot_values(version, state_version)?;
     on_conn!(conn, |c| {
         sqlx::query(SAVE_SNAPSHOT)
             .bind(stream)
-            .bind(to_i64(version))
+            .bind(version)
             .bind(state_version)
             .bind(state)
             .bind(now)

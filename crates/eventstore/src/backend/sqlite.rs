@@ -451,18 +451,11 @@ pub(crate) fn save_snapshot(
     state_version: u32,
     state: &str,
 ) -> Result<(), Error> {
-    let state_version = i32::try_from(state_version)
-        .map_err(|_| Error::Encode("state version out of range".into()))?;
+    let (version, state_version, now) = super::snapshot_values(version, state_version)?;
     execute(
         db,
         SAVE_SNAPSHOT,
-        &[
-            &stream,
-            &to_i64(version),
-            &state_version,
-            &state,
-            &micros(OffsetDateTime::now_utc()),
-        ],
+        &[&stream, &version, &state_version, &state, &now],
     )
     .map_err(failed)?;
     Ok(())
