@@ -77,7 +77,7 @@ async fn orders(pool: &SqlitePool) -> anyhow::Result<HashMap<String, OrderFacts>
     )
     .fetch_all(pool)
     .await?;
-    let upcasters = flotilla_order::aggregate::upcasters();
+    let upcasters = flotilla_order::domain::aggregate::upcasters();
     let mut orders: HashMap<String, OrderFacts> = HashMap::new();
     for (stream, event_type, schema_version, data, position) in rows {
         let order_id = stream.strip_prefix("order-").unwrap_or(&stream).to_owned();
