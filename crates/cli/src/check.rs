@@ -1,4 +1,4 @@
-//! `flotilla check`: the invariants of DESIGN.md computed from the four services' databases.
+//! `flotilla check`: the invariants of docs/DESIGN.md computed from the four services' databases.
 //!
 //! It opens every database read-only, so it can run against a live system. The four databases
 //! cannot be read at one instant, so a live check judges only the orders that stood still while
