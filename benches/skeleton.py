@@ -57,20 +57,21 @@ def children(pid):
     return out
 
 
-def pss_kib(pid):
-    with open(f"/proc/{pid}/smaps_rollup") as f:
+def kib(path, field):
+    """The value in KiB of `field` (`VmRSS:`, `Pss:`) in a /proc file."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("Pss:"):
+            if line.startswith(field):
                 return int(line.split()[1])
     return 0
 
 
 def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    return kib(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_kib(pid):
+    return kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 class System:
