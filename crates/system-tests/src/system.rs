@@ -20,7 +20,7 @@ pub struct System {
     pub api: Gateway,
     /// The registry's base URL.
     pub registry: String,
-    data_dir: tempfile::TempDir,
+    data_dir: flotilla_testkit::TempData,
 }
 
 impl std::ops::Deref for System {
@@ -49,7 +49,7 @@ impl System {
 
     /// Starts the system with the test's options (`configure` receives the harness's builder).
     pub async fn start_with(configure: impl FnOnce(Builder) -> Builder) -> System {
-        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let data_dir = flotilla_testkit::TempData::new();
         let log = data_dir.path().join("system.log");
         let binary = tokio::task::spawn_blocking(crate::flotilla)
             .await

@@ -13,14 +13,14 @@ use nix::unistd::Pid;
 pub struct Up {
     /// The supervisor process.
     pub supervisor: Child,
-    data_dir: tempfile::TempDir,
+    data_dir: flotilla_testkit::TempData,
 }
 
 impl Up {
     /// Starts `flotilla up ARGS…` on a free gateway port in a temporary data directory and
     /// waits for its ready line (at most 60 s).
     pub fn start(extra: &[&str]) -> Up {
-        let data_dir = tempfile::tempdir().expect("temporary directory");
+        let data_dir = flotilla_testkit::TempData::new();
         let log = std::fs::File::create(data_dir.path().join("system.log")).expect("log file");
         let mut supervisor = Command::new(crate::flotilla())
             .arg("up")
