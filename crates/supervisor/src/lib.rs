@@ -41,8 +41,8 @@
 //! It does not parse command lines (the binary does), run any component itself, or know the
 //! services' APIs: it speaks only to the registry's catalogue and the children's probes.
 //!
-//! Layout: [`builder`] (options and the start sequence), [`system`] (the handle), `child`
-//! (starting, watching and restarting one child), `printer` (the children's lines).
+//! Layout: `builder` ([`Builder`]: options and the start sequence), [`system`] (the handle),
+//! `child` (starting, watching and restarting one child), `printer` (the children's lines).
 
 mod builder;
 mod child;

@@ -194,3 +194,101 @@ async fn children_stop_on_their_own_when_the_supervisor_is_killed() {
     .expect("kill -9");
     all_dead(&children, Duration::from_secs(15), "no process left behind");
 }
+
+/// The supervisor's handle: an instance restarted on request (SIGTERM, then a new process at
+/// once) announces a new address and registers again; a killed registry comes back on the
+/// address it had, so the URL every process was given stays right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_instances_come_back_and_the_registry_keeps_its_address() {
+    let system = System::start().await;
+    let before = system
+        .supervisor
+        .instance(Role::Shipping, 1)
+        .expect("shipping");
+    system
+        .supervisor
+        .restart(Role::Shipping, 1)
+        .expect("restart");
+    let after = eventually(
+        Duration::from_secs(15),
+        "shipping runs again under a new pid and announced its address",
+        || async {
+            let now = system
+                .supervisor
+                .instance(Role::Shipping, 1)
+                .expect("shipping");
+            match (now.pid, now.address) {
+                (Some(pid), Some(_)) if Some(pid) != before.pid => Ok(now),
+                _ => Err(now),
+            }
+        },
+    )
+    .await;
+    let address = after.address.expect("an address").to_string();
+    eventually(
+        Duration::from_secs(15),
+        "the new shipping instance is registered and passing",
+        || async {
+            let instances = system.instances("shipping").await;
+            if instances
+                .iter()
+                .any(|i| i["address"] == address.as_str() && i["status"] == "passing")
+            {
+                Ok(())
+            } else {
+                Err(instances)
+            }
+        },
+    )
+    .await;
+    assert!(
+        system.log().contains("restarting on request"),
+        "the restart was reported"
+    );
+
+    let registry = system
+        .supervisor
+        .instance(Role::Registry, 1)
+        .expect("registry");
+    system.supervisor.kill(Role::Registry, 1).expect("kill -9");
+    let back = eventually(
+        Duration::from_secs(15),
+        "the registry runs again and announced its address",
+        || async {
+            let now = system
+                .supervisor
+                .instance(Role::Registry, 1)
+                .expect("registry");
+            match now.pid {
+                Some(pid) if Some(pid) != registry.pid && now.address.is_some() => Ok(now),
+                _ => Err(now),
+            }
+        },
+    )
+    .await;
+    assert_eq!(back.address, registry.address, "the same address");
+    assert_eq!(
+        format!("http://{}", back.address.expect("an address")),
+        system.registry
+    );
+    eventually(
+        Duration::from_secs(15),
+        "the restarted registry answers at its URL",
+        || async {
+            let ready = system
+                .call(
+                    http::Method::GET,
+                    &format!("{}/readyz", system.registry),
+                    &[],
+                    None,
+                )
+                .await;
+            if ready.status == StatusCode::OK {
+                Ok(())
+            } else {
+                Err(ready.body)
+            }
+        },
+    )
+    .await;
+}
