@@ -4,6 +4,7 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+use flotilla_supervisor::Instance;
 use flotilla_system_tests::procfs::{all_dead, children_of};
 use flotilla_system_tests::up::Up;
 use flotilla_system_tests::{Role, System, eventually, eventually_every, order};
@@ -209,21 +210,7 @@ async fn restarted_instances_come_back_and_the_registry_keeps_its_address() {
         .supervisor
         .restart(Role::Shipping, 1)
         .expect("restart");
-    let after = eventually(
-        Duration::from_secs(15),
-        "shipping runs again under a new pid and announced its address",
-        || async {
-            let now = system
-                .supervisor
-                .instance(Role::Shipping, 1)
-                .expect("shipping");
-            match (now.pid, now.address) {
-                (Some(pid), Some(_)) if Some(pid) != before.pid => Ok(now),
-                _ => Err(now),
-            }
-        },
-    )
-    .await;
+    let after = replaced(&system, &before).await;
     let address = after.address.expect("an address").to_string();
     eventually(
         Duration::from_secs(15),
@@ -251,21 +238,7 @@ async fn restarted_instances_come_back_and_the_registry_keeps_its_address() {
         .instance(Role::Registry, 1)
         .expect("registry");
     system.supervisor.kill(Role::Registry, 1).expect("kill -9");
-    let back = eventually(
-        Duration::from_secs(15),
-        "the registry runs again and announced its address",
-        || async {
-            let now = system
-                .supervisor
-                .instance(Role::Registry, 1)
-                .expect("registry");
-            match now.pid {
-                Some(pid) if Some(pid) != registry.pid && now.address.is_some() => Ok(now),
-                _ => Err(now),
-            }
-        },
-    )
-    .await;
+    let back = replaced(&system, &registry).await;
     assert_eq!(back.address, registry.address, "the same address");
     assert_eq!(
         format!("http://{}", back.address.expect("an address")),
@@ -291,4 +264,23 @@ async fn restarted_instances_come_back_and_the_registry_keeps_its_address() {
         },
     )
     .await;
+}
+
+/// The instance `before` was, once it runs under a new pid and announced its address.
+async fn replaced(system: &System, before: &Instance) -> Instance {
+    eventually(
+        Duration::from_secs(15),
+        &format!("{} runs again and announced its address", before.label),
+        || async {
+            let now = system
+                .supervisor
+                .instance(before.role, before.index)
+                .expect("the instance");
+            match (now.pid, now.address) {
+                (Some(pid), Some(_)) if Some(pid) != before.pid => Ok(now),
+                _ => Err(now),
+            }
+        },
+    )
+    .await
 }
