@@ -1,7 +1,8 @@
 //! The whole-system tests' harness: systems started by the supervisor library
 //! ([`flotilla_supervisor`]), the same code as `flotilla up`, on ports the OS chooses, in a
 //! temporary data directory, and the means to talk to them over HTTP and look into their
-//! databases. The tests themselves are in `tests/`, one file per area.
+//! databases. The tests themselves are in `tests/system/`, one file (module) per area, all in
+//! one test executable.
 //!
 //! Waits are bounded and say what they last saw ([`flotilla_testkit`]): no fixed sleep stands
 //! for an assertion.
