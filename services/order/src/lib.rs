@@ -15,7 +15,7 @@
 //! Sagas run in the style of the setting `saga_style` (orchestration by default); a request
 //! may choose with the header `X-Saga-Style: orchestration|choreography`, and the answer says
 //! which ran in its own `X-Saga-Style`. Orchestrated: [`saga`] and [`cancel`]; choreographed:
-//! [`choreography`].
+//! [`choreography`]. Its section of the settings, and everything [`run`] reads: [`settings`].
 //! | `GET /v1/orders?customer_id=…&status=…&limit=…` | orders from the read model, newest first |
 //! | `GET /v1/orders/revenue?from=YYYY-MM-DD&to=YYYY-MM-DD` | revenue per day from the read model |
 //!
@@ -32,6 +32,7 @@ pub mod notifications;
 pub mod prices;
 pub mod projections;
 pub mod saga;
+pub mod settings;
 pub mod store;
 
 use std::sync::Arc;
@@ -45,7 +46,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use flotilla_discovery::Discovery;
 use flotilla_eventstore::AsOf;
-use flotilla_kit::{Json, Problem, Query, Settings};
+use flotilla_kit::{Json, Problem, Query};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
@@ -58,8 +59,9 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{NewOrder, PlaceOrder};
 
 pub use crate::aggregate::{Cancellation, Order, OrderError, OrderEvent, OrderLine, Status};
+pub use crate::settings::{Config, OrderSettings};
 pub use crate::store::{Database, OrderView, Summary};
-pub use flotilla_kit::settings::SagaStyle;
+pub use flotilla_saga::SagaStyle;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "order";
@@ -773,23 +775,24 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Runs the service on `listener` until `shutdown`.
 pub async fn run(
-    settings: Settings,
+    config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let db = store::open(&settings)
-        .await
+    let db = store::open(&config).await.map_err(std::io::Error::other)?;
+    let (service, settings) = (&config.service, &config.order);
+    let discovery = service
+        .instance
+        .discovery
+        .discovery(&shutdown)
+        .with_resilience(
+            config.resilience.breaker.clone(),
+            config.resilience.retry.clone(),
+        )
         .map_err(std::io::Error::other)?;
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
-    let discovery = match &settings.registry_url {
-        Some(registry) => Discovery::new(registry, timeout, shutdown.clone()),
-        None => Discovery::fixed(Default::default(), timeout),
-    }
-    .with_resilience(settings.breaker.clone(), settings.retry.clone())
-    .map_err(std::io::Error::other)?;
     projections::spawn(&db.events, &shutdown);
     let messaging = flotilla_messaging::runtime::start(
-        &settings,
+        &service.messaging,
         discovery.clone(),
         flotilla_contracts::subscriptions(),
         SERVICE,
@@ -833,7 +836,7 @@ pub async fn run(
     };
     let result = flotilla_discovery::serve_routes(
         SERVICE,
-        &settings,
+        &service.instance,
         listener,
         routes(context).merge(messaging.routes),
         shutdown,
@@ -845,9 +848,9 @@ pub async fn run(
 
 /// `flotilla projections rebuild order`: rebuilds the order's read models from its events.
 pub async fn rebuild_projections(
-    settings: &Settings,
+    config: &Config,
 ) -> Result<Vec<(&'static str, u64)>, flotilla_eventstore::Error> {
-    let db = store::open(settings).await?;
+    let db = store::open(config).await?;
     let rebuilt = projections::rebuild(&db.events).await;
     db.pool.close().await;
     rebuilt

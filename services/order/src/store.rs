@@ -2,7 +2,6 @@
 //! and the read models the projections keep.
 
 use flotilla_eventstore::{EventStore, Loaded, Metadata, Options};
-use flotilla_kit::Settings;
 use flotilla_kit::database::{execute, grouped, sqlx_error, transaction};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
@@ -11,8 +10,8 @@ use time::format_description::well_known::Rfc3339;
 
 use std::sync::Arc;
 
-use flotilla_kit::settings::SagaStyle;
 use flotilla_saga::Orchestrator;
+use flotilla_saga::SagaStyle;
 
 use crate::aggregate::{self, Cancellation, Order, OrderError, OrderLine, Status};
 use crate::cancel::{self, CancelOrderData, CancelOrderSaga};
@@ -52,9 +51,10 @@ pub fn options() -> Options {
 }
 
 /// Opens the database, applies the service's and the event store's migrations.
-pub async fn open(settings: &Settings) -> Result<Database, flotilla_eventstore::Error> {
+pub async fn open(config: &crate::Config) -> Result<Database, flotilla_eventstore::Error> {
+    let (server, settings) = (&config.service.instance.server, &config.order);
     let opening =
-        flotilla_kit::database::open(&settings.database_path(crate::SERVICE), &MIGRATIONS).await?;
+        flotilla_kit::database::open(&server.database_path(crate::SERVICE), &MIGRATIONS).await?;
     let events = EventStore::sqlite(opening.pool().clone(), options()).await?;
     let setup = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
     flotilla_messaging::migrate(opening.pool())
