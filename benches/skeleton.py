@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Measures the walking skeleton's headline figures on this machine.
 
-    cargo build --release && python3 benches/skeleton.py [--runs 5]
+    cargo build --release && python3 benches/skeleton.py [--runs 5] [--binary PATH]
 
 * time to ready: from starting `flotilla up` to its ready line (all processes registered and
   passing), as the supervisor reports it and as seen from outside;
-* idle memory: the resident set (VmRSS) of the supervisor and all its children together, after
-  5 s idle with nothing sent;
+* idle memory of the supervisor and all its children together, after 5 s idle with nothing
+  sent: the resident set (VmRSS, which counts the pages the processes share, such as the one
+  binary's code, once per process) and the proportional set size (Pss from smaps_rollup, which
+  splits each shared page among the processes sharing it: what the system costs the machine);
 * time for a dead instance to leave rotation: with `--scale inventory=2`, `kill -9` one inventory
   instance and poll the registry every 5 ms until the instance is no longer passing (out of
   rotation) and until it is no longer listed (evicted).
@@ -55,12 +57,21 @@ def children(pid):
     return out
 
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
+def kib(path, field):
+    """The value in KiB of `field` (`VmRSS:`, `Pss:`) in a /proc file."""
+    with open(path) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1])
     return 0
+
+
+def rss_kib(pid):
+    return kib(f"/proc/{pid}/status", "VmRSS:")
+
+
+def pss_kib(pid):
+    return kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 class System:
@@ -92,13 +103,16 @@ def summary(name, values, unit):
 
 
 def main():
+    global BINARY
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--binary", default=BINARY, help="the flotilla binary to measure")
     args = parser.parse_args()
+    BINARY = args.binary
     if not os.path.exists(BINARY):
         sys.exit("build first: cargo build --release")
 
-    reported, outside, rss, processes = [], [], [], []
+    reported, outside, rss, pss, processes = [], [], [], [], []
     for _ in range(args.runs):
         system = System()
         reported.append(system.reported * 1000)
@@ -107,6 +121,7 @@ def main():
         pids = [system.process.pid, *children(system.process.pid)]
         processes.append(len(pids))
         rss.append(sum(rss_kib(pid) for pid in pids) / 1024)
+        pss.append(sum(pss_kib(pid) for pid in pids) / 1024)
         system.stop()
 
     out_of_rotation, evicted = [], []
@@ -136,6 +151,7 @@ def main():
     summary("time to ready (supervisor's own figure)", reported, "ms")
     summary("time to ready (seen from outside)", outside, "ms")
     summary(f"idle RSS, all {processes[0]} processes together", rss, "MiB")
+    summary(f"idle PSS, all {processes[0]} processes together", pss, "MiB")
     summary("dead instance out of rotation (kill -9)", out_of_rotation, "ms")
     summary("dead instance evicted from the registry", evicted, "ms")
 

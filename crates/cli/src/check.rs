@@ -1,4 +1,4 @@
-//! `flotilla check`: the invariants of DESIGN.md computed from the four services' databases.
+//! `flotilla check`: the invariants of docs/DESIGN.md computed from the four services' databases.
 //!
 //! It opens every database read-only, so it can run against a live system. The four databases
 //! cannot be read at one instant, so a live check judges only the orders that stood still while
@@ -77,7 +77,7 @@ async fn orders(pool: &SqlitePool) -> anyhow::Result<HashMap<String, OrderFacts>
     )
     .fetch_all(pool)
     .await?;
-    let upcasters = flotilla_order::aggregate::upcasters();
+    let upcasters = flotilla_order::domain::aggregate::upcasters();
     let mut orders: HashMap<String, OrderFacts> = HashMap::new();
     for (stream, event_type, schema_version, data, position) in rows {
         let order_id = stream.strip_prefix("order-").unwrap_or(&stream).to_owned();

@@ -16,7 +16,7 @@ pub struct Routes {
 }
 
 impl Default for Routes {
-    /// The public API of DESIGN.md.
+    /// The public API of docs/DESIGN.md.
     fn default() -> Self {
         Self::new([
             ("/v1/orders", "order"),

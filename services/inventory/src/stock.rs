@@ -275,7 +275,7 @@ pub fn restock_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::E
     )
 }
 
-/// Violations of the stock invariants (DESIGN.md, invariant 3), empty when all hold: for every
+/// Violations of the stock invariants (docs/DESIGN.md, invariant 3), empty when all hold: for every
 /// SKU, `reserved` equals the units of reservations still `RESERVED`, and `on_hand` equals its
 /// initial stock minus the units of `COMMITTED` reservations (restocked ones came back).
 pub async fn check(pool: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {

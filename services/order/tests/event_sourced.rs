@@ -8,10 +8,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use flotilla_discovery::Discovery;
 use flotilla_eventstore::{ExpectedVersion, Metadata, NewEvent, aggregate::Execute};
-use flotilla_order::store::{self, Placed};
+use flotilla_order::store::{self, projections};
 use flotilla_order::{
-    Context, Database, Order, OrderError, OrderLine, OrderView, Status, domain::Address,
-    projections,
+    Context, Database, Order, OrderError, OrderLine, OrderView, Placed, Placement, Sagas, Status,
+    domain::Address,
 };
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -27,6 +27,7 @@ const APPROVED_LIFE: [&str; 5] = [
 ];
 
 struct Service {
+    sagas: Sagas,
     db: Database,
     router: axum::Router,
     _dir: tempfile::TempDir,
@@ -36,15 +37,17 @@ async fn service() -> Service {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = flotilla_order::Config::default();
     config.service.instance.server.data_dir = dir.path().to_owned();
-    let db = store::open(&config).await.expect("database");
+    let sagas = flotilla_order::open(&config).await.expect("database");
+    let db = sagas.db.clone();
     let router = flotilla_order::routes(Context {
-        db: db.clone(),
+        sagas: sagas.clone(),
         discovery: Discovery::fixed(Default::default(), Duration::from_secs(1)),
-        prices: std::sync::Arc::new(flotilla_order::prices::Prices::new(Duration::ZERO)),
+        prices: std::sync::Arc::new(flotilla_order::api::prices::Prices::new(Duration::ZERO)),
         relay: std::sync::Arc::new(tokio::sync::Notify::new()),
         style: flotilla_order::SagaStyle::Orchestration,
     });
     Service {
+        sagas,
         db,
         router,
         _dir: dir,
@@ -115,17 +118,18 @@ impl Service {
             quantity: 1,
             unit_price_cents: cents,
         }];
-        let placed = store::place(
-            &self.db,
-            &order_id,
-            customer,
-            lines,
-            address(),
-            None,
-            flotilla_order::SagaStyle::Orchestration,
-        )
-        .await
-        .expect("placed");
+        let placed = self
+            .sagas
+            .place(Placement {
+                order_id: &order_id,
+                customer_id: customer,
+                lines,
+                ship_to: address(),
+                key: None,
+                style: flotilla_order::SagaStyle::Orchestration,
+            })
+            .await
+            .expect("placed");
         assert!(matches!(placed, Placed::New(_)));
         order_id
     }

@@ -10,13 +10,13 @@ use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use flotilla_order::SagaStyle;
 use flotilla_order::domain::Address;
-use flotilla_order::store::{self, Cancelling, Database, Placed};
 use flotilla_order::{Cancellation, Order, OrderLine, Status};
+use flotilla_order::{Cancelling, Placed, Placement, Sagas};
 use sqlx::SqlitePool;
 
 struct System {
     style: SagaStyle,
-    order: Database,
+    order: Sagas,
     inventory: SqlitePool,
     payment: SqlitePool,
     shipping: SqlitePool,
@@ -32,7 +32,7 @@ async fn system(style: SagaStyle) -> System {
     let mut config = flotilla_order::Config::default();
     config.service.instance.server.data_dir = dir.path().to_owned();
     let settings = config.service.instance.server.clone();
-    let order = store::open(&config).await.expect("order db");
+    let order = flotilla_order::open(&config).await.expect("order db");
     let inventory = flotilla_inventory::open(&settings)
         .await
         .expect("inventory db");
@@ -44,7 +44,7 @@ async fn system(style: SagaStyle) -> System {
         style,
         orders: Consumer::new(
             "order",
-            order.pool.clone(),
+            order.db.pool.clone(),
             flotilla_order::Inbox::new(&order),
         ),
         stock: Consumer::new(
@@ -86,7 +86,7 @@ impl System {
         for _ in 0..100 {
             let mut moved = 0;
             for pool in [
-                &self.order.pool,
+                &self.order.db.pool,
                 &self.inventory,
                 &self.payment,
                 &self.shipping,
@@ -123,12 +123,15 @@ impl System {
     /// Moves every choreographed order's deadline to the past and expires those due.
     async fn expire_now(&self) -> usize {
         sqlx::query("UPDATE saga_deadlines SET deadline = 0")
-            .execute(&self.order.pool)
+            .execute(&self.order.db.pool)
             .await
             .expect("deadlines");
-        flotilla_order::choreography::expire_due(&self.order)
-            .await
-            .expect("expired")
+        flotilla_order::sagas::choreography::expire_due(
+            &self.order.db,
+            self.order.choreography_deadline,
+        )
+        .await
+        .expect("expired")
     }
 
     async fn deliver(&self, group: &str, message: &Message) -> Processed {
@@ -165,23 +168,24 @@ impl System {
             postal_code: "12345".into(),
             country: country.into(),
         };
-        let placed = store::place(
-            &self.order,
-            &order_id,
-            customer,
-            priced,
-            address,
-            None,
-            self.style,
-        )
-        .await
-        .expect("placed");
+        let placed = self
+            .order
+            .place(Placement {
+                order_id: &order_id,
+                customer_id: customer,
+                lines: priced,
+                ship_to: address,
+                key: None,
+                style: self.style,
+            })
+            .await
+            .expect("placed");
         assert!(matches!(placed, Placed::New(_)));
         order_id
     }
 
     async fn notifications(&self, order_id: &str) -> Vec<String> {
-        flotilla_order::notifications::of_order(&self.order.pool, order_id)
+        flotilla_order::store::notifications::of_order(&self.order.db.pool, order_id)
             .await
             .expect("notifications")
             .into_iter()
@@ -208,6 +212,7 @@ impl System {
 
     async fn order(&self, order_id: &str) -> Order {
         self.order
+            .db
             .events
             .load::<Order>(order_id)
             .await
@@ -217,6 +222,7 @@ impl System {
 
     async fn event_types(&self, order_id: &str) -> Vec<String> {
         self.order
+            .db
             .events
             .read_stream(&format!("order-{order_id}"), 1)
             .await
@@ -313,7 +319,7 @@ async fn an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed(st
         .await
         .expect("stock");
     assert_eq!(after, before - 2, "committed out");
-    let status = s.order.saga.status(&order_id).await.expect("saga");
+    let status = s.order.place_order.status(&order_id).await.expect("saga");
     match style {
         SagaStyle::Orchestration => {
             assert_eq!(
@@ -395,7 +401,7 @@ async fn an_unserviceable_destination_voids_the_payment_and_releases_the_stock(s
         "RELEASED"
     );
     if style == SagaStyle::Orchestration {
-        let log = s.order.saga.log_of(&order_id).await.expect("log");
+        let log = s.order.place_order.log_of(&order_id).await.expect("log");
         let undo: Vec<&String> = log.iter().filter(|l| l.contains("compensated")).collect();
         assert_eq!(
             undo,
@@ -475,13 +481,17 @@ async fn an_approved_order_is_cancelled_refunded_restocked_and_its_shipment_canc
     s.settle().await;
     assert_eq!(s.order(&order_id).await.status, Some(Status::Approved));
     assert_eq!(s.on_hand("KB-001").await, before - 2);
-    let started = store::request_cancellation(&s.order, &order_id, "changed my mind", style)
+    let started = s
+        .order
+        .request_cancellation(&order_id, "changed my mind", style)
         .await
         .expect("cancel");
     assert!(matches!(started, Cancelling::Started), "{started:?}");
     assert!(s.order(&order_id).await.cancelling());
     // Asking again while it runs changes nothing.
-    let again = store::request_cancellation(&s.order, &order_id, "really", style)
+    let again = s
+        .order
+        .request_cancellation(&order_id, "really", style)
         .await
         .expect("cancel again");
     assert!(matches!(again, Cancelling::Already), "{again:?}");
@@ -510,7 +520,9 @@ async fn an_approved_order_is_cancelled_refunded_restocked_and_its_shipment_canc
         s.notifications(&order_id).await,
         ["OrderConfirmed", "OrderCancelled"]
     );
-    let done = store::request_cancellation(&s.order, &order_id, "again", style)
+    let done = s
+        .order
+        .request_cancellation(&order_id, "again", style)
         .await
         .expect("cancel a cancelled order");
     assert!(matches!(done, Cancelling::Already), "{done:?}");
@@ -528,7 +540,9 @@ async fn a_dispatched_order_cannot_be_cancelled_and_stays_approved_and_paid(styl
         .execute(&s.shipping)
         .await
         .expect("dispatch");
-    let started = store::request_cancellation(&s.order, &order_id, "too late?", style)
+    let started = s
+        .order
+        .request_cancellation(&order_id, "too late?", style)
         .await
         .expect("cancel");
     assert!(matches!(started, Cancelling::Started), "{started:?}");
@@ -553,7 +567,9 @@ async fn a_dispatched_order_cannot_be_cancelled_and_stays_approved_and_paid(styl
         ["OrderConfirmed", "OrderCancellationRefused"]
     );
     // A refused cancellation stays refused.
-    let again = store::request_cancellation(&s.order, &order_id, "please", style)
+    let again = s
+        .order
+        .request_cancellation(&order_id, "please", style)
         .await
         .expect("cancel again");
     assert!(matches!(again, Cancelling::Refused(_)), "{again:?}");
@@ -568,12 +584,16 @@ async fn only_an_approved_order_can_be_cancelled(style: SagaStyle) {
         if order_id == &rejected {
             s.settle().await;
         }
-        let refused = store::request_cancellation(&s.order, order_id, "no", style)
+        let refused = s
+            .order
+            .request_cancellation(order_id, "no", style)
             .await
             .expect("cancel");
         assert!(matches!(refused, Cancelling::Refused(_)), "{refused:?}");
     }
-    let unknown = store::request_cancellation(&s.order, "no-such-order", "no", style)
+    let unknown = s
+        .order
+        .request_cancellation("no-such-order", "no", style)
         .await
         .expect("cancel");
     assert!(
@@ -669,7 +689,7 @@ async fn a_choreographed_order_past_its_point_of_no_return_does_not_expire() {
     );
     // An order that ended has no deadline left.
     let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM saga_deadlines")
-        .fetch_one(&s.order.pool)
+        .fetch_one(&s.order.db.pool)
         .await
         .expect("deadlines");
     assert_eq!(left, 0);

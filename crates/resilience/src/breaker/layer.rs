@@ -7,7 +7,8 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::{CircuitBreaker, CircuitOpen, Outcome, Permit};
+use super::circuit::{CircuitBreaker, Permit};
+use super::state::{CircuitOpen, Outcome};
 use crate::retry::{MaybeRefusal, Refusal};
 
 /// Decides how a call's result counts for the breaker.

@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 /// with the order's total and `extra` fields.
 ///
 /// ```
-/// let message = flotilla_order::notifications::message("o-1", "c-1", 1200, "OrderRejected",
+/// let message = flotilla_order::store::notifications::message("o-1", "c-1", 1200, "OrderRejected",
 ///     serde_json::json!({ "reason": "out of stock" }));
 /// assert_eq!(message.topic, "order.notifications");
 /// assert_eq!(message.payload["reason"], "out of stock");

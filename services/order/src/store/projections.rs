@@ -14,7 +14,7 @@ use sqlx::SqliteConnection;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::{Order, OrderEvent, Status};
+use crate::domain::{Order, OrderEvent, Status};
 
 fn connection(tx: &mut StoreTx) -> Result<&mut SqliteConnection, Error> {
     tx.sqlite()

@@ -15,7 +15,7 @@
 //! limit (`authorize_payment` refused: release the stock), an unserviceable destination
 //! (`schedule_shipment` refused: void the payment, release the stock).
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use flotilla_contracts::{
     AuthorizePayment, CancelShipment, CapturePayment, CommitStock, Destination, Line, ReleaseStock,
@@ -27,12 +27,10 @@ use flotilla_saga::{Command, Error, Saga, Step, Transition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::aggregate::Order;
-
-/// How long a participant has to answer before the command is sent again.
-pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Attempts of a step before the saga gives up on it and compensates.
-pub const STEP_ATTEMPTS: u32 = 3;
+use super::participants::{self, STEP_ATTEMPTS, STEP_TIMEOUT, command};
+use crate::domain::Order;
+use crate::store::changes::Changes;
+use crate::store::{notifications, record};
 
 /// What the saga carries from step to step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,14 +49,6 @@ pub struct PlaceOrderData {
     pub payment_id: Option<String>,
     /// The shipment, once scheduled.
     pub shipment_id: Option<String>,
-}
-
-pub(crate) fn command<C: flotilla_contracts::Command>(command: &C) -> Command {
-    Command {
-        topic: C::TOPIC.to_owned(),
-        message_type: C::TYPE.to_owned(),
-        payload: serde_json::to_value(command).unwrap_or(Value::Null),
-    }
 }
 
 fn text(reply: &Value, field: &str) -> Option<String> {
@@ -86,7 +76,7 @@ fn step(
 /// The place-order saga definition.
 #[derive(Debug)]
 pub struct PlaceOrderSaga {
-    changes: std::sync::Arc<crate::changes::Changes>,
+    changes: Arc<Changes>,
     steps: Vec<Step<PlaceOrderData>>,
     events: EventStore,
 }
@@ -94,7 +84,7 @@ pub struct PlaceOrderSaga {
 impl PlaceOrderSaga {
     /// The saga, appending the order's events to `events` (the order's own store) and telling
     /// `changes` when an order's saga ends.
-    pub fn new(events: EventStore, changes: std::sync::Arc<crate::changes::Changes>) -> Self {
+    pub fn new(events: EventStore, changes: Arc<Changes>) -> Self {
         let steps = vec![
             step(
                 "reserve_stock",
@@ -222,7 +212,7 @@ impl Saga for PlaceOrderSaga {
         ) {
             return Ok(Vec::new());
         }
-        crate::store::record(&self.events, db, &data.order_id, saga_id, |state| {
+        record(&self.events, db, &data.order_id, saga_id, |state| {
             let events = match transition {
                 Transition::StepSucceeded {
                     step: "reserve_stock",
@@ -259,7 +249,7 @@ impl Saga for PlaceOrderSaga {
 }
 
 fn notification(data: &PlaceOrderData, kind: &str, extra: Value) -> Message {
-    crate::notifications::message(
+    notifications::message(
         &data.order_id,
         &data.customer_id,
         data.total_cents,
@@ -270,7 +260,7 @@ fn notification(data: &PlaceOrderData, kind: &str, extra: Value) -> Message {
 
 /// The saga's data for a placed order (the same details the choreographed saga carries).
 pub fn data_of(order_id: &str, order: &Order) -> Option<PlaceOrderData> {
-    let details = crate::choreography::details(order_id, order)?;
+    let details = participants::details(order_id, order)?;
     Some(PlaceOrderData {
         order_id: details.order_id,
         customer_id: details.customer_id,

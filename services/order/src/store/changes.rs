@@ -57,7 +57,7 @@ impl Changes {
     ///
     /// ```
     /// use futures_util::FutureExt as _;
-    /// let changes = flotilla_order::changes::Changes::default();
+    /// let changes = flotilla_order::store::changes::Changes::default();
     /// {
     ///     let watch = changes.watch("o-1");
     ///     let mut woken = std::pin::pin!(watch.notify.notified());
@@ -91,7 +91,7 @@ impl Changes {
     ///
     /// ```
     /// use futures_util::FutureExt as _;
-    /// let changes = flotilla_order::changes::Changes::default();
+    /// let changes = flotilla_order::store::changes::Changes::default();
     /// let watch = changes.watch("o-1");
     /// let mut woken = std::pin::pin!(watch.notify.notified());
     /// woken.as_mut().enable();

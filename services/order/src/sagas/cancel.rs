@@ -20,7 +20,9 @@ use flotilla_saga::{Error, Saga, Step, Transition};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::saga::{STEP_TIMEOUT, command};
+use super::participants::{STEP_TIMEOUT, command};
+use crate::store::changes::Changes;
+use crate::store::{notifications, record};
 
 /// The saga id of order `order_id`'s cancellation.
 pub fn saga_id(order_id: &str) -> String {
@@ -60,7 +62,7 @@ fn step(
 /// The cancel-order saga definition.
 #[derive(Debug)]
 pub struct CancelOrderSaga {
-    changes: std::sync::Arc<crate::changes::Changes>,
+    changes: std::sync::Arc<Changes>,
     steps: Vec<Step<CancelOrderData>>,
     events: EventStore,
 }
@@ -68,7 +70,7 @@ pub struct CancelOrderSaga {
 impl CancelOrderSaga {
     /// The saga, appending the order's events to `events` and telling `changes` when an
     /// order's cancellation ends.
-    pub fn new(events: EventStore, changes: std::sync::Arc<crate::changes::Changes>) -> Self {
+    pub fn new(events: EventStore, changes: std::sync::Arc<Changes>) -> Self {
         let steps = vec![
             step(
                 "cancel_shipment",
@@ -156,7 +158,7 @@ impl Saga for CancelOrderSaga {
             return Ok(Vec::new());
         }
         let correlation = saga_id(&data.order_id);
-        crate::store::record(&self.events, db, &data.order_id, &correlation, |order| {
+        record(&self.events, db, &data.order_id, &correlation, |order| {
             let events = match transition {
                 Transition::Completed => order.cancel(&data.reason)?,
                 Transition::Failed { reason } => order.refuse_cancellation(reason)?,
@@ -167,7 +169,7 @@ impl Saga for CancelOrderSaga {
         .map_err(|e| Error::Transition(e.to_string()))?;
         self.changes.ending(&data.order_id);
         let notify = |kind: &str, extra| {
-            crate::notifications::message(
+            notifications::message(
                 &data.order_id,
                 &data.customer_id,
                 data.total_cents,

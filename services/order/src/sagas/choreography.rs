@@ -27,16 +27,21 @@
 //! message cannot hold money or stock for the rejected order). The order is rejected with the
 //! deadline's reason once those are done.
 
-use flotilla_contracts::{
-    Destination, Event, Line, OrderCancellationRequested, OrderCreated, OrderDetails,
-};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_contracts::{Event, OrderCancellationRequested, OrderCreated, OrderDetails};
 use flotilla_eventstore::EventStore;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_saga::choreography::{self, Facts};
 use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::{Order, OrderError, OrderEvent, Status};
+use crate::domain::{Cancellation, Order, OrderError, OrderEvent, Status};
+use crate::store::changes::Changes;
+use crate::store::{Database, RecordError, notifications, record};
 
 /// The facts the order listens for.
 pub const FACTS: [&str; 14] = [
@@ -69,11 +74,13 @@ pub use flotilla_kit::clock::micros_after;
 /// transaction: each one still pending and not yet shipped gets the fact [`DEADLINE_PASSED`]
 /// and its `OrderExpired` goes to the outbox; the others (ended, or past the point of no return)
 /// lose their deadline only. Returns how many were expired; the caller wakes the relay.
-pub async fn expire_due(db: &crate::store::Database) -> Result<usize, flotilla_eventstore::Error> {
-    let deadline = db.choreography_deadline;
+pub async fn expire_due(
+    db: &Database,
+    deadline: Duration,
+) -> Result<usize, flotilla_eventstore::Error> {
     let encode = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
     flotilla_kit::database::transaction(&db.pool, |sql| {
-        let now = micros_after(std::time::Duration::ZERO);
+        let now = micros_after(Duration::ZERO);
         let due = choreography::due(sql, now, EXPIRED_AT_ONCE).map_err(|e| encode(&e))?;
         let mut expired = 0;
         for order_id in due {
@@ -115,19 +122,21 @@ pub async fn expire_due(db: &crate::store::Database) -> Result<usize, flotilla_e
     .await
 }
 
-/// Runs [`expire_due`] every `interval` until `shutdown`, waking `relay` after it expired any.
+/// Runs [`expire_due`] with `deadline` every `interval` until `shutdown`, waking `relay` after
+/// it expired any.
 pub async fn run_deadlines(
-    db: crate::store::Database,
-    interval: std::time::Duration,
-    relay: std::sync::Arc<tokio::sync::Notify>,
-    shutdown: tokio_util::sync::CancellationToken,
+    db: Database,
+    deadline: Duration,
+    interval: Duration,
+    relay: Arc<Notify>,
+    shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        match expire_due(&db).await {
+        match expire_due(&db, deadline).await {
             Ok(0) => {}
             Ok(_) => relay.notify_one(),
             Err(error) => tracing::warn!(%error, "could not expire the choreographed orders due"),
@@ -154,7 +163,7 @@ pub enum Outcome {
 /// recorded, in the saga's order, then its outcome once every fact it needs is in.
 ///
 /// ```
-/// use flotilla_order::choreography::{decide, Outcome};
+/// use flotilla_order::sagas::choreography::{decide, Outcome};
 /// use flotilla_saga::choreography::Facts;
 /// let order = flotilla_order::Order { status: Some(flotilla_order::Status::Pending), ..Default::default() };
 /// let facts = Facts::from_iter([
@@ -220,7 +229,7 @@ pub fn decide(order: &Order, facts: &Facts) -> Result<(Vec<OrderEvent>, Outcome)
         Some(Status::Approved) if order.cancelling() => {
             if facts.all(&["ShipmentCancelled", "PaymentRefunded", "StockRestocked"]) {
                 let reason = match &order.cancellation {
-                    Some(crate::aggregate::Cancellation::Requested { reason }) => reason.clone(),
+                    Some(Cancellation::Requested { reason }) => reason.clone(),
                     _ => String::new(),
                 };
                 Ok((order.cancel(&reason)?, Outcome::Cancelled))
@@ -237,31 +246,6 @@ pub fn decide(order: &Order, facts: &Facts) -> Result<(Vec<OrderEvent>, Outcome)
         // Ended, or approved with no cancellation running: late or repeated facts.
         Some(_) => Ok((events, Outcome::Pending)),
     }
-}
-
-/// What the participants of the choreographed place-order saga need to know of `order`.
-pub fn details(order_id: &str, order: &Order) -> Option<OrderDetails> {
-    let ship_to = order.ship_to.as_ref()?;
-    Some(OrderDetails {
-        order_id: order_id.to_owned(),
-        customer_id: order.customer_id.clone(),
-        lines: order
-            .items
-            .iter()
-            .map(|line| Line {
-                sku: line.sku.clone(),
-                quantity: line.quantity,
-            })
-            .collect(),
-        total_cents: order.total_cents,
-        destination: Destination {
-            name: ship_to.name.clone(),
-            street: ship_to.street.clone(),
-            city: ship_to.city.clone(),
-            postal_code: ship_to.postal_code.clone(),
-            country: ship_to.country.clone(),
-        },
-    })
 }
 
 /// The message that starts the choreographed place-order saga of a new order.
@@ -283,13 +267,13 @@ pub fn cancellation_requested(order_id: &str, reason: &str) -> Message {
 #[derive(Debug, Clone)]
 pub struct Listener {
     events: EventStore,
-    changes: std::sync::Arc<crate::changes::Changes>,
+    changes: Arc<Changes>,
 }
 
 impl Listener {
     /// The listener, appending to the order's event store `events` and telling `changes` when
     /// an order's saga ends.
-    pub fn new(events: EventStore, changes: std::sync::Arc<crate::changes::Changes>) -> Self {
+    pub fn new(events: EventStore, changes: Arc<Changes>) -> Self {
         Self { events, changes }
     }
 }
@@ -315,25 +299,24 @@ impl Handler for Listener {
         choreography::record(db, order_id, &message.message_type, &message.payload)
             .map_err(saga)?;
         let facts = choreography::facts(db, order_id).map_err(saga)?;
-        let (order, outcome) =
-            crate::store::record(&self.events, db, order_id, order_id, |order| {
-                decide(order, &facts)
-            })
-            .map_err(|e| match e {
-                // The store failed (busy, I/O): try again later.
-                crate::store::RecordError::Store(e) => HandlerError::Retry(e.to_string()),
-                crate::store::RecordError::Order(e) => failed(&format!(
-                    "{} about order {order_id}: {e}",
-                    message.message_type
-                )),
-            })?;
+        let (order, outcome) = record(&self.events, db, order_id, order_id, |order| {
+            decide(order, &facts)
+        })
+        .map_err(|e| match e {
+            // The store failed (busy, I/O): try again later.
+            RecordError::Store(e) => HandlerError::Retry(e.to_string()),
+            RecordError::Order(e) => failed(&format!(
+                "{} about order {order_id}: {e}",
+                message.message_type
+            )),
+        })?;
         if outcome != Outcome::Pending {
             self.changes.ending(order_id);
             choreography::clear_deadline(db, order_id).map_err(saga)?;
         }
         let state = &order.state;
         let notify = |kind: &str, extra| {
-            vec![crate::notifications::message(
+            vec![notifications::message(
                 order_id,
                 &state.customer_id,
                 state.total_cents,

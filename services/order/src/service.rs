@@ -1,0 +1,89 @@
+//! Builds the order service from its settings and runs it: the database, the sagas and their
+//! timers, discovery, messaging, the projections and the HTTP API, until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::SERVICE;
+use crate::api::{self, Context, prices::Prices};
+use crate::consumer::Inbox;
+use crate::sagas::Sagas;
+use crate::settings::Config;
+use crate::store::{self, projections};
+
+/// Opens the order database under the settings' data directory and wires the sagas to it.
+pub async fn open(config: &Config) -> Result<Sagas, flotilla_eventstore::Error> {
+    let (server, settings) = (&config.service.instance.server, &config.order);
+    let db = store::open(&server.database_path(SERVICE)).await?;
+    Ok(Sagas::new(
+        db,
+        Duration::from_millis(settings.choreography_deadline_ms),
+    ))
+}
+
+/// Runs the service on `listener` until `shutdown`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let sagas = open(&config).await.map_err(std::io::Error::other)?;
+    let db = sagas.db.clone();
+    let (service, settings) = (&config.service, &config.order);
+    let discovery = service
+        .instance
+        .discovery
+        .discovery(&shutdown)
+        .with_resilience(
+            config.resilience.breaker.clone(),
+            config.resilience.retry.clone(),
+        )
+        .map_err(std::io::Error::other)?;
+    projections::spawn(&db.events, &shutdown);
+    let messaging = flotilla_messaging::runtime::start(
+        &service.messaging,
+        discovery.clone(),
+        flotilla_contracts::subscriptions(),
+        SERVICE,
+        db.pool.clone(),
+        Inbox::new(&sagas),
+        flotilla_contracts::topics_of(SERVICE),
+        &shutdown,
+    )
+    .await
+    .map_err(std::io::Error::other)?;
+    sagas.spawn_timers(messaging.relay.clone(), &shutdown);
+    let context = Context {
+        sagas: sagas.clone(),
+        discovery,
+        prices: Arc::new(Prices::new(Duration::from_millis(
+            settings.catalog_cache_ms,
+        ))),
+        relay: messaging.relay.clone(),
+        style: settings.saga_style,
+    };
+    let result = flotilla_discovery::serve_routes(
+        SERVICE,
+        &service.instance,
+        listener,
+        api::routes(context).merge(messaging.routes),
+        shutdown,
+    )
+    .await;
+    db.pool.close().await;
+    result
+}
+
+/// `flotilla projections rebuild order`: rebuilds the order's read models from its events.
+pub async fn rebuild_projections(
+    config: &Config,
+) -> Result<Vec<(&'static str, u64)>, flotilla_eventstore::Error> {
+    let server = &config.service.instance.server;
+    let db = store::open(&server.database_path(SERVICE)).await?;
+    let rebuilt = projections::rebuild(&db.events).await;
+    db.pool.close().await;
+    rebuilt
+}
