@@ -42,20 +42,16 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let registry = config
-        .instance
-        .discovery
-        .registry_url
-        .clone()
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "the gateway needs `registry_url` (FLOTILLA_REGISTRY_URL) to find the services",
-            )
-        })?;
+    let found = &config.instance.discovery;
+    let registry = found.registry_url.clone().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the gateway needs `registry_url` (FLOTILLA_REGISTRY_URL) to find the services",
+        )
+    })?;
     // The breakers register their metrics when made: the recorder must exist first.
     flotilla_kit::metrics::handle();
-    let timeout = config.instance.discovery.request_timeout();
+    let timeout = found.request_timeout();
     let discovery = Discovery::new(&registry, timeout, shutdown.clone());
     let deferred = deferred::Deferred::open(&config)
         .await
