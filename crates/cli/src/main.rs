@@ -1,6 +1,7 @@
 //! `flotilla`: one binary for every role of the platform.
 //!
-//! * `flotilla` or `flotilla up`: the supervisor runs the whole system ([`supervisor`]);
+//! * `flotilla` or `flotilla up`: the supervisor runs the whole system ([`up`], a caller of
+//!   [`flotilla_supervisor`]);
 //! * `flotilla run ROLE`: one component (registry, gateway, order, payment, inventory, shipping);
 //! * `flotilla status`: the instances the registry knows;
 //! * `flotilla projections rebuild order`: rebuilds the order's read models from its events;
@@ -13,7 +14,7 @@ mod bench;
 mod check;
 mod dlq;
 mod settings;
-mod supervisor;
+mod up;
 
 use std::path::PathBuf;
 
@@ -35,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole system: registry, gateway and the four services (the default).
-    Up(supervisor::UpOptions),
+    Up(up::UpOptions),
     /// Run one component.
     Run(RunOptions),
     /// List the instances the registry knows.
@@ -145,35 +146,7 @@ struct RebuildOptions {
 }
 
 /// The components `flotilla run` can start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Role {
-    /// The service registry.
-    Registry,
-    /// The API gateway.
-    Gateway,
-    /// The order service.
-    Order,
-    /// The payment service.
-    Payment,
-    /// The inventory service.
-    Inventory,
-    /// The shipping service.
-    Shipping,
-}
-
-impl Role {
-    /// The role's name, as on the command line and in the registry.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Registry => "registry",
-            Role::Gateway => "gateway",
-            Role::Order => "order",
-            Role::Payment => "payment",
-            Role::Inventory => "inventory",
-            Role::Shipping => "shipping",
-        }
-    }
-}
+pub use flotilla_supervisor::Role;
 
 #[derive(Debug, clap::Args)]
 struct RunOptions {
@@ -244,7 +217,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            Command::Up(options) => supervisor::up(options).await,
+            Command::Up(options) => up::up(options).await,
             Command::Run(options) => run(options).await,
             Command::Status(options) => status(options).await,
             Command::Check(options) => check_command(options).await,
@@ -283,6 +256,10 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+    if settings.server.supervised {
+        // The supervisor learns the address from this line (the port may be the OS's choice).
+        flotilla_supervisor::announce(listener.local_addr()?);
+    }
     let role = options.role;
     let result = match role {
         Role::Registry => {
@@ -414,7 +391,7 @@ async fn rebuild(options: RebuildOptions) -> anyhow::Result<()> {
 async fn status(options: StatusOptions) -> anyhow::Result<()> {
     let registry = match options.registry_url {
         Some(url) => url,
-        None => supervisor::registry_url_of(&options.data_dir).with_context(|| {
+        None => flotilla_supervisor::registry_url_of(&options.data_dir).with_context(|| {
             format!(
                 "no running system found in {} (give --registry-url)",
                 options.data_dir.display()

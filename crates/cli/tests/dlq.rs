@@ -5,13 +5,12 @@
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
-use std::time::Duration;
 
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Deliveries, Message, Transport, TransportError};
+use flotilla_testkit::TempData;
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 
 /// A transport that is always down: every publish fails.
 struct Down;
@@ -30,15 +29,10 @@ impl Transport for Down {
     }
 }
 
-/// Opens (creating it) `service`'s database in `data_dir`, as the service does, with the
+/// Opens (creating it) `service`'s database in `data`, as the service does, with the
 /// messaging tables.
-async fn database(data_dir: &Path, service: &str) -> SqlitePool {
-    let options = SqliteConnectOptions::new()
-        .filename(data_dir.join(format!("{service}.db")))
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn database(data: &TempData, service: &str) -> SqlitePool {
+    let pool = data.pool(service).await;
     flotilla_messaging::migrate(&pool).await.expect("migrate");
     pool
 }
@@ -120,10 +114,10 @@ fn stderr(output: &Output) -> String {
 
 #[tokio::test]
 async fn list_shows_the_dead_letters_of_every_service_and_names_those_without_a_database() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let order = database(dir.path(), "order").await;
+    let dir = TempData::new();
+    let order = database(&dir, "order").await;
     let placed = dead_letters(&order, "order.events", &["o-1"]).await;
-    let payment = database(dir.path(), "payment").await;
+    let payment = database(&dir, "payment").await;
     let replies = dead_letters(&payment, "saga.replies", &["o-2", "o-3"]).await;
     // A stopped system: nothing holds the databases open.
     order.close().await;
@@ -181,9 +175,9 @@ async fn list_shows_the_dead_letters_of_every_service_and_names_those_without_a_
 
 #[tokio::test]
 async fn replay_puts_the_dead_letters_back_in_the_outbox_pending_again() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = TempData::new();
     // A running service: its pool stays open while the command runs.
-    let payment = database(dir.path(), "payment").await;
+    let payment = database(&dir, "payment").await;
     let messages = dead_letters(&payment, "saga.replies", &["o-1", "o-2", "o-3"]).await;
     let seqs = seqs_of(&payment, &messages).await;
     for message in &messages {
@@ -245,8 +239,8 @@ async fn replay_puts_the_dead_letters_back_in_the_outbox_pending_again() {
 
 #[tokio::test]
 async fn replay_of_an_unknown_seq_fails_naming_it_and_changes_nothing() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let inventory = database(dir.path(), "inventory").await;
+    let dir = TempData::new();
+    let inventory = database(&dir, "inventory").await;
     let messages = dead_letters(&inventory, "saga.replies", &["o-1", "o-2"]).await;
     let seqs = seqs_of(&inventory, &messages).await;
     let before = outbox::dead_letters(&inventory)
@@ -280,7 +274,7 @@ async fn replay_of_an_unknown_seq_fails_naming_it_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_service_without_a_database_is_an_error_and_no_database_is_created() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = TempData::new();
     for args in [
         &["list"][..],
         &["list", "--service", "shipping"],

@@ -1,0 +1,100 @@
+//! HTTP calls to a system: the gateway's API, and any instance's address directly.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// Its status.
+    pub status: StatusCode,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body: JSON, or the text as a JSON string.
+    pub body: Value,
+}
+
+/// The calls a test makes against the gateway, usable from another task (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// The gateway's base URL.
+    pub gateway: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Gateway {
+    /// Calls to the gateway at `gateway` (a base URL).
+    pub fn new(gateway: String) -> Self {
+        Self {
+            gateway,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Any request, to any URL; the answer must come within 15 s.
+    pub async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        let mut request = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(15), self.http.request(request))
+            .await
+            .expect("answer within 15 s")
+            .expect("answer");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// GET `path` through the gateway.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, &format!("{}{path}", self.gateway), &[], None)
+            .await
+    }
+
+    /// POST the JSON text `body` to `path` through the gateway.
+    pub async fn post(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.call(
+            Method::POST,
+            &format!("{}{path}", self.gateway),
+            &all,
+            Some(body.as_bytes().to_vec()),
+        )
+        .await
+    }
+
+    /// POST an order through the gateway.
+    pub async fn post_order(&self, body: &Value, headers: &[(&str, &str)]) -> Answer {
+        self.post("/v1/orders", &body.to_string(), headers).await
+    }
+}

@@ -1,0 +1,90 @@
+//! Sagas in both styles over HTTP push: every path, kill -9 of each service, a participant that
+//! stalls past the order's deadline.
+
+use std::time::Duration;
+
+use flotilla_system_tests::scenarios::{every_path_in_both_styles, sagas_survive_kill_9};
+use flotilla_system_tests::{Role, System, eventually, order};
+use http::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sagas_survive_kill_9_of_the_orchestrator_and_of_each_participant() {
+    sagas_survive_kill_9("orchestration", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn choreographed_sagas_survive_kill_9_of_each_service() {
+    sagas_survive_kill_9("choreography", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_saga_styles_place_reject_and_cancel_orders_through_the_gateway() {
+    let system = System::start().await;
+    every_path_in_both_styles(&system).await;
+}
+
+/// Choreographed, through the real processes: the payment service stalls (`SIGSTOP`) while an
+/// order waits for its authorization; at the order's deadline (1.5 s here) the order service
+/// expires it and shipping refuses it; once the payment service runs again it voids nothing
+/// and refuses the late authorization, the stock is released and the order ends REJECTED for
+/// its deadline, every invariant holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_choreographed_order_expires_while_a_participant_stalls() {
+    let system = System::start_env(&[
+        ("FLOTILLA_SAGA_STYLE", "choreography"),
+        ("FLOTILLA_CHOREOGRAPHY_DEADLINE_MS", "1500"),
+    ])
+    .await;
+    let wait = [("prefer", "wait=8")];
+    let first = system.post_order(&order("alice", "MS-002", 1), &wait).await;
+    assert_eq!(first.body["status"], "APPROVED", "{}", first.body);
+
+    let payment = system.pid_of("payment").await;
+    let paused = system.supervisor.pause(Role::Payment, 1).expect("SIGSTOP");
+    assert_eq!(
+        paused.pid.and_then(|p| i32::try_from(p).ok()),
+        Some(payment)
+    );
+    let placed = system.post_order(&order("alice", "MS-002", 1), &[]).await;
+    assert_eq!(placed.status, StatusCode::ACCEPTED, "{}", placed.body);
+    let order_id = placed.body["order_id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    // Shipping refuses the expired order while the payment service sleeps.
+    let shipping = system.database("shipping").await;
+    let refusal = eventually(Duration::from_secs(15), "the order expired", || async {
+        let refusal: Option<String> =
+            sqlx::query_scalar("SELECT reason FROM shipment_refusals WHERE order_id = $1")
+                .bind(&order_id)
+                .fetch_optional(&shipping)
+                .await
+                .expect("refusals");
+        refusal.ok_or("no refusal yet")
+    })
+    .await;
+    shipping.close().await;
+    assert!(refusal.contains("did not complete within"), "{refusal}");
+    let pending = system.get(&format!("/v1/orders/{order_id}")).await;
+    assert_eq!(
+        pending.body["status"], "PENDING",
+        "rejected only once the payment has answered: {}",
+        pending.body
+    );
+
+    system.supervisor.resume(Role::Payment, 1).expect("SIGCONT");
+    let ended = system.final_state(&format!("/v1/orders/{order_id}")).await;
+    assert_eq!(ended["status"], "REJECTED", "{ended}");
+    assert!(
+        ended["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("did not complete within")),
+        "{ended}"
+    );
+    let check = system.flotilla(&["check", "--settled"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

@@ -1,0 +1,72 @@
+//! A temporary data directory, removed when dropped, with the SQLite databases and the settings
+//! the tests of a crate or a service open in it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+
+/// A temporary data directory (removed when dropped).
+#[derive(Debug)]
+pub struct TempData {
+    dir: tempfile::TempDir,
+}
+
+impl TempData {
+    /// A new, empty directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Opens (creating it) the database `NAME.db` in the directory as the services do: WAL
+    /// journal, 10 s busy timeout.
+    pub async fn pool(&self, name: &str) -> SqlitePool {
+        let options = SqliteConnectOptions::new()
+            .filename(self.path().join(format!("{name}.db")))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10));
+        SqlitePool::connect_with(options).await.expect("sqlite")
+    }
+
+    /// The default server section of the settings, with this data directory (a service's
+    /// `open(&settings)` then creates its database here).
+    pub fn settings(&self) -> flotilla_kit::ServerSettings {
+        flotilla_kit::ServerSettings {
+            data_dir: self.path().to_owned(),
+            ..flotilla_kit::ServerSettings::default()
+        }
+    }
+}
+
+impl Default for TempData {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pool_and_settings_point_into_the_directory() {
+        let data = TempData::new();
+        let pool = data.pool("example").await;
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&pool)
+            .await
+            .expect("create");
+        assert!(data.path().join("example.db").exists());
+        assert_eq!(data.settings().data_dir, data.path());
+        pool.close().await;
+    }
+}
