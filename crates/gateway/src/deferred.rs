@@ -65,8 +65,7 @@ impl Deferred {
         if settings.queue_for_later.is_empty() {
             return Ok(None);
         }
-        let opening =
-            flotilla_kit::database::open(&server.database_path("gateway"), &MIGRATIONS).await?;
+        let opening = flotilla_sqlite::open(&server.database_path("gateway"), &MIGRATIONS).await?;
         Ok(Some(Self {
             pool: opening.ready(),
             services: Arc::new(settings.queue_for_later.clone()),
