@@ -3,16 +3,16 @@
 
 use flotilla_contracts::{Command, Line, ReleaseStock, ReserveStock};
 use flotilla_inventory::commands::StockCommands;
-use flotilla_kit::Settings;
+use flotilla_kit::ServerSettings;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use sqlx::SqlitePool;
 
 async fn database() -> (SqlitePool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
+    let settings = ServerSettings {
         data_dir: dir.path().to_owned(),
-        ..Settings::default()
+        ..ServerSettings::default()
     };
     (
         flotilla_inventory::open(&settings).await.expect("database"),

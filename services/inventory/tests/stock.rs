@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use flotilla_inventory::stock::{self, Change, Line, Reservation};
-use flotilla_kit::Settings;
+use flotilla_kit::ServerSettings;
 use sqlx::SqlitePool;
 
 async fn database() -> (SqlitePool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
+    let settings = ServerSettings {
         data_dir: dir.path().to_owned(),
-        ..Settings::default()
+        ..ServerSettings::default()
     };
     let pool = flotilla_inventory::open(&settings).await.expect("database");
     (pool, dir)

@@ -8,7 +8,6 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use flotilla_discovery::Discovery;
 use flotilla_eventstore::{ExpectedVersion, Metadata, NewEvent, aggregate::Execute};
-use flotilla_kit::Settings;
 use flotilla_order::store::{self, projections};
 use flotilla_order::{
     Context, Database, Order, OrderError, OrderLine, OrderView, Placed, Placement, Sagas, Status,
@@ -36,11 +35,9 @@ struct Service {
 
 async fn service() -> Service {
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
-        data_dir: dir.path().to_owned(),
-        ..Settings::default()
-    };
-    let sagas = flotilla_order::open(&settings).await.expect("database");
+    let mut config = flotilla_order::Config::default();
+    config.service.instance.server.data_dir = dir.path().to_owned();
+    let sagas = flotilla_order::open(&config).await.expect("database");
     let db = sagas.db.clone();
     let router = flotilla_order::routes(Context {
         sagas: sagas.clone(),

@@ -2,7 +2,7 @@
 //! refusals, and a redelivered command applied once.
 
 use flotilla_contracts::{AuthorizePayment, CapturePayment, Command, RefundPayment, VoidPayment};
-use flotilla_kit::Settings;
+use flotilla_kit::ServerSettings;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use flotilla_payment::commands::PaymentCommands;
@@ -10,9 +10,9 @@ use sqlx::SqlitePool;
 
 async fn database() -> (SqlitePool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
+    let settings = ServerSettings {
         data_dir: dir.path().to_owned(),
-        ..Settings::default()
+        ..ServerSettings::default()
     };
     (
         flotilla_payment::open(&settings).await.expect("database"),

@@ -2,7 +2,7 @@
 //! moves, refusals that stay refused, the credit limit under concurrent authorizations, and the
 //! invariant check finding damage done by hand.
 
-use flotilla_kit::Settings;
+use flotilla_kit::ServerSettings;
 use flotilla_payment::Account;
 use flotilla_payment::ledger::{
     self, Authorization, LedgerError, Operation, PaymentStatus, Settled,
@@ -16,9 +16,9 @@ struct Db {
 
 async fn db() -> Db {
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
+    let settings = ServerSettings {
         data_dir: dir.path().to_owned(),
-        ..Settings::default()
+        ..ServerSettings::default()
     };
     let pool = flotilla_payment::open(&settings).await.expect("database");
     Db { pool, _dir: dir }

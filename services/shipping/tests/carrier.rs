@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use flotilla_kit::Settings;
+use flotilla_kit::ServerSettings;
 use flotilla_shipping::carrier::{
     self, CANCELLED_BEFORE_SCHEDULING, CancelError, Cancellation, Destination, Scheduling,
 };
@@ -12,9 +12,9 @@ use tokio::sync::Barrier;
 
 async fn open() -> (TempDir, SqlitePool) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let pool = flotilla_shipping::open(&Settings {
+    let pool = flotilla_shipping::open(&ServerSettings {
         data_dir: dir.path().to_path_buf(),
-        ..Settings::default()
+        ..ServerSettings::default()
     })
     .await
     .expect("the shipping database opens");

@@ -2,7 +2,7 @@
 //! refusals, and a redelivered command applied once.
 
 use flotilla_contracts::{CancelShipment, Command, Destination, ScheduleShipment};
-use flotilla_kit::Settings;
+use flotilla_kit::ServerSettings;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use flotilla_shipping::carrier::CANCELLED_BEFORE_SCHEDULING;
@@ -11,9 +11,9 @@ use sqlx::SqlitePool;
 
 async fn database() -> (SqlitePool, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
+    let settings = ServerSettings {
         data_dir: dir.path().to_owned(),
-        ..Settings::default()
+        ..ServerSettings::default()
     };
     (
         flotilla_shipping::open(&settings).await.expect("database"),
