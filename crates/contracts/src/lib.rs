@@ -6,8 +6,8 @@
 //!
 //! * **orchestration**: the order's orchestrator sends [`Command`]s; a command's
 //!   `message_type` is its type's name ([`Command::TYPE`]); a participant answers with
-//!   `flotilla_saga::succeeded` (payload `{"ok": true, …}`) or `flotilla_saga::refused`
-//!   (`{"ok": false, "reason": …}`) on the command's `reply_to` topic;
+//!   [`succeeded`] (payload `{"ok": true, …}`) or [`refused`] (`{"ok": false, "reason": …}`) on
+//!   the command's `reply_to` topic, the replies `flotilla_saga`'s orchestrator reads;
 //! * **choreography**: every service publishes the facts it established as [`Event`]s on its
 //!   own `<service>.events` topic, and the others react to them (nobody coordinates):
 //!
@@ -25,8 +25,17 @@
 //!
 //! The order service listens to every fact and decides the order's outcome from them
 //! (`flotilla_saga::choreography`).
+//!
+//! A handler recognizes the commands and facts it is given with [`read`]: `Ok(None)` for a
+//! message of another type, a rejection ([`HandlerError::Reject`]) for one it cannot read.
+//!
+//! It does not handle messages: the services do, each through its `flotilla_messaging`
+//! participant declaration ([`flotilla_messaging::participant`]).
 
+use flotilla_messaging::Message;
 use flotilla_messaging::embedded::Subscriptions;
+use flotilla_messaging::inbox::HandlerError;
+use flotilla_messaging::runtime::Wiring;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +108,21 @@ pub fn topics_of(service: &str) -> &'static [&'static str] {
     }
 }
 
+/// How `service`'s messaging is wired: [`subscriptions`] and the topics it consumes
+/// ([`topics_of`]), for `flotilla_messaging::runtime::start` and a participant's `run`.
+///
+/// ```
+/// let wiring = flotilla_contracts::wiring("shipping");
+/// assert_eq!(wiring.topics, ["shipping.commands", "order.events", "payment.events"]);
+/// assert_eq!(wiring.subscriptions.groups(flotilla_contracts::SHIPPING_COMMANDS), ["shipping"]);
+/// ```
+pub fn wiring(service: &str) -> Wiring {
+    Wiring {
+        subscriptions: subscriptions(),
+        topics: topics_of(service),
+    }
+}
+
 /// A command: its message type and topic.
 pub trait Command: Serialize + DeserializeOwned {
     /// The message type, the type's name.
@@ -115,10 +139,9 @@ pub trait Command: Serialize + DeserializeOwned {
     /// assert_eq!(message.reply_to.as_deref(), Some("order.saga-replies"));
     /// assert_eq!(message.payload["order_id"], "o-1");
     /// ```
-    fn message(&self, key: &str, reply_to: &str) -> flotilla_messaging::Message {
+    fn message(&self, key: &str, reply_to: &str) -> Message {
         let payload = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        flotilla_messaging::Message::new(Self::TOPIC, Self::TYPE, key, payload)
-            .replying_to(reply_to)
+        Message::new(Self::TOPIC, Self::TYPE, key, payload).replying_to(reply_to)
     }
 }
 
@@ -132,6 +155,11 @@ macro_rules! command {
         impl Command for $name {
             const TYPE: &'static str = stringify!($name);
             const TOPIC: &'static str = $topic;
+        }
+        impl Contract for $name {
+            fn carried_by(message: &Message) -> bool {
+                message.message_type == <Self as Command>::TYPE
+            }
         }
     };
 }
@@ -239,23 +267,6 @@ command!(
     }
 );
 
-/// The payload of `message` as command `C`, if it is one.
-///
-/// ```
-/// use flotilla_contracts::{CancelShipment, Command, decode};
-/// let message = flotilla_messaging::Message::new(
-///     CancelShipment::TOPIC, CancelShipment::TYPE, "o-1",
-///     serde_json::json!({ "order_id": "o-1", "idempotency_key": "s:2:COMPENSATION" }),
-/// );
-/// let command: CancelShipment = decode(&message).unwrap().unwrap();
-/// assert_eq!(command.order_id, "o-1");
-/// ```
-pub fn decode<C: Command>(
-    message: &flotilla_messaging::Message,
-) -> Option<Result<C, serde_json::Error>> {
-    (message.message_type == C::TYPE).then(|| C::deserialize(&message.payload))
-}
-
 /// A fact one service publishes for the others (choreography): its message type and topic.
 pub trait Event: Serialize + DeserializeOwned {
     /// The message type, the type's name.
@@ -273,13 +284,9 @@ pub trait Event: Serialize + DeserializeOwned {
     /// assert_eq!(message.key, "o-1");
     /// assert_eq!(message.reply_to, None);
     /// ```
-    fn message(
-        &self,
-        order_id: &str,
-        cause: Option<&flotilla_messaging::Message>,
-    ) -> flotilla_messaging::Message {
+    fn message(&self, order_id: &str, cause: Option<&Message>) -> Message {
         let payload = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        let message = flotilla_messaging::Message::new(Self::TOPIC, Self::TYPE, order_id, payload);
+        let message = Message::new(Self::TOPIC, Self::TYPE, order_id, payload);
         match cause {
             Some(cause) => message.caused_by(cause),
             None => message.correlated(order_id),
@@ -297,6 +304,12 @@ macro_rules! event {
         impl Event for $name {
             const TYPE: &'static str = stringify!($name);
             const TOPIC: &'static str = $topic;
+        }
+        impl Contract for $name {
+            fn carried_by(message: &Message) -> bool {
+                message.topic == <Self as Event>::TOPIC
+                    && message.message_type == <Self as Event>::TYPE
+            }
         }
     };
 }
@@ -456,17 +469,77 @@ event!(
     }
 );
 
-/// The payload of `message` as event `E`, if it is one.
+/// A command or a fact of these contracts, as [`read`] recognizes it: a command by its
+/// message type, a fact by its topic and type.
+pub trait Contract: DeserializeOwned {
+    /// Whether `message` is one of these (whatever its payload).
+    fn carried_by(message: &Message) -> bool;
+}
+
+/// The payload of `message` as command or fact `T`: `Ok(None)` if it is not one, and a
+/// rejection (`HandlerError::Reject`, "`<type>` is unreadable: …") if it is one that cannot be
+/// read, so that a handler tries its types in turn with `if let Some(x) = read::<T>(message)? {`.
 ///
 /// ```
-/// use flotilla_contracts::{Event, StockReleased, event};
+/// use flotilla_contracts::{CancelShipment, Command, Event, StockReleased, read};
+/// use flotilla_messaging::inbox::HandlerError;
 /// let message = StockReleased { order_id: "o-1".into() }.message("o-1", None);
-/// let fact: StockReleased = event(&message).unwrap().unwrap();
+/// let fact: StockReleased = read(&message).unwrap().unwrap();
 /// assert_eq!(fact.order_id, "o-1");
+/// assert!(read::<CancelShipment>(&message).unwrap().is_none());
+///
+/// let garbled = flotilla_messaging::Message::new(
+///     CancelShipment::TOPIC, CancelShipment::TYPE, "o-1", serde_json::json!({ "order": 1 }),
+/// );
+/// let Err(HandlerError::Reject(reason)) = read::<CancelShipment>(&garbled) else { panic!() };
+/// assert_eq!(reason, "CancelShipment is unreadable: missing field `order_id`");
 /// ```
-pub fn event<E: Event>(
-    message: &flotilla_messaging::Message,
-) -> Option<Result<E, serde_json::Error>> {
-    (message.topic == E::TOPIC && message.message_type == E::TYPE)
-        .then(|| E::deserialize(&message.payload))
+pub fn read<T: Contract>(message: &Message) -> Result<Option<T>, HandlerError> {
+    if !T::carried_by(message) {
+        return Ok(None);
+    }
+    T::deserialize(&message.payload).map(Some).map_err(|error| {
+        HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
+    })
+}
+
+/// The reply of a participant that did what `command` asked, with `data` for the saga: type
+/// `<command type>Succeeded`, payload `data`'s fields and `"ok": true`, on the command's
+/// `reply_to` topic (`None` if it asked for no reply).
+///
+/// ```
+/// use flotilla_messaging::Message;
+/// let command = Message::new("payment.commands", "AuthorizePayment", "saga-1", serde_json::json!({}))
+///     .replying_to("order.saga-replies");
+/// let reply = flotilla_contracts::succeeded(&command, serde_json::json!({ "payment_id": "p-1" })).unwrap();
+/// assert_eq!(reply.message_type, "AuthorizePaymentSucceeded");
+/// assert_eq!(reply.payload["ok"], true);
+/// assert_eq!(reply.payload["payment_id"], "p-1");
+/// ```
+pub fn succeeded(command: &Message, data: serde_json::Value) -> Option<Message> {
+    let mut payload = match data {
+        serde_json::Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    };
+    payload.insert("ok".into(), true.into());
+    command.reply(format!("{}Succeeded", command.message_type), payload.into())
+}
+
+/// The reply of a participant that refused `command` for `reason` (a business failure): type
+/// `<command type>Refused`, payload `{"ok": false, "reason": …}`.
+///
+/// ```
+/// use flotilla_messaging::Message;
+/// let command = Message::new("inventory.commands", "ReserveStock", "saga-1", serde_json::json!({}))
+///     .replying_to("order.saga-replies");
+/// let reply = flotilla_contracts::refused(&command, "out of stock: KB-001").unwrap();
+/// assert_eq!(reply.message_type, "ReserveStockRefused");
+/// assert_eq!(reply.payload["ok"], false);
+/// assert_eq!(reply.payload["reason"], "out of stock: KB-001");
+/// ```
+pub fn refused(command: &Message, reason: &str) -> Option<Message> {
+    command.reply(
+        format!("{}Refused", command.message_type),
+        serde_json::json!({ "ok": false, "reason": reason }),
+    )
 }

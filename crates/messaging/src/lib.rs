@@ -13,13 +13,15 @@
 //! nobody answers), request-reply ([`Message::replying_to`], [`Message::reply`]).
 //!
 //! Its section of the settings, [`MessagingSettings`] (the `messaging` table), lives in
-//! [`settings`]; [`runtime`] starts a service's messaging from it.
+//! [`settings`]; [`runtime`] starts a service's messaging from it, and [`participant`] runs a
+//! saga participant (inventory, payment, shipping) from its declaration.
 
 pub mod embedded;
 mod envelope;
 pub mod inbox;
 pub mod nats;
 pub mod outbox;
+pub mod participant;
 pub mod retention;
 pub mod runtime;
 pub mod settings;

@@ -1,5 +1,8 @@
 //! Running messaging inside a service: the transport chosen by settings, the outbox relay and
-//! the consumers as background tasks.
+//! the consumers as background tasks ([`start`], given its [`Options`]).
+//!
+//! It does not serve the service: a saga participant runs through [`crate::participant`], the
+//! order service through its own start-up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +19,7 @@ use crate::inbox::{Consumer, Handler};
 use crate::nats::{Nats, NatsConfig};
 use crate::outbox::{Relay, RelayConfig};
 use crate::retention::Retention;
-use crate::settings::{MessagingSettings, ServiceConfig, TransportKind};
+use crate::settings::{MessagingSettings, TransportKind};
 use crate::transport::{Deliveries, Transport, TransportError};
 
 /// The transport a service runs with, chosen by `messaging.transport`.
@@ -140,22 +143,51 @@ pub struct Messaging {
     pub transport: Arc<AnyTransport>,
 }
 
-/// Starts a service's messaging: the transport `settings` choose, its outbox relay, its
-/// consumer `group` of `topics` running `handler`, and the pruning of messages past their
-/// retention ([`crate::retention`]), all on the service's database `pool`, until `shutdown`.
-#[allow(clippy::too_many_arguments)]
+/// How the system wires a service's messaging, as its contracts say (this crate cannot know
+/// them): who consumes which topic, and which topics this service consumes.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    /// The consumer groups of every topic: where the embedded transport pushes what it publishes.
+    pub subscriptions: Subscriptions,
+    /// The topics the service's consumer subscribes to.
+    pub topics: &'static [&'static str],
+}
+
+/// What [`start`] runs: a service's messaging settings, its discovery, its consumer group and
+/// wiring, its database and the handler of what it consumes.
+#[derive(Debug)]
+pub struct Options<'a, H> {
+    /// The `messaging` section of the service's settings: the transport and retention.
+    pub settings: &'a MessagingSettings,
+    /// Finds the subscribers the embedded transport pushes to.
+    pub discovery: Discovery,
+    /// The consumer group: the service's name, its key in the inbox.
+    pub group: &'static str,
+    /// Who consumes what ([`Wiring`]).
+    pub wiring: Wiring,
+    /// The service's database: its outbox and inbox.
+    pub pool: SqlitePool,
+    /// Applies each message consumed.
+    pub handler: H,
+}
+
+/// Starts a service's messaging: the transport its settings choose, its outbox relay, its
+/// consumer group of the wired topics running the handler, and the pruning of messages past
+/// their retention ([`crate::retention`]), all on the service's database, until `shutdown`.
 pub async fn start<H: Handler>(
-    settings: &MessagingSettings,
-    discovery: Discovery,
-    subscriptions: Subscriptions,
-    group: &'static str,
-    pool: SqlitePool,
-    handler: H,
-    topics: &'static [&'static str],
+    options: Options<'_, H>,
     shutdown: &CancellationToken,
 ) -> Result<Messaging, TransportError> {
+    let Options {
+        settings,
+        discovery,
+        group,
+        wiring,
+        pool,
+        handler,
+    } = options;
     let transport =
-        Arc::new(AnyTransport::from_settings(settings, discovery, subscriptions).await?);
+        Arc::new(AnyTransport::from_settings(settings, discovery, wiring.subscriptions).await?);
     let relay = start_relay(pool.clone(), transport.clone(), shutdown.clone());
     let outbox = Duration::from_millis(settings.outbox_retention_ms);
     let retention = Retention {
@@ -178,7 +210,7 @@ pub async fn start<H: Handler>(
         pool,
         handler,
         transport.clone(),
-        topics,
+        wiring.topics,
         relay.clone(),
         shutdown.clone(),
     );
@@ -187,44 +219,4 @@ pub async fn start<H: Handler>(
         relay,
         transport,
     })
-}
-
-/// Runs a service that takes part in messaging: opens discovery, starts [`start`]'s messaging,
-/// serves `routes` plus the transport's own, registered as `service`, until `shutdown`; then
-/// closes `pool`.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve<H: Handler>(
-    service: &'static str,
-    config: ServiceConfig,
-    listener: tokio::net::TcpListener,
-    pool: SqlitePool,
-    routes: Router,
-    subscriptions: Subscriptions,
-    handler: H,
-    topics: &'static [&'static str],
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let discovery = config.instance.discovery.discovery(&shutdown);
-    let messaging = start(
-        &config.messaging,
-        discovery,
-        subscriptions,
-        service,
-        pool.clone(),
-        handler,
-        topics,
-        &shutdown,
-    )
-    .await
-    .map_err(std::io::Error::other)?;
-    let result = flotilla_discovery::serve_routes(
-        service,
-        &config.instance,
-        listener,
-        routes.merge(messaging.routes),
-        shutdown,
-    )
-    .await;
-    pool.close().await;
-    result
 }

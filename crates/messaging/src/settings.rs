@@ -1,7 +1,8 @@
 //! The messaging section of the settings (the nested `messaging` table:
 //! `FLOTILLA_MESSAGING__TRANSPORT=nats`): the transport, its server and secret, and how long
 //! the outbox and the inbox keep their rows; and [`ServiceConfig`], what a service taking part
-//! in messaging reads ([`crate::runtime::serve`]). Loading the settings is the binary's job.
+//! in messaging reads ([`crate::participant::Participant::run`]). Loading the settings is the
+//! binary's job.
 
 use flotilla_discovery::InstanceConfig;
 use flotilla_kit::settings::Invalid;

@@ -23,7 +23,9 @@
 //! ([`Saga::concurrent_tail`]): their commands go out at once and the saga completes when the
 //! last of them has succeeded.
 //!
-//! * **Replies** come back as messages (request-reply over the messaging crate) and are matched
+//! * **Replies** come back as messages (request-reply over the messaging crate): a payload with
+//!   `"ok": true` (and the participant's data) or `"ok": false` and a `"reason"`, as the
+//!   participants build them (`flotilla_contracts::succeeded` and `refused`). They are matched
 //!   to the command they answer (`causation_id`): a reply to an earlier attempt of the current
 //!   step counts (participants are idempotent), a reply to another step or phase is stale and
 //!   ignored, so redelivered or late replies never move a saga twice.
@@ -128,40 +130,4 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
     migrator.dangerous_set_table_name("_saga_migrations");
     migrator.run(pool).await?;
     Ok(())
-}
-
-/// The reply of a participant that did what `command` asked, with `data` for the saga.
-///
-/// ```
-/// use flotilla_messaging::Message;
-/// let command = Message::new("payment.commands", "AuthorizePayment", "saga-1", serde_json::json!({}))
-///     .replying_to("order.saga-replies");
-/// let reply = flotilla_saga::succeeded(&command, serde_json::json!({ "payment_id": "p-1" })).unwrap();
-/// assert_eq!(reply.payload["ok"], true);
-/// assert_eq!(reply.payload["payment_id"], "p-1");
-/// ```
-pub fn succeeded(command: &Message, data: serde_json::Value) -> Option<Message> {
-    let mut payload = match data {
-        serde_json::Value::Object(map) => map,
-        _ => serde_json::Map::new(),
-    };
-    payload.insert("ok".into(), true.into());
-    command.reply(format!("{}Succeeded", command.message_type), payload.into())
-}
-
-/// The reply of a participant that refused `command` for `reason` (a business failure).
-///
-/// ```
-/// use flotilla_messaging::Message;
-/// let command = Message::new("inventory.commands", "ReserveStock", "saga-1", serde_json::json!({}))
-///     .replying_to("order.saga-replies");
-/// let reply = flotilla_saga::refused(&command, "out of stock: KB-001").unwrap();
-/// assert_eq!(reply.payload["ok"], false);
-/// assert_eq!(reply.payload["reason"], "out of stock: KB-001");
-/// ```
-pub fn refused(command: &Message, reason: &str) -> Option<Message> {
-    command.reply(
-        format!("{}Refused", command.message_type),
-        serde_json::json!({ "ok": false, "reason": reason }),
-    )
 }

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
+use flotilla_contracts::{refused, succeeded};
 use flotilla_kit::clock::Clock;
 use flotilla_messaging::{Message, outbox};
-use flotilla_saga::{
-    Command, Error, Handled, Orchestrator, Saga, Status, Step, Transition, refused, succeeded,
-};
+use flotilla_saga::{Command, Error, Handled, Orchestrator, Saga, Status, Step, Transition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::SqlitePool;

@@ -2,7 +2,9 @@
 //! command on its `reply_to` topic, in the same transaction as the stock change (and the inbox
 //! row that makes a redelivered command a no-op).
 
-use flotilla_contracts::{CommitStock, ReleaseStock, ReserveStock, RestockStock, decode};
+use flotilla_contracts::{
+    CommitStock, ReleaseStock, ReserveStock, RestockStock, read, refused, succeeded,
+};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
 
@@ -12,18 +14,12 @@ use crate::stock::{self, Change, Line, Reservation};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StockCommands;
 
-fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
-    HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
-}
-
 /// The reply to a later step: success when applied, repeated or nothing to do; a refusal
 /// when the reservation is in a state the step cannot follow.
 fn settled(command: &Message, change: &Change) -> Option<Message> {
     match change {
-        Change::Conflict { status } => {
-            flotilla_saga::refused(command, &format!("the reservation is {status}"))
-        }
-        _ => flotilla_saga::succeeded(command, serde_json::json!({})),
+        Change::Conflict { status } => refused(command, &format!("the reservation is {status}")),
+        _ => succeeded(command, serde_json::json!({})),
     }
 }
 
@@ -34,8 +30,7 @@ impl Handler for StockCommands {
         tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
-        let reply = if let Some(command) = decode::<ReserveStock>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        let reply = if let Some(command) = read::<ReserveStock>(message)? {
             let lines: Vec<Line> = command
                 .lines
                 .into_iter()
@@ -45,17 +40,14 @@ impl Handler for StockCommands {
                 })
                 .collect();
             match stock::reserve(tx, &command.order_id, &lines)? {
-                Reservation::Reserved => flotilla_saga::succeeded(message, serde_json::json!({})),
-                Reservation::Refused { reason } => flotilla_saga::refused(message, &reason),
+                Reservation::Reserved => succeeded(message, serde_json::json!({})),
+                Reservation::Refused { reason } => refused(message, &reason),
             }
-        } else if let Some(command) = decode::<ReleaseStock>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(command) = read::<ReleaseStock>(message)? {
             settled(message, &stock::release(tx, &command.order_id)?)
-        } else if let Some(command) = decode::<CommitStock>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(command) = read::<CommitStock>(message)? {
             settled(message, &stock::commit(tx, &command.order_id)?)
-        } else if let Some(command) = decode::<RestockStock>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(command) = read::<RestockStock>(message)? {
             settled(message, &stock::restock(tx, &command.order_id)?)
         } else {
             return Err(HandlerError::Reject(format!(

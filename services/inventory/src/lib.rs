@@ -2,9 +2,11 @@
 //! (`on_hand`, `reserved`).
 //!
 //! It serves the catalog, and holds stock for orders ([`stock`]: reserve, release, commit,
-//! restock — idempotent per order, never overselling), which the order saga drives. Its
-//! database is `<data_dir>/inventory.db`, seeded on first start from
-//! `services/inventory/seed/products.json`.
+//! restock — idempotent per order, never overselling), which the order saga drives: commands
+//! on `inventory.commands` ([`commands::StockCommands`]) and the other services' facts
+//! ([`reactions::StockReactions`]). [`PARTICIPANT`] declares all that; `flotilla-messaging`
+//! runs it. Its database is `<data_dir>/inventory.db`, with the messaging tables (outbox,
+//! inbox), seeded on first start from `services/inventory/seed/products.json`.
 //!
 //! | method and path | meaning |
 //! | --- | --- |
@@ -19,6 +21,9 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
 use flotilla_kit::{Problem, ServerSettings};
+use flotilla_messaging::ServiceConfig;
+use flotilla_messaging::inbox::ByTopic;
+use flotilla_messaging::participant::Seed;
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -26,9 +31,6 @@ use tokio_util::sync::CancellationToken;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "inventory";
-
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-const SEED: &str = include_str!("../seed/products.json");
 
 /// A product of the catalog with its stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -53,37 +55,41 @@ pub struct Catalog {
     pub items: Vec<Product>,
 }
 
-/// Opens the database, applies migrations and seeds an empty catalog.
-pub async fn open(settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
-    let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
-    seed(opening.pool()).await?;
-    flotilla_messaging::migrate(opening.pool())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    Ok(opening.ready())
-}
+/// The inventory as a saga participant: its catalog database, its routes, its stock commands
+/// and its reactions.
+pub static PARTICIPANT: flotilla_messaging::participant::Participant<
+    commands::StockCommands,
+    reactions::StockReactions,
+    Product,
+> = flotilla_messaging::participant::Participant {
+    name: SERVICE,
+    migrations: sqlx::migrate!("./migrations"),
+    seed: Seed {
+        table: "products",
+        rows: include_str!("../seed/products.json"),
+        insert: |db, product| {
+            flotilla_sqlite::execute(
+                db,
+                "INSERT INTO products (sku, name, price_cents, on_hand, reserved, initial_on_hand)
+                 VALUES ($1, $2, $3, $4, 0, $4)",
+                &[
+                    &product.sku,
+                    &product.name,
+                    &product.price_cents,
+                    &product.on_hand,
+                ],
+            )
+        },
+    },
+    routes,
+    commands_topic: flotilla_contracts::INVENTORY_COMMANDS,
+    commands: commands::StockCommands,
+    reactions: reactions::StockReactions,
+};
 
-async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
-    let products: Vec<Product> =
-        serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let mut tx = pool.begin().await?;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products")
-        .fetch_one(&mut *tx)
-        .await?;
-    if count == 0 {
-        for product in &products {
-            sqlx::query("INSERT INTO products (sku, name, price_cents, on_hand, reserved, initial_on_hand) VALUES (?, ?, ?, ?, 0, ?)")
-                .bind(&product.sku)
-                .bind(&product.name)
-                .bind(product.price_cents)
-                .bind(product.on_hand)
-                .bind(product.on_hand)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tracing::info!(products = products.len(), "catalog seeded");
-    }
-    tx.commit().await
+/// Opens the database ([`PARTICIPANT`]'s), applies migrations and seeds an empty catalog.
+pub async fn open(settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
+    PARTICIPANT.open(settings).await
 }
 
 /// The service's routes.
@@ -128,37 +134,19 @@ async fn one(
 
 /// Runs the service on `listener` until `shutdown`.
 pub async fn run(
-    config: flotilla_messaging::ServiceConfig,
+    config: ServiceConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let pool = open(&config.instance.server)
-        .await
-        .map_err(std::io::Error::other)?;
-    flotilla_messaging::runtime::serve(
-        SERVICE,
-        config,
-        listener,
-        pool.clone(),
-        routes(pool),
-        flotilla_contracts::subscriptions(),
-        participant(),
-        flotilla_contracts::topics_of(SERVICE),
-        shutdown,
-    )
-    .await
+    let wiring = flotilla_contracts::wiring(SERVICE);
+    PARTICIPANT.run(config, wiring, listener, shutdown).await
 }
 
 /// The inventory service's consumer: saga commands (orchestration, `inventory.commands`) go
 /// to [`commands::StockCommands`], the other services' facts (choreography) to [`reactions::StockReactions`].
-pub type Participant =
-    flotilla_messaging::inbox::ByTopic<commands::StockCommands, reactions::StockReactions>;
+pub type Participant = ByTopic<commands::StockCommands, reactions::StockReactions>;
 
 /// The inventory service's consumer ([`Participant`]).
-pub const fn participant() -> Participant {
-    flotilla_messaging::inbox::ByTopic::new(
-        flotilla_contracts::INVENTORY_COMMANDS,
-        commands::StockCommands,
-        reactions::StockReactions,
-    )
+pub fn participant() -> Participant {
+    PARTICIPANT.consumer()
 }

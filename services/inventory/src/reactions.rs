@@ -13,7 +13,7 @@
 
 use flotilla_contracts::{
     Event, OrderCreated, PaymentRefused, ShipmentCancelled, ShipmentRefused, ShipmentScheduled,
-    StockCommitted, StockRefused, StockReleased, StockReserved, StockRestocked, event,
+    StockCommitted, StockRefused, StockReleased, StockReserved, StockRestocked, read,
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
@@ -23,10 +23,6 @@ use crate::stock::{self, Change, Line, Reservation};
 /// Reacts to the order, payment and shipping facts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StockReactions;
-
-fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
-    HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
-}
 
 /// The fact to publish after a later step: `fact` unless the reservation cannot follow.
 fn settled(message: &Message, change: &Change, fact: Message) -> Result<Message, HandlerError> {
@@ -46,8 +42,8 @@ impl Handler for StockReactions {
         tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
-        let fact = if let Some(fact) = event::<OrderCreated>(message) {
-            let order = fact.map_err(|e| unreadable(message, &e))?.order;
+        let fact = if let Some(fact) = read::<OrderCreated>(message)? {
+            let order = fact.order;
             let lines: Vec<Line> = order
                 .lines
                 .iter()
@@ -67,25 +63,24 @@ impl Handler for StockReactions {
                 }
                 .message(&order.order_id, Some(message)),
             }
-        } else if let Some(order_id) = event::<PaymentRefused>(message)
-            .map(|f| f.map(|f| f.order_id))
-            .or_else(|| event::<ShipmentRefused>(message).map(|f| f.map(|f| f.order_id)))
-        {
-            let order_id = order_id.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(order_id) = match read::<PaymentRefused>(message)? {
+            Some(fact) => Some(fact.order_id),
+            None => read::<ShipmentRefused>(message)?.map(|fact| fact.order_id),
+        } {
             let change = stock::release(tx, &order_id)?;
             let fact = StockReleased {
                 order_id: order_id.clone(),
             };
             settled(message, &change, fact.message(&order_id, Some(message)))?
-        } else if let Some(fact) = event::<ShipmentScheduled>(message) {
-            let order_id = fact.map_err(|e| unreadable(message, &e))?.order_id;
+        } else if let Some(fact) = read::<ShipmentScheduled>(message)? {
+            let order_id = fact.order_id;
             let change = stock::commit(tx, &order_id)?;
             let fact = StockCommitted {
                 order_id: order_id.clone(),
             };
             settled(message, &change, fact.message(&order_id, Some(message)))?
-        } else if let Some(fact) = event::<ShipmentCancelled>(message) {
-            let order_id = fact.map_err(|e| unreadable(message, &e))?.order_id;
+        } else if let Some(fact) = read::<ShipmentCancelled>(message)? {
+            let order_id = fact.order_id;
             let change = stock::restock(tx, &order_id)?;
             let fact = StockRestocked {
                 order_id: order_id.clone(),

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_messaging::runtime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -43,14 +44,15 @@ pub async fn run(
         )
         .map_err(std::io::Error::other)?;
     projections::spawn(&db.events, &shutdown);
-    let messaging = flotilla_messaging::runtime::start(
-        &service.messaging,
-        discovery.clone(),
-        flotilla_contracts::subscriptions(),
-        SERVICE,
-        db.pool.clone(),
-        Inbox::new(&sagas),
-        flotilla_contracts::topics_of(SERVICE),
+    let messaging = runtime::start(
+        runtime::Options {
+            settings: &service.messaging,
+            discovery: discovery.clone(),
+            group: SERVICE,
+            wiring: flotilla_contracts::wiring(SERVICE),
+            pool: db.pool.clone(),
+            handler: Inbox::new(&sagas),
+        },
         &shutdown,
     )
     .await

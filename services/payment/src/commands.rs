@@ -2,7 +2,9 @@
 //! on its `reply_to` topic, in the same transaction as the ledger change (and the inbox row that
 //! makes a redelivered command a no-op).
 
-use flotilla_contracts::{AuthorizePayment, CapturePayment, RefundPayment, VoidPayment, decode};
+use flotilla_contracts::{
+    AuthorizePayment, CapturePayment, RefundPayment, VoidPayment, read, refused, succeeded,
+};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
 
@@ -11,10 +13,6 @@ use crate::ledger::{self, Authorization, LedgerError, Settled};
 /// Handles the payment commands.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PaymentCommands;
-
-fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
-    HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
-}
 
 /// The reply to a void, capture or refund: success when applied, repeated or nothing to void; a
 /// refusal when the payment's status forbids the operation or there is no payment to settle. A
@@ -33,14 +31,14 @@ fn settled(
                 payment_id,
                 amount_cents,
             },
-        ) => flotilla_saga::succeeded(
+        ) => succeeded(
             command,
             serde_json::json!({ "payment_id": payment_id, "amount_cents": amount_cents }),
         ),
-        Ok(Settled::NoPayment) => flotilla_saga::succeeded(command, serde_json::json!({})),
+        Ok(Settled::NoPayment) => succeeded(command, serde_json::json!({})),
         Err(LedgerError::Database(e)) => return Err(HandlerError::Database(e)),
         Err(refusal @ (LedgerError::WrongStatus { .. } | LedgerError::NoPayment { .. })) => {
-            flotilla_saga::refused(command, &refusal.to_string())
+            refused(command, &refusal.to_string())
         }
     })
 }
@@ -52,8 +50,7 @@ impl Handler for PaymentCommands {
         tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
-        let reply = if let Some(command) = decode::<AuthorizePayment>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        let reply = if let Some(command) = read::<AuthorizePayment>(message)? {
             match ledger::authorize(
                 tx,
                 &command.order_id,
@@ -63,20 +60,17 @@ impl Handler for PaymentCommands {
                 Authorization::Authorized {
                     payment_id,
                     amount_cents,
-                } => flotilla_saga::succeeded(
+                } => succeeded(
                     message,
                     serde_json::json!({ "payment_id": payment_id, "amount_cents": amount_cents }),
                 ),
-                Authorization::Refused { reason } => flotilla_saga::refused(message, &reason),
+                Authorization::Refused { reason } => refused(message, &reason),
             }
-        } else if let Some(command) = decode::<VoidPayment>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(command) = read::<VoidPayment>(message)? {
             settled(message, ledger::void(tx, &command.order_id))?
-        } else if let Some(command) = decode::<CapturePayment>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(command) = read::<CapturePayment>(message)? {
             settled(message, ledger::capture(tx, &command.order_id))?
-        } else if let Some(command) = decode::<RefundPayment>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(command) = read::<RefundPayment>(message)? {
             settled(message, ledger::refund(tx, &command.order_id))?
         } else {
             return Err(HandlerError::Reject(format!(

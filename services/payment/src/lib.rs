@@ -3,10 +3,12 @@
 //! It serves accounts and the payments of an order. The order saga's payment steps (authorize,
 //! capture, void, refund) and the ledger's invariant check are idempotent domain functions in
 //! [`ledger`], run on the caller's transaction; [`commands::PaymentCommands`] is the handler of
-//! the saga's commands (topic `payment.commands`) that calls them and answers on `reply_to`. Its
-//! database is `<data_dir>/payment.db`, with the messaging tables (outbox, inbox), seeded on
-//! first start from `services/payment/seed/accounts.json` (`alice` and `bob` with ample credit,
-//! `carol` with 1,000 cents: the natural "insufficient credit" failure).
+//! the saga's commands (topic `payment.commands`) that calls them and answers on `reply_to`, and
+//! [`reactions::PaymentReactions`] the one of the other services' facts (choreography).
+//! [`PARTICIPANT`] declares all that; `flotilla-messaging` runs it. Its database is
+//! `<data_dir>/payment.db`, with the messaging tables (outbox, inbox), seeded on first start
+//! from `services/payment/seed/accounts.json` (`alice` and `bob` with ample credit, `carol` with
+//! 1,000 cents: the natural "insufficient credit" failure).
 //!
 //! | method and path | meaning |
 //! | --- | --- |
@@ -19,6 +21,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use flotilla_kit::{Problem, Query, ServerSettings};
+use flotilla_messaging::ServiceConfig;
+use flotilla_messaging::inbox::ByTopic;
+use flotilla_messaging::participant::Seed;
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -30,9 +35,6 @@ pub mod reactions;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "payment";
-
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-const SEED: &str = include_str!("../seed/accounts.json");
 
 /// A customer account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -77,33 +79,35 @@ pub struct Items<T> {
     pub items: Vec<T>,
 }
 
-/// Opens the database, applies migrations and seeds the accounts if there are none.
-pub async fn open(settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
-    let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
-    let accounts: Vec<Account> =
-        serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let mut tx = opening.pool().begin().await?;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM accounts")
-        .fetch_one(&mut *tx)
-        .await?;
-    if count == 0 {
-        for account in &accounts {
-            sqlx::query(
-                "INSERT INTO accounts (customer_id, name, credit_limit_cents) VALUES (?, ?, ?)",
+/// The payment service as a saga participant: its database, its routes, its commands and its
+/// reactions.
+pub static PARTICIPANT: flotilla_messaging::participant::Participant<
+    commands::PaymentCommands,
+    reactions::PaymentReactions,
+    Account,
+> = flotilla_messaging::participant::Participant {
+    name: SERVICE,
+    migrations: sqlx::migrate!("./migrations"),
+    seed: Seed {
+        table: "accounts",
+        rows: include_str!("../seed/accounts.json"),
+        insert: |db, row| {
+            flotilla_sqlite::execute(
+                db,
+                "INSERT INTO accounts (customer_id, name, credit_limit_cents) VALUES ($1, $2, $3)",
+                &[&row.customer_id, &row.name, &row.credit_limit_cents],
             )
-            .bind(&account.customer_id)
-            .bind(&account.name)
-            .bind(account.credit_limit_cents)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tracing::info!(accounts = accounts.len(), "accounts seeded");
-    }
-    tx.commit().await?;
-    flotilla_messaging::migrate(opening.pool())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    Ok(opening.ready())
+        },
+    },
+    routes,
+    commands_topic: flotilla_contracts::PAYMENT_COMMANDS,
+    commands: commands::PaymentCommands,
+    reactions: reactions::PaymentReactions,
+};
+
+/// Opens the database ([`PARTICIPANT`]'s), applies migrations and seeds the accounts if there are none.
+pub async fn open(settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
+    PARTICIPANT.open(settings).await
 }
 
 /// The service's routes.
@@ -166,37 +170,19 @@ async fn payments(
 
 /// Runs the service on `listener` until `shutdown`.
 pub async fn run(
-    config: flotilla_messaging::ServiceConfig,
+    config: ServiceConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let pool = open(&config.instance.server)
-        .await
-        .map_err(std::io::Error::other)?;
-    flotilla_messaging::runtime::serve(
-        SERVICE,
-        config,
-        listener,
-        pool.clone(),
-        routes(pool),
-        flotilla_contracts::subscriptions(),
-        participant(),
-        flotilla_contracts::topics_of(SERVICE),
-        shutdown,
-    )
-    .await
+    let wiring = flotilla_contracts::wiring(SERVICE);
+    PARTICIPANT.run(config, wiring, listener, shutdown).await
 }
 
 /// The payment service's consumer: saga commands (orchestration, `payment.commands`) go
 /// to [`commands::PaymentCommands`], the other services' facts (choreography) to [`reactions::PaymentReactions`].
-pub type Participant =
-    flotilla_messaging::inbox::ByTopic<commands::PaymentCommands, reactions::PaymentReactions>;
+pub type Participant = ByTopic<commands::PaymentCommands, reactions::PaymentReactions>;
 
 /// The payment service's consumer ([`Participant`]).
-pub const fn participant() -> Participant {
-    flotilla_messaging::inbox::ByTopic::new(
-        flotilla_contracts::PAYMENT_COMMANDS,
-        commands::PaymentCommands,
-        reactions::PaymentReactions,
-    )
+pub fn participant() -> Participant {
+    PARTICIPANT.consumer()
 }

@@ -13,7 +13,7 @@
 
 use flotilla_contracts::{
     Event, PaymentAuthorized, PaymentCaptured, PaymentRefunded, PaymentRefused, PaymentVoided,
-    ShipmentCancelled, ShipmentRefused, ShipmentScheduled, StockReserved, event,
+    ShipmentCancelled, ShipmentRefused, ShipmentScheduled, StockReserved, read,
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
@@ -23,10 +23,6 @@ use crate::ledger::{self, Authorization, LedgerError, Settled};
 /// Reacts to the inventory and shipping facts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PaymentReactions;
-
-fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
-    HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
-}
 
 /// The fact to publish after a void, capture or refund: `fact` when applied, repeated or there
 /// was nothing to void; the status forbidding it is logged and nothing is published.
@@ -52,8 +48,8 @@ impl Handler for PaymentReactions {
         tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
-        let fact = if let Some(fact) = event::<StockReserved>(message) {
-            let order = fact.map_err(|e| unreadable(message, &e))?.order;
+        let fact = if let Some(fact) = read::<StockReserved>(message)? {
+            let order = fact.order;
             let id = order.order_id.clone();
             match ledger::authorize(tx, &id, &order.customer_id, order.total_cents)? {
                 Authorization::Authorized { payment_id, .. } => {
@@ -65,8 +61,8 @@ impl Handler for PaymentReactions {
                 }
                 .message(&id, Some(message)),
             }
-        } else if let Some(fact) = event::<ShipmentRefused>(message) {
-            let id = fact.map_err(|e| unreadable(message, &e))?.order_id;
+        } else if let Some(fact) = read::<ShipmentRefused>(message)? {
+            let id = fact.order_id;
             let done = PaymentVoided {
                 order_id: id.clone(),
             };
@@ -75,8 +71,8 @@ impl Handler for PaymentReactions {
                 ledger::void(tx, &id),
                 done.message(&id, Some(message)),
             )?
-        } else if let Some(fact) = event::<ShipmentScheduled>(message) {
-            let id = fact.map_err(|e| unreadable(message, &e))?.order_id;
+        } else if let Some(fact) = read::<ShipmentScheduled>(message)? {
+            let id = fact.order_id;
             let done = PaymentCaptured {
                 order_id: id.clone(),
             };
@@ -85,8 +81,8 @@ impl Handler for PaymentReactions {
                 ledger::capture(tx, &id),
                 done.message(&id, Some(message)),
             )?
-        } else if let Some(fact) = event::<ShipmentCancelled>(message) {
-            let id = fact.map_err(|e| unreadable(message, &e))?.order_id;
+        } else if let Some(fact) = read::<ShipmentCancelled>(message)? {
+            let id = fact.order_id;
             let done = PaymentRefunded {
                 order_id: id.clone(),
             };

@@ -2,7 +2,7 @@
 //! command on its `reply_to` topic, in the same transaction as the shipment change (and the inbox
 //! row that makes a redelivered command a no-op).
 
-use flotilla_contracts::{CancelShipment, ScheduleShipment, decode};
+use flotilla_contracts::{CancelShipment, ScheduleShipment, read, refused, succeeded};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
 
@@ -12,10 +12,6 @@ use crate::carrier::{self, CancelError, Cancellation, Scheduling};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShippingCommands;
 
-fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
-    HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
-}
-
 impl Handler for ShippingCommands {
     // A group runs on the borrowed handle in one round trip.
     fn handle(
@@ -23,30 +19,22 @@ impl Handler for ShippingCommands {
         tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
-        let reply = if let Some(command) = decode::<ScheduleShipment>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        let reply = if let Some(command) = read::<ScheduleShipment>(message)? {
             match carrier::schedule(tx, &command.order_id, &command.destination)? {
-                Scheduling::Scheduled { shipment_id } => flotilla_saga::succeeded(
-                    message,
-                    serde_json::json!({ "shipment_id": shipment_id }),
-                ),
-                Scheduling::Refused { reason } => flotilla_saga::refused(message, &reason),
+                Scheduling::Scheduled { shipment_id } => {
+                    succeeded(message, serde_json::json!({ "shipment_id": shipment_id }))
+                }
+                Scheduling::Refused { reason } => refused(message, &reason),
             }
-        } else if let Some(command) = decode::<CancelShipment>(message) {
-            let command = command.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(command) = read::<CancelShipment>(message)? {
             match carrier::cancel(tx, &command.order_id) {
                 Ok(
                     Cancellation::Cancelled { shipment_id }
                     | Cancellation::AlreadyCancelled { shipment_id },
-                ) => flotilla_saga::succeeded(
-                    message,
-                    serde_json::json!({ "shipment_id": shipment_id }),
-                ),
-                Ok(Cancellation::NoShipment) => {
-                    flotilla_saga::succeeded(message, serde_json::json!({}))
-                }
+                ) => succeeded(message, serde_json::json!({ "shipment_id": shipment_id })),
+                Ok(Cancellation::NoShipment) => succeeded(message, serde_json::json!({})),
                 Err(too_late @ CancelError::TooLate { .. }) => {
-                    flotilla_saga::refused(message, &too_late.to_string())
+                    refused(message, &too_late.to_string())
                 }
                 Err(CancelError::Database(e)) => return Err(HandlerError::Database(e)),
             }

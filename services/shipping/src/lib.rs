@@ -5,9 +5,11 @@
 //! transaction, in [`carrier`]: [`carrier::schedule`] (a refused destination is the saga's
 //! natural late failure), [`carrier::cancel`] (its compensation) and [`carrier::check`] (the
 //! invariants, for the system checker). [`commands::ShippingCommands`] is the handler of the
-//! saga's commands (topic `shipping.commands`) that calls them and answers on `reply_to`. Its
-//! database is `<data_dir>/shipping.db`, with the messaging tables (outbox, inbox), seeded on
-//! first start from `services/shipping/seed/refused_destinations.json` (country `AQ`).
+//! saga's commands (topic `shipping.commands`) that calls them and answers on `reply_to`, and
+//! [`reactions::ShippingReactions`] the one of the other services' facts (choreography).
+//! [`PARTICIPANT`] declares all that; `flotilla-messaging` runs it. Its database is
+//! `<data_dir>/shipping.db`, with the messaging tables (outbox, inbox), seeded on first start
+//! from `services/shipping/seed/refused_destinations.json` (country `AQ`).
 //!
 //! | method and path | meaning |
 //! | --- | --- |
@@ -18,6 +20,9 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use flotilla_kit::{Problem, Query, ServerSettings};
+use flotilla_messaging::ServiceConfig;
+use flotilla_messaging::inbox::ByTopic;
+use flotilla_messaging::participant::Seed;
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -29,9 +34,6 @@ pub mod reactions;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "shipping";
-
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-const SEED: &str = include_str!("../seed/refused_destinations.json");
 
 /// A shipment of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
@@ -74,29 +76,35 @@ pub struct Items<T> {
     pub items: Vec<T>,
 }
 
-/// Opens the database, applies migrations and seeds the refused destinations if there are none.
+/// The shipping service as a saga participant: its database, its routes, its commands and its
+/// reactions.
+pub static PARTICIPANT: flotilla_messaging::participant::Participant<
+    commands::ShippingCommands,
+    reactions::ShippingReactions,
+    RefusedDestination,
+> = flotilla_messaging::participant::Participant {
+    name: SERVICE,
+    migrations: sqlx::migrate!("./migrations"),
+    seed: Seed {
+        table: "refused_destinations",
+        rows: include_str!("../seed/refused_destinations.json"),
+        insert: |db, row| {
+            flotilla_sqlite::execute(
+                db,
+                "INSERT INTO refused_destinations (country, reason) VALUES ($1, $2)",
+                &[&row.country, &row.reason],
+            )
+        },
+    },
+    routes,
+    commands_topic: flotilla_contracts::SHIPPING_COMMANDS,
+    commands: commands::ShippingCommands,
+    reactions: reactions::ShippingReactions,
+};
+
+/// Opens the database ([`PARTICIPANT`]'s), applies migrations and seeds the refused destinations if there are none.
 pub async fn open(settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
-    let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
-    let refused: Vec<RefusedDestination> =
-        serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    let mut tx = opening.pool().begin().await?;
-    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM refused_destinations")
-        .fetch_one(&mut *tx)
-        .await?;
-    if count == 0 {
-        for destination in &refused {
-            sqlx::query("INSERT INTO refused_destinations (country, reason) VALUES (?, ?)")
-                .bind(&destination.country)
-                .bind(&destination.reason)
-                .execute(&mut *tx)
-                .await?;
-        }
-    }
-    tx.commit().await?;
-    flotilla_messaging::migrate(opening.pool())
-        .await
-        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-    Ok(opening.ready())
+    PARTICIPANT.open(settings).await
 }
 
 /// The service's routes.
@@ -142,37 +150,19 @@ async fn refused(
 
 /// Runs the service on `listener` until `shutdown`.
 pub async fn run(
-    config: flotilla_messaging::ServiceConfig,
+    config: ServiceConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let pool = open(&config.instance.server)
-        .await
-        .map_err(std::io::Error::other)?;
-    flotilla_messaging::runtime::serve(
-        SERVICE,
-        config,
-        listener,
-        pool.clone(),
-        routes(pool),
-        flotilla_contracts::subscriptions(),
-        participant(),
-        flotilla_contracts::topics_of(SERVICE),
-        shutdown,
-    )
-    .await
+    let wiring = flotilla_contracts::wiring(SERVICE);
+    PARTICIPANT.run(config, wiring, listener, shutdown).await
 }
 
 /// The shipping service's consumer: saga commands (orchestration, `shipping.commands`) go
 /// to [`commands::ShippingCommands`], the other services' facts (choreography) to [`reactions::ShippingReactions`].
-pub type Participant =
-    flotilla_messaging::inbox::ByTopic<commands::ShippingCommands, reactions::ShippingReactions>;
+pub type Participant = ByTopic<commands::ShippingCommands, reactions::ShippingReactions>;
 
 /// The shipping service's consumer ([`Participant`]).
-pub const fn participant() -> Participant {
-    flotilla_messaging::inbox::ByTopic::new(
-        flotilla_contracts::SHIPPING_COMMANDS,
-        commands::ShippingCommands,
-        reactions::ShippingReactions,
-    )
+pub fn participant() -> Participant {
+    PARTICIPANT.consumer()
 }

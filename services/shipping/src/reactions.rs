@@ -12,7 +12,7 @@
 
 use flotilla_contracts::{
     Event, OrderCancellationRequested, OrderExpired, PaymentAuthorized,
-    ShipmentCancellationRefused, ShipmentCancelled, ShipmentRefused, ShipmentScheduled, event,
+    ShipmentCancellationRefused, ShipmentCancelled, ShipmentRefused, ShipmentScheduled, read,
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
@@ -23,10 +23,6 @@ use crate::carrier::{self, CancelError, Scheduling};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShippingReactions;
 
-fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
-    HandlerError::Reject(format!("{} is unreadable: {error}", message.message_type))
-}
-
 impl Handler for ShippingReactions {
     // A group runs on the borrowed handle in one round trip.
     fn handle(
@@ -34,8 +30,8 @@ impl Handler for ShippingReactions {
         tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
-        let fact = if let Some(fact) = event::<PaymentAuthorized>(message) {
-            let order = fact.map_err(|e| unreadable(message, &e))?.order;
+        let fact = if let Some(fact) = read::<PaymentAuthorized>(message)? {
+            let order = fact.order;
             let id = order.order_id;
             match carrier::schedule(tx, &id, &order.destination)? {
                 Scheduling::Scheduled { shipment_id } => ShipmentScheduled {
@@ -49,8 +45,8 @@ impl Handler for ShippingReactions {
                 }
                 .message(&id, Some(message)),
             }
-        } else if let Some(fact) = event::<OrderCancellationRequested>(message) {
-            let id = fact.map_err(|e| unreadable(message, &e))?.order_id;
+        } else if let Some(fact) = read::<OrderCancellationRequested>(message)? {
+            let id = fact.order_id;
             match carrier::cancel(tx, &id) {
                 Ok(_) => ShipmentCancelled {
                     order_id: id.clone(),
@@ -63,8 +59,7 @@ impl Handler for ShippingReactions {
                 .message(&id, Some(message)),
                 Err(CancelError::Database(e)) => return Err(HandlerError::Database(e)),
             }
-        } else if let Some(fact) = event::<OrderExpired>(message) {
-            let fact = fact.map_err(|e| unreadable(message, &e))?;
+        } else if let Some(fact) = read::<OrderExpired>(message)? {
             let id = fact.order_id;
             match carrier::expire(tx, &id, &fact.reason)? {
                 Some(reason) => ShipmentRefused {

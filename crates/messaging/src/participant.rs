@@ -1,0 +1,167 @@
+//! A saga participant, declared: a service that owns a database, serves a few routes, handles
+//! the commands an orchestrator sends it and reacts to the other services' facts.
+//!
+//! A service writes one [`Participant`] (its name, database, routes, command topic, command
+//! handler and reactions) and gets the rest from it: the database opened, seeded and migrated
+//! ([`Participant::open`]), the consumer that sends each message to the right handler
+//! ([`Participant::consumer`]), and the service run with its messaging, its routes and its
+//! registration until shutdown ([`Participant::run`]).
+//!
+//! ```text
+//!  commands topic ──▶ commands handler ─┐
+//!  other topics   ──▶ reactions handler ┴─▶ one consumer (inbox, effect, outbox: one commit)
+//! ```
+//!
+//! It does not know the system's contracts (which topics exist, who consumes them): the caller
+//! passes them as a [`Wiring`]. Nor what a service stores: the migrations, seed rows and
+//! statements are the service's.
+
+use std::path::Path;
+
+use axum::Router;
+use flotilla_kit::ServerSettings;
+use serde::de::DeserializeOwned;
+use sqlx::SqlitePool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::inbox::{ByTopic, Handler};
+use crate::runtime::{self, Options, Wiring};
+use crate::settings::ServiceConfig;
+
+/// A saga participant: what it is called, stores, serves and handles.
+///
+/// `C` handles its commands, `R` its reactions to other services' facts, `T` is a row of its
+/// seed. Declared once, as a `static`, by each participant service.
+#[derive(Debug)]
+pub struct Participant<C, R, T: 'static> {
+    /// Its name: in the registry, as the consumer group (and key in the inbox), and of its
+    /// database file (`<data_dir>/<name>.db`).
+    pub name: &'static str,
+    /// Its own schema (`sqlx::migrate!`), applied before the seed and the messaging tables.
+    pub migrations: Migrator,
+    /// What its database starts with.
+    pub seed: Seed<T>,
+    /// Its HTTP routes, on its database.
+    pub routes: fn(SqlitePool) -> Router,
+    /// The topic of the commands sent to it: they go to [`Participant::commands`].
+    pub commands_topic: &'static str,
+    /// Handles the commands (orchestration) and answers each on its `reply_to` topic.
+    pub commands: C,
+    /// Handles every other topic it consumes: the other services' facts (choreography).
+    pub reactions: R,
+}
+
+/// The rows a participant's database starts with: written once, when `table` has none.
+#[derive(Debug)]
+pub struct Seed<T: 'static> {
+    /// The table seeded: when it holds a row, nothing is written.
+    pub table: &'static str,
+    /// The rows, a JSON array (the service's seed file, embedded with `include_str!`).
+    pub rows: &'static str,
+    /// Writes one row.
+    pub insert: fn(&rusqlite::Connection, &T) -> rusqlite::Result<usize>,
+}
+
+impl<C, R, T> Participant<C, R, T>
+where
+    C: Handler + Clone,
+    R: Handler + Clone,
+    T: DeserializeOwned,
+{
+    /// The participant's consumer: messages on its commands topic go to its commands handler,
+    /// all others to its reactions.
+    pub fn consumer(&self) -> ByTopic<C, R> {
+        ByTopic::new(
+            self.commands_topic,
+            self.commands.clone(),
+            self.reactions.clone(),
+        )
+    }
+
+    /// Opens its database under `settings`' data directory: its migrations, then its seed if
+    /// the table is empty, then the messaging tables (outbox, inbox), while other instances
+    /// starting at the same time wait.
+    pub async fn open(&self, settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
+        open(
+            &settings.database_path(self.name),
+            &self.migrations,
+            &self.seed,
+        )
+        .await
+    }
+
+    /// Runs the service on `listener` until `shutdown`: opens its database, starts its
+    /// messaging as `wiring` says ([`runtime::start`]), serves its routes plus the transport's,
+    /// registered under its name; then closes the database.
+    pub async fn run(
+        &self,
+        config: ServiceConfig,
+        wiring: Wiring,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let pool = self
+            .open(&config.instance.server)
+            .await
+            .map_err(std::io::Error::other)?;
+        let messaging = runtime::start(
+            Options {
+                settings: &config.messaging,
+                discovery: config.instance.discovery.discovery(&shutdown),
+                group: self.name,
+                wiring,
+                pool: pool.clone(),
+                handler: self.consumer(),
+            },
+            &shutdown,
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+        let result = flotilla_discovery::serve_routes(
+            self.name,
+            &config.instance,
+            listener,
+            (self.routes)(pool.clone()).merge(messaging.routes),
+            shutdown,
+        )
+        .await;
+        pool.close().await;
+        result
+    }
+}
+
+/// Opens the database at `path` with `migrations`, writes `seed` if its table is empty, and
+/// creates the messaging tables ([`crate::migrate`]).
+async fn open<T: DeserializeOwned>(
+    path: &Path,
+    migrations: &Migrator,
+    seed: &Seed<T>,
+) -> Result<SqlitePool, sqlx::Error> {
+    let opening = flotilla_sqlite::open(path, migrations).await?;
+    let rows: Vec<T> =
+        serde_json::from_str(seed.rows).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let count = format!("SELECT COUNT(*) FROM {}", seed.table);
+    let mut tx = opening.pool().begin().await?;
+    let written = flotilla_sqlite::direct(&mut tx, |db| {
+        let count = flotilla_sqlite::query_optional(db, &count, &[], |row| row.get::<_, i64>(0))
+            .map_err(flotilla_sqlite::sqlx_error)?;
+        if count.unwrap_or(0) > 0 {
+            return Ok(0);
+        }
+        for row in &rows {
+            (seed.insert)(db, row).map_err(flotilla_sqlite::sqlx_error)?;
+        }
+        Ok::<_, sqlx::Error>(rows.len())
+    })
+    .await?;
+    tx.commit().await?;
+    if written > 0 {
+        tracing::info!(table = seed.table, rows = written, "seeded");
+    }
+    crate::migrate(opening.pool())
+        .await
+        .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+    Ok(opening.ready())
+}
