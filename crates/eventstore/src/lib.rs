@@ -45,7 +45,6 @@ mod backend;
 mod event;
 pub mod projection;
 mod subscription;
-pub mod testing;
 mod upcast;
 
 use std::sync::Arc;

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_eventstore::testing::{PgSchema, postgres_schema};
 use flotilla_eventstore::{
     Aggregate, AsOf, Error, EventContext, EventStore, ExpectedVersion, Metadata, NewEvent, Options,
     Projection, Projector, RecordedEvent, StoreTx, Upcasters,
 };
+use flotilla_testkit::{PgSchema, postgres_schema};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -3,7 +3,7 @@
 //! producer's outbox to consumers' inboxes, with real SQLite databases.
 //!
 //! NATS is `FLOTILLA_TEST_NATS_URL` (default `nats://127.0.0.1:4222`); under CI an unreachable
-//! server fails, elsewhere the NATS half skips with a message.
+//! server fails, elsewhere the NATS half skips, saying so in a `skipped:` line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use flotilla_messaging::inbox::{Consumer, Handler, HandlerError};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
+use flotilla_testkit::NATS;
 use serde_json::json;
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::net::TcpListener;
@@ -48,26 +49,18 @@ impl World {
         let shutdown = CancellationToken::new();
         match kind {
             Kind::Nats => {
-                let url = std::env::var("FLOTILLA_TEST_NATS_URL")
-                    .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
                 let unique = uuid::Uuid::now_v7().simple().to_string();
-                let config = NatsConfig {
-                    url: url.clone(),
-                    stream: format!("CONF_{unique}"),
-                    subject_prefix: format!("conf{unique}"),
-                    ack_wait: Duration::from_secs(2),
-                    ..NatsConfig::default()
-                };
-                let nats = match Nats::connect(config).await {
-                    Ok(nats) => nats,
-                    Err(error) if std::env::var_os("CI").is_some() => {
-                        panic!("NATS at {url} is required in CI and unreachable: {error}")
-                    }
-                    Err(error) => {
-                        eprintln!("skipping: NATS at {url} is unreachable ({error})");
-                        return None;
-                    }
-                };
+                let nats = NATS
+                    .reach(|url| {
+                        Nats::connect(NatsConfig {
+                            url,
+                            stream: format!("CONF_{unique}"),
+                            subject_prefix: format!("conf{unique}"),
+                            ack_wait: Duration::from_secs(2),
+                            ..NatsConfig::default()
+                        })
+                    })
+                    .await?;
                 Some(World {
                     kind,
                     shutdown,

@@ -13,7 +13,8 @@
 //!
 //! The server is `FLOTILLA_TEST_NATS_URL` (default `nats://127.0.0.1:4222`). Without a server,
 //! or without the means to restart it (root, `start-stop-daemon`, one local
-//! `/usr/sbin/nats-server`), the test skips with a message; under CI (`CI` set) it fails.
+//! `/usr/sbin/nats-server`), the test skips, saying so in a `skipped:` line; under CI (`CI` set)
+//! it fails.
 //!
 //! ```sh
 //! cargo test -p flotilla-messaging --test nats_restart -- --nocapture
@@ -36,6 +37,7 @@ use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox;
 use flotilla_messaging::runtime::{AnyTransport, start_consumer, start_relay};
+use flotilla_testkit::{NATS, skip};
 use serde_json::json;
 use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{Notify, watch};
@@ -64,17 +66,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 const SERVER: &str = "/usr/sbin/nats-server";
 
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some()
-}
-
-/// Skips the test with `reason` (`None`), or fails it under CI.
-fn unavailable<T>(reason: &str) -> Option<T> {
-    assert!(!in_ci(), "required in CI: {reason}");
-    eprintln!("skipping: {reason}");
-    None
-}
-
 /// The machine's NATS server, which this test may stop and start; started again when dropped
 /// while down, so that a failing test leaves it running.
 struct Server {
@@ -95,29 +86,29 @@ impl Server {
             .ok()
             .and_then(|mut addrs| addrs.next())
         else {
-            return unavailable(&format!("cannot resolve NATS address `{authority}`"));
+            return skip(&format!("cannot resolve NATS address `{authority}`"));
         };
         let root = std::fs::metadata("/proc/self").is_ok_and(|proc| proc.uid() == 0);
         if !root {
-            return unavailable("restarting nats-server needs root (start-stop-daemon)");
+            return skip("restarting nats-server needs root (start-stop-daemon)");
         }
         let Some(daemon) = ["/usr/sbin/start-stop-daemon", "/sbin/start-stop-daemon"]
             .into_iter()
             .map(PathBuf::from)
             .find(|path| path.exists())
         else {
-            return unavailable("start-stop-daemon is missing; cannot restart nats-server");
+            return skip("start-stop-daemon is missing; cannot restart nats-server");
         };
         let mut running = running_servers();
         let (args, cwd) = match running.len() {
             1 => running.remove(0),
             0 => {
-                return unavailable(&format!(
+                return skip(&format!(
                     "no {SERVER} process runs here; the NATS at {url} cannot be restarted"
                 ));
             }
             n => {
-                return unavailable(&format!(
+                return skip(&format!(
                     "{n} {SERVER} processes run here; stopping one would stop them all"
                 ));
             }
@@ -222,10 +213,6 @@ fn running_servers() -> Vec<(Vec<OsString>, PathBuf)> {
         .collect()
 }
 
-fn nats_url() -> String {
-    std::env::var("FLOTILLA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
 /// The transport on a stream of this test's own, and the stream's name.
 async fn connect_nats(url: &str) -> Option<(Nats, String)> {
     let unique = uuid::Uuid::now_v7().simple().to_string();
@@ -239,9 +226,7 @@ async fn connect_nats(url: &str) -> Option<(Nats, String)> {
     };
     match Nats::connect(config).await {
         Ok(nats) => Some((nats, stream)),
-        Err(error) => unavailable(&format!(
-            "NATS at {url} is unreachable ({error}); start it or set FLOTILLA_TEST_NATS_URL"
-        )),
+        Err(error) => NATS.unreachable(url, error),
     }
 }
 
@@ -343,7 +328,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
-    let url = nats_url();
+    let url = NATS.url();
     let Some(mut server) = Server::controllable(&url) else {
         return;
     };

@@ -196,7 +196,7 @@ fn fixture() -> (Value, String, Vec<NewEvent>) {
 
 #[tokio::test]
 async fn the_v1_fixture_reads_as_the_current_schema_on_postgresql_too() {
-    let Some(schema) = flotilla_eventstore::testing::postgres_schema().await else {
+    let Some(schema) = flotilla_testkit::postgres_schema().await else {
         return;
     };
     let events = flotilla_eventstore::EventStore::postgres(schema.pool.clone(), store::options())
