@@ -8,12 +8,12 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use flotilla_discovery::Discovery;
 use flotilla_eventstore::{ExpectedVersion, Metadata, NewEvent, aggregate::Execute};
-use flotilla_kit::Settings;
 use flotilla_order::store::{self, projections};
 use flotilla_order::{
     Context, Database, Order, OrderError, OrderLine, OrderView, Placed, Placement, Sagas, Status,
     domain::Address,
 };
+use flotilla_testkit::TempData;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -31,16 +31,14 @@ struct Service {
     sagas: Sagas,
     db: Database,
     router: axum::Router,
-    _dir: tempfile::TempDir,
+    _data: TempData,
 }
 
 async fn service() -> Service {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
-        data_dir: dir.path().to_owned(),
-        ..Settings::default()
-    };
-    let sagas = flotilla_order::open(&settings).await.expect("database");
+    let data = TempData::new();
+    let sagas = flotilla_order::open(&data.settings())
+        .await
+        .expect("database");
     let db = sagas.db.clone();
     let router = flotilla_order::routes(Context {
         sagas: sagas.clone(),
@@ -53,7 +51,7 @@ async fn service() -> Service {
         sagas,
         db,
         router,
-        _dir: dir,
+        _data: data,
     }
 }
 

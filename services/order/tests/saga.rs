@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
-use flotilla_kit::Settings;
 use flotilla_kit::settings::SagaStyle;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use flotilla_order::domain::Address;
 use flotilla_order::{Cancellation, Order, OrderLine, Status};
 use flotilla_order::{Cancelling, Placed, Placement, Sagas};
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
 struct System {
@@ -25,15 +25,12 @@ struct System {
     stock: Consumer<flotilla_inventory::Participant>,
     payments: Consumer<flotilla_payment::Participant>,
     shipments: Consumer<flotilla_shipping::Participant>,
-    _dir: tempfile::TempDir,
+    _data: TempData,
 }
 
 async fn system(style: SagaStyle) -> System {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
-        data_dir: dir.path().to_owned(),
-        ..Settings::default()
-    };
+    let data = TempData::new();
+    let settings = data.settings();
     let order = flotilla_order::open(&settings).await.expect("order db");
     let inventory = flotilla_inventory::open(&settings)
         .await
@@ -64,7 +61,7 @@ async fn system(style: SagaStyle) -> System {
         inventory,
         payment,
         shipping,
-        _dir: dir,
+        _data: data,
     }
 }
 
