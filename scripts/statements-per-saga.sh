@@ -4,7 +4,7 @@
 # waiting (`--sustained`), is stopped as soon as the last saga has ended, and what each service
 # logged is counted and divided by 200 (the start-up's migrations and the idle polls of those
 # seconds included: a few per saga): statements through sqlx (one round trip to its worker
-# thread each) and direct calls (`flotilla_kit::database::direct`: one round trip each, however
+# thread each) and direct calls (`flotilla_sqlite::direct`: one round trip each, however
 # many statements run in it). BEGIN and COMMIT are round trips sqlx does not log. With `--top`,
 # the order service's sqlx statements most run, by text.
 #
@@ -16,7 +16,7 @@ STYLE=${1:-orchestration}
 PORT=18182
 DIR=$(mktemp -d)
 trap 'pkill -f "up --gateway-port $PORT" || true; rm -rf "$DIR" "$DIR.log"' EXIT
-RUST_LOG=info,sqlx::query=debug,flotilla_kit::database::direct=debug "$BIN" up --gateway-port "$PORT" --data-dir "$DIR" >"$DIR.log" 2>&1 &
+RUST_LOG=info,sqlx::query=debug,flotilla_sqlite::direct=debug "$BIN" up --gateway-port "$PORT" --data-dir "$DIR" >"$DIR.log" 2>&1 &
 for _ in $(seq 1 150); do
   curl -sf "http://127.0.0.1:$PORT/v1/products/CB-005" >/dev/null && break
   sleep 0.2

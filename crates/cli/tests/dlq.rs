@@ -45,9 +45,13 @@ async fn dead_letters(pool: &SqlitePool, topic: &str, keys: &[&str]) -> Vec<Mess
         .map(|key| Message::new(topic, "Tested", *key, json!({ "key": key })))
         .collect();
     let mut tx = pool.begin().await.expect("begin");
-    for message in &messages {
-        outbox::enqueue(&mut tx, message).await.expect("enqueue");
-    }
+    flotilla_sqlite::direct(&mut tx, |db| {
+        messages
+            .iter()
+            .try_for_each(|message| outbox::enqueue(db, message))
+    })
+    .await
+    .expect("enqueue");
     tx.commit().await.expect("commit");
     let config = RelayConfig {
         max_attempts: 1,

@@ -290,41 +290,6 @@ impl StoreTx {
     }
 }
 
-impl EventStore {
-    /// Loads aggregate `id` within the caller's own SQLite transaction on this store's database
-    /// (a message handler's, say), seeing what that transaction appended; replays the whole
-    /// stream (no snapshot), so keep it for short streams.
-    pub async fn load_on<A: Aggregate>(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        id: &str,
-    ) -> Result<Loaded<A>, Error> {
-        let rows =
-            backend::read_stream_on(&mut backend::Conn::Sqlite(conn), &stream_of::<A>(id), 1)
-                .await?;
-        self.replayed(id, rows)
-    }
-
-    /// [`StoreTx::save`] within the caller's own SQLite transaction on this store's database.
-    /// Subscriptions of this process learn of the events at their next poll.
-    pub async fn save_on<A: Aggregate>(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        loaded: &mut Loaded<A>,
-        events: &[A::Event],
-        metadata: &Metadata,
-    ) -> Result<Vec<RecordedEvent>, Error> {
-        save_in(
-            self,
-            &mut backend::Conn::Sqlite(conn),
-            loaded,
-            events,
-            metadata,
-        )
-        .await
-    }
-}
-
 async fn save_in<A: Aggregate>(
     store: &EventStore,
     conn: &mut backend::Conn<'_>,
@@ -343,38 +308,39 @@ async fn save_in<A: Aggregate>(
     Ok(recorded)
 }
 
-/// Loading and saving aggregates with direct SQLite calls inside a caller's transaction
-/// ([`flotilla_kit::database::direct`]): what [`EventStore::load_on`] and
-/// [`EventStore::save_on`] do, without a round trip to sqlx's worker per statement.
+/// Loading and saving aggregates inside a caller's own SQLite transaction on this store's
+/// database (a message handler's, say), on its connection ([`flotilla_sqlite::transaction`],
+/// [`flotilla_sqlite::grouped`], or [`flotilla_sqlite::direct`] within an sqlx transaction):
+/// no round trip per statement.
 impl EventStore {
-    /// [`EventStore::append`] on a borrowed SQLite handle, inside the caller's transaction:
-    /// `events` after `expected` on `stream`.
-    pub fn append_direct(
+    /// Appends `events` after `expected` on `stream`, inside the caller's transaction on `db`.
+    pub fn append_on(
         &self,
         db: &rusqlite::Connection,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<crate::NewEvent>,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        backend::direct::append(db, stream, expected, events)
+        backend::sqlite::append(db, stream, expected, events)
     }
 
-    /// [`EventStore::load_on`] on a borrowed SQLite handle: replays the whole stream, seeing
-    /// what the caller's transaction appended.
-    pub fn load_direct<A: Aggregate>(
+    /// Loads aggregate `id` inside the caller's transaction on `db`, seeing what that
+    /// transaction appended; replays the whole stream (no snapshot), so keep it for short
+    /// streams.
+    pub fn load_on<A: Aggregate>(
         &self,
         db: &rusqlite::Connection,
         id: &str,
     ) -> Result<Loaded<A>, Error> {
-        let rows = backend::direct::read_stream(db, &stream_of::<A>(id), 1)?;
+        let rows = backend::sqlite::read_stream(db, &stream_of::<A>(id), 1)?;
         self.replayed(id, rows)
     }
 
-    /// [`EventStore::save_on`] on a borrowed SQLite handle: appends `events` after
-    /// `loaded.version`, applies them to `loaded`, and writes a snapshot when the stream passes a
-    /// multiple of [`Options::snapshot_every`](crate::Options::snapshot_every). Subscriptions of
-    /// this process learn of the events at their next poll.
-    pub fn save_direct<A: Aggregate>(
+    /// Appends `events` after `loaded.version` inside the caller's transaction on `db`, applies
+    /// them to `loaded`, and writes a snapshot when the stream passes a multiple of
+    /// [`Options::snapshot_every`](crate::Options::snapshot_every). Subscriptions of this
+    /// process learn of the events at their next poll.
+    pub fn save_on<A: Aggregate>(
         &self,
         db: &rusqlite::Connection,
         loaded: &mut Loaded<A>,
@@ -384,10 +350,10 @@ impl EventStore {
         let stream = stream_of::<A>(&loaded.id);
         let new = encode_all::<A>(events, metadata)?;
         let recorded =
-            backend::direct::append(db, &stream, ExpectedVersion::Exact(loaded.version), new)?;
+            backend::sqlite::append(db, &stream, ExpectedVersion::Exact(loaded.version), new)?;
         let before = applied(loaded, &recorded, events);
         if let Some(state) = snapshot_due(self, loaded, before)? {
-            backend::direct::save_snapshot(db, &stream, loaded.version, A::STATE_VERSION, &state)?;
+            backend::sqlite::save_snapshot(db, &stream, loaded.version, A::STATE_VERSION, &state)?;
         }
         Ok(recorded)
     }

@@ -312,8 +312,8 @@ impl EventStore {
     }
 
     /// Tells this process's subscriptions and projectors that events up to `last_position`
-    /// committed: for appends committed on a caller's own transaction (the `_direct` and `_on`
-    /// paths), which the store cannot see commit. A position at or below the known head is
+    /// committed: for appends committed on a caller's own transaction (the `_on` paths,
+    /// [`EventStore::save_on`]), which the store cannot see commit. A position at or below the known head is
     /// ignored.
     pub fn appended(&self, last_position: u64) {
         self.committed(last_position);

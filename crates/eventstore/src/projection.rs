@@ -35,28 +35,42 @@ pub trait Projection: Send + Sync {
         None
     }
 
-    /// Applies one event to the read model, within `tx`.
+    /// Applies one event to the read model, within `tx`. By default (for a projection that
+    /// only lives on SQLite) it runs [`Projection::apply_on`] on `tx`'s connection, and fails
+    /// on PostgreSQL.
     fn apply(
         &self,
         tx: &mut StoreTx,
         event: &RecordedEvent,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            match tx.sqlite() {
+                Some(connection) => {
+                    flotilla_sqlite::direct(connection, |db| self.apply_on(db, event)).await
+                }
+                None => Err(Error::Encode(format!(
+                    "projection {} applies on SQLite only",
+                    self.name()
+                ))),
+            }
+        }
+    }
 
     /// Empties the read model (before a rebuild), within `tx`.
     fn reset(&self, tx: &mut StoreTx) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Whether [`Projection::apply_direct`] does the work: then on SQLite the projector applies
-    /// a round's events on its transaction's borrowed handle in one round trip
-    /// ([`flotilla_kit::database::direct`]), each statement prepared once for the round. False
-    /// by default.
-    const DIRECT: bool = false;
+    /// Whether [`Projection::apply_on`] does the work on SQLite: then the projector applies a
+    /// round's events on the SQLite connection in one go (on the process's own connection, or
+    /// on its transaction's borrowed handle, [`flotilla_sqlite::direct`]), each statement
+    /// prepared once for the round. False by default.
+    const ON_CONNECTION: bool = false;
 
-    /// [`Projection::apply`] on a borrowed SQLite handle, inside the projector's transaction;
-    /// used when [`Projection::DIRECT`] is true. By default it fails.
-    fn apply_direct(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
+    /// Applies one event on an SQLite connection, inside the projector's transaction; used when
+    /// [`Projection::ON_CONNECTION`] is true. By default it fails.
+    fn apply_on(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
         let _ = (db, event);
         Err(Error::Encode(format!(
-            "projection {} has no direct apply",
+            "projection {} does not apply on a connection",
             self.name()
         )))
     }
@@ -128,10 +142,10 @@ impl<P: Projection> Projector<P> {
 
     /// Applies everything stored after the checkpoint; returns the number of events applied.
     pub async fn catch_up(&self) -> Result<u64, Error> {
-        if P::DIRECT
+        if P::ON_CONNECTION
             && let backend::Pool::Sqlite(pool) = &self.store.inner.pool
         {
-            return self.catch_up_direct(pool).await;
+            return self.catch_up_on(pool).await;
         }
         let name = self.projection.name();
         // Nothing new: no write transaction at all (the common case when idle), and one read.
@@ -165,15 +179,15 @@ impl<P: Projection> Projector<P> {
         }
     }
 
-    /// [`Projector::catch_up`] on SQLite with direct calls: one borrow of the connection to see
-    /// whether anything is new, then one write transaction per page (checkpoint, events,
-    /// read model and new checkpoint in one round trip, where the sqlx path takes six).
-    async fn catch_up_direct(&self, pool: &sqlx::SqlitePool) -> Result<u64, Error> {
-        use flotilla_kit::database::{call, transaction};
+    /// [`Projector::catch_up`] on SQLite, on the process's connection: one call to see whether
+    /// anything is new, then one write transaction per page (checkpoint, events, read model and
+    /// new checkpoint with no round trip, where the sqlx path takes six).
+    async fn catch_up_on(&self, pool: &sqlx::SqlitePool) -> Result<u64, Error> {
+        use flotilla_sqlite::{call, transaction};
         let name = self.projection.name();
         let category = self.projection.category();
         let (from, head) = call(pool, |db| {
-            backend::direct::checkpoint_and_head(db, name, category)
+            backend::sqlite::checkpoint_and_head(db, name, category)
         })
         .await?;
         if head <= from {
@@ -183,16 +197,16 @@ impl<P: Projection> Projector<P> {
         let mut applied = 0;
         loop {
             let (last, count) = transaction(pool, |db| {
-                let from = backend::direct::lock_checkpoint(db, name)?;
-                let rows = backend::direct::read_all(db, from, BATCH, category)?;
+                let from = backend::sqlite::lock_checkpoint(db, name)?;
+                let rows = backend::sqlite::read_all(db, from, BATCH, category)?;
                 let events = self.store.decode(rows)?;
                 let Some(last) = events.last().map(|e| e.position) else {
                     return Ok((from, 0));
                 };
                 for event in &events {
-                    self.projection.apply_direct(db, event)?;
+                    self.projection.apply_on(db, event)?;
                 }
-                backend::direct::set_checkpoint(db, name, last)?;
+                backend::sqlite::set_checkpoint(db, name, last)?;
                 Ok::<_, Error>((last, events.len()))
             })
             .await?;
@@ -267,16 +281,16 @@ impl<P: Projection> Projector<P> {
         }
     }
 
-    /// Applies `events` in order within `tx`: with direct calls in one round trip when the
-    /// projection has them and the store is SQLite, else one by one.
+    /// Applies `events` in order within `tx`: on its connection in one round trip when the
+    /// projection applies there and the store is SQLite, else one by one.
     async fn apply_all(&self, tx: &mut StoreTx, events: &[RecordedEvent]) -> Result<(), Error> {
-        if P::DIRECT
+        if P::ON_CONNECTION
             && let Some(connection) = tx.sqlite()
         {
-            return flotilla_kit::database::direct(connection, |db| {
+            return flotilla_sqlite::direct(connection, |db| {
                 events
                     .iter()
-                    .try_for_each(|event| self.projection.apply_direct(db, event))
+                    .try_for_each(|event| self.projection.apply_on(db, event))
             })
             .await;
         }

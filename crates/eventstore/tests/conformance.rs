@@ -13,6 +13,7 @@ use flotilla_eventstore::{
     Aggregate, AsOf, Error, EventContext, EventStore, ExpectedVersion, Metadata, NewEvent, Options,
     Projection, Projector, RecordedEvent, StoreTx, Upcasters,
 };
+use flotilla_sqlite::direct;
 use flotilla_testkit::{PgSchema, postgres_schema};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -976,40 +977,37 @@ async fn saves_within_a_callers_sqlite_transaction_see_each_other_and_roll_back_
     let store = &db.store;
     let pool = store.sqlite_pool().expect("sqlite").clone();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let mut account = store.load_on::<Account>(&mut tx, "own").await.unwrap();
-    store
-        .save_on(
-            &mut tx,
+    let mut account = direct(&mut tx, |db| store.load_on::<Account>(db, "own"))
+        .await
+        .unwrap();
+    direct(&mut tx, |db| {
+        store.save_on(
+            db,
             &mut account,
             &[account_event(100)],
             &Metadata::default(),
         )
+    })
+    .await
+    .unwrap();
+    let mut again = direct(&mut tx, |db| store.load_on::<Account>(db, "own"))
         .await
         .unwrap();
-    let mut again = store.load_on::<Account>(&mut tx, "own").await.unwrap();
     assert_eq!(
         (again.state.balance, again.version),
         (100, 1),
         "sees its own append"
     );
-    store
-        .save_on(
-            &mut tx,
-            &mut again,
-            &[account_event(-30)],
-            &Metadata::default(),
-        )
-        .await
-        .unwrap();
+    direct(&mut tx, |db| {
+        store.save_on(db, &mut again, &[account_event(-30)], &Metadata::default())
+    })
+    .await
+    .unwrap();
     // A stale save in the same transaction is a conflict, as anywhere.
-    let stale = store
-        .save_on(
-            &mut tx,
-            &mut account,
-            &[account_event(1)],
-            &Metadata::default(),
-        )
-        .await;
+    let stale = direct(&mut tx, |db| {
+        store.save_on(db, &mut account, &[account_event(1)], &Metadata::default())
+    })
+    .await;
     assert!(
         matches!(stale, Err(Error::Conflict { actual: 2, .. })),
         "{stale:?}"
@@ -1021,25 +1019,23 @@ async fn saves_within_a_callers_sqlite_transaction_see_each_other_and_roll_back_
         "rolled back"
     );
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let mut account = store.load_on::<Account>(&mut tx, "own").await.unwrap();
-    store
-        .save_on(
-            &mut tx,
-            &mut account,
-            &[account_event(7)],
-            &Metadata::default(),
-        )
+    let mut account = direct(&mut tx, |db| store.load_on::<Account>(db, "own"))
         .await
         .unwrap();
+    direct(&mut tx, |db| {
+        store.save_on(db, &mut account, &[account_event(7)], &Metadata::default())
+    })
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.load::<Account>("own").await.unwrap().state.balance, 7);
     db.close().await;
 }
 
-/// SQLite only: the direct path (`load_direct`/`save_direct` on sqlx's borrowed handle) inside a
-/// caller's transaction behaves as `load_on`/`save_on`: it sees its own appends, a stale save
-/// is a conflict, a repeated event id is named, several events go in at once, a snapshot is
-/// taken at the interval, and what it recorded reads back the same through sqlx.
+/// SQLite only: `load_on`/`save_on` on sqlx's borrowed handle inside a caller's transaction:
+/// it sees its own appends, a stale save is a conflict, a repeated event id is named, several
+/// events go in at once, a snapshot is taken at the interval, and what it recorded reads back
+/// the same through sqlx.
 #[tokio::test]
 async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
     let options = Options {
@@ -1052,31 +1048,31 @@ async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
     let store = db.store.clone();
     let pool = store.sqlite_pool().expect("sqlite").clone();
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let recorded = flotilla_kit::database::direct(&mut tx, |sql| {
-        let mut account = store.load_direct::<Account>(sql, "direct").unwrap();
+    let recorded = flotilla_sqlite::direct(&mut tx, |sql| {
+        let mut account = store.load_on::<Account>(sql, "direct").unwrap();
         let first = store
-            .save_direct(
+            .save_on(
                 sql,
                 &mut account,
                 &[account_event(100)],
                 &Metadata::default(),
             )
             .unwrap();
-        let mut again = store.load_direct::<Account>(sql, "direct").unwrap();
+        let mut again = store.load_on::<Account>(sql, "direct").unwrap();
         assert_eq!(
             (again.state.balance, again.version),
             (100, 1),
             "sees its own append"
         );
         let more = store
-            .save_direct(
+            .save_on(
                 sql,
                 &mut again,
                 &[account_event(-30), account_event(5)],
                 &Metadata::default(),
             )
             .unwrap();
-        let stale = store.save_direct(sql, &mut account, &[account_event(1)], &Metadata::default());
+        let stale = store.save_on(sql, &mut account, &[account_event(1)], &Metadata::default());
         assert!(
             matches!(stale, Err(Error::Conflict { actual: 3, .. })),
             "{stale:?}"
@@ -1108,10 +1104,10 @@ async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
     // A repeated event id is named, and the transaction rolls back with everything in it.
     let repeated = read[0].id;
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
-    let duplicate = flotilla_kit::database::direct(&mut tx, |sql| {
+    let duplicate = flotilla_sqlite::direct(&mut tx, |sql| {
         let mut again = event("Deposited", 9);
         again.id = repeated;
-        Ok::<_, Error>(store.append_direct(
+        Ok::<_, Error>(store.append_on(
             sql,
             "account-direct",
             ExpectedVersion::Exact(3),
@@ -1141,27 +1137,23 @@ impl Projection for DirectTotals {
         Some("account")
     }
 
-    async fn apply(&self, _tx: &mut StoreTx, _event: &RecordedEvent) -> Result<(), Error> {
-        unreachable!("a direct projection on SQLite is applied with direct calls")
-    }
-
     async fn reset(&self, tx: &mut StoreTx) -> Result<(), Error> {
         exec_in(tx, "DELETE FROM direct_totals WHERE stream_id <> $1", "")
             .await
             .map(drop)
     }
 
-    const DIRECT: bool = true;
+    const ON_CONNECTION: bool = true;
 
-    fn apply_direct(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
-        flotilla_kit::database::execute(
+    fn apply_on(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
+        flotilla_sqlite::execute(
             db,
             "INSERT INTO direct_totals (stream_id, events) VALUES ($1, 1) \
              ON CONFLICT (stream_id) DO UPDATE SET events = direct_totals.events + 1",
             &[&event.stream_id],
         )
         .map(drop)
-        .map_err(|e| Error::Database(flotilla_kit::database::sqlx_error(e)))
+        .map_err(|e| Error::Database(flotilla_sqlite::sqlx_error(e)))
     }
 }
 

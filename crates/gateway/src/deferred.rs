@@ -65,7 +65,7 @@ impl Deferred {
             return Ok(None);
         }
         let opening =
-            flotilla_kit::database::open(&settings.database_path("gateway"), &MIGRATIONS).await?;
+            flotilla_sqlite::open(&settings.database_path("gateway"), &MIGRATIONS).await?;
         Ok(Some(Self {
             pool: opening.ready(),
             services: Arc::new(settings.queue_for_later.clone()),

@@ -17,7 +17,13 @@
 //! assert!(later - now >= 30_000_000);
 //! assert!(clock::now_rfc3339().ends_with('Z'));
 //! ```
+//!
+//! Components that act on time stored in a database (the saga engine's step timeouts, the outbox
+//! relay's retry backoff) read it through a [`Clock`], the system's by default; their tests
+//! give them a [`Clock::manual`] one and move it past a timeout instead of sleeping.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -48,6 +54,69 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| String::from("9999-12-31T23:59:59Z"))
 }
 
+/// The wall clock of a component, as microseconds since the Unix epoch: the system's, or a
+/// manual one that moves only when told (tests). Cheap to clone; clones of a manual clock share
+/// its time.
+///
+/// ```
+/// use std::time::Duration;
+/// use flotilla_kit::clock::Clock;
+///
+/// let clock = Clock::manual(1_000_000);
+/// let shared = clock.clone();
+/// shared.advance(Duration::from_secs(5));
+/// assert_eq!(clock.now_micros(), 6_000_000);
+/// assert_eq!(clock.micros_after(Duration::from_millis(1)), 6_001_000);
+/// assert!(Clock::system().now_micros() > 1_700_000_000_000_000);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    manual: Option<Arc<AtomicI64>>,
+}
+
+impl Clock {
+    /// The system's wall clock ([`now_micros`]).
+    pub fn system() -> Self {
+        Self { manual: None }
+    }
+
+    /// A clock standing at `micros` since the epoch until [`Clock::advance`] moves it.
+    pub fn manual(micros: i64) -> Self {
+        Self {
+            manual: Some(Arc::new(AtomicI64::new(micros))),
+        }
+    }
+
+    /// A manual clock standing at the system's time now.
+    pub fn manual_from_now() -> Self {
+        Self::manual(now_micros())
+    }
+
+    /// Moves a manual clock forward by `by` (saturating); the system's clock ignores it.
+    pub fn advance(&self, by: Duration) {
+        if let Some(manual) = &self.manual {
+            let by = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
+            let _ = manual.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(now.saturating_add(by))
+            });
+        }
+    }
+
+    /// Now, in microseconds since the Unix epoch.
+    pub fn now_micros(&self) -> i64 {
+        match &self.manual {
+            None => now_micros(),
+            Some(manual) => manual.load(Ordering::Acquire),
+        }
+    }
+
+    /// The time `after` from now, in microseconds since the epoch (a deadline; saturating).
+    pub fn micros_after(&self, after: Duration) -> i64 {
+        self.now_micros()
+            .saturating_add(i64::try_from(after.as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +133,21 @@ mod tests {
             micros_after(Duration::MAX),
             i64::MAX,
             "a deadline past the end of time saturates"
+        );
+    }
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_saturates() {
+        let clock = Clock::manual(i64::MAX - 10);
+        assert_eq!(clock.now_micros(), i64::MAX - 10);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(clock.now_micros(), i64::MAX);
+        let system = Clock::system();
+        system.advance(Duration::from_secs(3600));
+        let drift = (system.now_micros() - now_micros()).abs();
+        assert!(
+            drift < 5_000_000,
+            "the system clock is not moved by advance: {drift}"
         );
     }
 

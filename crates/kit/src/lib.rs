@@ -11,20 +11,19 @@
 //! | [`faults`] | fault injection for demos and tests (`/admin/faults`, off unless enabled) |
 //! | [`health`] | `/livez`, `/readyz`, `/startupz` backed by a cheap shared [`health::Health`] handle |
 //! | [`metrics`] | the Prometheus recorder and `/metrics`, with per-route request counts and latencies |
-//! | `database` | (feature `sqlite`) opening a service's embedded database, running its migrations, and direct SQLite calls on its connection (`database::direct`) |
 //! | [`client`] | the pooled HTTP client for internal calls, with JSON helpers |
 //! | [`clock`] | the wall clock as the databases store it: microseconds since the epoch, RFC 3339 |
 //! | [`app`] | the HTTP stack every process serves, assembled in one function, and graceful serving |
 //! | [`shutdown`] | one cancellation token fired by Ctrl-C, SIGTERM or the death of the supervisor |
 //!
 //! It does not know about the registry: registering and deregistering around [`app::serve`]
-//! is the discovery crate's job.
+//! is the discovery crate's job. Nor does it hold a database: a service's embedded SQLite
+//! database is the `flotilla-sqlite` crate's (kit forbids `unsafe` code; that crate holds the
+//! workspace's one audited `unsafe` module).
 
 pub mod app;
 pub mod client;
 pub mod clock;
-#[cfg(feature = "sqlite")]
-pub mod database;
 pub mod faults;
 pub mod health;
 pub mod json;

@@ -12,53 +12,20 @@
 //! handler asks for a retry or the database fails, the whole group is rolled back and each
 //! message is processed alone, so one message's failure never costs another its effect.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::transport::{Delivery, Transport};
 use crate::{Error, Message, outbox};
 
-/// Records `message_id` as processed by `consumer` within the caller's transaction; false if it
-/// was already (a redelivery: skip the effect).
-pub async fn claim(
-    connection: &mut SqliteConnection,
-    consumer: &str,
-    message_id: &str,
-) -> Result<bool, Error> {
-    let now = flotilla_kit::clock::now_micros();
-    let claimed = sqlx::query(
-        "INSERT INTO messaging_inbox (consumer, message_id, processed_at) VALUES ($1, $2, $3)
-         ON CONFLICT (consumer, message_id) DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(message_id)
-    .bind(now)
-    .execute(connection)
-    .await?
-    .rows_affected();
-    Ok(claimed == 1)
-}
-
 /// Claims every message id of `message_ids` for `consumer` in one statement, within the caller's
 /// transaction; returns the ids claimed now (not processed before). An id listed twice is
 /// claimed once.
-pub async fn claim_all(
-    connection: &mut SqliteConnection,
-    consumer: &str,
-    message_ids: &[String],
-) -> Result<std::collections::HashSet<String>, Error> {
-    flotilla_kit::database::direct(connection, |db| claim_all_direct(db, consumer, message_ids))
-        .await
-}
-
-/// [`claim_all`] on a borrowed SQLite handle, inside the caller's transaction
-/// ([`flotilla_kit::database::direct`]).
-pub fn claim_all_direct(
+pub fn claim_all(
     db: &rusqlite::Connection,
     consumer: &str,
     message_ids: &[String],
@@ -66,7 +33,7 @@ pub fn claim_all_direct(
     let now = flotilla_kit::clock::now_micros();
     let ids = serde_json::to_string(message_ids).map_err(Error::Encode)?;
     // `WHERE true` tells SQLite's parser that `ON CONFLICT` is the upsert clause.
-    let claimed = flotilla_kit::database::query(
+    let claimed = flotilla_sqlite::query(
         db,
         "INSERT INTO messaging_inbox (consumer, message_id, processed_at)
          SELECT DISTINCT $1, value, $2 FROM json_each($3) WHERE true
@@ -74,7 +41,7 @@ pub fn claim_all_direct(
         &[&consumer, &now, &ids],
         |row| row.get::<_, String>(0),
     )
-    .map_err(flotilla_kit::database::sqlx_error)?;
+    .map_err(flotilla_sqlite::sqlx_error)?;
     Ok(claimed.into_iter().collect())
 }
 
@@ -95,37 +62,16 @@ pub enum HandlerError {
 
 /// What a consumer does with a message.
 pub trait Handler: Send + Sync + 'static {
-    /// Applies `message`'s effect within `tx` and returns the messages to publish because of it
-    /// (events, replies); they are written to the outbox in the same transaction. By default it
-    /// runs [`Handler::handle_direct`] on `tx`'s borrowed handle: a direct handler implements
-    /// only that.
+    /// Applies `message`'s effect on `db`, inside the consumer's transaction, and returns the
+    /// messages to publish because of it (events, replies); they are written to the outbox in
+    /// the same transaction. The consumer runs a whole group of messages (claims, effects,
+    /// outgoing messages) on the process's connection in one transaction
+    /// ([`flotilla_sqlite::transaction`]), each statement prepared once for the group.
     fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> impl Future<Output = Result<Vec<Message>, HandlerError>> + Send {
-        async move { flotilla_kit::database::direct(tx, |db| self.handle_direct(db, message)).await }
-    }
-
-    /// Whether [`Handler::handle_direct`] does the work: then the consumer runs a whole group
-    /// of messages (claims, effects, outgoing messages) on its borrowed SQLite handle in one
-    /// round trip ([`flotilla_kit::database::direct`]), each statement prepared once for the
-    /// group. False by default.
-    const DIRECT: bool = false;
-
-    /// [`Handler::handle`] on a borrowed SQLite handle, inside the consumer's transaction;
-    /// used when [`Handler::DIRECT`] is true. By default it rejects the message.
-    fn handle_direct(
         &self,
         db: &rusqlite::Connection,
         message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        let _ = db;
-        Err(HandlerError::Reject(format!(
-            "{} has no direct handler",
-            message.message_type
-        )))
-    }
+    ) -> Result<Vec<Message>, HandlerError>;
 
     /// Called once `message`'s effect has committed (not for duplicates or rejections): wake
     /// whoever waits for it, such as a request waiting for an order's final state. Nothing by
@@ -144,9 +90,9 @@ pub trait Handler: Send + Sync + 'static {
 ///
 /// struct Named(&'static str);
 /// impl Handler for Named {
-///     async fn handle(
+///     fn handle(
 ///         &self,
-///         _tx: &mut sqlx::SqliteConnection,
+///         _db: &rusqlite::Connection,
 ///         message: &Message,
 ///     ) -> Result<Vec<Message>, HandlerError> {
 ///         Ok(vec![Message::new("seen", self.0, message.key.clone(), serde_json::json!({}))])
@@ -179,29 +125,15 @@ impl<A, B> ByTopic<A, B> {
 }
 
 impl<A: Handler, B: Handler> Handler for ByTopic<A, B> {
-    async fn handle(
-        &self,
-        tx: &mut SqliteConnection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        if message.topic == self.topic {
-            self.on_topic.handle(tx, message).await
-        } else {
-            self.otherwise.handle(tx, message).await
-        }
-    }
-
-    const DIRECT: bool = A::DIRECT && B::DIRECT;
-
-    fn handle_direct(
+    fn handle(
         &self,
         db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         if message.topic == self.topic {
-            self.on_topic.handle_direct(db, message)
+            self.on_topic.handle(db, message)
         } else {
-            self.otherwise.handle_direct(db, message)
+            self.otherwise.handle(db, message)
         }
     }
 
@@ -227,7 +159,7 @@ pub enum Processed {
     Retried,
 }
 
-/// What became of a group processed with direct calls.
+/// What became of a group.
 #[derive(Debug)]
 enum Group {
     /// Committed: one outcome per message.
@@ -280,52 +212,13 @@ impl<H: Handler> Consumer<H> {
 
     /// Processes one delivered message in one transaction: inbox, effect, outbox.
     pub async fn process(&self, message: &Message) -> Result<Processed, Error> {
-        if H::DIRECT {
-            return match self.group_direct(&[message]).await? {
-                Group::Done(outcomes) => {
-                    Ok(outcomes.into_iter().next().unwrap_or(Processed::Retried))
-                }
-                Group::Retry(reason) => {
-                    tracing::warn!(consumer = %self.name, message_id = %message.id, %reason, "message will be retried");
-                    Ok(Processed::Retried)
-                }
-                Group::Failed(error) => Err(error.into()),
-            };
-        }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if !claim(&mut tx, &self.name, &message.id.to_string()).await? {
-            return Ok(Processed::Duplicate);
-        }
-        match self.handler.handle(&mut tx, message).await {
-            Ok(outgoing) => {
-                for out in &outgoing {
-                    outbox::enqueue(&mut tx, out).await?;
-                }
-                tx.commit().await?;
-                metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
-                    .increment(1);
-                self.handler.committed(message);
-                // The handler may also have written to the outbox itself (a saga orchestrator
-                // does): wake the relay after every effect, a spare pass costs one query.
-                if let Some(waker) = &self.outbox_waker {
-                    waker.notify_one();
-                }
-                Ok(Processed::Applied)
-            }
-            Err(HandlerError::Reject(reason)) => {
-                // Keep the inbox row: a redelivery is a duplicate, not a second rejection.
-                tx.commit().await?;
-                metrics::counter!("messaging_inbox_commits_total", "consumer" => self.name.clone())
-                    .increment(1);
-                tracing::error!(consumer = %self.name, message_id = %message.id, message_type = %message.message_type, %reason, "message rejected");
-                Ok(Processed::Rejected)
-            }
-            Err(HandlerError::Retry(reason)) => {
-                drop(tx);
+        match self.group(&[message]).await? {
+            Group::Done(outcomes) => Ok(outcomes.into_iter().next().unwrap_or(Processed::Retried)),
+            Group::Retry(reason) => {
                 tracing::warn!(consumer = %self.name, message_id = %message.id, %reason, "message will be retried");
                 Ok(Processed::Retried)
             }
-            Err(HandlerError::Database(error)) => Err(error.into()),
+            Group::Failed(error) => Err(error.into()),
         }
     }
 
@@ -353,42 +246,10 @@ impl<H: Handler> Consumer<H> {
     /// The group commit; `None` when a handler asked for a retry or failed on the database
     /// (everything rolled back).
     async fn try_batch(&self, messages: &[&Message]) -> Result<Option<Vec<Processed>>, Error> {
-        if H::DIRECT {
-            return match self.group_direct(messages).await? {
-                Group::Done(outcomes) => Ok(Some(outcomes)),
-                Group::Retry(_) | Group::Failed(_) => Ok(None),
-            };
+        match self.group(messages).await? {
+            Group::Done(outcomes) => Ok(Some(outcomes)),
+            Group::Retry(_) | Group::Failed(_) => Ok(None),
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut outcomes = Vec::with_capacity(messages.len());
-        let mut rejections = Vec::new();
-        // One statement claims the whole group.
-        let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
-        let mut claimed = claim_all(&mut tx, &self.name, &ids).await?;
-        for (message, id) in messages.iter().zip(&ids) {
-            // Removed once taken: the same message twice in a group is applied once.
-            if !claimed.remove(id) {
-                outcomes.push(Processed::Duplicate);
-                continue;
-            }
-            match self.handler.handle(&mut tx, message).await {
-                Ok(outgoing) => {
-                    for out in &outgoing {
-                        outbox::enqueue(&mut tx, out).await?;
-                    }
-                    outcomes.push(Processed::Applied);
-                }
-                // The inbox row stays: a redelivery is a duplicate, not a second rejection.
-                Err(HandlerError::Reject(reason)) => {
-                    rejections.push((*message, reason));
-                    outcomes.push(Processed::Rejected);
-                }
-                Err(HandlerError::Retry(_) | HandlerError::Database(_)) => return Ok(None),
-            }
-        }
-        tx.commit().await?;
-        self.committed(messages, &outcomes, rejections);
-        Ok(Some(outcomes))
     }
 
     /// After a group's commit: counts it, logs its rejections, tells the handler of every
@@ -416,19 +277,19 @@ impl<H: Handler> Consumer<H> {
         }
     }
 
-    /// The group commit with direct calls ([`Handler::DIRECT`]): one transaction, one round
-    /// trip for its claims, effects and outgoing messages. Rolled back, with the reason, when a
-    /// handler asks for a retry or fails on the database.
-    async fn group_direct(&self, messages: &[&Message]) -> Result<Group, Error> {
+    /// The group commit: one transaction on the process's connection for its claims, effects
+    /// and outgoing messages. Rolled back, with the reason, when a handler asks for a retry or
+    /// fails on the database.
+    async fn group(&self, messages: &[&Message]) -> Result<Group, Error> {
         let ids: Vec<String> = messages.iter().map(|m| m.id.to_string()).collect();
         let handler = &self.handler;
         // `BEGIN IMMEDIATE` to `COMMIT` in one borrow of the handle; an `Err` rolls back.
-        let ran = flotilla_kit::database::transaction(&self.pool, |db| {
+        let ran = flotilla_sqlite::transaction(&self.pool, |db| {
             let failed = |error: Error| match error {
                 Error::Database(error) => Group::Failed(error),
                 other => Group::Failed(sqlx::Error::Protocol(other.to_string())),
             };
-            let mut claimed = claim_all_direct(db, &self.name, &ids).map_err(failed)?;
+            let mut claimed = claim_all(db, &self.name, &ids).map_err(failed)?;
             let mut outcomes = Vec::with_capacity(messages.len());
             let mut rejections = Vec::new();
             for (message, id) in messages.iter().zip(&ids) {
@@ -437,10 +298,10 @@ impl<H: Handler> Consumer<H> {
                     outcomes.push(Processed::Duplicate);
                     continue;
                 }
-                match handler.handle_direct(db, message) {
+                match handler.handle(db, message) {
                     Ok(outgoing) => {
                         for out in &outgoing {
-                            outbox::enqueue_direct(db, out).map_err(failed)?;
+                            outbox::enqueue(db, out).map_err(failed)?;
                         }
                         outcomes.push(Processed::Applied);
                     }

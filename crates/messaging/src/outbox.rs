@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -25,24 +25,12 @@ use crate::transport::{Transport, TransportError};
 use crate::{Error, Message, valid_topic};
 
 /// Writes `message` to the outbox within the caller's transaction.
-pub async fn enqueue(connection: &mut SqliteConnection, message: &Message) -> Result<(), Error> {
-    let staged = Staged::new(message)?;
-    staged
-        .bind(sqlx::query(sqlx::AssertSqlSafe(Staged::statement(1))))
-        .execute(connection)
-        .await?;
-    Ok(())
+pub fn enqueue(db: &rusqlite::Connection, message: &Message) -> Result<(), Error> {
+    Staged::new(message)?.insert(db)
 }
 
-/// [`enqueue`] with a direct SQLite call, inside the caller's transaction
-/// ([`flotilla_kit::database::direct`]).
-pub fn enqueue_direct(db: &rusqlite::Connection, message: &Message) -> Result<(), Error> {
-    Staged::new(message)?.insert_direct(db)
-}
-
-/// A message checked and encoded for the outbox, for a caller that writes it in a statement of
-/// its own with other rows (one round trip to the database instead of two): append
-/// [`Staged::statement`] to that statement's text and [`Staged::bind`] its values in order.
+/// A message checked and encoded for the outbox, to be written later within a transaction
+/// ([`Staged::insert`]).
 #[derive(Debug, Clone)]
 pub struct Staged {
     message_id: String,
@@ -53,9 +41,6 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// How many parameters [`Staged::statement`] takes.
-    pub const PARAMETERS: usize = 5;
-
     /// Checks `message`'s topic and encodes it.
     pub fn new(message: &Message) -> Result<Self, Error> {
         if !valid_topic(&message.topic) {
@@ -70,28 +55,9 @@ impl Staged {
         })
     }
 
-    /// The `INSERT` of one outbox row, its [`Staged::PARAMETERS`] parameters numbered from
-    /// `$first`, ending with `;`.
-    ///
-    /// ```
-    /// assert_eq!(
-    ///     flotilla_messaging::outbox::Staged::statement(3),
-    ///     "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
-    ///      VALUES ($3, $4, $5, $6, $7);"
-    /// );
-    /// ```
-    pub fn statement(first: usize) -> String {
-        let [a, b, c, d, e] = std::array::from_fn(|i| first + i);
-        format!(
-            "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
-             VALUES (${a}, ${b}, ${c}, ${d}, ${e});"
-        )
-    }
-
-    /// Writes the row with a direct SQLite call, inside the caller's transaction
-    /// ([`flotilla_kit::database::direct`]).
-    pub fn insert_direct(&self, db: &rusqlite::Connection) -> Result<(), Error> {
-        flotilla_kit::database::execute(
+    /// Writes the row, inside the caller's transaction.
+    pub fn insert(&self, db: &rusqlite::Connection) -> Result<(), Error> {
+        flotilla_sqlite::execute(
             db,
             "INSERT INTO messaging_outbox (message_id, topic, key, envelope, created_at) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -103,21 +69,8 @@ impl Staged {
                 &self.created_at,
             ],
         )
-        .map_err(flotilla_kit::database::sqlx_error)?;
+        .map_err(flotilla_sqlite::sqlx_error)?;
         Ok(())
-    }
-
-    /// Binds the row's values, in [`Staged::statement`]'s order, to `query`.
-    pub fn bind<'q>(
-        self,
-        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-        query
-            .bind(self.message_id)
-            .bind(self.topic)
-            .bind(self.key)
-            .bind(self.envelope)
-            .bind(self.created_at)
     }
 }
 
@@ -380,23 +333,23 @@ impl<T: Transport> Relay<T> {
         };
         let read = |db: &rusqlite::Connection| {
             if let Some(seqs) = &marks {
-                flotilla_kit::database::execute(
+                flotilla_sqlite::execute(
                     db,
                     "UPDATE messaging_outbox SET published_at = $1 \
                      WHERE seq IN (SELECT value FROM json_each($2))",
                     &[&clock::now_micros(), seqs],
                 )
-                .map_err(flotilla_kit::database::sqlx_error)?;
+                .map_err(flotilla_sqlite::sqlx_error)?;
             }
             read_pending(db, limit, &flight.keys)
-                .map_err(|e| Error::from(flotilla_kit::database::sqlx_error(e)))
+                .map_err(|e| Error::from(flotilla_sqlite::sqlx_error(e)))
         };
         // With marks to write it is a write transaction (whose `BEGIN` waits for the lock);
         // otherwise a read.
         let (seen, rows, waiting) = if marks.is_some() {
-            flotilla_kit::database::transaction(&self.pool, read).await?
+            flotilla_sqlite::transaction(&self.pool, read).await?
         } else {
-            flotilla_kit::database::call(&self.pool, read).await?
+            flotilla_sqlite::call(&self.pool, read).await?
         };
         if marks.is_some() {
             flight.unmarked.clear();
@@ -482,14 +435,14 @@ impl<T: Transport> Relay<T> {
             return Ok(());
         }
         let seqs = serde_json::to_string(published).map_err(Error::Encode)?;
-        flotilla_kit::database::transaction(&self.pool, |db| {
-            flotilla_kit::database::execute(
+        flotilla_sqlite::transaction(&self.pool, |db| {
+            flotilla_sqlite::execute(
                 db,
                 "UPDATE messaging_outbox SET published_at = $1 \
                  WHERE seq IN (SELECT value FROM json_each($2))",
                 &[&clock::now_micros(), &seqs],
             )
-            .map_err(flotilla_kit::database::sqlx_error)
+            .map_err(flotilla_sqlite::sqlx_error)
         })
         .await?;
         metrics::counter!("messaging_outbox_mark_commits_total").increment(1);

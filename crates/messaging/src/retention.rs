@@ -23,7 +23,7 @@
 use flotilla_kit::clock;
 use std::time::Duration;
 
-use flotilla_kit::database::{execute, sqlx_error, transaction};
+use flotilla_sqlite::{execute, sqlx_error, transaction};
 use sqlx::SqlitePool;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;

@@ -19,7 +19,7 @@ use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
 use flotilla_testkit::NATS;
 use serde_json::json;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -227,9 +227,9 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
-    async fn handle(
+    fn handle(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         let n = message.payload["n"]
@@ -244,12 +244,12 @@ impl Handler for Recorder {
                 return Err(HandlerError::Retry(format!("{n} fails {left} more times")));
             }
         }
-        sqlx::query("INSERT INTO applied (message_id, key, n) VALUES ($1, $2, $3)")
-            .bind(message.id.to_string())
-            .bind(&message.key)
-            .bind(n)
-            .execute(&mut *tx)
-            .await?;
+        flotilla_sqlite::execute(
+            db,
+            "INSERT INTO applied (message_id, key, n) VALUES ($1, $2, $3)",
+            &[&message.id.to_string(), &message.key, &n],
+        )
+        .map_err(flotilla_sqlite::sqlx_error)?;
         Ok(vec![])
     }
 }
@@ -261,10 +261,12 @@ async fn produce(pool: &SqlitePool, count: i64, keys: i64) -> BTreeMap<String, V
     for n in 0..count {
         let key = format!("order-{}", n % keys);
         let mut tx = pool.begin().await.expect("begin");
-        outbox::enqueue(
-            &mut tx,
-            &Message::new(TOPIC, "Numbered", key.clone(), json!({ "n": n })),
-        )
+        flotilla_sqlite::direct(&mut tx, |db| {
+            outbox::enqueue(
+                db,
+                &Message::new(TOPIC, "Numbered", key.clone(), json!({ "n": n })),
+            )
+        })
         .await
         .expect("enqueued");
         tx.commit().await.expect("commit");

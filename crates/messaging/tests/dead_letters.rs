@@ -38,9 +38,13 @@ async fn buried(count: usize) -> (SqlitePool, Vec<Message>, tempfile::TempDir) {
         .map(|n| Message::new("order.events", "Tested", "k", serde_json::json!({ "n": n })))
         .collect();
     let mut tx = pool.begin().await.expect("begin");
-    for message in &messages {
-        outbox::enqueue(&mut tx, message).await.expect("enqueue");
-    }
+    flotilla_sqlite::direct(&mut tx, |db| {
+        messages
+            .iter()
+            .try_for_each(|message| outbox::enqueue(db, message))
+    })
+    .await
+    .expect("enqueue");
     tx.commit().await.expect("commit");
     let config = RelayConfig {
         max_attempts: 1,

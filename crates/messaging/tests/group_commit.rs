@@ -4,9 +4,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, Processed};
+use flotilla_messaging::inbox::{ByTopic, Consumer, Handler, HandlerError, Processed};
 use flotilla_messaging::{Deliveries, Delivery, Message};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 
 /// Records each message's `n` in `effects`; asks for a retry of `n == retry`, and answers every
 /// message with an event.
@@ -20,15 +20,13 @@ fn n(message: &Message) -> i64 {
 }
 
 impl Handler for Recorder {
-    async fn handle(
+    fn handle(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
-        sqlx::query("INSERT INTO effects (n) VALUES ($1)")
-            .bind(n(message))
-            .execute(&mut *tx)
-            .await?;
+        flotilla_sqlite::execute(db, "INSERT INTO effects (n) VALUES ($1)", &[&n(message)])
+            .map_err(flotilla_sqlite::sqlx_error)?;
         if Some(n(message)) == self.retry {
             return Err(HandlerError::Retry("not now".into()));
         }
@@ -51,36 +49,15 @@ impl Handler for Recorder {
     }
 }
 
-/// [`Recorder`] with direct calls: the consumer runs a whole group on its borrowed handle.
-struct DirectRecorder(Recorder);
-
-impl Handler for DirectRecorder {
-    const DIRECT: bool = true;
-
-    fn handle_direct(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
-        flotilla_kit::database::execute(db, "INSERT INTO effects (n) VALUES ($1)", &[&n(message)])
-            .map_err(flotilla_kit::database::sqlx_error)?;
-        if Some(n(message)) == self.0.retry {
-            return Err(HandlerError::Retry("not now".into()));
-        }
-        if n(message) < 0 {
-            return Err(HandlerError::Reject("negative".into()));
-        }
-        Ok(vec![Message::new(
-            "order.done",
-            "Done",
-            message.key.clone(),
-            serde_json::json!({ "n": n(message) }),
-        )])
-    }
-
-    fn committed(&self, message: &Message) {
-        self.0.committed(message);
-    }
+/// [`Recorder`] as the second handler of a [`ByTopic`]: the messages (on `order.events`) are
+/// not on the first one's topic, so the test's recorder hears of every commit (had the first
+/// run, it would not).
+fn by_topic(recorder: Recorder) -> ByTopic<Recorder, Recorder> {
+    let never = Recorder {
+        retry: None,
+        committed: Arc::default(),
+    };
+    ByTopic::new("payment.commands", never, recorder)
 }
 
 async fn database() -> (SqlitePool, tempfile::TempDir) {
@@ -139,10 +116,11 @@ async fn a_group_commits_every_effect_in_order_and_skips_duplicates_and_rejectio
 }
 
 #[tokio::test]
-async fn a_direct_group_commits_every_effect_in_order_and_skips_duplicates_and_rejections() {
+async fn a_group_through_by_topic_commits_every_effect_in_order_and_skips_duplicates_and_rejections()
+ {
     let (pool, _dir) = database().await;
     let committed = Arc::new(Mutex::new(Vec::new()));
-    let recorder = DirectRecorder(Recorder {
+    let recorder = by_topic(Recorder {
         retry: None,
         committed: committed.clone(),
     });
@@ -207,10 +185,10 @@ async fn a_retry_in_a_group_rolls_it_back_and_the_others_still_apply_alone() {
 }
 
 #[tokio::test]
-async fn a_retry_in_a_direct_group_rolls_it_back_and_the_others_still_apply_alone() {
+async fn a_retry_in_a_group_through_by_topic_rolls_it_back_and_the_others_still_apply_alone() {
     let (pool, _dir) = database().await;
     let committed = Arc::new(Mutex::new(Vec::new()));
-    let recorder = DirectRecorder(Recorder {
+    let recorder = by_topic(Recorder {
         retry: Some(2),
         committed: committed.clone(),
     });

@@ -15,7 +15,7 @@ use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
 use flotilla_testkit::NATS;
 use serde_json::json;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 
 async fn connect_nats() -> Option<Nats> {
     let unique = uuid::Uuid::now_v7().simple().to_string();
@@ -146,27 +146,28 @@ async fn a_message_published_twice_is_delivered_once_and_a_retried_one_comes_bac
 struct Totals;
 
 impl Handler for Totals {
-    async fn handle(
+    fn handle(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         let n = message.payload["n"]
             .as_i64()
             .ok_or_else(|| HandlerError::Reject("no n".into()))?;
-        sqlx::query(
+        flotilla_sqlite::execute(
+            db,
             "INSERT INTO totals (key, total, seen) VALUES ($1, $2, 1)
              ON CONFLICT (key) DO UPDATE SET total = total + excluded.total, seen = seen + 1",
+            &[&message.key, &n],
         )
-        .bind(&message.key)
-        .bind(n)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO arrivals (key, n) VALUES ($1, $2)")
-            .bind(&message.key)
-            .bind(n)
-            .execute(&mut *tx)
-            .await?;
+        .and_then(|_| {
+            flotilla_sqlite::execute(
+                db,
+                "INSERT INTO arrivals (key, n) VALUES ($1, $2)",
+                &[&message.key, &n],
+            )
+        })
+        .map_err(flotilla_sqlite::sqlx_error)?;
         Ok(vec![
             Message::new(
                 "billing.events",
@@ -205,7 +206,7 @@ async fn outbox_to_inbox_publishes_committed_messages_in_key_order_and_applies_e
     for n in 0..60i64 {
         let key = format!("order-{}", n % 3);
         let mut tx = producer.begin().await.expect("begin");
-        outbox::enqueue(&mut tx, &message(n, &key))
+        flotilla_sqlite::direct(&mut tx, |db| outbox::enqueue(db, &message(n, &key)))
             .await
             .expect("enqueued");
         if n % 5 == 4 {
@@ -280,12 +281,12 @@ async fn a_publish_that_keeps_failing_backs_off_then_goes_to_the_dead_letters_an
     let nats = Arc::new(nats);
     let (pool, _dir) = database().await;
     let mut tx = pool.begin().await.expect("begin");
-    outbox::enqueue(&mut tx, &message(1, "k1"))
-        .await
-        .expect("enqueue");
-    outbox::enqueue(&mut tx, &message(2, "k1"))
-        .await
-        .expect("enqueue");
+    flotilla_sqlite::direct(&mut tx, |db| {
+        outbox::enqueue(db, &message(1, "k1"))?;
+        outbox::enqueue(db, &message(2, "k1"))
+    })
+    .await
+    .expect("enqueue");
     tx.commit().await.expect("commit");
     // The broker loses the stream: publishing fails (no stream answers).
     nats.delete_stream().await.expect("stream gone");

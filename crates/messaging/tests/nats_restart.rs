@@ -39,7 +39,7 @@ use flotilla_messaging::outbox;
 use flotilla_messaging::runtime::{AnyTransport, start_consumer, start_relay};
 use flotilla_testkit::{NATS, skip};
 use serde_json::json;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -254,25 +254,23 @@ struct Counting {
 }
 
 impl Handler for Counting {
-    async fn handle(
+    fn handle(
         &self,
-        tx: &mut SqliteConnection,
+        db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let n = message.payload["n"]
             .as_i64()
             .ok_or_else(|| HandlerError::Reject("no n".into()))?;
-        sqlx::query(
+        flotilla_sqlite::execute(
+            db,
             "INSERT INTO applied (message_id, key, n, applications, position)
              VALUES ($1, $2, $3, 1, (SELECT COALESCE(MAX(position), 0) + 1 FROM applied))
              ON CONFLICT (message_id) DO UPDATE SET applications = applications + 1",
+            &[&message.id.to_string(), &message.key, &n],
         )
-        .bind(message.id.to_string())
-        .bind(&message.key)
-        .bind(n)
-        .execute(&mut *tx)
-        .await?;
+        .map_err(flotilla_sqlite::sqlx_error)?;
         Ok(Vec::new())
     }
 }
@@ -291,10 +289,14 @@ async fn produce(pool: &SqlitePool, relay: &Notify, range: std::ops::Range<i64>)
     let mut n = range.start;
     while n < range.end {
         let mut tx = pool.begin().await.expect("begin");
-        for m in n..(n + PER_TRANSACTION).min(range.end) {
-            let message = Message::new(TOPIC, "Numbered", key_of(m), json!({ "n": m }));
-            outbox::enqueue(&mut tx, &message).await.expect("enqueue");
-        }
+        flotilla_sqlite::direct(&mut tx, |db| {
+            (n..(n + PER_TRANSACTION).min(range.end)).try_for_each(|m| {
+                let message = Message::new(TOPIC, "Numbered", key_of(m), json!({ "n": m }));
+                outbox::enqueue(db, &message)
+            })
+        })
+        .await
+        .expect("enqueue");
         tx.commit().await.expect("commit");
         relay.notify_one();
         n += PER_TRANSACTION;

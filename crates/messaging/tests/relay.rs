@@ -80,7 +80,9 @@ async fn a_slow_key_holds_up_only_its_own_messages() {
     let enqueue = async |key: &str, n: i64| {
         let mut tx = pool.begin().await.expect("begin");
         let message = Message::new("order.events", "Tested", key, serde_json::json!({ "n": n }));
-        outbox::enqueue(&mut tx, &message).await.expect("enqueue");
+        flotilla_sqlite::direct(&mut tx, |db| outbox::enqueue(db, &message))
+            .await
+            .expect("enqueue");
         tx.commit().await.expect("commit");
         waker.notify_one();
     };

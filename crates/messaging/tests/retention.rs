@@ -42,7 +42,9 @@ async fn published_rows_are_pruned_after_their_window_in_order_and_pending_ones_
     for n in 0..6 {
         let mut tx = pool.begin().await.expect("begin");
         let message = Message::new("order.events", "Tested", "k", serde_json::json!({ "n": n }));
-        outbox::enqueue(&mut tx, &message).await.expect("enqueue");
+        flotilla_sqlite::direct(&mut tx, |db| outbox::enqueue(db, &message))
+            .await
+            .expect("enqueue");
         tx.commit().await.expect("commit");
     }
     let seqs = outbox_seqs(&pool).await;
@@ -115,10 +117,15 @@ async fn many_published_rows_are_pruned_in_several_transactions() {
     let pool = database(&dir).await;
     let rows = retention::PRUNED_AT_ONCE * 2 + 17;
     let mut tx = pool.begin().await.expect("begin");
-    for n in 0..rows {
-        let message = Message::new("order.events", "Tested", "k", serde_json::json!({ "n": n }));
-        outbox::enqueue(&mut tx, &message).await.expect("enqueue");
-    }
+    flotilla_sqlite::direct(&mut tx, |db| {
+        (0..rows).try_for_each(|n| {
+            let message =
+                Message::new("order.events", "Tested", "k", serde_json::json!({ "n": n }));
+            outbox::enqueue(db, &message)
+        })
+    })
+    .await
+    .expect("enqueue");
     tx.commit().await.expect("commit");
     sqlx::query("UPDATE messaging_outbox SET published_at = 1")
         .execute(&pool)
@@ -139,13 +146,7 @@ async fn many_published_rows_are_pruned_in_several_transactions() {
 struct Counting;
 
 impl Handler for Counting {
-    const DIRECT: bool = true;
-
-    fn handle_direct(
-        &self,
-        _: &rusqlite::Connection,
-        _: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, _: &rusqlite::Connection, _: &Message) -> Result<Vec<Message>, HandlerError> {
         Ok(Vec::new())
     }
 }

@@ -22,13 +22,13 @@
 use flotilla_kit::clock;
 use std::collections::BTreeMap;
 
-use flotilla_kit::database::{execute, query, query_at_most, sqlx_error};
+use flotilla_sqlite::{execute, query, query_at_most, sqlx_error};
 use serde_json::Value;
 
 use crate::Error;
 
 /// Records that `fact` (with `detail`) happened in saga `saga_id`, in the caller's transaction
-/// (on its borrowed SQLite handle, [`flotilla_kit::database::direct`]); false if it had been
+/// (on its borrowed SQLite handle, [`flotilla_sqlite::direct`]); false if it had been
 /// recorded before (the first detail is kept).
 pub fn record(
     db: &rusqlite::Connection,

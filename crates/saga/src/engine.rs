@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 use tokio_util::sync::CancellationToken;
 
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error, transaction};
 use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_messaging::{Message, outbox};
+use flotilla_sqlite::{execute, query_optional, sqlx_error, transaction};
 
 use crate::{Error, Saga};
 
@@ -243,19 +243,7 @@ impl<S: Saga> Orchestrator<S> {
 
     /// Starts instance `saga_id` with `data`, within the caller's transaction (with the state
     /// change that asked for it): sends the first step's command.
-    pub async fn start(
-        &self,
-        tx: &mut SqliteConnection,
-        saga_id: &str,
-        data: S::Data,
-        cause: Option<&Message>,
-    ) -> Result<(), Error> {
-        direct(tx, |db| self.start_direct(db, saga_id, data, cause)).await
-    }
-
-    /// [`Orchestrator::start`] on a borrowed SQLite handle, inside the caller's transaction
-    /// ([`flotilla_kit::database::direct`]).
-    pub fn start_direct(
+    pub fn start(
         &self,
         db: &rusqlite::Connection,
         saga_id: &str,
@@ -298,21 +286,7 @@ impl<S: Saga> Orchestrator<S> {
     }
 
     /// Applies a participant's reply within the caller's transaction.
-    pub async fn on_reply(
-        &self,
-        tx: &mut SqliteConnection,
-        reply: &Message,
-    ) -> Result<Handled, Error> {
-        direct(tx, |db| self.on_reply_direct(db, reply)).await
-    }
-
-    /// [`Orchestrator::on_reply`] on a borrowed SQLite handle, inside the caller's transaction
-    /// ([`flotilla_kit::database::direct`]).
-    pub fn on_reply_direct(
-        &self,
-        db: &rusqlite::Connection,
-        reply: &Message,
-    ) -> Result<Handled, Error> {
+    pub fn on_reply(&self, db: &rusqlite::Connection, reply: &Message) -> Result<Handled, Error> {
         let Some(command_id) = reply.causation_id.as_deref() else {
             return Ok(Handled::Unknown);
         };
@@ -827,7 +801,7 @@ impl<S: Saga> Orchestrator<S> {
             .map_err(failed)?;
         }
         for staged in std::mem::take(&mut instance.outgoing) {
-            staged.insert_direct(db)?;
+            staged.insert(db)?;
         }
         // The log lives in the instance's row, whose page the transition writes anyway.
         for entry in std::mem::take(&mut instance.journal) {
@@ -850,15 +824,13 @@ impl<S: Saga> Orchestrator<S> {
 pub struct Replies<S>(pub std::sync::Arc<Orchestrator<S>>);
 
 impl<S: Saga> Handler for Replies<S> {
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         db: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         let orchestrator = &self.0;
-        match orchestrator.on_reply_direct(db, message) {
+        match orchestrator.on_reply(db, message) {
             Ok(handled) => {
                 if handled != Handled::Applied {
                     tracing::debug!(saga = orchestrator.saga.name(), message_id = %message.id, ?handled, "reply not applied");

@@ -97,7 +97,7 @@ pub trait Saga: Send + Sync + 'static {
 
     /// Called in the transaction of every transition, to apply the saga's own effects (append
     /// the order's events, say); the messages it returns are written to the outbox too. It runs
-    /// on the orchestrator's borrowed SQLite handle ([`flotilla_kit::database::direct`]): direct
+    /// on the orchestrator's borrowed SQLite handle ([`flotilla_sqlite::direct`]): direct
     /// calls, inside the transaction, without a round trip per statement.
     fn on_transition(
         &self,

@@ -158,12 +158,12 @@ impl Saga for TripSaga {
             Transition::Completed => format!("completed with {:?}", data.flight),
             Transition::Failed { reason } => format!("failed: {reason}"),
         };
-        flotilla_kit::database::execute(
+        flotilla_sqlite::execute(
             db,
             "INSERT INTO trip_events (saga_id, event) VALUES ($1, $2)",
             &[&saga_id, &text],
         )
-        .map_err(flotilla_kit::database::sqlx_error)?;
+        .map_err(flotilla_sqlite::sqlx_error)?;
         // A notification when the trip ends, fire-and-forget.
         Ok(match transition {
             Transition::Completed | Transition::Failed { .. } => vec![Message::new(
@@ -227,10 +227,11 @@ impl World {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .expect("begin");
-        self.trips
-            .start(&mut tx, saga_id, Trip::default(), None)
-            .await
-            .expect("started");
+        flotilla_sqlite::direct(&mut tx, |db| {
+            self.trips.start(db, saga_id, Trip::default(), None)
+        })
+        .await
+        .expect("started");
         tx.commit().await.expect("commit");
     }
 
@@ -270,7 +271,9 @@ impl World {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .expect("begin");
-        let handled = self.trips.on_reply(&mut tx, &reply).await.expect("reply");
+        let handled = flotilla_sqlite::direct(&mut tx, |db| self.trips.on_reply(db, &reply))
+            .await
+            .expect("reply");
         tx.commit().await.expect("commit");
         handled
     }
@@ -480,11 +483,8 @@ async fn a_new_orchestrator_resumes_what_a_crashed_one_left() {
     );
     let flight = w.one_command("BookFlight").await;
     let mut tx = w.pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
-    let handled = restarted
-        .on_reply(
-            &mut tx,
-            &succeeded(&flight, json!({ "flight_id": "f-2" })).expect("reply"),
-        )
+    let reply = succeeded(&flight, json!({ "flight_id": "f-2" })).expect("reply");
+    let handled = flotilla_sqlite::direct(&mut tx, |db| restarted.on_reply(db, &reply))
         .await
         .expect("reply");
     tx.commit().await.expect("commit");
@@ -521,7 +521,7 @@ async fn a_refused_compensation_is_retried_until_it_succeeds() {
     // Starting the same saga twice is refused.
     let mut tx = w.pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
     assert!(matches!(
-        w.trips.start(&mut tx, "t8", Trip::default(), None).await,
+        flotilla_sqlite::direct(&mut tx, |db| w.trips.start(db, "t8", Trip::default(), None)).await,
         Err(Error::Exists(_))
     ));
     // What is left in the outbox are notifications only.

@@ -29,9 +29,7 @@ fn settled(command: &Message, change: &Change) -> Option<Message> {
 
 impl Handler for StockCommands {
     // A group of commands runs on the borrowed handle in one round trip.
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         tx: &rusqlite::Connection,
         message: &Message,
@@ -46,19 +44,19 @@ impl Handler for StockCommands {
                     quantity: l.quantity,
                 })
                 .collect();
-            match stock::reserve_direct(tx, &command.order_id, &lines)? {
+            match stock::reserve(tx, &command.order_id, &lines)? {
                 Reservation::Reserved => flotilla_saga::succeeded(message, serde_json::json!({})),
                 Reservation::Refused { reason } => flotilla_saga::refused(message, &reason),
             }
         } else if let Some(command) = decode::<ReleaseStock>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, &stock::release_direct(tx, &command.order_id)?)
+            settled(message, &stock::release(tx, &command.order_id)?)
         } else if let Some(command) = decode::<CommitStock>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, &stock::commit_direct(tx, &command.order_id)?)
+            settled(message, &stock::commit(tx, &command.order_id)?)
         } else if let Some(command) = decode::<RestockStock>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, &stock::restock_direct(tx, &command.order_id)?)
+            settled(message, &stock::restock(tx, &command.order_id)?)
         } else {
             return Err(HandlerError::Reject(format!(
                 "the inventory does not handle {}",

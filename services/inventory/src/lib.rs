@@ -55,8 +55,7 @@ pub struct Catalog {
 
 /// Opens the database, applies migrations and seeds an empty catalog.
 pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
-    let opening =
-        flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
+    let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     seed(opening.pool()).await?;
     flotilla_messaging::migrate(opening.pool())
         .await

@@ -41,9 +41,7 @@ fn settled(message: &Message, change: &Change, fact: Message) -> Result<Message,
 
 impl Handler for StockReactions {
     // A group of facts runs on the borrowed handle in one round trip.
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         tx: &rusqlite::Connection,
         message: &Message,
@@ -58,7 +56,7 @@ impl Handler for StockReactions {
                     quantity: l.quantity,
                 })
                 .collect();
-            match stock::reserve_direct(tx, &order.order_id, &lines)? {
+            match stock::reserve(tx, &order.order_id, &lines)? {
                 Reservation::Reserved => {
                     let id = order.order_id.clone();
                     StockReserved { order }.message(&id, Some(message))
@@ -74,21 +72,21 @@ impl Handler for StockReactions {
             .or_else(|| event::<ShipmentRefused>(message).map(|f| f.map(|f| f.order_id)))
         {
             let order_id = order_id.map_err(|e| unreadable(message, &e))?;
-            let change = stock::release_direct(tx, &order_id)?;
+            let change = stock::release(tx, &order_id)?;
             let fact = StockReleased {
                 order_id: order_id.clone(),
             };
             settled(message, &change, fact.message(&order_id, Some(message)))?
         } else if let Some(fact) = event::<ShipmentScheduled>(message) {
             let order_id = fact.map_err(|e| unreadable(message, &e))?.order_id;
-            let change = stock::commit_direct(tx, &order_id)?;
+            let change = stock::commit(tx, &order_id)?;
             let fact = StockCommitted {
                 order_id: order_id.clone(),
             };
             settled(message, &change, fact.message(&order_id, Some(message)))?
         } else if let Some(fact) = event::<ShipmentCancelled>(message) {
             let order_id = fact.map_err(|e| unreadable(message, &e))?.order_id;
-            let change = stock::restock_direct(tx, &order_id)?;
+            let change = stock::restock(tx, &order_id)?;
             let fact = StockRestocked {
                 order_id: order_id.clone(),
             };

@@ -15,10 +15,10 @@
 use flotilla_kit::clock;
 use std::collections::BTreeMap;
 
-use flotilla_kit::database::{direct, execute, query, query_optional, sqlx_error};
+use flotilla_sqlite::{execute, query, query_optional, sqlx_error};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 
 /// Units of one SKU for an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,17 +84,7 @@ fn refuse(db: &Connection, order_id: &str, reason: String) -> Result<Reservation
 
 /// Holds `lines` for `order_id`: every line or none. Refused when a SKU is unknown or has fewer
 /// free units (`on_hand - reserved`) than asked.
-pub async fn reserve(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-    lines: &[Line],
-) -> Result<Reservation, sqlx::Error> {
-    direct(conn, |db| reserve_direct(db, order_id, lines)).await
-}
-
-/// [`reserve`] on a borrowed SQLite handle, inside the caller's write transaction
-/// ([`flotilla_kit::database::direct`]).
-pub fn reserve_direct(
+pub fn reserve(
     db: &Connection,
     order_id: &str,
     lines: &[Line],
@@ -216,20 +206,11 @@ fn transition(
     Ok(Change::Applied)
 }
 
-/// Gives the held stock back (compensation of [`reserve`]).
-pub async fn release(conn: &mut SqliteConnection, order_id: &str) -> Result<Change, sqlx::Error> {
-    direct(conn, |db| release_direct(db, order_id)).await
-}
-
 /// What a reservation asked for after its release is told: the release overtook it.
 pub const RELEASED_BEFORE_RESERVED: &str = "the stock was released before it was reserved";
 
-/// [`release`] on a borrowed SQLite handle, inside the caller's write transaction.
-///
-/// An order with no reservation yet gets a refusal ([`RELEASED_BEFORE_RESERVED`]): the release
-/// of a step whose answer never came (a timed-out saga step, an expired choreographed order)
-/// may overtake the reservation, which must then be refused, not held for an order that failed.
-pub fn release_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
+/// Gives the held stock back (compensation of [`reserve`]).
+pub fn release(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
     if status(db, order_id)?.is_none() {
         refuse(db, order_id, RELEASED_BEFORE_RESERVED.to_owned())?;
         return Ok(Change::Nothing);
@@ -244,12 +225,7 @@ pub fn release_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::E
 }
 
 /// The order is approved: the held units leave the warehouse.
-pub async fn commit(conn: &mut SqliteConnection, order_id: &str) -> Result<Change, sqlx::Error> {
-    direct(conn, |db| commit_direct(db, order_id)).await
-}
-
-/// [`commit`] on a borrowed SQLite handle, inside the caller's write transaction.
-pub fn commit_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
+pub fn commit(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
     transition(
         db,
         order_id,
@@ -260,12 +236,7 @@ pub fn commit_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::Er
 }
 
 /// An approved order was cancelled: its units come back to the warehouse.
-pub async fn restock(conn: &mut SqliteConnection, order_id: &str) -> Result<Change, sqlx::Error> {
-    direct(conn, |db| restock_direct(db, order_id)).await
-}
-
-/// [`restock`] on a borrowed SQLite handle, inside the caller's write transaction.
-pub fn restock_direct(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
+pub fn restock(db: &Connection, order_id: &str) -> Result<Change, sqlx::Error> {
     transition(
         db,
         order_id,

@@ -32,8 +32,9 @@ async fn stock_of(pool: &SqlitePool, sku: &str) -> (i64, i64) {
 macro_rules! in_tx {
     ($pool:expr, |$conn:ident| $step:expr) => {{
         let mut tx = $pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
-        let $conn = &mut *tx;
-        let outcome = $step.await.expect("step");
+        let outcome = flotilla_sqlite::direct(&mut tx, |$conn| $step)
+            .await
+            .expect("step");
         tx.commit().await.expect("commit");
         outcome
     }};
@@ -143,9 +144,11 @@ async fn concurrent_reservations_never_oversell() {
             let pool = pool.clone();
             tokio::spawn(async move {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
-                let outcome = stock::reserve(&mut tx, &format!("race-{n}"), &[line("MN-003", 8)])
-                    .await
-                    .expect("reserve");
+                let outcome = flotilla_sqlite::direct(&mut tx, |db| {
+                    stock::reserve(db, &format!("race-{n}"), &[line("MN-003", 8)])
+                })
+                .await
+                .expect("reserve");
                 tx.commit().await.expect("commit");
                 outcome
             })

@@ -35,9 +35,7 @@ impl Inbox {
 
 impl flotilla_messaging::inbox::Handler for Inbox {
     // A group of replies and facts runs on the borrowed handle in one round trip.
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         db: &rusqlite::Connection,
         message: &flotilla_messaging::Message,
@@ -50,8 +48,8 @@ impl flotilla_messaging::inbox::Handler for Inbox {
         };
         match message.topic.as_str() {
             flotilla_contracts::ORDER_SAGA_REPLIES => {
-                let handled = match self.place.on_reply_direct(db, message).map_err(failed)? {
-                    Handled::Unknown => self.cancel.on_reply_direct(db, message).map_err(failed)?,
+                let handled = match self.place.on_reply(db, message).map_err(failed)? {
+                    Handled::Unknown => self.cancel.on_reply(db, message).map_err(failed)?,
                     handled => handled,
                 };
                 if handled != Handled::Applied {
@@ -60,9 +58,9 @@ impl flotilla_messaging::inbox::Handler for Inbox {
                 Ok(Vec::new())
             }
             flotilla_contracts::ORDER_NOTIFICATIONS => {
-                notifications::Notifications.handle_direct(db, message)
+                notifications::Notifications.handle(db, message)
             }
-            _ => self.facts.handle_direct(db, message),
+            _ => self.facts.handle(db, message),
         }
     }
 

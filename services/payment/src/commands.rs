@@ -47,16 +47,14 @@ fn settled(
 
 impl Handler for PaymentCommands {
     // A group runs on the borrowed handle in one round trip.
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         let reply = if let Some(command) = decode::<AuthorizePayment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            match ledger::authorize_direct(
+            match ledger::authorize(
                 tx,
                 &command.order_id,
                 &command.customer_id,
@@ -73,13 +71,13 @@ impl Handler for PaymentCommands {
             }
         } else if let Some(command) = decode::<VoidPayment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, ledger::void_direct(tx, &command.order_id))?
+            settled(message, ledger::void(tx, &command.order_id))?
         } else if let Some(command) = decode::<CapturePayment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, ledger::capture_direct(tx, &command.order_id))?
+            settled(message, ledger::capture(tx, &command.order_id))?
         } else if let Some(command) = decode::<RefundPayment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            settled(message, ledger::refund_direct(tx, &command.order_id))?
+            settled(message, ledger::refund(tx, &command.order_id))?
         } else {
             return Err(HandlerError::Reject(format!(
                 "the payment service does not handle {}",

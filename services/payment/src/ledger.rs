@@ -36,9 +36,9 @@
 use flotilla_kit::clock;
 use std::fmt;
 
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use flotilla_sqlite::{execute, query_optional, sqlx_error};
 use rusqlite::Connection;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 
 /// A payment's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -274,21 +274,7 @@ fn refuse(
 /// Idempotent per order: if the order already has a payment or a refusal, answers with it and
 /// changes nothing, whatever `customer_id` and `amount_cents` are this time. An order voided
 /// before it was authorized (see [`void`]) is refused.
-pub async fn authorize(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-    customer_id: &str,
-    amount_cents: i64,
-) -> Result<Authorization, sqlx::Error> {
-    direct(conn, |db| {
-        authorize_direct(db, order_id, customer_id, amount_cents)
-    })
-    .await
-}
-
-/// [`authorize`] on a borrowed SQLite handle, inside the caller's write transaction
-/// ([`flotilla_kit::database::direct`]).
-pub fn authorize_direct(
+pub fn authorize(
     db: &Connection,
     order_id: &str,
     customer_id: &str,
@@ -414,12 +400,7 @@ fn settle(db: &Connection, order_id: &str, operation: Operation) -> Result<Settl
 /// and records that the order was voided, so that a later [`authorize`] for it is refused
 /// (an order already refused stays refused with its first reason). A CAPTURED or REFUNDED
 /// payment is [`LedgerError::WrongStatus`]: it must be refunded, not voided.
-pub async fn void(conn: &mut SqliteConnection, order_id: &str) -> Result<Settled, LedgerError> {
-    direct(conn, |db| void_direct(db, order_id)).await
-}
-
-/// [`void`] on a borrowed SQLite handle, inside the caller's write transaction.
-pub fn void_direct(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
+pub fn void(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
     match settle(db, order_id, Operation::Void) {
         Err(LedgerError::NoPayment { .. }) => {
             execute(
@@ -443,12 +424,7 @@ pub fn void_direct(db: &Connection, order_id: &str) -> Result<Settled, LedgerErr
 ///
 /// A CAPTURED payment gives [`Settled::AlreadyApplied`]; a VOIDED or REFUNDED payment is
 /// [`LedgerError::WrongStatus`] and no payment is [`LedgerError::NoPayment`].
-pub async fn capture(conn: &mut SqliteConnection, order_id: &str) -> Result<Settled, LedgerError> {
-    direct(conn, |db| capture_direct(db, order_id)).await
-}
-
-/// [`capture`] on a borrowed SQLite handle, inside the caller's write transaction.
-pub fn capture_direct(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
+pub fn capture(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
     settle(db, order_id, Operation::Capture)
 }
 
@@ -456,12 +432,7 @@ pub fn capture_direct(db: &Connection, order_id: &str) -> Result<Settled, Ledger
 ///
 /// A REFUNDED payment gives [`Settled::AlreadyApplied`]; an AUTHORIZED (void it instead) or
 /// VOIDED payment is [`LedgerError::WrongStatus`] and no payment is [`LedgerError::NoPayment`].
-pub async fn refund(conn: &mut SqliteConnection, order_id: &str) -> Result<Settled, LedgerError> {
-    direct(conn, |db| refund_direct(db, order_id)).await
-}
-
-/// [`refund`] on a borrowed SQLite handle, inside the caller's write transaction.
-pub fn refund_direct(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
+pub fn refund(db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
     settle(db, order_id, Operation::Refund)
 }
 

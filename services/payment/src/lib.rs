@@ -79,8 +79,7 @@ pub struct Items<T> {
 
 /// Opens the database, applies migrations and seeds the accounts if there are none.
 pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
-    let opening =
-        flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
+    let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     let accounts: Vec<Account> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let mut tx = opening.pool().begin().await?;

@@ -47,9 +47,7 @@ fn settled(
 
 impl Handler for PaymentReactions {
     // A group runs on the borrowed handle in one round trip.
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         tx: &rusqlite::Connection,
         message: &Message,
@@ -57,7 +55,7 @@ impl Handler for PaymentReactions {
         let fact = if let Some(fact) = event::<StockReserved>(message) {
             let order = fact.map_err(|e| unreadable(message, &e))?.order;
             let id = order.order_id.clone();
-            match ledger::authorize_direct(tx, &id, &order.customer_id, order.total_cents)? {
+            match ledger::authorize(tx, &id, &order.customer_id, order.total_cents)? {
                 Authorization::Authorized { payment_id, .. } => {
                     PaymentAuthorized { order, payment_id }.message(&id, Some(message))
                 }
@@ -74,7 +72,7 @@ impl Handler for PaymentReactions {
             };
             settled(
                 message,
-                ledger::void_direct(tx, &id),
+                ledger::void(tx, &id),
                 done.message(&id, Some(message)),
             )?
         } else if let Some(fact) = event::<ShipmentScheduled>(message) {
@@ -84,7 +82,7 @@ impl Handler for PaymentReactions {
             };
             settled(
                 message,
-                ledger::capture_direct(tx, &id),
+                ledger::capture(tx, &id),
                 done.message(&id, Some(message)),
             )?
         } else if let Some(fact) = event::<ShipmentCancelled>(message) {
@@ -94,7 +92,7 @@ impl Handler for PaymentReactions {
             };
             settled(
                 message,
-                ledger::refund_direct(tx, &id),
+                ledger::refund(tx, &id),
                 done.message(&id, Some(message)),
             )?
         } else {

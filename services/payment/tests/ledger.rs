@@ -37,9 +37,15 @@ impl Db {
             .await
             .expect("begin");
         let settled = match operation {
-            Operation::Void => ledger::void(&mut tx, order_id).await,
-            Operation::Capture => ledger::capture(&mut tx, order_id).await,
-            Operation::Refund => ledger::refund(&mut tx, order_id).await,
+            Operation::Void => {
+                flotilla_sqlite::direct(&mut tx, |db| ledger::void(db, order_id)).await
+            }
+            Operation::Capture => {
+                flotilla_sqlite::direct(&mut tx, |db| ledger::capture(db, order_id)).await
+            }
+            Operation::Refund => {
+                flotilla_sqlite::direct(&mut tx, |db| ledger::refund(db, order_id)).await
+            }
         };
         if settled.is_ok() {
             tx.commit().await.expect("commit");
@@ -93,9 +99,11 @@ async fn authorize_in(
     amount: i64,
 ) -> Authorization {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
-    let outcome = ledger::authorize(&mut tx, order_id, customer_id, amount)
-        .await
-        .expect("authorize");
+    let outcome = flotilla_sqlite::direct(&mut tx, |db| {
+        ledger::authorize(db, order_id, customer_id, amount)
+    })
+    .await
+    .expect("authorize");
     tx.commit().await.expect("commit");
     outcome
 }

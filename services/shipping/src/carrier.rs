@@ -25,10 +25,10 @@
 //! [`check`] reports any breach of these rules, for the system checker.
 
 use flotilla_kit::clock;
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use flotilla_sqlite::{execute, query_optional, sqlx_error};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 
 /// The reason recorded when an order is cancelled before any shipment was scheduled for it.
 pub const CANCELLED_BEFORE_SCHEDULING: &str =
@@ -93,17 +93,7 @@ pub enum CancelError {
 /// Idempotent: if the order has a shipment or a refusal already, answers with it and changes
 /// nothing (the repeat's `destination` is not looked at). A refusal is recorded, so the answer
 /// stays the same even if the refused destinations change.
-pub async fn schedule(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-    destination: &Destination,
-) -> Result<Scheduling, sqlx::Error> {
-    direct(conn, |db| schedule_direct(db, order_id, destination)).await
-}
-
-/// [`schedule`] on a borrowed SQLite handle, inside the caller's write transaction
-/// ([`flotilla_kit::database::direct`]).
-pub fn schedule_direct(
+pub fn schedule(
     db: &Connection,
     order_id: &str,
     destination: &Destination,
@@ -163,15 +153,7 @@ pub fn schedule_direct(
 /// is reported as such; in the latter case a refusal is recorded (unless the order has one), so
 /// that a request to schedule the order arriving after its compensation is refused.
 /// A `DISPATCHED` or `DELIVERED` shipment is [`CancelError::TooLate`].
-pub async fn cancel(
-    conn: &mut SqliteConnection,
-    order_id: &str,
-) -> Result<Cancellation, CancelError> {
-    direct(conn, |db| cancel_direct(db, order_id)).await
-}
-
-/// [`cancel`] on a borrowed SQLite handle, inside the caller's write transaction.
-pub fn cancel_direct(db: &Connection, order_id: &str) -> Result<Cancellation, CancelError> {
+pub fn cancel(db: &Connection, order_id: &str) -> Result<Cancellation, CancelError> {
     let shipment: Option<(String, String)> = query_optional(
         db,
         "SELECT shipment_id, status FROM shipments WHERE order_id = ?",
@@ -215,7 +197,7 @@ pub fn cancel_direct(db: &Connection, order_id: &str) -> Result<Cancellation, Ca
 /// already: the choreographed order expired (`OrderExpired`). Returns the refusal recorded now;
 /// `None` when the order has a shipment (the saga is past its point of no return and goes on) or
 /// a refusal already (published when it was made).
-pub fn expire_direct(
+pub fn expire(
     db: &Connection,
     order_id: &str,
     reason: &str,

@@ -18,16 +18,14 @@ fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
 
 impl Handler for ShippingCommands {
     // A group runs on the borrowed handle in one round trip.
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         tx: &rusqlite::Connection,
         message: &Message,
     ) -> Result<Vec<Message>, HandlerError> {
         let reply = if let Some(command) = decode::<ScheduleShipment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            match carrier::schedule_direct(tx, &command.order_id, &command.destination)? {
+            match carrier::schedule(tx, &command.order_id, &command.destination)? {
                 Scheduling::Scheduled { shipment_id } => flotilla_saga::succeeded(
                     message,
                     serde_json::json!({ "shipment_id": shipment_id }),
@@ -36,7 +34,7 @@ impl Handler for ShippingCommands {
             }
         } else if let Some(command) = decode::<CancelShipment>(message) {
             let command = command.map_err(|e| unreadable(message, &e))?;
-            match carrier::cancel_direct(tx, &command.order_id) {
+            match carrier::cancel(tx, &command.order_id) {
                 Ok(
                     Cancellation::Cancelled { shipment_id }
                     | Cancellation::AlreadyCancelled { shipment_id },

@@ -76,8 +76,7 @@ pub struct Items<T> {
 
 /// Opens the database, applies migrations and seeds the refused destinations if there are none.
 pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
-    let opening =
-        flotilla_kit::database::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
+    let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     let refused: Vec<RefusedDestination> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
     let mut tx = opening.pool().begin().await?;

@@ -6,7 +6,7 @@
 //! | --- | --- | --- |
 //! | `PaymentAuthorized` | [`carrier::schedule`] | `ShipmentScheduled` or `ShipmentRefused` |
 //! | `OrderCancellationRequested` | [`carrier::cancel`] | `ShipmentCancelled` or `ShipmentCancellationRefused` |
-//! | `OrderExpired` | [`carrier::expire_direct`]: refuses the order unless already decided | `ShipmentRefused`, or nothing |
+//! | `OrderExpired` | [`carrier::expire`]: refuses the order unless already decided | `ShipmentRefused`, or nothing |
 //!
 //! Other facts on the topics it consumes are none of its business and are acknowledged.
 
@@ -29,9 +29,7 @@ fn unreadable(message: &Message, error: &serde_json::Error) -> HandlerError {
 
 impl Handler for ShippingReactions {
     // A group runs on the borrowed handle in one round trip.
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         tx: &rusqlite::Connection,
         message: &Message,
@@ -39,7 +37,7 @@ impl Handler for ShippingReactions {
         let fact = if let Some(fact) = event::<PaymentAuthorized>(message) {
             let order = fact.map_err(|e| unreadable(message, &e))?.order;
             let id = order.order_id;
-            match carrier::schedule_direct(tx, &id, &order.destination)? {
+            match carrier::schedule(tx, &id, &order.destination)? {
                 Scheduling::Scheduled { shipment_id } => ShipmentScheduled {
                     order_id: id.clone(),
                     shipment_id,
@@ -53,7 +51,7 @@ impl Handler for ShippingReactions {
             }
         } else if let Some(fact) = event::<OrderCancellationRequested>(message) {
             let id = fact.map_err(|e| unreadable(message, &e))?.order_id;
-            match carrier::cancel_direct(tx, &id) {
+            match carrier::cancel(tx, &id) {
                 Ok(_) => ShipmentCancelled {
                     order_id: id.clone(),
                 }
@@ -68,7 +66,7 @@ impl Handler for ShippingReactions {
         } else if let Some(fact) = event::<OrderExpired>(message) {
             let fact = fact.map_err(|e| unreadable(message, &e))?;
             let id = fact.order_id;
-            match carrier::expire_direct(tx, &id, &fact.reason)? {
+            match carrier::expire(tx, &id, &fact.reason)? {
                 Some(reason) => ShipmentRefused {
                     order_id: id.clone(),
                     reason,

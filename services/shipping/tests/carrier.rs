@@ -31,9 +31,10 @@ async fn schedule(pool: &SqlitePool, order_id: &str, destination: &Destination) 
         .begin_with("BEGIN IMMEDIATE")
         .await
         .expect("a write transaction");
-    let outcome = carrier::schedule(&mut tx, order_id, destination)
-        .await
-        .expect("schedule succeeds");
+    let outcome =
+        flotilla_sqlite::direct(&mut tx, |db| carrier::schedule(db, order_id, destination))
+            .await
+            .expect("schedule succeeds");
     tx.commit().await.expect("commit");
     outcome
 }
@@ -44,7 +45,7 @@ async fn cancel(pool: &SqlitePool, order_id: &str) -> Result<Cancellation, Cance
         .begin_with("BEGIN IMMEDIATE")
         .await
         .expect("a write transaction");
-    let outcome = carrier::cancel(&mut tx, order_id).await;
+    let outcome = flotilla_sqlite::direct(&mut tx, |db| carrier::cancel(db, order_id)).await;
     if outcome.is_ok() {
         tx.commit().await.expect("commit");
     }

@@ -79,7 +79,7 @@ pub async fn expire_due(
     deadline: Duration,
 ) -> Result<usize, flotilla_eventstore::Error> {
     let encode = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
-    flotilla_kit::database::transaction(&db.pool, |sql| {
+    flotilla_sqlite::transaction(&db.pool, |sql| {
         let now = micros_after(Duration::ZERO);
         let due = choreography::due(sql, now, EXPIRED_AT_ONCE).map_err(|e| encode(&e))?;
         let mut expired = 0;
@@ -90,7 +90,7 @@ pub async fn expire_due(
                 continue;
             }
             // An order that cannot be read stops only its own expiry, not the others'.
-            let order = match db.events.load_direct::<Order>(sql, &order_id) {
+            let order = match db.events.load_on::<Order>(sql, &order_id) {
                 Ok(order) => order,
                 Err(error) => {
                     tracing::error!(%order_id, %error, "cannot read an order past its deadline; it is left as it is");
@@ -113,7 +113,7 @@ pub async fn expire_due(
                 reason,
             }
             .message(&order_id, None);
-            flotilla_messaging::outbox::enqueue_direct(sql, &message).map_err(|e| encode(&e))?;
+            flotilla_messaging::outbox::enqueue(sql, &message).map_err(|e| encode(&e))?;
             tracing::warn!(%order_id, ?deadline, "choreographed order expired");
             expired += 1;
         }
@@ -279,9 +279,7 @@ impl Listener {
 }
 
 impl Handler for Listener {
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         db: &rusqlite::Connection,
         message: &Message,

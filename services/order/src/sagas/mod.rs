@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_eventstore::{Loaded, Metadata};
-use flotilla_kit::database::{execute, grouped, sqlx_error, transaction};
 use flotilla_kit::settings::SagaStyle;
 use flotilla_saga::Orchestrator;
+use flotilla_sqlite::{execute, grouped, sqlx_error, transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -151,7 +151,7 @@ impl Sagas {
                     return Ok((None, loaded));
                 }
             }
-            let recorded = db.events.save_direct(
+            let recorded = db.events.save_on(
                 sql,
                 &mut loaded,
                 &placed,
@@ -163,12 +163,12 @@ impl Sagas {
             match style {
                 SagaStyle::Orchestration => sagas
                     .place_order
-                    .start_direct(sql, order_id, data, None)
+                    .start(sql, order_id, data, None)
                     .map_err(|e| encode(&e))?,
                 SagaStyle::Choreography => {
                     let details = participants::details(order_id, &loaded.state)
                         .ok_or_else(|| encode(&"a placed order has an address"))?;
-                    flotilla_messaging::outbox::enqueue_direct(sql, &choreography::created(details))
+                    flotilla_messaging::outbox::enqueue(sql, &choreography::created(details))
                         .map_err(|e| encode(&e))?;
                     // Nobody coordinates: the order's own deadline notices a saga that stalls.
                     let deadline = choreography::micros_after(sagas.choreography_deadline);
@@ -199,7 +199,7 @@ impl Sagas {
         let mut appended = None;
         let db = &self.db;
         let started = transaction(&db.pool, |sql| {
-            let mut order = db.events.load_direct::<Order>(sql, order_id)?;
+            let mut order = db.events.load_on::<Order>(sql, order_id)?;
             let events = match order.state.request_cancellation(reason) {
                 Ok(events) => events,
                 Err(refused) => {
@@ -212,7 +212,7 @@ impl Sagas {
             let saga_id = cancel::saga_id(order_id);
             let recorded =
                 db.events
-                    .save_direct(sql, &mut order, &events, &Metadata::correlated(&saga_id))?;
+                    .save_on(sql, &mut order, &events, &Metadata::correlated(&saga_id))?;
             appended = recorded.last().map(|event| event.position);
             match style {
                 SagaStyle::Orchestration => {
@@ -223,13 +223,12 @@ impl Sagas {
                         reason: reason.to_owned(),
                     };
                     self.cancel_order
-                        .start_direct(sql, &saga_id, data, None)
+                        .start(sql, &saga_id, data, None)
                         .map_err(|e| encode(&e))?;
                 }
                 SagaStyle::Choreography => {
                     let message = choreography::cancellation_requested(order_id, reason);
-                    flotilla_messaging::outbox::enqueue_direct(sql, &message)
-                        .map_err(|e| encode(&e))?;
+                    flotilla_messaging::outbox::enqueue(sql, &message).map_err(|e| encode(&e))?;
                 }
             }
             Ok(Cancelling::Started)

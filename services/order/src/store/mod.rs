@@ -41,7 +41,7 @@ pub fn options() -> Options {
 /// Opens the database at `path` and applies the service's, the event store's, the messaging
 /// tables' and the saga engine's migrations.
 pub async fn open(path: &Path) -> Result<Database, flotilla_eventstore::Error> {
-    let opening = flotilla_kit::database::open(path, &MIGRATIONS).await?;
+    let opening = flotilla_sqlite::open(path, &MIGRATIONS).await?;
     let events = EventStore::sqlite(opening.pool().clone(), options()).await?;
     let setup = |e: &dyn std::fmt::Display| flotilla_eventstore::Error::Encode(e.to_string());
     flotilla_messaging::migrate(opening.pool())
@@ -57,15 +57,12 @@ pub async fn open(path: &Path) -> Result<Database, flotilla_eventstore::Error> {
 }
 
 /// Order `order_id` as its events say now, read with direct calls in one turn on the process's
-/// connection ([`flotilla_kit::database::call`]) instead of a round trip per statement.
+/// connection ([`flotilla_sqlite::call`]) instead of a round trip per statement.
 pub async fn load(
     db: &Database,
     order_id: &str,
 ) -> Result<Loaded<Order>, flotilla_eventstore::Error> {
-    flotilla_kit::database::call(&db.pool, |sql| {
-        db.events.load_direct::<Order>(sql, order_id)
-    })
-    .await
+    flotilla_sqlite::call(&db.pool, |sql| db.events.load_on::<Order>(sql, order_id)).await
 }
 
 /// The `(request_hash, order_id)` stored for an idempotency key.
@@ -172,7 +169,7 @@ pub enum RecordError {
 }
 
 /// Loads order `order_id` within the caller's transaction (on its borrowed SQLite handle,
-/// [`flotilla_kit::database::direct`]), asks `decide` for the events its state calls for (and
+/// [`flotilla_sqlite::direct`]), asks `decide` for the events its state calls for (and
 /// whatever else it concludes), and appends them correlated with `correlation`: the way every
 /// saga, orchestrated or choreographed, records its steps on the order. Returns the order as it
 /// now stands and `decide`'s conclusion.
@@ -183,10 +180,10 @@ pub fn record<T>(
     correlation: &str,
     decide: impl FnOnce(&Order) -> Result<(Vec<aggregate::OrderEvent>, T), OrderError>,
 ) -> Result<(Loaded<Order>, T), RecordError> {
-    let mut order = events.load_direct::<Order>(db, order_id)?;
+    let mut order = events.load_on::<Order>(db, order_id)?;
     let (new, conclusion) = decide(&order.state)?;
     if !new.is_empty() {
-        events.save_direct(db, &mut order, &new, &Metadata::correlated(correlation))?;
+        events.save_on(db, &mut order, &new, &Metadata::correlated(correlation))?;
     }
     Ok((order, conclusion))
 }

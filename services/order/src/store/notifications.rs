@@ -79,9 +79,7 @@ pub async fn of_order(pool: &SqlitePool, order_id: &str) -> Result<Vec<Notificat
 pub struct Notifications;
 
 impl Handler for Notifications {
-    const DIRECT: bool = true;
-
-    fn handle_direct(
+    fn handle(
         &self,
         db: &rusqlite::Connection,
         message: &Message,
@@ -100,7 +98,7 @@ impl Handler for Notifications {
         let now = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .map_err(|e| HandlerError::Reject(e.to_string()))?;
-        flotilla_kit::database::execute(
+        flotilla_sqlite::execute(
             db,
             "INSERT INTO notifications (message_id, order_id, customer_id, kind, detail, recorded_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (message_id) DO NOTHING",
@@ -113,7 +111,7 @@ impl Handler for Notifications {
                 &now,
             ],
         )
-        .map_err(flotilla_kit::database::sqlx_error)?;
+        .map_err(flotilla_sqlite::sqlx_error)?;
         tracing::info!(%order_id, customer = %customer_id, kind = %message.message_type, "customer notified");
         Ok(Vec::new())
     }

@@ -9,7 +9,7 @@
 use flotilla_eventstore::{
     Error, EventStore, Projection, Projector, RecordedEvent, StoreTx, aggregate,
 };
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use flotilla_sqlite::{execute, query_optional, sqlx_error};
 use sqlx::SqliteConnection;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
@@ -48,13 +48,9 @@ impl Projection for OrderSummaries {
         Some("order")
     }
 
-    async fn apply(&self, tx: &mut StoreTx, event: &RecordedEvent) -> Result<(), Error> {
-        direct(connection(tx)?, |db| self.apply_direct(db, event)).await
-    }
+    const ON_CONNECTION: bool = true;
 
-    const DIRECT: bool = true;
-
-    fn apply_direct(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
+    fn apply_on(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
         let typed = aggregate::decode::<Order>(event)?;
         let id = order_id(event);
         let at = rfc3339(event)?;
@@ -123,13 +119,9 @@ impl Projection for RevenuePerDay {
         Some("order")
     }
 
-    async fn apply(&self, tx: &mut StoreTx, event: &RecordedEvent) -> Result<(), Error> {
-        direct(connection(tx)?, |db| self.apply_direct(db, event)).await
-    }
+    const ON_CONNECTION: bool = true;
 
-    const DIRECT: bool = true;
-
-    fn apply_direct(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
+    fn apply_on(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
         let typed = aggregate::decode::<Order>(event)?;
         let id = order_id(event).to_owned();
         let day = event.recorded_at.date().to_string();

@@ -1,11 +1,9 @@
-//! `database::grouped`: calls waiting for the writer commit as one transaction, each in a
+//! `flotilla_sqlite::grouped`: calls waiting for the writer commit as one transaction, each in a
 //! savepoint of its own.
-
-#![cfg(feature = "sqlite")]
 
 use std::time::Duration;
 
-use flotilla_kit::database::{self, grouped, sqlx_error};
+use flotilla_sqlite::{grouped, sqlx_error};
 use sqlx::SqlitePool;
 use tokio::task::JoinSet;
 
@@ -24,7 +22,7 @@ async fn pool(dir: &tempfile::TempDir) -> SqlitePool {
     let migrator = sqlx::migrate::Migrator::new(migrations.as_path())
         .await
         .expect("migrator");
-    database::open(&dir.path().join("grouped.db"), &migrator)
+    flotilla_sqlite::open(&dir.path().join("grouped.db"), &migrator)
         .await
         .expect("open")
         .ready()
@@ -35,7 +33,7 @@ async fn hold_writer(pool: &SqlitePool, how_long: Duration) -> tokio::task::Join
     let (holding, held) = tokio::sync::oneshot::channel();
     let pool = pool.clone();
     let holder = tokio::spawn(async move {
-        database::call(&pool, move |_db| {
+        flotilla_sqlite::call(&pool, move |_db| {
             let _ = holding.send(());
             std::thread::sleep(how_long);
             Ok::<_, sqlx::Error>(())

@@ -1,19 +1,19 @@
 //! One SQLite transaction of a saga reply's shape (a read, then five writes) on a service's one
 //! connection: through sqlx, one round trip to its worker thread per statement, against
-//! `database::direct`, one round trip to borrow the handle and direct calls (`direct`; the
+//! `flotilla_sqlite::direct`, one round trip to borrow the handle and direct calls (`direct`; the
 //! statements stay prepared with the connection from one call to the next), the same statements
 //! run ten times in one call (`direct_x10`, per transaction: what a group commit pays), and
-//! `database::transaction`, which runs `BEGIN` to `COMMIT` on the process's own connection.
+//! `flotilla_sqlite::transaction`, which runs `BEGIN` to `COMMIT` on the process's own connection.
 //!
 //! The `borrow` group measures what holding the one connection costs a transaction when many
 //! tasks want it: borrowed from sqlx's pool, against the process's own connection.
 //!
-//! `cargo bench -p flotilla-kit --features sqlite --bench direct`
+//! `cargo bench -p flotilla-sqlite --bench direct`
 
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use flotilla_kit::database::{direct, execute, query_optional, sqlx_error};
+use flotilla_sqlite::{direct, execute, query_optional, sqlx_error};
 use sqlx::SqliteConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use tokio::runtime::Runtime;
@@ -114,7 +114,7 @@ fn transaction(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             let (pool, id) = (pool.clone(), next());
             async move {
-                flotilla_kit::database::transaction(&pool, |db| direct_calls(db, id))
+                flotilla_sqlite::transaction(&pool, |db| direct_calls(db, id))
                     .await
                     .expect("transaction");
             }
@@ -138,7 +138,7 @@ fn transaction(c: &mut Criterion) {
 }
 
 /// A short write transaction (a read and five writes) as a borrow of the pool's connection: what
-/// `database::transaction` did before it had a connection of its own.
+/// `flotilla_sqlite::transaction` did before it had a connection of its own.
 async fn through_the_pool(pool: &SqlitePool, id: i64) {
     let mut connection = pool.acquire().await.expect("acquire");
     direct(&mut connection, |db| {
@@ -189,7 +189,7 @@ fn contended<F, Fut>(
 /// A short write transaction with 16 tasks contending for the one connection: borrowed from
 /// sqlx's pool (its ping as it hands the connection out and takes it back, then `lock_handle`:
 /// round trips to sqlx's worker thread), from a pool without the first ping (as
-/// `database::open` makes it), and on the process's own connection (`database::transaction`).
+/// `flotilla_sqlite::open` makes it), and on the process's own connection (`flotilla_sqlite::transaction`).
 fn borrow(c: &mut Criterion) {
     let runtime = Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
@@ -230,7 +230,7 @@ fn borrow(c: &mut Criterion) {
     contended(&mut group, &runtime, "own_connection", tasks, move |id| {
         let p = p.clone();
         async move {
-            flotilla_kit::database::transaction(&p, |db| direct_calls(db, id))
+            flotilla_sqlite::transaction(&p, |db| direct_calls(db, id))
                 .await
                 .expect("transaction");
         }

@@ -2,12 +2,10 @@
 //! still starts over while writes go on without a pause. One test in this file: it counts the
 //! process's checkpoint threads.
 
-#![cfg(feature = "sqlite")]
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use flotilla_kit::database::{self, CATCH_UP_FRAMES, LOG_SIZE_LIMIT, sqlx_error};
+use flotilla_sqlite::{CATCH_UP_FRAMES, LOG_SIZE_LIMIT, sqlx_error};
 
 /// Threads of this process named as the checkpoint threads are.
 fn checkpoint_threads() -> usize {
@@ -22,6 +20,20 @@ fn checkpoint_threads() -> usize {
                 .count()
         })
         .unwrap_or(0)
+}
+
+/// The checkpoint threads once there are `expected` of them, or after 5 s: a thread is named
+/// by itself once it runs (std names a spawned thread from inside it), so right after `open`
+/// (or the pool's close) the count may not have caught up yet.
+async fn checkpoint_threads_once(expected: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = checkpoint_threads();
+        if now == expected || Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn size(path: &Path) -> u64 {
@@ -46,12 +58,12 @@ async fn the_log_is_checkpointed_off_the_writer_and_starts_over_under_continuous
     let file = dir.path().join("blobs.db");
     let log = dir.path().join("blobs.db-wal");
     let before = checkpoint_threads();
-    let pool = database::open(&file, &migrator)
+    let pool = flotilla_sqlite::open(&file, &migrator)
         .await
         .expect("open")
         .ready();
     assert_eq!(
-        checkpoint_threads(),
+        checkpoint_threads_once(before + 1).await,
         before + 1,
         "one checkpoint thread per database"
     );
@@ -61,7 +73,7 @@ async fn the_log_is_checkpointed_off_the_writer_and_starts_over_under_continuous
         .fetch_one(&pool)
         .await
         .expect("pragma");
-    let writer_side: i64 = database::call(&pool, |db| {
+    let writer_side: i64 = flotilla_sqlite::call(&pool, |db| {
         db.pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
             .map_err(sqlx_error)
     })
@@ -76,7 +88,7 @@ async fn the_log_is_checkpointed_off_the_writer_and_starts_over_under_continuous
     let (mut largest, mut frames, mut cut) = (0, 0, false);
     let started = Instant::now();
     while frames < most_frames {
-        database::transaction(&pool, |db| {
+        flotilla_sqlite::transaction(&pool, |db| {
             db.execute(
                 "UPDATE blobs SET data = randomblob(65536) WHERE id = ?1",
                 [frames % 16],
@@ -112,12 +124,8 @@ async fn the_log_is_checkpointed_off_the_writer_and_starts_over_under_continuous
 
     // The thread goes with the pool.
     pool.close().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while checkpoint_threads() > before && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_eq!(
-        checkpoint_threads(),
+        checkpoint_threads_once(before).await,
         before,
         "the checkpoint thread stopped"
     );

@@ -9,7 +9,7 @@
 //! and an fsync took 0.9 ms at the median and 7 ms at worst (`strace -T`), with every write of
 //! the service queued behind it.
 //!
-//! So the connections of a database opened with [`super::open`] never checkpoint
+//! So the connections of a database opened with [`crate::open`] never checkpoint
 //! (`wal_autocheckpoint = 0`), and a thread of its own does, on a third connection:
 //!
 //! * every [`PASS_INTERVAL`] a *passive* checkpoint copies what was committed since the last
@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use super::Writer;
+use crate::writer::Writer;
 
 /// How often the thread copies the log's new pages into the database file.
 pub const PASS_INTERVAL: Duration = Duration::from_millis(100);

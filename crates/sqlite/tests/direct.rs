@@ -1,12 +1,10 @@
-//! `database::direct` under contention and cancellation: many tasks share a service's one
+//! `flotilla_sqlite::direct` under contention and cancellation: many tasks share a service's one
 //! connection, each a transaction of sqlx statements and direct calls, many of them cancelled at
 //! random points; the connection must stay usable and every committed effect must be whole.
 
-#![cfg(feature = "sqlite")]
-
 use std::time::Duration;
 
-use flotilla_kit::database::{direct, execute, sqlx_error};
+use flotilla_sqlite::{direct, execute, sqlx_error};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +82,7 @@ async fn parameters_bind_by_number_as_sqlx_binds_them() {
         .expect("open");
     let rows = direct(&mut connection, |db| {
         let one = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
-            flotilla_kit::database::query_optional(db, sql, values, |row| {
+            flotilla_sqlite::query_optional(db, sql, values, |row| {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
             })
         };
@@ -102,11 +100,11 @@ async fn parameters_bind_by_number_as_sqlx_binds_them() {
     assert!(rows.3, "a missing value is refused");
 }
 
-/// `database::transaction` commits what its work did on `Ok`, and leaves nothing of it on `Err`
+/// `flotilla_sqlite::transaction` commits what its work did on `Ok`, and leaves nothing of it on `Err`
 /// or on a panic, the connection usable and out of any transaction afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_direct_transaction_commits_on_ok_and_rolls_back_on_err_and_panic() {
-    use flotilla_kit::database::transaction;
+    use flotilla_sqlite::transaction;
     let dir = tempfile::tempdir().expect("temp dir");
     let pool = one_connection_with_a_table(&dir.path().join("tx.db")).await;
     let insert = |n: i64| {
@@ -216,11 +214,11 @@ async fn statements_stay_prepared_across_borrows_and_the_connection_still_closes
     );
 }
 
-/// The same through a pool and `database::transaction` (whose `BEGIN`, `COMMIT` and `ROLLBACK`
+/// The same through a pool and `flotilla_sqlite::transaction` (whose `BEGIN`, `COMMIT` and `ROLLBACK`
 /// are kept statements too): closing the pool closes its connection cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_whose_connection_kept_statements_closes_cleanly() {
-    use flotilla_kit::database::transaction;
+    use flotilla_sqlite::transaction;
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("pool.db");
     let pool = one_connection_with_a_table(&file).await;
@@ -277,13 +275,13 @@ async fn one_connection_with_a_table(file: &std::path::Path) -> sqlx::SqlitePool
     pool
 }
 
-/// `database::transaction` runs on the process's own connection to the file, so sqlx's
+/// `flotilla_sqlite::transaction` runs on the process's own connection to the file, so sqlx's
 /// connection can hold the write lock meanwhile: the transaction then waits for it without
 /// blocking its thread (on a one-thread runtime, the holder could not commit otherwise, and the
 /// wait would run into the busy timeout), and goes through once the holder commits.
 #[tokio::test(flavor = "current_thread")]
 async fn a_direct_transaction_waits_for_another_connections_lock_without_blocking_the_thread() {
-    use flotilla_kit::database::transaction;
+    use flotilla_sqlite::transaction;
     let dir = tempfile::tempdir().expect("temp dir");
     let pool = one_connection_with_a_table(&dir.path().join("busy.db")).await;
     // Made before the lock is taken (its first call borrows sqlx's connection to find the file).
@@ -328,12 +326,12 @@ async fn a_direct_transaction_waits_for_another_connections_lock_without_blockin
     assert_eq!(all, [1, 2, 3]);
 }
 
-/// The process's own connection is set up as `database::open`'s (foreign keys enforced, commits
+/// The process's own connection is set up as `flotilla_sqlite::open`'s (foreign keys enforced, commits
 /// written to the log without an fsync each: `synchronous = NORMAL`), and a direct call outside
-/// a transaction (`database::call`) reads what was committed.
+/// a transaction (`flotilla_sqlite::call`) reads what was committed.
 #[tokio::test]
 async fn the_direct_connection_enforces_foreign_keys() {
-    use flotilla_kit::database::{call, transaction};
+    use flotilla_sqlite::{call, transaction};
     let dir = tempfile::tempdir().expect("temp dir");
     let pool = one_connection_with_a_table(&dir.path().join("fk.db")).await;
     sqlx::raw_sql(
@@ -387,7 +385,7 @@ async fn the_direct_connection_enforces_foreign_keys() {
 /// the pool's own connection there, and still commit and roll back.
 #[tokio::test]
 async fn direct_transactions_work_on_an_in_memory_database() {
-    use flotilla_kit::database::{call, transaction};
+    use flotilla_sqlite::{call, transaction};
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect("sqlite::memory:")
@@ -429,7 +427,7 @@ async fn direct_transactions_work_on_an_in_memory_database() {
 /// uses the value): the reason the relay and the projector read without `LIMIT`.
 #[tokio::test]
 async fn a_bounded_read_stays_prepared_where_a_bound_limit_is_prepared_again() {
-    use flotilla_kit::database::{call, query, query_at_most};
+    use flotilla_sqlite::{call, query, query_at_most};
     let dir = tempfile::tempdir().expect("temp dir");
     let pool = one_connection_with_a_table(&dir.path().join("limit.db")).await;
     sqlx::query(

@@ -1,0 +1,616 @@
+//! The SQL of the store, written once for both databases where it can be (`$n` parameters work in
+//! both) and apart where they differ: how a transaction starts, how positions are assigned, how
+//! a page of events is read.
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | here | the pools, transactions and connections of either database, the statements both run, and each operation's dispatch |
+//! | `sqlite` | SQLite's own statements through sqlx, and the store's SQL on a connection (`flotilla_sqlite`: no round trip per statement) |
+//! | `postgres` | PostgreSQL's own statements: positions from the head row, locked checkpoints, rows read one by one |
+
+use sqlx::postgres::PgPool;
+use sqlx::sqlite::SqlitePool;
+use sqlx::{Postgres, Sqlite};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::event::{from_micros, micros};
+use crate::{Error, ExpectedVersion, NewEvent, RecordedEvent, category};
+
+/// A connection pool of either database.
+#[derive(Debug, Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A transaction of either database.
+#[derive(Debug)]
+pub(crate) enum Tx {
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
+}
+
+/// A connection of either database, borrowed: a transaction of this store's, or a caller's
+/// own transaction (appends inside a message handler's transaction, say).
+#[derive(Debug)]
+pub(crate) enum Conn<'c> {
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    Postgres(&'c mut sqlx::PgConnection),
+}
+
+impl Tx {
+    /// The transaction's connection.
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Tx::Sqlite(tx) => Conn::Sqlite(tx),
+            Tx::Postgres(tx) => Conn::Postgres(tx),
+        }
+    }
+}
+
+/// Runs `$body` with `$c` bound to the borrowed connection, whichever database it is.
+macro_rules! on_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            Conn::Sqlite($c) => {
+                let $c = &mut **$c;
+                $body
+            }
+            Conn::Postgres($c) => {
+                let $c = &mut **$c;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$p` bound to the pool, whichever database it is.
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            Pool::Sqlite($p) => $body,
+            Pool::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$c` bound to the transaction's connection, whichever database it is.
+macro_rules! on_tx {
+    ($tx:expr, |$c:ident| $body:expr) => {
+        match $tx {
+            Tx::Sqlite(tx) => {
+                let $c = &mut **tx;
+                $body
+            }
+            Tx::Postgres(tx) => {
+                let $c = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+/// `SELECT <the columns of an event> FROM eventstore_events <rest>`, as one static string: the
+/// columns in the order [`StoredEvent`]'s readers take them.
+macro_rules! select_events {
+    ($($rest:literal)?) => {
+        concat!(
+            "SELECT position, stream_id, version, event_id, event_type, schema_version, data, \
+             metadata, causation_id, correlation_id, recorded_at FROM eventstore_events ",
+            $($rest)?
+        )
+    };
+}
+
+/// The `INSERT` of events with every column, before its values.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO eventstore_events (position, event_id, stream_id, category, version, \
+         event_type, schema_version, data, metadata, causation_id, correlation_id, recorded_at) "
+    };
+}
+
+/// Creates a projection's checkpoint (`$1`: its name, `$2`: now) at 0, unless it has one.
+macro_rules! create_checkpoint {
+    () => {
+        "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, 0, $2) \
+         ON CONFLICT (name) DO NOTHING"
+    };
+}
+
+/// A projection's checkpoint (`$1`: its name).
+macro_rules! checkpoint_position {
+    () => {
+        "SELECT position FROM eventstore_checkpoints WHERE name = $1"
+    };
+}
+
+mod postgres;
+pub(crate) mod sqlite;
+mod stored;
+
+pub(crate) use stored::StoredEvent;
+
+pub(super) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The version of a stream. Written as "the last row of the (stream_id, version) index" rather
+/// than `MAX(version)`: on PostgreSQL the prepared `MAX` form grew slower as one stream grew
+/// (0.5 ms to 1.4 ms per call over 1,800 appends in a probe, a plan chosen for the generic
+/// parameter), while `ORDER BY … DESC LIMIT 1` stayed flat, walking the index from its end.
+const STREAM_VERSION: &str = "SELECT COALESCE((SELECT version FROM eventstore_events \
+     WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0)";
+
+/// Starts a transaction that can write. SQLite takes its write lock at once (`IMMEDIATE`), so
+/// that two appends never both read a version and then fail to upgrade their locks.
+pub(crate) async fn begin(pool: &Pool) -> Result<Tx, Error> {
+    Ok(match pool {
+        Pool::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+        Pool::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+    })
+}
+
+pub(crate) async fn commit(tx: Tx) -> Result<(), Error> {
+    match tx {
+        Tx::Sqlite(tx) => tx.commit().await?,
+        Tx::Postgres(tx) => tx.commit().await?,
+    }
+    Ok(())
+}
+
+/// Appends a batch in the transaction: takes the positions, checks the stream's version, writes.
+pub(crate) async fn append(
+    conn: &mut Conn<'_>,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<Vec<RecordedEvent>, Error> {
+    let count = events.len() as u64;
+    if let Conn::Sqlite(c) = conn
+        && events.len() == 1
+        && let Some(version) = match expected {
+            ExpectedVersion::Exact(version) => Some(version),
+            ExpectedVersion::NoStream => Some(0),
+            ExpectedVersion::Any => None,
+        }
+    {
+        return sqlite::append_one_in(c, stream, expected, version, events).await;
+    }
+    // Positions first: on PostgreSQL this locks the head row until commit, which serialises
+    // appends and keeps positions in commit order. On SQLite the transaction holds the write
+    // lock already; the last position and the stream's version come in one query.
+    let (first_position, actual) = match conn {
+        Conn::Sqlite(c) => {
+            let (last, actual): (i64, i64) = sqlx::query_as(sqlite::HEAD_AND_VERSION)
+                .bind(stream)
+                .fetch_one(&mut **c)
+                .await?;
+            (to_u64(last) + 1, actual)
+        }
+        Conn::Postgres(c) => {
+            let first = postgres::reserve_positions(c, count).await?;
+            let actual: i64 = sqlx::query_scalar(STREAM_VERSION)
+                .bind(stream)
+                .fetch_one(&mut **c)
+                .await?;
+            (first, actual)
+        }
+    };
+    let actual = to_u64(actual);
+    if !expected.admits(actual) {
+        return Err(Error::Conflict {
+            stream: stream.to_owned(),
+            expected,
+            actual,
+        });
+    }
+    let now = OffsetDateTime::now_utc();
+    let recorded_at = micros(now);
+    // The stored instant, so that what the caller gets back equals what a reader will get.
+    let now = from_micros(recorded_at);
+    let category = category(stream);
+    let mut rows = Vec::with_capacity(events.len());
+    for (offset, event) in (0u64..).zip(&events) {
+        rows.push(Row {
+            position: to_i64(first_position + offset),
+            event_id: event.id.to_string(),
+            version: to_i64(actual + 1 + offset),
+            event_type: &event.event_type,
+            schema_version: i32::try_from(event.schema_version)
+                .map_err(|_| Error::Encode("schema version out of range".into()))?,
+            data: serde_json::to_string(&event.data).map_err(|e| Error::Encode(e.to_string()))?,
+            metadata: serde_json::to_string(&event.metadata.extra)
+                .map_err(|e| Error::Encode(e.to_string()))?,
+            causation_id: event.metadata.causation_id.as_deref(),
+            correlation_id: event.metadata.correlation_id.as_deref(),
+        });
+    }
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let inserted = on_conn!(conn, |c| {
+            let mut insert = sqlx::QueryBuilder::new(insert_events!());
+            insert.push_values(chunk, |mut values, row| {
+                values
+                    .push_bind(row.position)
+                    .push_bind(row.event_id.as_str())
+                    .push_bind(stream)
+                    .push_bind(category)
+                    .push_bind(row.version)
+                    .push_bind(row.event_type.as_str())
+                    .push_bind(row.schema_version)
+                    .push_bind(row.data.as_str())
+                    .push_bind(row.metadata.as_str())
+                    .push_bind(row.causation_id)
+                    .push_bind(row.correlation_id)
+                    .push_bind(recorded_at);
+            });
+            insert
+                .build()
+                .execute(&mut *c)
+                .await
+                .map(|done| done.rows_affected())
+        });
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(if e.message().contains("event_id") {
+                    Error::DuplicateEvent(duplicate(conn, &events, e.as_ref()).await)
+                } else {
+                    Error::Conflict {
+                        stream: stream.to_owned(),
+                        expected,
+                        actual,
+                    }
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(rows);
+    Ok(recorded(events, stream, first_position, actual + 1, now))
+}
+
+/// `events` as appended to `stream`: consecutive positions from `first_position` and versions
+/// from `first_version`.
+pub(super) fn recorded(
+    events: Vec<NewEvent>,
+    stream: &str,
+    first_position: u64,
+    first_version: u64,
+    now: OffsetDateTime,
+) -> Vec<RecordedEvent> {
+    events
+        .into_iter()
+        .zip(0u64..)
+        .map(|(event, offset)| RecordedEvent {
+            position: first_position + offset,
+            stream_id: stream.to_owned(),
+            version: first_version + offset,
+            id: event.id,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            data: event.data,
+            metadata: event.metadata,
+            recorded_at: now,
+        })
+        .collect()
+}
+
+/// Rows per `INSERT` statement: 12 parameters each, well under SQLite's 32,766 and
+/// PostgreSQL's 65,535 parameters per statement.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// An event encoded for its row.
+struct Row<'a> {
+    position: i64,
+    event_id: String,
+    version: i64,
+    event_type: &'a String,
+    schema_version: i32,
+    data: String,
+    metadata: String,
+    causation_id: Option<&'a str>,
+    correlation_id: Option<&'a str>,
+}
+
+/// Which event of a batch already has its id stored (or repeats an earlier one of the batch).
+async fn duplicate(
+    conn: &mut Conn<'_>,
+    events: &[NewEvent],
+    error: &dyn sqlx::error::DatabaseError,
+) -> Uuid {
+    if let Some(repeated) = repeated(events) {
+        return repeated;
+    }
+    let found = match conn {
+        Conn::Postgres(_) => postgres::duplicate(events, error),
+        Conn::Sqlite(c) => sqlite::duplicate_in(c, events).await,
+    };
+    found.unwrap_or_else(|| events.first().map_or(Uuid::nil(), |e| e.id))
+}
+
+/// The first event of `events` whose id an earlier one has already.
+pub(super) fn repeated(events: &[NewEvent]) -> Option<Uuid> {
+    let mut seen = std::collections::HashSet::new();
+    events.iter().find(|e| !seen.insert(e.id)).map(|e| e.id)
+}
+
+/// Runs `$where` (with `$bind`s) as a page query on `$on`, a [`Pool`] (`pool …`) or a [`Tx`]
+/// (`tx …`) of either database: the clause is written once for both.
+macro_rules! fetch_events {
+    (pool $on:expr, $where:literal $(, $bind:expr)*) => {
+        match $on {
+            Pool::Sqlite(p) => fetch_events!(@sqlite, p, $where $(, $bind)*),
+            Pool::Postgres(p) => fetch_events!(@postgres, p, $where $(, $bind)*),
+        }
+    };
+    (tx $on:expr, $where:literal $(, $bind:expr)*) => {
+        match $on {
+            Tx::Sqlite(tx) => fetch_events!(@sqlite, &mut **tx, $where $(, $bind)*),
+            Tx::Postgres(tx) => fetch_events!(@postgres, &mut **tx, $where $(, $bind)*),
+        }
+    };
+    (@sqlite, $executor:expr, $where:literal $(, $bind:expr)*) => {{
+        let (page,): (Option<String>,) = sqlx::query_as(sqlite::page!($where))
+            $(.bind($bind))*
+            .fetch_one($executor)
+            .await?;
+        sqlite::from_page(page)?
+    }};
+    (@postgres, $executor:expr, $where:literal $(, $bind:expr)*) => {{
+        let rows: Vec<postgres::EventRow> = sqlx::query_as(select_events!($where))
+            $(.bind($bind))*
+            .fetch_all($executor)
+            .await?;
+        postgres::from_rows(rows)?
+    }};
+}
+
+pub(crate) async fn read_stream(
+    pool: &Pool,
+    stream: &str,
+    from: u64,
+    to: u64,
+) -> Result<Vec<StoredEvent>, Error> {
+    let (from, to) = (to_i64(from), to_i64(to));
+    Ok(fetch_events!(
+        pool pool,
+        "WHERE stream_id = $1 AND version >= $2 AND version <= $3 ORDER BY version",
+        stream,
+        from,
+        to
+    ))
+}
+
+/// The events of `stream` recorded at or before `at` (microseconds).
+pub(crate) async fn read_stream_until(
+    pool: &Pool,
+    stream: &str,
+    at: i64,
+) -> Result<Vec<StoredEvent>, Error> {
+    Ok(fetch_events!(
+        pool pool,
+        "WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY version",
+        stream,
+        at
+    ))
+}
+
+pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Error> {
+    let version: i64 = on_pool!(pool, |p| {
+        sqlx::query_scalar(STREAM_VERSION)
+            .bind(stream)
+            .fetch_one(p)
+            .await?
+    });
+    Ok(to_u64(version))
+}
+
+/// A page of the global log (of one category or all) on `$on` (`pool …` or `tx …`).
+macro_rules! global_log_page {
+    ($kind:ident $on:expr, $after:expr, $limit:expr, $category:expr) => {
+        match $category {
+            None => fetch_events!(
+                $kind $on,
+                "WHERE position > $1 ORDER BY position LIMIT $2",
+                $after,
+                $limit
+            ),
+            Some(category) => fetch_events!(
+                $kind $on,
+                "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3",
+                category,
+                $after,
+                $limit
+            ),
+        }
+    };
+}
+
+pub(crate) async fn read_all(
+    pool: &Pool,
+    after: u64,
+    limit: usize,
+    category: Option<&str>,
+) -> Result<Vec<StoredEvent>, Error> {
+    let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
+    Ok(global_log_page!(pool pool, after, limit, category))
+}
+
+/// [`read_all`] within a transaction (a rebuild reads what it writes beside).
+pub(crate) async fn read_all_in(
+    tx: &mut Tx,
+    after: u64,
+    limit: usize,
+    category: Option<&str>,
+) -> Result<Vec<StoredEvent>, Error> {
+    let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
+    Ok(global_log_page!(tx tx, after, limit, category))
+}
+
+pub(crate) async fn head(pool: &Pool) -> Result<u64, Error> {
+    let head: i64 = on_pool!(pool, |p| {
+        sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM eventstore_events")
+            .fetch_one(p)
+            .await?
+    });
+    Ok(to_u64(head))
+}
+
+pub(crate) async fn category_head(pool: &Pool, category: &str) -> Result<u64, Error> {
+    let head: i64 = on_pool!(pool, |p| {
+        sqlx::query_scalar(
+            "SELECT COALESCE(MAX(position), 0) FROM eventstore_events WHERE category = $1",
+        )
+        .bind(category)
+        .fetch_one(p)
+        .await?
+    });
+    Ok(to_u64(head))
+}
+
+/// A snapshot row: `(version, state_version, state)`.
+pub(crate) async fn snapshot(
+    pool: &Pool,
+    stream: &str,
+) -> Result<Option<(u64, u32, String)>, Error> {
+    let row: Option<(i64, i32, String)> = on_pool!(pool, |p| {
+        sqlx::query_as(
+            "SELECT version, state_version, state FROM eventstore_snapshots WHERE stream_id = $1",
+        )
+        .bind(stream)
+        .fetch_optional(p)
+        .await?
+    });
+    Ok(row.map(|(version, state_version, state)| {
+        (
+            to_u64(version),
+            u32::try_from(state_version).unwrap_or(0),
+            state,
+        )
+    }))
+}
+
+/// Writes a stream's snapshot, replacing the one it had.
+const SAVE_SNAPSHOT: &str = "INSERT INTO eventstore_snapshots \
+     (stream_id, version, state_version, state, taken_at) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
+     state_version = excluded.state_version, state = excluded.state, taken_at = excluded.taken_at";
+
+/// [`SAVE_SNAPSHOT`]'s values after the stream's: its version, the state's version, and now.
+fn snapshot_values(version: u64, state_version: u32) -> Result<(i64, i32, i64), Error> {
+    let state_version = i32::try_from(state_version)
+        .map_err(|_| Error::Encode("state version out of range".into()))?;
+    Ok((
+        to_i64(version),
+        state_version,
+        micros(OffsetDateTime::now_utc()),
+    ))
+}
+
+pub(crate) async fn save_snapshot(
+    conn: &mut Conn<'_>,
+    stream: &str,
+    version: u64,
+    state_version: u32,
+    state: &str,
+) -> Result<(), Error> {
+    let (version, state_version, now) = snapshot_values(version, state_version)?;
+    on_conn!(conn, |c| {
+        sqlx::query(SAVE_SNAPSHOT)
+            .bind(stream)
+            .bind(version)
+            .bind(state_version)
+            .bind(state)
+            .bind(now)
+            .execute(&mut *c)
+            .await?
+            .rows_affected()
+    });
+    Ok(())
+}
+
+pub(crate) async fn checkpoint(pool: &Pool, name: &str) -> Result<u64, Error> {
+    let position: Option<i64> = on_pool!(pool, |p| {
+        sqlx::query_scalar(checkpoint_position!())
+            .bind(name)
+            .fetch_optional(p)
+            .await?
+    });
+    Ok(position.map_or(0, to_u64))
+}
+
+/// A projection's checkpoint (`$1`: its name) and the last position of the whole log.
+const CHECKPOINT_AND_HEAD: &str = "SELECT \
+     COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
+     COALESCE((SELECT MAX(position) FROM eventstore_events), 0)";
+
+/// A projection's checkpoint (`$1`: its name) and the last position of category `$2`.
+const CHECKPOINT_AND_CATEGORY_HEAD: &str = "SELECT \
+     COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
+     COALESCE((SELECT MAX(position) FROM eventstore_events WHERE category = $2), 0)";
+
+/// A projection's checkpoint and the last position of its category (of the whole log if
+/// `None`), in one round trip.
+pub(crate) async fn checkpoint_and_head(
+    pool: &Pool,
+    name: &str,
+    category: Option<&str>,
+) -> Result<(u64, u64), Error> {
+    let (checkpoint, head): (i64, i64) = on_pool!(pool, |p| {
+        match category {
+            Some(category) => {
+                sqlx::query_as(CHECKPOINT_AND_CATEGORY_HEAD)
+                    .bind(name)
+                    .bind(category)
+                    .fetch_one(p)
+                    .await?
+            }
+            None => {
+                sqlx::query_as(CHECKPOINT_AND_HEAD)
+                    .bind(name)
+                    .fetch_one(p)
+                    .await?
+            }
+        }
+    });
+    Ok((to_u64(checkpoint), to_u64(head)))
+}
+
+/// Takes a projection's checkpoint for this transaction and returns it: on PostgreSQL the row
+/// is locked (`FOR UPDATE`), so that a projector and a rebuild never interleave (under READ
+/// COMMITTED a rebuild's `DELETE` would miss rows a projector inserted meanwhile, and the
+/// replay would count them twice); on SQLite the `IMMEDIATE` transaction already excludes
+/// every other writer.
+pub(crate) async fn lock_checkpoint(tx: &mut Tx, name: &str) -> Result<u64, Error> {
+    let now = micros(OffsetDateTime::now_utc());
+    let position: i64 = match tx {
+        // Both statements in one round trip.
+        Tx::Sqlite(tx) => sqlite::lock_checkpoint_in(tx, name, now).await?,
+        Tx::Postgres(tx) => postgres::lock_checkpoint(tx, name, now).await?,
+    };
+    Ok(to_u64(position))
+}
+
+/// Sets a checkpoint (taken first with [`lock_checkpoint`]).
+pub(crate) async fn set_checkpoint(tx: &mut Tx, name: &str, to: u64) -> Result<(), Error> {
+    let now = micros(OffsetDateTime::now_utc());
+    on_tx!(tx, |c| {
+        sqlx::query(
+            "INSERT INTO eventstore_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(to_i64(to))
+        .bind(now)
+        .execute(&mut *c)
+        .await?
+        .rows_affected()
+    });
+    Ok(())
+}
