@@ -13,7 +13,7 @@ use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, Processed};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
-use flotilla_testkit::NATS;
+use flotilla_testkit::{NATS, TempData};
 use serde_json::json;
 use sqlx::SqlitePool;
 
@@ -31,18 +31,13 @@ async fn connect_nats() -> Option<Nats> {
     .await
 }
 
-async fn database() -> (SqlitePool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("service.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn database() -> (SqlitePool, TempData) {
+    let data = TempData::new();
+    let pool = data.pool("service").await;
     flotilla_messaging::migrate(&pool)
         .await
         .expect("migrations");
-    (pool, dir)
+    (pool, data)
 }
 
 fn message(n: i64, key: &str) -> Message {

@@ -37,7 +37,7 @@ use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox;
 use flotilla_messaging::runtime::{AnyTransport, start_consumer, start_relay};
-use flotilla_testkit::{NATS, skip};
+use flotilla_testkit::{NATS, eventually, skip};
 use serde_json::json;
 use sqlx::SqlitePool;
 use tokio::sync::{Notify, watch};
@@ -312,22 +312,6 @@ async fn count(pool: &SqlitePool, sql: &'static str) -> i64 {
     count
 }
 
-/// Waits (at most `patience`) until `done`, polling every 20 ms; panics with `what` and the
-/// state `describe` gives otherwise.
-async fn wait_until<F, D>(patience: Duration, what: &str, mut done: F, describe: D)
-where
-    F: AsyncFnMut() -> bool,
-    D: AsyncFnOnce() -> String,
-{
-    let deadline = tokio::time::Instant::now() + patience;
-    while !done().await {
-        if tokio::time::Instant::now() >= deadline {
-            panic!("{what} not within {patience:?}: {}", describe().await);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
     let url = NATS.url();
@@ -402,11 +386,15 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
 
     // Mid-run: the consumer has applied a tenth while the producer is still committing (it
     // takes at least half a second for its first thousand) and the relay publishing.
-    wait_until(
+    eventually(
         Duration::from_secs(30),
         "the consumer applying its first messages over NATS",
-        async || applied().await >= COUNT / 10,
-        async || format!("{} applied", applied().await),
+        || async {
+            match applied().await {
+                n if n >= COUNT / 10 => Ok(()),
+                n => Err(format!("{n} applied")),
+            }
+        },
     )
     .await;
     let stopping = Instant::now();
@@ -453,17 +441,18 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
 
     // Everything arrives, once.
     let restarted = Instant::now();
-    wait_until(
+    eventually(
         PATIENCE,
         "every message applied after the restart",
-        async || applied().await >= COUNT,
-        async || {
-            format!(
-                "{} of {COUNT} applied, {} unpublished, {} dead letters",
-                applied().await,
-                unpublished().await,
-                count(&producer, "SELECT COUNT(*) FROM messaging_dead_letters").await,
-            )
+        || async {
+            match applied().await {
+                n if n >= COUNT => Ok(()),
+                n => Err(format!(
+                    "{n} of {COUNT} applied, {} unpublished, {} dead letters",
+                    unpublished().await,
+                    count(&producer, "SELECT COUNT(*) FROM messaging_dead_letters").await,
+                )),
+            }
         },
     )
     .await;
@@ -476,18 +465,19 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
         .await
         .expect("stream");
     let durable = format!("{GROUP}-{}", TOPIC.replace('.', "_"));
-    let mut deliveries = 0;
-    wait_until(
+    let deliveries = eventually(
         Duration::from_secs(30),
         "the durable consumer acknowledging everything",
-        async || {
+        || async {
             let mut consumer: consumer::PullConsumer =
                 stream.get_consumer(&durable).await.expect("consumer");
             let info = consumer.info().await.expect("consumer info");
-            deliveries = info.delivered.consumer_sequence;
-            info.num_pending == 0 && info.num_ack_pending == 0
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                Ok(info.delivered.consumer_sequence)
+            } else {
+                Err("acknowledgements pending")
+            }
         },
-        async || "acknowledgements pending".to_string(),
     )
     .await;
     shutdown.cancel();
