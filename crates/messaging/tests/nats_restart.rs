@@ -37,7 +37,7 @@ use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox;
 use flotilla_messaging::runtime::{AnyTransport, start_consumer, start_relay};
-use flotilla_testkit::{NATS, eventually, skip};
+use flotilla_testkit::{NATS, TempData, eventually, skip};
 use serde_json::json;
 use sqlx::SqlitePool;
 use tokio::sync::{Notify, watch};
@@ -230,13 +230,8 @@ async fn connect_nats(url: &str) -> Option<(Nats, String)> {
     }
 }
 
-async fn database(dir: &Path, name: &str) -> SqlitePool {
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.join(name))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn database(data: &TempData, name: &str) -> SqlitePool {
+    let pool = data.pool(name).await;
     flotilla_messaging::migrate(&pool)
         .await
         .expect("migrations");
@@ -322,9 +317,9 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
         return;
     };
     let started = Instant::now();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let producer = database(dir.path(), "producer.db").await;
-    let consumer_db = database(dir.path(), "consumer.db").await;
+    let data = TempData::new();
+    let producer = database(&data, "producer").await;
+    let consumer_db = database(&data, "consumer").await;
     sqlx::query(
         "CREATE TABLE applied (message_id TEXT PRIMARY KEY, key TEXT NOT NULL, n INTEGER NOT NULL,
          applications INTEGER NOT NULL, position INTEGER NOT NULL UNIQUE)",
