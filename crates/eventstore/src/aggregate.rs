@@ -48,7 +48,9 @@ use time::OffsetDateTime;
 
 use crate::backend;
 use crate::event::micros;
-use crate::{Error, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreTx};
+use crate::{
+    Error, EventContext, EventStore, ExpectedVersion, Metadata, NewEvent, RecordedEvent, StoreTx,
+};
 
 /// A state folded from the events of one stream, `<CATEGORY>-<id>`.
 pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync {
@@ -70,15 +72,6 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync {
     fn schema_version(_event_type: &str) -> u32 {
         1
     }
-}
-
-/// Where an event sits, for aggregates that keep it (an `updated_at`, say).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventContext {
-    /// The event's version in its stream.
-    pub version: u64,
-    /// When it was appended.
-    pub recorded_at: OffsetDateTime,
 }
 
 /// An aggregate as loaded: its state and the stream version it includes.

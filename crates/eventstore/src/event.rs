@@ -166,3 +166,12 @@ pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
+
+/// Where an event sits, for aggregates that keep it (an `updated_at`, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventContext {
+    /// The event's version in its stream.
+    pub version: u64,
+    /// When it was appended.
+    pub recorded_at: OffsetDateTime,
+}

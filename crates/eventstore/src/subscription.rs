@@ -97,3 +97,11 @@ impl Subscription {
         }
     }
 }
+
+impl EventStore {
+    /// Follows the global log (of `category` if given) from just after `after`: every event
+    /// already stored, then every event appended later, each once and in order.
+    pub fn subscribe(&self, after: u64, category: Option<&str>) -> Subscription {
+        Subscription::new(self.clone(), after, category.map(str::to_owned))
+    }
+}

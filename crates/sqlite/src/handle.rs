@@ -31,7 +31,6 @@ use sqlx::SqliteConnection;
 use sqlx::sqlite::LockedSqliteHandle;
 
 use crate::query::sqlx_error;
-use crate::writer::Writer;
 
 /// Runs `work` on `connection`'s SQLite handle with direct calls (rusqlite), on the calling
 /// thread: one round trip to sqlx's worker thread, to borrow the handle, however many statements
@@ -84,10 +83,12 @@ where
 pub(crate) const DIRECT_STATEMENT_CACHE: usize = 256;
 
 /// What an sqlx connection keeps for direct calls: a rusqlite view of its handle, with the
-/// statements direct calls prepared, and the process's [`Writer`] to its file, once made.
+/// statements direct calls prepared, and whatever else must live and die with the connection,
+/// set once (the process's writer to the file, `writer`'s `Writer::of`). This module does not
+/// know what that is, only that it is dropped with the view.
 pub(crate) struct Kept {
     pub(crate) db: Mutex<rusqlite::Connection>,
-    pub(crate) writer: std::sync::OnceLock<Option<Arc<Writer>>>,
+    pub(crate) owned: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 pub(crate) type View = Arc<Kept>;
@@ -122,7 +123,7 @@ pub(crate) fn view(handle: &mut LockedSqliteHandle<'_>) -> Result<View, rusqlite
     connection.set_prepared_statement_cache_capacity(DIRECT_STATEMENT_CACHE);
     let view = Arc::new(Kept {
         db: Mutex::new(connection),
-        writer: std::sync::OnceLock::new(),
+        owned: std::sync::OnceLock::new(),
     });
     let owner = Arc::clone(&view);
     handle.set_rollback_hook(move || {

@@ -312,7 +312,13 @@ impl Writer {
         let mut connection = pool.acquire().await?;
         let mut handle = connection.lock_handle().await?;
         let kept = view(&mut handle).map_err(sqlx_error)?;
-        let writer = match kept.writer.get() {
+        // The connection's view owns the writer (it is set once, here, and only ever to an
+        // `Option<Arc<Writer>>`), so the writer closes with sqlx's connection.
+        let known = kept
+            .owned
+            .get()
+            .and_then(|owned| owned.downcast_ref::<Option<Arc<Self>>>());
+        let writer = match known {
             Some(writer) => writer.clone(),
             None => {
                 let path = kept
@@ -327,7 +333,7 @@ impl Writer {
                     Some(path) => Some(Arc::new(Self::open(&path).map_err(sqlx_error)?)),
                 };
                 // The handle's lock keeps other borrowers out: this is the first and only set.
-                let _ = kept.writer.set(made.clone());
+                let _ = kept.owned.set(Box::new(made.clone()));
                 made
             }
         };

@@ -127,25 +127,16 @@ macro_rules! checkpoint_position {
 }
 
 mod postgres;
+mod sql;
 pub(crate) mod sqlite;
 mod stored;
 
+use sql::{
+    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION,
+    duplicate_or_first, recorded, repeated, snapshot_values, to_i64, to_u64,
+};
+
 pub(crate) use stored::StoredEvent;
-
-pub(super) fn to_u64(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or(0)
-}
-
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// The version of a stream. Written as "the last row of the (stream_id, version) index" rather
-/// than `MAX(version)`: on PostgreSQL the prepared `MAX` form grew slower as one stream grew
-/// (0.5 ms to 1.4 ms per call over 1,800 appends in a probe, a plan chosen for the generic
-/// parameter), while `ORDER BY … DESC LIMIT 1` stayed flat, walking the index from its end.
-const STREAM_VERSION: &str = "SELECT COALESCE((SELECT version FROM eventstore_events \
-     WHERE stream_id = $1 ORDER BY version DESC LIMIT 1), 0)";
 
 /// Starts a transaction that can write. SQLite takes its write lock at once (`IMMEDIATE`), so
 /// that two appends never both read a version and then fail to upgrade their locks.
@@ -275,32 +266,6 @@ pub(crate) async fn append(
     Ok(recorded(events, stream, first_position, actual + 1, now))
 }
 
-/// `events` as appended to `stream`: consecutive positions from `first_position` and versions
-/// from `first_version`.
-pub(super) fn recorded(
-    events: Vec<NewEvent>,
-    stream: &str,
-    first_position: u64,
-    first_version: u64,
-    now: OffsetDateTime,
-) -> Vec<RecordedEvent> {
-    events
-        .into_iter()
-        .zip(0u64..)
-        .map(|(event, offset)| RecordedEvent {
-            position: first_position + offset,
-            stream_id: stream.to_owned(),
-            version: first_version + offset,
-            id: event.id,
-            event_type: event.event_type,
-            schema_version: event.schema_version,
-            data: event.data,
-            metadata: event.metadata,
-            recorded_at: now,
-        })
-        .collect()
-}
-
 /// Rows per `INSERT` statement: 12 parameters each, well under SQLite's 32,766 and
 /// PostgreSQL's 65,535 parameters per statement.
 const ROWS_PER_INSERT: usize = 1000;
@@ -331,13 +296,7 @@ async fn duplicate(
         Conn::Postgres(_) => postgres::duplicate(events, error),
         Conn::Sqlite(c) => sqlite::duplicate_in(c, events).await,
     };
-    found.unwrap_or_else(|| events.first().map_or(Uuid::nil(), |e| e.id))
-}
-
-/// The first event of `events` whose id an earlier one has already.
-pub(super) fn repeated(events: &[NewEvent]) -> Option<Uuid> {
-    let mut seen = std::collections::HashSet::new();
-    events.iter().find(|e| !seen.insert(e.id)).map(|e| e.id)
+    duplicate_or_first(events, found)
 }
 
 /// Runs `$where` (with `$bind`s) as a page query on `$on`, a [`Pool`] (`pool …`) or a [`Tx`]
@@ -496,23 +455,6 @@ pub(crate) async fn snapshot(
     }))
 }
 
-/// Writes a stream's snapshot, replacing the one it had.
-const SAVE_SNAPSHOT: &str = "INSERT INTO eventstore_snapshots \
-     (stream_id, version, state_version, state, taken_at) VALUES ($1, $2, $3, $4, $5) \
-     ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version, \
-     state_version = excluded.state_version, state = excluded.state, taken_at = excluded.taken_at";
-
-/// [`SAVE_SNAPSHOT`]'s values after the stream's: its version, the state's version, and now.
-fn snapshot_values(version: u64, state_version: u32) -> Result<(i64, i32, i64), Error> {
-    let state_version = i32::try_from(state_version)
-        .map_err(|_| Error::Encode("state version out of range".into()))?;
-    Ok((
-        to_i64(version),
-        state_version,
-        micros(OffsetDateTime::now_utc()),
-    ))
-}
-
 pub(crate) async fn save_snapshot(
     conn: &mut Conn<'_>,
     stream: &str,
@@ -544,16 +486,6 @@ pub(crate) async fn checkpoint(pool: &Pool, name: &str) -> Result<u64, Error> {
     });
     Ok(position.map_or(0, to_u64))
 }
-
-/// A projection's checkpoint (`$1`: its name) and the last position of the whole log.
-const CHECKPOINT_AND_HEAD: &str = "SELECT \
-     COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
-     COALESCE((SELECT MAX(position) FROM eventstore_events), 0)";
-
-/// A projection's checkpoint (`$1`: its name) and the last position of category `$2`.
-const CHECKPOINT_AND_CATEGORY_HEAD: &str = "SELECT \
-     COALESCE((SELECT position FROM eventstore_checkpoints WHERE name = $1), 0), \
-     COALESCE((SELECT MAX(position) FROM eventstore_events WHERE category = $2), 0)";
 
 /// A projection's checkpoint and the last position of its category (of the whole log if
 /// `None`), in one round trip.

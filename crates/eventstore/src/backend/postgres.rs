@@ -4,7 +4,8 @@
 
 use uuid::Uuid;
 
-use super::{StoredEvent, to_i64, to_u64};
+use super::sql::{to_i64, to_u64};
+use super::stored::StoredEvent;
 use crate::{Error, NewEvent};
 
 /// An event row as PostgreSQL returns it (payloads as text).

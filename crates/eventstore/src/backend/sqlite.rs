@@ -8,10 +8,11 @@ use flotilla_sqlite::{execute, query_optional, sqlx_error};
 use rusqlite::Connection;
 use time::OffsetDateTime;
 
-use super::{
-    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION, StoredEvent,
-    recorded, repeated, to_i64, to_u64,
+use super::sql::{
+    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION,
+    duplicate_or_first, recorded, repeated, snapshot_values, to_i64, to_u64,
 };
+use super::stored::StoredEvent;
 use crate::event::{from_micros, micros};
 use crate::{Error, ExpectedVersion, NewEvent, RecordedEvent, category};
 
@@ -115,9 +116,11 @@ pub(super) async fn append_one_in(
             });
         }
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            return Err(Error::DuplicateEvent(
-                super::duplicate(&mut super::Conn::Sqlite(c), &events, e.as_ref()).await,
-            ));
+            let found = match repeated(&events) {
+                Some(id) => Some(id),
+                None => duplicate_in(c, &events).await,
+            };
+            return Err(Error::DuplicateEvent(duplicate_or_first(&events, found)));
         }
         Err(e) => return Err(e.into()),
     };
@@ -451,7 +454,7 @@ pub(crate) fn save_snapshot(
     state_version: u32,
     state: &str,
 ) -> Result<(), Error> {
-    let (version, state_version, now) = super::snapshot_values(version, state_version)?;
+    let (version, state_version, now) = snapshot_values(version, state_version)?;
     execute(
         db,
         SAVE_SNAPSHOT,

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::to_u64;
+use super::sql::to_u64;
 use crate::event::from_micros;
 use crate::{Error, Metadata, RecordedEvent, Upcasters};
 
