@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use flotilla_kit::settings::SagaStyle;
+use flotilla_order::SagaStyle;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;

@@ -13,15 +13,17 @@
 mod bench;
 mod check;
 mod dlq;
+mod settings;
 mod up;
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use flotilla_kit::Settings;
 use flotilla_kit::settings::LogFormat;
 use serde::Serialize;
+
+use crate::settings::Settings;
 
 /// Flotilla: a microservices platform and reference system.
 #[derive(Debug, Parser)]
@@ -95,7 +97,7 @@ enum StyleArg {
     Choreography,
 }
 
-impl From<StyleArg> for flotilla_kit::settings::SagaStyle {
+impl From<StyleArg> for flotilla_order::SagaStyle {
     fn from(style: StyleArg) -> Self {
         match style {
             StyleArg::Orchestration => Self::Orchestration,
@@ -247,25 +249,27 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         data_dir: options.data_dir,
     };
     let settings = Settings::load(options.config.as_deref(), flags)?;
-    flotilla_kit::telemetry::init(settings.log_format, &settings.log_level);
+    flotilla_kit::telemetry::init(settings.server.log_format, &settings.server.log_level);
     // Before any component registers a metric: handles taken earlier would record nothing.
     flotilla_kit::metrics::handle();
-    let shutdown = flotilla_kit::shutdown::signal(settings.supervised);
-    let listener = tokio::net::TcpListener::bind(settings.listen)
+    let shutdown = flotilla_kit::shutdown::signal(settings.server.supervised);
+    let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    if settings.supervised {
+        .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+    if settings.server.supervised {
         // The supervisor learns the address from this line (the port may be the OS's choice).
         flotilla_supervisor::announce(listener.local_addr()?);
     }
     let role = options.role;
     let result = match role {
-        Role::Registry => flotilla_registry::server::run(settings, listener, shutdown).await,
-        Role::Gateway => flotilla_gateway::run(settings, listener, shutdown).await,
-        Role::Order => flotilla_order::run(settings, listener, shutdown).await,
-        Role::Payment => flotilla_payment::run(settings, listener, shutdown).await,
-        Role::Inventory => flotilla_inventory::run(settings, listener, shutdown).await,
-        Role::Shipping => flotilla_shipping::run(settings, listener, shutdown).await,
+        Role::Registry => {
+            flotilla_registry::server::run(settings.registry(), listener, shutdown).await
+        }
+        Role::Gateway => flotilla_gateway::run(settings.gateway(), listener, shutdown).await,
+        Role::Order => flotilla_order::run(settings.order(), listener, shutdown).await,
+        Role::Payment => flotilla_payment::run(settings.service(), listener, shutdown).await,
+        Role::Inventory => flotilla_inventory::run(settings.service(), listener, shutdown).await,
+        Role::Shipping => flotilla_shipping::run(settings.service(), listener, shutdown).await,
     };
     result.with_context(|| format!("{} failed", role.name()))?;
     tracing::info!(role = role.name(), "stopped");
@@ -367,14 +371,14 @@ async fn rebuild(options: RebuildOptions) -> anyhow::Result<()> {
     };
     let settings = Settings::load(options.config.as_deref(), flags)?;
     let Projected::Order = options.service;
-    let path = settings.database_path(flotilla_order::SERVICE);
+    let path = settings.server.database_path(flotilla_order::SERVICE);
     anyhow::ensure!(
         path.exists(),
         "no order database at {} (give --data-dir)",
         path.display()
     );
     let started = std::time::Instant::now();
-    let rebuilt = flotilla_order::rebuild_projections(&settings)
+    let rebuilt = flotilla_order::rebuild_projections(&settings.order())
         .await
         .with_context(|| format!("cannot rebuild the read models of {}", path.display()))?;
     for (projection, events) in rebuilt {

@@ -10,11 +10,15 @@
 //!   says something new about it.
 //! * [`serve`]: the life of a registered process, in order: serve, register, become ready;
 //!   on shutdown become not ready, deregister, then drain in-flight requests.
+//! * [`DiscoverySettings`]: its section of the settings (the registry's URL, the deadline of a
+//!   call), and [`InstanceConfig`], what a registered process reads to serve.
 
 mod cache;
 mod lifecycle;
 mod registration;
+pub mod settings;
 
 pub use cache::{Discovery, DiscoveryError, Endpoint};
 pub use lifecycle::{serve, serve_routes};
 pub use registration::{Registration, Spec};
+pub use settings::{DiscoverySettings, InstanceConfig, Lease};

@@ -4,32 +4,32 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Router;
-use flotilla_kit::{App, Health, Settings};
+use flotilla_kit::{App, Health};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Registration, Spec};
+use crate::{InstanceConfig, Registration, Spec};
 
 /// Serves `router` on `listener` as an instance of `service` until `shutdown`, in this order:
 ///
 /// The registration's metadata always carries `pid` and `version`.
 ///
 /// 1. start serving (so the registry's probe can reach us);
-/// 2. register with the registry named in `settings` (if any) and start heart-beating;
+/// 2. register with the registry named in `config` (if any) and start heart-beating;
 /// 3. be ready (from the registration request on, see [`Registration::start`]);
 /// 4. on shutdown: become not ready, deregister (so clients stop picking us), then stop
 ///    accepting and drain in-flight requests, for at most `shutdown_grace_ms`.
 pub async fn serve(
     service: &str,
     mut metadata: BTreeMap<String, String>,
-    settings: &Settings,
+    config: &InstanceConfig,
     listener: TcpListener,
     router: Router,
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let port = listener.local_addr()?.port();
-    let address = format!("{}:{port}", settings.advertise_host);
+    let address = format!("{}:{port}", config.server.advertise_host);
     metadata
         .entry("pid".to_owned())
         .or_insert_with(|| std::process::id().to_string());
@@ -44,15 +44,15 @@ pub async fn serve(
     ));
     tracing::info!(%service, %address, "listening");
 
-    let registration = match &settings.registry_url {
+    let registration = match &config.discovery.registry_url {
         Some(registry) => {
             let spec = Spec {
                 registry,
                 service,
                 address: &address,
                 metadata,
-                heartbeat: Duration::from_millis(settings.heartbeat_ms),
-                ttl: Duration::from_millis(settings.ttl_ms),
+                heartbeat: config.lease.heartbeat,
+                ttl: config.lease.ttl,
             };
             Registration::start(spec, &health, &shutdown).await
         }
@@ -69,7 +69,7 @@ pub async fn serve(
         registration.deregister().await;
     }
     drain.cancel();
-    let grace = Duration::from_millis(settings.shutdown_grace_ms);
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
     match tokio::time::timeout(grace, server).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),
@@ -88,22 +88,22 @@ pub async fn serve(
 /// is done.
 pub async fn serve_routes(
     service: &str,
-    settings: &Settings,
+    config: &InstanceConfig,
     listener: TcpListener,
     routes: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let health = Health::new();
     let router = App::new(health.clone())
-        .max_body_bytes(settings.max_body_bytes)
-        .fault_injection(settings.fault_injection)
+        .max_body_bytes(config.server.max_body_bytes)
+        .fault_injection(config.server.fault_injection)
         .routes(routes)
         .into_router();
     health.set_started();
     serve(
         service,
         BTreeMap::new(),
-        settings,
+        config,
         listener,
         router,
         health,

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use flotilla_discovery::{Discovery, Registration, Spec};
-use flotilla_kit::Settings;
+use flotilla_registry::RegistrySettings;
 use flotilla_testkit::wait_until;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::net::TcpListener;
@@ -18,12 +18,15 @@ async fn registry(shutdown: &CancellationToken) -> String {
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     // Probes are slowed down so that they cannot take the dead instance out of rotation in the
     // middle of a test: failover, not the prober, is under test here.
-    let settings = Settings {
-        probe_interval_ms: 60_000,
-        ..Settings::default()
+    let config = flotilla_registry::server::Config {
+        registry: RegistrySettings {
+            probe_interval_ms: 60_000,
+            ..RegistrySettings::default()
+        },
+        ..Default::default()
     };
     tokio::spawn(flotilla_registry::server::run(
-        settings,
+        config,
         listener,
         shutdown.clone(),
     ));

@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use flotilla_kit::{Problem, Settings};
+use flotilla_kit::Problem;
 use serde::Serialize;
 use sqlx::SqlitePool;
 use tokio::sync::Notify;
@@ -59,13 +59,13 @@ pub struct Deferred {
 }
 
 impl Deferred {
-    /// Opens the queue if `settings.queue_for_later` names any service.
-    pub async fn open(settings: &Settings) -> Result<Option<Self>, sqlx::Error> {
+    /// Opens the queue if `queue_for_later` names any service.
+    pub async fn open(config: &crate::Config) -> Result<Option<Self>, sqlx::Error> {
+        let (settings, server) = (&config.gateway, &config.instance.server);
         if settings.queue_for_later.is_empty() {
             return Ok(None);
         }
-        let opening =
-            flotilla_sqlite::open(&settings.database_path("gateway"), &MIGRATIONS).await?;
+        let opening = flotilla_sqlite::open(&server.database_path("gateway"), &MIGRATIONS).await?;
         Ok(Some(Self {
             pool: opening.ready(),
             services: Arc::new(settings.queue_for_later.clone()),

@@ -10,36 +10,40 @@
 //! * `x-request-id` is set if missing and forwarded; W3C `traceparent` is continued (same trace,
 //!   new parent id) or started;
 //! * no instance → 503, no instance reachable → 502, deadline passed → 504, all problem+json;
-//! * a circuit breaker per upstream service (`settings.breaker`): 5xx, unreachable instances
+//! * a circuit breaker per upstream service (`breaker`): 5xx, unreachable instances
 //!   and timeouts count as failures; while it is open the gateway answers at once with 503
 //!   `/problems/circuit-open` and `Retry-After`, without calling the service;
-//! * a retry policy per upstream service (`settings.retry`): requests safe to repeat (idempotent
+//! * a retry policy per upstream service (`retry`): requests safe to repeat (idempotent
 //!   method or `Idempotency-Key`, replayable body) are retried after 502/503/504 or a transport
 //!   failure, with full-jitter backoff, within a retry budget; every attempt passes the breaker;
 //! * queue for later ([`deferred`]): for the services named in `queue_for_later`, a write with
 //!   an `Idempotency-Key` that meets an open breaker is stored and answered 202; it is replayed
 //!   in order when the service takes calls again;
 //! * operator controls of the breakers ([`admin`], when `admin_api` is on).
+//!
+//! What it reads is [`Config`]: its own keys ([`GatewaySettings`]) and the sections of the
+//! crates it builds on.
 
 pub mod admin;
 pub mod deferred;
 pub mod proxy;
 pub mod routes;
-
-use std::time::Duration;
+pub mod settings;
 
 use flotilla_discovery::Discovery;
-use flotilla_kit::Settings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use settings::{Config, GatewaySettings};
+
 /// Runs the gateway on `listener` until `shutdown`.
 pub async fn run(
-    settings: Settings,
+    config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let registry = settings.registry_url.clone().ok_or_else(|| {
+    let found = &config.instance.discovery;
+    let registry = found.registry_url.clone().ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "the gateway needs `registry_url` (FLOTILLA_REGISTRY_URL) to find the services",
@@ -47,17 +51,17 @@ pub async fn run(
     })?;
     // The breakers register their metrics when made: the recorder must exist first.
     flotilla_kit::metrics::handle();
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
+    let timeout = found.request_timeout();
     let discovery = Discovery::new(&registry, timeout, shutdown.clone());
-    let deferred = deferred::Deferred::open(&settings)
+    let deferred = deferred::Deferred::open(&config)
         .await
         .map_err(std::io::Error::other)?;
     let proxy = proxy::Proxy::new(
         discovery,
         routes::Routes::default(),
         timeout,
-        &settings.breaker,
-        &settings.retry,
+        &config.resilience.breaker,
+        &config.resilience.retry,
         deferred,
     )
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -65,8 +69,8 @@ pub async fn run(
         tokio::spawn(proxy::replay(proxy.clone(), service, shutdown.clone()));
     }
     let mut router = proxy.router();
-    if settings.admin_api {
+    if config.gateway.admin_api {
         router = router.merge(admin::routes(proxy.clone()));
     }
-    flotilla_discovery::serve_routes("gateway", &settings, listener, router, shutdown).await
+    flotilla_discovery::serve_routes("gateway", &config.instance, listener, router, shutdown).await
 }

@@ -8,7 +8,8 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use flotilla_discovery::{Registration, Spec};
-use flotilla_kit::Settings;
+use flotilla_gateway::{Config, GatewaySettings};
+use flotilla_registry::RegistrySettings;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -29,36 +30,34 @@ impl Drop for Harness {
 }
 
 async fn harness(request_timeout_ms: u64) -> Harness {
-    harness_with(Settings {
-        request_timeout_ms,
-        ..Settings::default()
-    })
-    .await
+    let mut config = Config::default();
+    config.instance.discovery.request_timeout_ms = request_timeout_ms;
+    harness_with(config).await
 }
 
-/// A registry and a gateway with `settings` (its registry URL is filled in).
-async fn harness_with(settings: Settings) -> Harness {
+/// A registry and a gateway with `config` (its registry URL is filled in).
+async fn harness_with(mut config: Config) -> Harness {
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let registry = format!("http://{}", listener.local_addr().expect("addr"));
     // Slow probes: what is under test is the gateway's own handling of dead instances.
-    let registry_settings = Settings {
-        probe_interval_ms: 60_000,
-        ..Settings::default()
+    let registry_config = flotilla_registry::server::Config {
+        registry: RegistrySettings {
+            probe_interval_ms: 60_000,
+            ..RegistrySettings::default()
+        },
+        ..Default::default()
     };
     tokio::spawn(flotilla_registry::server::run(
-        registry_settings,
+        registry_config,
         listener,
         shutdown.clone(),
     ));
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));
-    let settings = Settings {
-        registry_url: Some(registry.clone()),
-        ..settings
-    };
-    tokio::spawn(flotilla_gateway::run(settings, listener, shutdown.clone()));
+    config.instance.discovery.registry_url = Some(registry.clone());
+    tokio::spawn(flotilla_gateway::run(config, listener, shutdown.clone()));
     Harness {
         gateway,
         registry,
@@ -368,17 +367,20 @@ async fn safe_requests_are_retried_and_unsafe_ones_are_not() {
 
 #[tokio::test]
 async fn long_polls_are_not_slow_calls_for_the_breaker() {
-    let harness = harness_with(Settings {
-        admin_api: true,
-        breaker: flotilla_resilience::BreakerConfig {
-            window: flotilla_resilience::breaker::Window::Count { calls: 2 },
-            minimum_calls: 2,
-            slow_call_duration_ms: 50,
-            ..flotilla_resilience::BreakerConfig::default()
+    let mut config = Config {
+        gateway: GatewaySettings {
+            admin_api: true,
+            ..GatewaySettings::default()
         },
-        ..Settings::default()
-    })
-    .await;
+        ..Config::default()
+    };
+    config.resilience.breaker = flotilla_resilience::BreakerConfig {
+        window: flotilla_resilience::breaker::Window::Count { calls: 2 },
+        minimum_calls: 2,
+        slow_call_duration_ms: 50,
+        ..flotilla_resilience::BreakerConfig::default()
+    };
+    let harness = harness_with(config).await;
     let address = upstream().await;
     let _registration = register(&harness, "order", &address).await;
     let waited = format!("{}/v1/orders/waited", harness.gateway);
@@ -414,9 +416,12 @@ async fn long_polls_are_not_slow_calls_for_the_breaker() {
 
 #[tokio::test]
 async fn operators_force_and_reconfigure_breakers_at_run_time() {
-    let harness = harness_with(Settings {
-        admin_api: true,
-        ..Settings::default()
+    let harness = harness_with(Config {
+        gateway: GatewaySettings {
+            admin_api: true,
+            ..GatewaySettings::default()
+        },
+        ..Config::default()
     })
     .await;
     let address = upstream().await;

@@ -4,7 +4,7 @@
 //!
 //! | module | what it gives |
 //! | --- | --- |
-//! | [`settings`] | typed settings, layered defaults → file → `FLOTILLA_*` environment → flags |
+//! | [`settings`] | the server section of the settings (every process reads it) and the error of every section's validation; the binary assembles and loads the sections |
 //! | [`telemetry`] | structured logs with `tracing` (JSON when not on a terminal) |
 //! | [`problem`] | RFC 9457 `application/problem+json` errors, the one error shape on the wire |
 //! | [`json`] | JSON body and query string extractors whose rejections are problems |
@@ -37,4 +37,4 @@ pub use app::{App, serve};
 pub use health::Health;
 pub use json::{Json, Query};
 pub use problem::Problem;
-pub use settings::Settings;
+pub use settings::ServerSettings;

@@ -11,6 +11,9 @@
 //!
 //! Patterns: publish-subscribe (a topic, several consumer groups), fire-and-forget (a message
 //! nobody answers), request-reply ([`Message::replying_to`], [`Message::reply`]).
+//!
+//! Its section of the settings, [`MessagingSettings`] (the `messaging` table), lives in
+//! [`settings`]; [`runtime`] starts a service's messaging from it.
 
 pub mod embedded;
 mod envelope;
@@ -19,11 +22,13 @@ pub mod nats;
 pub mod outbox;
 pub mod retention;
 pub mod runtime;
+pub mod settings;
 mod transport;
 
 use sqlx::SqlitePool;
 
 pub use crate::envelope::{Message, valid_topic};
+pub use crate::settings::{MessagingSettings, ServiceConfig, TransportKind};
 pub use crate::transport::{Deliveries, Delivery, Settlement, Transport, TransportError};
 
 /// What can go wrong.

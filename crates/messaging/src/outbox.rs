@@ -11,7 +11,7 @@
 //! different keys go concurrently. After `max_attempts` a message is moved to the dead letters,
 //! so that one poisoned message does not block its key forever.
 
-use flotilla_kit::clock;
+use flotilla_kit::clock::{self, Clock};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -195,6 +195,8 @@ pub struct Relay<T> {
     transport: Arc<T>,
     config: RelayConfig,
     wake: Arc<Notify>,
+    /// The time backoffs are set by and compared with.
+    clock: Clock,
 }
 
 #[derive(sqlx::FromRow)]
@@ -214,7 +216,15 @@ impl<T: Transport> Relay<T> {
             transport,
             config,
             wake: Arc::new(Notify::new()),
+            clock: Clock::system(),
         }
+    }
+
+    /// The relay on `clock` instead of the system's: the retry backoff and the marks are read
+    /// from it (tests move a manual clock past a backoff instead of waiting it out).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Notify it after committing an outbox row, so that it does not wait for its next poll.
@@ -337,7 +347,7 @@ impl<T: Transport> Relay<T> {
                     db,
                     "UPDATE messaging_outbox SET published_at = $1 \
                      WHERE seq IN (SELECT value FROM json_each($2))",
-                    &[&clock::now_micros(), seqs],
+                    &[&self.clock.now_micros(), seqs],
                 )
                 .map_err(flotilla_sqlite::sqlx_error)?;
             }
@@ -367,7 +377,7 @@ impl<T: Transport> Relay<T> {
             }
             by_key.entry(row.key.clone()).or_default().push(row);
         }
-        let now = clock::now_micros();
+        let now = self.clock.now_micros();
         if keys.len() > room {
             read.full = true;
         }
@@ -440,7 +450,7 @@ impl<T: Transport> Relay<T> {
                 db,
                 "UPDATE messaging_outbox SET published_at = $1 \
                  WHERE seq IN (SELECT value FROM json_each($2))",
-                &[&clock::now_micros(), &seqs],
+                &[&self.clock.now_micros(), &seqs],
             )
             .map_err(flotilla_sqlite::sqlx_error)
         })
@@ -479,7 +489,7 @@ impl<T: Transport> Relay<T> {
             }
             by_key.entry(row.key.clone()).or_default().push(row);
         }
-        let now = clock::now_micros();
+        let now = self.clock.now_micros();
         let lanes = keys
             .into_iter()
             .filter_map(|key| by_key.remove(&key))
@@ -532,7 +542,7 @@ impl<T: Transport> Relay<T> {
                         "UPDATE messaging_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 WHERE seq = $4",
                     )
                     .bind(attempts)
-                    .bind(clock::now_micros().saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX)))
+                    .bind(self.clock.micros_after(wait))
                     .bind(error.to_string())
                     .bind(row.seq)
                     .execute(&self.pool)
@@ -562,7 +572,7 @@ impl<T: Transport> Relay<T> {
         )
         .bind(attempts)
         .bind(error)
-        .bind(clock::now_micros())
+        .bind(self.clock.now_micros())
         .bind(seq)
         .execute(&mut *tx)
         .await?;

@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use axum::Router;
 use flotilla_discovery::Discovery;
-use flotilla_kit::Settings;
-use flotilla_kit::settings::TransportKind;
 use sqlx::SqlitePool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +16,10 @@ use crate::inbox::{Consumer, Handler};
 use crate::nats::{Nats, NatsConfig};
 use crate::outbox::{Relay, RelayConfig};
 use crate::retention::Retention;
+use crate::settings::{MessagingSettings, ServiceConfig, TransportKind};
 use crate::transport::{Deliveries, Transport, TransportError};
 
-/// The transport a service runs with, chosen by `settings.messaging.transport`.
+/// The transport a service runs with, chosen by `messaging.transport`.
 #[derive(Debug, Clone)]
 pub enum AnyTransport {
     /// HTTP push through the registry.
@@ -33,13 +32,13 @@ impl AnyTransport {
     /// The transport `settings` name: embedded (publishing through `discovery` to the groups
     /// `subscriptions` names) or NATS.
     pub async fn from_settings(
-        settings: &Settings,
+        settings: &MessagingSettings,
         discovery: Discovery,
         subscriptions: Subscriptions,
     ) -> Result<Self, TransportError> {
-        Ok(match settings.messaging.transport {
+        Ok(match settings.transport {
             TransportKind::Embedded => {
-                let token = settings.messaging.push_token.clone();
+                let token = settings.push_token.clone();
                 if token.is_empty() {
                     tracing::warn!(
                         "messaging.push_token is not set: the push endpoint accepts messages from anyone who can reach it"
@@ -51,9 +50,9 @@ impl AnyTransport {
             }
             TransportKind::Nats => AnyTransport::Nats(Box::new(
                 Nats::connect(NatsConfig {
-                    url: settings.messaging.nats_url.clone(),
-                    stream: settings.messaging.nats_stream.clone(),
-                    subject_prefix: settings.messaging.nats_subject_prefix.clone(),
+                    url: settings.nats_url.clone(),
+                    stream: settings.nats_stream.clone(),
+                    subject_prefix: settings.nats_subject_prefix.clone(),
                     ..NatsConfig::default()
                 })
                 .await?,
@@ -146,7 +145,7 @@ pub struct Messaging {
 /// retention ([`crate::retention`]), all on the service's database `pool`, until `shutdown`.
 #[allow(clippy::too_many_arguments)]
 pub async fn start<H: Handler>(
-    settings: &Settings,
+    settings: &MessagingSettings,
     discovery: Discovery,
     subscriptions: Subscriptions,
     group: &'static str,
@@ -158,10 +157,10 @@ pub async fn start<H: Handler>(
     let transport =
         Arc::new(AnyTransport::from_settings(settings, discovery, subscriptions).await?);
     let relay = start_relay(pool.clone(), transport.clone(), shutdown.clone());
-    let outbox = Duration::from_millis(settings.messaging.outbox_retention_ms);
+    let outbox = Duration::from_millis(settings.outbox_retention_ms);
     let retention = Retention {
         outbox,
-        inbox: Duration::from_millis(settings.messaging.inbox_retention_ms),
+        inbox: Duration::from_millis(settings.inbox_retention_ms),
         // A short window is pruned as often as it passes (down to every 100 ms).
         interval: Retention::default()
             .interval
@@ -196,7 +195,7 @@ pub async fn start<H: Handler>(
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<H: Handler>(
     service: &'static str,
-    settings: Settings,
+    config: ServiceConfig,
     listener: tokio::net::TcpListener,
     pool: SqlitePool,
     routes: Router,
@@ -205,13 +204,9 @@ pub async fn serve<H: Handler>(
     topics: &'static [&'static str],
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
-    let discovery = match &settings.registry_url {
-        Some(registry) => Discovery::new(registry, timeout, shutdown.clone()),
-        None => Discovery::fixed(Default::default(), timeout),
-    };
+    let discovery = config.instance.discovery.discovery(&shutdown);
     let messaging = start(
-        &settings,
+        &config.messaging,
         discovery,
         subscriptions,
         service,
@@ -224,7 +219,7 @@ pub async fn serve<H: Handler>(
     .map_err(std::io::Error::other)?;
     let result = flotilla_discovery::serve_routes(
         service,
-        &settings,
+        &config.instance,
         listener,
         routes.merge(messaging.routes),
         shutdown,

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_discovery::{Discovery, Registration, Spec};
-use flotilla_kit::Settings;
 use flotilla_kit::health::Health;
 use flotilla_messaging::embedded::{Embedded, Subscriptions};
 use flotilla_messaging::inbox::{Consumer, Handler, HandlerError};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
+use flotilla_registry::RegistrySettings;
 use flotilla_testkit::{NATS, TempData, eventually_every, holds_for};
 use serde_json::json;
 use sqlx::SqlitePool;
@@ -73,12 +73,15 @@ impl World {
             Kind::Embedded => {
                 let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
                 let registry = format!("http://{}", listener.local_addr().expect("addr"));
-                let settings = Settings {
-                    probe_interval_ms: 200,
-                    ..Settings::default()
+                let config = flotilla_registry::server::Config {
+                    registry: RegistrySettings {
+                        probe_interval_ms: 200,
+                        ..RegistrySettings::default()
+                    },
+                    ..Default::default()
                 };
                 tokio::spawn(flotilla_registry::server::run(
-                    settings,
+                    config,
                     listener,
                     shutdown.clone(),
                 ));

@@ -5,6 +5,7 @@
 //! * [`server`] puts it on HTTP (`/v1/registry/...`) and runs the two loops that keep it true:
 //!   the sweeper, which evicts instances whose lease ran out, and the prober, which checks every
 //!   instance's `/readyz` and takes a failing one out of rotation at once.
+//! * [`settings`] is its section of the settings: the lease (heartbeat and TTL) and the probes.
 //!
 //! How fast a dead instance leaves rotation is the registry's headline figure: a process that
 //! dies refuses connections, so the next probe (every `probe_interval_ms`, 500 ms by default)
@@ -13,5 +14,7 @@
 
 mod model;
 pub mod server;
+pub mod settings;
 
 pub use model::{Instance, Registration, Registry, ServiceSnapshot, Status};
+pub use settings::RegistrySettings;

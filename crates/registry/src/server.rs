@@ -21,13 +21,13 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use flotilla_kit::client;
-use flotilla_kit::{Json, Problem, Query, Settings};
+use flotilla_kit::{Json, Problem, Query, ServerSettings};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::RegistryError;
-use crate::{Instance, Registration, Registry, Status};
+use crate::{Instance, Registration, Registry, RegistrySettings, Status};
 
 /// Header carrying the change index of a blocking-query answer.
 pub const INDEX_HEADER: &str = "x-flotilla-index";
@@ -196,16 +196,26 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
+/// What the registry reads: the server section and its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// The server section (the registry reads `max_body_bytes`).
+    pub server: ServerSettings,
+    /// The lease and the probes.
+    pub registry: RegistrySettings,
+}
+
 /// Runs the registry on `listener` until `shutdown`: the HTTP API, the sweeper and the prober.
 pub async fn run(
-    settings: Settings,
+    config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let settings = &config.registry;
     let registry = Registry::new(Duration::from_millis(settings.ttl_ms));
     let health = flotilla_kit::Health::new();
     let router = flotilla_kit::App::new(health.clone())
-        .max_body_bytes(settings.max_body_bytes)
+        .max_body_bytes(config.server.max_body_bytes)
         .routes(routes(registry.clone()))
         .into_router();
     let sweep_every = Duration::from_millis((settings.heartbeat_ms / 5).clamp(10, 100));

@@ -25,6 +25,7 @@
 //! | [`bulkhead`] | a concurrency limit with a bounded waiting line and wait |
 //! | [`ratelimit`] | a token bucket per key |
 //! | [`timeout`] | a deadline per call, configured like the rest |
+//! | [`settings`] | the `breaker` and `retry` section of a process's settings, validated |
 //! | [`pipeline`] | a breaker and a retry policy around any async call (for non-tower callers) |
 //! | [`fallback`] | default value, last good answer (with a maximum age), alternative service |
 //! | [`clock`] | the monotonic clock the primitives read (manual in tests) |
@@ -36,6 +37,7 @@ pub mod fallback;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod retry;
+pub mod settings;
 pub mod timeout;
 
 pub use breaker::{BreakerConfig, CircuitBreaker, CircuitOpen, Outcome, State};

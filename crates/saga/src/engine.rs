@@ -1,6 +1,6 @@
 //! The orchestrator: instances, transitions, commands, timeouts.
 
-use flotilla_kit::clock;
+use flotilla_kit::clock::Clock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -166,15 +166,13 @@ struct Row {
     done: i64,
 }
 
-fn after(wait: Duration) -> i64 {
-    clock::now_micros().saturating_add(i64::try_from(wait.as_micros()).unwrap_or(i64::MAX))
-}
-
 /// Drives the instances of one saga definition.
 #[derive(Debug)]
 pub struct Orchestrator<S> {
     saga: S,
     pool: SqlitePool,
+    /// The time deadlines are set by and compared with: the system's, or a test's.
+    clock: Clock,
 }
 
 /// A saga instance as loaded.
@@ -233,7 +231,18 @@ impl<S: Saga> Orchestrator<S> {
     /// An orchestrator of `saga` whose instances live in `pool` (migrated with
     /// [`crate::migrate`]).
     pub fn new(saga: S, pool: SqlitePool) -> Self {
-        Self { saga, pool }
+        Self {
+            saga,
+            pool,
+            clock: Clock::system(),
+        }
+    }
+
+    /// The orchestrator on `clock` instead of the system's (tests move a manual clock past a
+    /// step's timeout instead of sleeping through it).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The definition.
@@ -250,7 +259,7 @@ impl<S: Saga> Orchestrator<S> {
         data: S::Data,
         cause: Option<&Message>,
     ) -> Result<(), Error> {
-        let at = clock::now_micros();
+        let at = self.clock.now_micros();
         let inserted = execute(
             db,
             "INSERT INTO saga_instances (saga_id, saga_type, data, status, step, attempt, deadline, created_at, updated_at)
@@ -435,7 +444,8 @@ impl<S: Saga> Orchestrator<S> {
         } else {
             // The steps still under way keep their time from now.
             let pending = (instance.step..steps.len()).filter(|k| instance.done & (1 << k) == 0);
-            after(pending.map(|k| steps[k].timeout).max().unwrap_or_default())
+            self.clock
+                .micros_after(pending.map(|k| steps[k].timeout).max().unwrap_or_default())
         };
         self.write(db, instance, Some(deadline))?;
         Ok(Handled::Applied)
@@ -451,7 +461,7 @@ impl<S: Saga> Orchestrator<S> {
              ORDER BY deadline LIMIT 256",
         )
         .bind(self.saga.name())
-        .bind(clock::now_micros())
+        .bind(self.clock.now_micros())
         .fetch_all(&self.pool)
         .await?;
         let mut moved = 0;
@@ -477,7 +487,7 @@ impl<S: Saga> Orchestrator<S> {
         )
         .map_err(failed)?;
         let (row, deadline) = row.ok_or_else(|| Error::NotFound(saga_id.to_owned()))?;
-        if deadline > clock::now_micros()
+        if deadline > self.clock.now_micros()
             || !matches!(row.status.as_str(), "RUNNING" | "COMPENSATING")
         {
             return Ok(false);
@@ -641,7 +651,7 @@ impl<S: Saga> Orchestrator<S> {
                 wait.saturating_mul(1 << instance.attempt.saturating_sub(1).min(5))
             }
         };
-        Ok(after(wait))
+        Ok(self.clock.micros_after(wait))
     }
 
     /// The first step of the saga's concurrent tail ([`Saga::concurrent_tail`]): the retriable
@@ -765,7 +775,7 @@ impl<S: Saga> Orchestrator<S> {
         instance: &mut Instance<S::Data>,
         deadline: Option<i64>,
     ) -> Result<(), Error> {
-        let at = clock::now_micros();
+        let at = self.clock.now_micros();
         if let Some(deadline) = deadline {
             execute(
                 db,

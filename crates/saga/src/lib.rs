@@ -33,11 +33,15 @@
 //!   commands are all in the database.
 //! * **Idempotency**: every command carries `idempotency_key` = `<saga id>:<step>:<phase>`, the
 //!   same for every attempt, so that a participant applies it once.
+//!
+//! [`SagaStyle`] names the two ways to coordinate (this engine, or choreography).
 
 pub mod choreography;
 mod engine;
+mod style;
 
 pub use engine::{Command, Handled, Orchestrator, Replies, Status, Step, Transition};
+pub use style::SagaStyle;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

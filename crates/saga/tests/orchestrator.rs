@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use flotilla_kit::clock::Clock;
 use flotilla_messaging::{Message, outbox};
 use flotilla_saga::{
     Command, Error, Handled, Orchestrator, Saga, Status, Step, Transition, refused, succeeded,
@@ -182,6 +183,8 @@ struct World {
     pool: SqlitePool,
     trips: Orchestrator<TripSaga>,
     _data: TempData,
+    /// The orchestrators' clock: tests move it past a step's timeout instead of sleeping.
+    clock: Clock,
 }
 
 async fn world() -> World {
@@ -199,8 +202,10 @@ async fn world_with(saga: TripSaga) -> World {
         .execute(&pool)
         .await
         .expect("table");
+    let clock = Clock::manual_from_now();
     World {
-        trips: Orchestrator::new(saga, pool.clone()),
+        trips: Orchestrator::new(saga, pool.clone()).with_clock(clock.clone()),
+        clock,
         pool,
         _data: data,
     }
@@ -414,7 +419,7 @@ async fn an_unanswered_step_is_sent_again_then_fails_after_its_attempts() {
     let first = w.one_command("BookHotel").await;
     assert_eq!(w.trips.tick().await.expect("tick"), 0, "not due yet");
     assert!(w.timed_out().is_empty(), "nothing moved, nothing reported");
-    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.clock.advance(TIMEOUT + Duration::from_millis(50));
     assert_eq!(w.trips.tick().await.expect("tick"), 1);
     assert_eq!(w.timed_out(), ["t5"], "the resend reported once committed");
     let second = w.one_command("BookHotel").await;
@@ -423,7 +428,7 @@ async fn an_unanswered_step_is_sent_again_then_fails_after_its_attempts() {
         second.payload["idempotency_key"], first.payload["idempotency_key"],
         "the same key"
     );
-    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.clock.advance(TIMEOUT + Duration::from_millis(50));
     w.trips.tick().await.expect("tick");
     // The step never answered: it may have happened, or may still happen when its command
     // arrives late, so it is undone too (a participant's compensation that finds nothing done
@@ -450,7 +455,7 @@ async fn a_reply_to_an_earlier_attempt_still_counts() {
     let w = world().await;
     w.start("t6").await;
     let first = w.one_command("BookHotel").await;
-    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.clock.advance(TIMEOUT + Duration::from_millis(50));
     w.trips.tick().await.expect("tick");
     let _second = w.one_command("BookHotel").await;
     assert_eq!(
@@ -470,8 +475,8 @@ async fn a_new_orchestrator_resumes_what_a_crashed_one_left() {
     let lost = w.one_command("BookFlight").await;
     // The orchestrator process dies; the command it sent is lost on the way.
     drop(lost);
-    let restarted = Orchestrator::new(TripSaga::new(), w.pool.clone());
-    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    let restarted = Orchestrator::new(TripSaga::new(), w.pool.clone()).with_clock(w.clock.clone());
+    w.clock.advance(TIMEOUT + Duration::from_millis(50));
     assert_eq!(
         restarted.tick().await.expect("tick"),
         1,
@@ -504,7 +509,7 @@ async fn a_refused_compensation_is_retried_until_it_succeeds() {
         Handled::Applied
     );
     assert_eq!(w.status("t8").await, Status::Compensating, "still undoing");
-    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.clock.advance(TIMEOUT + Duration::from_millis(50));
     w.trips.tick().await.expect("tick");
     let again = w.one_command("CancelHotel").await;
     w.ok(&again, json!({})).await;
@@ -544,7 +549,7 @@ async fn a_step_past_the_point_of_no_return_is_retried_never_compensated() {
     );
     assert_eq!(w.status("t9").await, Status::Running, "not compensating");
     // Its one attempt is used, yet a timeout sends it again rather than failing.
-    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
+    w.clock.advance(TIMEOUT + Duration::from_millis(50));
     w.trips.tick().await.expect("tick");
     let again = w.one_command("SendTickets").await;
     w.ok(&again, json!({})).await;
@@ -581,8 +586,9 @@ async fn a_concurrent_tail_goes_out_together_and_completes_when_every_step_succe
     assert_eq!(w.status("t20").await, Status::Running, "miles still owed");
 
     // At the deadline only the step not done is sent again, by a restarted orchestrator too.
-    tokio::time::sleep(TIMEOUT + Duration::from_millis(50)).await;
-    let restarted = Orchestrator::new(TripSaga::with_concurrent_tail(), w.pool.clone());
+    w.clock.advance(TIMEOUT + Duration::from_millis(50));
+    let restarted = Orchestrator::new(TripSaga::with_concurrent_tail(), w.pool.clone())
+        .with_clock(w.clock.clone());
     assert_eq!(restarted.tick().await.expect("tick"), 1);
     let again = w.one_command("EarnMiles").await;
     assert_eq!(again.payload["idempotency_key"], "t20:4:ACTION");

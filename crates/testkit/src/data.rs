@@ -37,12 +37,12 @@ impl TempData {
         SqlitePool::connect_with(options).await.expect("sqlite")
     }
 
-    /// Default settings whose data directory is this one (a service's `open(&settings)` then
-    /// creates its database here).
-    pub fn settings(&self) -> flotilla_kit::Settings {
-        flotilla_kit::Settings {
+    /// The default server section of the settings, with this data directory (a service's
+    /// `open(&settings)` then creates its database here).
+    pub fn settings(&self) -> flotilla_kit::ServerSettings {
+        flotilla_kit::ServerSettings {
             data_dir: self.path().to_owned(),
-            ..flotilla_kit::Settings::default()
+            ..flotilla_kit::ServerSettings::default()
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod stock;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
-use flotilla_kit::{Problem, Settings};
+use flotilla_kit::{Problem, ServerSettings};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -54,7 +54,7 @@ pub struct Catalog {
 }
 
 /// Opens the database, applies migrations and seeds an empty catalog.
-pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
+pub async fn open(settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
     let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     seed(opening.pool()).await?;
     flotilla_messaging::migrate(opening.pool())
@@ -128,14 +128,16 @@ async fn one(
 
 /// Runs the service on `listener` until `shutdown`.
 pub async fn run(
-    settings: Settings,
+    config: flotilla_messaging::ServiceConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let pool = open(&settings).await.map_err(std::io::Error::other)?;
+    let pool = open(&config.instance.server)
+        .await
+        .map_err(std::io::Error::other)?;
     flotilla_messaging::runtime::serve(
         SERVICE,
-        settings,
+        config,
         listener,
         pool.clone(),
         routes(pool),

@@ -21,12 +21,15 @@
 //!   the long poll of `Prefer: wait`.
 //! - [`consumer`]: the one message handler of the service, dispatching by topic.
 //! - [`service`]: builds all of it from the settings and runs it ([`run`]).
+//! - [`settings`]: the service's section of the settings ([`OrderSettings`]) and [`Config`],
+//!   everything [`run`] reads.
 
 pub mod api;
 pub mod consumer;
 pub mod domain;
 pub mod sagas;
 pub mod service;
+pub mod settings;
 pub mod store;
 
 pub use api::{
@@ -35,9 +38,10 @@ pub use api::{
 };
 pub use consumer::Inbox;
 pub use domain::{Cancellation, Order, OrderError, OrderEvent, OrderLine, Status};
-pub use flotilla_kit::settings::SagaStyle;
+pub use flotilla_saga::SagaStyle;
 pub use sagas::{Cancelling, Placed, Placement, Sagas};
 pub use service::{open, rebuild_projections, run};
+pub use settings::{Config, OrderSettings};
 pub use store::{Database, DayRevenue, Summary};
 
 /// The service's name in the registry.

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_discovery::Discovery;
-use flotilla_kit::Settings;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -13,11 +11,13 @@ use crate::SERVICE;
 use crate::api::{self, Context, prices::Prices};
 use crate::consumer::Inbox;
 use crate::sagas::Sagas;
+use crate::settings::Config;
 use crate::store::{self, projections};
 
 /// Opens the order database under the settings' data directory and wires the sagas to it.
-pub async fn open(settings: &Settings) -> Result<Sagas, flotilla_eventstore::Error> {
-    let db = store::open(&settings.database_path(SERVICE)).await?;
+pub async fn open(config: &Config) -> Result<Sagas, flotilla_eventstore::Error> {
+    let (server, settings) = (&config.service.instance.server, &config.order);
+    let db = store::open(&server.database_path(SERVICE)).await?;
     Ok(Sagas::new(
         db,
         Duration::from_millis(settings.choreography_deadline_ms),
@@ -26,22 +26,25 @@ pub async fn open(settings: &Settings) -> Result<Sagas, flotilla_eventstore::Err
 
 /// Runs the service on `listener` until `shutdown`.
 pub async fn run(
-    settings: Settings,
+    config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let sagas = open(&settings).await.map_err(std::io::Error::other)?;
+    let sagas = open(&config).await.map_err(std::io::Error::other)?;
     let db = sagas.db.clone();
-    let timeout = Duration::from_millis(settings.request_timeout_ms);
-    let discovery = match &settings.registry_url {
-        Some(registry) => Discovery::new(registry, timeout, shutdown.clone()),
-        None => Discovery::fixed(Default::default(), timeout),
-    }
-    .with_resilience(settings.breaker.clone(), settings.retry.clone())
-    .map_err(std::io::Error::other)?;
+    let (service, settings) = (&config.service, &config.order);
+    let discovery = service
+        .instance
+        .discovery
+        .discovery(&shutdown)
+        .with_resilience(
+            config.resilience.breaker.clone(),
+            config.resilience.retry.clone(),
+        )
+        .map_err(std::io::Error::other)?;
     projections::spawn(&db.events, &shutdown);
     let messaging = flotilla_messaging::runtime::start(
-        &settings,
+        &service.messaging,
         discovery.clone(),
         flotilla_contracts::subscriptions(),
         SERVICE,
@@ -64,7 +67,7 @@ pub async fn run(
     };
     let result = flotilla_discovery::serve_routes(
         SERVICE,
-        &settings,
+        &service.instance,
         listener,
         api::routes(context).merge(messaging.routes),
         shutdown,
@@ -76,9 +79,10 @@ pub async fn run(
 
 /// `flotilla projections rebuild order`: rebuilds the order's read models from its events.
 pub async fn rebuild_projections(
-    settings: &Settings,
+    config: &Config,
 ) -> Result<Vec<(&'static str, u64)>, flotilla_eventstore::Error> {
-    let db = store::open(&settings.database_path(SERVICE)).await?;
+    let server = &config.service.instance.server;
+    let db = store::open(&server.database_path(SERVICE)).await?;
     let rebuilt = projections::rebuild(&db.events).await;
     db.pool.close().await;
     rebuilt

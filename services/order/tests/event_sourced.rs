@@ -36,9 +36,9 @@ struct Service {
 
 async fn service() -> Service {
     let data = TempData::new();
-    let sagas = flotilla_order::open(&data.settings())
-        .await
-        .expect("database");
+    let mut config = flotilla_order::Config::default();
+    config.service.instance.server = data.settings();
+    let sagas = flotilla_order::open(&config).await.expect("database");
     let db = sagas.db.clone();
     let router = flotilla_order::routes(Context {
         sagas: sagas.clone(),

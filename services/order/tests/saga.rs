@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use flotilla_kit::settings::SagaStyle;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
+use flotilla_order::SagaStyle;
 use flotilla_order::domain::Address;
 use flotilla_order::{Cancellation, Order, OrderLine, Status};
 use flotilla_order::{Cancelling, Placed, Placement, Sagas};
@@ -30,8 +30,10 @@ struct System {
 
 async fn system(style: SagaStyle) -> System {
     let data = TempData::new();
-    let settings = data.settings();
-    let order = flotilla_order::open(&settings).await.expect("order db");
+    let mut config = flotilla_order::Config::default();
+    config.service.instance.server = data.settings();
+    let settings = config.service.instance.server.clone();
+    let order = flotilla_order::open(&config).await.expect("order db");
     let inventory = flotilla_inventory::open(&settings)
         .await
         .expect("inventory db");

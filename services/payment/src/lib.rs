@@ -18,7 +18,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use flotilla_kit::{Problem, Query, Settings};
+use flotilla_kit::{Problem, Query, ServerSettings};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -78,7 +78,7 @@ pub struct Items<T> {
 }
 
 /// Opens the database, applies migrations and seeds the accounts if there are none.
-pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
+pub async fn open(settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
     let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     let accounts: Vec<Account> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
@@ -166,14 +166,16 @@ async fn payments(
 
 /// Runs the service on `listener` until `shutdown`.
 pub async fn run(
-    settings: Settings,
+    config: flotilla_messaging::ServiceConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let pool = open(&settings).await.map_err(std::io::Error::other)?;
+    let pool = open(&config.instance.server)
+        .await
+        .map_err(std::io::Error::other)?;
     flotilla_messaging::runtime::serve(
         SERVICE,
-        settings,
+        config,
         listener,
         pool.clone(),
         routes(pool),

@@ -17,7 +17,7 @@
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use flotilla_kit::{Problem, Query, Settings};
+use flotilla_kit::{Problem, Query, ServerSettings};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -75,7 +75,7 @@ pub struct Items<T> {
 }
 
 /// Opens the database, applies migrations and seeds the refused destinations if there are none.
-pub async fn open(settings: &Settings) -> Result<SqlitePool, sqlx::Error> {
+pub async fn open(settings: &ServerSettings) -> Result<SqlitePool, sqlx::Error> {
     let opening = flotilla_sqlite::open(&settings.database_path(SERVICE), &MIGRATIONS).await?;
     let refused: Vec<RefusedDestination> =
         serde_json::from_str(SEED).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
@@ -142,14 +142,16 @@ async fn refused(
 
 /// Runs the service on `listener` until `shutdown`.
 pub async fn run(
-    settings: Settings,
+    config: flotilla_messaging::ServiceConfig,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let pool = open(&settings).await.map_err(std::io::Error::other)?;
+    let pool = open(&config.instance.server)
+        .await
+        .map_err(std::io::Error::other)?;
     flotilla_messaging::runtime::serve(
         SERVICE,
-        settings,
+        config,
         listener,
         pool.clone(),
         routes(pool),

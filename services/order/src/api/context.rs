@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use flotilla_discovery::Discovery;
-use flotilla_kit::settings::SagaStyle;
+use flotilla_saga::SagaStyle;
 use tokio::sync::Notify;
 
 use super::prices::Prices;

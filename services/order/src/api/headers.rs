@@ -3,7 +3,7 @@
 
 use axum::http::HeaderMap;
 use flotilla_kit::Problem;
-use flotilla_kit::settings::SagaStyle;
+use flotilla_saga::SagaStyle;
 
 /// The header carrying a client's idempotency key.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";

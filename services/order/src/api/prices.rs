@@ -1,6 +1,6 @@
 //! The catalog prices the order service has read from the inventory, kept for a while
 //! (cache-aside): placing an order asks the inventory only for the SKUs it has not priced within
-//! [`Settings::catalog_cache_ms`](flotilla_kit::settings::Settings::catalog_cache_ms).
+//! [`OrderSettings::catalog_cache_ms`](crate::OrderSettings::catalog_cache_ms).
 //!
 //! The inventory owns the catalog; the order keeps a copy of the one figure it needs, the unit
 //! price, so that an order does not cost a request to the inventory (and a read of its one

@@ -8,7 +8,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_eventstore::Loaded;
 use flotilla_kit::Problem;
-use flotilla_kit::settings::SagaStyle;
+use flotilla_saga::SagaStyle;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_eventstore::{Loaded, Metadata};
-use flotilla_kit::settings::SagaStyle;
 use flotilla_saga::Orchestrator;
+use flotilla_saga::SagaStyle;
 use flotilla_sqlite::{execute, grouped, sqlx_error, transaction};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,39 @@
+//! The gateway's section of the settings (flat keys: `queue_for_later`, `admin_api`) and
+//! [`Config`], everything [`crate::run`] reads. Loading the settings is the binary's job.
+
+use flotilla_discovery::InstanceConfig;
+use flotilla_kit::settings::Invalid;
+use flotilla_resilience::settings::ResilienceSettings;
+use serde::{Deserialize, Serialize};
+
+/// Keys only the gateway reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewaySettings {
+    /// Services whose writes the gateway queues while their breaker is open (queue for later),
+    /// e.g. `["order"]`; `FLOTILLA_QUEUE_FOR_LATER='["order"]'`.
+    pub queue_for_later: Vec<String>,
+    /// Serve the operator API (`/admin/breakers`: states, forcing, run-time configuration).
+    /// Never enable it where untrusted clients can reach the port.
+    pub admin_api: bool,
+}
+
+impl GatewaySettings {
+    /// Checks the section's rules: any list of services and either switch is valid today
+    /// (a name that matches no route queues nothing).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+/// What the gateway reads: how it serves (its registry is required), the breaker and retry
+/// policy it puts in front of each upstream, and its own keys.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// Server, discovery (the request deadline, `request_timeout_ms`) and lease.
+    pub instance: InstanceConfig,
+    /// The breaker and retry policy per upstream service.
+    pub resilience: ResilienceSettings,
+    /// Queue for later and the operator API.
+    pub gateway: GatewaySettings,
+}
