@@ -20,7 +20,6 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use flotilla_kit::settings::LogFormat;
 use serde::Serialize;
 
 use crate::settings::Settings;
@@ -430,22 +429,4 @@ async fn status(options: StatusOptions) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The log format flag of `flotilla up`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormatArg {
-    /// Coloured, prefixed lines on a terminal; plain prefixed lines otherwise.
-    Pretty,
-    /// One JSON object per line, with a `process` field.
-    Json,
-}
-
-impl From<LogFormatArg> for LogFormat {
-    fn from(format: LogFormatArg) -> Self {
-        match format {
-            LogFormatArg::Pretty => LogFormat::Pretty,
-            LogFormatArg::Json => LogFormat::Json,
-        }
-    }
 }

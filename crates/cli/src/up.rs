@@ -12,8 +12,6 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use flotilla_supervisor::{Builder, Error, LogFormat, Role};
 
-use crate::LogFormatArg;
-
 /// Options of `flotilla up`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpOptions {
@@ -73,5 +71,23 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         Err(Error::Interrupted { .. }) => Ok(()),
         Err(Error::NotReady { .. }) => bail!("the system did not become ready"),
         Err(error) => Err(error.into()),
+    }
+}
+
+/// The log format flag of `flotilla up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Coloured, prefixed lines on a terminal; plain prefixed lines otherwise.
+    Pretty,
+    /// One JSON object per line, with a `process` field.
+    Json,
+}
+
+impl From<LogFormatArg> for flotilla_kit::settings::LogFormat {
+    fn from(format: LogFormatArg) -> Self {
+        match format {
+            LogFormatArg::Pretty => flotilla_kit::settings::LogFormat::Pretty,
+            LogFormatArg::Json => flotilla_kit::settings::LogFormat::Json,
+        }
     }
 }

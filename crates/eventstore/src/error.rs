@@ -41,7 +41,7 @@ pub enum Error {
     /// The schema could not be set up.
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// [`EventStore::connect`] was given a URL of neither database.
+    /// [`EventStore::connect`](crate::EventStore::connect) was given a URL of neither database.
     #[error("unsupported database URL `{0}`: use sqlite:… or postgres://…")]
     UnsupportedUrl(String),
 }

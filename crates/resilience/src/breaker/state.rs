@@ -130,7 +130,7 @@ pub struct CircuitOpen {
     pub retry_after: Duration,
 }
 
-/// A change of state, sent to every subscriber ([`CircuitBreaker::subscribe`]).
+/// A change of state, sent to every subscriber ([`CircuitBreaker::subscribe`](super::CircuitBreaker::subscribe)).
 ///
 /// ```
 /// use std::time::Duration;
