@@ -43,7 +43,8 @@
 //!
 //! Layout: [`store`] (the store and its transaction), `error`, `event` (the event types),
 //! [`aggregate`], [`projection`], `subscription`, `upcast`, `backend` (one file per database,
-//! the statements both run stated once), [`testing`] (a PostgreSQL schema of one's own).
+//! the statements both run stated once). A PostgreSQL schema of a test's own is
+//! `flotilla_testkit::postgres_schema`.
 
 pub mod aggregate;
 mod backend;
