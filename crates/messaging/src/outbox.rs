@@ -208,6 +208,20 @@ struct Pending {
     next_attempt_at: i64,
 }
 
+/// `rows` grouped by key, each key's rows in their order; the keys in the order of their first
+/// row.
+fn by_key(rows: Vec<Pending>) -> (Vec<String>, HashMap<String, Vec<Pending>>) {
+    let mut keys: Vec<String> = Vec::new();
+    let mut by_key: HashMap<String, Vec<Pending>> = HashMap::new();
+    for row in rows {
+        if !by_key.contains_key(&row.key) {
+            keys.push(row.key.clone());
+        }
+        by_key.entry(row.key.clone()).or_default().push(row);
+    }
+    (keys, by_key)
+}
+
 impl<T: Transport> Relay<T> {
     /// A relay of the outbox in `pool` through `transport`.
     pub fn new(pool: SqlitePool, transport: Arc<T>, config: RelayConfig) -> Self {
@@ -369,14 +383,7 @@ impl<T: Transport> Relay<T> {
             full: seen >= limit,
             waiting,
         };
-        let mut keys: Vec<String> = Vec::new();
-        let mut by_key: HashMap<String, Vec<Pending>> = HashMap::new();
-        for row in rows {
-            if !by_key.contains_key(&row.key) {
-                keys.push(row.key.clone());
-            }
-            by_key.entry(row.key.clone()).or_default().push(row);
-        }
+        let (keys, mut by_key) = by_key(rows);
         let now = self.clock.now_micros();
         if keys.len() > room {
             read.full = true;
@@ -480,15 +487,7 @@ impl<T: Transport> Relay<T> {
         .bind(i64::from(self.config.batch))
         .fetch_all(&self.pool)
         .await?;
-        // Group by key, keeping each key's order.
-        let mut keys: Vec<String> = Vec::new();
-        let mut by_key: HashMap<String, Vec<Pending>> = HashMap::new();
-        for row in rows {
-            if !by_key.contains_key(&row.key) {
-                keys.push(row.key.clone());
-            }
-            by_key.entry(row.key.clone()).or_default().push(row);
-        }
+        let (keys, mut by_key) = by_key(rows);
         let now = self.clock.now_micros();
         let lanes = keys
             .into_iter()
