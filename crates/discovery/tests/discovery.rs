@@ -8,6 +8,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use flotilla_discovery::{Discovery, Registration, Spec};
 use flotilla_registry::RegistrySettings;
+use flotilla_testkit::wait_until;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -155,13 +156,19 @@ async fn the_cache_learns_of_changes_through_the_watch_in_well_under_a_second() 
     let address = instance("s").await;
     let started = Instant::now();
     let registration = register(&registry, "shipping", &address, &shutdown).await;
-    wait_until(|| async { discovery.instances("shipping").await.len() == 1 }).await;
+    wait_until(Duration::from_secs(5), "shipping learned", || async {
+        discovery.instances("shipping").await.len() == 1
+    })
+    .await;
     let learned = started.elapsed();
     assert!(learned < Duration::from_millis(500), "took {learned:?}");
 
     let started = Instant::now();
     registration.deregister().await;
-    wait_until(|| async { discovery.instances("shipping").await.is_empty() }).await;
+    wait_until(Duration::from_secs(5), "shipping forgotten", || async {
+        discovery.instances("shipping").await.is_empty()
+    })
+    .await;
     assert!(
         started.elapsed() < Duration::from_millis(500),
         "took {:?}",
@@ -179,18 +186,6 @@ async fn the_fixed_table_provider_works_without_a_registry() {
     );
     assert_eq!(who(&discovery, "order").await.expect("failover"), "fixed");
     assert!(discovery.instances("unknown").await.is_empty());
-}
-
-async fn wait_until<F, Fut>(mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "condition not met within 5 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// An instance answering `/who` with 503 for its first `failures` calls, then 200.

@@ -16,10 +16,10 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use flotilla_eventstore::testing::{PgSchema, postgres_schema};
 use flotilla_eventstore::{
     Aggregate, EventContext, EventStore, ExpectedVersion, Metadata, NewEvent, Options,
 };
+use flotilla_testkit::{PgSchema, postgres_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::runtime::Runtime;

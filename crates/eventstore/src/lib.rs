@@ -43,7 +43,8 @@
 //!
 //! Layout: [`store`] (the store and its transaction), `error`, `event` (the event types),
 //! [`aggregate`], [`projection`], `subscription`, `upcast`, `backend` (one file per database,
-//! the statements both run stated once), [`testing`] (a PostgreSQL schema of one's own).
+//! the statements both run stated once). A PostgreSQL schema of a test's own is
+//! `flotilla_testkit::postgres_schema`.
 
 pub mod aggregate;
 mod backend;
@@ -52,7 +53,6 @@ mod event;
 pub mod projection;
 pub mod store;
 mod subscription;
-pub mod testing;
 mod upcast;
 
 pub use crate::aggregate::{Aggregate, AsOf, Loaded};

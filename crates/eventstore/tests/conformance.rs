@@ -9,12 +9,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_eventstore::testing::{PgSchema, postgres_schema};
 use flotilla_eventstore::{
     Aggregate, AsOf, Error, EventContext, EventStore, ExpectedVersion, Metadata, NewEvent, Options,
     Projection, Projector, RecordedEvent, StoreTx, Upcasters,
 };
 use flotilla_sqlite::direct;
+use flotilla_testkit::{PgSchema, eventually, postgres_schema};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -939,14 +939,13 @@ async fn a_rebuilt_projection_equals_the_live_one(backend: Backend) {
     }
     // The live projector catches up with everything.
     let head = store.head(Some("account")).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while projector.checkpoint().await.unwrap() < head {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "projector caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(20), "projector caught up", || async {
+        match projector.checkpoint().await.unwrap() {
+            at if at >= head => Ok(()),
+            at => Err(format!("at {at} of {head}")),
+        }
+    })
+    .await;
     assert_eq!(projector.lag().await.unwrap(), 0);
     shutdown.cancel();
     live.await.unwrap();

@@ -9,8 +9,8 @@ use std::time::Duration;
 use flotilla_kit::clock::Clock;
 use flotilla_messaging::outbox::{self, Pass, Relay, RelayConfig};
 use flotilla_messaging::{Deliveries, Message, Transport, TransportError};
+use flotilla_testkit::TempData;
 use serde_json::json;
-use sqlx::SqlitePool;
 
 /// Fails the first `failures` publishes, then publishes; counts every attempt.
 struct Flaky {
@@ -45,12 +45,8 @@ fn pass(published: u32, failed: u32) -> Pass {
 
 #[tokio::test]
 async fn a_failed_message_waits_its_backoff_on_the_relays_clock() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("producer.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+    let data = TempData::new();
+    let pool = data.pool("producer").await;
     flotilla_messaging::migrate(&pool).await.expect("migrate");
     let message = Message::new("orders", "Placed", "o-1", json!({ "n": 1 }));
     let mut tx = pool.begin().await.expect("begin");

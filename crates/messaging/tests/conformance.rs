@@ -3,7 +3,7 @@
 //! producer's outbox to consumers' inboxes, with real SQLite databases.
 //!
 //! NATS is `FLOTILLA_TEST_NATS_URL` (default `nats://127.0.0.1:4222`); under CI an unreachable
-//! server fails, elsewhere the NATS half skips with a message.
+//! server fails, elsewhere the NATS half skips, saying so in a `skipped:` line.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
 use flotilla_registry::RegistrySettings;
+use flotilla_testkit::{NATS, TempData, eventually_every, holds_for};
 use serde_json::json;
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
@@ -48,26 +49,18 @@ impl World {
         let shutdown = CancellationToken::new();
         match kind {
             Kind::Nats => {
-                let url = std::env::var("FLOTILLA_TEST_NATS_URL")
-                    .unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
                 let unique = uuid::Uuid::now_v7().simple().to_string();
-                let config = NatsConfig {
-                    url: url.clone(),
-                    stream: format!("CONF_{unique}"),
-                    subject_prefix: format!("conf{unique}"),
-                    ack_wait: Duration::from_secs(2),
-                    ..NatsConfig::default()
-                };
-                let nats = match Nats::connect(config).await {
-                    Ok(nats) => nats,
-                    Err(error) if std::env::var_os("CI").is_some() => {
-                        panic!("NATS at {url} is required in CI and unreachable: {error}")
-                    }
-                    Err(error) => {
-                        eprintln!("skipping: NATS at {url} is unreachable ({error})");
-                        return None;
-                    }
-                };
+                let nats = NATS
+                    .reach(|url| {
+                        Nats::connect(NatsConfig {
+                            url,
+                            stream: format!("CONF_{unique}"),
+                            subject_prefix: format!("conf{unique}"),
+                            ack_wait: Duration::from_secs(2),
+                            ..NatsConfig::default()
+                        })
+                    })
+                    .await?;
                 Some(World {
                     kind,
                     shutdown,
@@ -186,37 +179,35 @@ impl World {
 }
 
 async fn drain<T: Transport>(relay: Relay<T>, pool: &SqlitePool) -> outbox::Pass {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut total = outbox::Pass::default();
-    loop {
-        let pass = relay.relay_once().await.expect("relay pass");
-        total.published += pass.published;
-        total.failed += pass.failed;
-        total.dead += pass.dead;
-        let (pending,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM messaging_outbox WHERE published_at IS NULL")
-                .fetch_one(pool)
-                .await
-                .expect("pending");
-        if pending == 0 {
-            return total;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox drained: {pending} left, {total:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let total = Mutex::new(outbox::Pass::default());
+    eventually_every(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "the outbox drained",
+        || async {
+            let pass = relay.relay_once().await.expect("relay pass");
+            let (pending,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM messaging_outbox WHERE published_at IS NULL")
+                    .fetch_one(pool)
+                    .await
+                    .expect("pending");
+            let mut total = total.lock().expect("total");
+            total.published += pass.published;
+            total.failed += pass.failed;
+            total.dead += pass.dead;
+            match pending {
+                0 => Ok(()),
+                left => Err(format!("{left} left, {:?}", *total)),
+            }
+        },
+    )
+    .await;
+    total.into_inner().expect("total")
 }
 
-async fn database() -> (SqlitePool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("service.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn database() -> (SqlitePool, TempData) {
+    let data = TempData::new();
+    let pool = data.pool("service").await;
     flotilla_messaging::migrate(&pool)
         .await
         .expect("migrations");
@@ -226,7 +217,7 @@ async fn database() -> (SqlitePool, tempfile::TempDir) {
     .execute(&pool)
     .await
     .expect("table");
-    (pool, dir)
+    (pool, data)
 }
 
 /// Records every message it applies; asks to retry the messages named in `fail_first` that
@@ -287,33 +278,46 @@ async fn produce(pool: &SqlitePool, count: i64, keys: i64) -> BTreeMap<String, V
 
 /// Waits until `pool` has `count` applied rows (at most 20 s); returns them per key in order.
 async fn applied(pool: &SqlitePool, count: usize) -> BTreeMap<String, Vec<i64>> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT key, n FROM applied ORDER BY seq")
-            .fetch_all(pool)
-            .await
-            .expect("rows");
-        if rows.len() >= count {
-            // A little longer: nothing more may arrive.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let again: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM applied")
+    let rows: Vec<(String, i64)> = eventually_every(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        "every effect applied",
+        || async {
+            let rows: Vec<(String, i64)> =
+                sqlx::query_as("SELECT key, n FROM applied ORDER BY seq")
+                    .fetch_all(pool)
+                    .await
+                    .expect("rows");
+            if rows.len() >= count {
+                Ok(rows)
+            } else {
+                Err(format!("{} of {count} applied", rows.len()))
+            }
+        },
+    )
+    .await;
+    // A little longer: nothing more may arrive.
+    holds_for(
+        Duration::from_millis(300),
+        "no effect applied twice",
+        || async {
+            let (again,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM applied")
                 .fetch_one(pool)
                 .await
                 .expect("count");
-            assert_eq!(again.0 as usize, count, "no effect applied twice");
-            let mut by_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-            for (key, n) in rows {
-                by_key.entry(key).or_default().push(n);
+            if again as usize == count {
+                Ok(())
+            } else {
+                Err(format!("{again} applied, not {count}"))
             }
-            return by_key;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {count} applied",
-            rows.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        },
+    )
+    .await;
+    let mut by_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (key, n) in rows {
+        by_key.entry(key).or_default().push(n);
     }
+    by_key
 }
 
 fn sorted(by_key: &BTreeMap<String, Vec<i64>>) -> Vec<i64> {

@@ -1,10 +1,10 @@
 //! `outbox::replay_dead_letters`: all or nothing, and in the letters' seq order.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use flotilla_messaging::outbox::{self, Relay, RelayConfig, Replay};
 use flotilla_messaging::{Deliveries, Message, Transport, TransportError};
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
 /// A transport that is always down.
@@ -25,14 +25,9 @@ impl Transport for Down {
 }
 
 /// A database whose outbox buried `count` messages of one key; returns them in enqueue order.
-async fn buried(count: usize) -> (SqlitePool, Vec<Message>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("service.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn buried(count: usize) -> (SqlitePool, Vec<Message>, TempData) {
+    let data = TempData::new();
+    let pool = data.pool("service").await;
     flotilla_messaging::migrate(&pool).await.expect("migrate");
     let messages: Vec<Message> = (0..count)
         .map(|n| Message::new("order.events", "Tested", "k", serde_json::json!({ "n": n })))
@@ -55,7 +50,7 @@ async fn buried(count: usize) -> (SqlitePool, Vec<Message>, tempfile::TempDir) {
         .await
         .expect("pass");
     assert_eq!(usize::try_from(pass.dead).expect("count"), count);
-    (pool, messages, dir)
+    (pool, messages, data)
 }
 
 /// The message ids of the pending outbox rows, in seq order.

@@ -2,10 +2,10 @@
 //! message's retry or failure never costs another its effect.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use flotilla_messaging::inbox::{ByTopic, Consumer, Handler, HandlerError, Processed};
 use flotilla_messaging::{Deliveries, Delivery, Message};
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
 /// Records each message's `n` in `effects`; asks for a retry of `n == retry`, and answers every
@@ -60,20 +60,15 @@ fn by_topic(recorder: Recorder) -> ByTopic<Recorder, Recorder> {
     ByTopic::new("payment.commands", never, recorder)
 }
 
-async fn database() -> (SqlitePool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("consumer.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn database() -> (SqlitePool, TempData) {
+    let data = TempData::new();
+    let pool = data.pool("consumer").await;
     flotilla_messaging::migrate(&pool).await.expect("migrate");
     sqlx::query("CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL)")
         .execute(&pool)
         .await
         .expect("effects table");
-    (pool, dir)
+    (pool, data)
 }
 
 async fn effects(pool: &SqlitePool) -> Vec<i64> {

@@ -3,7 +3,7 @@
 //!
 //! The server is `FLOTILLA_TEST_NATS_URL` (default `nats://127.0.0.1:4222`); each test uses a
 //! stream of its own. Under CI (`CI` set) an unreachable server fails the tests; elsewhere they
-//! skip with a message.
+//! skip, saying so in a `skipped:` line (`flotilla_testkit::NATS`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -13,46 +13,31 @@ use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, Processed};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
+use flotilla_testkit::{NATS, TempData};
 use serde_json::json;
 use sqlx::SqlitePool;
 
 async fn connect_nats() -> Option<Nats> {
-    let url =
-        std::env::var("FLOTILLA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let unique = uuid::Uuid::now_v7().simple().to_string();
-    let config = NatsConfig {
-        url: url.clone(),
-        stream: format!("TEST_{unique}"),
-        subject_prefix: format!("test{unique}"),
-        ack_wait: Duration::from_secs(2),
-        ..NatsConfig::default()
-    };
-    match Nats::connect(config).await {
-        Ok(nats) => Some(nats),
-        Err(error) if std::env::var_os("CI").is_some() => {
-            panic!("NATS at {url} is required in CI and unreachable: {error}")
-        }
-        Err(error) => {
-            eprintln!(
-                "skipping: NATS at {url} is unreachable ({error}); start it or set FLOTILLA_TEST_NATS_URL"
-            );
-            None
-        }
-    }
+    NATS.reach(|url| {
+        Nats::connect(NatsConfig {
+            url,
+            stream: format!("TEST_{unique}"),
+            subject_prefix: format!("test{unique}"),
+            ack_wait: Duration::from_secs(2),
+            ..NatsConfig::default()
+        })
+    })
+    .await
 }
 
-async fn database() -> (SqlitePool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("service.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn database() -> (SqlitePool, TempData) {
+    let data = TempData::new();
+    let pool = data.pool("service").await;
     flotilla_messaging::migrate(&pool)
         .await
         .expect("migrations");
-    (pool, dir)
+    (pool, data)
 }
 
 fn message(n: i64, key: &str) -> Message {

@@ -13,7 +13,8 @@
 //!
 //! The server is `FLOTILLA_TEST_NATS_URL` (default `nats://127.0.0.1:4222`). Without a server,
 //! or without the means to restart it (root, `start-stop-daemon`, one local
-//! `/usr/sbin/nats-server`), the test skips with a message; under CI (`CI` set) it fails.
+//! `/usr/sbin/nats-server`), the test skips, saying so in a `skipped:` line; under CI (`CI` set)
+//! it fails.
 //!
 //! ```sh
 //! cargo test -p flotilla-messaging --test nats_restart -- --nocapture
@@ -36,6 +37,7 @@ use flotilla_messaging::inbox::{Handler, HandlerError};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox;
 use flotilla_messaging::runtime::{AnyTransport, start_consumer, start_relay};
+use flotilla_testkit::{NATS, TempData, eventually, skip};
 use serde_json::json;
 use sqlx::SqlitePool;
 use tokio::sync::{Notify, watch};
@@ -64,17 +66,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 
 const SERVER: &str = "/usr/sbin/nats-server";
 
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some()
-}
-
-/// Skips the test with `reason` (`None`), or fails it under CI.
-fn unavailable<T>(reason: &str) -> Option<T> {
-    assert!(!in_ci(), "required in CI: {reason}");
-    eprintln!("skipping: {reason}");
-    None
-}
-
 /// The machine's NATS server, which this test may stop and start; started again when dropped
 /// while down, so that a failing test leaves it running.
 struct Server {
@@ -95,29 +86,29 @@ impl Server {
             .ok()
             .and_then(|mut addrs| addrs.next())
         else {
-            return unavailable(&format!("cannot resolve NATS address `{authority}`"));
+            return skip(&format!("cannot resolve NATS address `{authority}`"));
         };
         let root = std::fs::metadata("/proc/self").is_ok_and(|proc| proc.uid() == 0);
         if !root {
-            return unavailable("restarting nats-server needs root (start-stop-daemon)");
+            return skip("restarting nats-server needs root (start-stop-daemon)");
         }
         let Some(daemon) = ["/usr/sbin/start-stop-daemon", "/sbin/start-stop-daemon"]
             .into_iter()
             .map(PathBuf::from)
             .find(|path| path.exists())
         else {
-            return unavailable("start-stop-daemon is missing; cannot restart nats-server");
+            return skip("start-stop-daemon is missing; cannot restart nats-server");
         };
         let mut running = running_servers();
         let (args, cwd) = match running.len() {
             1 => running.remove(0),
             0 => {
-                return unavailable(&format!(
+                return skip(&format!(
                     "no {SERVER} process runs here; the NATS at {url} cannot be restarted"
                 ));
             }
             n => {
-                return unavailable(&format!(
+                return skip(&format!(
                     "{n} {SERVER} processes run here; stopping one would stop them all"
                 ));
             }
@@ -222,10 +213,6 @@ fn running_servers() -> Vec<(Vec<OsString>, PathBuf)> {
         .collect()
 }
 
-fn nats_url() -> String {
-    std::env::var("FLOTILLA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
 /// The transport on a stream of this test's own, and the stream's name.
 async fn connect_nats(url: &str) -> Option<(Nats, String)> {
     let unique = uuid::Uuid::now_v7().simple().to_string();
@@ -239,19 +226,12 @@ async fn connect_nats(url: &str) -> Option<(Nats, String)> {
     };
     match Nats::connect(config).await {
         Ok(nats) => Some((nats, stream)),
-        Err(error) => unavailable(&format!(
-            "NATS at {url} is unreachable ({error}); start it or set FLOTILLA_TEST_NATS_URL"
-        )),
+        Err(error) => NATS.unreachable(url, error),
     }
 }
 
-async fn database(dir: &Path, name: &str) -> SqlitePool {
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.join(name))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn database(data: &TempData, name: &str) -> SqlitePool {
+    let pool = data.pool(name).await;
     flotilla_messaging::migrate(&pool)
         .await
         .expect("migrations");
@@ -327,25 +307,9 @@ async fn count(pool: &SqlitePool, sql: &'static str) -> i64 {
     count
 }
 
-/// Waits (at most `patience`) until `done`, polling every 20 ms; panics with `what` and the
-/// state `describe` gives otherwise.
-async fn wait_until<F, D>(patience: Duration, what: &str, mut done: F, describe: D)
-where
-    F: AsyncFnMut() -> bool,
-    D: AsyncFnOnce() -> String,
-{
-    let deadline = tokio::time::Instant::now() + patience;
-    while !done().await {
-        if tokio::time::Instant::now() >= deadline {
-            panic!("{what} not within {patience:?}: {}", describe().await);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
-    let url = nats_url();
+    let url = NATS.url();
     let Some(mut server) = Server::controllable(&url) else {
         return;
     };
@@ -353,9 +317,9 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
         return;
     };
     let started = Instant::now();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let producer = database(dir.path(), "producer.db").await;
-    let consumer_db = database(dir.path(), "consumer.db").await;
+    let data = TempData::new();
+    let producer = database(&data, "producer").await;
+    let consumer_db = database(&data, "consumer").await;
     sqlx::query(
         "CREATE TABLE applied (message_id TEXT PRIMARY KEY, key TEXT NOT NULL, n INTEGER NOT NULL,
          applications INTEGER NOT NULL, position INTEGER NOT NULL UNIQUE)",
@@ -417,11 +381,15 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
 
     // Mid-run: the consumer has applied a tenth while the producer is still committing (it
     // takes at least half a second for its first thousand) and the relay publishing.
-    wait_until(
+    eventually(
         Duration::from_secs(30),
         "the consumer applying its first messages over NATS",
-        async || applied().await >= COUNT / 10,
-        async || format!("{} applied", applied().await),
+        || async {
+            match applied().await {
+                n if n >= COUNT / 10 => Ok(()),
+                n => Err(format!("{n} applied")),
+            }
+        },
     )
     .await;
     let stopping = Instant::now();
@@ -468,17 +436,18 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
 
     // Everything arrives, once.
     let restarted = Instant::now();
-    wait_until(
+    eventually(
         PATIENCE,
         "every message applied after the restart",
-        async || applied().await >= COUNT,
-        async || {
-            format!(
-                "{} of {COUNT} applied, {} unpublished, {} dead letters",
-                applied().await,
-                unpublished().await,
-                count(&producer, "SELECT COUNT(*) FROM messaging_dead_letters").await,
-            )
+        || async {
+            match applied().await {
+                n if n >= COUNT => Ok(()),
+                n => Err(format!(
+                    "{n} of {COUNT} applied, {} unpublished, {} dead letters",
+                    unpublished().await,
+                    count(&producer, "SELECT COUNT(*) FROM messaging_dead_letters").await,
+                )),
+            }
         },
     )
     .await;
@@ -491,18 +460,19 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
         .await
         .expect("stream");
     let durable = format!("{GROUP}-{}", TOPIC.replace('.', "_"));
-    let mut deliveries = 0;
-    wait_until(
+    let deliveries = eventually(
         Duration::from_secs(30),
         "the durable consumer acknowledging everything",
-        async || {
+        || async {
             let mut consumer: consumer::PullConsumer =
                 stream.get_consumer(&durable).await.expect("consumer");
             let info = consumer.info().await.expect("consumer info");
-            deliveries = info.delivered.consumer_sequence;
-            info.num_pending == 0 && info.num_ack_pending == 0
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                Ok(info.delivered.consumer_sequence)
+            } else {
+                Err("acknowledgements pending")
+            }
         },
-        async || "acknowledgements pending".to_string(),
     )
     .await;
     shutdown.cancel();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Deliveries, Message, Transport, TransportError};
+use flotilla_testkit::{TempData, wait_until};
 use sqlx::SqlitePool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,9 @@ impl Transport for Gate {
     }
 }
 
+/// How long each wait of the test may take.
+const PATIENCE: Duration = Duration::from_secs(10);
+
 async fn unpublished(pool: &SqlitePool, key: &str) -> i64 {
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM messaging_outbox WHERE published_at IS NULL AND key = $1",
@@ -51,22 +55,10 @@ async fn unpublished(pool: &SqlitePool, key: &str) -> i64 {
     .expect("count")
 }
 
-async fn until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !done().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_key_holds_up_only_its_own_messages() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("producer.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+    let data = TempData::new();
+    let pool = data.pool("producer").await;
     flotilla_messaging::migrate(&pool).await.expect("migrate");
     let gate = Arc::new(Gate {
         slow: Semaphore::new(0),
@@ -92,22 +84,29 @@ async fn a_slow_key_holds_up_only_its_own_messages() {
         enqueue("fast", n).await;
         enqueue(&format!("other-{n}"), n).await;
     }
-    until("the other keys are published and marked", async || {
-        unpublished(&pool, "fast").await == 0 && unpublished(&pool, "other-5").await == 0
-    })
+    wait_until(
+        PATIENCE,
+        "the other keys are published and marked",
+        || async {
+            unpublished(&pool, "fast").await == 0 && unpublished(&pool, "other-5").await == 0
+        },
+    )
     .await;
     assert_eq!(unpublished(&pool, "slow").await, 2, "the slow key waits");
     // A message enqueued now, behind the slow one, goes too.
     enqueue("late", 1).await;
-    until(
+    wait_until(
+        PATIENCE,
         "a message enqueued later overtakes the slow key",
-        async || unpublished(&pool, "late").await == 0,
+        || async { unpublished(&pool, "late").await == 0 },
     )
     .await;
     gate.slow.add_permits(2);
-    until("the slow key's messages are published", async || {
-        unpublished(&pool, "slow").await == 0
-    })
+    wait_until(
+        PATIENCE,
+        "the slow key's messages are published",
+        || async { unpublished(&pool, "slow").await == 0 },
+    )
     .await;
     shutdown.cancel();
     let published = gate

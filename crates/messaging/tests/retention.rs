@@ -8,15 +8,12 @@ use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, Processed};
 use flotilla_messaging::outbox;
 use flotilla_messaging::retention::{self, Pruned, Retention};
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 use time::OffsetDateTime;
 
-async fn database(dir: &tempfile::TempDir) -> SqlitePool {
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("service.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+async fn database(data: &TempData) -> SqlitePool {
+    let pool = data.pool("service").await;
     flotilla_messaging::migrate(&pool).await.expect("migrate");
     pool
 }
@@ -36,8 +33,8 @@ async fn outbox_seqs(pool: &SqlitePool) -> Vec<i64> {
 
 #[tokio::test]
 async fn published_rows_are_pruned_after_their_window_in_order_and_pending_ones_never() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let pool = database(&dir).await;
+    let data = TempData::new();
+    let pool = database(&data).await;
     let now = OffsetDateTime::now_utc();
     for n in 0..6 {
         let mut tx = pool.begin().await.expect("begin");
@@ -113,8 +110,8 @@ async fn published_rows_are_pruned_after_their_window_in_order_and_pending_ones_
 
 #[tokio::test]
 async fn many_published_rows_are_pruned_in_several_transactions() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let pool = database(&dir).await;
+    let data = TempData::new();
+    let pool = database(&data).await;
     let rows = retention::PRUNED_AT_ONCE * 2 + 17;
     let mut tx = pool.begin().await.expect("begin");
     flotilla_sqlite::direct(&mut tx, |db| {
@@ -162,8 +159,8 @@ fn message_made_at(at: OffsetDateTime) -> Message {
 
 #[tokio::test]
 async fn inbox_ids_are_pruned_once_both_made_and_processed_before_the_window() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let pool = database(&dir).await;
+    let data = TempData::new();
+    let pool = database(&data).await;
     let consumer = Consumer::new("tests", pool.clone(), Counting);
     let now = OffsetDateTime::now_utc();
     let week = 7 * 24 * HOUR;

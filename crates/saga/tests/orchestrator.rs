@@ -7,6 +7,7 @@ use flotilla_contracts::{refused, succeeded};
 use flotilla_kit::clock::Clock;
 use flotilla_messaging::{Message, outbox};
 use flotilla_saga::{Command, Error, Handled, Orchestrator, Saga, Status, Step, Transition};
+use flotilla_testkit::TempData;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
@@ -180,9 +181,9 @@ impl Saga for TripSaga {
 struct World {
     pool: SqlitePool,
     trips: Orchestrator<TripSaga>,
+    _data: TempData,
     /// The orchestrators' clock: tests move it past a step's timeout instead of sleeping.
     clock: Clock,
-    _dir: tempfile::TempDir,
 }
 
 async fn world() -> World {
@@ -190,13 +191,8 @@ async fn world() -> World {
 }
 
 async fn world_with(saga: TripSaga) -> World {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(dir.path().join("orchestrator.db"))
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePool::connect_with(options).await.expect("sqlite");
+    let data = TempData::new();
+    let pool = data.pool("orchestrator").await;
     flotilla_messaging::migrate(&pool)
         .await
         .expect("messaging tables");
@@ -210,7 +206,7 @@ async fn world_with(saga: TripSaga) -> World {
         trips: Orchestrator::new(saga, pool.clone()).with_clock(clock.clone()),
         clock,
         pool,
-        _dir: dir,
+        _data: data,
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use flotilla_sqlite::{CATCH_UP_FRAMES, LOG_SIZE_LIMIT, sqlx_error};
+use flotilla_testkit::eventually;
 
 /// Threads of this process named as the checkpoint threads are.
 fn checkpoint_threads() -> usize {
@@ -22,18 +23,17 @@ fn checkpoint_threads() -> usize {
         .unwrap_or(0)
 }
 
-/// The checkpoint threads once there are `expected` of them, or after 5 s: a thread is named
-/// by itself once it runs (std names a spawned thread from inside it), so right after `open`
-/// (or the pool's close) the count may not have caught up yet.
-async fn checkpoint_threads_once(expected: usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let now = checkpoint_threads();
-        if now == expected || Instant::now() >= deadline {
-            return now;
+/// Waits (5 s at most) until there are `expected` checkpoint threads: a thread is named by
+/// itself once it runs (std names a spawned thread from inside it), so right after `open` (or
+/// the pool's close) the count may not have caught up yet.
+async fn checkpoint_threads_become(expected: usize, what: &str) {
+    eventually(Duration::from_secs(5), what, || async {
+        match checkpoint_threads() {
+            now if now == expected => Ok(()),
+            now => Err(format!("{now} checkpoint threads, not {expected}")),
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await;
 }
 
 fn size(path: &Path) -> u64 {
@@ -62,11 +62,7 @@ async fn the_log_is_checkpointed_off_the_writer_and_starts_over_under_continuous
         .await
         .expect("open")
         .ready();
-    assert_eq!(
-        checkpoint_threads_once(before + 1).await,
-        before + 1,
-        "one checkpoint thread per database"
-    );
+    checkpoint_threads_become(before + 1, "one checkpoint thread per database").await;
 
     // Neither of the process's connections checkpoints in its commits.
     let (sqlx_side,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint")
@@ -124,9 +120,5 @@ async fn the_log_is_checkpointed_off_the_writer_and_starts_over_under_continuous
 
     // The thread goes with the pool.
     pool.close().await;
-    assert_eq!(
-        checkpoint_threads_once(before).await,
-        before,
-        "the checkpoint thread stopped"
-    );
+    checkpoint_threads_become(before, "the checkpoint thread stopped").await;
 }

@@ -1,5 +1,6 @@
 //! A JetStream stream of a test's own on the machine's NATS server (`FLOTILLA_TEST_NATS_URL`,
-//! by default `nats://127.0.0.1:4222`): required in CI, skipped elsewhere when unreachable.
+//! by default `nats://127.0.0.1:4222`): required in CI; elsewhere, when unreachable, the test skips
+//! saying so in a `skipped:` line (`flotilla_testkit::NATS`).
 
 /// A connection to the test NATS server.
 pub struct NatsStream {
@@ -21,18 +22,12 @@ pub struct StreamSettings {
 impl NatsStream {
     /// Connects; `None` (the test skips, saying so) when no server answers outside CI.
     pub async fn open() -> Option<Self> {
-        let url = std::env::var("FLOTILLA_TEST_NATS_URL")
-            .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-        match async_nats::connect(url.as_str()).await {
-            Ok(client) => Some(Self { url, client }),
-            Err(error) if std::env::var_os("CI").is_some() => {
-                panic!("NATS at {url} is required in CI and unreachable: {error}")
-            }
-            Err(error) => {
-                eprintln!("skipping: NATS at {url} is unreachable ({error})");
-                None
-            }
-        }
+        flotilla_testkit::NATS
+            .reach(|url| async move {
+                let client = async_nats::connect(url.as_str()).await?;
+                Ok::<_, async_nats::ConnectError>(Self { url, client })
+            })
+            .await
     }
 
     /// A new stream name (`PREFIX_TAG_UNIQUE`) and subject prefix (`subjects` + unique).

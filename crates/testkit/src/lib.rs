@@ -1,14 +1,20 @@
 //! What the workspace's tests share, so that no test file copies it: bounded waits for a
 //! condition ([`eventually`], [`wait_until`], [`eventually_blocking`]) or
-//! for a condition to stay true ([`holds_for`]), and temporary data
-//! directories with their SQLite databases and settings ([`TempData`]).
+//! for a condition to stay true ([`holds_for`]); temporary data directories with their SQLite
+//! databases and settings ([`TempData`]); the servers some tests need ([`POSTGRES`], [`NATS`]),
+//! with the one way a test skips, saying so, when a server is missing ([`skip`]); and a
+//! PostgreSQL schema of a test's own ([`postgres_schema`]).
 //!
 //! For tests only: a dev-dependency of the crates, and a dependency of the system-test crate
 //! (itself only tests); no library or binary that ships depends on it. It knows no service
 //! and no wire format; fakes of a service belong to that service's tests.
 
 mod data;
+mod postgres;
+mod servers;
 mod wait;
 
 pub use data::TempData;
+pub use postgres::{PgSchema, postgres_schema};
+pub use servers::{NATS, POSTGRES, Server, in_ci, skip};
 pub use wait::{POLL, eventually, eventually_blocking, eventually_every, holds_for, wait_until};

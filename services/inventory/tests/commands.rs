@@ -3,21 +3,15 @@
 
 use flotilla_contracts::{Command, Line, ReleaseStock, ReserveStock};
 use flotilla_inventory::commands::StockCommands;
-use flotilla_kit::ServerSettings;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
-async fn database() -> (SqlitePool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = ServerSettings {
-        data_dir: dir.path().to_owned(),
-        ..ServerSettings::default()
-    };
-    (
-        flotilla_inventory::open(&settings).await.expect("database"),
-        dir,
-    )
+async fn database() -> (SqlitePool, TempData) {
+    let data = TempData::new();
+    let pool = flotilla_inventory::open(&data.settings()).await;
+    (pool.expect("database"), data)
 }
 
 fn command<C: Command>(command: &C) -> Message {

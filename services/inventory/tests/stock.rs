@@ -4,17 +4,13 @@
 use std::sync::Arc;
 
 use flotilla_inventory::stock::{self, Change, Line, Reservation};
-use flotilla_kit::ServerSettings;
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
-async fn database() -> (SqlitePool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = ServerSettings {
-        data_dir: dir.path().to_owned(),
-        ..ServerSettings::default()
-    };
-    let pool = flotilla_inventory::open(&settings).await.expect("database");
-    (pool, dir)
+async fn database() -> (SqlitePool, TempData) {
+    let data = TempData::new();
+    let pool = flotilla_inventory::open(&data.settings()).await;
+    (pool.expect("database"), data)
 }
 
 fn line(sku: &str, quantity: i64) -> Line {

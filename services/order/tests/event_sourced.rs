@@ -13,6 +13,7 @@ use flotilla_order::{
     Context, Database, Order, OrderError, OrderLine, OrderView, Placed, Placement, Sagas, Status,
     domain::Address,
 };
+use flotilla_testkit::TempData;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -30,13 +31,13 @@ struct Service {
     sagas: Sagas,
     db: Database,
     router: axum::Router,
-    _dir: tempfile::TempDir,
+    _data: TempData,
 }
 
 async fn service() -> Service {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let data = TempData::new();
     let mut config = flotilla_order::Config::default();
-    config.service.instance.server.data_dir = dir.path().to_owned();
+    config.service.instance.server = data.settings();
     let sagas = flotilla_order::open(&config).await.expect("database");
     let db = sagas.db.clone();
     let router = flotilla_order::routes(Context {
@@ -50,7 +51,7 @@ async fn service() -> Service {
         sagas,
         db,
         router,
-        _dir: dir,
+        _data: data,
     }
 }
 
@@ -193,7 +194,7 @@ fn fixture() -> (Value, String, Vec<NewEvent>) {
 
 #[tokio::test]
 async fn the_v1_fixture_reads_as_the_current_schema_on_postgresql_too() {
-    let Some(schema) = flotilla_eventstore::testing::postgres_schema().await else {
+    let Some(schema) = flotilla_testkit::postgres_schema().await else {
         return;
     };
     let events = flotilla_eventstore::EventStore::postgres(schema.pool.clone(), store::options())

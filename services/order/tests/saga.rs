@@ -12,6 +12,7 @@ use flotilla_order::SagaStyle;
 use flotilla_order::domain::Address;
 use flotilla_order::{Cancellation, Order, OrderLine, Status};
 use flotilla_order::{Cancelling, Placed, Placement, Sagas};
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
 struct System {
@@ -24,13 +25,13 @@ struct System {
     stock: Consumer<flotilla_inventory::Participant>,
     payments: Consumer<flotilla_payment::Participant>,
     shipments: Consumer<flotilla_shipping::Participant>,
-    _dir: tempfile::TempDir,
+    _data: TempData,
 }
 
 async fn system(style: SagaStyle) -> System {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let data = TempData::new();
     let mut config = flotilla_order::Config::default();
-    config.service.instance.server.data_dir = dir.path().to_owned();
+    config.service.instance.server = data.settings();
     let settings = config.service.instance.server.clone();
     let order = flotilla_order::open(&config).await.expect("order db");
     let inventory = flotilla_inventory::open(&settings)
@@ -62,7 +63,7 @@ async fn system(style: SagaStyle) -> System {
         inventory,
         payment,
         shipping,
-        _dir: dir,
+        _data: data,
     }
 }
 

@@ -2,22 +2,16 @@
 //! refusals, and a redelivered command applied once.
 
 use flotilla_contracts::{AuthorizePayment, CapturePayment, Command, RefundPayment, VoidPayment};
-use flotilla_kit::ServerSettings;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use flotilla_payment::commands::PaymentCommands;
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
-async fn database() -> (SqlitePool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = ServerSettings {
-        data_dir: dir.path().to_owned(),
-        ..ServerSettings::default()
-    };
-    (
-        flotilla_payment::open(&settings).await.expect("database"),
-        dir,
-    )
+async fn database() -> (SqlitePool, TempData) {
+    let data = TempData::new();
+    let pool = flotilla_payment::open(&data.settings()).await;
+    (pool.expect("database"), data)
 }
 
 fn command<C: Command>(command: &C) -> Message {

@@ -2,26 +2,25 @@
 //! moves, refusals that stay refused, the credit limit under concurrent authorizations, and the
 //! invariant check finding damage done by hand.
 
-use flotilla_kit::ServerSettings;
 use flotilla_payment::Account;
 use flotilla_payment::ledger::{
     self, Authorization, LedgerError, Operation, PaymentStatus, Settled,
 };
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
 struct Db {
     pool: SqlitePool,
-    _dir: tempfile::TempDir,
+    _data: TempData,
 }
 
 async fn db() -> Db {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = ServerSettings {
-        data_dir: dir.path().to_owned(),
-        ..ServerSettings::default()
-    };
-    let pool = flotilla_payment::open(&settings).await.expect("database");
-    Db { pool, _dir: dir }
+    let data = TempData::new();
+    let pool = flotilla_payment::open(&data.settings()).await;
+    Db {
+        pool: pool.expect("database"),
+        _data: data,
+    }
 }
 
 impl Db {

@@ -2,23 +2,17 @@
 
 use std::sync::Arc;
 
-use flotilla_kit::ServerSettings;
 use flotilla_shipping::carrier::{
     self, CANCELLED_BEFORE_SCHEDULING, CancelError, Cancellation, Destination, Scheduling,
 };
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
-use tempfile::TempDir;
 use tokio::sync::Barrier;
 
-async fn open() -> (TempDir, SqlitePool) {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let pool = flotilla_shipping::open(&ServerSettings {
-        data_dir: dir.path().to_path_buf(),
-        ..ServerSettings::default()
-    })
-    .await
-    .expect("the shipping database opens");
-    (dir, pool)
+async fn open() -> (TempData, SqlitePool) {
+    let data = TempData::new();
+    let pool = flotilla_shipping::open(&data.settings()).await;
+    (data, pool.expect("the shipping database opens"))
 }
 
 fn to(country: &str) -> Destination {

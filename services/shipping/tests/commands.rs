@@ -2,23 +2,17 @@
 //! refusals, and a redelivered command applied once.
 
 use flotilla_contracts::{CancelShipment, Command, Destination, ScheduleShipment};
-use flotilla_kit::ServerSettings;
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use flotilla_shipping::carrier::CANCELLED_BEFORE_SCHEDULING;
 use flotilla_shipping::commands::ShippingCommands;
+use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
 
-async fn database() -> (SqlitePool, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let settings = ServerSettings {
-        data_dir: dir.path().to_owned(),
-        ..ServerSettings::default()
-    };
-    (
-        flotilla_shipping::open(&settings).await.expect("database"),
-        dir,
-    )
+async fn database() -> (SqlitePool, TempData) {
+    let data = TempData::new();
+    let pool = flotilla_shipping::open(&data.settings()).await;
+    (pool.expect("database"), data)
 }
 
 fn command<C: Command>(command: &C) -> Message {

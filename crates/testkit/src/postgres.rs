@@ -1,19 +1,12 @@
-//! Support for tests and benchmarks that need a PostgreSQL database of their own.
+//! A PostgreSQL schema of a test's or a benchmark's own on the machine's server
+//! ([`POSTGRES`](crate::POSTGRES)), dropped by [`PgSchema::drop_schema`].
 //!
-//! The server is `FLOTILLA_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`).
-//! Each [`PgSchema`] is a fresh schema, dropped by [`PgSchema::drop_schema`]. When the server
-//! cannot be reached, [`postgres_schema`] fails under CI (the variable `CI` is set), so that CI
-//! never silently skips, and elsewhere answers `None` after saying why on stderr.
+//! When the server cannot be reached, [`postgres_schema`] fails under CI and elsewhere skips
+//! (see [`skip`](crate::skip)).
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-/// The default test server.
-pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
-/// The test server's URL.
-pub fn postgres_url() -> String {
-    std::env::var("FLOTILLA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
-}
+use crate::POSTGRES;
 
 /// A schema of its own on the test server, and a pool whose `search_path` is that schema.
 #[derive(Debug)]
@@ -40,16 +33,19 @@ impl PgSchema {
     }
 }
 
-/// A fresh schema on the test server; `None` (with a message) when the server is unreachable
+/// A fresh schema on the test server; `None` (saying so) when the server is unreachable
 /// outside CI.
 ///
 /// # Panics
 /// When the server is unreachable and `CI` is set, or the schema cannot be created.
 pub async fn postgres_schema() -> Option<PgSchema> {
-    let url = postgres_url();
+    let url = POSTGRES.url();
     let options: PgConnectOptions = match url.parse() {
         Ok(options) => options,
-        Err(error) => panic!("FLOTILLA_TEST_POSTGRES_URL `{url}` is not a PostgreSQL URL: {error}"),
+        Err(error) => panic!(
+            "{} `{url}` is not a PostgreSQL URL: {error}",
+            POSTGRES.variable
+        ),
     };
     let admin = match PgPoolOptions::new()
         .max_connections(1)
@@ -58,15 +54,7 @@ pub async fn postgres_schema() -> Option<PgSchema> {
         .await
     {
         Ok(pool) => pool,
-        Err(error) if std::env::var_os("CI").is_some() => {
-            panic!("PostgreSQL at {url} is required in CI and unreachable: {error}")
-        }
-        Err(error) => {
-            eprintln!(
-                "skipping: PostgreSQL at {url} is unreachable ({error}); start it or set FLOTILLA_TEST_POSTGRES_URL"
-            );
-            return None;
-        }
+        Err(error) => return POSTGRES.unreachable(&url, error),
     };
     let schema = format!("flotilla_test_{}", uuid::Uuid::now_v7().simple());
     let create = format!("CREATE SCHEMA {schema}");
