@@ -165,3 +165,47 @@ async fn open<T: DeserializeOwned>(
         .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
     Ok(opening.ready())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_seed_is_written_once_before_the_messaging_tables() {
+        let data = flotilla_testkit::TempData::new();
+        let schema = data.path().join("migrations");
+        std::fs::create_dir(&schema).expect("migrations dir");
+        std::fs::write(
+            schema.join("0001_numbers.sql"),
+            "CREATE TABLE numbers (n INTEGER NOT NULL) STRICT;",
+        )
+        .expect("migration");
+        let migrations = Migrator::new(schema).await.expect("migrator");
+        let seed = Seed::<i64> {
+            table: "numbers",
+            rows: "[1, 2, 3]",
+            insert: |db, n| {
+                flotilla_sqlite::execute(db, "INSERT INTO numbers (n) VALUES ($1)", &[n])
+            },
+        };
+        let path = data.path().join("participant.db");
+        for _ in 0..2 {
+            let pool = open(&path, &migrations, &seed).await.expect("open");
+            let (count, sum): (i64, i64) = sqlx::query_as("SELECT COUNT(*), SUM(n) FROM numbers")
+                .fetch_one(&pool)
+                .await
+                .expect("numbers");
+            assert_eq!(
+                (count, sum),
+                (3, 6),
+                "seeded once, not again at the next start"
+            );
+            let (outbox,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messaging_outbox")
+                .fetch_one(&pool)
+                .await
+                .expect("the messaging tables");
+            assert_eq!(outbox, 0);
+            pool.close().await;
+        }
+    }
+}
