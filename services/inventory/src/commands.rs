@@ -7,6 +7,7 @@ use flotilla_contracts::{
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_sqlite::Connection;
 
 use crate::stock::{self, Change, Line, Reservation};
 
@@ -25,11 +26,7 @@ fn settled(command: &Message, change: &Change) -> Option<Message> {
 
 impl Handler for StockCommands {
     // A group of commands runs on the borrowed handle in one round trip.
-    fn handle(
-        &self,
-        tx: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
         let reply = if let Some(command) = read::<ReserveStock>(message)? {
             let lines: Vec<Line> = command
                 .lines

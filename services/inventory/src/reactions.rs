@@ -17,6 +17,7 @@ use flotilla_contracts::{
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_sqlite::Connection;
 
 use crate::stock::{self, Change, Line, Reservation};
 
@@ -37,11 +38,7 @@ fn settled(message: &Message, change: &Change, fact: Message) -> Result<Message,
 
 impl Handler for StockReactions {
     // A group of facts runs on the borrowed handle in one round trip.
-    fn handle(
-        &self,
-        tx: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
         let fact = if let Some(fact) = read::<OrderCreated>(message)? {
             let order = fact.order;
             let lines: Vec<Line> = order

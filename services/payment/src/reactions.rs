@@ -17,6 +17,7 @@ use flotilla_contracts::{
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_sqlite::Connection;
 
 use crate::ledger::{self, Authorization, LedgerError, Settled};
 
@@ -43,11 +44,7 @@ fn settled(
 
 impl Handler for PaymentReactions {
     // A group runs on the borrowed handle in one round trip.
-    fn handle(
-        &self,
-        tx: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
         let fact = if let Some(fact) = read::<StockReserved>(message)? {
             let order = fact.order;
             let id = order.order_id.clone();

@@ -16,6 +16,7 @@ use flotilla_contracts::{
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_sqlite::Connection;
 
 use crate::carrier::{self, CancelError, Scheduling};
 
@@ -25,11 +26,7 @@ pub struct ShippingReactions;
 
 impl Handler for ShippingReactions {
     // A group runs on the borrowed handle in one round trip.
-    fn handle(
-        &self,
-        tx: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
         let fact = if let Some(fact) = read::<PaymentAuthorized>(message)? {
             let order = fact.order;
             let id = order.order_id;
