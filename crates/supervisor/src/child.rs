@@ -80,7 +80,11 @@ impl Slot {
 
     fn args(&self) -> Vec<String> {
         let mut args = vec!["run".to_owned(), self.role.name().to_owned()];
-        if let Some(listen) = self.live().first.or(self.listen) {
+        // Only a child started on a given address (the registry, the gateway) binds its first
+        // address again; a restarted service takes a new port, as a new instance under a new
+        // id, and the prober takes the dead one's address out of rotation.
+        if let Some(listen) = self.listen {
+            let listen = self.live().first.unwrap_or(listen);
             args.extend(["--listen".to_owned(), listen.to_string()]);
         }
         args
