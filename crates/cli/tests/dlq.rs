@@ -108,6 +108,14 @@ async fn dlq(data_dir: &Path, args: &[&str]) -> Output {
         .expect("run flotilla")
 }
 
+/// Runs `flotilla dlq ARGS` on `data_dir`, asserts that it succeeded (showing its stderr if
+/// not), and returns what it printed on stdout.
+async fn dlq_ok(data_dir: &Path, args: &[&str]) -> String {
+    let output = dlq(data_dir, args).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -189,16 +197,14 @@ async fn replay_puts_the_dead_letters_back_in_the_outbox_pending_again() {
     }
 
     let (first, third) = (seqs[0].to_string(), seqs[2].to_string());
-    let output = dlq(
+    let said = dlq_ok(
         dir.path(),
         &["replay", "--service", "payment", &first, &third],
     )
     .await;
-    assert!(output.status.success(), "{}", stderr(&output));
     assert!(
-        stdout(&output).contains("replayed 2 dead letter(s) of payment"),
-        "{}",
-        stdout(&output)
+        said.contains("replayed 2 dead letter(s) of payment"),
+        "{said}"
     );
     let left = outbox::dead_letters(&payment).await.expect("dead letters");
     assert_eq!(
@@ -214,12 +220,10 @@ async fn replay_puts_the_dead_letters_back_in_the_outbox_pending_again() {
     }
     assert_eq!(outbox_row(&payment, &messages[1]).await, None);
 
-    let output = dlq(dir.path(), &["replay", "--service", "payment", "--all"]).await;
-    assert!(output.status.success(), "{}", stderr(&output));
+    let said = dlq_ok(dir.path(), &["replay", "--service", "payment", "--all"]).await;
     assert!(
-        stdout(&output).contains("replayed 1 dead letter(s) of payment"),
-        "{}",
-        stdout(&output)
+        said.contains("replayed 1 dead letter(s) of payment"),
+        "{said}"
     );
     assert!(
         outbox::dead_letters(&payment)
@@ -232,13 +236,8 @@ async fn replay_puts_the_dead_letters_back_in_the_outbox_pending_again() {
     }
 
     // Nothing left: fine, and said.
-    let output = dlq(dir.path(), &["replay", "--service", "payment", "--all"]).await;
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert!(
-        stdout(&output).contains("nothing replayed"),
-        "{}",
-        stdout(&output)
-    );
+    let said = dlq_ok(dir.path(), &["replay", "--service", "payment", "--all"]).await;
+    assert!(said.contains("nothing replayed"), "{said}");
 }
 
 #[tokio::test]

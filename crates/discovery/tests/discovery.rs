@@ -1,75 +1,28 @@
 //! The discovery client against a real registry on loopback.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use flotilla_discovery::{Discovery, Registration, Spec};
-use flotilla_registry::RegistrySettings;
-use flotilla_testkit::wait_until;
+use flotilla_discovery::Discovery;
+use flotilla_testkit::{
+    dead_address, register_instance, serve_instance, start_registry, wait_until,
+};
 use http::{HeaderMap, Method, StatusCode};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 async fn registry(shutdown: &CancellationToken) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
     // Probes are slowed down so that they cannot take the dead instance out of rotation in the
     // middle of a test: failover, not the prober, is under test here.
-    let config = flotilla_registry::server::Config {
-        registry: RegistrySettings {
-            probe_interval_ms: 60_000,
-            ..RegistrySettings::default()
-        },
-        ..Default::default()
-    };
-    tokio::spawn(flotilla_registry::server::run(
-        config,
-        listener,
-        shutdown.clone(),
-    ));
-    url
+    start_registry(60_000, shutdown).await
 }
 
 /// An instance answering `GET /who` with its name.
 async fn instance(name: &'static str) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
-    let router = Router::new()
-        .route("/who", get(move || async move { name }))
-        .route("/readyz", get(|| async { "ok" }));
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    address
-}
-
-/// An address on which nothing listens: connections are refused.
-async fn dead_address() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr").to_string()
-}
-
-async fn register(
-    registry: &str,
-    service: &str,
-    address: &str,
-    shutdown: &CancellationToken,
-) -> Registration {
-    Registration::start(
-        Spec {
-            registry,
-            service,
-            address,
-            metadata: BTreeMap::new(),
-            heartbeat: Duration::from_millis(500),
-            ttl: Duration::from_millis(1_500),
-        },
-        &flotilla_kit::Health::new(),
-        shutdown,
-    )
-    .await
-    .expect("registered")
+    let router = Router::new().route("/who", get(move || async move { name }));
+    serve_instance(router).await
 }
 
 async fn who(
@@ -95,8 +48,8 @@ async fn calls_fail_over_from_a_dead_instance_to_a_live_one() {
     let registry = registry(&shutdown).await;
     let live = instance("live").await;
     let dead = dead_address().await;
-    let _live = register(&registry, "inventory", &live, &shutdown).await;
-    let _dead = register(&registry, "inventory", &dead, &shutdown).await;
+    let _live = register_instance(&registry, "inventory", &live, &shutdown).await;
+    let _dead = register_instance(&registry, "inventory", &dead, &shutdown).await;
 
     let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
     assert_eq!(discovery.instances("inventory").await.len(), 2);
@@ -122,8 +75,8 @@ async fn round_robin_spreads_calls_over_instances() {
     let registry = registry(&shutdown).await;
     let a = instance("a").await;
     let b = instance("b").await;
-    let _a = register(&registry, "payment", &a, &shutdown).await;
-    let _b = register(&registry, "payment", &b, &shutdown).await;
+    let _a = register_instance(&registry, "payment", &a, &shutdown).await;
+    let _b = register_instance(&registry, "payment", &b, &shutdown).await;
     let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..10 {
@@ -155,7 +108,7 @@ async fn the_cache_learns_of_changes_through_the_watch_in_well_under_a_second() 
 
     let address = instance("s").await;
     let started = Instant::now();
-    let registration = register(&registry, "shipping", &address, &shutdown).await;
+    let registration = register_instance(&registry, "shipping", &address, &shutdown).await;
     wait_until(Duration::from_secs(5), "shipping learned", || async {
         discovery.instances("shipping").await.len() == 1
     })
@@ -190,26 +143,21 @@ async fn the_fixed_table_provider_works_without_a_registry() {
 
 /// An instance answering `/who` with 503 for its first `failures` calls, then 200.
 async fn failing_instance(failures: u32) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let router = Router::new()
-        .route(
-            "/who",
-            get(move || {
-                let calls = calls.clone();
-                async move {
-                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
-                        (StatusCode::SERVICE_UNAVAILABLE, "down")
-                    } else {
-                        (StatusCode::OK, "up")
-                    }
+    let router = Router::new().route(
+        "/who",
+        get(move || {
+            let calls = calls.clone();
+            async move {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < failures {
+                    (StatusCode::SERVICE_UNAVAILABLE, "down")
+                } else {
+                    (StatusCode::OK, "up")
                 }
-            }),
-        )
-        .route("/readyz", get(|| async { "ok" }));
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    address
+            }
+        }),
+    );
+    serve_instance(router).await
 }
 
 #[tokio::test]
@@ -220,9 +168,9 @@ async fn with_resilience_calls_are_retried_and_a_failing_service_trips_its_break
     let shutdown = CancellationToken::new();
     let registry = registry(&shutdown).await;
     let flaky = failing_instance(1).await;
-    let _flaky = register(&registry, "inventory", &flaky, &shutdown).await;
+    let _flaky = register_instance(&registry, "inventory", &flaky, &shutdown).await;
     let broken = failing_instance(u32::MAX).await;
-    let _broken = register(&registry, "payment", &broken, &shutdown).await;
+    let _broken = register_instance(&registry, "payment", &broken, &shutdown).await;
     let breaker = BreakerConfig {
         window: Window::Count { calls: 4 },
         minimum_calls: 4,

@@ -1,17 +1,18 @@
 //! The gateway in front of real upstreams on loopback, found through a real registry.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use bytes::Bytes;
-use flotilla_discovery::{Registration, Spec};
+use flotilla_discovery::Registration;
 use flotilla_gateway::{Config, GatewaySettings};
-use flotilla_registry::RegistrySettings;
+use flotilla_testkit::{
+    body_bytes, dead_address, register_instance, serve_instance, start_registry,
+};
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
@@ -21,6 +22,19 @@ struct Harness {
     gateway: String,
     registry: String,
     shutdown: CancellationToken,
+}
+
+impl Harness {
+    /// `GET path` through the gateway, with no headers of the test's own.
+    async fn get(&self, path: &str) -> (StatusCode, HeaderMap, serde_json::Value) {
+        call(
+            Method::GET,
+            &format!("{}{path}", self.gateway),
+            &[],
+            Vec::new(),
+        )
+        .await
+    }
 }
 
 impl Drop for Harness {
@@ -38,21 +52,8 @@ async fn harness(request_timeout_ms: u64) -> Harness {
 /// A registry and a gateway with `config` (its registry URL is filled in).
 async fn harness_with(mut config: Config) -> Harness {
     let shutdown = CancellationToken::new();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let registry = format!("http://{}", listener.local_addr().expect("addr"));
     // Slow probes: what is under test is the gateway's own handling of dead instances.
-    let registry_config = flotilla_registry::server::Config {
-        registry: RegistrySettings {
-            probe_interval_ms: 60_000,
-            ..RegistrySettings::default()
-        },
-        ..Default::default()
-    };
-    tokio::spawn(flotilla_registry::server::run(
-        registry_config,
-        listener,
-        shutdown.clone(),
-    ));
+    let registry = start_registry(60_000, &shutdown).await;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));
@@ -67,8 +68,6 @@ async fn harness_with(mut config: Config) -> Harness {
 
 /// An upstream that echoes what it received, and sleeps on `/v1/orders/slow`.
 async fn upstream() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
     let router = Router::new()
         .route(
             "/v1/orders/echo",
@@ -101,17 +100,13 @@ async fn upstream() -> String {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 "late"
             }),
-        )
-        .route("/readyz", get(|| async { "ok" }));
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    address
+        );
+    serve_instance(router).await
 }
 
 /// An upstream whose `/v1/orders/flaky` fails with 503 every other call (first call included),
 /// for GET and POST alike; `calls` counts them.
 async fn flaky_upstream(calls: std::sync::Arc<std::sync::atomic::AtomicU32>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
     let flaky = move || {
         let calls = calls.clone();
         async move {
@@ -123,28 +118,12 @@ async fn flaky_upstream(calls: std::sync::Arc<std::sync::atomic::AtomicU32>) -> 
             }
         }
     };
-    let router = Router::new()
-        .route("/v1/orders/flaky", get(flaky.clone()).post(flaky))
-        .route("/readyz", get(|| async { "ok" }));
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    address
+    let router = Router::new().route("/v1/orders/flaky", get(flaky.clone()).post(flaky));
+    serve_instance(router).await
 }
 
 async fn register(harness: &Harness, service: &str, address: &str) -> Registration {
-    Registration::start(
-        Spec {
-            registry: &harness.registry,
-            service,
-            address,
-            metadata: BTreeMap::new(),
-            heartbeat: Duration::from_millis(500),
-            ttl: Duration::from_millis(1_500),
-        },
-        &flotilla_kit::Health::new(),
-        &harness.shutdown,
-    )
-    .await
-    .expect("registered")
+    register_instance(&harness.registry, service, address, &harness.shutdown).await
 }
 
 async fn call(
@@ -164,12 +143,7 @@ async fn call(
         if let Ok(response) = client.request(request).await {
             let status = response.status();
             let headers = response.headers().clone();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
+            let bytes = body_bytes(response).await;
             let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
             return (status, headers, value);
         }
@@ -232,13 +206,7 @@ async fn forwards_with_request_id_and_trace_context_and_strips_hop_headers() {
 #[tokio::test]
 async fn no_instance_is_a_503_problem() {
     let harness = harness(2_000).await;
-    let (status, headers, body) = call(
-        Method::GET,
-        &format!("{}/v1/products", harness.gateway),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (status, headers, body) = harness.get("/v1/products").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(body["type"], "/problems/no-instance");
@@ -249,20 +217,9 @@ async fn no_instance_is_a_503_problem() {
 #[tokio::test]
 async fn only_dead_instances_is_a_502_problem() {
     let harness = harness(2_000).await;
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .to_string();
+    let dead = dead_address().await;
     let _registration = register(&harness, "payment", &dead).await;
-    let (status, _, body) = call(
-        Method::GET,
-        &format!("{}/v1/payments?order_id=1", harness.gateway),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (status, _, body) = harness.get("/v1/payments?order_id=1").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(body["type"], "/problems/upstream-unreachable");
 }
@@ -270,12 +227,7 @@ async fn only_dead_instances_is_a_502_problem() {
 #[tokio::test]
 async fn a_dead_instance_is_failed_over_to_a_live_one() {
     let harness = harness(2_000).await;
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .to_string();
+    let dead = dead_address().await;
     let live = upstream().await;
     let _dead = register(&harness, "order", &dead).await;
     let _live = register(&harness, "order", &live).await;
@@ -297,13 +249,7 @@ async fn a_slow_upstream_is_a_504_problem_after_the_deadline() {
     let address = upstream().await;
     let _registration = register(&harness, "order", &address).await;
     let started = std::time::Instant::now();
-    let (status, _, body) = call(
-        Method::GET,
-        &format!("{}/v1/orders/slow", harness.gateway),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (status, _, body) = harness.get("/v1/orders/slow").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(body["type"], "/problems/upstream-timeout");
     assert!(
@@ -316,13 +262,7 @@ async fn a_slow_upstream_is_a_504_problem_after_the_deadline() {
 #[tokio::test]
 async fn unknown_paths_are_404_problems() {
     let harness = harness(2_000).await;
-    let (status, _, body) = call(
-        Method::GET,
-        &format!("{}/v1/unknown", harness.gateway),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let (status, _, body) = harness.get("/v1/unknown").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["type"], "/problems/not-found");
 }
@@ -385,13 +325,7 @@ async fn long_polls_are_not_slow_calls_for_the_breaker() {
     let _registration = register(&harness, "order", &address).await;
     let waited = format!("{}/v1/orders/waited", harness.gateway);
     let state = || async {
-        let (_, _, body) = call(
-            Method::GET,
-            &format!("{}/admin/breakers", harness.gateway),
-            &[],
-            Vec::new(),
-        )
-        .await;
+        let (_, _, body) = harness.get("/admin/breakers").await;
         body["order"]["state"]
             .as_str()
             .unwrap_or_default()

@@ -16,11 +16,11 @@ use flotilla_messaging::inbox::{Consumer, Handler, HandlerError};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
-use flotilla_registry::RegistrySettings;
-use flotilla_testkit::{NATS, TempData, eventually_every, holds_for};
+use flotilla_testkit::{
+    NATS, TempData, eventually_every, holds_for, serve_instance, start_registry,
+};
 use serde_json::json;
 use sqlx::SqlitePool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The embedded world's push token.
@@ -71,20 +71,7 @@ impl World {
                 })
             }
             Kind::Embedded => {
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                let registry = format!("http://{}", listener.local_addr().expect("addr"));
-                let config = flotilla_registry::server::Config {
-                    registry: RegistrySettings {
-                        probe_interval_ms: 200,
-                        ..RegistrySettings::default()
-                    },
-                    ..Default::default()
-                };
-                tokio::spawn(flotilla_registry::server::run(
-                    config,
-                    listener,
-                    shutdown.clone(),
-                ));
+                let registry = start_registry(200, &shutdown).await;
                 let discovery = Discovery::new(&registry, Duration::from_secs(5), shutdown.clone());
                 let wiring = Subscriptions::default().topic(TOPIC, groups.iter().copied());
                 Some(World {
@@ -116,12 +103,7 @@ impl World {
                 let discovery = Discovery::fixed(HashMap::new(), Duration::from_secs(1));
                 let receiver = Embedded::new(discovery, Subscriptions::default())
                     .with_token(Some(TOKEN.into()));
-                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-                let address = listener.local_addr().expect("addr").to_string();
-                let router = receiver
-                    .routes()
-                    .route("/readyz", axum::routing::get(|| async { "ok" }));
-                tokio::spawn(async move { axum::serve(listener, router).await });
+                let address = serve_instance(receiver.routes()).await;
                 let deliveries_from = receiver.clone();
                 tokio::spawn(
                     async move { consumer.run(&deliveries_from, &[TOPIC], shutdown).await },

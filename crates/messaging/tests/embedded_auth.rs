@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode, header};
 use flotilla_discovery::Discovery;
 use flotilla_messaging::embedded::{Embedded, Subscriptions};
 use flotilla_messaging::{Message, Transport};
-use http_body_util::BodyExt;
+use flotilla_testkit::body_bytes;
 use tower::ServiceExt;
 
 async fn push(
@@ -38,12 +38,7 @@ async fn push(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     (status, kind, String::from_utf8_lossy(&body).into_owned())
 }
 

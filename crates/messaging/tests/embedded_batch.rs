@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode};
 use flotilla_discovery::Discovery;
 use flotilla_messaging::embedded::{Embedded, Subscriptions};
 use flotilla_messaging::{Message, Transport, TransportError};
-use http_body_util::BodyExt;
+use flotilla_testkit::body_bytes;
 use tower::ServiceExt;
 
 fn message(topic: &str, n: usize) -> Message {
@@ -67,12 +67,7 @@ async fn a_batch_is_handed_over_in_order_and_answered_message_by_message() {
         .await
         .expect("answered");
     assert_eq!(response.status(), StatusCode::OK);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = body_bytes(response).await;
     let outcomes: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
     let kinds: Vec<&str> = outcomes
         .as_array()

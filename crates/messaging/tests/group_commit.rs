@@ -94,45 +94,51 @@ fn message(n: i64) -> Message {
     )
 }
 
+/// A consumer's database, and the `n`s its recorder heard committed.
+struct Group {
+    pool: SqlitePool,
+    committed: Arc<Mutex<Vec<i64>>>,
+    _data: TempData,
+}
+
+impl Group {
+    async fn new() -> Self {
+        let (pool, data) = database().await;
+        Self {
+            pool,
+            committed: Arc::default(),
+            _data: data,
+        }
+    }
+
+    /// A [`Recorder`] asking for a retry of `n == retry`, telling this group of its commits.
+    fn recorder(&self, retry: Option<i64>) -> Recorder {
+        Recorder {
+            retry,
+            committed: self.committed.clone(),
+        }
+    }
+
+    fn consumer<H: Handler>(&self, handler: H) -> Consumer<H> {
+        Consumer::new("group", self.pool.clone(), handler)
+    }
+}
+
 #[tokio::test]
 async fn a_group_commits_every_effect_in_order_and_skips_duplicates_and_rejections() {
-    let (pool, _dir) = database().await;
-    let committed = Arc::new(Mutex::new(Vec::new()));
-    let recorder = Recorder {
-        retry: None,
-        committed: committed.clone(),
-    };
-    commits_in_order(
-        Consumer::new("group", pool.clone(), recorder),
-        &pool,
-        &committed,
-    )
-    .await;
+    let group = Group::new().await;
+    commits_in_order(&group, group.consumer(group.recorder(None))).await;
 }
 
 #[tokio::test]
 async fn a_group_through_by_topic_commits_every_effect_in_order_and_skips_duplicates_and_rejections()
  {
-    let (pool, _dir) = database().await;
-    let committed = Arc::new(Mutex::new(Vec::new()));
-    let recorder = by_topic(Recorder {
-        retry: None,
-        committed: committed.clone(),
-    });
-    commits_in_order(
-        Consumer::new("group", pool.clone(), recorder),
-        &pool,
-        &committed,
-    )
-    .await;
+    let group = Group::new().await;
+    commits_in_order(&group, group.consumer(by_topic(group.recorder(None)))).await;
 }
 
-async fn commits_in_order<H: Handler>(
-    consumer: Consumer<H>,
-    pool: &SqlitePool,
-    committed: &Mutex<Vec<i64>>,
-) {
-    let pool = pool.clone();
+async fn commits_in_order<H: Handler>(group: &Group, consumer: Consumer<H>) {
+    let (pool, committed) = (group.pool.clone(), &group.committed);
     let (one, two, bad) = (message(1), message(2), message(-1));
     let outcomes = consumer
         .process_batch(&[&one, &two, &one, &bad])
@@ -165,42 +171,18 @@ async fn commits_in_order<H: Handler>(
 
 #[tokio::test]
 async fn a_retry_in_a_group_rolls_it_back_and_the_others_still_apply_alone() {
-    let (pool, _dir) = database().await;
-    let committed = Arc::new(Mutex::new(Vec::new()));
-    let recorder = Recorder {
-        retry: Some(2),
-        committed: committed.clone(),
-    };
-    retries_alone(
-        Consumer::new("group", pool.clone(), recorder),
-        &pool,
-        &committed,
-    )
-    .await;
+    let group = Group::new().await;
+    retries_alone(&group, group.consumer(group.recorder(Some(2)))).await;
 }
 
 #[tokio::test]
 async fn a_retry_in_a_group_through_by_topic_rolls_it_back_and_the_others_still_apply_alone() {
-    let (pool, _dir) = database().await;
-    let committed = Arc::new(Mutex::new(Vec::new()));
-    let recorder = by_topic(Recorder {
-        retry: Some(2),
-        committed: committed.clone(),
-    });
-    retries_alone(
-        Consumer::new("group", pool.clone(), recorder),
-        &pool,
-        &committed,
-    )
-    .await;
+    let group = Group::new().await;
+    retries_alone(&group, group.consumer(by_topic(group.recorder(Some(2))))).await;
 }
 
-async fn retries_alone<H: Handler>(
-    consumer: Consumer<H>,
-    pool: &SqlitePool,
-    committed: &Mutex<Vec<i64>>,
-) {
-    let pool = pool.clone();
+async fn retries_alone<H: Handler>(group: &Group, consumer: Consumer<H>) {
+    let (pool, committed) = (group.pool.clone(), &group.committed);
     let batch = [message(1), message(2), message(3)];
     let refs: Vec<&Message> = batch.iter().collect();
     let outcomes = consumer.process_batch(&refs).await.expect("processed");

@@ -1,14 +1,10 @@
 //! The messaging tables' migrations keep what earlier schemas held.
 
-use sqlx::sqlite::SqlitePoolOptions;
+use flotilla_testkit::memory_database;
 
 #[tokio::test]
 async fn the_compact_inbox_keeps_every_processed_message_and_still_refuses_a_repeat() {
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .expect("open");
+    let pool = memory_database().await;
     sqlx::raw_sql(include_str!("../migrations/0001_messaging.sql"))
         .execute(&pool)
         .await

@@ -2,15 +2,11 @@
 //! row keeps its entries in order with their times; commands and facts survive the change of
 //! table kind.
 
-use sqlx::sqlite::SqlitePoolOptions;
+use flotilla_testkit::memory_database;
 
 #[tokio::test]
 async fn compacting_keeps_the_log_the_commands_and_the_facts() {
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .expect("open");
+    let pool = memory_database().await;
     for earlier in [
         include_str!("../migrations/0001_saga.sql"),
         include_str!("../migrations/0002_facts.sql"),

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use flotilla_sqlite::{direct, execute, sqlx_error};
+use flotilla_testkit::memory_database;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,11 +387,7 @@ async fn the_direct_connection_enforces_foreign_keys() {
 #[tokio::test]
 async fn direct_transactions_work_on_an_in_memory_database() {
     use flotilla_sqlite::{call, transaction};
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .expect("open");
+    let pool = memory_database().await;
     sqlx::query("CREATE TABLE t (n INTEGER NOT NULL)")
         .execute(&pool)
         .await

@@ -134,14 +134,20 @@ impl System {
         .await
     }
 
-    /// The text `path` of the first instance of `service` answers (direct, not via the gateway).
-    pub async fn get_from(&self, service: &str, path: &str) -> String {
+    /// The address (`host:port`) of the first registered instance of `service`; panics if
+    /// there is none.
+    pub async fn address_of(&self, service: &str) -> String {
         let instances = self.instances(service).await;
-        let address = instances
+        instances
             .first()
             .and_then(|i| i["address"].as_str())
             .unwrap_or_else(|| panic!("an instance of {service}"))
-            .to_owned();
+            .to_owned()
+    }
+
+    /// The text `path` of the first instance of `service` answers (direct, not via the gateway).
+    pub async fn get_from(&self, service: &str, path: &str) -> String {
+        let address = self.address_of(service).await;
         let answer = self
             .call(Method::GET, &format!("http://{address}{path}"), &[], None)
             .await;

@@ -1,11 +1,12 @@
 //! A temporary data directory, removed when dropped, with the SQLite databases and the settings
-//! the tests of a crate or a service open in it.
+//! the tests of a crate or a service open in it; and an in-memory database for the tests that
+//! need no file.
 
 use std::path::Path;
 use std::time::Duration;
 
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 /// A temporary data directory (removed when dropped).
 #[derive(Debug)]
@@ -45,6 +46,16 @@ impl TempData {
             ..flotilla_kit::ServerSettings::default()
         }
     }
+}
+
+/// An empty in-memory SQLite database behind a pool of one connection (a second connection
+/// would open a database of its own), gone when the pool closes.
+pub async fn memory_database() -> SqlitePool {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .expect("open")
 }
 
 impl Default for TempData {

@@ -1,20 +1,29 @@
 //! What the workspace's tests share, so that no test file copies it: bounded waits for a
-//! condition ([`eventually`], [`wait_until`], [`eventually_blocking`]) or
-//! for a condition to stay true ([`holds_for`]); temporary data directories with their SQLite
-//! databases and settings ([`TempData`]); the servers some tests need ([`POSTGRES`], [`NATS`]),
-//! with the one way a test skips, saying so, when a server is missing ([`skip`]); and a
-//! PostgreSQL schema of a test's own ([`postgres_schema`]).
+//! condition ([`eventually`], [`wait_until`], [`eventually_blocking`]) or for a condition to
+//! stay true ([`holds_for`]); temporary data directories with their SQLite databases and
+//! settings ([`TempData`]), or an in-memory database ([`memory_database`]); the servers some
+//! tests need ([`POSTGRES`], [`NATS`]), with the one way a test skips, saying so, when a server
+//! is missing ([`skip`]); a PostgreSQL schema of a test's own ([`postgres_schema`]); a registry
+//! of a test's own ([`start_registry`], [`register_instance`]) and instances served on loopback
+//! ([`serve_instance`], [`dead_address`]); and the whole body of an HTTP response
+//! ([`body_bytes`]).
 //!
 //! For tests only: a dev-dependency of the crates, and a dependency of the system-test crate
 //! (itself only tests); no library or binary that ships depends on it. It knows no service
 //! and no wire format; fakes of a service belong to that service's tests.
 
+mod body;
 mod data;
+mod instance;
 mod postgres;
+mod registry;
 mod servers;
 mod wait;
 
-pub use data::TempData;
+pub use body::body_bytes;
+pub use data::{TempData, memory_database};
+pub use instance::{dead_address, serve_instance};
 pub use postgres::{PgSchema, postgres_schema};
+pub use registry::{register_instance, start_registry};
 pub use servers::{NATS, POSTGRES, Server, in_ci, skip};
 pub use wait::{POLL, eventually, eventually_blocking, eventually_every, holds_for, wait_until};

@@ -13,8 +13,7 @@ use flotilla_order::{
     Context, Database, Order, OrderError, OrderLine, OrderView, Placed, Placement, Sagas, Status,
     domain::Address,
 };
-use flotilla_testkit::TempData;
-use http_body_util::BodyExt;
+use flotilla_testkit::{TempData, body_bytes};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -64,12 +63,7 @@ impl Service {
             .await
             .expect("infallible");
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(response).await;
         let json = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body:?}"));
         (status, json)
@@ -92,12 +86,7 @@ impl Service {
             .await
             .expect("infallible");
         let (status, headers) = (response.status(), response.headers().clone());
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let body = body_bytes(response).await;
         let json = serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("{uri}: not JSON ({e}): {body:?}"));
         (status, headers, json)

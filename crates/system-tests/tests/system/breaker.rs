@@ -17,11 +17,7 @@ async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers
         ("FLOTILLA_BREAKER__SUCCESS_THRESHOLD", "2"),
     ])
     .await;
-    let inventory = system.instances("inventory").await;
-    let address = inventory[0]["address"]
-        .as_str()
-        .expect("address")
-        .to_owned();
+    let address = system.address_of("inventory").await;
     let upstream_hits = || async {
         let metrics = system
             .call(Method::GET, &format!("http://{address}/metrics"), &[], None)
@@ -183,11 +179,7 @@ async fn writes_queued_while_the_breaker_is_open_are_replayed_in_order_exactly_o
         ("FLOTILLA_BREAKER__SUCCESS_THRESHOLD", "1"),
     ])
     .await;
-    let order_service = system.instances("order").await;
-    let address = order_service[0]["address"]
-        .as_str()
-        .expect("address")
-        .to_owned();
+    let address = system.address_of("order").await;
     let system = &system;
     let faults_url = format!("http://{address}/admin/faults");
     let faults_url = &faults_url;

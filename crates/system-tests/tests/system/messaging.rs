@@ -62,10 +62,7 @@ async fn only_the_systems_own_services_may_push_messages() {
         .post_order(&order("alice", "MS-002", 1), &[("prefer", "wait=8")])
         .await;
     assert_eq!(placed.body["status"], "APPROVED", "{}", placed.body);
-    let address = system.instances("inventory").await[0]["address"]
-        .as_str()
-        .expect("an address")
-        .to_owned();
+    let address = system.address_of("inventory").await;
     // A forged command: reserve the whole stock of a product for an order nobody placed.
     let forged = json!({
         "id": "01a219f0-0000-7000-8000-000000000001",
