@@ -60,6 +60,10 @@ pub enum HandlerError {
     Database(#[from] sqlx::Error),
 }
 
+/// What [`Handler::handle`] returns: the messages to publish because of the one handled, or
+/// why it was not handled.
+pub type HandlerResult = Result<Vec<Message>, HandlerError>;
+
 /// What a consumer does with a message.
 pub trait Handler: Send + Sync + 'static {
     /// Applies `message`'s effect on `db`, inside the consumer's transaction, and returns the
@@ -67,11 +71,7 @@ pub trait Handler: Send + Sync + 'static {
     /// the same transaction. The consumer runs a whole group of messages (claims, effects,
     /// outgoing messages) on the process's connection in one transaction
     /// ([`flotilla_sqlite::transaction`]), each statement prepared once for the group.
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError>;
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult;
 
     /// Called once `message`'s effect has committed (not for duplicates or rejections): wake
     /// whoever waits for it, such as a request waiting for an order's final state. Nothing by
@@ -85,16 +85,12 @@ pub trait Handler: Send + Sync + 'static {
 /// second — a saga participant's commands and its reactions to other services' events, say.
 ///
 /// ```
-/// use flotilla_messaging::inbox::{ByTopic, Handler, HandlerError};
+/// use flotilla_messaging::inbox::{ByTopic, Handler, HandlerResult};
 /// use flotilla_messaging::Message;
 ///
 /// struct Named(&'static str);
 /// impl Handler for Named {
-///     fn handle(
-///         &self,
-///         _db: &rusqlite::Connection,
-///         message: &Message,
-///     ) -> Result<Vec<Message>, HandlerError> {
+///     fn handle(&self, _db: &rusqlite::Connection, message: &Message) -> HandlerResult {
 ///         Ok(vec![Message::new("seen", self.0, message.key.clone(), serde_json::json!({}))])
 ///     }
 /// }
@@ -125,11 +121,7 @@ impl<A, B> ByTopic<A, B> {
 }
 
 impl<A: Handler, B: Handler> Handler for ByTopic<A, B> {
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult {
         if message.topic == self.topic {
             self.on_topic.handle(db, message)
         } else {

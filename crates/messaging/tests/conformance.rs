@@ -12,7 +12,7 @@ use std::time::Duration;
 use flotilla_discovery::{Discovery, Registration, Spec};
 use flotilla_kit::health::Health;
 use flotilla_messaging::embedded::{Embedded, Subscriptions};
-use flotilla_messaging::inbox::{Consumer, Handler, HandlerError};
+use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, HandlerResult};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
@@ -210,11 +210,7 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult {
         let n = message.payload["n"]
             .as_i64()
             .ok_or_else(|| HandlerError::Reject("no n".into()))?;

@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use flotilla_messaging::inbox::{ByTopic, Consumer, Handler, HandlerError, Processed};
+use flotilla_messaging::inbox::{
+    ByTopic, Consumer, Handler, HandlerError, HandlerResult, Processed,
+};
 use flotilla_messaging::{Deliveries, Delivery, Message};
 use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
@@ -20,11 +22,7 @@ fn n(message: &Message) -> i64 {
 }
 
 impl Handler for Recorder {
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult {
         flotilla_sqlite::execute(db, "INSERT INTO effects (n) VALUES ($1)", &[&n(message)])
             .map_err(flotilla_sqlite::sqlx_error)?;
         if Some(n(message)) == self.retry {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, Processed};
+use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, HandlerResult, Processed};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
@@ -141,11 +141,7 @@ async fn a_message_published_twice_is_delivered_once_and_a_retried_one_comes_bac
 struct Totals;
 
 impl Handler for Totals {
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult {
         let n = message.payload["n"]
             .as_i64()
             .ok_or_else(|| HandlerError::Reject("no n".into()))?;

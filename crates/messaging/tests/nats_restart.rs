@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox;
 use flotilla_messaging::runtime::{AnyTransport, start_consumer, start_relay};
@@ -249,11 +249,7 @@ struct Counting {
 }
 
 impl Handler for Counting {
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let n = message.payload["n"]
             .as_i64()

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, Processed};
+use flotilla_messaging::inbox::{Consumer, Handler, HandlerResult, Processed};
 use flotilla_messaging::outbox;
 use flotilla_messaging::retention::{self, Pruned, Retention};
 use flotilla_testkit::TempData;
@@ -143,7 +143,7 @@ async fn many_published_rows_are_pruned_in_several_transactions() {
 struct Counting;
 
 impl Handler for Counting {
-    fn handle(&self, _: &rusqlite::Connection, _: &Message) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, _: &rusqlite::Connection, _: &Message) -> HandlerResult {
         Ok(Vec::new())
     }
 }

@@ -6,7 +6,7 @@ use flotilla_contracts::{
     CommitStock, ReleaseStock, ReserveStock, RestockStock, read, refused, succeeded,
 };
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_sqlite::Connection;
 
 use crate::stock::{self, Change, Line, Reservation};
@@ -26,7 +26,7 @@ fn settled(command: &Message, change: &Change) -> Option<Message> {
 
 impl Handler for StockCommands {
     // A group of commands runs on the borrowed handle in one round trip.
-    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> HandlerResult {
         let reply = if let Some(command) = read::<ReserveStock>(message)? {
             let lines: Vec<Line> = command
                 .lines

@@ -16,7 +16,7 @@ use flotilla_contracts::{
     StockCommitted, StockRefused, StockReleased, StockReserved, StockRestocked, read,
 };
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_sqlite::Connection;
 
 use crate::stock::{self, Change, Line, Reservation};
@@ -38,7 +38,7 @@ fn settled(message: &Message, change: &Change, fact: Message) -> Result<Message,
 
 impl Handler for StockReactions {
     // A group of facts runs on the borrowed handle in one round trip.
-    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> HandlerResult {
         let fact = if let Some(fact) = read::<OrderCreated>(message)? {
             let order = fact.order;
             let lines: Vec<Line> = order

@@ -6,7 +6,7 @@ use flotilla_contracts::{
     AuthorizePayment, CapturePayment, RefundPayment, VoidPayment, read, refused, succeeded,
 };
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_sqlite::Connection;
 
 use crate::ledger::{self, Authorization, LedgerError, Settled};
@@ -46,7 +46,7 @@ fn settled(
 
 impl Handler for PaymentCommands {
     // A group runs on the borrowed handle in one round trip.
-    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> HandlerResult {
         let reply = if let Some(command) = read::<AuthorizePayment>(message)? {
             match ledger::authorize(
                 tx,

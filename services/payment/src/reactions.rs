@@ -16,7 +16,7 @@ use flotilla_contracts::{
     ShipmentCancelled, ShipmentRefused, ShipmentScheduled, StockReserved, read,
 };
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_sqlite::Connection;
 
 use crate::ledger::{self, Authorization, LedgerError, Settled};
@@ -44,7 +44,7 @@ fn settled(
 
 impl Handler for PaymentReactions {
     // A group runs on the borrowed handle in one round trip.
-    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> HandlerResult {
         let fact = if let Some(fact) = read::<StockReserved>(message)? {
             let order = fact.order;
             let id = order.order_id.clone();

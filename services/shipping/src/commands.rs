@@ -4,7 +4,7 @@
 
 use flotilla_contracts::{CancelShipment, ScheduleShipment, read, refused, succeeded};
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_sqlite::Connection;
 
 use crate::carrier::{self, CancelError, Cancellation, Scheduling};
@@ -15,7 +15,7 @@ pub struct ShippingCommands;
 
 impl Handler for ShippingCommands {
     // A group runs on the borrowed handle in one round trip.
-    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> HandlerResult {
         let reply = if let Some(command) = read::<ScheduleShipment>(message)? {
             match carrier::schedule(tx, &command.order_id, &command.destination)? {
                 Scheduling::Scheduled { shipment_id } => {

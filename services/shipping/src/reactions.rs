@@ -15,7 +15,7 @@ use flotilla_contracts::{
     ShipmentCancellationRefused, ShipmentCancelled, ShipmentRefused, ShipmentScheduled, read,
 };
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_sqlite::Connection;
 
 use crate::carrier::{self, CancelError, Scheduling};
@@ -26,7 +26,7 @@ pub struct ShippingReactions;
 
 impl Handler for ShippingReactions {
     // A group runs on the borrowed handle in one round trip.
-    fn handle(&self, tx: &Connection, message: &Message) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, tx: &Connection, message: &Message) -> HandlerResult {
         let fact = if let Some(fact) = read::<PaymentAuthorized>(message)? {
             let order = fact.order;
             let id = order.order_id;

@@ -1,7 +1,7 @@
 //! The orchestrator as the consumer of its reply topic.
 
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 
 use super::definition::Handled;
 use super::orchestrator::Orchestrator;
@@ -14,11 +14,7 @@ use crate::{Error, Saga};
 pub struct Replies<S>(pub std::sync::Arc<Orchestrator<S>>);
 
 impl<S: Saga> Handler for Replies<S> {
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult {
         let orchestrator = &self.0;
         match orchestrator.on_reply(db, message) {
             Ok(handled) => {

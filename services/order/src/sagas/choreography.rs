@@ -33,7 +33,7 @@ use std::time::Duration;
 use flotilla_contracts::{Event, OrderCancellationRequested, OrderCreated, OrderDetails};
 use flotilla_eventstore::EventStore;
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_saga::choreography::{self, Facts};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -279,11 +279,7 @@ impl Listener {
 }
 
 impl Handler for Listener {
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult {
         if !FACTS.contains(&message.message_type.as_str()) {
             return Ok(Vec::new());
         }

@@ -7,7 +7,7 @@
 //! if the order's change committed, and is recorded once whatever the redeliveries.
 
 use flotilla_messaging::Message;
-use flotilla_messaging::inbox::{Handler, HandlerError};
+use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
@@ -79,11 +79,7 @@ pub async fn of_order(pool: &SqlitePool, order_id: &str) -> Result<Vec<Notificat
 pub struct Notifications;
 
 impl Handler for Notifications {
-    fn handle(
-        &self,
-        db: &rusqlite::Connection,
-        message: &Message,
-    ) -> Result<Vec<Message>, HandlerError> {
+    fn handle(&self, db: &rusqlite::Connection, message: &Message) -> HandlerResult {
         let field = |name: &str| {
             message
                 .payload
