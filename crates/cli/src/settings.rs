@@ -29,7 +29,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use flotilla_discovery::{DiscoverySettings, InstanceConfig, Lease};
 use flotilla_gateway::GatewaySettings;
 use flotilla_kit::ServerSettings;
-use flotilla_kit::settings::Invalid;
+use flotilla_kit::settings::{Invalid, Section};
 use flotilla_messaging::{MessagingSettings, ServiceConfig};
 use flotilla_order::OrderSettings;
 use flotilla_registry::RegistrySettings;

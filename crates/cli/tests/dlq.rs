@@ -4,30 +4,12 @@
 
 use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
 
-use flotilla_messaging::outbox::{self, Relay, RelayConfig};
-use flotilla_messaging::{Deliveries, Message, Transport, TransportError};
+use flotilla_messaging::Message;
+use flotilla_messaging::outbox;
 use flotilla_testkit::TempData;
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
-
-/// A transport that is always down: every publish fails.
-struct Down;
-
-impl Transport for Down {
-    async fn publish(&self, _message: &Message) -> Result<(), TransportError> {
-        Err(TransportError::Unavailable("the broker is down".into()))
-    }
-
-    async fn subscribe(
-        &self,
-        _group: &str,
-        _topics: &[&str],
-    ) -> Result<Deliveries, TransportError> {
-        Err(TransportError::Unavailable("the broker is down".into()))
-    }
-}
 
 /// Opens (creating it) `service`'s database in `data`, as the service does, with the
 /// messaging tables.
@@ -44,28 +26,7 @@ async fn dead_letters(pool: &SqlitePool, topic: &str, keys: &[&str]) -> Vec<Mess
         .iter()
         .map(|key| Message::new(topic, "Tested", *key, json!({ "key": key })))
         .collect();
-    let mut tx = pool.begin().await.expect("begin");
-    flotilla_sqlite::direct(&mut tx, |db| {
-        messages
-            .iter()
-            .try_for_each(|message| outbox::enqueue(db, message))
-    })
-    .await
-    .expect("enqueue");
-    tx.commit().await.expect("commit");
-    let config = RelayConfig {
-        max_attempts: 1,
-        ..RelayConfig::default()
-    };
-    let pass = Relay::new(pool.clone(), Arc::new(Down), config)
-        .relay_once()
-        .await
-        .expect("relay pass");
-    assert_eq!(
-        usize::try_from(pass.dead).expect("count"),
-        messages.len(),
-        "{pass:?}"
-    );
+    flotilla_testkit::bury(pool, &messages).await;
     messages
 }
 

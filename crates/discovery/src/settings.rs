@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use flotilla_kit::ServerSettings;
-use flotilla_kit::settings::Invalid;
+use flotilla_kit::settings::{Invalid, Section};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -36,9 +36,9 @@ impl Default for DiscoverySettings {
     }
 }
 
-impl DiscoverySettings {
+impl Section for DiscoverySettings {
     /// Checks the section's rules.
-    pub fn validate(&self) -> Result<(), Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.request_timeout_ms == 0 {
             return Err(Invalid::new("request_timeout_ms", "must be positive"));
         }
@@ -52,7 +52,9 @@ impl DiscoverySettings {
         }
         Ok(())
     }
+}
 
+impl DiscoverySettings {
     /// The deadline of one call.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
@@ -113,23 +115,11 @@ mod tests {
 
     #[test]
     fn the_registry_url_must_be_http() {
-        assert!(DiscoverySettings::default().validate().is_ok());
-        let settings = DiscoverySettings {
-            registry_url: Some("127.0.0.1:7070".into()),
-            ..DiscoverySettings::default()
-        };
-        let error = settings.validate().expect_err("no scheme");
-        assert_eq!(error.key, "registry_url");
-        let settings = DiscoverySettings {
-            request_timeout_ms: 0,
-            ..DiscoverySettings::default()
-        };
-        assert!(
-            settings
-                .validate()
-                .expect_err("no time at all")
-                .to_string()
-                .contains("request_timeout_ms")
-        );
+        assert_eq!(DiscoverySettings::key_broken_by(|_| {}), None);
+        let no_scheme =
+            DiscoverySettings::key_broken_by(|s| s.registry_url = Some("127.0.0.1:7070".into()));
+        assert_eq!(no_scheme, Some("registry_url"));
+        let no_time = DiscoverySettings::key_broken_by(|s| s.request_timeout_ms = 0);
+        assert_eq!(no_time, Some("request_timeout_ms"));
     }
 }

@@ -2,7 +2,7 @@
 //! [`Config`], everything [`crate::run`] reads. Loading the settings is the binary's job.
 
 use flotilla_discovery::InstanceConfig;
-use flotilla_kit::settings::Invalid;
+use flotilla_kit::settings::{Invalid, Section};
 use flotilla_resilience::settings::ResilienceSettings;
 use serde::{Deserialize, Serialize};
 
@@ -18,10 +18,10 @@ pub struct GatewaySettings {
     pub admin_api: bool,
 }
 
-impl GatewaySettings {
+impl Section for GatewaySettings {
     /// Checks the section's rules: any list of services and either switch is valid today
     /// (a name that matches no route queues nothing).
-    pub fn validate(&self) -> Result<(), Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         Ok(())
     }
 }

@@ -68,9 +68,8 @@ impl Default for ServerSettings {
     }
 }
 
-impl ServerSettings {
-    /// Checks the section's rules.
-    pub fn validate(&self) -> Result<(), Invalid> {
+impl Section for ServerSettings {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.max_body_bytes == 0 {
             return Err(Invalid::new("max_body_bytes", "must be positive"));
         }
@@ -79,10 +78,37 @@ impl ServerSettings {
         }
         Ok(())
     }
+}
 
+impl ServerSettings {
     /// The path of a service's embedded database.
     pub fn database_path(&self, service: &str) -> PathBuf {
         self.data_dir.join(format!("{service}.db"))
+    }
+}
+
+/// A section of the settings, owned by the crate that reads it: its defaults and its rules.
+/// The binary assembles the sections and checks each before anything starts.
+pub trait Section: Default {
+    /// Checks the section's rules; the error names the first key that breaks one.
+    fn validate(&self) -> Result<(), Invalid>;
+
+    /// The key that the default section breaks once `change` is applied to it, if any. A
+    /// crate's tests state each rule of its section in one line with it:
+    ///
+    /// ```
+    /// use flotilla_kit::settings::{Section, ServerSettings};
+    ///
+    /// assert_eq!(ServerSettings::key_broken_by(|_| {}), None);
+    /// assert_eq!(
+    ///     ServerSettings::key_broken_by(|s| s.max_body_bytes = 0),
+    ///     Some("max_body_bytes")
+    /// );
+    /// ```
+    fn key_broken_by(change: impl FnOnce(&mut Self)) -> Option<&'static str> {
+        let mut section = Self::default();
+        change(&mut section);
+        section.validate().err().map(|invalid| invalid.key)
     }
 }
 
@@ -113,18 +139,17 @@ mod tests {
 
     #[test]
     fn the_server_rules_name_their_key() {
-        assert!(ServerSettings::default().validate().is_ok());
-        let settings = ServerSettings {
-            max_body_bytes: 0,
-            ..ServerSettings::default()
-        };
-        let error = settings.validate().expect_err("no body at all");
-        assert_eq!(error.key, "max_body_bytes");
-        let settings = ServerSettings {
+        assert_eq!(ServerSettings::key_broken_by(|_| {}), None);
+        let no_body = ServerSettings::key_broken_by(|s| s.max_body_bytes = 0);
+        assert_eq!(no_body, Some("max_body_bytes"));
+        let nowhere = ServerSettings::key_broken_by(|s| s.advertise_host.clear());
+        assert_eq!(nowhere, Some("advertise_host"));
+        let error = ServerSettings {
             advertise_host: String::new(),
             ..ServerSettings::default()
-        };
-        let error = settings.validate().expect_err("nowhere to be reached");
+        }
+        .validate()
+        .expect_err("nowhere to be reached");
         assert!(error.to_string().contains("advertise_host"), "{error}");
     }
 }

@@ -5,7 +5,7 @@
 //! binary's job.
 
 use flotilla_discovery::InstanceConfig;
-use flotilla_kit::settings::Invalid;
+use flotilla_kit::settings::{Invalid, Section};
 use serde::{Deserialize, Serialize};
 
 /// The message transport.
@@ -58,10 +58,10 @@ impl Default for MessagingSettings {
     }
 }
 
-impl MessagingSettings {
+impl Section for MessagingSettings {
     /// Checks the section's rules; the keys are named as in a settings file
     /// (`messaging.inbox_retention_ms`).
-    pub fn validate(&self) -> Result<(), Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.outbox_retention_ms == 0 {
             return Err(Invalid::new(
                 "messaging.outbox_retention_ms",
@@ -94,17 +94,10 @@ mod tests {
 
     #[test]
     fn retention_rules_are_checked() {
-        let mut settings = MessagingSettings::default();
-        assert!(settings.validate().is_ok());
-        settings.inbox_retention_ms = 60_000;
-        let error = settings
-            .validate()
-            .expect_err("an inbox forgetting within a minute");
-        assert!(error.to_string().contains("inbox_retention_ms"), "{error}");
-        let settings = MessagingSettings {
-            outbox_retention_ms: 0,
-            ..MessagingSettings::default()
-        };
-        assert!(settings.validate().is_err());
+        assert_eq!(MessagingSettings::key_broken_by(|_| {}), None);
+        let forgetful = MessagingSettings::key_broken_by(|s| s.inbox_retention_ms = 60_000);
+        assert_eq!(forgetful, Some("messaging.inbox_retention_ms"));
+        let no_outbox = MessagingSettings::key_broken_by(|s| s.outbox_retention_ms = 0);
+        assert_eq!(no_outbox, Some("messaging.outbox_retention_ms"));
     }
 }

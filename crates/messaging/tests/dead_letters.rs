@@ -1,28 +1,9 @@
 //! `outbox::replay_dead_letters`: all or nothing, and in the letters' seq order.
 
-use std::sync::Arc;
-
-use flotilla_messaging::outbox::{self, Relay, RelayConfig, Replay};
-use flotilla_messaging::{Deliveries, Message, Transport, TransportError};
+use flotilla_messaging::Message;
+use flotilla_messaging::outbox::{self, Replay};
 use flotilla_testkit::TempData;
 use sqlx::SqlitePool;
-
-/// A transport that is always down.
-struct Down;
-
-impl Transport for Down {
-    async fn publish(&self, _message: &Message) -> Result<(), TransportError> {
-        Err(TransportError::Unavailable("down".into()))
-    }
-
-    async fn subscribe(
-        &self,
-        _group: &str,
-        _topics: &[&str],
-    ) -> Result<Deliveries, TransportError> {
-        Err(TransportError::Unavailable("down".into()))
-    }
-}
 
 /// A database whose outbox buried `count` messages of one key; returns them in enqueue order.
 async fn buried(count: usize) -> (SqlitePool, Vec<Message>, TempData) {
@@ -32,24 +13,7 @@ async fn buried(count: usize) -> (SqlitePool, Vec<Message>, TempData) {
     let messages: Vec<Message> = (0..count)
         .map(|n| Message::new("order.events", "Tested", "k", serde_json::json!({ "n": n })))
         .collect();
-    let mut tx = pool.begin().await.expect("begin");
-    flotilla_sqlite::direct(&mut tx, |db| {
-        messages
-            .iter()
-            .try_for_each(|message| outbox::enqueue(db, message))
-    })
-    .await
-    .expect("enqueue");
-    tx.commit().await.expect("commit");
-    let config = RelayConfig {
-        max_attempts: 1,
-        ..RelayConfig::default()
-    };
-    let pass = Relay::new(pool.clone(), Arc::new(Down), config)
-        .relay_once()
-        .await
-        .expect("pass");
-    assert_eq!(usize::try_from(pass.dead).expect("count"), count);
+    flotilla_testkit::bury(&pool, &messages).await;
     (pool, messages, data)
 }
 

@@ -5,7 +5,7 @@
 //! the same two values (the discovery crate's `Lease`, filled by the binary), so that the rule
 //! between them is checked in one place. Loading the settings is the binary's job.
 
-use flotilla_kit::settings::Invalid;
+use flotilla_kit::settings::{Invalid, Section};
 use serde::{Deserialize, Serialize};
 
 /// Flat keys at the top of the settings (`ttl_ms`, `FLOTILLA_TTL_MS`). Durations are in
@@ -36,9 +36,9 @@ impl Default for RegistrySettings {
     }
 }
 
-impl RegistrySettings {
+impl Section for RegistrySettings {
     /// Checks the section's rules.
-    pub fn validate(&self) -> Result<(), Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.heartbeat_ms == 0 {
             return Err(Invalid::new("heartbeat_ms", "must be positive"));
         }
@@ -48,11 +48,11 @@ impl RegistrySettings {
                 "must be at least twice heartbeat_ms, or one late heartbeat evicts a live instance",
             ));
         }
-        if self.probe_interval_ms == 0 || self.probe_timeout_ms == 0 {
-            return Err(Invalid::new(
-                "probe_interval_ms",
-                "probe interval and timeout must be positive",
-            ));
+        if self.probe_interval_ms == 0 {
+            return Err(Invalid::new("probe_interval_ms", "must be positive"));
+        }
+        if self.probe_timeout_ms == 0 {
+            return Err(Invalid::new("probe_timeout_ms", "must be positive"));
         }
         Ok(())
     }
@@ -64,20 +64,14 @@ mod tests {
 
     #[test]
     fn a_ttl_shorter_than_two_heartbeats_is_refused() {
-        assert!(RegistrySettings::default().validate().is_ok());
-        let settings = RegistrySettings {
-            ttl_ms: 10,
-            ..RegistrySettings::default()
-        };
-        let error = settings.validate().expect_err("too short");
-        assert!(error.to_string().contains("ttl_ms"), "{error}");
-        let settings = RegistrySettings {
-            probe_timeout_ms: 0,
-            ..RegistrySettings::default()
-        };
-        assert_eq!(
-            settings.validate().expect_err("no probe").key,
-            "probe_interval_ms"
-        );
+        assert_eq!(RegistrySettings::key_broken_by(|_| {}), None);
+        let too_short = RegistrySettings::key_broken_by(|s| s.ttl_ms = 10);
+        assert_eq!(too_short, Some("ttl_ms"));
+        let no_heartbeat = RegistrySettings::key_broken_by(|s| s.heartbeat_ms = 0);
+        assert_eq!(no_heartbeat, Some("heartbeat_ms"));
+        let no_probe = RegistrySettings::key_broken_by(|s| s.probe_interval_ms = 0);
+        assert_eq!(no_probe, Some("probe_interval_ms"));
+        let no_probe_time = RegistrySettings::key_broken_by(|s| s.probe_timeout_ms = 0);
+        assert_eq!(no_probe_time, Some("probe_timeout_ms"));
     }
 }

@@ -5,8 +5,8 @@
 //! tests need ([`POSTGRES`], [`NATS`]), with the one way a test skips, saying so, when a server
 //! is missing ([`skip`]); a PostgreSQL schema of a test's own ([`postgres_schema`]); a registry
 //! of a test's own ([`start_registry`], [`register_instance`]) and instances served on loopback
-//! ([`serve_instance`], [`dead_address`]); and the whole body of an HTTP response
-//! ([`body_bytes`]).
+//! ([`serve_instance`], [`dead_address`]); dead letters made as the relay makes them
+//! ([`bury`], over a [`DownTransport`]); and the whole body of an HTTP response ([`body_bytes`]).
 //!
 //! For tests only: a dev-dependency of the crates, and a dependency of the system-test crate
 //! (itself only tests); no library or binary that ships depends on it. It knows no service
@@ -14,6 +14,7 @@
 
 mod body;
 mod data;
+mod dead_letters;
 mod instance;
 mod postgres;
 mod registry;
@@ -22,6 +23,7 @@ mod wait;
 
 pub use body::body_bytes;
 pub use data::{TempData, memory_database};
+pub use dead_letters::{DownTransport, bury};
 pub use instance::{dead_address, serve_instance};
 pub use postgres::{PgSchema, postgres_schema};
 pub use registry::{register_instance, start_registry};

@@ -2,7 +2,7 @@
 //! `choreography_deadline_ms`) and [`Config`], everything [`crate::run`] reads. Loading the
 //! settings is the binary's job.
 
-use flotilla_kit::settings::Invalid;
+use flotilla_kit::settings::{Invalid, Section};
 use flotilla_messaging::ServiceConfig;
 use flotilla_resilience::settings::ResilienceSettings;
 use flotilla_saga::SagaStyle;
@@ -35,9 +35,9 @@ impl Default for OrderSettings {
     }
 }
 
-impl OrderSettings {
+impl Section for OrderSettings {
     /// Checks the section's rules.
-    pub fn validate(&self) -> Result<(), Invalid> {
+    fn validate(&self) -> Result<(), Invalid> {
         if self.choreography_deadline_ms == 0 {
             return Err(Invalid::new("choreography_deadline_ms", "must be positive"));
         }
@@ -63,15 +63,8 @@ mod tests {
 
     #[test]
     fn the_choreography_deadline_must_leave_some_time() {
-        assert!(OrderSettings::default().validate().is_ok());
-        let settings = OrderSettings {
-            choreography_deadline_ms: 0,
-            ..OrderSettings::default()
-        };
-        let error = settings.validate().expect_err("no time at all");
-        assert!(
-            error.to_string().contains("choreography_deadline_ms"),
-            "{error}"
-        );
+        assert_eq!(OrderSettings::key_broken_by(|_| {}), None);
+        let no_time = OrderSettings::key_broken_by(|s| s.choreography_deadline_ms = 0);
+        assert_eq!(no_time, Some("choreography_deadline_ms"));
     }
 }

@@ -230,7 +230,7 @@ fn a_bad_value_names_its_key_in_every_section() {
     let cases: &[(&str, &str, &str)] = &[
         ("FLOTILLA_TTL_MS", "10", "ttl_ms"),
         ("FLOTILLA_HEARTBEAT_MS", "0", "heartbeat_ms"),
-        ("FLOTILLA_PROBE_TIMEOUT_MS", "0", "probe_interval_ms"),
+        ("FLOTILLA_PROBE_TIMEOUT_MS", "0", "probe_timeout_ms"),
         ("FLOTILLA_MAX_BODY_BYTES", "0", "max_body_bytes"),
         ("FLOTILLA_ADVERTISE_HOST", "", "advertise_host"),
         ("FLOTILLA_REQUEST_TIMEOUT_MS", "0", "request_timeout_ms"),
