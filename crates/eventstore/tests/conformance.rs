@@ -110,41 +110,24 @@ fn event(event_type: &str, n: i64) -> NewEvent {
     NewEvent::new(event_type, json!({ "type": event_type, "n": n }))
 }
 
-macro_rules! conformance {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
-    expected_versions_are_enforced_and_conflicts_say_why,
-    a_batch_is_atomic,
-    the_envelope_round_trips,
-    reads_by_stream_range_and_category,
-    concurrent_appends_have_one_winner_per_version_and_no_gaps,
-    subscriptions_switch_from_catch_up_to_live_without_gaps_or_duplicates,
-    snapshots_plus_tail_equal_full_replay,
-    snapshots_of_another_state_version_are_ignored,
-    upcasters_bring_old_events_to_the_current_schema,
-    time_travel_reads_the_state_as_it_was,
-    commands_retry_on_conflict,
-    the_transaction_hook_commits_events_and_own_rows_together,
-    a_rebuilt_projection_equals_the_live_one,
+flotilla_testkit::for_each_variant!(
+    worker_threads = 4,
+    Backend { sqlite => Sqlite, postgres => Postgres },
+    [
+        expected_versions_are_enforced_and_conflicts_say_why,
+        a_batch_is_atomic,
+        the_envelope_round_trips,
+        reads_by_stream_range_and_category,
+        concurrent_appends_have_one_winner_per_version_and_no_gaps,
+        subscriptions_switch_from_catch_up_to_live_without_gaps_or_duplicates,
+        snapshots_plus_tail_equal_full_replay,
+        snapshots_of_another_state_version_are_ignored,
+        upcasters_bring_old_events_to_the_current_schema,
+        time_travel_reads_the_state_as_it_was,
+        commands_retry_on_conflict,
+        the_transaction_hook_commits_events_and_own_rows_together,
+        a_rebuilt_projection_equals_the_live_one,
+    ],
 );
 
 async fn expected_versions_are_enforced_and_conflicts_say_why(backend: Backend) {

@@ -304,33 +304,16 @@ fn sorted(by_key: &BTreeMap<String, Vec<i64>>) -> Vec<i64> {
     all
 }
 
-macro_rules! conformance {
-    ($($test:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Kind::Embedded).await;
-                }
-            )*
-        }
-        mod nats {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Kind::Nats).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
-    every_group_applies_every_message_once_in_key_order,
-    members_of_a_group_share_its_messages,
-    a_message_published_again_takes_effect_once,
-    a_consumer_asking_to_retry_gets_the_message_again,
-    a_subscriber_that_starts_late_loses_nothing,
+flotilla_testkit::for_each_variant!(
+    worker_threads = 4,
+    Kind { embedded => Embedded, nats => Nats },
+    [
+        every_group_applies_every_message_once_in_key_order,
+        members_of_a_group_share_its_messages,
+        a_message_published_again_takes_effect_once,
+        a_consumer_asking_to_retry_gets_the_message_again,
+        a_subscriber_that_starts_late_loses_nothing,
+    ],
 );
 
 async fn every_group_applies_every_message_once_in_key_order(kind: Kind) {

@@ -6,7 +6,8 @@
 //! is missing ([`skip`]); a PostgreSQL schema of a test's own ([`postgres_schema`]); a registry
 //! of a test's own ([`start_registry`], [`register_instance`]) and instances served on loopback
 //! ([`serve_instance`], [`dead_address`]); dead letters made as the relay makes them
-//! ([`bury`], over a [`DownTransport`]); and the whole body of an HTTP response ([`body_bytes`]).
+//! ([`bury`], over a [`DownTransport`]); one test body run per variant of a backend or a
+//! style ([`for_each_variant!`]); and the whole body of an HTTP response ([`body_bytes`]).
 //!
 //! For tests only: a dev-dependency of the crates, and a dependency of the system-test crate
 //! (itself only tests); no library or binary that ships depends on it. It knows no service
@@ -19,6 +20,7 @@ mod instance;
 mod postgres;
 mod registry;
 mod servers;
+mod variants;
 mod wait;
 
 pub use body::body_bytes;

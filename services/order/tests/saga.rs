@@ -697,34 +697,17 @@ async fn a_choreographed_order_past_its_point_of_no_return_does_not_expire() {
     s.invariants().await;
 }
 
-macro_rules! in_both_styles {
-    ($($name:ident),* $(,)?) => {
-        mod orchestration {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::SagaStyle::Orchestration).await;
-                }
-            )*
-        }
-        mod choreography {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::SagaStyle::Choreography).await;
-                }
-            )*
-        }
-    };
-}
-
-in_both_styles!(
-    an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed,
-    a_customer_over_the_credit_limit_is_rejected_and_the_stock_released,
-    an_unserviceable_destination_voids_the_payment_and_releases_the_stock,
-    an_out_of_stock_order_is_rejected_with_nothing_to_undo,
-    many_orders_at_once_all_end_and_the_books_balance,
-    an_approved_order_is_cancelled_refunded_restocked_and_its_shipment_cancelled,
-    a_dispatched_order_cannot_be_cancelled_and_stays_approved_and_paid,
-    only_an_approved_order_can_be_cancelled,
+flotilla_testkit::for_each_variant!(
+    worker_threads = 2,
+    SagaStyle { orchestration => Orchestration, choreography => Choreography },
+    [
+        an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed,
+        a_customer_over_the_credit_limit_is_rejected_and_the_stock_released,
+        an_unserviceable_destination_voids_the_payment_and_releases_the_stock,
+        an_out_of_stock_order_is_rejected_with_nothing_to_undo,
+        many_orders_at_once_all_end_and_the_books_balance,
+        an_approved_order_is_cancelled_refunded_restocked_and_its_shipment_cancelled,
+        a_dispatched_order_cannot_be_cancelled_and_stays_approved_and_paid,
+        only_an_approved_order_can_be_cancelled,
+    ],
 );
