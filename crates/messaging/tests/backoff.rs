@@ -85,10 +85,10 @@ async fn a_failed_message_waits_its_backoff_on_the_relays_clock() {
     clock.advance(Duration::from_millis(200));
     assert_eq!(relay.relay_once().await.expect("pass"), pass(1, 0));
     assert_eq!(attempts(), 3);
-    let left: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM messaging_outbox WHERE published_at IS NULL")
-            .fetch_one(&pool)
-            .await
-            .expect("count");
+    let left: i64 = flotilla_testkit::number(
+        &pool,
+        "SELECT COUNT(*) FROM messaging_outbox WHERE published_at IS NULL",
+    )
+    .await;
     assert_eq!(left, 0, "published and marked");
 }

@@ -70,17 +70,11 @@ async fn database() -> (SqlitePool, TempData) {
 }
 
 async fn effects(pool: &SqlitePool) -> Vec<i64> {
-    sqlx::query_scalar("SELECT n FROM effects ORDER BY seq")
-        .fetch_all(pool)
-        .await
-        .expect("effects")
+    flotilla_testkit::numbers(pool, "SELECT n FROM effects ORDER BY seq").await
 }
 
 async fn outbox(pool: &SqlitePool) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM messaging_outbox")
-        .fetch_one(pool)
-        .await
-        .expect("outbox")
+    flotilla_testkit::number(pool, "SELECT COUNT(*) FROM messaging_outbox").await
 }
 
 fn message(n: i64) -> Message {
@@ -195,10 +189,7 @@ async fn retries_alone<H: Handler>(group: &Group, consumer: Consumer<H>) {
     );
     assert_eq!(outbox(&pool).await, 2);
     assert_eq!(*committed.lock().expect("lock"), [1, 3]);
-    let inbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messaging_inbox")
-        .fetch_one(&pool)
-        .await
-        .expect("inbox");
+    let inbox: i64 = flotilla_testkit::number(&pool, "SELECT COUNT(*) FROM messaging_inbox").await;
     assert_eq!(inbox, 2, "the retried message can come again");
 }
 

@@ -25,10 +25,7 @@ fn micros(at: OffsetDateTime) -> i64 {
 }
 
 async fn outbox_seqs(pool: &SqlitePool) -> Vec<i64> {
-    sqlx::query_scalar("SELECT seq FROM messaging_outbox ORDER BY seq")
-        .fetch_all(pool)
-        .await
-        .expect("outbox")
+    flotilla_testkit::numbers(pool, "SELECT seq FROM messaging_outbox ORDER BY seq").await
 }
 
 #[tokio::test]

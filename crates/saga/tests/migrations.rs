@@ -78,10 +78,10 @@ async fn compacting_keeps_the_log_the_commands_and_the_facts() {
         .await
         .expect("facts");
     assert_eq!(facts, [("StockReserved".into(), "{\"n\":1}".into())]);
-    let old_log: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'saga_log'")
-            .fetch_one(&pool)
-            .await
-            .expect("schema");
+    let old_log: i64 = flotilla_testkit::number(
+        &pool,
+        "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'saga_log'",
+    )
+    .await;
     assert_eq!(old_log, 0, "the log table is gone");
 }

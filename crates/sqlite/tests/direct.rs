@@ -66,10 +66,7 @@ async fn cancelled_direct_transactions_never_wedge_the_connection() {
     .expect("the connection answers")
     .expect("query");
     assert_eq!(torn, 0);
-    let whole: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pairs")
-        .fetch_one(&pool)
-        .await
-        .expect("query");
+    let whole: i64 = flotilla_testkit::number(&pool, "SELECT COUNT(*) FROM pairs").await;
     assert!(whole > 0, "some transactions committed");
 }
 
@@ -130,10 +127,7 @@ async fn a_direct_transaction_commits_on_ok_and_rolls_back_on_err_and_panic() {
     })
     .await;
     assert!(panicked.is_err(), "the task panicked");
-    let kept: Vec<i64> = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
-        .fetch_all(&pool)
-        .await
-        .expect("read");
+    let kept: Vec<i64> = flotilla_testkit::numbers(&pool, "SELECT n FROM t ORDER BY n").await;
     assert_eq!(kept, [1], "only the committed transaction's row");
     // Out of any transaction: a sqlx transaction of its own begins and commits.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
@@ -234,10 +228,7 @@ async fn a_pool_whose_connection_kept_statements_closes_cleanly() {
         .await;
         assert_eq!(result.is_ok(), n % 2 == 0);
     }
-    let kept: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let kept: i64 = flotilla_testkit::number(&pool, "SELECT COUNT(*) FROM t").await;
     assert_eq!(
         kept, 10,
         "the even transactions committed, the odd rolled back"
@@ -320,10 +311,7 @@ async fn a_direct_transaction_waits_for_another_connections_lock_without_blockin
         .expect("task")
         .expect("transaction");
     assert_eq!(seen, 2, "it began after the holder's commit");
-    let all: Vec<i64> = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
-        .fetch_all(&pool)
-        .await
-        .expect("read");
+    let all: Vec<i64> = flotilla_testkit::numbers(&pool, "SELECT n FROM t ORDER BY n").await;
     assert_eq!(all, [1, 2, 3]);
 }
 

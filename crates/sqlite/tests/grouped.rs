@@ -46,10 +46,7 @@ async fn hold_writer(pool: &SqlitePool, how_long: Duration) -> tokio::task::Join
 }
 
 async fn ids(pool: &SqlitePool) -> Vec<i64> {
-    sqlx::query_scalar("SELECT id FROM rows ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .expect("rows")
+    flotilla_testkit::numbers(pool, "SELECT id FROM rows ORDER BY id").await
 }
 
 fn insert(

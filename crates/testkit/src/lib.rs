@@ -24,7 +24,7 @@ mod variants;
 mod wait;
 
 pub use body::body_bytes;
-pub use data::{TempData, memory_database};
+pub use data::{TempData, memory_database, number, numbers};
 pub use dead_letters::{DownTransport, bury};
 pub use instance::{dead_address, serve_instance};
 pub use postgres::{PgSchema, postgres_schema};

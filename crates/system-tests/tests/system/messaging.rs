@@ -29,11 +29,11 @@ async fn published_messages_are_pruned_after_their_retention() {
             Duration::from_millis(100),
             &format!("{service}: no published row kept"),
             || async {
-                let published: i64 =
-                    sqlx::query_scalar("SELECT COUNT(published_at) FROM messaging_outbox")
-                        .fetch_one(&pool)
-                        .await
-                        .expect("outbox");
+                let published: i64 = flotilla_testkit::number(
+                    &pool,
+                    "SELECT COUNT(published_at) FROM messaging_outbox",
+                )
+                .await;
                 if published == 0 {
                     Ok(())
                 } else {
@@ -42,11 +42,11 @@ async fn published_messages_are_pruned_after_their_retention() {
             },
         )
         .await;
-        let ever: i64 =
-            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'messaging_outbox'")
-                .fetch_one(&pool)
-                .await
-                .expect("sequence");
+        let ever: i64 = flotilla_testkit::number(
+            &pool,
+            "SELECT seq FROM sqlite_sequence WHERE name = 'messaging_outbox'",
+        )
+        .await;
         assert!(ever > 0, "{service} published messages");
         pool.close().await;
     }
@@ -90,11 +90,11 @@ async fn only_the_systems_own_services_may_push_messages() {
         assert_eq!(answer.headers["content-type"], "application/problem+json");
     }
     let inventory = system.database("inventory").await;
-    let forged_rows: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM reservations WHERE order_id = 'forged'")
-            .fetch_one(&inventory)
-            .await
-            .expect("reservations");
+    let forged_rows: i64 = flotilla_testkit::number(
+        &inventory,
+        "SELECT COUNT(*) FROM reservations WHERE order_id = 'forged'",
+    )
+    .await;
     assert_eq!(forged_rows, 0, "the forged command changed nothing");
     inventory.close().await;
 }
