@@ -122,6 +122,68 @@ async fn by_order(
         .collect())
 }
 
+/// Where the participants of an order that ended with `status` (and is not being cancelled)
+/// must stand.
+struct Ending {
+    /// The order's final status.
+    status: &'static str,
+    /// The payment's status, for the order's total.
+    payment: &'static str,
+    /// The reservation's status.
+    stock: &'static str,
+    /// The shipment's statuses allowed.
+    shipments: &'static [&'static str],
+}
+
+/// A cancelled order: refunded, restocked, its shipment cancelled.
+const CANCELLED: Ending = Ending {
+    status: "CANCELLED",
+    payment: "REFUNDED",
+    stock: "RESTOCKED",
+    shipments: &["CANCELLED"],
+};
+
+/// An approved order: captured, its stock committed, its shipment on its way.
+const APPROVED: Ending = Ending {
+    status: "APPROVED",
+    payment: "CAPTURED",
+    stock: "COMMITTED",
+    shipments: &["SCHEDULED", "DISPATCHED", "DELIVERED"],
+};
+
+impl Ending {
+    /// What the participants' rows of `order_id` (of `total` cents) say against this ending.
+    fn violations(
+        &self,
+        order_id: &str,
+        total: i64,
+        payment: Option<(&str, i64)>,
+        stock: Option<&str>,
+        shipment: Option<&str>,
+    ) -> Vec<String> {
+        let status = self.status;
+        let mut violations = Vec::new();
+        if payment != Some((self.payment, total)) {
+            violations.push(format!(
+                "order {order_id} is {status} but its payment is {payment:?}, not {} for {total}",
+                self.payment
+            ));
+        }
+        if stock != Some(self.stock) {
+            violations.push(format!(
+                "order {order_id} is {status} but its stock is {stock:?}, not {}",
+                self.stock
+            ));
+        }
+        if !shipment.is_some_and(|shipment| self.shipments.contains(&shipment)) {
+            violations.push(format!(
+                "order {order_id} is {status} but its shipment is {shipment:?}"
+            ));
+        }
+        violations
+    }
+}
+
 /// Checks the databases in `data_dir`; with `settled`, an order in flight is a violation.
 pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
     let order = open(data_dir, "order").await?;
@@ -183,41 +245,23 @@ pub async fn check(data_dir: &Path, settled: bool) -> anyhow::Result<Report> {
                 }
             }
             "CANCELLED" => {
-                if payment != Some(("REFUNDED", facts.total)) {
-                    violations.push(format!(
-                        "order {order_id} is CANCELLED but its payment is {payment:?}, not REFUNDED for {}",
-                        facts.total
-                    ));
-                }
-                if stock != Some("RESTOCKED") {
-                    violations.push(format!(
-                        "order {order_id} is CANCELLED but its stock is {stock:?}, not RESTOCKED"
-                    ));
-                }
-                if !matches!(shipment, Some("CANCELLED")) {
-                    violations.push(format!(
-                        "order {order_id} is CANCELLED but its shipment is {shipment:?}"
-                    ));
-                }
+                violations.extend(CANCELLED.violations(
+                    order_id,
+                    facts.total,
+                    payment,
+                    stock,
+                    shipment,
+                ));
             }
             "APPROVED" => {
                 captured_orders += facts.total;
-                if payment != Some(("CAPTURED", facts.total)) {
-                    violations.push(format!(
-                        "order {order_id} is APPROVED but its payment is {payment:?}, not CAPTURED for {}",
-                        facts.total
-                    ));
-                }
-                if stock != Some("COMMITTED") {
-                    violations.push(format!(
-                        "order {order_id} is APPROVED but its stock is {stock:?}, not COMMITTED"
-                    ));
-                }
-                if !matches!(shipment, Some("SCHEDULED" | "DISPATCHED" | "DELIVERED")) {
-                    violations.push(format!(
-                        "order {order_id} is APPROVED but its shipment is {shipment:?}"
-                    ));
-                }
+                violations.extend(APPROVED.violations(
+                    order_id,
+                    facts.total,
+                    payment,
+                    stock,
+                    shipment,
+                ));
             }
             "REJECTED" => {
                 if matches!(payment, Some(("CAPTURED" | "AUTHORIZED", _))) {

@@ -276,48 +276,29 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
+    let (rate, seconds, style) = (options.rate, options.duration, options.style);
+    let duration = std::time::Duration::from_secs(seconds);
+    // Both reports open with the load offered.
+    let offer = |offered| format!("{offered} {style:?} orders offered at {rate}/s for {seconds} s");
     if let Some(data_dir) = &options.sustained {
-        let figures = bench::sustained(
-            &options.gateway,
-            data_dir,
-            options.rate,
-            std::time::Duration::from_secs(options.duration),
-            options.style.into(),
-        )
-        .await?;
-        if options.json {
-            println!("{}", serde_json::to_string_pretty(&figures)?);
-        } else {
+        let figures =
+            bench::sustained(&options.gateway, data_dir, rate, duration, style.into()).await?;
+        return print_json_or(options.json, &figures, || {
             println!(
-                "{} {:?} orders offered at {}/s for {} s, {} accepted: all ended after {:.1} s, {:.0} sagas/s sustained; {:?}",
-                figures.offered,
-                options.style,
-                options.rate,
-                options.duration,
+                "{}, {} accepted: all ended after {:.1} s, {:.0} sagas/s sustained; {:?}",
+                offer(figures.offered),
                 figures.accepted,
                 figures.seconds,
                 figures.sagas_per_second,
                 figures.orders
             );
-        }
-        return Ok(());
+        });
     }
-    let figures = bench::orders(
-        &options.gateway,
-        options.rate,
-        std::time::Duration::from_secs(options.duration),
-        options.style.into(),
-    )
-    .await?;
-    if options.json {
-        println!("{}", serde_json::to_string_pretty(&figures)?);
-    } else {
+    let figures = bench::orders(&options.gateway, rate, duration, style.into()).await?;
+    print_json_or(options.json, &figures, || {
         println!(
-            "{} {:?} orders offered at {}/s for {} s: {} sagas completed ({} approved), {} failed",
-            figures.offered,
-            options.style,
-            options.rate,
-            options.duration,
+            "{}: {} sagas completed ({} approved), {} failed",
+            offer(figures.offered),
             figures.completed,
             figures.approved,
             figures.failed
@@ -326,15 +307,22 @@ async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
             "{:.0} completed sagas/s · time to final state p50 {:.1} ms, p99 {:.1} ms",
             figures.sagas_per_second, figures.p50_ms, figures.p99_ms
         );
+    })
+}
+
+/// Prints `value` as JSON with `json`, else as `text` prints it.
+fn print_json_or(json: bool, value: &impl Serialize, text: impl FnOnce()) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        text();
     }
     Ok(())
 }
 
 async fn check_command(options: CheckOptions) -> anyhow::Result<()> {
     let report = check::check(&options.data_dir, options.settled).await?;
-    if options.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    print_json_or(options.json, &report, || {
         let counts: Vec<String> = report
             .orders
             .iter()
@@ -353,7 +341,7 @@ async fn check_command(options: CheckOptions) -> anyhow::Result<()> {
         if report.violations.is_empty() {
             println!("all invariants hold");
         }
-    }
+    })?;
     anyhow::ensure!(
         report.violations.is_empty(),
         "{} invariant violation(s)",

@@ -94,10 +94,13 @@ impl View {
     }
 
     fn set_aside(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.set_aside
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        lock(&self.set_aside)
     }
+}
+
+/// Locks `mutex`, recovering it if a holder panicked.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[derive(Debug)]
@@ -194,11 +197,7 @@ impl Discovery {
 
     /// The view of `service`, starting its watch on first use.
     fn view(&self, service: &str) -> Arc<View> {
-        let mut views = self
-            .inner
-            .views
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut views = lock(&self.inner.views);
         if let Some(view) = views.get(service) {
             return view.clone();
         }
@@ -290,11 +289,7 @@ impl Discovery {
     /// The breaker and retry policy of `service`, made on first use.
     fn pipeline(&self, service: &str) -> Option<Pipeline> {
         let (breaker, retry) = self.inner.resilience.as_ref()?;
-        let mut pipelines = self
-            .inner
-            .pipelines
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let mut pipelines = lock(&self.inner.pipelines);
         if let Some(pipeline) = pipelines.get(service) {
             return Some(pipeline.clone());
         }

@@ -35,6 +35,35 @@ impl Harness {
         )
         .await
     }
+
+    /// `GET path` through the gateway, checked to be a `/problems/{problem}` with `status`: the
+    /// answer's headers and body.
+    async fn problem(
+        &self,
+        path: &str,
+        status: StatusCode,
+        problem: &str,
+    ) -> (HeaderMap, serde_json::Value) {
+        let (actual, headers, body) = self.get(path).await;
+        assert_eq!(actual, status, "{body}");
+        assert_eq!(body["type"], format!("/problems/{problem}"));
+        (headers, body)
+    }
+
+    /// `PUT /admin/breakers{path}` with the JSON `body`.
+    async fn put_admin(
+        &self,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        call(
+            Method::PUT,
+            &format!("{}/admin/breakers{path}", self.gateway),
+            &[("content-type", "application/json")],
+            body.as_bytes().to_vec(),
+        )
+        .await
+    }
 }
 
 impl Drop for Harness {
@@ -206,10 +235,14 @@ async fn forwards_with_request_id_and_trace_context_and_strips_hop_headers() {
 #[tokio::test]
 async fn no_instance_is_a_503_problem() {
     let harness = harness(2_000).await;
-    let (status, headers, body) = harness.get("/v1/products").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (headers, body) = harness
+        .problem(
+            "/v1/products",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-instance",
+        )
+        .await;
     assert_eq!(headers["content-type"], "application/problem+json");
-    assert_eq!(body["type"], "/problems/no-instance");
     assert_eq!(body["service"], "inventory");
     assert!(body["request_id"].as_str().is_some());
 }
@@ -219,9 +252,13 @@ async fn only_dead_instances_is_a_502_problem() {
     let harness = harness(2_000).await;
     let dead = dead_address().await;
     let _registration = register(&harness, "payment", &dead).await;
-    let (status, _, body) = harness.get("/v1/payments?order_id=1").await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert_eq!(body["type"], "/problems/upstream-unreachable");
+    harness
+        .problem(
+            "/v1/payments?order_id=1",
+            StatusCode::BAD_GATEWAY,
+            "upstream-unreachable",
+        )
+        .await;
 }
 
 #[tokio::test]
@@ -249,9 +286,13 @@ async fn a_slow_upstream_is_a_504_problem_after_the_deadline() {
     let address = upstream().await;
     let _registration = register(&harness, "order", &address).await;
     let started = std::time::Instant::now();
-    let (status, _, body) = harness.get("/v1/orders/slow").await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
-    assert_eq!(body["type"], "/problems/upstream-timeout");
+    harness
+        .problem(
+            "/v1/orders/slow",
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream-timeout",
+        )
+        .await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "took {:?}",
@@ -262,9 +303,9 @@ async fn a_slow_upstream_is_a_504_problem_after_the_deadline() {
 #[tokio::test]
 async fn unknown_paths_are_404_problems() {
     let harness = harness(2_000).await;
-    let (status, _, body) = harness.get("/v1/unknown").await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    assert_eq!(body["type"], "/problems/not-found");
+    harness
+        .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
+        .await;
 }
 
 #[tokio::test]
@@ -361,63 +402,42 @@ async fn operators_force_and_reconfigure_breakers_at_run_time() {
     let address = upstream().await;
     let _registration = register(&harness, "order", &address).await;
     let echo = format!("{}/v1/orders/echo", harness.gateway);
-    let json = [("content-type", "application/json")];
-    let admin = |path: &str| format!("{}/admin/breakers{path}", harness.gateway);
 
-    let (status, _, body) = call(
-        Method::PUT,
-        &admin("/order/force"),
-        &json,
-        br#"{"state":"open"}"#.to_vec(),
-    )
-    .await;
+    let (status, _, body) = harness
+        .put_admin("/order/force", r#"{"state":"open"}"#)
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["state"], "forced_open");
     let (status, _, body) = call(Method::POST, &echo, &[], b"{}".to_vec()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["type"], "/problems/circuit-open");
 
-    let (_, _, body) = call(
-        Method::PUT,
-        &admin("/order/force"),
-        &json,
-        br#"{"state":null}"#.to_vec(),
-    )
-    .await;
+    let (_, _, body) = harness.put_admin("/order/force", r#"{"state":null}"#).await;
     assert_eq!(body["state"], "closed");
     let (status, _, _) = call(Method::POST, &echo, &[], b"{}".to_vec()).await;
     assert_eq!(status, StatusCode::OK);
 
     // Run-time configuration: a valid one is applied, an invalid one refused and nothing changes.
-    let (status, _, body) = call(
-        Method::PUT,
-        &admin("/order/config"),
-        &json,
-        br#"{"minimum_calls":3,"window":{"kind":"count","calls":3}}"#.to_vec(),
-    )
-    .await;
+    let (status, _, body) = harness
+        .put_admin(
+            "/order/config",
+            r#"{"minimum_calls":3,"window":{"kind":"count","calls":3}}"#,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["config"]["minimum_calls"], 3);
-    let (status, _, body) = call(
-        Method::PUT,
-        &admin("/order/config"),
-        &json,
-        br#"{"success_threshold":99}"#.to_vec(),
-    )
-    .await;
+    let (status, _, body) = harness
+        .put_admin("/order/config", r#"{"success_threshold":99}"#)
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["type"], "/problems/invalid-breaker-config");
-    let (_, _, body) = call(Method::GET, &admin(""), &[], Vec::new()).await;
+    let (_, _, body) = harness.get("/admin/breakers").await;
     assert_eq!(
         body["order"]["config"]["minimum_calls"], 3,
         "the refused change changed nothing"
     );
-    let (status, _, _) = call(
-        Method::PUT,
-        &admin("/nobody/force"),
-        &json,
-        br#"{"state":"open"}"#.to_vec(),
-    )
-    .await;
+    let (status, _, _) = harness
+        .put_admin("/nobody/force", r#"{"state":"open"}"#)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -345,15 +345,26 @@ mod tests {
         }
     }
 
+    /// A registry of leases of `ttl` holding `instances`, each `(id, service, address)`.
+    fn holding(ttl: Duration, instances: &[(&str, &str, &str)]) -> Registry {
+        let registry = Registry::new(ttl);
+        for (id, service, address) in instances {
+            registry
+                .register(id, registration(service, address))
+                .expect("valid");
+        }
+        registry
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_instance_that_stops_heartbeating_is_evicted_after_its_ttl() {
-        let registry = Registry::new(Duration::from_millis(1_500));
-        registry
-            .register("a", registration("inventory", "127.0.0.1:1001"))
-            .expect("valid");
-        registry
-            .register("b", registration("inventory", "127.0.0.1:1002"))
-            .expect("valid");
+        let registry = holding(
+            Duration::from_millis(1_500),
+            &[
+                ("a", "inventory", "127.0.0.1:1001"),
+                ("b", "inventory", "127.0.0.1:1002"),
+            ],
+        );
 
         for _ in 0..4 {
             tokio::time::advance(Duration::from_millis(500)).await;
@@ -372,10 +383,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_lease_is_not_evicted_a_moment_before_it_ends() {
-        let registry = Registry::new(Duration::from_millis(1_500));
-        registry
-            .register("a", registration("inventory", "127.0.0.1:1001"))
-            .expect("valid");
+        let registry = holding(
+            Duration::from_millis(1_500),
+            &[("a", "inventory", "127.0.0.1:1001")],
+        );
         tokio::time::advance(Duration::from_millis(1_499)).await;
         assert!(registry.evict_expired().is_empty());
         tokio::time::advance(Duration::from_millis(1)).await;
@@ -384,10 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn deregistration_removes_the_instance_and_bumps_the_index() {
-        let registry = Registry::new(Duration::from_secs(5));
-        registry
-            .register("a", registration("order", "127.0.0.1:1001"))
-            .expect("valid");
+        let registry = holding(Duration::from_secs(5), &[("a", "order", "127.0.0.1:1001")]);
         let before = registry.index();
         registry.deregister("a").expect("registered");
         assert!(registry.index() > before);
@@ -440,10 +448,10 @@ mod tests {
 
     #[tokio::test]
     async fn status_changes_bump_the_index_once() {
-        let registry = Registry::new(Duration::from_secs(5));
-        registry
-            .register("a", registration("payment", "127.0.0.1:1001"))
-            .expect("valid");
+        let registry = holding(
+            Duration::from_secs(5),
+            &[("a", "payment", "127.0.0.1:1001")],
+        );
         let before = registry.index();
         assert!(registry.set_status("a", Status::Critical));
         assert!(!registry.set_status("a", Status::Critical));
@@ -457,21 +465,21 @@ mod tests {
     #[test]
     fn bad_registrations_are_refused() {
         let registry = Registry::new(Duration::from_secs(5));
-        for (id, service, address) in [
-            ("", "order", "127.0.0.1:1"),
-            ("a", "Order", "127.0.0.1:1"),
-            ("a", "order", "127.0.0.1"),
-            ("a", "order", "127.0.0.1:0"),
-            ("a", "order", "127.0.0.1:99999"),
-            ("a", "order", ":80"),
-            ("a b", "order", "127.0.0.1:1"),
-        ] {
+        // Each case spoils one part of a valid registration: `("a", "order", "127.0.0.1:1")`.
+        let refused = |id: &str, service: &str, address: &str| {
             assert!(
                 registry
                     .register(id, registration(service, address))
                     .is_err(),
                 "{id:?} {service:?} {address:?} was accepted"
             );
+        };
+        for id in ["", "a b"] {
+            refused(id, "order", "127.0.0.1:1");
+        }
+        refused("a", "Order", "127.0.0.1:1");
+        for address in ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:99999", ":80"] {
+            refused("a", "order", address);
         }
         assert!(registry.all().1.is_empty());
         assert_eq!(registry.index(), 0);

@@ -439,13 +439,27 @@ where
 mod tests {
     use super::*;
 
+    /// `max_concurrent` places, no waiting line.
+    fn places(max_concurrent: u32) -> BulkheadConfig {
+        BulkheadConfig {
+            max_concurrent,
+            max_waiting: 0,
+            max_wait_ms: 10,
+        }
+    }
+
+    /// `max_concurrent` places and a line of `max_waiting` calls, each waiting 100 ms at most.
+    fn with_line(max_concurrent: u32, max_waiting: u32) -> Bulkhead {
+        Bulkhead::new(BulkheadConfig {
+            max_concurrent,
+            max_waiting,
+            max_wait_ms: 100,
+        })
+    }
+
     #[tokio::test(start_paused = true)]
     async fn places_are_bounded_and_the_line_too() {
-        let bulkhead = Bulkhead::new(BulkheadConfig {
-            max_concurrent: 2,
-            max_waiting: 1,
-            max_wait_ms: 100,
-        });
+        let bulkhead = with_line(2, 1);
         let a = bulkhead.acquire().await.expect("first place");
         let _b = bulkhead.acquire().await.expect("second place");
         // A third waits in line; a fourth finds the line full.
@@ -465,23 +479,11 @@ mod tests {
 
     #[tokio::test]
     async fn places_can_be_added_and_taken_back_at_run_time() {
-        let bulkhead = Bulkhead::new(BulkheadConfig {
-            max_concurrent: 1,
-            max_waiting: 0,
-            max_wait_ms: 10,
-        });
+        let bulkhead = Bulkhead::new(places(1));
         let first = bulkhead.acquire().await.expect("place");
-        bulkhead.reconfigure(BulkheadConfig {
-            max_concurrent: 2,
-            max_waiting: 0,
-            max_wait_ms: 10,
-        });
+        bulkhead.reconfigure(places(2));
         let second = bulkhead.acquire().await.expect("a place added at run time");
-        bulkhead.reconfigure(BulkheadConfig {
-            max_concurrent: 1,
-            max_waiting: 0,
-            max_wait_ms: 10,
-        });
+        bulkhead.reconfigure(places(1));
         // Both calls in flight go on; the surplus place is taken back once one of them ends.
         drop(first);
         tokio::task::yield_now().await;
@@ -496,11 +498,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_ends_after_max_wait() {
-        let bulkhead = Bulkhead::new(BulkheadConfig {
-            max_concurrent: 1,
-            max_waiting: 4,
-            max_wait_ms: 100,
-        });
+        let bulkhead = with_line(1, 4);
         let _held = bulkhead.acquire().await.expect("place");
         let started = tokio::time::Instant::now();
         assert_eq!(
@@ -540,14 +538,6 @@ mod tests {
             call.await.expect("task").expect("served");
         }
         assert_eq!(most.load(Ordering::SeqCst), 3);
-    }
-
-    fn places(max_concurrent: u32) -> BulkheadConfig {
-        BulkheadConfig {
-            max_concurrent,
-            max_waiting: 0,
-            max_wait_ms: 10,
-        }
     }
 
     #[test]

@@ -322,11 +322,10 @@ impl Call<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
-    use crate::breaker::{BreakerConfig, State, Window};
+    use crate::breaker::{State, over_last_calls};
     use crate::retry::RetryConfig;
 
     fn judge(status: &u16) -> Verdict {
@@ -336,17 +335,24 @@ mod tests {
         }
     }
 
+    /// Runs a call through `pipeline` to an upstream that always answers 503: the result and the
+    /// attempts made.
+    async fn always_unavailable(
+        pipeline: &Pipeline,
+        safe: bool,
+    ) -> (Result<u16, CircuitOpen>, u32) {
+        let calls = AtomicU32::new(0);
+        let attempt = |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { 503u16 }
+        };
+        let result = pipeline.run(safe, attempt, judge).await;
+        (result, calls.into_inner())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retries_stop_when_the_breaker_opens() {
-        let breaker = CircuitBreaker::new(
-            "p",
-            BreakerConfig {
-                window: Window::Count { calls: 2 },
-                minimum_calls: 2,
-                ..BreakerConfig::default()
-            },
-        )
-        .expect("valid");
+        let breaker = over_last_calls("p", 2);
         let pipeline = Pipeline::new(
             Some(breaker.clone()),
             Some(
@@ -357,20 +363,9 @@ mod tests {
                 .expect("valid"),
             ),
         );
-        let calls = Arc::new(AtomicU32::new(0));
-        let counted = calls.clone();
-        let result = pipeline
-            .run(
-                true,
-                move |_| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    async { 503u16 }
-                },
-                judge,
-            )
-            .await;
+        let (result, calls) = always_unavailable(&pipeline, true).await;
         assert!(result.is_err(), "the third attempt meets an open breaker");
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(calls, 2);
         assert_eq!(breaker.state(), State::Open);
     }
 
@@ -380,20 +375,9 @@ mod tests {
             None,
             Some(RetryPolicy::new(RetryConfig::default()).expect("valid")),
         );
-        let calls = Arc::new(AtomicU32::new(0));
-        let counted = calls.clone();
-        let result = pipeline
-            .run(
-                false,
-                move |_| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    async { 503u16 }
-                },
-                judge,
-            )
-            .await;
+        let (result, calls) = always_unavailable(&pipeline, false).await;
         assert_eq!(result, Ok(503));
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(calls, 1);
     }
 
     #[tokio::test(start_paused = true)]

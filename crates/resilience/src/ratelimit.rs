@@ -473,17 +473,20 @@ where
 mod tests {
     use super::*;
 
+    /// A limiter of `per_second` and `burst` on a manual clock, and the clock.
+    fn on_manual_clock<K: Hash + Eq + Clone>(
+        per_second: f64,
+        burst: u32,
+    ) -> (Clock, RateLimiter<K>) {
+        let clock = Clock::manual();
+        let limiter = RateLimiter::with_clock(RateLimitConfig { per_second, burst }, clock.clone())
+            .expect("valid");
+        (clock, limiter)
+    }
+
     #[test]
     fn the_bucket_refills_at_the_rate_up_to_the_burst() {
-        let clock = Clock::manual();
-        let limiter = RateLimiter::with_clock(
-            RateLimitConfig {
-                per_second: 4.0,
-                burst: 2,
-            },
-            clock.clone(),
-        )
-        .expect("valid");
+        let (clock, limiter) = on_manual_clock(4.0, 2);
         assert!(limiter.check(&1).is_ok());
         assert!(limiter.check(&1).is_ok());
         let refused = limiter.check(&1).expect_err("burst spent");
@@ -503,43 +506,18 @@ mod tests {
     #[tokio::test]
     async fn the_layer_refuses_callers_over_their_limit_and_not_the_others() {
         use tower::ServiceExt;
-        let clock = Clock::manual();
-        let limiter = RateLimiter::with_clock(
-            RateLimitConfig {
-                per_second: 1.0,
-                burst: 1,
-            },
-            clock.clone(),
-        )
-        .expect("valid");
+        let (clock, limiter) = on_manual_clock(1.0, 1);
         let service = RateLimitLayer::new(limiter.clone(), |(client, _): &(&'static str, u32)| {
             *client
         })
         .layer(tower::service_fn(
             |(_, n): (&'static str, u32)| async move { Ok::<_, std::convert::Infallible>(n) },
         ));
-        assert_eq!(
-            service
-                .clone()
-                .oneshot(("a", 1))
-                .await
-                .expect("within the limit"),
-            1
-        );
-        let refused = service
-            .clone()
-            .oneshot(("a", 2))
-            .await
-            .expect_err("over the limit");
+        let call = |client, n| service.clone().oneshot((client, n));
+        assert_eq!(call("a", 1).await.expect("within the limit"), 1);
+        let refused = call("a", 2).await.expect_err("over the limit");
         assert!(matches!(refused, RateLimitError::Limited(_)));
-        assert_eq!(
-            service
-                .clone()
-                .oneshot(("b", 3))
-                .await
-                .expect("another caller"),
-            3
-        );
+        assert_eq!(call("b", 3).await.expect("another caller"), 3);
         // Raised at run time: the new burst applies as the bucket refills.
         limiter
             .reconfigure(RateLimitConfig {
@@ -549,25 +527,14 @@ mod tests {
             .expect("valid");
         clock.advance(Duration::from_secs(1));
         for n in 0..5 {
-            assert_eq!(
-                service.clone().oneshot(("a", n)).await.expect("new burst"),
-                n
-            );
+            assert_eq!(call("a", n).await.expect("new burst"), n);
         }
-        assert!(service.oneshot(("a", 9)).await.is_err());
+        assert!(call("a", 9).await.is_err());
     }
 
     #[test]
     fn over_a_long_run_the_rate_holds() {
-        let clock = Clock::manual();
-        let limiter = RateLimiter::with_clock(
-            RateLimitConfig {
-                per_second: 50.0,
-                burst: 5,
-            },
-            clock.clone(),
-        )
-        .expect("valid");
+        let (clock, limiter) = on_manual_clock(50.0, 5);
         let mut admitted = 0;
         // 10 s of calls every millisecond: 5 (burst) + 50/s × 10 s admitted.
         for _ in 0..10_000 {
@@ -629,14 +596,7 @@ mod tests {
 
     #[test]
     fn an_invalid_reconfiguration_is_refused_and_the_old_one_kept() {
-        let limiter = RateLimiter::<u32>::with_clock(
-            RateLimitConfig {
-                per_second: 2.0,
-                burst: 1,
-            },
-            Clock::manual(),
-        )
-        .expect("valid");
+        let (_, limiter) = on_manual_clock::<u32>(2.0, 1);
         let error = limiter
             .reconfigure(RateLimitConfig {
                 per_second: f64::NAN,
@@ -675,15 +635,7 @@ mod tests {
 
     #[test]
     fn the_number_of_keys_is_bounded_even_when_every_bucket_is_in_use() {
-        let clock = Clock::manual();
-        let limiter = RateLimiter::with_clock(
-            RateLimitConfig {
-                per_second: 1.0,
-                burst: 10,
-            },
-            clock.clone(),
-        )
-        .expect("valid");
+        let (clock, limiter) = on_manual_clock(1.0, 10);
         // Every key takes a token and keeps a bucket that is not full.
         let keys = MAX_KEYS as u32 + 25_000;
         for key in 0..keys {
@@ -702,15 +654,7 @@ mod tests {
 
     #[test]
     fn at_the_cap_full_buckets_are_forgotten_before_buckets_in_use() {
-        let clock = Clock::manual();
-        let limiter = RateLimiter::with_clock(
-            RateLimitConfig {
-                per_second: 1.0,
-                burst: 2,
-            },
-            clock.clone(),
-        )
-        .expect("valid");
+        let (clock, limiter) = on_manual_clock(1.0, 2);
         // The least recently used key has spent its burst...
         let spender = u32::MAX;
         assert!(limiter.check(&spender).is_ok());

@@ -614,6 +614,9 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use tower::layer::util::{Identity, Stack};
+    use tower::retry::RetryLayer;
+    use tower::util::MapRequestLayer;
     use tower::{ServiceBuilder, ServiceExt};
 
     use super::*;
@@ -762,43 +765,18 @@ mod tests {
 
     #[test]
     fn configurations_that_cannot_work_are_refused_not_panicked_on() {
-        for (config, field) in [
-            (
-                RetryConfig {
-                    budget_percent: f32::NAN,
-                    ..RetryConfig::default()
-                },
-                "budget_percent",
-            ),
-            (
-                RetryConfig {
-                    budget_percent: f32::INFINITY,
-                    ..RetryConfig::default()
-                },
-                "budget_percent",
-            ),
-            (
-                RetryConfig {
-                    budget_percent: -1.0,
-                    ..RetryConfig::default()
-                },
-                "budget_percent",
-            ),
-            (
-                RetryConfig {
-                    min_retries_per_sec: u32::MAX,
-                    ..RetryConfig::default()
-                },
-                "min_retries_per_sec",
-            ),
-            (
-                RetryConfig {
-                    max_attempts: 0,
-                    ..RetryConfig::default()
-                },
-                "max_attempts",
-            ),
-        ] {
+        /// Makes a valid configuration invalid in one field.
+        type Spoil = fn(&mut RetryConfig);
+        let spoilt: [(Spoil, &str); 5] = [
+            (|c| c.budget_percent = f32::NAN, "budget_percent"),
+            (|c| c.budget_percent = f32::INFINITY, "budget_percent"),
+            (|c| c.budget_percent = -1.0, "budget_percent"),
+            (|c| c.min_retries_per_sec = u32::MAX, "min_retries_per_sec"),
+            (|c| c.max_attempts = 0, "max_attempts"),
+        ];
+        for (spoil, field) in spoilt {
+            let mut config = RetryConfig::default();
+            spoil(&mut config);
             let error = RetryPolicy::new(config.clone()).expect_err("refused");
             assert_eq!(error.field, field);
             let policy = RetryPolicy::new(RetryConfig::default()).expect("valid");
@@ -814,12 +792,27 @@ mod tests {
         });
     }
 
-    /// Counts the attempts that reach the layers under the retry.
-    fn counting(attempts: Arc<AtomicU32>) -> impl Fn(Request<()>) -> Request<()> + Clone {
-        move |request| {
-            attempts.fetch_add(1, Ordering::SeqCst);
+    /// A retry and, under it, a count of its attempts: the layers to stack the rest on, and the
+    /// count.
+    type CountedRetry<F> = (
+        ServiceBuilder<Stack<MapRequestLayer<F>, Stack<RetryLayer<RetryPolicy>, Identity>>>,
+        Arc<AtomicU32>,
+    );
+
+    /// A retry with `config` counting the attempts that reach the layers under it.
+    fn counted_retry(
+        config: RetryConfig,
+    ) -> CountedRetry<impl Fn(Request<()>) -> Request<()> + Clone> {
+        let attempts = Arc::new(AtomicU32::new(0));
+        let counted = attempts.clone();
+        let count = move |request: Request<()>| {
+            counted.fetch_add(1, Ordering::SeqCst);
             request
-        }
+        };
+        let layers = ServiceBuilder::new()
+            .retry(RetryPolicy::new(config).expect("valid"))
+            .map_request(count);
+        (layers, attempts)
     }
 
     fn forced_open() -> crate::CircuitBreaker {
@@ -832,10 +825,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_open_breaker_below_the_retry_ends_the_call_after_one_attempt() {
         use crate::breaker::{BreakerError, CircuitBreakerLayer, HttpClassifier};
-        let (attempts, calls) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-        let service = ServiceBuilder::new()
-            .retry(RetryPolicy::new(RetryConfig::default()).expect("valid"))
-            .map_request(counting(attempts.clone()))
+        let (retry, attempts) = counted_retry(RetryConfig::default());
+        let calls = Arc::new(AtomicU32::new(0));
+        let service = retry
             .layer(CircuitBreakerLayer::new(forced_open(), HttpClassifier))
             .service(flaky(vec![], calls.clone()));
         let error = service.oneshot(get()).await.expect_err("refused");
@@ -851,10 +843,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_open_breaker_is_found_in_a_boxed_error_too() {
         use crate::breaker::{CircuitBreakerLayer, HttpClassifier};
-        let attempts = Arc::new(AtomicU32::new(0));
-        let service = ServiceBuilder::new()
-            .retry(RetryPolicy::new(RetryConfig::default()).expect("valid"))
-            .map_request(counting(attempts.clone()))
+        let (retry, attempts) = counted_retry(RetryConfig::default());
+        let service = retry
             .map_err(tower::BoxError::from)
             .layer(CircuitBreakerLayer::new(forced_open(), HttpClassifier))
             .service(flaky(vec![], Arc::default()));
@@ -865,28 +855,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_stop_when_the_breaker_opens_during_the_call() {
-        use crate::breaker::{
-            BreakerConfig, BreakerError, CircuitBreakerLayer, HttpClassifier, Window,
-        };
-        let breaker = crate::CircuitBreaker::new(
-            "flaky",
-            BreakerConfig {
-                window: Window::Count { calls: 2 },
-                minimum_calls: 2,
-                ..BreakerConfig::default()
-            },
-        )
-        .expect("valid");
-        let (attempts, calls) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-        let service = ServiceBuilder::new()
-            .retry(
-                RetryPolicy::new(RetryConfig {
-                    max_attempts: 5,
-                    ..RetryConfig::default()
-                })
-                .expect("valid"),
-            )
-            .map_request(counting(attempts.clone()))
+        use crate::breaker::{BreakerError, CircuitBreakerLayer, HttpClassifier, over_last_calls};
+        let breaker = over_last_calls("flaky", 2);
+        let (retry, attempts) = counted_retry(RetryConfig {
+            max_attempts: 5,
+            ..RetryConfig::default()
+        });
+        let calls = Arc::new(AtomicU32::new(0));
+        let service = retry
             .layer(CircuitBreakerLayer::new(breaker, HttpClassifier))
             .service(flaky(vec![503; 10], calls.clone()));
         let error = service.oneshot(get()).await.expect_err("refused");
@@ -900,10 +876,8 @@ mod tests {
     async fn a_full_bulkhead_or_a_rate_limit_below_the_retry_is_not_retried() {
         use crate::bulkhead::{BulkheadConfig, BulkheadError, BulkheadLayer};
         use crate::ratelimit::{RateLimitConfig, RateLimitError, RateLimitLayer, RateLimiter};
-        let attempts = Arc::new(AtomicU32::new(0));
-        let service = ServiceBuilder::new()
-            .retry(RetryPolicy::new(RetryConfig::default()).expect("valid"))
-            .map_request(counting(attempts.clone()))
+        let (retry, attempts) = counted_retry(RetryConfig::default());
+        let service = retry
             .layer(BulkheadLayer::new(BulkheadConfig {
                 max_concurrent: 0,
                 max_waiting: 0,
@@ -922,10 +896,9 @@ mod tests {
             crate::Clock::manual(),
         )
         .expect("valid");
-        let (attempts, calls) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-        let service = ServiceBuilder::new()
-            .retry(RetryPolicy::new(RetryConfig::default()).expect("valid"))
-            .map_request(counting(attempts.clone()))
+        let (retry, attempts) = counted_retry(RetryConfig::default());
+        let calls = Arc::new(AtomicU32::new(0));
+        let service = retry
             .layer(RateLimitLayer::new(limiter, |_: &Request<()>| ()))
             .service(flaky(vec![503], calls.clone()));
         let error = service.oneshot(get()).await.expect_err("limited");

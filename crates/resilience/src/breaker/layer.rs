@@ -285,19 +285,11 @@ mod tests {
     use tower::{ServiceBuilder, ServiceExt};
 
     use super::*;
-    use crate::breaker::{BreakerConfig, State, Window};
+    use crate::breaker::{State, over_last_calls};
 
     #[tokio::test]
     async fn server_errors_open_the_breaker_and_client_errors_do_not() {
-        let breaker = CircuitBreaker::new(
-            "layer",
-            BreakerConfig {
-                window: Window::Count { calls: 4 },
-                minimum_calls: 4,
-                ..BreakerConfig::default()
-            },
-        )
-        .expect("valid");
+        let breaker = over_last_calls("layer", 4);
         let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let service = |status: u16| {
             let hits = hits.clone();

@@ -51,3 +51,15 @@ pub use layer::{
     ResponseFuture,
 };
 pub use state::{CircuitOpen, Forced, Outcome, State, Transition};
+
+/// A breaker judging a window of the last `calls` calls as soon as it holds that many (for
+/// tests).
+#[cfg(test)]
+pub(crate) fn over_last_calls(name: &str, calls: u32) -> CircuitBreaker {
+    let config = BreakerConfig {
+        window: Window::Count { calls },
+        minimum_calls: calls,
+        ..BreakerConfig::default()
+    };
+    CircuitBreaker::new(name, config).expect("valid")
+}
