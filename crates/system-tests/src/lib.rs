@@ -39,6 +39,16 @@ pub fn order(customer: &str, sku: &str, quantity: i64) -> Value {
     })
 }
 
+/// Asserts that `order` (an order as the API shows it) was rejected for a reason that contains
+/// `reason`; `context` prefixes the failure message.
+pub fn assert_rejected(order: &Value, reason: &str, context: &str) {
+    assert_eq!(order["status"], "REJECTED", "{context}: {order}");
+    assert!(
+        order["reason"].as_str().is_some_and(|r| r.contains(reason)),
+        "{context}: the reason should contain {reason:?}: {order}"
+    );
+}
+
 /// Asserts that `answer` is a problem+json of type `/problems/KIND`, complete.
 pub fn assert_problem(name: &str, answer: &Answer, kind: &str) {
     assert_eq!(

@@ -6,17 +6,25 @@ use std::time::Duration;
 use flotilla_system_tests::{System, eventually, holds_for, order, sample};
 use http::{Method, StatusCode};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers() {
-    let system = System::start_env(&[
+/// The settings of a system with fault injection on and a breaker that opens quickly (judged
+/// over 5 calls, open for 1 s each time), which closes after `probes` successful trial calls
+/// out of as many permitted; then `more`.
+fn quick_breaker<'a>(probes: &'a str, more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut environment = vec![
         ("FLOTILLA_FAULT_INJECTION", "true"),
         ("FLOTILLA_BREAKER__MINIMUM_CALLS", "5"),
         ("FLOTILLA_BREAKER__WAIT_IN_OPEN_MS", "1000"),
         ("FLOTILLA_BREAKER__WAIT_MULTIPLIER", "1.0"),
-        ("FLOTILLA_BREAKER__HALF_OPEN_PERMITS", "2"),
-        ("FLOTILLA_BREAKER__SUCCESS_THRESHOLD", "2"),
-    ])
-    .await;
+        ("FLOTILLA_BREAKER__HALF_OPEN_PERMITS", probes),
+        ("FLOTILLA_BREAKER__SUCCESS_THRESHOLD", probes),
+    ];
+    environment.extend_from_slice(more);
+    environment
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers() {
+    let system = System::start_env(&quick_breaker("2", &[])).await;
     let address = system.address_of("inventory").await;
     let upstream_hits = || async {
         let metrics = system
@@ -169,15 +177,10 @@ async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_queued_while_the_breaker_is_open_are_replayed_in_order_exactly_once() {
-    let system = System::start_env(&[
-        ("FLOTILLA_FAULT_INJECTION", "true"),
-        ("FLOTILLA_QUEUE_FOR_LATER", "[\"order\"]"),
-        ("FLOTILLA_BREAKER__MINIMUM_CALLS", "5"),
-        ("FLOTILLA_BREAKER__WAIT_IN_OPEN_MS", "1000"),
-        ("FLOTILLA_BREAKER__WAIT_MULTIPLIER", "1.0"),
-        ("FLOTILLA_BREAKER__HALF_OPEN_PERMITS", "1"),
-        ("FLOTILLA_BREAKER__SUCCESS_THRESHOLD", "1"),
-    ])
+    let system = System::start_env(&quick_breaker(
+        "1",
+        &[("FLOTILLA_QUEUE_FOR_LATER", "[\"order\"]")],
+    ))
     .await;
     let address = system.address_of("order").await;
     let system = &system;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flotilla_system_tests::scenarios::{every_path_in_both_styles, sagas_survive_kill_9};
-use flotilla_system_tests::{Role, System, eventually, order};
+use flotilla_system_tests::{Role, System, assert_rejected, eventually, order};
 use http::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -74,13 +74,7 @@ async fn a_choreographed_order_expires_while_a_participant_stalls() {
 
     system.supervisor.resume(Role::Payment, 1).expect("SIGCONT");
     let ended = system.final_state(&format!("/v1/orders/{order_id}")).await;
-    assert_eq!(ended["status"], "REJECTED", "{ended}");
-    assert!(
-        ended["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("did not complete within")),
-        "{ended}"
-    );
+    assert_rejected(&ended, "did not complete within", "a stalled saga");
     let check = system.flotilla(&["check", "--settled"]);
     assert!(
         check.status.success(),
