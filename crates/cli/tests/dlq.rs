@@ -11,14 +11,6 @@ use flotilla_testkit::TempData;
 use serde_json::{Value, json};
 use sqlx::SqlitePool;
 
-/// Opens (creating it) `service`'s database in `data`, as the service does, with the
-/// messaging tables.
-async fn database(data: &TempData, service: &str) -> SqlitePool {
-    let pool = data.pool(service).await;
-    flotilla_messaging::migrate(&pool).await.expect("migrate");
-    pool
-}
-
 /// Enqueues one message per key on `topic`, then lets a relay whose transport is down bury them
 /// all after one attempt; returns them in enqueue order.
 async fn dead_letters(pool: &SqlitePool, topic: &str, keys: &[&str]) -> Vec<Message> {
@@ -88,9 +80,9 @@ fn stderr(output: &Output) -> String {
 #[tokio::test]
 async fn list_shows_the_dead_letters_of_every_service_and_names_those_without_a_database() {
     let dir = TempData::new();
-    let order = database(&dir, "order").await;
+    let order = dir.messaging_pool("order").await;
     let placed = dead_letters(&order, "order.events", &["o-1"]).await;
-    let payment = database(&dir, "payment").await;
+    let payment = dir.messaging_pool("payment").await;
     let replies = dead_letters(&payment, "saga.replies", &["o-2", "o-3"]).await;
     // A stopped system: nothing holds the databases open.
     order.close().await;
@@ -150,7 +142,7 @@ async fn list_shows_the_dead_letters_of_every_service_and_names_those_without_a_
 async fn replay_puts_the_dead_letters_back_in_the_outbox_pending_again() {
     let dir = TempData::new();
     // A running service: its pool stays open while the command runs.
-    let payment = database(&dir, "payment").await;
+    let payment = dir.messaging_pool("payment").await;
     let messages = dead_letters(&payment, "saga.replies", &["o-1", "o-2", "o-3"]).await;
     let seqs = seqs_of(&payment, &messages).await;
     for message in &messages {
@@ -204,7 +196,7 @@ async fn replay_puts_the_dead_letters_back_in_the_outbox_pending_again() {
 #[tokio::test]
 async fn replay_of_an_unknown_seq_fails_naming_it_and_changes_nothing() {
     let dir = TempData::new();
-    let inventory = database(&dir, "inventory").await;
+    let inventory = dir.messaging_pool("inventory").await;
     let messages = dead_letters(&inventory, "saga.replies", &["o-1", "o-2"]).await;
     let seqs = seqs_of(&inventory, &messages).await;
     let before = outbox::dead_letters(&inventory)

@@ -46,8 +46,7 @@ fn pass(published: u32, failed: u32) -> Pass {
 #[tokio::test]
 async fn a_failed_message_waits_its_backoff_on_the_relays_clock() {
     let data = TempData::new();
-    let pool = data.pool("producer").await;
-    flotilla_messaging::migrate(&pool).await.expect("migrate");
+    let pool = data.messaging_pool("producer").await;
     let message = Message::new("orders", "Placed", "o-1", json!({ "n": 1 }));
     let mut tx = pool.begin().await.expect("begin");
     flotilla_sqlite::direct(&mut tx, |db| outbox::enqueue(db, &message))

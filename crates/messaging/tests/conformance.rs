@@ -13,11 +13,11 @@ use flotilla_discovery::{Discovery, Registration, Spec};
 use flotilla_kit::health::Health;
 use flotilla_messaging::embedded::{Embedded, Subscriptions};
 use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, HandlerResult};
-use flotilla_messaging::nats::{Nats, NatsConfig};
+use flotilla_messaging::nats::Nats;
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
 use flotilla_testkit::{
-    NATS, TempData, eventually_every, holds_for, serve_instance, start_registry,
+    NATS, TempData, eventually_every, holds_for, nats_stream, serve_instance, start_registry,
 };
 use serde_json::json;
 use sqlx::SqlitePool;
@@ -49,18 +49,7 @@ impl World {
         let shutdown = CancellationToken::new();
         match kind {
             Kind::Nats => {
-                let unique = uuid::Uuid::now_v7().simple().to_string();
-                let nats = NATS
-                    .reach(|url| {
-                        Nats::connect(NatsConfig {
-                            url,
-                            stream: format!("CONF_{unique}"),
-                            subject_prefix: format!("conf{unique}"),
-                            ack_wait: Duration::from_secs(2),
-                            ..NatsConfig::default()
-                        })
-                    })
-                    .await?;
+                let (nats, _) = nats_stream(&NATS.url(), "CONF", Duration::from_secs(2)).await?;
                 Some(World {
                     kind,
                     shutdown,
@@ -189,10 +178,7 @@ async fn drain<T: Transport>(relay: Relay<T>, pool: &SqlitePool) -> outbox::Pass
 
 async fn database() -> (SqlitePool, TempData) {
     let data = TempData::new();
-    let pool = data.pool("service").await;
-    flotilla_messaging::migrate(&pool)
-        .await
-        .expect("migrations");
+    let pool = data.messaging_pool("service").await;
     sqlx::query(
         "CREATE TABLE applied (seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL)",
     )

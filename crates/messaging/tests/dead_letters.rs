@@ -8,8 +8,7 @@ use sqlx::SqlitePool;
 /// A database whose outbox buried `count` messages of one key; returns them in enqueue order.
 async fn buried(count: usize) -> (SqlitePool, Vec<Message>, TempData) {
     let data = TempData::new();
-    let pool = data.pool("service").await;
-    flotilla_messaging::migrate(&pool).await.expect("migrate");
+    let pool = data.messaging_pool("service").await;
     let messages: Vec<Message> = (0..count)
         .map(|n| Message::new("order.events", "Tested", "k", serde_json::json!({ "n": n })))
         .collect();

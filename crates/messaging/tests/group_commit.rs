@@ -60,8 +60,7 @@ fn by_topic(recorder: Recorder) -> ByTopic<Recorder, Recorder> {
 
 async fn database() -> (SqlitePool, TempData) {
     let data = TempData::new();
-    let pool = data.pool("consumer").await;
-    flotilla_messaging::migrate(&pool).await.expect("migrate");
+    let pool = data.messaging_pool("consumer").await;
     sqlx::query("CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL)")
         .execute(&pool)
         .await

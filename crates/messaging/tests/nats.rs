@@ -10,33 +10,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_messaging::inbox::{Consumer, Handler, HandlerError, HandlerResult, Processed};
-use flotilla_messaging::nats::{Nats, NatsConfig};
+use flotilla_messaging::nats::Nats;
 use flotilla_messaging::outbox::{self, Relay, RelayConfig};
 use flotilla_messaging::{Message, Transport};
-use flotilla_testkit::{NATS, TempData};
+use flotilla_testkit::{NATS, TempData, nats_stream};
 use serde_json::json;
 use sqlx::SqlitePool;
 
+/// The transport on a stream of this test's own.
 async fn connect_nats() -> Option<Nats> {
-    let unique = uuid::Uuid::now_v7().simple().to_string();
-    NATS.reach(|url| {
-        Nats::connect(NatsConfig {
-            url,
-            stream: format!("TEST_{unique}"),
-            subject_prefix: format!("test{unique}"),
-            ack_wait: Duration::from_secs(2),
-            ..NatsConfig::default()
-        })
-    })
-    .await
+    nats_stream(&NATS.url(), "TEST", Duration::from_secs(2))
+        .await
+        .map(|(nats, _)| nats)
 }
 
 async fn database() -> (SqlitePool, TempData) {
     let data = TempData::new();
-    let pool = data.pool("service").await;
-    flotilla_messaging::migrate(&pool)
-        .await
-        .expect("migrations");
+    let pool = data.messaging_pool("service").await;
     (pool, data)
 }
 

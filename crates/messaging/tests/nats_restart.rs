@@ -34,10 +34,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
-use flotilla_messaging::nats::{Nats, NatsConfig};
 use flotilla_messaging::outbox;
 use flotilla_messaging::runtime::{AnyTransport, start_consumer, start_relay};
-use flotilla_testkit::{NATS, TempData, eventually, skip};
+use flotilla_testkit::{NATS, TempData, eventually, nats_stream, skip};
 use serde_json::json;
 use sqlx::SqlitePool;
 use tokio::sync::{Notify, watch};
@@ -213,31 +212,6 @@ fn running_servers() -> Vec<(Vec<OsString>, PathBuf)> {
         .collect()
 }
 
-/// The transport on a stream of this test's own, and the stream's name.
-async fn connect_nats(url: &str) -> Option<(Nats, String)> {
-    let unique = uuid::Uuid::now_v7().simple().to_string();
-    let stream = format!("TEST_{unique}");
-    let config = NatsConfig {
-        url: url.into(),
-        stream: stream.clone(),
-        subject_prefix: format!("test{unique}"),
-        ack_wait: ACK_WAIT,
-        ..NatsConfig::default()
-    };
-    match Nats::connect(config).await {
-        Ok(nats) => Some((nats, stream)),
-        Err(error) => NATS.unreachable(url, error),
-    }
-}
-
-async fn database(data: &TempData, name: &str) -> SqlitePool {
-    let pool = data.pool(name).await;
-    flotilla_messaging::migrate(&pool)
-        .await
-        .expect("migrations");
-    pool
-}
-
 fn key_of(n: i64) -> String {
     format!("key-{}", n % KEYS)
 }
@@ -295,27 +269,19 @@ async fn produce(pool: &SqlitePool, relay: &Notify, range: std::ops::Range<i64>)
     }
 }
 
-async fn count(pool: &SqlitePool, sql: &'static str) -> i64 {
-    let (count,): (i64,) = sqlx::query_as(sql)
-        .fetch_one(pool)
-        .await
-        .expect("count query");
-    count
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
     let url = NATS.url();
     let Some(mut server) = Server::controllable(&url) else {
         return;
     };
-    let Some((nats, stream_name)) = connect_nats(&url).await else {
+    let Some((nats, stream_name)) = nats_stream(&url, "TEST", ACK_WAIT).await else {
         return;
     };
     let started = Instant::now();
     let data = TempData::new();
-    let producer = database(&data, "producer").await;
-    let consumer_db = database(&data, "consumer").await;
+    let producer = data.messaging_pool("producer").await;
+    let consumer_db = data.messaging_pool("consumer").await;
     sqlx::query(
         "CREATE TABLE applied (message_id TEXT PRIMARY KEY, key TEXT NOT NULL, n INTEGER NOT NULL,
          applications INTEGER NOT NULL, position INTEGER NOT NULL UNIQUE)",
@@ -366,9 +332,10 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
         }
     });
 
-    let applied = async || count(&consumer_db, "SELECT COUNT(*) FROM applied").await;
+    let applied =
+        async || flotilla_testkit::number(&consumer_db, "SELECT COUNT(*) FROM applied").await;
     let unpublished = async || {
-        count(
+        flotilla_testkit::number(
             &producer,
             "SELECT COUNT(*) FROM messaging_outbox WHERE published_at IS NULL",
         )
@@ -389,7 +356,8 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
     )
     .await;
     let stopping = Instant::now();
-    let written = async || count(&producer, "SELECT COUNT(*) FROM messaging_outbox").await;
+    let written =
+        async || flotilla_testkit::number(&producer, "SELECT COUNT(*) FROM messaging_outbox").await;
     eprintln!(
         "stopping nats-server at {:?}: {} written, {} of them unpublished, {} applied",
         started.elapsed(),
@@ -441,7 +409,11 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
                 n => Err(format!(
                     "{n} of {COUNT} applied, {} unpublished, {} dead letters",
                     unpublished().await,
-                    count(&producer, "SELECT COUNT(*) FROM messaging_dead_letters").await,
+                    flotilla_testkit::number(
+                        &producer,
+                        "SELECT COUNT(*) FROM messaging_dead_letters"
+                    )
+                    .await,
                 )),
             }
         },
@@ -485,7 +457,7 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
     assert_eq!(rows.len(), usize::try_from(COUNT).expect("count"));
     assert_eq!(numbers, (0..COUNT).collect(), "every message, no other");
     assert_eq!(
-        count(
+        flotilla_testkit::number(
             &consumer_db,
             "SELECT COUNT(*) FROM messaging_inbox WHERE consumer = 'restart'"
         )
@@ -496,15 +468,15 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
     // The outbox is drained: every row published, none dead.
     assert_eq!(unpublished().await, 0, "unpublished outbox rows");
     assert_eq!(
-        count(&producer, "SELECT COUNT(*) FROM messaging_dead_letters").await,
+        flotilla_testkit::number(&producer, "SELECT COUNT(*) FROM messaging_dead_letters").await,
         0,
         "dead letters"
     );
     assert_eq!(
-        count(&producer, "SELECT COUNT(*) FROM messaging_outbox").await,
+        flotilla_testkit::number(&producer, "SELECT COUNT(*) FROM messaging_outbox").await,
         COUNT
     );
-    let failed_publishes = count(
+    let failed_publishes = flotilla_testkit::number(
         &producer,
         "SELECT COUNT(*) FROM messaging_outbox WHERE attempts > 0",
     )

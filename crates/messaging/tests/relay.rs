@@ -58,8 +58,7 @@ async fn unpublished(pool: &SqlitePool, key: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_key_holds_up_only_its_own_messages() {
     let data = TempData::new();
-    let pool = data.pool("producer").await;
-    flotilla_messaging::migrate(&pool).await.expect("migrate");
+    let pool = data.messaging_pool("producer").await;
     let gate = Arc::new(Gate {
         slow: Semaphore::new(0),
         published: Mutex::default(),

@@ -6,7 +6,7 @@
 //! is missing ([`skip`]); a PostgreSQL schema of a test's own ([`postgres_schema`]); a registry
 //! of a test's own ([`start_registry`], [`register_instance`]) and instances served on loopback
 //! ([`serve_instance`], [`dead_address`]); dead letters made as the relay makes them
-//! ([`bury`], over a [`DownTransport`]); one test body run per variant of a backend or a
+//! ([`bury`], over a [`DownTransport`]); a NATS stream of a test's own ([`nats_stream`]); one test body run per variant of a backend or a
 //! style ([`for_each_variant!`]); and the whole body of an HTTP response ([`body_bytes`]).
 //!
 //! For tests only: a dev-dependency of the crates, and a dependency of the system-test crate
@@ -15,8 +15,8 @@
 
 mod body;
 mod data;
-mod dead_letters;
 mod instance;
+mod messaging;
 mod postgres;
 mod registry;
 mod servers;
@@ -25,8 +25,8 @@ mod wait;
 
 pub use body::body_bytes;
 pub use data::{TempData, memory_database, number, numbers};
-pub use dead_letters::{DownTransport, bury};
 pub use instance::{dead_address, serve_instance};
+pub use messaging::{DownTransport, bury, nats_stream};
 pub use postgres::{PgSchema, postgres_schema};
 pub use registry::{register_instance, start_registry};
 pub use servers::{NATS, POSTGRES, Server, in_ci, skip};
