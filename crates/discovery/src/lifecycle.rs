@@ -40,6 +40,7 @@ pub async fn serve(
     let server = tokio::spawn(flotilla_kit::serve(
         listener,
         router,
+        config.server.connection_limits(),
         drain.clone().cancelled_owned(),
     ));
     tracing::info!(%service, %address, "listening");

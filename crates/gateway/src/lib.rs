@@ -19,13 +19,20 @@
 //! * queue for later ([`deferred`]): for the services named in `queue_for_later`, a write with
 //!   an `Idempotency-Key` that meets an open breaker is stored and answered 202; it is replayed
 //!   in order when the service takes calls again;
+//! * a client's faults stay the client's ([`inbound`]): the path is normalised before a route is
+//!   chosen, a body over `max_body_bytes` is 413 (before reading a declared one), a body that
+//!   breaks off is 400, and none of them counts against the upstream's breaker;
 //! * operator controls of the breakers ([`admin`], when `admin_api` is on).
+//!
+//! The listener itself (header and idle timeouts, head limits, `Host` rules) is the kit's
+//! ([`flotilla_kit::server`]), shared by every process.
 //!
 //! What it reads is [`Config`]: its own keys ([`GatewaySettings`]) and the sections of the
 //! crates it builds on.
 
 pub mod admin;
 pub mod deferred;
+pub mod inbound;
 pub mod proxy;
 pub mod routes;
 pub mod settings;
@@ -63,6 +70,7 @@ pub async fn run(
         &config.resilience.breaker,
         &config.resilience.retry,
         deferred,
+        config.instance.server.max_body_bytes as u64,
     )
     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     for service in proxy.deferred_services() {

@@ -13,6 +13,7 @@ use axum::routing::any;
 use bytes::Bytes;
 use flotilla_discovery::Discovery;
 use flotilla_kit::Problem;
+use flotilla_kit::app::Relayed;
 use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, CircuitOpen, ConfigError};
 use flotilla_resilience::pipeline::{Pipeline, Verdict};
 use flotilla_resilience::retry::{self, RetryConfig, RetryPolicy};
@@ -25,6 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
 use crate::deferred::{self, Deferred, Queued};
+use crate::inbound::{self, ClientBody, FaultSlot};
 use crate::routes::Routes;
 
 /// Largest request body held in memory so that the request can be sent to another instance
@@ -69,13 +71,15 @@ struct Inner {
     deferred: Option<Deferred>,
     client: Client<HttpConnector, Body>,
     timeout: Duration,
+    /// The largest request body forwarded.
+    max_body_bytes: u64,
 }
 
 impl Proxy {
     /// A proxy for `routes`, finding instances with `discovery`, giving each request `timeout`
     /// to receive the upstream's response head, with a circuit breaker configured by `breaker`
-    /// and a retry policy configured by `retry` in front of each upstream service. Fails if
-    /// either configuration is invalid.
+    /// and a retry policy configured by `retry` in front of each upstream service, forwarding
+    /// bodies of at most `max_body_bytes`. Fails if either configuration is invalid.
     pub fn new(
         discovery: Discovery,
         routes: Routes,
@@ -83,6 +87,7 @@ impl Proxy {
         breaker: &BreakerConfig,
         retry: &RetryConfig,
         deferred: Option<Deferred>,
+        max_body_bytes: u64,
     ) -> Result<Self, ConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -109,6 +114,7 @@ impl Proxy {
                 deferred,
                 client,
                 timeout,
+                max_body_bytes,
             }),
         })
     }
@@ -180,14 +186,18 @@ impl Outgoing {
 
 async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     let inner = &proxy.inner;
-    let path = request.uri().path().to_owned();
+    let path = match inbound::normalize_path(request.uri().path()) {
+        Ok(path) => path.into_owned(),
+        Err(problem) => return problem.into_response(),
+    };
     let Some(route) = inner.routes.find(&path) else {
         return Problem::not_found(format!("no service serves `{path}`")).into_response();
     };
     let service = route.service.clone();
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + inner.timeout;
-    let (outcome, response) = match prepare(request, deadline, &service).await {
+    let prepared = prepare(request, &path, deadline, &service, inner.max_body_bytes).await;
+    let (outcome, response) = match prepared {
         Err((outcome, problem)) => (outcome, problem.into_response()),
         Ok(mut prepared) => {
             // Retried only if the body can be sent again and the request is safe to repeat.
@@ -299,6 +309,8 @@ pub async fn replay(proxy: Proxy, service: String, shutdown: CancellationToken) 
                 headers: queued.headers.clone(),
                 path_and_query: queued.path_and_query.clone(),
                 body: Outgoing::Held(queued.body.clone()),
+                fault: FaultSlot::default(),
+                max_body_bytes: inner.max_body_bytes,
             };
             let deadline = tokio::time::Instant::now() + inner.timeout;
             let result = attempt(inner, &service, &mut prepared, deadline).await;
@@ -362,6 +374,9 @@ struct Prepared {
     headers: HeaderMap,
     path_and_query: String,
     body: Outgoing,
+    /// Where a streamed body records that the client failed it.
+    fault: FaultSlot,
+    max_body_bytes: u64,
 }
 
 impl Prepared {
@@ -370,13 +385,20 @@ impl Prepared {
     }
 }
 
-/// Reads a small body of known length (so it can be replayed) and prepares the headers.
+/// Checks the request's headers, reads a small body of known length (so it can be replayed)
+/// or wraps a streamed one in the body limit, and prepares the headers and the (normalised)
+/// `path` with the request's query.
 async fn prepare(
     request: Request,
+    path: &str,
     deadline: tokio::time::Instant,
     service: &str,
+    max_body_bytes: u64,
 ) -> Result<Prepared, (&'static str, Problem)> {
     let (parts, body) = request.into_parts();
+    inbound::check_headers(&parts.headers, max_body_bytes)
+        .map_err(|problem| ("bad_request", problem))?;
+    let fault = FaultSlot::default();
     let body = match body.size_hint().exact() {
         Some(length) if length <= REPLAY_LIMIT => {
             let bytes = tokio::time::timeout_at(deadline, body.collect())
@@ -399,17 +421,23 @@ async fn prepare(
                 .to_bytes();
             Outgoing::Held(bytes)
         }
-        _ => Outgoing::Streaming(Some(body)),
+        _ => Outgoing::Streaming(Some(Body::new(ClientBody::new(
+            body,
+            max_body_bytes,
+            fault.clone(),
+        )))),
+    };
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
     };
     Ok(Prepared {
         headers: forwarded_headers(&parts.headers),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned()),
+        path_and_query,
         method: parts.method,
         body,
+        fault,
+        max_body_bytes,
     })
 }
 
@@ -467,7 +495,13 @@ async fn attempt(
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                parts.extensions.insert(Relayed);
                 return Ok(Response::from_parts(parts, Body::new(body)));
+            }
+            // The client's body failed (broke off, malformed, too large): its fault, not the
+            // upstream's.
+            Ok(Err(_)) if let Some(problem) = prepared.fault.problem(prepared.max_body_bytes) => {
+                return Err(("bad_request", problem));
             }
             Ok(Err(error)) if error.is_connect() => {
                 tracing::warn!(%service, instance = %endpoint.id, %error, "instance unreachable; failing over");

@@ -197,7 +197,12 @@ fn request_clone(builder: &http::request::Builder, body: &[u8]) -> Request<Full<
 
 #[tokio::test]
 async fn forwards_with_request_id_and_trace_context_and_strips_hop_headers() {
-    let harness = harness(2_000).await;
+    // A body limit above the replay buffer (64 KiB), so that a body larger than the buffer is
+    // within it and streams.
+    let mut config = Config::default();
+    config.instance.discovery.request_timeout_ms = 2_000;
+    config.instance.server.max_body_bytes = 1024 * 1024;
+    let harness = harness_with(config).await;
     let address = upstream().await;
     let _registration = register(&harness, "order", &address).await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -440,4 +445,152 @@ async fn operators_force_and_reconfigure_breakers_at_run_time() {
         .put_admin("/nobody/force", r#"{"state":"open"}"#)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Sends `request` to the gateway on a new connection and returns what it answered, once it
+/// closes the connection (each request here says `Connection: close`).
+async fn raw(harness: &Harness, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = harness.gateway.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
+    match read.await {
+        Ok(Ok(_)) | Ok(Err(_)) => String::from_utf8_lossy(&answer).into_owned(),
+        Err(_) => panic!(
+            "no answer within 10 s: {}",
+            String::from_utf8_lossy(&answer)
+        ),
+    }
+}
+
+/// Asserts that the raw `answer` is a problem of `kind` with `status`.
+fn assert_raw_problem(answer: &str, status: u16, kind: &str) {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{answer}"
+    );
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(
+        answer.contains(&format!("\"/problems/{kind}\"")),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_chunked_bodies_are_the_clients_fault_and_never_open_the_breaker() {
+    let harness = harness(2_000).await;
+    let address = upstream().await;
+    let _registration = register(&harness, "order", &address).await;
+    harness
+        .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
+        .await;
+    // Twice the breaker's window of calls, each with a chunk size that is not hexadecimal.
+    for _ in 0..40 {
+        let answer = raw(
+            &harness,
+            b"POST /v1/orders/echo HTTP/1.1\r\nHost: gateway\r\nTransfer-Encoding: chunked\r\n\
+              Content-Type: application/json\r\nConnection: close\r\n\r\n2\r\n{}\r\nZZ\r\nnot a chunk\r\n",
+        )
+        .await;
+        assert_raw_problem(&answer, 400, "unreadable-body");
+    }
+    let (status, _, body) = call(
+        Method::POST,
+        &format!("{}/v1/orders/echo", harness.gateway),
+        &[("content-type", "application/json")],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the breaker stayed closed: {body}");
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_are_refused_declared_or_streamed() {
+    let mut config = Config::default();
+    config.instance.server.max_body_bytes = 1024;
+    let harness = harness_with(config).await;
+    let address = upstream().await;
+    let _registration = register(&harness, "order", &address).await;
+    harness
+        .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
+        .await;
+    // Declared too large, asking to continue: refused before any of the body is read.
+    let answer = raw(
+        &harness,
+        b"POST /v1/orders/echo HTTP/1.1\r\nHost: gateway\r\nContent-Length: 10000000\r\n\
+          Expect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_raw_problem(&answer, 413, "body-too-large");
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    // Streamed, and larger than declared nowhere: refused once it passes the limit.
+    let chunk = "x".repeat(600);
+    let streamed = format!(
+        "POST /v1/orders/echo HTTP/1.1\r\nHost: gateway\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let answer = raw(&harness, streamed.as_bytes()).await;
+    assert_raw_problem(&answer, 413, "body-too-large");
+    // Within the limit, streamed: forwarded whole.
+    let small = format!(
+        "POST /v1/orders/echo HTTP/1.1\r\nHost: gateway\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let answer = raw(&harness, small.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"length\":600"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_second_idempotency_key_is_refused() {
+    let harness = harness(2_000).await;
+    let address = upstream().await;
+    let _registration = register(&harness, "order", &address).await;
+    let (status, _, body) = call(
+        Method::POST,
+        &format!("{}/v1/orders/echo", harness.gateway),
+        &[("idempotency-key", "a"), ("idempotency-key", "b")],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["type"], "/problems/invalid-idempotency-key");
+}
+
+#[tokio::test]
+async fn paths_are_normalised_before_a_route_is_chosen() {
+    let harness = harness(2_000).await;
+    let address = upstream().await;
+    let _registration = register(&harness, "order", &address).await;
+    // Dot segments and doubled slashes resolve to the order service's path.
+    for path in [
+        "/v1/products/../orders/waited",
+        "/v1//orders/./waited",
+        "/v1/products/%2e%2e/orders/waited",
+    ] {
+        let answer = raw(
+            &harness,
+            format!("GET {path} HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(answer.ends_with("done"), "{path}: {answer}");
+    }
+    // Climbing out of /v1 reaches no route; an encoded slash is refused.
+    let answer = raw(
+        &harness,
+        b"GET /v1/%2e%2e/admin/breakers HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_raw_problem(&answer, 404, "not-found");
+    let answer = raw(
+        &harness,
+        b"GET /v1/orders%2f..%2fwaited HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_raw_problem(&answer, 400, "invalid-path");
 }

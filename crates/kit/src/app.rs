@@ -2,15 +2,13 @@
 //!
 //! From the outside in (the order matters and is tested):
 //!
-//! 1. **request id**: `x-request-id` is kept if the client sent one, else a UUIDv7 is set; it is
-//!    copied onto the response;
+//! 1. **request id**: `x-request-id` is kept if the client sent one that is short and printable
+//!    ([`fit_request_id`]), else a UUIDv7 is set; it is copied onto the response;
 //! 2. **trace span**: one span per request carrying method, path and request id;
 //! 3. **metrics**: request count and latency by route template and status;
 //! 4. **problems**: every error response leaves as `application/problem+json` with the request id;
 //! 5. **body limit**: bodies read by extractors are capped at `max_body_bytes` (413 beyond);
 //! 6. the routes, plus `/livez`, `/readyz`, `/startupz` and `/metrics`.
-
-use std::future::Future;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -18,7 +16,6 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -87,6 +84,7 @@ impl App {
             .fallback(|| async { Problem::not_found("no route matches this path") });
         routes.layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(drop_unfit_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeUuidV7))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(
@@ -111,6 +109,32 @@ impl App {
     }
 }
 
+/// The longest client-sent `x-request-id` kept.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Whether a client's `x-request-id` is fit to keep: short, and printable ASCII without spaces
+/// (it ends up in log lines and in headers sent on).
+pub fn fit_request_id(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID_BYTES
+        && value.iter().all(|byte| byte.is_ascii_graphic())
+}
+
+/// Removes a client's `x-request-id` that is not [fit](fit_request_id) (or sent more than once),
+/// so that the next layer replaces it with a fresh one.
+async fn drop_unfit_request_id(mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let values = headers.get_all(REQUEST_ID).iter().count();
+    let fit = values == 1
+        && headers
+            .get(REQUEST_ID)
+            .is_some_and(|value| fit_request_id(value.as_bytes()));
+    if values > 0 && !fit {
+        request.headers_mut().remove(REQUEST_ID);
+    }
+    next.run(request).await
+}
+
 /// Request ids are UUIDv7: unique and sortable by time.
 #[derive(Debug, Clone, Copy)]
 struct MakeUuidV7;
@@ -126,8 +150,10 @@ impl MakeRequestId for MakeUuidV7 {
 /// Turns every error response into a problem document carrying the request id and path.
 ///
 /// Problems raised by handlers are found in the response extensions; bare framework errors
-/// (405, 413 from a body limit, …) are recognised by an empty body. Error responses that already
-/// carry a body (a proxied upstream's own problem, say) pass through untouched.
+/// (405, 413 from a body limit, …) are recognised by an empty body, and the framework's
+/// rejections by a plain-text one (its text becomes the detail). Other error responses that
+/// carry a body, and every response marked [`Relayed`] (an upstream's own answer, forwarded by
+/// the gateway), pass through untouched.
 async fn problems(request: Request, next: Next) -> Response {
     let request_id = request
         .headers()
@@ -137,16 +163,28 @@ async fn problems(request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    let relayed = response.extensions().get::<Relayed>().is_some();
+    if !(status.is_client_error() || status.is_server_error()) || relayed {
         return response;
     }
-    let problem = match response.extensions().get::<Problem>() {
+    let empty = is_empty(&response);
+    let (mut parts, body) = response.into_parts();
+    let mut problem = match parts.extensions.get::<Problem>() {
         Some(problem) => problem.clone(),
-        None if is_empty(&response) => bare(status),
-        None => return response,
+        None if empty => bare(status),
+        None if is_plain_text(&parts.headers) => {
+            // A rejection of the framework's (a path it cannot decode, say): its text becomes
+            // the problem's detail.
+            let mut problem = bare(status);
+            if let Ok(text) = axum::body::to_bytes(body, 4096).await
+                && !text.is_empty()
+            {
+                problem.detail = Some(String::from_utf8_lossy(&text).into_owned());
+            }
+            problem
+        }
+        None => return Response::from_parts(parts, body),
     };
-    let (mut parts, _) = response.into_parts();
-    let mut problem = problem;
     problem.request_id = request_id;
     problem.instance.get_or_insert(path);
     let rendered = problem.into_response();
@@ -156,6 +194,18 @@ async fn problems(request: Request, next: Next) -> Response {
     );
     parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, rendered.into_body())
+}
+
+/// Marks a response relayed from an upstream (by the gateway): it leaves as it came, even when
+/// it is an error without a problem body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Relayed;
+
+fn is_plain_text(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/plain"))
 }
 
 fn is_empty(response: &Response) -> bool {
@@ -171,27 +221,6 @@ fn bare(status: StatusCode) -> Problem {
         _ => ("http-error", status.canonical_reason().unwrap_or("error")),
     };
     Problem::new(status, slug, detail)
-}
-
-/// Serves `router` on an already bound `listener` until `drain` completes, then stops accepting
-/// and waits for in-flight requests to finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    drain: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // No Nagle: a response written in two segments would otherwise wait for the peer's delayed
-    // acknowledgement (about 40 ms on Linux) — once per hop of a saga, which made an idle
-    // place-order saga take 0.8 s instead of a few milliseconds.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(drain)
-        .await
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! | [`app`] | the HTTP stack every process serves, assembled in one function, and graceful serving |
 //! | [`shutdown`] | one cancellation token fired by Ctrl-C, SIGTERM or the death of the supervisor |
 //!
-//! It does not know about the registry: registering and deregistering around [`app::serve`]
+//! It does not know about the registry: registering and deregistering around [`server::serve`]
 //! is the discovery crate's job. Nor does it hold a database: a service's embedded SQLite
 //! database is the `flotilla-sqlite` crate's (kit forbids `unsafe` code; that crate holds the
 //! workspace's one audited `unsafe` module).
@@ -29,12 +29,14 @@ pub mod health;
 pub mod json;
 pub mod metrics;
 pub mod problem;
+pub mod server;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use app::{App, serve};
+pub use app::App;
 pub use health::Health;
 pub use json::{Json, Query};
 pub use problem::Problem;
+pub use server::{ConnectionLimits, serve};
 pub use settings::ServerSettings;

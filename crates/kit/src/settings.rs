@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,17 @@ pub struct ServerSettings {
     pub log_level: String,
     /// Largest request body a service accepts, in bytes.
     pub max_body_bytes: usize,
+    /// The longest a client may take to send a request's head, from its first byte (or from
+    /// opening the connection); the connection is closed past it.
+    pub header_read_timeout_ms: u64,
+    /// The longest a kept-alive connection may wait for its next request before it is closed.
+    pub idle_timeout_ms: u64,
+    /// The most header fields a request may carry (431 beyond).
+    pub max_headers: usize,
+    /// The most bytes a request's header fields may hold, names and values (431 beyond).
+    pub max_header_bytes: usize,
+    /// The longest request target, in bytes (414 beyond).
+    pub max_uri_bytes: usize,
     /// Time given to in-flight requests to finish on shutdown.
     pub shutdown_grace_ms: u64,
     /// Set by the supervisor: the process stops when its standard input closes (the supervisor
@@ -61,6 +73,11 @@ impl Default for ServerSettings {
             log_format: LogFormat::Auto,
             log_level: "info".to_owned(),
             max_body_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
             shutdown_grace_ms: 10_000,
             supervised: false,
             fault_injection: false,
@@ -76,11 +93,32 @@ impl Section for ServerSettings {
         if self.advertise_host.is_empty() {
             return Err(Invalid::new("advertise_host", "must not be empty"));
         }
+        let positive = [
+            ("header_read_timeout_ms", self.header_read_timeout_ms == 0),
+            ("idle_timeout_ms", self.idle_timeout_ms == 0),
+            ("max_headers", self.max_headers == 0),
+            ("max_header_bytes", self.max_header_bytes == 0),
+            ("max_uri_bytes", self.max_uri_bytes == 0),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, zero)| *zero) {
+            return Err(Invalid::new(key, "must be positive"));
+        }
         Ok(())
     }
 }
 
 impl ServerSettings {
+    /// What the process's listener allows its clients.
+    pub fn connection_limits(&self) -> crate::ConnectionLimits {
+        crate::ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
+            max_uri_bytes: self.max_uri_bytes,
+        }
+    }
+
     /// The path of a service's embedded database.
     pub fn database_path(&self, service: &str) -> PathBuf {
         self.data_dir.join(format!("{service}.db"))
@@ -144,6 +182,12 @@ mod tests {
         assert_eq!(no_body, Some("max_body_bytes"));
         let nowhere = ServerSettings::key_broken_by(|s| s.advertise_host.clear());
         assert_eq!(nowhere, Some("advertise_host"));
+        let no_head_time = ServerSettings::key_broken_by(|s| s.header_read_timeout_ms = 0);
+        assert_eq!(no_head_time, Some("header_read_timeout_ms"));
+        let no_idle = ServerSettings::key_broken_by(|s| s.idle_timeout_ms = 0);
+        assert_eq!(no_idle, Some("idle_timeout_ms"));
+        let no_headers = ServerSettings::key_broken_by(|s| s.max_headers = 0);
+        assert_eq!(no_headers, Some("max_headers"));
         let error = ServerSettings {
             advertise_host: String::new(),
             ..ServerSettings::default()

@@ -199,7 +199,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What the registry reads: the server section and its own.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
-    /// The server section (the registry reads `max_body_bytes`).
+    /// The server section (the registry reads `max_body_bytes` and the connection limits).
     pub server: ServerSettings,
     /// The lease and the probes.
     pub registry: RegistrySettings,
@@ -230,7 +230,8 @@ pub async fn run(
     health.set_ready(true);
     tracing::info!(address = %listener.local_addr()?, "registry listening");
     let drain = shutdown.clone();
-    flotilla_kit::serve(listener, router, async move {
+    let limits = config.server.connection_limits();
+    flotilla_kit::serve(listener, router, limits, async move {
         drain.cancelled().await;
         health.set_ready(false);
         registry.close();

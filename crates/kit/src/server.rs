@@ -1,0 +1,427 @@
+//! The listener every Flotilla process serves on: HTTP/1.1 connections, each watched against
+//! slow and idle clients, every request's head checked against limits before any route sees it.
+//!
+//! * **Header read timeout**: a client that has begun a request must finish sending its head
+//!   within [`ConnectionLimits::header_read_timeout`], or the connection is closed (a client
+//!   sending one byte a second holds nothing for long).
+//! * **Idle timeout**: a kept-alive connection that waits for its next request longer than
+//!   [`ConnectionLimits::idle_timeout`] is closed. A new connection counts as reading a head:
+//!   one opened and never used is closed after the header read timeout.
+//! * **Head limits**: more headers than [`ConnectionLimits::max_headers`], more header bytes
+//!   than [`ConnectionLimits::max_header_bytes`] (431) or a longer target than
+//!   [`ConnectionLimits::max_uri_bytes`] (414); an HTTP/1.1 request without `Host`, or in
+//!   absolute form naming another authority than its `Host` (400). Each is answered with a
+//!   problem document and reaches no route. The parser's own hard caps sit at four times these
+//!   limits; beyond them hyper closes the connection with a bare status.
+//!
+//! hyper's own header timer is not used: since hyper 1.6 it also runs while a connection is
+//! idle, which would make the idle timeout the header timeout. Instead each connection keeps
+//! its phase ([`Phase`]): idle since the last response, reading a head since its first byte, or
+//! busy with a request; a watchdog closes the connection when the phase outlives its limit.
+//! A busy connection is bounded by the handlers' own deadlines, not here.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{StatusCode, Version, header};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt as _;
+
+use crate::Problem;
+
+/// What a listener allows its clients. The defaults are tight: a well-behaved client never
+/// meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// The longest a client may take to send a request's head, from its first byte.
+    pub header_read_timeout: Duration,
+    /// The longest a connection may stay open between requests (or before its first).
+    pub idle_timeout: Duration,
+    /// The most header fields a request may carry.
+    pub max_headers: usize,
+    /// The most bytes a request's header fields may hold, names and values together.
+    pub max_header_bytes: usize,
+    /// The longest request target, in bytes.
+    pub max_uri_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The problem a request's head breaks, if any: checked before any route runs.
+    pub fn check<B>(&self, request: &http::Request<B>) -> Option<Problem> {
+        let uri_bytes = request.uri().to_string().len();
+        if uri_bytes > self.max_uri_bytes {
+            return Some(Problem::new(
+                StatusCode::URI_TOO_LONG,
+                "uri-too-long",
+                format!(
+                    "the request target is {uri_bytes} bytes long; at most {} are accepted",
+                    self.max_uri_bytes
+                ),
+            ));
+        }
+        let headers = request.headers();
+        if headers.len() > self.max_headers {
+            return Some(Problem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too-many-headers",
+                format!(
+                    "the request carries {} header fields; at most {} are accepted",
+                    headers.len(),
+                    self.max_headers
+                ),
+            ));
+        }
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if header_bytes > self.max_header_bytes {
+            return Some(Problem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                format!(
+                    "the request's header fields hold {header_bytes} bytes; at most {} are accepted",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        check_host(request)
+    }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; a target in absolute form
+/// names the same authority as its `Host` (a proxy for other hosts this is not).
+fn check_host<B>(request: &http::Request<B>) -> Option<Problem> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some(Problem::bad_request(
+            "invalid-host",
+            "the request carries more than one `Host` header",
+        ));
+    }
+    if request.version() == Version::HTTP_11 && host.is_none() {
+        return Some(Problem::bad_request(
+            "missing-host",
+            "an HTTP/1.1 request must carry a `Host` header",
+        ));
+    }
+    if let Some(authority) = request.uri().authority() {
+        let same = host
+            .and_then(|host| host.to_str().ok())
+            .is_some_and(|host| host.eq_ignore_ascii_case(authority.as_str()));
+        if !same {
+            return Some(Problem::bad_request(
+                "foreign-target",
+                format!("this server does not serve `{authority}`: send the path alone"),
+            ));
+        }
+    }
+    None
+}
+
+/// Serves `router` on an already bound `listener`, within `limits`, until `drain` completes;
+/// then stops accepting, closes idle connections and waits for in-flight requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    drain: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_headers(limits.max_headers.saturating_mul(4))
+        .max_buf_size(
+            (limits.max_header_bytes + limits.max_uri_bytes)
+                .saturating_mul(4)
+                .max(8192),
+        );
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(drain);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut drain => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // No Nagle: a response written in two segments would otherwise wait for the peer's
+        // delayed acknowledgement (about 40 ms on Linux) — once per hop of a saga, which made an
+        // idle place-order saga take 0.8 s instead of a few milliseconds.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(Watched {
+            inner: stream,
+            activity: activity.clone(),
+        });
+        let service = {
+            let router = router.clone();
+            let activity = activity.clone();
+            hyper::service::service_fn(move |request: http::Request<Incoming>| {
+                let router = router.clone();
+                let activity = activity.clone();
+                async move {
+                    let busy = activity.busy();
+                    let response = match limits.check(&request) {
+                        Some(problem) => problem.into_response(),
+                        None => router
+                            .oneshot(request.map(Body::new))
+                            .await
+                            .unwrap_or_else(|never| match never {}),
+                    };
+                    let (parts, body) = response.into_parts();
+                    Ok::<_, std::convert::Infallible>(Response::from_parts(
+                        parts,
+                        Body::new(Tracked { body, _busy: busy }),
+                    ))
+                }
+            })
+        };
+        let connection = graceful.watch(http.serve_connection(io, service));
+        tokio::spawn(watch(connection, activity, limits));
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Runs `connection` until it ends or its phase outlives its limit (then drops it, which
+/// closes the socket).
+async fn watch(
+    connection: impl Future<Output = Result<(), hyper::Error>>,
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+) {
+    tokio::pin!(connection);
+    loop {
+        let deadline = activity.deadline(&limits);
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                return;
+            }
+            () = sleep_until(deadline) => {
+                if let Some(phase) = activity.expired(&limits) {
+                    tracing::debug!(?phase, "closing a connection past its limit");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the next request (since the last response was sent).
+    Idle,
+    /// Receiving a request's head (since its first byte, or since the connection opened).
+    Head,
+    /// A request is being served.
+    Busy,
+}
+
+/// A connection's phase and since when, shared by its socket, its requests and its watchdog.
+#[derive(Debug)]
+struct Activity {
+    epoch: Instant,
+    phase: AtomicU8,
+    /// Milliseconds from `epoch` to the start of the phase.
+    since_ms: AtomicU64,
+}
+
+impl Activity {
+    /// A new connection: its client is expected to send a head at once.
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            phase: AtomicU8::new(Phase::Head as u8),
+            since_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn enter(&self, phase: Phase) {
+        self.since_ms.store(self.now_ms(), Ordering::Release);
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Idle,
+            1 => Phase::Head,
+            _ => Phase::Busy,
+        }
+    }
+
+    /// Bytes arrived: a head begins if the connection was idle.
+    fn read(&self) {
+        if self
+            .phase
+            .compare_exchange(
+                Phase::Idle as u8,
+                Phase::Head as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            self.since_ms.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// A request is being served until the guard (held by its response body) drops.
+    fn busy(self: &Arc<Self>) -> Busy {
+        self.enter(Phase::Busy);
+        Busy(self.clone())
+    }
+
+    /// When the current phase's limit runs out, if it has one.
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<Instant> {
+        let limit = match self.phase() {
+            Phase::Idle => limits.idle_timeout,
+            Phase::Head => limits.header_read_timeout,
+            Phase::Busy => return None,
+        };
+        let since = Duration::from_millis(self.since_ms.load(Ordering::Acquire));
+        Some(self.epoch + since + limit)
+    }
+
+    /// The phase that has outlived its limit, if the current one has.
+    fn expired(&self, limits: &ConnectionLimits) -> Option<Phase> {
+        let deadline = self.deadline(limits)?;
+        (Instant::now() >= deadline).then(|| self.phase())
+    }
+}
+
+/// Marks a connection busy while a request is served; idle again when dropped.
+#[derive(Debug)]
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.enter(Phase::Idle);
+    }
+}
+
+/// A response body that holds its connection's [`Busy`] guard until hyper has sent it all.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A socket that tells its connection's [`Activity`] when bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

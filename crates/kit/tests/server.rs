@@ -1,0 +1,287 @@
+//! The listener against slow, idle and malformed clients, through raw sockets: what a client
+//! sends is exactly what the test writes.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Path;
+use axum::routing::get;
+use flotilla_kit::{App, ConnectionLimits, Health};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A server with a route `/hello`, `/slow` (answers after 600 ms) and `/items/{id}` within
+/// `limits`; stops when the token is cancelled.
+async fn server(limits: ConnectionLimits) -> (String, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let routes = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                "slow"
+            }),
+        )
+        .route("/items/{id}", get(|Path(id): Path<String>| async { id }));
+    let router = App::new(Health::new()).routes(routes).into_router();
+    let stop = CancellationToken::new();
+    tokio::spawn(flotilla_kit::serve(
+        listener,
+        router,
+        limits,
+        stop.clone().cancelled_owned(),
+    ));
+    (address, stop)
+}
+
+fn quick() -> ConnectionLimits {
+    ConnectionLimits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(2_000),
+        ..ConnectionLimits::default()
+    }
+}
+
+/// Reads from `stream` until the peer closes it (or 5 s pass); returns what was read and when
+/// the close came.
+async fn until_closed(stream: &mut TcpStream) -> (String, Instant) {
+    let mut all = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&all).into(), Instant::now());
+            }
+            Ok(Ok(n)) => all.extend_from_slice(&buffer[..n]),
+            Err(_) => panic!(
+                "still open after 5 s; read so far: {}",
+                String::from_utf8_lossy(&all)
+            ),
+        }
+    }
+}
+
+/// Sends `request` on a new connection and returns the whole exchange once the server closes
+/// it (every request here says `Connection: close` or is refused).
+async fn exchange(address: &str, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    until_closed(&mut stream).await.0
+}
+
+fn assert_problem(response: &str, status: &str, kind: &str) {
+    assert!(
+        response.starts_with(&format!("HTTP/1.1 {status}")),
+        "{response}"
+    );
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "{response}"
+    );
+    assert!(
+        response.contains(&format!("\"/problems/{kind}\"")),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_holding_half_its_headers_is_closed_within_the_header_timeout() {
+    let (address, _stop) = server(quick()).await;
+    let mut stream = TcpStream::connect(&address).await.expect("connect");
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .expect("write");
+    // One more byte every 100 ms: the head never ends.
+    let trickle = async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    };
+    trickle.await;
+    let (_, closed) = until_closed(&mut stream).await;
+    let held = closed - started;
+    assert!(held < Duration::from_secs(3), "held for {held:?}");
+    assert!(held >= Duration::from_millis(300), "closed after {held:?}");
+}
+
+#[tokio::test]
+async fn a_connection_opened_and_never_used_is_closed_within_the_header_timeout() {
+    let (address, _stop) = server(quick()).await;
+    let mut stream = TcpStream::connect(&address).await.expect("connect");
+    let started = Instant::now();
+    let (read, closed) = until_closed(&mut stream).await;
+    assert_eq!(read, "");
+    let held = closed - started;
+    assert!(held >= Duration::from_millis(300), "closed after {held:?}");
+    assert!(held < Duration::from_secs(3), "held for {held:?}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_and_not_before() {
+    let (address, _stop) = server(quick()).await;
+    let mut stream = TcpStream::connect(&address).await.expect("connect");
+    let request = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(request).await.expect("write");
+    let mut buffer = [0u8; 1024];
+    let n = stream.read(&mut buffer).await.expect("read");
+    assert!(String::from_utf8_lossy(&buffer[..n]).contains("hello"));
+    let answered = Instant::now();
+    // Idle for longer than the header timeout (300 ms), shorter than the idle one (2 s):
+    // the connection still serves.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.write_all(request).await.expect("write again");
+    let n = stream.read(&mut buffer).await.expect("read again");
+    assert!(
+        String::from_utf8_lossy(&buffer[..n]).contains("hello"),
+        "kept alive"
+    );
+    let answered_again = Instant::now();
+    let (_, closed) = until_closed(&mut stream).await;
+    let idle = closed - answered_again;
+    assert!(idle >= Duration::from_secs(2), "closed after {idle:?} idle");
+    assert!(idle < Duration::from_secs(4), "idle for {idle:?}");
+    assert!(answered_again - answered >= Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn a_request_slower_than_both_timeouts_is_still_answered() {
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(200),
+        ..ConnectionLimits::default()
+    };
+    let (address, _stop) = server(limits).await;
+    let response = exchange(
+        &address,
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("slow"), "{response}");
+}
+
+#[tokio::test]
+async fn head_limits_are_answered_with_problems() {
+    let limits = ConnectionLimits {
+        max_headers: 10,
+        max_header_bytes: 1024,
+        max_uri_bytes: 256,
+        ..ConnectionLimits::default()
+    };
+    let (address, _stop) = server(limits).await;
+    let many: String = (0..11).map(|n| format!("X-H{n}: v\r\n")).collect();
+    let response = exchange(
+        &address,
+        format!("GET /hello HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_problem(&response, "431", "too-many-headers");
+    let big = "v".repeat(1100);
+    let response = exchange(
+        &address,
+        format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_problem(&response, "431", "headers-too-large");
+    let long = "a".repeat(300);
+    let response = exchange(
+        &address,
+        format!("GET /items/{long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_problem(&response, "414", "uri-too-long");
+    // Within every limit: served.
+    let response = exchange(
+        &address,
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+#[tokio::test]
+async fn host_rules_of_http_1_1_are_enforced() {
+    let (address, _stop) = server(ConnectionLimits::default()).await;
+    let response = exchange(
+        &address,
+        b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_problem(&response, "400", "missing-host");
+    let response = exchange(
+        &address,
+        b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_problem(&response, "400", "invalid-host");
+    let response = exchange(
+        &address,
+        b"GET http://elsewhere.example/hello HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_problem(&response, "400", "foreign-target");
+    // Absolute form naming the host itself, and HTTP/1.0 without Host, are fine.
+    let response = exchange(
+        &address,
+        b"GET http://gateway/hello HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let response = exchange(&address, b"GET /hello HTTP/1.0\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+}
+
+#[tokio::test]
+async fn a_path_the_router_cannot_decode_gets_a_problem_not_plain_text() {
+    let (address, _stop) = server(ConnectionLimits::default()).await;
+    let response = exchange(
+        &address,
+        b"GET /items/%FF%FE HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_problem(&response, "400", "http-error");
+}
+
+#[tokio::test]
+async fn an_unfit_request_id_is_replaced_and_a_fit_one_kept() {
+    let (address, _stop) = server(ConnectionLimits::default()).await;
+    let request_id = |response: &str| {
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix("x-request-id: "))
+            .map(str::to_owned)
+    };
+    let kept = exchange(
+        &address,
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nX-Request-Id: abc-123\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(request_id(&kept).as_deref(), Some("abc-123"), "{kept}");
+    let long = "a".repeat(200);
+    for unfit in [long.as_str(), "has space", "tab\there"] {
+        let response = exchange(
+            &address,
+            format!(
+                "GET /hello HTTP/1.1\r\nHost: x\r\nX-Request-Id: {unfit}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let replaced = request_id(&response).expect("an id");
+        assert_ne!(replaced, unfit);
+        assert_eq!(replaced.len(), 36, "a UUID: {replaced}");
+    }
+}
