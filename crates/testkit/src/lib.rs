@@ -10,7 +10,7 @@
 //! [`rows`], [`value`], [`by_hand`]), a step in a write transaction of its own
 //! ([`in_transaction`]), a checker that must find nothing ([`assert_no_violations`]), and a
 //! consumer fed messages as its transport would deliver them ([`TestConsumer`],
-//! [`assert_reply`]).
+//! [`assert_reply`], [`assert_reason`]).
 //!
 //! For tests only: a dev-dependency of the crates, and a dependency of the system-test crate
 //! (itself only tests); no library or binary that ships depends on it. It knows no service
@@ -28,7 +28,7 @@ mod sql;
 mod wait;
 
 pub use body::body_bytes;
-pub use consumer::{TestConsumer, assert_reply};
+pub use consumer::{TestConsumer, assert_reason, assert_reply};
 pub use data::{TempData, memory_database};
 pub use instance::{dead_address, serve_instance};
 pub use postgres::{PgSchema, postgres_schema};

@@ -12,6 +12,13 @@ async fn database() -> (SqlitePool, TempData) {
     TempData::with_database(flotilla_inventory::open).await
 }
 
+/// A new database, and the units `sku` has on hand there to begin with.
+async fn database_with(sku: &str) -> (SqlitePool, TempData, i64) {
+    let (pool, data) = database().await;
+    let (on_hand, _) = stock_of(&pool, sku).await;
+    (pool, data, on_hand)
+}
+
 fn line(sku: &str, quantity: i64) -> Line {
     Line {
         sku: sku.into(),
@@ -35,22 +42,25 @@ async fn reserve(pool: &SqlitePool, order_id: &str, lines: &[Line]) -> Reservati
         .expect("reserve")
 }
 
-/// Runs a later step (`stock::release`, `commit` or `restock`) of `order_id` in its own write
-/// transaction, committed.
-async fn change(
-    pool: &SqlitePool,
-    step: fn(&Connection, &str) -> Result<Change, sqlx::Error>,
-    order_id: &str,
-) -> Change {
+/// A later step of a reservation: `stock::release`, `commit` or `restock`.
+type Step = fn(&Connection, &str) -> Result<Change, sqlx::Error>;
+
+/// Runs a later step of `order_id` in its own write transaction, committed.
+async fn change(pool: &SqlitePool, step: Step, order_id: &str) -> Change {
     in_transaction(pool, |c| step(c, order_id))
         .await
         .expect("step")
 }
 
+/// Asserts that a later step of `order_id` is applied, and that a repeat of it is only that.
+async fn assert_applied_once(pool: &SqlitePool, step: Step, order_id: &str) {
+    assert_eq!(change(pool, step, order_id).await, Change::Applied);
+    assert_eq!(change(pool, step, order_id).await, Change::Repeated);
+}
+
 #[tokio::test]
 async fn reserve_commit_and_restock_move_the_stock_once_each() {
-    let (pool, _dir) = database().await;
-    let (on_hand, _) = stock_of(&pool, "KB-001").await;
+    let (pool, _dir, on_hand) = database_with("KB-001").await;
     let lines = [line("KB-001", 3), line("MS-002", 1)];
     let reserved = reserve(&pool, "o-1", &lines).await;
     assert_eq!(reserved, Reservation::Reserved);
@@ -68,20 +78,17 @@ async fn reserve_commit_and_restock_move_the_stock_once_each() {
             status: "COMMITTED".into()
         }
     );
-    assert_eq!(change(&pool, stock::restock, "o-1").await, Change::Applied);
-    assert_eq!(change(&pool, stock::restock, "o-1").await, Change::Repeated);
+    assert_applied_once(&pool, stock::restock, "o-1").await;
     assert_eq!(stock_of(&pool, "KB-001").await, (on_hand, 0));
     assert_no_violations(stock::check(&pool).await);
 }
 
 #[tokio::test]
 async fn a_released_reservation_gives_the_units_back() {
-    let (pool, _dir) = database().await;
-    let (on_hand, _) = stock_of(&pool, "MS-002").await;
+    let (pool, _dir, on_hand) = database_with("MS-002").await;
     reserve(&pool, "o-2", &[line("MS-002", 5)]).await;
     assert_eq!(stock_of(&pool, "MS-002").await, (on_hand, 5));
-    assert_eq!(change(&pool, stock::release, "o-2").await, Change::Applied);
-    assert_eq!(change(&pool, stock::release, "o-2").await, Change::Repeated);
+    assert_applied_once(&pool, stock::release, "o-2").await;
     assert_eq!(stock_of(&pool, "MS-002").await, (on_hand, 0));
     // Compensating an order that never reserved anything changes no stock, and the reservation
     // arriving after it (a step that timed out, delivered late) is refused, not held.
@@ -105,8 +112,7 @@ async fn a_released_reservation_gives_the_units_back() {
 
 #[tokio::test]
 async fn shortages_and_unknown_skus_are_refused_whole_and_stay_refused() {
-    let (pool, _dir) = database().await;
-    let (on_hand, _) = stock_of(&pool, "KB-001").await;
+    let (pool, _dir, on_hand) = database_with("KB-001").await;
     let too_many = [line("MS-002", 1), line("KB-001", on_hand + 1)];
     let refused = reserve(&pool, "o-3", &too_many).await;
     let Reservation::Refused { reason } = refused.clone() else {
@@ -133,8 +139,7 @@ async fn shortages_and_unknown_skus_are_refused_whole_and_stay_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reservations_never_oversell() {
-    let (pool, _dir) = database().await;
-    let (on_hand, _) = stock_of(&pool, "MN-003").await;
+    let (pool, _dir, on_hand) = database_with("MN-003").await;
     // 150 units: 24 orders of 8 units each want 192.
     let pool = Arc::new(pool);
     let tasks: Vec<_> = (0..24)

@@ -1,16 +1,16 @@
 //! The payment's saga commands through the messaging consumer, on a real database: replies,
 //! refusals, and a redelivered command applied once.
 
-use flotilla_contracts::{AuthorizePayment, CapturePayment, Command, RefundPayment, VoidPayment};
+use flotilla_contracts::{
+    AuthorizePayment, CapturePayment, Command, ORDER_SAGA_REPLIES, RefundPayment, VoidPayment,
+};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::Processed;
-use flotilla_payment::commands::PaymentCommands;
-use flotilla_testkit::{TestConsumer, assert_no_violations, assert_reply, row, value};
+use flotilla_payment::PARTICIPANT;
+use flotilla_testkit::{
+    TestConsumer, assert_no_violations, assert_reason, assert_reply, row, value,
+};
 use sqlx::SqlitePool;
-
-async fn consumer() -> TestConsumer<PaymentCommands> {
-    TestConsumer::open("payment", flotilla_payment::open, PaymentCommands).await
-}
 
 fn command<C: Command>(command: &C) -> Message {
     command.message("saga-1", "order.saga-replies")
@@ -39,13 +39,9 @@ async fn payments(pool: &SqlitePool, order_id: &str) -> i64 {
     .await
 }
 
-async fn no_violations(pool: &SqlitePool) {
-    assert_no_violations(flotilla_payment::ledger::check(pool).await);
-}
-
 #[tokio::test]
 async fn authorize_capture_and_refund_answer_and_a_redelivery_changes_nothing() {
-    let consumer = consumer().await;
+    let consumer = TestConsumer::commands(&PARTICIPANT).await;
     let pool = &consumer.pool;
     let authorize = authorize("o-1", "alice", 2_500);
     consumer.assert_applied_once(&authorize).await;
@@ -66,12 +62,8 @@ async fn authorize_capture_and_refund_answer_and_a_redelivery_changes_nothing() 
     consumer.process(&refund).await;
     assert_eq!(balance(pool, "alice").await, (0, 0));
 
-    let answers = consumer.outbox().await;
-    assert_eq!(
-        answers.len(),
-        3,
-        "one reply per command, none for the duplicates"
-    );
+    // One reply per command, none for the duplicates.
+    let answers = consumer.assert_outbox(3).await;
     assert_reply(&answers[0], &authorize, "AuthorizePaymentSucceeded", true);
     assert_eq!(answers[0].payload["amount_cents"], 2_500);
     let payment_id = answers[0].payload["payment_id"]
@@ -83,33 +75,26 @@ async fn authorize_capture_and_refund_answer_and_a_redelivery_changes_nothing() 
     assert_eq!(answers[1].payload["payment_id"], payment_id.as_str());
     assert_reply(&answers[2], &refund, "RefundPaymentSucceeded", true);
     assert_eq!(answers[2].payload["payment_id"], payment_id.as_str());
-    no_violations(pool).await;
+    assert_no_violations(flotilla_payment::ledger::check(pool).await);
 }
 
 #[tokio::test]
 async fn carol_over_her_limit_is_answered_with_a_refusal() {
-    let consumer = consumer().await;
+    let consumer = TestConsumer::commands(&PARTICIPANT).await;
     let pool = &consumer.pool;
     let greedy = authorize("o-2", "carol", 1_500);
     assert_eq!(consumer.process(&greedy).await, Processed::Applied);
-    let answers = consumer.outbox().await;
-    assert_eq!(answers.len(), 1);
+    let answers = consumer.assert_outbox(1).await;
     assert_reply(&answers[0], &greedy, "AuthorizePaymentRefused", false);
-    assert!(
-        answers[0].payload["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("credit limit exceeded")),
-        "{}",
-        answers[0].payload
-    );
+    assert_reason(&answers[0], |r| r.contains("credit limit exceeded"));
     assert_eq!(balance(pool, "carol").await, (0, 0));
     assert_eq!(payments(pool, "o-2").await, 0);
-    no_violations(pool).await;
+    assert_no_violations(flotilla_payment::ledger::check(pool).await);
 }
 
 #[tokio::test]
 async fn a_capture_after_a_void_is_refused_and_a_void_without_payment_succeeds() {
-    let consumer = consumer().await;
+    let consumer = TestConsumer::commands(&PARTICIPANT).await;
     let pool = &consumer.pool;
     consumer.process(&authorize("o-3", "bob", 4_000)).await;
     let void = command(&VoidPayment {
@@ -138,17 +123,12 @@ async fn a_capture_after_a_void_is_refused_and_a_void_without_payment_succeeds()
     });
     consumer.process(&orphan).await;
 
-    let answers = consumer.outbox().await;
-    assert_eq!(answers.len(), 6);
+    let answers = consumer.assert_outbox(6).await;
     assert_reply(&answers[1], &void, "VoidPaymentSucceeded", true);
     assert_reply(&answers[2], &capture, "CapturePaymentRefused", false);
-    assert!(
-        answers[2].payload["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("cannot capture payment") && r.ends_with("VOIDED")),
-        "{}",
-        answers[2].payload
-    );
+    assert_reason(&answers[2], |r| {
+        r.starts_with("cannot capture payment") && r.ends_with("VOIDED")
+    });
     assert_reply(&answers[3], &early_void, "VoidPaymentSucceeded", true);
     assert_reply(&answers[4], &late, "AuthorizePaymentRefused", false);
     assert_eq!(
@@ -161,28 +141,24 @@ async fn a_capture_after_a_void_is_refused_and_a_void_without_payment_succeeds()
         "cannot capture order `o-5`: it has no payment"
     );
     assert_eq!(balance(pool, "bob").await, (0, 0));
-    no_violations(pool).await;
+    assert_no_violations(flotilla_payment::ledger::check(pool).await);
 }
 
 #[tokio::test]
 async fn nonsense_is_rejected_without_a_reply() {
-    let consumer = consumer().await;
+    let consumer = TestConsumer::commands(&PARTICIPANT).await;
     let pool = &consumer.pool;
-    let unknown = Message::new("payment.commands", "PrintMoney", "k", serde_json::json!({}))
-        .replying_to("order.saga-replies");
-    consumer.assert_rejected(&unknown).await;
-    let broken = Message::new(
-        "payment.commands",
-        "AuthorizePayment",
-        "k",
-        serde_json::json!({ "order_id": "o-6", "customer_id": "alice", "amount_cents": "lots" }),
-    )
-    .replying_to("order.saga-replies");
-    consumer.assert_rejected(&broken).await;
-    assert!(
-        consumer.outbox().await.is_empty(),
-        "no reply to what was rejected"
-    );
+    let broken =
+        serde_json::json!({ "order_id": "o-6", "customer_id": "alice", "amount_cents": "lots" });
+    let nonsense = [
+        ("PrintMoney", serde_json::json!({})),
+        ("AuthorizePayment", broken),
+    ];
+    consumer
+        .assert_rejects(Some(ORDER_SAGA_REPLIES), &nonsense)
+        .await;
+    // No reply to what was rejected.
+    consumer.assert_outbox(0).await;
     assert_eq!(balance(pool, "alice").await, (0, 0));
     assert_eq!(payments(pool, "o-6").await, 0);
 }

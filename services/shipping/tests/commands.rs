@@ -1,17 +1,17 @@
 //! The shipping's saga commands through the messaging consumer, on a real database: replies,
 //! refusals, and a redelivered command applied once.
 
-use flotilla_contracts::{CancelShipment, Command, Destination, ScheduleShipment};
+use flotilla_contracts::{
+    CancelShipment, Command, Destination, ORDER_SAGA_REPLIES, ScheduleShipment,
+};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::Processed;
+use flotilla_shipping::PARTICIPANT;
 use flotilla_shipping::carrier::CANCELLED_BEFORE_SCHEDULING;
-use flotilla_shipping::commands::ShippingCommands;
-use flotilla_testkit::{TestConsumer, assert_no_violations, assert_reply, by_hand, rows};
+use flotilla_testkit::{
+    TestConsumer, assert_no_violations, assert_reason, assert_reply, by_hand, rows,
+};
 use sqlx::SqlitePool;
-
-async fn consumer() -> TestConsumer<ShippingCommands> {
-    TestConsumer::open("shipping", flotilla_shipping::open, ShippingCommands).await
-}
 
 fn command<C: Command>(command: &C) -> Message {
     command.message("saga-1", "order.saga-replies")
@@ -42,13 +42,9 @@ async fn shipments(pool: &SqlitePool, order_id: &str) -> Vec<(String, String, St
     rows(pool, sql, &[order_id]).await
 }
 
-async fn no_violations(pool: &SqlitePool) {
-    assert_no_violations(flotilla_shipping::carrier::check(pool).await);
-}
-
 #[tokio::test]
 async fn schedule_and_cancel_answer_and_a_redelivery_changes_nothing() {
-    let consumer = consumer().await;
+    let consumer = TestConsumer::commands(&PARTICIPANT).await;
     let pool = &consumer.pool;
     let schedule = schedule("o-1", "FR");
     consumer.assert_applied_once(&schedule).await;
@@ -58,37 +54,32 @@ async fn schedule_and_cancel_answer_and_a_redelivery_changes_nothing() {
     assert_eq!(stored[0].2, "Lyon", "the destination reached the carrier");
     let cancel = cancel("o-1");
     consumer.assert_applied_once(&cancel).await;
-    let answers = consumer.outbox().await;
-    assert_eq!(
-        answers.len(),
-        2,
-        "one reply per command, none for the duplicates"
-    );
+    // One reply per command, none for the duplicates.
+    let answers = consumer.assert_outbox(2).await;
     assert_reply(&answers[0], &schedule, "ScheduleShipmentSucceeded", true);
     assert_eq!(answers[0].payload["shipment_id"], stored[0].0.as_str());
     assert_reply(&answers[1], &cancel, "CancelShipmentSucceeded", true);
     assert_eq!(answers[1].payload["shipment_id"], stored[0].0.as_str());
     assert_eq!(shipments(pool, "o-1").await[0].1, "CANCELLED");
-    no_violations(pool).await;
+    assert_no_violations(flotilla_shipping::carrier::check(pool).await);
 }
 
 #[tokio::test]
 async fn antarctica_is_answered_with_a_refusal() {
-    let consumer = consumer().await;
+    let consumer = TestConsumer::commands(&PARTICIPANT).await;
     let pool = &consumer.pool;
     let south = schedule("o-2", "AQ");
     assert_eq!(consumer.process(&south).await, Processed::Applied);
-    let answers = consumer.outbox().await;
-    assert_eq!(answers.len(), 1);
+    let answers = consumer.assert_outbox(1).await;
     assert_reply(&answers[0], &south, "ScheduleShipmentRefused", false);
     assert_eq!(answers[0].payload["reason"], "no carrier serves Antarctica");
     assert!(shipments(pool, "o-2").await.is_empty());
-    no_violations(pool).await;
+    assert_no_violations(flotilla_shipping::carrier::check(pool).await);
 }
 
 #[tokio::test]
 async fn a_cancel_before_scheduling_succeeds_and_a_cancel_after_dispatch_is_refused() {
-    let consumer = consumer().await;
+    let consumer = TestConsumer::commands(&PARTICIPANT).await;
     let pool = &consumer.pool;
     // The compensation overtakes its step: nothing to cancel, and the late schedule is refused.
     let early = cancel("o-3");
@@ -107,48 +98,33 @@ async fn a_cancel_before_scheduling_succeeds_and_a_cancel_after_dispatch_is_refu
         "a refusal is an answer, not a failure"
     );
 
-    let answers = consumer.outbox().await;
-    assert_eq!(answers.len(), 4);
+    let answers = consumer.assert_outbox(4).await;
     assert_reply(&answers[0], &early, "CancelShipmentSucceeded", true);
     assert_reply(&answers[1], &overtaken, "ScheduleShipmentRefused", false);
     assert_eq!(answers[1].payload["reason"], CANCELLED_BEFORE_SCHEDULING);
     assert!(shipments(pool, "o-3").await.is_empty());
     assert_reply(&answers[2], &left, "ScheduleShipmentSucceeded", true);
     assert_reply(&answers[3], &late, "CancelShipmentRefused", false);
-    assert!(
-        answers[3].payload["reason"]
-            .as_str()
-            .is_some_and(|r| r.ends_with("is DISPATCHED: too late to cancel")),
-        "{}",
-        answers[3].payload
-    );
+    assert_reason(&answers[3], |r| {
+        r.ends_with("is DISPATCHED: too late to cancel")
+    });
     assert_eq!(shipments(pool, "o-4").await[0].1, "DISPATCHED");
-    no_violations(pool).await;
+    assert_no_violations(flotilla_shipping::carrier::check(pool).await);
 }
 
 #[tokio::test]
 async fn nonsense_is_rejected_without_a_reply() {
-    let consumer = consumer().await;
+    let consumer = TestConsumer::commands(&PARTICIPANT).await;
     let pool = &consumer.pool;
-    let unknown = Message::new(
-        "shipping.commands",
-        "ShipByPigeon",
-        "k",
-        serde_json::json!({}),
-    )
-    .replying_to("order.saga-replies");
-    consumer.assert_rejected(&unknown).await;
-    let broken = Message::new(
-        "shipping.commands",
-        "ScheduleShipment",
-        "k",
-        serde_json::json!({ "order_id": "o-5", "destination": "somewhere" }),
-    )
-    .replying_to("order.saga-replies");
-    consumer.assert_rejected(&broken).await;
-    assert!(
-        consumer.outbox().await.is_empty(),
-        "no reply to what was rejected"
-    );
+    let broken = serde_json::json!({ "order_id": "o-5", "destination": "somewhere" });
+    let nonsense = [
+        ("ShipByPigeon", serde_json::json!({})),
+        ("ScheduleShipment", broken),
+    ];
+    consumer
+        .assert_rejects(Some(ORDER_SAGA_REPLIES), &nonsense)
+        .await;
+    // No reply to what was rejected.
+    consumer.assert_outbox(0).await;
     assert!(shipments(pool, "o-5").await.is_empty());
 }
