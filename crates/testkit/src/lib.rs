@@ -8,9 +8,9 @@
 //! ([`serve_instance`], [`dead_address`]); and the whole body of an HTTP response
 //! ([`body_bytes`]). For the tests of a service's database: a test's own look at it ([`row`],
 //! [`rows`], [`value`], [`by_hand`]), a step in a write transaction of its own
-//! ([`in_transaction`]), a checker that must find nothing ([`assert_no_violations`]), and a
-//! consumer fed messages as its transport would deliver them ([`TestConsumer`],
-//! [`assert_reply`], [`assert_reason`]).
+//! ([`in_transaction`]), a checker that must find nothing ([`assert_no_violations`]), and a saga
+//! participant's commands handler fed messages as its transport would deliver them
+//! ([`TestConsumer`], [`assert_reply`], [`assert_reason`]).
 //!
 //! For tests only: a dev-dependency of the crates, and a dependency of the system-test crate
 //! (itself only tests); no library or binary that ships depends on it. It knows no service
