@@ -20,6 +20,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_inventory::PARTICIPANT as INVENTORY;
+use flotilla_payment::PARTICIPANT as PAYMENT;
+use flotilla_shipping::PARTICIPANT as SHIPPING;
 use serde::Serialize;
 
 use crate::settings::Settings;
@@ -266,9 +269,10 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         }
         Role::Gateway => flotilla_gateway::run(settings.gateway(), listener, shutdown).await,
         Role::Order => flotilla_order::run(settings.order(), listener, shutdown).await,
-        Role::Payment => flotilla_payment::run(settings.service(), listener, shutdown).await,
-        Role::Inventory => flotilla_inventory::run(settings.service(), listener, shutdown).await,
-        Role::Shipping => flotilla_shipping::run(settings.service(), listener, shutdown).await,
+        // The saga participants, each one declaration run by messaging's scaffold.
+        Role::Payment => PAYMENT.run(settings.service(), listener, shutdown).await,
+        Role::Inventory => INVENTORY.run(settings.service(), listener, shutdown).await,
+        Role::Shipping => SHIPPING.run(settings.service(), listener, shutdown).await,
     };
     result.with_context(|| format!("{} failed", role.name()))?;
     tracing::info!(role = role.name(), "stopped");

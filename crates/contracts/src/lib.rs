@@ -503,6 +503,23 @@ pub fn read<T: Contract>(message: &Message) -> Result<Option<T>, HandlerError> {
     })
 }
 
+/// The rejection of `fact` by a participant whose step it asks for cannot follow (the order is
+/// in a state the step cannot come after), for `why`: `<fact type> for order <key>: <why>`.
+///
+/// ```
+/// use flotilla_contracts::{Event, ShipmentScheduled};
+/// use flotilla_messaging::inbox::HandlerError;
+/// let fact = ShipmentScheduled { order_id: "o-1".into(), shipment_id: "s-1".into() }.message("o-1", None);
+/// let HandlerError::Reject(reason) = flotilla_contracts::cannot_follow(&fact, "it is VOIDED") else { panic!() };
+/// assert_eq!(reason, "ShipmentScheduled for order o-1: it is VOIDED");
+/// ```
+pub fn cannot_follow(fact: &Message, why: impl std::fmt::Display) -> HandlerError {
+    HandlerError::Reject(format!(
+        "{} for order {}: {why}",
+        fact.message_type, fact.key
+    ))
+}
+
 /// The reply of a participant that did what `command` asked, with `data` for the saga: type
 /// `<command type>Succeeded`, payload `data`'s fields and `"ok": true`, on the command's
 /// `reply_to` topic (`None` if it asked for no reply).

@@ -5,24 +5,27 @@
 //! handler and reactions) and gets the rest from it: the database opened, seeded and migrated
 //! ([`Participant::open`]), the consumer that sends each message to the right handler
 //! ([`Participant::consumer`]), and the service run with its messaging, its routes and its
-//! registration until shutdown ([`Participant::run`]).
+//! registration until shutdown ([`Participant::run`]). Its routes, views of its database, answer
+//! with [`list`] (every row a query selects, as [`Items`]) and [`find`] (one row, or a problem).
 //!
 //! ```text
 //!  commands topic ──▶ commands handler ─┐
 //!  other topics   ──▶ reactions handler ┴─▶ one consumer (inbox, effect, outbox: one commit)
 //! ```
 //!
-//! It does not know the system's contracts (which topics exist, who consumes them): the caller
-//! passes them as a [`Wiring`]. Nor what a service stores: the migrations, seed rows and
-//! statements are the service's.
+//! It does not know the system's contracts (which topics exist, who consumes them): the
+//! declaration names the function that says them, as a [`Wiring`]. Nor what a service stores:
+//! the migrations, seed rows and statements are the service's.
 
 use std::path::Path;
 
-use axum::Router;
-use flotilla_kit::ServerSettings;
+use axum::{Json, Router};
+use flotilla_kit::{Problem, ServerSettings};
 use serde::de::DeserializeOwned;
-use sqlx::SqlitePool;
+use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{FromRow, SqlitePool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +54,9 @@ pub struct Participant<C, R, T: 'static> {
     pub commands: C,
     /// Handles every other topic it consumes: the other services' facts (choreography).
     pub reactions: R,
+    /// Who consumes what, for the participant named: its transport's subscriptions and topics,
+    /// as the system's contracts say (`flotilla_contracts::wiring`).
+    pub wiring: fn(&str) -> Wiring,
 }
 
 /// The rows a participant's database starts with: written once, when `table` has none.
@@ -93,12 +99,11 @@ where
     }
 
     /// Runs the service on `listener` until `shutdown`: opens its database, starts its
-    /// messaging as `wiring` says ([`runtime::start`]), serves its routes plus the transport's,
-    /// registered under its name; then closes the database.
+    /// messaging as its [`Participant::wiring`] says ([`runtime::start`]), serves its routes
+    /// plus the transport's, registered under its name; then closes the database.
     pub async fn run(
         &self,
         config: ServiceConfig,
-        wiring: Wiring,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
@@ -111,7 +116,7 @@ where
                 settings: &config.messaging,
                 discovery: config.instance.discovery.discovery(&shutdown),
                 group: self.name,
-                wiring,
+                wiring: (self.wiring)(self.name),
                 pool: pool.clone(),
                 handler: self.consumer(),
             },
@@ -130,6 +135,54 @@ where
         pool.close().await;
         result
     }
+}
+
+/// A list of rows: the body of a participant's list routes (`{"items": [...]}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Items<T> {
+    /// The items.
+    pub items: Vec<T>,
+}
+
+/// A list route's answer: every row `sql` selects from `pool`, its parameters bound to `binds`
+/// in order; a database failure is an internal problem.
+pub async fn list<T>(
+    pool: &SqlitePool,
+    sql: &'static str,
+    binds: &[&str],
+) -> Result<Json<Items<T>>, Problem>
+where
+    T: for<'r> FromRow<'r, SqliteRow> + Send + Unpin,
+{
+    let query = binds
+        .iter()
+        .fold(sqlx::query_as::<_, T>(sql), |query, bind| query.bind(*bind));
+    let items = query
+        .fetch_all(pool)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(Items { items }))
+}
+
+/// A lookup route's answer: the row `sql` selects from `pool` for `key` (its one parameter), or
+/// the problem `missing` makes (a 404) when there is none; a database failure is an internal
+/// problem.
+pub async fn find<T>(
+    pool: &SqlitePool,
+    sql: &'static str,
+    key: &str,
+    missing: impl FnOnce() -> Problem,
+) -> Result<Json<T>, Problem>
+where
+    T: for<'r> FromRow<'r, SqliteRow> + Send + Unpin,
+{
+    sqlx::query_as::<_, T>(sql)
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| Problem::internal(&e))?
+        .map(Json)
+        .ok_or_else(missing)
 }
 
 /// Opens the database at `path` with `migrations`, writes `seed` if its table is empty, and

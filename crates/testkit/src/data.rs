@@ -5,6 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use std::fmt::Debug;
+
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
@@ -36,6 +38,17 @@ impl TempData {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10));
         SqlitePool::connect_with(options).await.expect("sqlite")
+    }
+
+    /// A new directory with the database a service opens in it: `open` is the service's
+    /// `open(&settings)` (such as `flotilla_inventory::open`). The directory must outlive the
+    /// pool.
+    pub async fn with_database<E: Debug>(
+        open: impl AsyncFnOnce(&flotilla_kit::ServerSettings) -> Result<SqlitePool, E>,
+    ) -> (SqlitePool, Self) {
+        let data = Self::new();
+        let pool = open(&data.settings()).await.expect("database");
+        (pool, data)
     }
 
     /// The default server section of the settings, with this data directory (a service's

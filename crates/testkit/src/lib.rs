@@ -6,28 +6,39 @@
 //! is missing ([`skip`]); a PostgreSQL schema of a test's own ([`postgres_schema`]); a registry
 //! of a test's own ([`start_registry`], [`register_instance`]) and instances served on loopback
 //! ([`serve_instance`], [`dead_address`]); dead letters made as the relay makes them
-//! ([`bury`], over a [`DownTransport`]); a NATS stream of a test's own ([`nats_stream`]); one test body run per variant of a backend or a
-//! style ([`for_each_variant!`]); and the whole body of an HTTP response ([`body_bytes`]).
+//! ([`bury`], over a [`DownTransport`]); a NATS stream of a test's own ([`nats_stream`]); one
+//! test body run per variant of a backend or a style ([`for_each_variant!`]); a number or a
+//! column read from a test database ([`number`], [`numbers`]); and the whole body of an HTTP
+//! response ([`body_bytes`]). For the tests of a service's database: a test's own look at it
+//! ([`row`], [`rows`], [`value`], [`by_hand`]), a step in a write transaction of its own
+//! ([`in_transaction`]), a checker that must find nothing ([`assert_no_violations`]), and a saga
+//! participant's commands handler fed messages as its transport would deliver them
+//! ([`TestConsumer`], [`assert_reply`], [`assert_reason`]).
 //!
 //! For tests only: a dev-dependency of the crates, and a dependency of the system-test crate
 //! (itself only tests); no library or binary that ships depends on it. It knows no service
-//! and no wire format; fakes of a service belong to that service's tests.
+//! and no service's wire format (the messaging envelope is `flotilla-messaging`'s); fakes of a
+//! service belong to that service's tests.
 
 mod body;
+mod consumer;
 mod data;
 mod instance;
 mod messaging;
 mod postgres;
 mod registry;
 mod servers;
+mod sql;
 mod variants;
 mod wait;
 
 pub use body::body_bytes;
+pub use consumer::{TestConsumer, assert_reason, assert_reply};
 pub use data::{TempData, memory_database, number, numbers};
 pub use instance::{dead_address, serve_instance};
 pub use messaging::{DownTransport, bury, nats_stream};
 pub use postgres::{PgSchema, postgres_schema};
 pub use registry::{register_instance, start_registry};
 pub use servers::{NATS, POSTGRES, Server, in_ci, skip};
+pub use sql::{assert_no_violations, by_hand, in_transaction, row, rows, value};
 pub use wait::{POLL, eventually, eventually_blocking, eventually_every, holds_for, wait_until};

@@ -17,17 +17,14 @@ pub mod commands;
 pub mod reactions;
 pub mod stock;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
+use axum::{Json, Router};
 use flotilla_kit::{Problem, ServerSettings};
-use flotilla_messaging::ServiceConfig;
 use flotilla_messaging::inbox::ByTopic;
-use flotilla_messaging::participant::Seed;
+use flotilla_messaging::participant::{self, Items, Seed};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The service's name in the registry.
 pub const SERVICE: &str = "inventory";
@@ -48,12 +45,8 @@ pub struct Product {
     pub reserved: i64,
 }
 
-/// A page of the catalog.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Catalog {
-    /// The products, by SKU.
-    pub items: Vec<Product>,
-}
+/// A page of the catalog: its products, by SKU.
+pub type Catalog = Items<Product>;
 
 /// The inventory as a saga participant: its catalog database, its routes, its stock commands
 /// and its reactions.
@@ -85,6 +78,7 @@ pub static PARTICIPANT: flotilla_messaging::participant::Participant<
     commands_topic: flotilla_contracts::INVENTORY_COMMANDS,
     commands: commands::StockCommands,
     reactions: reactions::StockReactions,
+    wiring: flotilla_contracts::wiring,
 };
 
 /// Opens the database ([`PARTICIPANT`]'s), applies migrations and seeds an empty catalog.
@@ -100,46 +94,25 @@ pub fn routes(pool: SqlitePool) -> Router {
         .with_state(pool)
 }
 
-async fn list(State(pool): State<SqlitePool>) -> Result<axum::Json<Catalog>, Problem> {
-    let items = sqlx::query_as::<_, Product>(
-        "SELECT sku, name, price_cents, on_hand, reserved FROM products ORDER BY sku",
-    )
-    .fetch_all(&pool)
-    .await
-    .map_err(|e| Problem::internal(&e))?;
-    Ok(axum::Json(Catalog { items }))
+async fn list(State(pool): State<SqlitePool>) -> Result<Json<Catalog>, Problem> {
+    let sql = "SELECT sku, name, price_cents, on_hand, reserved FROM products ORDER BY sku";
+    participant::list(&pool, sql, &[]).await
 }
 
 async fn one(
     State(pool): State<SqlitePool>,
     Path(sku): Path<String>,
-) -> Result<axum::Json<Product>, Problem> {
-    sqlx::query_as::<_, Product>(
-        "SELECT sku, name, price_cents, on_hand, reserved FROM products WHERE sku = ?",
-    )
-    .bind(&sku)
-    .fetch_optional(&pool)
-    .await
-    .map_err(|e| Problem::internal(&e))?
-    .map(axum::Json)
-    .ok_or_else(|| {
+) -> Result<Json<Product>, Problem> {
+    let sql = "SELECT sku, name, price_cents, on_hand, reserved FROM products WHERE sku = ?";
+    participant::find(&pool, sql, &sku, || {
         Problem::new(
             axum::http::StatusCode::NOT_FOUND,
             "unknown-sku",
             format!("no product has SKU `{sku}`"),
         )
-        .with("sku", sku)
+        .with("sku", sku.clone())
     })
-}
-
-/// Runs the service on `listener` until `shutdown`.
-pub async fn run(
-    config: ServiceConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let wiring = flotilla_contracts::wiring(SERVICE);
-    PARTICIPANT.run(config, wiring, listener, shutdown).await
+    .await
 }
 
 /// The inventory service's consumer: saga commands (orchestration, `inventory.commands`) go

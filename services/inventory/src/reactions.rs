@@ -13,7 +13,8 @@
 
 use flotilla_contracts::{
     Event, OrderCreated, PaymentRefused, ShipmentCancelled, ShipmentRefused, ShipmentScheduled,
-    StockCommitted, StockRefused, StockReleased, StockReserved, StockRestocked, read,
+    StockCommitted, StockRefused, StockReleased, StockReserved, StockRestocked, cannot_follow,
+    read,
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
@@ -25,14 +26,43 @@ use crate::stock::{self, Change, Line, Reservation};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StockReactions;
 
-/// The fact to publish after a later step: `fact` unless the reservation cannot follow.
-fn settled(message: &Message, change: &Change, fact: Message) -> Result<Message, HandlerError> {
-    match change {
-        Change::Conflict { status } => Err(HandlerError::Reject(format!(
-            "{} for order {}: the reservation is {status}",
-            message.message_type, message.key
-        ))),
-        _ => Ok(fact),
+/// A later step of an order's reservation, which the order's facts ask for.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    /// [`stock::release`], published as `StockReleased`.
+    Release,
+    /// [`stock::commit`], published as `StockCommitted`.
+    Commit,
+    /// [`stock::restock`], published as `StockRestocked`.
+    Restock,
+}
+
+impl Step {
+    /// Takes the step for order `order_id` and returns the fact to publish, unless the
+    /// reservation cannot follow (`message`, the fact that asked for it, is rejected).
+    fn take(
+        self,
+        tx: &Connection,
+        message: &Message,
+        order_id: String,
+    ) -> Result<Message, HandlerError> {
+        let change = match self {
+            Step::Release => stock::release(tx, &order_id)?,
+            Step::Commit => stock::commit(tx, &order_id)?,
+            Step::Restock => stock::restock(tx, &order_id)?,
+        };
+        if let Change::Conflict { status } = change {
+            return Err(cannot_follow(
+                message,
+                format!("the reservation is {status}"),
+            ));
+        }
+        let key = order_id.clone();
+        Ok(match self {
+            Step::Release => StockReleased { order_id }.message(&key, Some(message)),
+            Step::Commit => StockCommitted { order_id }.message(&key, Some(message)),
+            Step::Restock => StockRestocked { order_id }.message(&key, Some(message)),
+        })
     }
 }
 
@@ -64,25 +94,11 @@ impl Handler for StockReactions {
             Some(fact) => Some(fact.order_id),
             None => read::<ShipmentRefused>(message)?.map(|fact| fact.order_id),
         } {
-            let change = stock::release(tx, &order_id)?;
-            let fact = StockReleased {
-                order_id: order_id.clone(),
-            };
-            settled(message, &change, fact.message(&order_id, Some(message)))?
+            Step::Release.take(tx, message, order_id)?
         } else if let Some(fact) = read::<ShipmentScheduled>(message)? {
-            let order_id = fact.order_id;
-            let change = stock::commit(tx, &order_id)?;
-            let fact = StockCommitted {
-                order_id: order_id.clone(),
-            };
-            settled(message, &change, fact.message(&order_id, Some(message)))?
+            Step::Commit.take(tx, message, fact.order_id)?
         } else if let Some(fact) = read::<ShipmentCancelled>(message)? {
-            let order_id = fact.order_id;
-            let change = stock::restock(tx, &order_id)?;
-            let fact = StockRestocked {
-                order_id: order_id.clone(),
-            };
-            settled(message, &change, fact.message(&order_id, Some(message)))?
+            Step::Restock.take(tx, message, fact.order_id)?
         } else {
             return Ok(Vec::new());
         };

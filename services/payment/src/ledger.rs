@@ -77,12 +77,6 @@ impl PaymentStatus {
     }
 }
 
-impl fmt::Display for PaymentStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// The outcome of [`authorize`]; a repeat for the same order gets the same one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Authorization {
@@ -122,6 +116,15 @@ impl Operation {
         }
     }
 
+    /// Applies the operation to `order_id`'s payment: [`void`], [`capture`] or [`refund`].
+    pub fn apply(self, db: &Connection, order_id: &str) -> Result<Settled, LedgerError> {
+        match self {
+            Operation::Void => void(db, order_id),
+            Operation::Capture => capture(db, order_id),
+            Operation::Refund => refund(db, order_id),
+        }
+    }
+
     /// The status the operation starts from and the one it leads to.
     fn transition(self) -> (PaymentStatus, PaymentStatus) {
         match self {
@@ -148,11 +151,18 @@ impl Operation {
     }
 }
 
-impl fmt::Display for Operation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// `Display` for the ledger's named enums: the name `as_str` gives.
+macro_rules! display_by_name {
+    ($($named:ty),+) => {$(
+        impl fmt::Display for $named {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
 }
+
+display_by_name!(PaymentStatus, Operation);
 
 /// What [`void`], [`capture`] or [`refund`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,18 +16,15 @@
 //! | `GET /v1/accounts/{customer_id}` | one account; 404 `/problems/unknown-customer` |
 //! | `GET /v1/payments?order_id=…` | the payments of an order (`order_id` is required) |
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
+use axum::{Json, Router};
 use flotilla_kit::{Problem, Query, ServerSettings};
-use flotilla_messaging::ServiceConfig;
 use flotilla_messaging::inbox::ByTopic;
-use flotilla_messaging::participant::Seed;
+use flotilla_messaging::participant::{self, Items, Seed};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub mod commands;
 pub mod ledger;
@@ -72,13 +69,6 @@ pub struct Payment {
     pub updated_at: String,
 }
 
-/// A list of items.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Items<T> {
-    /// The items.
-    pub items: Vec<T>,
-}
-
 /// The payment service as a saga participant: its database, its routes, its commands and its
 /// reactions.
 pub static PARTICIPANT: flotilla_messaging::participant::Participant<
@@ -103,6 +93,7 @@ pub static PARTICIPANT: flotilla_messaging::participant::Participant<
     commands_topic: flotilla_contracts::PAYMENT_COMMANDS,
     commands: commands::PaymentCommands,
     reactions: reactions::PaymentReactions,
+    wiring: flotilla_contracts::wiring,
 };
 
 /// Opens the database ([`PARTICIPANT`]'s), applies migrations and seeds the accounts if there are none.
@@ -119,32 +110,27 @@ pub fn routes(pool: SqlitePool) -> Router {
         .with_state(pool)
 }
 
-async fn accounts(State(pool): State<SqlitePool>) -> Result<axum::Json<Items<Account>>, Problem> {
-    let items = sqlx::query_as::<_, Account>(
-        "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents FROM accounts ORDER BY customer_id",
-    )
-        .fetch_all(&pool)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
-    Ok(axum::Json(Items { items }))
+async fn accounts(State(pool): State<SqlitePool>) -> Result<Json<Items<Account>>, Problem> {
+    let sql = "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents
+               FROM accounts ORDER BY customer_id";
+    participant::list(&pool, sql, &[]).await
 }
 
 async fn account(
     State(pool): State<SqlitePool>,
     Path(customer_id): Path<String>,
-) -> Result<axum::Json<Account>, Problem> {
-    sqlx::query_as::<_, Account>(
-        "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents FROM accounts WHERE customer_id = ?",
-    )
-        .bind(&customer_id)
-        .fetch_optional(&pool)
-        .await
-        .map_err(|e| Problem::internal(&e))?
-        .map(axum::Json)
-        .ok_or_else(|| {
-            Problem::new(StatusCode::NOT_FOUND, "unknown-customer", format!("no account for customer `{customer_id}`"))
-                .with("customer_id", customer_id)
-        })
+) -> Result<Json<Account>, Problem> {
+    let sql = "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents
+               FROM accounts WHERE customer_id = ?";
+    participant::find(&pool, sql, &customer_id, || {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "unknown-customer",
+            format!("no account for customer `{customer_id}`"),
+        )
+        .with("customer_id", customer_id.clone())
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,26 +142,11 @@ struct ByOrder {
 async fn payments(
     State(pool): State<SqlitePool>,
     Query(ByOrder { order_id }): Query<ByOrder>,
-) -> Result<axum::Json<Items<Payment>>, Problem> {
-    let items = sqlx::query_as::<_, Payment>(
+) -> Result<Json<Items<Payment>>, Problem> {
+    let sql =
         "SELECT payment_id, order_id, customer_id, amount_cents, status, created_at, updated_at
-         FROM payments WHERE order_id = ? ORDER BY created_at",
-    )
-    .bind(&order_id)
-    .fetch_all(&pool)
-    .await
-    .map_err(|e| Problem::internal(&e))?;
-    Ok(axum::Json(Items { items }))
-}
-
-/// Runs the service on `listener` until `shutdown`.
-pub async fn run(
-    config: ServiceConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let wiring = flotilla_contracts::wiring(SERVICE);
-    PARTICIPANT.run(config, wiring, listener, shutdown).await
+               FROM payments WHERE order_id = ? ORDER BY created_at";
+    participant::list(&pool, sql, &[&order_id]).await
 }
 
 /// The payment service's consumer: saga commands (orchestration, `payment.commands`) go

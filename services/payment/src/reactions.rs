@@ -13,33 +13,37 @@
 
 use flotilla_contracts::{
     Event, PaymentAuthorized, PaymentCaptured, PaymentRefunded, PaymentRefused, PaymentVoided,
-    ShipmentCancelled, ShipmentRefused, ShipmentScheduled, StockReserved, read,
+    ShipmentCancelled, ShipmentRefused, ShipmentScheduled, StockReserved, cannot_follow, read,
 };
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Handler, HandlerError, HandlerResult};
 use flotilla_sqlite::Connection;
 
-use crate::ledger::{self, Authorization, LedgerError, Settled};
+use crate::ledger::{self, Authorization, LedgerError, Operation};
 
 /// Reacts to the inventory and shipping facts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PaymentReactions;
 
-/// The fact to publish after a void, capture or refund: `fact` when applied, repeated or there
-/// was nothing to void; the status forbidding it is logged and nothing is published.
-fn settled(
+/// Settles order `order_id` with `operation` and publishes that it did, when applied, repeated
+/// or there was nothing to void; the status forbidding it is logged and nothing is published.
+fn settle(
+    tx: &Connection,
     message: &Message,
-    settled: Result<Settled, LedgerError>,
-    fact: Message,
+    order_id: String,
+    operation: Operation,
 ) -> Result<Message, HandlerError> {
-    match settled {
-        Ok(_) => Ok(fact),
-        Err(LedgerError::Database(e)) => Err(HandlerError::Database(e)),
-        Err(refusal) => Err(HandlerError::Reject(format!(
-            "{} for order {}: {refusal}",
-            message.message_type, message.key
-        ))),
+    match operation.apply(tx, &order_id) {
+        Ok(_) => {}
+        Err(LedgerError::Database(e)) => return Err(HandlerError::Database(e)),
+        Err(refusal) => return Err(cannot_follow(message, refusal)),
     }
+    let key = order_id.clone();
+    Ok(match operation {
+        Operation::Void => PaymentVoided { order_id }.message(&key, Some(message)),
+        Operation::Capture => PaymentCaptured { order_id }.message(&key, Some(message)),
+        Operation::Refund => PaymentRefunded { order_id }.message(&key, Some(message)),
+    })
 }
 
 impl Handler for PaymentReactions {
@@ -59,35 +63,11 @@ impl Handler for PaymentReactions {
                 .message(&id, Some(message)),
             }
         } else if let Some(fact) = read::<ShipmentRefused>(message)? {
-            let id = fact.order_id;
-            let done = PaymentVoided {
-                order_id: id.clone(),
-            };
-            settled(
-                message,
-                ledger::void(tx, &id),
-                done.message(&id, Some(message)),
-            )?
+            settle(tx, message, fact.order_id, Operation::Void)?
         } else if let Some(fact) = read::<ShipmentScheduled>(message)? {
-            let id = fact.order_id;
-            let done = PaymentCaptured {
-                order_id: id.clone(),
-            };
-            settled(
-                message,
-                ledger::capture(tx, &id),
-                done.message(&id, Some(message)),
-            )?
+            settle(tx, message, fact.order_id, Operation::Capture)?
         } else if let Some(fact) = read::<ShipmentCancelled>(message)? {
-            let id = fact.order_id;
-            let done = PaymentRefunded {
-                order_id: id.clone(),
-            };
-            settled(
-                message,
-                ledger::refund(tx, &id),
-                done.message(&id, Some(message)),
-            )?
+            settle(tx, message, fact.order_id, Operation::Refund)?
         } else {
             return Ok(Vec::new());
         };

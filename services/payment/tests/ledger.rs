@@ -6,7 +6,7 @@ use flotilla_payment::Account;
 use flotilla_payment::ledger::{
     self, Authorization, LedgerError, Operation, PaymentStatus, Settled,
 };
-use flotilla_testkit::TempData;
+use flotilla_testkit::{TempData, assert_no_violations, by_hand, in_transaction, row, value};
 use sqlx::SqlitePool;
 
 struct Db {
@@ -15,12 +15,8 @@ struct Db {
 }
 
 async fn db() -> Db {
-    let data = TempData::new();
-    let pool = flotilla_payment::open(&data.settings()).await;
-    Db {
-        pool: pool.expect("database"),
-        _data: data,
-    }
+    let (pool, data) = TempData::with_database(flotilla_payment::open).await;
+    Db { pool, _data: data }
 }
 
 impl Db {
@@ -31,64 +27,84 @@ impl Db {
 
     /// Voids, captures or refunds in its own transaction, committed when it succeeds.
     async fn settle(&self, operation: Operation, order_id: &str) -> Result<Settled, LedgerError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .expect("begin");
-        let settled = match operation {
-            Operation::Void => {
-                flotilla_sqlite::direct(&mut tx, |db| ledger::void(db, order_id)).await
-            }
-            Operation::Capture => {
-                flotilla_sqlite::direct(&mut tx, |db| ledger::capture(db, order_id)).await
-            }
-            Operation::Refund => {
-                flotilla_sqlite::direct(&mut tx, |db| ledger::refund(db, order_id)).await
-            }
+        in_transaction(&self.pool, |db| operation.apply(db, order_id)).await
+    }
+
+    /// Asserts that `operation` on `order_id` answers `applied`, and that a repeat right after
+    /// answers with the same payment, already applied, and moves no money of `customer_id`'s.
+    async fn assert_settles_once(
+        &self,
+        operation: Operation,
+        order_id: &str,
+        customer_id: &str,
+        applied: &Settled,
+    ) {
+        let first = self.settle(operation, order_id).await.expect("settled");
+        assert_eq!(&first, applied);
+        let balance = self.balance(customer_id).await;
+        let again = self.settle(operation, order_id).await.expect("again");
+        let Settled::Applied {
+            payment_id,
+            amount_cents,
+        } = first
+        else {
+            panic!("{operation} on {order_id}: {first:?}");
         };
-        if settled.is_ok() {
-            tx.commit().await.expect("commit");
-        } else {
-            tx.rollback().await.expect("rollback");
+        assert_eq!(
+            again,
+            Settled::AlreadyApplied {
+                payment_id,
+                amount_cents
+            }
+        );
+        assert_eq!(self.balance(customer_id).await, balance, "moved once");
+    }
+
+    /// Asserts that each of `operations` on `order_id` fails, the payment's `status`
+    /// forbidding it.
+    async fn assert_forbidden(
+        &self,
+        operations: &[Operation],
+        order_id: &str,
+        status: PaymentStatus,
+    ) {
+        for &operation in operations {
+            match self.settle(operation, order_id).await {
+                Err(LedgerError::WrongStatus {
+                    operation: refused,
+                    status: seen,
+                    ..
+                }) => assert_eq!((refused, seen), (operation, status)),
+                other => panic!("expected a wrong status, got {other:?}"),
+            }
         }
-        settled
     }
 
     /// `(held_cents, charged_cents)` of an account.
     async fn balance(&self, customer_id: &str) -> (i64, i64) {
-        let account = sqlx::query_as::<_, Account>(
+        let account: Account = row(
+            &self.pool,
             "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents
              FROM accounts WHERE customer_id = ?",
+            &[customer_id],
         )
-        .bind(customer_id)
-        .fetch_one(&self.pool)
-        .await
-        .expect("account");
+        .await;
         (account.held_cents, account.charged_cents)
     }
 
     /// The status of an order's payment.
     async fn status(&self, order_id: &str) -> PaymentStatus {
-        let (status,): (String,) = sqlx::query_as("SELECT status FROM payments WHERE order_id = ?")
-            .bind(order_id)
-            .fetch_one(&self.pool)
-            .await
-            .expect("payment");
+        let sql = "SELECT status FROM payments WHERE order_id = ?";
+        let status: String = value(&self.pool, sql, &[order_id]).await;
         PaymentStatus::parse(&status).expect("known status")
     }
 
     async fn count(&self, sql: &'static str) -> i64 {
-        let (count,): (i64,) = sqlx::query_as(sql)
-            .fetch_one(&self.pool)
-            .await
-            .expect("count");
-        count
+        value(&self.pool, sql, &[]).await
     }
 
     async fn assert_consistent(&self) {
-        let violations = ledger::check(&self.pool).await.expect("check");
-        assert!(violations.is_empty(), "{violations:#?}");
+        assert_no_violations(ledger::check(&self.pool).await);
     }
 }
 
@@ -98,14 +114,11 @@ async fn authorize_in(
     customer_id: &str,
     amount: i64,
 ) -> Authorization {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
-    let outcome = flotilla_sqlite::direct(&mut tx, |db| {
+    in_transaction(pool, |db| {
         ledger::authorize(db, order_id, customer_id, amount)
     })
     .await
-    .expect("authorize");
-    tx.commit().await.expect("commit");
-    outcome
+    .expect("authorize")
 }
 
 fn authorized(outcome: Authorization) -> (String, i64) {
@@ -122,15 +135,6 @@ fn refused(outcome: Authorization) -> String {
     match outcome {
         Authorization::Refused { reason } => reason,
         Authorization::Authorized { payment_id, .. } => panic!("authorized as {payment_id}"),
-    }
-}
-
-fn wrong_status(result: Result<Settled, LedgerError>) -> (Operation, PaymentStatus) {
-    match result {
-        Err(LedgerError::WrongStatus {
-            operation, status, ..
-        }) => (operation, status),
-        other => panic!("expected a wrong status, got {other:?}"),
     }
 }
 
@@ -165,54 +169,29 @@ async fn capture_then_refund_move_the_money_once() {
     assert_eq!(db.balance("bob").await, (1_334, 0));
 
     let applied = Settled::Applied {
-        payment_id: payment_id.clone(),
-        amount_cents: 1_234,
-    };
-    let already = Settled::AlreadyApplied {
         payment_id,
         amount_cents: 1_234,
     };
 
-    assert_eq!(
-        db.settle(Operation::Capture, "o-1").await.expect("capture"),
-        applied
-    );
+    db.assert_settles_once(Operation::Capture, "o-1", "bob", &applied)
+        .await;
     assert_eq!(db.status("o-1").await, PaymentStatus::Captured);
-    assert_eq!(db.balance("bob").await, (100, 1_234));
-    assert_eq!(
-        db.settle(Operation::Capture, "o-1").await.expect("again"),
-        already
-    );
     assert_eq!(db.balance("bob").await, (100, 1_234));
     db.assert_consistent().await;
 
     // A captured payment is refunded, not voided.
-    assert_eq!(
-        wrong_status(db.settle(Operation::Void, "o-1").await),
-        (Operation::Void, PaymentStatus::Captured)
-    );
+    db.assert_forbidden(&[Operation::Void], "o-1", PaymentStatus::Captured)
+        .await;
 
-    assert_eq!(
-        db.settle(Operation::Refund, "o-1").await.expect("refund"),
-        applied
-    );
+    db.assert_settles_once(Operation::Refund, "o-1", "bob", &applied)
+        .await;
     assert_eq!(db.status("o-1").await, PaymentStatus::Refunded);
-    assert_eq!(db.balance("bob").await, (100, 0));
-    assert_eq!(
-        db.settle(Operation::Refund, "o-1").await.expect("again"),
-        already
-    );
     assert_eq!(db.balance("bob").await, (100, 0));
 
     // Nothing leads out of REFUNDED.
-    assert_eq!(
-        wrong_status(db.settle(Operation::Void, "o-1").await),
-        (Operation::Void, PaymentStatus::Refunded)
-    );
-    assert_eq!(
-        wrong_status(db.settle(Operation::Capture, "o-1").await),
-        (Operation::Capture, PaymentStatus::Refunded)
-    );
+    let out_of_refunded = [Operation::Void, Operation::Capture];
+    db.assert_forbidden(&out_of_refunded, "o-1", PaymentStatus::Refunded)
+        .await;
     assert_eq!(db.balance("bob").await, (100, 0));
     // Authorizing again answers with the (refunded) payment and holds nothing.
     authorized(db.authorize("o-1", "bob", 1_234).await);
@@ -226,34 +205,20 @@ async fn void_releases_the_hold_once() {
     let (payment_id, _) = authorized(db.authorize("o-1", "carol", 700).await);
     assert_eq!(db.balance("carol").await, (700, 0));
 
-    assert_eq!(
-        db.settle(Operation::Void, "o-1").await.expect("void"),
-        Settled::Applied {
-            payment_id: payment_id.clone(),
-            amount_cents: 700
-        }
-    );
+    let applied = Settled::Applied {
+        payment_id: payment_id.clone(),
+        amount_cents: 700,
+    };
+    db.assert_settles_once(Operation::Void, "o-1", "carol", &applied)
+        .await;
     assert_eq!(db.status("o-1").await, PaymentStatus::Voided);
-    assert_eq!(db.balance("carol").await, (0, 0));
-    assert_eq!(
-        db.settle(Operation::Void, "o-1").await.expect("again"),
-        Settled::AlreadyApplied {
-            payment_id: payment_id.clone(),
-            amount_cents: 700
-        }
-    );
     assert_eq!(db.balance("carol").await, (0, 0));
 
     // A voided payment is neither captured nor refunded, and a repeated authorization does
     // not hold it again.
-    assert_eq!(
-        wrong_status(db.settle(Operation::Capture, "o-1").await),
-        (Operation::Capture, PaymentStatus::Voided)
-    );
-    assert_eq!(
-        wrong_status(db.settle(Operation::Refund, "o-1").await),
-        (Operation::Refund, PaymentStatus::Voided)
-    );
+    let out_of_voided = [Operation::Capture, Operation::Refund];
+    db.assert_forbidden(&out_of_voided, "o-1", PaymentStatus::Voided)
+        .await;
     assert_eq!(
         authorized(db.authorize("o-1", "carol", 700).await),
         (payment_id, 700)
@@ -270,10 +235,8 @@ async fn void_releases_the_hold_once() {
 async fn an_authorized_payment_is_voided_not_refunded() {
     let db = db().await;
     authorized(db.authorize("o-1", "alice", 50).await);
-    assert_eq!(
-        wrong_status(db.settle(Operation::Refund, "o-1").await),
-        (Operation::Refund, PaymentStatus::Authorized)
-    );
+    db.assert_forbidden(&[Operation::Refund], "o-1", PaymentStatus::Authorized)
+        .await;
     assert_eq!(db.status("o-1").await, PaymentStatus::Authorized);
     assert_eq!(db.balance("alice").await, (50, 0));
 }
@@ -418,21 +381,14 @@ async fn check_finds_damage_done_by_hand() {
     db.settle(Operation::Capture, "o-2").await.expect("capture");
     db.assert_consistent().await;
 
-    sqlx::query("UPDATE accounts SET held_cents = held_cents + 1 WHERE customer_id = 'alice'")
-        .execute(&db.pool)
-        .await
-        .expect("damage alice");
-    sqlx::query("UPDATE accounts SET credit_limit_cents = 500 WHERE customer_id = 'carol'")
-        .execute(&db.pool)
-        .await
-        .expect("damage carol");
-    sqlx::query(
+    for damage in [
+        "UPDATE accounts SET held_cents = held_cents + 1 WHERE customer_id = 'alice'",
+        "UPDATE accounts SET credit_limit_cents = 500 WHERE customer_id = 'carol'",
         "INSERT INTO payment_refusals (order_id, reason, created_at)
          VALUES ('o-1', 'by hand', '2025-01-01T00:00:00Z')",
-    )
-    .execute(&db.pool)
-    .await
-    .expect("damage o-1");
+    ] {
+        by_hand(&db.pool, damage).await;
+    }
 
     let violations = ledger::check(&db.pool).await.expect("check");
     assert_eq!(violations.len(), 3, "{violations:#?}");
@@ -449,10 +405,8 @@ async fn check_finds_damage_done_by_hand() {
         "{violations:#?}"
     );
 
-    sqlx::query("UPDATE accounts SET charged_cents = 0 WHERE customer_id = 'carol'")
-        .execute(&db.pool)
-        .await
-        .expect("damage carol again");
+    let damage = "UPDATE accounts SET charged_cents = 0 WHERE customer_id = 'carol'";
+    by_hand(&db.pool, damage).await;
     let violations = ledger::check(&db.pool).await.expect("check");
     assert!(
         violations

@@ -16,17 +16,14 @@
 //! | `GET /v1/shipments?order_id=…` | the shipments of an order (`order_id` is required) |
 //! | `GET /v1/shipments/refused-destinations` | countries the carrier does not serve |
 
-use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use axum::{Json, Router};
 use flotilla_kit::{Problem, Query, ServerSettings};
-use flotilla_messaging::ServiceConfig;
 use flotilla_messaging::inbox::ByTopic;
-use flotilla_messaging::participant::Seed;
+use flotilla_messaging::participant::{self, Items, Seed};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub mod carrier;
 pub mod commands;
@@ -69,13 +66,6 @@ pub struct RefusedDestination {
     pub reason: String,
 }
 
-/// A list of items.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Items<T> {
-    /// The items.
-    pub items: Vec<T>,
-}
-
 /// The shipping service as a saga participant: its database, its routes, its commands and its
 /// reactions.
 pub static PARTICIPANT: flotilla_messaging::participant::Participant<
@@ -100,6 +90,7 @@ pub static PARTICIPANT: flotilla_messaging::participant::Participant<
     commands_topic: flotilla_contracts::SHIPPING_COMMANDS,
     commands: commands::ShippingCommands,
     reactions: reactions::ShippingReactions,
+    wiring: flotilla_contracts::wiring,
 };
 
 /// Opens the database ([`PARTICIPANT`]'s), applies migrations and seeds the refused destinations if there are none.
@@ -124,38 +115,17 @@ struct ByOrder {
 async fn shipments(
     State(pool): State<SqlitePool>,
     Query(ByOrder { order_id }): Query<ByOrder>,
-) -> Result<axum::Json<Items<Shipment>>, Problem> {
-    let items = sqlx::query_as::<_, Shipment>(
-        "SELECT shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at
-         FROM shipments WHERE order_id = ? ORDER BY created_at",
-    )
-    .bind(&order_id)
-    .fetch_all(&pool)
-    .await
-    .map_err(|e| Problem::internal(&e))?;
-    Ok(axum::Json(Items { items }))
+) -> Result<Json<Items<Shipment>>, Problem> {
+    let sql = "SELECT shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at
+               FROM shipments WHERE order_id = ? ORDER BY created_at";
+    participant::list(&pool, sql, &[&order_id]).await
 }
 
 async fn refused(
     State(pool): State<SqlitePool>,
-) -> Result<axum::Json<Items<RefusedDestination>>, Problem> {
-    let items = sqlx::query_as::<_, RefusedDestination>(
-        "SELECT country, reason FROM refused_destinations ORDER BY country",
-    )
-    .fetch_all(&pool)
-    .await
-    .map_err(|e| Problem::internal(&e))?;
-    Ok(axum::Json(Items { items }))
-}
-
-/// Runs the service on `listener` until `shutdown`.
-pub async fn run(
-    config: ServiceConfig,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let wiring = flotilla_contracts::wiring(SERVICE);
-    PARTICIPANT.run(config, wiring, listener, shutdown).await
+) -> Result<Json<Items<RefusedDestination>>, Problem> {
+    let sql = "SELECT country, reason FROM refused_destinations ORDER BY country";
+    participant::list(&pool, sql, &[]).await
 }
 
 /// The shipping service's consumer: saga commands (orchestration, `shipping.commands`) go

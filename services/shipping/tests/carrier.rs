@@ -5,14 +5,13 @@ use std::sync::Arc;
 use flotilla_shipping::carrier::{
     self, CANCELLED_BEFORE_SCHEDULING, CancelError, Cancellation, Destination, Scheduling,
 };
-use flotilla_testkit::TempData;
+use flotilla_testkit::{TempData, assert_no_violations, by_hand, in_transaction, rows, value};
 use sqlx::SqlitePool;
 use tokio::sync::Barrier;
 
 async fn open() -> (TempData, SqlitePool) {
-    let data = TempData::new();
-    let pool = flotilla_shipping::open(&data.settings()).await;
-    (data, pool.expect("the shipping database opens"))
+    let (pool, data) = TempData::with_database(flotilla_shipping::open).await;
+    (data, pool)
 }
 
 fn to(country: &str) -> Destination {
@@ -27,29 +26,14 @@ fn to(country: &str) -> Destination {
 
 /// Schedules in its own `BEGIN IMMEDIATE` transaction, as a message handler would.
 async fn schedule(pool: &SqlitePool, order_id: &str, destination: &Destination) -> Scheduling {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
+    in_transaction(pool, |db| carrier::schedule(db, order_id, destination))
         .await
-        .expect("a write transaction");
-    let outcome =
-        flotilla_sqlite::direct(&mut tx, |db| carrier::schedule(db, order_id, destination))
-            .await
-            .expect("schedule succeeds");
-    tx.commit().await.expect("commit");
-    outcome
+        .expect("schedule succeeds")
 }
 
 /// Cancels in its own `BEGIN IMMEDIATE` transaction, committing only a success.
 async fn cancel(pool: &SqlitePool, order_id: &str) -> Result<Cancellation, CancelError> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .expect("a write transaction");
-    let outcome = flotilla_sqlite::direct(&mut tx, |db| carrier::cancel(db, order_id)).await;
-    if outcome.is_ok() {
-        tx.commit().await.expect("commit");
-    }
-    outcome
+    in_transaction(pool, |db| carrier::cancel(db, order_id)).await
 }
 
 fn shipment_id(outcome: Scheduling) -> String {
@@ -60,16 +44,12 @@ fn shipment_id(outcome: Scheduling) -> String {
 }
 
 async fn shipments_of(pool: &SqlitePool, order_id: &str) -> Vec<(String, String, String)> {
-    sqlx::query_as("SELECT shipment_id, status, country FROM shipments WHERE order_id = ?")
-        .bind(order_id)
-        .fetch_all(pool)
-        .await
-        .expect("shipments query")
+    let sql = "SELECT shipment_id, status, country FROM shipments WHERE order_id = ?";
+    rows(pool, sql, &[order_id]).await
 }
 
 async fn assert_invariants_hold(pool: &SqlitePool) {
-    let violations = carrier::check(pool).await.expect("check runs");
-    assert!(violations.is_empty(), "{violations:#?}");
+    assert_no_violations(carrier::check(pool).await);
 }
 
 #[tokio::test]
@@ -137,10 +117,11 @@ async fn antarctica_is_refused_and_refused_again_identically() {
     assert!(shipments_of(&pool, "order-aq").await.is_empty());
 
     // The answer is recorded: it stays the same if the carrier starts serving Antarctica.
-    sqlx::query("DELETE FROM refused_destinations WHERE country = 'AQ'")
-        .execute(&pool)
-        .await
-        .expect("delete");
+    by_hand(
+        &pool,
+        "DELETE FROM refused_destinations WHERE country = 'AQ'",
+    )
+    .await;
     assert_eq!(schedule(&pool, "order-aq", &to("AQ")).await, refused);
     assert!(shipments_of(&pool, "order-aq").await.is_empty());
     assert_invariants_hold(&pool).await;
@@ -204,10 +185,7 @@ async fn cancelling_an_unknown_order_is_a_no_op_and_refuses_a_late_schedule() {
         cancel(&pool, "ghost").await.expect("repeat succeeds"),
         Cancellation::NoShipment
     );
-    let (shipments,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM shipments")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
+    let shipments: i64 = value(&pool, "SELECT COUNT(*) FROM shipments", &[]).await;
     assert_eq!(shipments, 0);
 
     // The compensation overtook the step: the step, arriving late, must not ship.
@@ -309,10 +287,8 @@ async fn check_finds_hand_made_violations() {
     assert_invariants_hold(&pool).await;
 
     // The carrier stops serving France while a shipment there is scheduled.
-    sqlx::query("INSERT INTO refused_destinations (country, reason) VALUES ('FR', 'strike')")
-        .execute(&pool)
-        .await
-        .expect("insert");
+    let strike = "INSERT INTO refused_destinations (country, reason) VALUES ('FR', 'strike')";
+    by_hand(&pool, strike).await;
     let violations = carrier::check(&pool).await.expect("check runs");
     assert_eq!(violations.len(), 1, "{violations:#?}");
     assert!(

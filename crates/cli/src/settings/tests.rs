@@ -232,7 +232,11 @@ fn a_bad_value_names_its_key_in_every_section() {
         ("FLOTILLA_HEARTBEAT_MS", "0", "heartbeat_ms"),
         ("FLOTILLA_PROBE_TIMEOUT_MS", "0", "probe_timeout_ms"),
         ("FLOTILLA_MAX_BODY_BYTES", "0", "max_body_bytes"),
-        ("FLOTILLA_HEADER_READ_TIMEOUT_MS", "0", "header_read_timeout_ms"),
+        (
+            "FLOTILLA_HEADER_READ_TIMEOUT_MS",
+            "0",
+            "header_read_timeout_ms",
+        ),
         ("FLOTILLA_IDLE_TIMEOUT_MS", "0", "idle_timeout_ms"),
         ("FLOTILLA_ADVERTISE_HOST", "", "advertise_host"),
         ("FLOTILLA_REQUEST_TIMEOUT_MS", "0", "request_timeout_ms"),
