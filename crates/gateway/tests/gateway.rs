@@ -22,9 +22,18 @@ struct Harness {
     gateway: String,
     registry: String,
     shutdown: CancellationToken,
+    /// The registration of the echoing upstream as `order`, once [`Harness::with_upstream`].
+    upstream: Option<Registration>,
 }
 
 impl Harness {
+    /// The harness with [`upstream`] registered as the `order` service.
+    async fn with_upstream(mut self) -> Self {
+        let address = upstream().await;
+        self.upstream = Some(register(&self, "order", &address).await);
+        self
+    }
+
     /// `GET path` through the gateway, with no headers of the test's own.
     async fn get(&self, path: &str) -> (StatusCode, HeaderMap, serde_json::Value) {
         call(
@@ -92,6 +101,7 @@ async fn harness_with(mut config: Config) -> Harness {
         gateway,
         registry,
         shutdown,
+        upstream: None,
     }
 }
 
@@ -202,9 +212,7 @@ async fn forwards_with_request_id_and_trace_context_and_strips_hop_headers() {
     let mut config = Config::default();
     config.instance.discovery.request_timeout_ms = 2_000;
     config.instance.server.max_body_bytes = 1024 * 1024;
-    let harness = harness_with(config).await;
-    let address = upstream().await;
-    let _registration = register(&harness, "order", &address).await;
+    let harness = harness_with(config).await.with_upstream().await;
     let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (status, headers, body) = call(
         Method::POST,
@@ -287,9 +295,7 @@ async fn a_dead_instance_is_failed_over_to_a_live_one() {
 
 #[tokio::test]
 async fn a_slow_upstream_is_a_504_problem_after_the_deadline() {
-    let harness = harness(300).await;
-    let address = upstream().await;
-    let _registration = register(&harness, "order", &address).await;
+    let harness = harness(300).await.with_upstream().await;
     let started = std::time::Instant::now();
     harness
         .problem(
@@ -366,9 +372,7 @@ async fn long_polls_are_not_slow_calls_for_the_breaker() {
         slow_call_duration_ms: 50,
         ..flotilla_resilience::BreakerConfig::default()
     };
-    let harness = harness_with(config).await;
-    let address = upstream().await;
-    let _registration = register(&harness, "order", &address).await;
+    let harness = harness_with(config).await.with_upstream().await;
     let waited = format!("{}/v1/orders/waited", harness.gateway);
     let state = || async {
         let (_, _, body) = harness.get("/admin/breakers").await;
@@ -403,9 +407,9 @@ async fn operators_force_and_reconfigure_breakers_at_run_time() {
         },
         ..Config::default()
     })
+    .await
+    .with_upstream()
     .await;
-    let address = upstream().await;
-    let _registration = register(&harness, "order", &address).await;
     let echo = format!("{}/v1/orders/echo", harness.gateway);
 
     let (status, _, body) = harness
@@ -482,9 +486,7 @@ fn assert_raw_problem(answer: &str, status: u16, kind: &str) {
 
 #[tokio::test]
 async fn malformed_chunked_bodies_are_the_clients_fault_and_never_open_the_breaker() {
-    let harness = harness(2_000).await;
-    let address = upstream().await;
-    let _registration = register(&harness, "order", &address).await;
+    let harness = harness(2_000).await.with_upstream().await;
     harness
         .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
         .await;
@@ -512,9 +514,7 @@ async fn malformed_chunked_bodies_are_the_clients_fault_and_never_open_the_break
 async fn bodies_over_the_limit_are_refused_declared_or_streamed() {
     let mut config = Config::default();
     config.instance.server.max_body_bytes = 1024;
-    let harness = harness_with(config).await;
-    let address = upstream().await;
-    let _registration = register(&harness, "order", &address).await;
+    let harness = harness_with(config).await.with_upstream().await;
     harness
         .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
         .await;
@@ -547,9 +547,7 @@ async fn bodies_over_the_limit_are_refused_declared_or_streamed() {
 
 #[tokio::test]
 async fn a_second_idempotency_key_is_refused() {
-    let harness = harness(2_000).await;
-    let address = upstream().await;
-    let _registration = register(&harness, "order", &address).await;
+    let harness = harness(2_000).await.with_upstream().await;
     let (status, _, body) = call(
         Method::POST,
         &format!("{}/v1/orders/echo", harness.gateway),
@@ -563,9 +561,7 @@ async fn a_second_idempotency_key_is_refused() {
 
 #[tokio::test]
 async fn paths_are_normalised_before_a_route_is_chosen() {
-    let harness = harness(2_000).await;
-    let address = upstream().await;
-    let _registration = register(&harness, "order", &address).await;
+    let harness = harness(2_000).await.with_upstream().await;
     // Dot segments and doubled slashes resolve to the order service's path.
     for path in [
         "/v1/products/../orders/waited",

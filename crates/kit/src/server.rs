@@ -72,42 +72,40 @@ impl Default for ConnectionLimits {
 impl ConnectionLimits {
     /// The problem a request's head breaks, if any: checked before any route runs.
     pub fn check<B>(&self, request: &http::Request<B>) -> Option<Problem> {
-        let uri_bytes = request.uri().to_string().len();
-        if uri_bytes > self.max_uri_bytes {
-            return Some(Problem::new(
-                StatusCode::URI_TOO_LONG,
-                "uri-too-long",
-                format!(
-                    "the request target is {uri_bytes} bytes long; at most {} are accepted",
-                    self.max_uri_bytes
-                ),
-            ));
-        }
         let headers = request.headers();
-        if headers.len() > self.max_headers {
-            return Some(Problem::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "too-many-headers",
-                format!(
-                    "the request carries {} header fields; at most {} are accepted",
-                    headers.len(),
-                    self.max_headers
-                ),
-            ));
-        }
         let header_bytes: usize = headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum();
-        if header_bytes > self.max_header_bytes {
-            return Some(Problem::new(
+        let limits = [
+            (
+                request.uri().to_string().len(),
+                self.max_uri_bytes,
+                StatusCode::URI_TOO_LONG,
+                "uri-too-long",
+                "bytes of request target",
+            ),
+            (
+                headers.len(),
+                self.max_headers,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "too-many-headers",
+                "header fields",
+            ),
+            (
+                header_bytes,
+                self.max_header_bytes,
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers-too-large",
-                format!(
-                    "the request's header fields hold {header_bytes} bytes; at most {} are accepted",
-                    self.max_header_bytes
-                ),
-            ));
+                "bytes of header fields",
+            ),
+        ];
+        for (actual, limit, status, slug, what) in limits {
+            if actual > limit {
+                let detail =
+                    format!("the request carries {actual} {what}; at most {limit} are accepted");
+                return Some(Problem::new(status, slug, detail));
+            }
         }
         check_host(request)
     }

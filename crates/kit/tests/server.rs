@@ -172,6 +172,28 @@ async fn a_request_slower_than_both_timeouts_is_still_answered() {
     assert!(response.ends_with("slow"), "{response}");
 }
 
+/// What a request should get.
+enum Answer {
+    /// A problem with this status and kind.
+    Problem(&'static str, &'static str),
+    /// Served: the status line starts so.
+    Served(&'static str),
+}
+
+/// Sends each request (its head, without the final empty line) on a connection of its own and
+/// checks its answer.
+async fn check_each(address: &str, cases: &[(String, Answer)]) {
+    for (head, expected) in cases {
+        let response = exchange(address, format!("{head}\r\n\r\n").as_bytes()).await;
+        match expected {
+            Answer::Problem(status, kind) => assert_problem(&response, status, kind),
+            Answer::Served(status_line) => {
+                assert!(response.starts_with(status_line), "{head}: {response}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn head_limits_are_answered_with_problems() {
     let limits = ConnectionLimits {
@@ -182,77 +204,72 @@ async fn head_limits_are_answered_with_problems() {
     };
     let (address, _stop) = server(limits).await;
     let many: String = (0..11).map(|n| format!("X-H{n}: v\r\n")).collect();
-    let response = exchange(
-        &address,
-        format!("GET /hello HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await;
-    assert_problem(&response, "431", "too-many-headers");
     let big = "v".repeat(1100);
-    let response = exchange(
-        &address,
-        format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await;
-    assert_problem(&response, "431", "headers-too-large");
     let long = "a".repeat(300);
-    let response = exchange(
+    let close = "Host: x\r\nConnection: close";
+    check_each(
         &address,
-        format!("GET /items/{long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        &[
+            (
+                format!("GET /hello HTTP/1.1\r\n{many}{close}"),
+                Answer::Problem("431", "too-many-headers"),
+            ),
+            (
+                format!("GET /hello HTTP/1.1\r\nX-Big: {big}\r\n{close}"),
+                Answer::Problem("431", "headers-too-large"),
+            ),
+            (
+                format!("GET /items/{long} HTTP/1.1\r\n{close}"),
+                Answer::Problem("414", "uri-too-long"),
+            ),
+            // Within every limit: served.
+            (
+                format!("GET /hello HTTP/1.1\r\n{close}"),
+                Answer::Served("HTTP/1.1 200"),
+            ),
+        ],
     )
     .await;
-    assert_problem(&response, "414", "uri-too-long");
-    // Within every limit: served.
-    let response = exchange(
-        &address,
-        b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
 #[tokio::test]
 async fn host_rules_of_http_1_1_are_enforced() {
     let (address, _stop) = server(ConnectionLimits::default()).await;
-    let response = exchange(
+    let close = "Connection: close";
+    check_each(
         &address,
-        b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n",
+        &[
+            (
+                format!("GET /hello HTTP/1.1\r\n{close}"),
+                Answer::Problem("400", "missing-host"),
+            ),
+            (
+                format!("GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n{close}"),
+                Answer::Problem("400", "invalid-host"),
+            ),
+            (
+                format!("GET http://elsewhere.example/hello HTTP/1.1\r\nHost: gateway\r\n{close}"),
+                Answer::Problem("400", "foreign-target"),
+            ),
+            // Absolute form naming the host itself, and HTTP/1.0 without Host, are fine.
+            (
+                format!("GET http://gateway/hello HTTP/1.1\r\nHost: gateway\r\n{close}"),
+                Answer::Served("HTTP/1.1 200"),
+            ),
+            (
+                "GET /hello HTTP/1.0".to_owned(),
+                Answer::Served("HTTP/1.0 200"),
+            ),
+        ],
     )
     .await;
-    assert_problem(&response, "400", "missing-host");
-    let response = exchange(
-        &address,
-        b"GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_problem(&response, "400", "invalid-host");
-    let response = exchange(
-        &address,
-        b"GET http://elsewhere.example/hello HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_problem(&response, "400", "foreign-target");
-    // Absolute form naming the host itself, and HTTP/1.0 without Host, are fine.
-    let response = exchange(
-        &address,
-        b"GET http://gateway/hello HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let response = exchange(&address, b"GET /hello HTTP/1.0\r\n\r\n").await;
-    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
 }
 
 #[tokio::test]
 async fn a_path_the_router_cannot_decode_gets_a_problem_not_plain_text() {
     let (address, _stop) = server(ConnectionLimits::default()).await;
-    let response = exchange(
-        &address,
-        b"GET /items/%FF%FE HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_problem(&response, "400", "http-error");
+    let head = "GET /items/%FF%FE HTTP/1.1\r\nHost: x\r\nConnection: close".to_owned();
+    check_each(&address, &[(head, Answer::Problem("400", "http-error"))]).await;
 }
 
 #[tokio::test]
