@@ -590,3 +590,36 @@ async fn paths_are_normalised_before_a_route_is_chosen() {
     .await;
     assert_raw_problem(&answer, 400, "invalid-path");
 }
+
+#[tokio::test]
+async fn clients_that_hang_up_mid_request_never_open_the_breaker() {
+    use tokio::io::AsyncWriteExt;
+    let harness = harness(10_000).await.with_upstream().await;
+    harness
+        .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
+        .await;
+    let address = harness.gateway.trim_start_matches("http://").to_owned();
+    // Twice the breaker's window: each client asks for the slow path, then hangs up before
+    // the upstream answers; or sends half a declared body and hangs up.
+    for n in 0..40 {
+        let mut stream = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        let request: &[u8] = if n % 2 == 0 {
+            b"GET /v1/orders/slow HTTP/1.1\r\nHost: gateway\r\n\r\n"
+        } else {
+            b"POST /v1/orders/echo HTTP/1.1\r\nHost: gateway\r\nContent-Length: 100\r\n\r\n{\"half\":"
+        };
+        stream.write_all(request).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(stream);
+    }
+    let (status, _, body) = call(
+        Method::POST,
+        &format!("{}/v1/orders/echo", harness.gateway),
+        &[("content-type", "application/json")],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the breaker stayed closed: {body}");
+}

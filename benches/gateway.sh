@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The gateway beside nginx and HAProxy, in one run on loopback: each proxy in front of the same
+# nginx upstream that answers a short body, loaded by `wrk -t2 -c64`, with the same number of
+# worker threads (THREADS, 1 then 2 by default) and its access log on as shipped (nginx to a
+# buffered file, HAProxy's HTTP log to a file, the gateway's line per request to its log file).
+#
+#   benches/gateway.sh [DURATION_S] [THREADS...]        (defaults: 10, then 1 2)
+#
+# Prints one row per proxy and thread count: requests/s, p50, p99 (from wrk) and the proxy's CPU
+# time per request (utime + stime of its processes from /proc, over the run). Needs the Debian
+# packages nginx-light (or nginx), haproxy and wrk, and target/release/flotilla
+# (`cargo build --release`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+shift || true
+THREADS=("${@:-1 2}")
+read -r -a THREADS <<<"${THREADS[*]}"
+BIN=$PWD/target/release/flotilla
+for tool in nginx haproxy wrk; do
+  command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install nginx-light haproxy wrk)" >&2; exit 1; }
+done
+[ -x "$BIN" ] || { echo "missing: $BIN (cargo build --release)" >&2; exit 1; }
+
+UPSTREAM=127.0.0.1:18900
+DIR=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$DIR/upstream.pid" ] && kill "$(cat "$DIR/upstream.pid")" 2>/dev/null || true
+  [ -f "$DIR/nginx.pid" ] && kill "$(cat "$DIR/nginx.pid")" 2>/dev/null || true
+  sleep 0.3
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+# The upstream: nginx, one worker, every path answered 200 "ok" (its /readyz too).
+cat >"$DIR/upstream.conf" <<EOF
+worker_processes 1;
+pid $DIR/upstream.pid;
+error_log $DIR/upstream-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen $UPSTREAM; location / { return 200 "ok"; } }
+}
+EOF
+nginx -c "$DIR/upstream.conf" -p "$DIR"
+
+# CPU seconds (utime + stime) of the processes in $@ and their threads.
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    # Fields 14 and 15 of /proc/PID/stat, after the command name in parentheses.
+    local stat
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    stat=${stat##*) }
+    read -r -a f <<<"$stat"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+
+wait_for() { # url
+  for _ in $(seq 1 100); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2
+  return 1
+}
+
+# Loads URL and prints "name threads rps p50 p99 cpu_us_per_request" for the processes PIDS.
+measure() { # name threads url pids...
+  local name=$1 threads=$2 url=$3
+  shift 3
+  wait_for "$url"
+  wrk -t2 -c64 -d2s "$url" >/dev/null # warm up: connections, pools, caches
+  local before after out requests
+  before=$(cpu_ticks "$@")
+  out=$(wrk -t2 -c64 -d"${DURATION}s" --latency "$url")
+  after=$(cpu_ticks "$@")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  local hz
+  hz=$(getconf CLK_TCK)
+  local cpu_us="-"
+  if [ "$#" -gt 0 ] && [ "$requests" -gt 0 ]; then
+    cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  fi
+  printf '| %-22s | %7s | %10s | %8s | %8s | %10s |\n' "$name" "$threads" "$rps" "$p50" "$p99" "$cpu_us"
+}
+
+printf '| %-22s | %7s | %10s | %8s | %8s | %10s |\n' proxy threads requests/s p50 p99 "CPU µs/req"
+printf '| %-22s | %7s | %10s | %8s | %8s | %10s |\n' --- --- --- --- --- ---
+measure "direct to upstream" - "http://$UPSTREAM/v1/orders/x"
+
+for threads in "${THREADS[@]}"; do
+  # nginx proxy_pass with upstream keep-alive, access log to a buffered file.
+  cat >"$DIR/nginx.conf" <<EOF
+worker_processes $threads;
+pid $DIR/nginx.pid;
+error_log $DIR/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log $DIR/nginx-access.log combined buffer=64k flush=1s;
+  keepalive_requests 1000000;
+  upstream backend { server $UPSTREAM; keepalive 64; }
+  server {
+    listen 127.0.0.1:18901;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  nginx -c "$DIR/nginx.conf" -p "$DIR"
+  sleep 0.3
+  measure "nginx" "$threads" "http://127.0.0.1:18901/v1/orders/x" \
+    $(pgrep -f "nginx.*$DIR/nginx.conf") $(pgrep -P "$(cat "$DIR/nginx.pid")")
+  kill "$(cat "$DIR/nginx.pid")"
+  sleep 0.5
+
+  # HAProxy, its HTTP log to a file.
+  cat >"$DIR/haproxy.cfg" <<EOF
+global
+  nbthread $threads
+  log stdout format raw local0
+defaults
+  mode http
+  log global
+  option httplog
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+frontend front
+  bind 127.0.0.1:18902
+  default_backend back
+backend back
+  http-reuse always
+  server upstream $UPSTREAM
+EOF
+  haproxy -f "$DIR/haproxy.cfg" >"$DIR/haproxy.log" 2>&1 &
+  local_pid=$!
+  PIDS+=("$local_pid")
+  measure "HAProxy" "$threads" "http://127.0.0.1:18902/v1/orders/x" "$local_pid"
+  kill "$local_pid"
+  wait "$local_pid" 2>/dev/null || true
+
+  # Flotilla: a registry, the upstream registered as `order`, the gateway in front.
+  FLOTILLA_TTL_MS=86400000 FLOTILLA_LOG_FORMAT=json "$BIN" run registry --listen 127.0.0.1:18903 \
+    --data-dir "$DIR/data" >"$DIR/registry.log" 2>&1 &
+  registry=$!
+  PIDS+=("$registry")
+  wait_for "http://127.0.0.1:18903/readyz"
+  curl -fsS -X PUT "http://127.0.0.1:18903/v1/registry/instances/upstream-1" \
+    -H 'content-type: application/json' \
+    -d "{\"service\":\"order\",\"address\":\"$UPSTREAM\",\"ttl_ms\":86400000}" >/dev/null
+  TOKIO_WORKER_THREADS=$threads FLOTILLA_LOG_FORMAT=json "$BIN" run gateway \
+    --listen 127.0.0.1:18904 --registry-url http://127.0.0.1:18903 --data-dir "$DIR/data" \
+    >"$DIR/gateway.log" 2>&1 &
+  gateway=$!
+  PIDS+=("$gateway")
+  measure "Flotilla gateway" "$threads" "http://127.0.0.1:18904/v1/orders/x" "$gateway"
+  kill "$gateway" "$registry"
+  wait "$gateway" "$registry" 2>/dev/null || true
+done
