@@ -1,7 +1,8 @@
 //! The API gateway: the one door of the system.
 //!
-//! This first version routes by path prefix ([`routes::Routes`]) to the services it finds
-//! through discovery, and forwards over hyper ([`proxy`]):
+//! It routes by the route file ([`routes::Routes`]: path prefix or template, host, method,
+//! headers, API version) to the services it finds through discovery, and forwards over hyper
+//! ([`proxy`]):
 //!
 //! * request and response bodies stream; a request body that is small and of known length
 //!   (up to [`proxy::REPLAY_LIMIT`]) is held so that the request can fail over to another
@@ -63,9 +64,14 @@ pub async fn run(
     let deferred = deferred::Deferred::open(&config)
         .await
         .map_err(std::io::Error::other)?;
+    let routes = match &config.gateway.routes_file {
+        Some(path) => routes::Routes::load(path)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        None => routes::Routes::default(),
+    };
     let proxy = proxy::Proxy::new(
         discovery,
-        routes::Routes::default(),
+        routes,
         timeout,
         &config.resilience.breaker,
         &config.resilience.retry,

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deferred::{self, Deferred, Queued};
 use crate::inbound::{self, ClientBody, FaultSlot};
-use crate::routes::Routes;
+use crate::routes::{Head, Matched, Routes};
 
 /// Largest request body held in memory so that the request can be sent to another instance
 /// after a refused connection. Larger or chunked bodies stream through and are not failed over.
@@ -127,11 +127,12 @@ impl Proxy {
             .and_then(Pipeline::breaker)
     }
 
-    /// The gateway's public routes: everything under `/v1/`, and `/v1/deferred/{id}` when
-    /// requests may be queued for later.
+    /// The gateway's public routes: every path goes to the route table, but the probes and
+    /// `/metrics` (the kit's) and `/v1/deferred/{id}` when requests may be queued for later.
     pub fn router(&self) -> Router {
         let router = Router::new()
-            .route("/v1/{*path}", any(forward))
+            .route("/", any(forward))
+            .route("/{*path}", any(forward))
             .with_state(self.clone());
         match &self.inner.deferred {
             Some(deferred) => router.merge(deferred.routes()),
@@ -190,13 +191,29 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
         Ok(path) => path.into_owned(),
         Err(problem) => return problem.into_response(),
     };
-    let Some(route) = inner.routes.find(&path) else {
-        return Problem::not_found(format!("no service serves `{path}`")).into_response();
+    let head = Head {
+        method: request.method(),
+        path: &path,
+        headers: request.headers(),
+    };
+    let Some(Matched {
+        route,
+        upstream_path,
+    }) = inner.routes.find(head)
+    else {
+        return Problem::not_found(format!("no route serves `{path}`")).into_response();
     };
     let service = route.service.clone();
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + inner.timeout;
-    let prepared = prepare(request, &path, deadline, &service, inner.max_body_bytes).await;
+    let prepared = prepare(
+        request,
+        &upstream_path,
+        deadline,
+        &service,
+        inner.max_body_bytes,
+    )
+    .await;
     let (outcome, response) = match prepared {
         Err((outcome, problem)) => (outcome, problem.into_response()),
         Ok(mut prepared) => {

@@ -1,4 +1,5 @@
-//! The gateway's section of the settings (flat keys: `queue_for_later`, `admin_api`) and
+//! The gateway's section of the settings (flat keys: `queue_for_later`, `admin_api`,
+//! `routes_file`) and
 //! [`Config`], everything [`crate::run`] reads. Loading the settings is the binary's job.
 
 use flotilla_discovery::InstanceConfig;
@@ -16,6 +17,9 @@ pub struct GatewaySettings {
     /// Serve the operator API (`/admin/breakers`: states, forcing, run-time configuration).
     /// Never enable it where untrusted clients can reach the port.
     pub admin_api: bool,
+    /// The route file (see [`crate::routes`]); without one, the shipped routes
+    /// (`config/gateway.toml`, built in). `FLOTILLA_ROUTES_FILE=config/gateway.toml`.
+    pub routes_file: Option<std::path::PathBuf>,
 }
 
 impl Section for GatewaySettings {

@@ -623,3 +623,78 @@ async fn clients_that_hang_up_mid_request_never_open_the_breaker() {
     .await;
     assert_eq!(status, StatusCode::OK, "the breaker stayed closed: {body}");
 }
+
+#[tokio::test]
+async fn a_route_file_with_an_error_stops_start_up_naming_the_route_and_the_key() {
+    let data = flotilla_testkit::TempData::new();
+    let file = data.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        "[[routes]]\nname = \"orders\"\nservice = \"order\"\npath = \"orders\"\n",
+    )
+    .expect("write");
+    let shutdown = CancellationToken::new();
+    let registry = start_registry(60_000, &shutdown).await;
+    let mut config = Config::default();
+    config.instance.discovery.registry_url = Some(registry);
+    config.gateway.routes_file = Some(file.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let error = flotilla_gateway::run(config, listener, shutdown.clone())
+        .await
+        .expect_err("refused");
+    let message = error.to_string();
+    assert!(message.contains(&file.display().to_string()), "{message}");
+    assert!(message.contains("route `orders`, key `path`"), "{message}");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_route_file_routes_by_host_header_and_version() {
+    let data = flotilla_testkit::TempData::new();
+    let file = data.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[routes]]
+name = "orders"
+service = "order"
+path = "/orders"
+version = 1
+
+[[routes]]
+name = "beta"
+service = "beta"
+path = "/orders/{id}"
+version = 1
+headers = { x-beta = "on" }
+"#,
+    )
+    .expect("write");
+    let mut config = Config::default();
+    config.gateway.routes_file = Some(file);
+    let harness = harness_with(config).await.with_upstream().await;
+    let beta = dead_address().await;
+    let _beta = register(&harness, "beta", &beta).await;
+    // By the URL's version and by the header's, to the same upstream path.
+    let (status, _, body) = call(
+        Method::GET,
+        &format!("{}/orders/waited", harness.gateway),
+        &[("api-version", "1")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    harness
+        .problem("/v2/orders/waited", StatusCode::NOT_FOUND, "not-found")
+        .await;
+    // The header condition sends the request to `beta` (whose only instance is dead: 502).
+    let (status, _, body) = call(
+        Method::GET,
+        &format!("{}/v1/orders/waited", harness.gateway),
+        &[("x-beta", "on")],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["service"], "beta");
+}

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use figment::Jail;
 use flotilla_kit::settings::LogFormat;
@@ -28,6 +29,17 @@ fn check_every_key(settings: &Settings) {
     assert_eq!(server.log_level, "debug,hyper=warn");
     assert_eq!(server.max_body_bytes, 12_345);
     assert_eq!(server.shutdown_grace_ms, 2_500);
+    let limits = server.connection_limits();
+    assert_eq!(limits.header_read_timeout, Duration::from_secs(4));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(30));
+    assert_eq!(
+        (
+            limits.max_headers,
+            limits.max_header_bytes,
+            limits.max_uri_bytes
+        ),
+        (50, 8_000, 4_000)
+    );
     assert!(server.supervised);
     assert!(server.fault_injection);
 
@@ -57,6 +69,10 @@ fn check_every_key(settings: &Settings) {
 
     assert_eq!(settings.gateway.queue_for_later, vec!["order".to_owned()]);
     assert!(settings.gateway.admin_api);
+    assert_eq!(
+        settings.gateway.routes_file.as_deref(),
+        Some(Path::new("/etc/flotilla/routes.toml"))
+    );
 
     assert_eq!(settings.order.saga_style, SagaStyle::Choreography);
     assert_eq!(settings.order.catalog_cache_ms, 0);
@@ -79,6 +95,11 @@ data_dir = "/var/lib/flotilla-test"
 log_format = "json"
 log_level = "debug,hyper=warn"
 max_body_bytes = 12345
+header_read_timeout_ms = 4000
+idle_timeout_ms = 30000
+max_headers = 50
+max_header_bytes = 8000
+max_uri_bytes = 4000
 shutdown_grace_ms = 2500
 supervised = true
 fault_injection = true
@@ -90,6 +111,7 @@ probe_interval_ms = 300
 probe_timeout_ms = 200
 queue_for_later = ["order"]
 admin_api = true
+routes_file = "/etc/flotilla/routes.toml"
 saga_style = "choreography"
 catalog_cache_ms = 0
 choreography_deadline_ms = 45000
@@ -123,6 +145,11 @@ const ENV: &[(&str, &str)] = &[
     ("FLOTILLA_LOG_FORMAT", "json"),
     ("FLOTILLA_LOG_LEVEL", "debug,hyper=warn"),
     ("FLOTILLA_MAX_BODY_BYTES", "12345"),
+    ("FLOTILLA_HEADER_READ_TIMEOUT_MS", "4000"),
+    ("FLOTILLA_IDLE_TIMEOUT_MS", "30000"),
+    ("FLOTILLA_MAX_HEADERS", "50"),
+    ("FLOTILLA_MAX_HEADER_BYTES", "8000"),
+    ("FLOTILLA_MAX_URI_BYTES", "4000"),
     ("FLOTILLA_SHUTDOWN_GRACE_MS", "2500"),
     ("FLOTILLA_SUPERVISED", "true"),
     ("FLOTILLA_FAULT_INJECTION", "true"),
@@ -134,6 +161,7 @@ const ENV: &[(&str, &str)] = &[
     ("FLOTILLA_PROBE_TIMEOUT_MS", "200"),
     ("FLOTILLA_QUEUE_FOR_LATER", r#"["order"]"#),
     ("FLOTILLA_ADMIN_API", "true"),
+    ("FLOTILLA_ROUTES_FILE", "/etc/flotilla/routes.toml"),
     ("FLOTILLA_SAGA_STYLE", "choreography"),
     ("FLOTILLA_CATALOG_CACHE_MS", "0"),
     ("FLOTILLA_CHOREOGRAPHY_DEADLINE_MS", "45000"),
