@@ -133,9 +133,10 @@ mod stored;
 
 use sql::{
     CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION,
-    duplicate_or_first, recorded, repeated, snapshot_values, to_i64, to_u64,
+    duplicate_or_first, recorded, repeated, to_i64, to_u64,
 };
 
+pub(crate) use sql::Snapshot;
 pub(crate) use stored::StoredEvent;
 
 /// Starts a transaction that can write. SQLite takes its write lock at once (`IMMEDIATE`), so
@@ -370,25 +371,27 @@ pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Err
     Ok(to_u64(version))
 }
 
-/// A page of the global log (of one category or all) on `$on` (`pool …` or `tx …`).
+/// A page of the global log (of one category or all) on `$on` (`pool …` or `tx …`): at most
+/// `$limit` events after position `$after`.
 macro_rules! global_log_page {
-    ($kind:ident $on:expr, $after:expr, $limit:expr, $category:expr) => {
+    ($kind:ident $on:expr, $after:expr, $limit:expr, $category:expr) => {{
+        let (after, limit) = (to_i64($after), i64::try_from($limit).unwrap_or(i64::MAX));
         match $category {
             None => fetch_events!(
                 $kind $on,
                 "WHERE position > $1 ORDER BY position LIMIT $2",
-                $after,
-                $limit
+                after,
+                limit
             ),
             Some(category) => fetch_events!(
                 $kind $on,
                 "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3",
                 category,
-                $after,
-                $limit
+                after,
+                limit
             ),
         }
-    };
+    }};
 }
 
 pub(crate) async fn read_all(
@@ -397,7 +400,6 @@ pub(crate) async fn read_all(
     limit: usize,
     category: Option<&str>,
 ) -> Result<Vec<StoredEvent>, Error> {
-    let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
     Ok(global_log_page!(pool pool, after, limit, category))
 }
 
@@ -408,7 +410,6 @@ pub(crate) async fn read_all_in(
     limit: usize,
     category: Option<&str>,
 ) -> Result<Vec<StoredEvent>, Error> {
-    let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
     Ok(global_log_page!(tx tx, after, limit, category))
 }
 
@@ -455,14 +456,8 @@ pub(crate) async fn snapshot(
     }))
 }
 
-pub(crate) async fn save_snapshot(
-    conn: &mut Conn<'_>,
-    stream: &str,
-    version: u64,
-    state_version: u32,
-    state: &str,
-) -> Result<(), Error> {
-    let (version, state_version, now) = snapshot_values(version, state_version)?;
+pub(crate) async fn save_snapshot(conn: &mut Conn<'_>, snapshot: &Snapshot) -> Result<(), Error> {
+    let (stream, version, state_version, state, now) = snapshot.values()?;
     on_conn!(conn, |c| {
         sqlx::query(SAVE_SNAPSHOT)
             .bind(stream)

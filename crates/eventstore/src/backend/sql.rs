@@ -54,15 +54,40 @@ pub(super) fn repeated(events: &[NewEvent]) -> Option<Uuid> {
     events.iter().find(|e| !seen.insert(e.id)).map(|e| e.id)
 }
 
-/// [`SAVE_SNAPSHOT`]'s values after the stream's: its version, the state's version, and now.
-pub(super) fn snapshot_values(version: u64, state_version: u32) -> Result<(i64, i32, i64), Error> {
-    let state_version = i32::try_from(state_version)
-        .map_err(|_| Error::Encode("state version out of range".into()))?;
-    Ok((
-        to_i64(version),
-        state_version,
-        micros(OffsetDateTime::now_utc()),
-    ))
+/// A snapshot to write ([`SAVE_SNAPSHOT`]): a stream's state after one of its events.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    stream: String,
+    version: u64,
+    state_version: u32,
+    state: String,
+}
+
+impl Snapshot {
+    /// `stream`'s state after its event `version`, serialised as `state` in the form
+    /// `state_version`.
+    pub(crate) fn new(stream: String, version: u64, state_version: u32, state: String) -> Self {
+        Self {
+            stream,
+            version,
+            state_version,
+            state,
+        }
+    }
+
+    /// [`SAVE_SNAPSHOT`]'s values, in order: the stream, its version, the state's version, the
+    /// state, and now.
+    pub(super) fn values(&self) -> Result<(&str, i64, i32, &str, i64), Error> {
+        let state_version = i32::try_from(self.state_version)
+            .map_err(|_| Error::Encode("state version out of range".into()))?;
+        Ok((
+            &self.stream,
+            to_i64(self.version),
+            state_version,
+            &self.state,
+            micros(OffsetDateTime::now_utc()),
+        ))
+    }
 }
 
 /// Writes a stream's snapshot, replacing the one it had.

@@ -9,8 +9,8 @@ use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::sql::{
-    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION,
-    duplicate_or_first, recorded, repeated, snapshot_values, to_i64, to_u64,
+    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION, Snapshot,
+    duplicate_or_first, recorded, repeated, to_i64, to_u64,
 };
 use super::stored::StoredEvent;
 use crate::event::{from_micros, micros};
@@ -447,14 +447,8 @@ fn unique_or(
 }
 
 /// [`super::save_snapshot`] on SQLite.
-pub(crate) fn save_snapshot(
-    db: &Connection,
-    stream: &str,
-    version: u64,
-    state_version: u32,
-    state: &str,
-) -> Result<(), Error> {
-    let (version, state_version, now) = snapshot_values(version, state_version)?;
+pub(crate) fn save_snapshot(db: &Connection, snapshot: &Snapshot) -> Result<(), Error> {
+    let (stream, version, state_version, state, now) = snapshot.values()?;
     execute(
         db,
         SAVE_SNAPSHOT,
