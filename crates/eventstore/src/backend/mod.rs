@@ -132,7 +132,7 @@ pub(crate) mod sqlite;
 mod stored;
 
 use sql::{
-    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION,
+    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, Encoded, SAVE_SNAPSHOT, STREAM_VERSION,
     duplicate_or_first, recorded, repeated, to_i64, to_u64,
 };
 
@@ -211,34 +211,27 @@ pub(crate) async fn append(
     for (offset, event) in (0u64..).zip(&events) {
         rows.push(Row {
             position: to_i64(first_position + offset),
-            event_id: event.id.to_string(),
             version: to_i64(actual + 1 + offset),
-            event_type: &event.event_type,
-            schema_version: i32::try_from(event.schema_version)
-                .map_err(|_| Error::Encode("schema version out of range".into()))?,
-            data: serde_json::to_string(&event.data).map_err(|e| Error::Encode(e.to_string()))?,
-            metadata: serde_json::to_string(&event.metadata.extra)
-                .map_err(|e| Error::Encode(e.to_string()))?,
-            causation_id: event.metadata.causation_id.as_deref(),
-            correlation_id: event.metadata.correlation_id.as_deref(),
+            encoded: Encoded::new(event)?,
         });
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let inserted = on_conn!(conn, |c| {
             let mut insert = sqlx::QueryBuilder::new(insert_events!());
             insert.push_values(chunk, |mut values, row| {
+                let (encoded, metadata) = (&row.encoded, &row.encoded.event.metadata);
                 values
                     .push_bind(row.position)
-                    .push_bind(row.event_id.as_str())
+                    .push_bind(encoded.id.as_str())
                     .push_bind(stream)
                     .push_bind(category)
                     .push_bind(row.version)
-                    .push_bind(row.event_type.as_str())
-                    .push_bind(row.schema_version)
-                    .push_bind(row.data.as_str())
-                    .push_bind(row.metadata.as_str())
-                    .push_bind(row.causation_id)
-                    .push_bind(row.correlation_id)
+                    .push_bind(encoded.event.event_type.as_str())
+                    .push_bind(encoded.schema_version)
+                    .push_bind(encoded.data.as_str())
+                    .push_bind(encoded.metadata.as_str())
+                    .push_bind(metadata.causation_id.as_deref())
+                    .push_bind(metadata.correlation_id.as_deref())
                     .push_bind(recorded_at);
             });
             insert
@@ -271,17 +264,11 @@ pub(crate) async fn append(
 /// PostgreSQL's 65,535 parameters per statement.
 const ROWS_PER_INSERT: usize = 1000;
 
-/// An event encoded for its row.
+/// An event encoded for its row, at its position and version.
 struct Row<'a> {
     position: i64,
-    event_id: String,
     version: i64,
-    event_type: &'a String,
-    schema_version: i32,
-    data: String,
-    metadata: String,
-    causation_id: Option<&'a str>,
-    correlation_id: Option<&'a str>,
+    encoded: Encoded<'a>,
 }
 
 /// Which event of a batch already has its id stored (or repeats an earlier one of the batch).

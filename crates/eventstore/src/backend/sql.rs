@@ -48,6 +48,33 @@ pub(super) fn recorded(
         .collect()
 }
 
+/// An event encoded for its row: what an `INSERT` binds of it besides its place (position,
+/// stream, version) and the instant of the append.
+pub(super) struct Encoded<'e> {
+    pub(super) event: &'e NewEvent,
+    pub(super) id: String,
+    pub(super) schema_version: i32,
+    pub(super) data: String,
+    pub(super) metadata: String,
+}
+
+impl<'e> Encoded<'e> {
+    pub(super) fn new(event: &'e NewEvent) -> Result<Self, Error> {
+        let encode = |e: serde_json::Error| Error::Encode(e.to_string());
+        let data = serde_json::to_string(&event.data).map_err(encode)?;
+        let metadata = serde_json::to_string(&event.metadata.extra).map_err(encode)?;
+        let schema_version = i32::try_from(event.schema_version)
+            .map_err(|_| Error::Encode("schema version out of range".into()))?;
+        Ok(Self {
+            event,
+            id: event.id.to_string(),
+            schema_version,
+            data,
+            metadata,
+        })
+    }
+}
+
 /// The first event of `events` whose id an earlier one has already.
 pub(super) fn repeated(events: &[NewEvent]) -> Option<Uuid> {
     let mut seen = std::collections::HashSet::new();
