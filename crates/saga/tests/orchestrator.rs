@@ -235,18 +235,17 @@ impl World {
         Orchestrator::new(saga, self.pool.clone()).with_clock(self.clock.clone())
     }
 
-    /// The commands written since the last call (the test's "relay").
+    /// The commands written since the last call (the test's "relay"): marked published as they
+    /// are read, in the order written.
     async fn commands(&self) -> Vec<Message> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT seq, envelope FROM messaging_outbox WHERE published_at IS NULL AND topic LIKE '%.commands' ORDER BY seq",
+        let mut rows: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE messaging_outbox SET published_at = 1 \
+             WHERE published_at IS NULL AND topic LIKE '%.commands' RETURNING seq, envelope",
         )
         .fetch_all(&self.pool)
         .await
         .expect("outbox");
-        sqlx::query("UPDATE messaging_outbox SET published_at = 1 WHERE topic LIKE '%.commands'")
-            .execute(&self.pool)
-            .await
-            .expect("mark");
+        rows.sort_unstable_by_key(|(seq, _)| *seq);
         rows.into_iter()
             .map(|(_, envelope)| serde_json::from_str(&envelope).expect("a message"))
             .collect()
