@@ -141,41 +141,25 @@ async fn subjects() -> Vec<Subject> {
     subjects
 }
 
-fn benches(c: &mut Criterion) {
-    let runtime = Runtime::new().expect("runtime");
-    let subjects = runtime.block_on(subjects());
-
-    let mut group = c.benchmark_group("append_single");
-    group.throughput(Throughput::Elements(1));
-    for subject in &subjects {
+/// The group `name`: `size` events in one append to `stream`, against `size` plain `INSERT`s
+/// in one transaction (one alone: autocommit), numbered from `first_plain` on, apart from
+/// other groups'.
+fn appends(
+    c: &mut Criterion,
+    runtime: &Runtime,
+    subjects: &[Subject],
+    name: &str,
+    size: usize,
+    stream: &'static str,
+    first_plain: i64,
+) {
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(size as u64));
+    for subject in subjects {
         let mut n = 0i64;
         group.bench_function(BenchmarkId::new("eventstore", subject.name), |b| {
-            b.to_async(&runtime).iter(|| {
-                n += 1;
-                let store = subject.store.clone();
-                let event = NewEvent::new("Deposited", payload(n));
-                async move {
-                    store
-                        .append("single-1", ExpectedVersion::Any, vec![event])
-                        .await
-                        .expect("append")
-                }
-            })
-        });
-        let mut next = 0i64;
-        group.bench_function(BenchmarkId::new("plain_insert", subject.name), |b| {
-            b.iter(|| runtime.block_on(subject.plain_inserts(&mut next, 1)))
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("append_batch100");
-    group.throughput(Throughput::Elements(100));
-    for subject in &subjects {
-        let mut n = 0i64;
-        group.bench_function(BenchmarkId::new("eventstore", subject.name), |b| {
-            b.to_async(&runtime).iter(|| {
-                let events: Vec<_> = (0..100)
+            b.to_async(runtime).iter(|| {
+                let events: Vec<_> = (0..size)
                     .map(|_| {
                         n += 1;
                         NewEvent::new("Deposited", payload(n))
@@ -184,18 +168,34 @@ fn benches(c: &mut Criterion) {
                 let store = subject.store.clone();
                 async move {
                     store
-                        .append("batch-1", ExpectedVersion::Any, events)
+                        .append(stream, ExpectedVersion::Any, events)
                         .await
                         .expect("append")
                 }
             })
         });
-        let mut next = 1_000_000_000i64;
+        let mut next = first_plain;
         group.bench_function(BenchmarkId::new("plain_insert", subject.name), |b| {
-            b.iter(|| runtime.block_on(subject.plain_inserts(&mut next, 100)))
+            b.iter(|| runtime.block_on(subject.plain_inserts(&mut next, size)))
         });
     }
     group.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let runtime = Runtime::new().expect("runtime");
+    let subjects = runtime.block_on(subjects());
+
+    appends(c, &runtime, &subjects, "append_single", 1, "single-1", 0);
+    appends(
+        c,
+        &runtime,
+        &subjects,
+        "append_batch100",
+        100,
+        "batch-1",
+        1_000_000_000,
+    );
 
     // A 10,000-event aggregate, written in batches of 100 through the aggregate API so that
     // snapshots are taken as in production.

@@ -135,27 +135,11 @@ pub fn encode<A: Aggregate>(event: &A::Event, metadata: &Metadata) -> Result<New
         .with_metadata(metadata.clone()))
 }
 
-/// Folds stored rows into `state`; the version of the last one (or `from` if none).
-fn fold<A: Aggregate>(
-    state: &mut A,
-    rows: Vec<backend::StoredEvent>,
-    upcasters: &crate::Upcasters,
-    from: u64,
-) -> Result<u64, Error> {
-    let mut version = from;
-    for row in rows {
-        let (event, context) = row.into_typed::<A::Event>(upcasters)?;
-        state.apply(&event, &context);
-        version = context.version;
-    }
-    Ok(version)
-}
-
 impl EventStore {
     /// Loads aggregate `id`: the latest usable snapshot, then the events after it.
     pub async fn load<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, Error> {
         let stream = stream_of::<A>(id);
-        let (mut state, from) = match backend::snapshot(&self.inner.pool, &stream).await? {
+        let (state, from) = match backend::snapshot(&self.inner.pool, &stream).await? {
             Some((version, state_version, state)) if state_version == A::STATE_VERSION => {
                 match serde_json::from_str::<A>(&state) {
                     Ok(state) => (state, version),
@@ -168,25 +152,14 @@ impl EventStore {
             _ => (A::default(), 0),
         };
         let tail = backend::read_stream(&self.inner.pool, &stream, from + 1, u64::MAX).await?;
-        let version = fold(&mut state, tail, &self.inner.options.upcasters, from)?;
-        Ok(Loaded {
-            id: id.to_owned(),
-            state,
-            version,
-        })
+        self.folded(id, state, from, tail)
     }
 
     /// Loads aggregate `id` by replaying its whole stream, ignoring snapshots (for checks and
     /// benchmarks: it must equal [`EventStore::load`]).
     pub async fn replay<A: Aggregate>(&self, id: &str) -> Result<Loaded<A>, Error> {
         let rows = backend::read_stream(&self.inner.pool, &stream_of::<A>(id), 1, u64::MAX).await?;
-        let mut state = A::default();
-        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
-        Ok(Loaded {
-            id: id.to_owned(),
-            state,
-            version,
-        })
+        self.folded(id, A::default(), 0, rows)
     }
 
     /// Aggregate `id` as it was at `as_of`; `None` if it did not exist yet.
@@ -205,13 +178,7 @@ impl EventStore {
         if rows.is_empty() {
             return Ok(None);
         }
-        let mut state = A::default();
-        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
-        Ok(Some(Loaded {
-            id: id.to_owned(),
-            state,
-            version,
-        }))
+        self.folded(id, A::default(), 0, rows).map(Some)
     }
 
     /// Saves `events` on `loaded` in a transaction of its own (see [`StoreTx::save`]).
@@ -290,13 +257,10 @@ async fn save_in<A: Aggregate>(
     events: &[A::Event],
     metadata: &Metadata,
 ) -> Result<Vec<RecordedEvent>, Error> {
-    let stream = stream_of::<A>(&loaded.id);
-    let new = encode_all::<A>(events, metadata)?;
-    let recorded =
-        backend::append(conn, &stream, ExpectedVersion::Exact(loaded.version), new).await?;
-    let before = applied(loaded, &recorded, events);
-    if let Some(state) = snapshot_due(store, loaded, before)? {
-        backend::save_snapshot(conn, &stream, loaded.version, A::STATE_VERSION, &state).await?;
+    let (stream, expected, new) = to_append(loaded, events, metadata)?;
+    let recorded = backend::append(conn, &stream, expected, new).await?;
+    if let Some(snapshot) = store.apply_recorded(loaded, &recorded, events)? {
+        backend::save_snapshot(conn, &snapshot).await?;
     }
     Ok(recorded)
 }
@@ -326,7 +290,7 @@ impl EventStore {
         id: &str,
     ) -> Result<Loaded<A>, Error> {
         let rows = backend::sqlite::read_stream(db, &stream_of::<A>(id), 1)?;
-        self.replayed(id, rows)
+        self.folded(id, A::default(), 0, rows)
     }
 
     /// Appends `events` after `loaded.version` inside the caller's transaction on `db`, applies
@@ -340,78 +304,87 @@ impl EventStore {
         events: &[A::Event],
         metadata: &Metadata,
     ) -> Result<Vec<RecordedEvent>, Error> {
-        let stream = stream_of::<A>(&loaded.id);
-        let new = encode_all::<A>(events, metadata)?;
-        let recorded =
-            backend::sqlite::append(db, &stream, ExpectedVersion::Exact(loaded.version), new)?;
-        let before = applied(loaded, &recorded, events);
-        if let Some(state) = snapshot_due(self, loaded, before)? {
-            backend::sqlite::save_snapshot(db, &stream, loaded.version, A::STATE_VERSION, &state)?;
+        let (stream, expected, new) = to_append(loaded, events, metadata)?;
+        let recorded = backend::sqlite::append(db, &stream, expected, new)?;
+        if let Some(snapshot) = self.apply_recorded(loaded, &recorded, events)? {
+            backend::sqlite::save_snapshot(db, &snapshot)?;
         }
         Ok(recorded)
     }
 }
 
 impl EventStore {
-    /// Aggregate `id` folded from the whole of its stream, `rows`.
-    fn replayed<A: Aggregate>(
+    /// Aggregate `id`: `state` as of version `from`, with the stored `rows` after it folded in
+    /// (its version: the last row's, or `from` if none).
+    fn folded<A: Aggregate>(
         &self,
         id: &str,
+        mut state: A,
+        from: u64,
         rows: Vec<backend::StoredEvent>,
     ) -> Result<Loaded<A>, Error> {
-        let mut state = A::default();
-        let version = fold(&mut state, rows, &self.inner.options.upcasters, 0)?;
+        let mut version = from;
+        for row in rows {
+            let (event, context) = row.into_typed::<A::Event>(&self.inner.options.upcasters)?;
+            state.apply(&event, &context);
+            version = context.version;
+        }
         Ok(Loaded {
             id: id.to_owned(),
             state,
             version,
         })
     }
+
+    /// Applies the `recorded` appends of `events` to `loaded`; returns the snapshot to write
+    /// with them when its stream just passed a multiple of
+    /// [`Options::snapshot_every`](crate::Options::snapshot_every).
+    fn apply_recorded<A: Aggregate>(
+        &self,
+        loaded: &mut Loaded<A>,
+        recorded: &[RecordedEvent],
+        events: &[A::Event],
+    ) -> Result<Option<backend::Snapshot>, Error> {
+        let before = loaded.version;
+        for (event, typed) in recorded.iter().zip(events) {
+            loaded.state.apply(
+                typed,
+                &EventContext {
+                    version: event.version,
+                    recorded_at: event.recorded_at,
+                },
+            );
+            loaded.version = event.version;
+        }
+        let every = self.options().snapshot_every;
+        if every == 0 || loaded.version / every <= before / every {
+            return Ok(None);
+        }
+        let state =
+            serde_json::to_string(&loaded.state).map_err(|e| Error::Encode(e.to_string()))?;
+        Ok(Some(backend::Snapshot::new(
+            stream_of::<A>(&loaded.id),
+            loaded.version,
+            A::STATE_VERSION,
+            state,
+        )))
+    }
 }
 
-/// `events` encoded for an append, with `metadata`.
-fn encode_all<A: Aggregate>(
+/// What saving `events` on `loaded` appends: to its stream, after its version, the events
+/// encoded with `metadata`.
+fn to_append<A: Aggregate>(
+    loaded: &Loaded<A>,
     events: &[A::Event],
     metadata: &Metadata,
-) -> Result<Vec<crate::NewEvent>, Error> {
-    events
+) -> Result<(String, ExpectedVersion, Vec<NewEvent>), Error> {
+    let new = events
         .iter()
         .map(|event| encode::<A>(event, metadata))
-        .collect()
-}
-
-/// `loaded`'s state to snapshot when its stream just passed a multiple of
-/// [`Options::snapshot_every`](crate::Options::snapshot_every) (it was at `before`).
-fn snapshot_due<A: Aggregate>(
-    store: &EventStore,
-    loaded: &Loaded<A>,
-    before: u64,
-) -> Result<Option<String>, Error> {
-    let every = store.options().snapshot_every;
-    if every == 0 || loaded.version / every <= before / every {
-        return Ok(None);
-    }
-    serde_json::to_string(&loaded.state)
-        .map(Some)
-        .map_err(|e| Error::Encode(e.to_string()))
-}
-
-/// Applies the `recorded` appends of `events` to `loaded`; returns its version before them.
-fn applied<A: Aggregate>(
-    loaded: &mut Loaded<A>,
-    recorded: &[RecordedEvent],
-    events: &[A::Event],
-) -> u64 {
-    let before = loaded.version;
-    for (event, typed) in recorded.iter().zip(events) {
-        loaded.state.apply(
-            typed,
-            &EventContext {
-                version: event.version,
-                recorded_at: event.recorded_at,
-            },
-        );
-        loaded.version = event.version;
-    }
-    before
+        .collect::<Result<_, _>>()?;
+    Ok((
+        stream_of::<A>(&loaded.id),
+        ExpectedVersion::Exact(loaded.version),
+        new,
+    ))
 }

@@ -152,8 +152,7 @@ impl<P: Projection> Projector<P> {
         let (from, head) =
             backend::checkpoint_and_head(&self.store.inner.pool, name, self.projection.category())
                 .await?;
-        if head <= from {
-            self.report(from, 0);
+        if self.up_to_date(from, head) {
             return Ok(0);
         }
         let mut applied = 0;
@@ -168,12 +167,8 @@ impl<P: Projection> Projector<P> {
             self.apply_all(&mut tx, &events).await?;
             backend::set_checkpoint(&mut tx.tx, name, last).await?;
             tx.commit().await?;
-            metrics::counter!("eventstore_projection_commits_total", "projection" => name.to_owned())
-                .increment(1);
             applied += events.len() as u64;
-            if events.len() < BATCH {
-                // A short page was the whole of what was there when it was read.
-                self.report(last, head.saturating_sub(last));
+            if self.committed_page(last, events.len(), head) {
                 return Ok(applied);
             }
         }
@@ -190,8 +185,7 @@ impl<P: Projection> Projector<P> {
             backend::sqlite::checkpoint_and_head(db, name, category)
         })
         .await?;
-        if head <= from {
-            self.report(from, 0);
+        if self.up_to_date(from, head) {
             return Ok(0);
         }
         let mut applied = 0;
@@ -214,11 +208,8 @@ impl<P: Projection> Projector<P> {
                 self.report(last, 0);
                 return Ok(applied);
             }
-            metrics::counter!("eventstore_projection_commits_total", "projection" => name.to_owned())
-                .increment(1);
             applied += count as u64;
-            if count < BATCH {
-                self.report(last, head.saturating_sub(last));
+            if self.committed_page(last, count, head) {
                 return Ok(applied);
             }
         }
@@ -298,6 +289,29 @@ impl<P: Projection> Projector<P> {
             self.projection.apply(tx, event).await?;
         }
         Ok(())
+    }
+
+    /// Whether the log's head (of the projection's category), `head`, is not past its checkpoint
+    /// `from`: then there is nothing to apply, and the projection is reported at `from`.
+    fn up_to_date(&self, from: u64, head: u64) -> bool {
+        let idle = head <= from;
+        if idle {
+            self.report(from, 0);
+        }
+        idle
+    }
+
+    /// Counts a committed page of `count` events that ends at position `last`; whether it was
+    /// the last page to catch up on (a short page was the whole of what was there when it was
+    /// read), reported then against `head`.
+    fn committed_page(&self, last: u64, count: usize, head: u64) -> bool {
+        let name = self.projection.name().to_owned();
+        metrics::counter!("eventstore_projection_commits_total", "projection" => name).increment(1);
+        let whole = count < BATCH;
+        if whole {
+            self.report(last, head.saturating_sub(last));
+        }
+        whole
     }
 
     fn report(&self, position: u64, lag: u64) {

@@ -136,22 +136,12 @@ async fn expected_versions_are_enforced_and_conflicts_say_why(backend: Backend) 
     };
     let store = &db.store;
     assert_eq!(store.stream_version("acct-1").await.unwrap(), 0);
+    let append = |expected, events| store.append("acct-1", expected, events);
     // Exact(0) and NoStream both mean "empty".
-    store
-        .append(
-            "acct-1",
-            ExpectedVersion::NoStream,
-            vec![event("Opened", 0)],
-        )
+    append(ExpectedVersion::NoStream, vec![event("Opened", 0)])
         .await
         .unwrap();
-    let again = store
-        .append(
-            "acct-1",
-            ExpectedVersion::NoStream,
-            vec![event("Opened", 0)],
-        )
-        .await;
+    let again = append(ExpectedVersion::NoStream, vec![event("Opened", 0)]).await;
     match again {
         Err(Error::Conflict {
             stream,
@@ -160,51 +150,26 @@ async fn expected_versions_are_enforced_and_conflicts_say_why(backend: Backend) 
         }) => assert_eq!(stream, "acct-1"),
         other => panic!("expected a conflict at version 1, got {other:?}"),
     }
-    store
-        .append(
-            "acct-1",
-            ExpectedVersion::Exact(1),
-            vec![event("Deposited", 1)],
-        )
+    append(ExpectedVersion::Exact(1), vec![event("Deposited", 1)])
         .await
         .unwrap();
-    let stale = store
-        .append(
-            "acct-1",
-            ExpectedVersion::Exact(1),
-            vec![event("Deposited", 2)],
-        )
-        .await;
-    assert!(
-        matches!(stale, Err(Error::Conflict { actual: 2, .. })),
-        "{stale:?}"
-    );
-    let ahead = store
-        .append(
-            "acct-1",
-            ExpectedVersion::Exact(5),
-            vec![event("Deposited", 3)],
-        )
-        .await;
-    assert!(
-        matches!(ahead, Err(Error::Conflict { actual: 2, .. })),
-        "{ahead:?}"
-    );
-    store
-        .append("acct-1", ExpectedVersion::Any, vec![event("Deposited", 4)])
+    // A stale expectation and one ahead of the stream are both refused.
+    for (expected, n) in [
+        (ExpectedVersion::Exact(1), 2),
+        (ExpectedVersion::Exact(5), 3),
+    ] {
+        let refused = append(expected, vec![event("Deposited", n)]).await;
+        assert!(
+            matches!(refused, Err(Error::Conflict { actual: 2, .. })),
+            "{expected:?}: {refused:?}"
+        );
+    }
+    append(ExpectedVersion::Any, vec![event("Deposited", 4)])
         .await
         .unwrap();
     // An empty batch checks the expectation and writes nothing.
-    store
-        .append("acct-1", ExpectedVersion::Exact(3), vec![])
-        .await
-        .unwrap();
-    assert!(
-        store
-            .append("acct-1", ExpectedVersion::Exact(2), vec![])
-            .await
-            .is_err()
-    );
+    append(ExpectedVersion::Exact(3), vec![]).await.unwrap();
+    assert!(append(ExpectedVersion::Exact(2), vec![]).await.is_err());
     let events = store.read_stream("acct-1", 1).await.unwrap();
     let ns: Vec<i64> = events
         .iter()
@@ -686,13 +651,8 @@ async fn time_travel_reads_the_state_as_it_was(backend: Backend) {
         return;
     };
     let store = &db.store;
-    assert!(
-        store
-            .load_as_of::<Account>("t", AsOf::Version(1))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    let as_of = |at| store.load_as_of::<Account>("t", at);
+    assert!(as_of(AsOf::Version(1)).await.unwrap().is_none());
     let mut account = store.load::<Account>("t").await.unwrap();
     store
         .save(&mut account, &[account_event(100)], &Metadata::default())
@@ -709,38 +669,22 @@ async fn time_travel_reads_the_state_as_it_was(backend: Backend) {
         )
         .await
         .unwrap();
-    let at_one = store
-        .load_as_of::<Account>("t", AsOf::Version(1))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((at_one.state.balance, at_one.version), (100, 1));
-    let at_two = store
-        .load_as_of::<Account>("t", AsOf::Version(2))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(at_two.state.balance, 60);
-    let beyond = store
-        .load_as_of::<Account>("t", AsOf::Version(99))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((beyond.state.balance, beyond.version), (65, 3));
-    let then = store
-        .load_as_of::<Account>("t", AsOf::Time(between))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!((then.state.balance, then.version), (100, 1));
+    // The balance and the version as of each moment.
+    for (at, balance, version) in [
+        (AsOf::Version(1), 100, 1),
+        (AsOf::Version(2), 60, 2),
+        (AsOf::Version(99), 65, 3),
+        (AsOf::Time(between), 100, 1),
+    ] {
+        let then = as_of(at).await.unwrap().unwrap();
+        assert_eq!(
+            (then.state.balance, then.version),
+            (balance, version),
+            "{at:?}"
+        );
+    }
     let before_all = between - time::Duration::hours(1);
-    assert!(
-        store
-            .load_as_of::<Account>("t", AsOf::Time(before_all))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(as_of(AsOf::Time(before_all)).await.unwrap().is_none());
     db.close().await;
 }
 
@@ -795,55 +739,28 @@ async fn the_transaction_hook_commits_events_and_own_rows_together(backend: Back
     let store = &db.store;
     // Committed: both the event and the outbox row.
     let mut tx = store.begin().await.unwrap();
-    let recorded = tx
-        .append(
-            "order-h",
-            ExpectedVersion::NoStream,
-            vec![event("Placed", 1)],
-        )
-        .await
-        .unwrap();
-    let message_id = recorded[0].id.to_string();
-    exec_in(
-        &mut tx,
-        "INSERT INTO outbox (message_id) VALUES ($1)",
-        &message_id,
-    )
-    .await
-    .unwrap();
+    let (message_id, written) =
+        append_with_outbox_row(&mut tx, ExpectedVersion::NoStream, event("Placed", 1), None).await;
+    written.unwrap();
     tx.commit().await.unwrap();
     // Dropped: neither.
     let mut tx = store.begin().await.unwrap();
-    let recorded = tx
-        .append(
-            "order-h",
-            ExpectedVersion::Exact(1),
-            vec![event("Approved", 2)],
-        )
-        .await
-        .unwrap();
-    let lost_id = recorded[0].id.to_string();
-    exec_in(
+    let (_, written) = append_with_outbox_row(
         &mut tx,
-        "INSERT INTO outbox (message_id) VALUES ($1)",
-        &lost_id,
+        ExpectedVersion::Exact(1),
+        event("Approved", 2),
+        None,
     )
-    .await
-    .unwrap();
+    .await;
+    written.unwrap();
     drop(tx);
     // Failing own write: the caller drops the transaction, the event goes too.
     let mut tx = store.begin().await.unwrap();
-    tx.append(
-        "order-h",
-        ExpectedVersion::Exact(1),
-        vec![event("Approved", 3)],
-    )
-    .await
-    .unwrap();
-    let duplicate = exec_in(
+    let (_, duplicate) = append_with_outbox_row(
         &mut tx,
-        "INSERT INTO outbox (message_id) VALUES ($1)",
-        &message_id,
+        ExpectedVersion::Exact(1),
+        event("Approved", 3),
+        Some(&message_id),
     )
     .await;
     assert!(duplicate.is_err(), "the outbox refuses a duplicate id");
@@ -853,6 +770,29 @@ async fn the_transaction_hook_commits_events_and_own_rows_together(backend: Back
     let outbox = db.rows("SELECT message_id, n FROM outbox").await;
     assert_eq!(outbox, [(message_id, 1)]);
     db.close().await;
+}
+
+/// Within `tx`: appends `event` to `order-h` after `expected`, then writes an outbox row for
+/// `message_id` (the appended event's id if `None`). Returns the event's id and the row's write.
+async fn append_with_outbox_row(
+    tx: &mut StoreTx,
+    expected: ExpectedVersion,
+    event: NewEvent,
+    message_id: Option<&str>,
+) -> (String, Result<u64, Error>) {
+    let recorded = tx.append("order-h", expected, vec![event]).await.unwrap();
+    let id = recorded[0].id.to_string();
+    let sql = "INSERT INTO outbox (message_id) VALUES ($1)";
+    let written = exec_in(tx, sql, message_id.unwrap_or(&id)).await;
+    (id, written)
+}
+
+/// Appends event `n` of another category (`noise-1`), one the account projections skip.
+async fn noise(store: &EventStore, n: i64) {
+    store
+        .append("noise-1", ExpectedVersion::Any, vec![event("Noise", n)])
+        .await
+        .unwrap();
 }
 
 /// Totals per stream, in a table of the store's database.
@@ -877,6 +817,39 @@ impl Projection for Totals {
         exec_in(tx, "DELETE FROM totals WHERE stream_id <> $1", "")
             .await
             .map(drop)
+    }
+}
+
+/// [`Totals`] with direct calls: the projector catches it up in one borrow per page.
+struct DirectTotals;
+
+impl Projection for DirectTotals {
+    fn name(&self) -> &str {
+        "direct_totals"
+    }
+
+    /// What [`Totals`] reads, so that the two keep the same rows.
+    fn category(&self) -> Option<&str> {
+        Totals.category()
+    }
+
+    async fn reset(&self, tx: &mut StoreTx) -> Result<(), Error> {
+        exec_in(tx, "DELETE FROM direct_totals WHERE stream_id <> $1", "")
+            .await
+            .map(drop)
+    }
+
+    const ON_CONNECTION: bool = true;
+
+    fn apply_on(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
+        flotilla_sqlite::execute(
+            db,
+            "INSERT INTO direct_totals (stream_id, events) VALUES ($1, 1) \
+             ON CONFLICT (stream_id) DO UPDATE SET events = direct_totals.events + 1",
+            &[&event.stream_id],
+        )
+        .map(drop)
+        .map_err(|e| Error::Database(flotilla_sqlite::sqlx_error(e)))
     }
 }
 
@@ -906,10 +879,7 @@ async fn a_rebuilt_projection_equals_the_live_one(backend: Backend) {
                         .await
                         .unwrap();
                     if n % 10 == 0 {
-                        store
-                            .append("noise-1", ExpectedVersion::Any, vec![event("Noise", n)])
-                            .await
-                            .unwrap();
+                        noise(&store, n).await;
                     }
                 }
             })
@@ -1107,38 +1077,6 @@ async fn direct_saves_behave_as_the_sqlx_path_within_a_callers_transaction() {
     db.close().await;
 }
 
-/// [`Totals`] with direct calls: the projector catches it up in one borrow per page.
-struct DirectTotals;
-
-impl Projection for DirectTotals {
-    fn name(&self) -> &str {
-        "direct_totals"
-    }
-
-    fn category(&self) -> Option<&str> {
-        Some("account")
-    }
-
-    async fn reset(&self, tx: &mut StoreTx) -> Result<(), Error> {
-        exec_in(tx, "DELETE FROM direct_totals WHERE stream_id <> $1", "")
-            .await
-            .map(drop)
-    }
-
-    const ON_CONNECTION: bool = true;
-
-    fn apply_on(&self, db: &rusqlite::Connection, event: &RecordedEvent) -> Result<(), Error> {
-        flotilla_sqlite::execute(
-            db,
-            "INSERT INTO direct_totals (stream_id, events) VALUES ($1, 1) \
-             ON CONFLICT (stream_id) DO UPDATE SET events = direct_totals.events + 1",
-            &[&event.stream_id],
-        )
-        .map(drop)
-        .map_err(|e| Error::Database(flotilla_sqlite::sqlx_error(e)))
-    }
-}
-
 /// SQLite only: a direct projection's catch-up (checkpoint, page, rows and new checkpoint in one
 /// borrow per page) keeps the same rows as the statement-by-statement one, pages past the batch
 /// size, and applies nothing twice.
@@ -1163,10 +1101,7 @@ async fn a_direct_projection_catches_up_to_the_same_rows_as_the_statement_by_sta
             .await
             .unwrap();
         if n % 100 == 0 {
-            store
-                .append("noise-1", ExpectedVersion::Any, vec![event("Noise", n)])
-                .await
-                .unwrap();
+            noise(&store, n).await;
         }
     }
     let plain = Projector::new(store.clone(), Totals);

@@ -28,6 +28,29 @@ fn command(topic: &str, kind: &str) -> Command {
     }
 }
 
+/// A step of the trip that sends `action`'s command: nothing to undo, nothing kept from its
+/// reply, two attempts of [`TIMEOUT`] each.
+fn step(name: &'static str, action: fn(&Trip) -> Command) -> Step<Trip> {
+    Step {
+        name,
+        action,
+        compensation: None,
+        on_success: |_, _| {},
+        timeout: TIMEOUT,
+        attempts: 2,
+        retriable: false,
+    }
+}
+
+/// A step of the trip past its point of no return: sent again until it succeeds.
+fn retried_step(name: &'static str, action: fn(&Trip) -> Command) -> Step<Trip> {
+    Step {
+        attempts: 1,
+        retriable: true,
+        ..step(name, action)
+    }
+}
+
 struct TripSaga {
     steps: Vec<Step<Trip>>,
     concurrent_tail: bool,
@@ -40,79 +63,47 @@ impl TripSaga {
         Self {
             steps: vec![
                 Step {
-                    name: "book_hotel",
-                    action: |_| command("hotel.commands", "BookHotel"),
                     compensation: Some(|_| command("hotel.commands", "CancelHotel")),
                     on_success: |trip, reply| {
                         trip.hotel = reply["hotel_id"].as_str().map(str::to_owned)
                     },
-                    timeout: TIMEOUT,
-                    attempts: 2,
-                    retriable: false,
+                    ..step("book_hotel", |_| command("hotel.commands", "BookHotel"))
                 },
                 Step {
-                    name: "book_flight",
-                    action: |trip| Command {
-                        topic: "flight.commands".into(),
-                        message_type: "BookFlight".into(),
-                        payload: json!({ "hotel": trip.hotel }),
-                    },
                     compensation: Some(|_| command("flight.commands", "CancelFlight")),
                     on_success: |trip, reply| {
                         trip.flight = reply["flight_id"].as_str().map(str::to_owned)
                     },
-                    timeout: TIMEOUT,
-                    attempts: 2,
-                    retriable: false,
+                    ..step("book_flight", |trip| Command {
+                        topic: "flight.commands".into(),
+                        message_type: "BookFlight".into(),
+                        payload: json!({ "hotel": trip.hotel }),
+                    })
                 },
-                Step {
-                    name: "charge_card",
-                    action: |_| command("card.commands", "ChargeCard"),
-                    compensation: None,
-                    on_success: |_, _| {},
-                    timeout: TIMEOUT,
-                    attempts: 2,
-                    retriable: false,
-                },
+                step("charge_card", |_| command("card.commands", "ChargeCard")),
             ],
             concurrent_tail: false,
             timed_out: std::sync::Arc::default(),
         }
     }
-}
 
-impl TripSaga {
     /// The trip with a last step past the point of no return: the tickets must go out.
     fn with_tickets() -> Self {
         let mut saga = Self::new();
-        saga.steps.push(Step {
-            name: "send_tickets",
-            action: |_| command("mail.commands", "SendTickets"),
-            compensation: None,
-            on_success: |_, _| {},
-            timeout: TIMEOUT,
-            attempts: 1,
-            retriable: true,
-        });
+        saga.steps.push(retried_step("send_tickets", |_| {
+            command("mail.commands", "SendTickets")
+        }));
         saga
     }
 
     /// The trip with two last steps past the point of no return, sent together.
     fn with_concurrent_tail() -> Self {
         let mut saga = Self::with_tickets();
-        saga.steps.push(Step {
-            name: "earn_miles",
-            action: |trip| Command {
-                topic: "miles.commands".into(),
-                message_type: "EarnMiles".into(),
-                payload: json!({ "flight": trip.flight }),
-            },
-            compensation: None,
-            on_success: |_, _| {},
-            timeout: TIMEOUT,
-            attempts: 1,
-            retriable: true,
-        });
+        saga.steps.push(retried_step("earn_miles", |trip| Command {
+            topic: "miles.commands".into(),
+            message_type: "EarnMiles".into(),
+            payload: json!({ "flight": trip.flight }),
+        }));
         saga.concurrent_tail = true;
         saga
     }
@@ -221,12 +212,16 @@ impl World {
             .clone()
     }
 
-    async fn start(&self, saga_id: &str) {
-        let mut tx = self
-            .pool
+    /// A write transaction on the world's database.
+    async fn begin(&self) -> sqlx::Transaction<'static, sqlx::Sqlite> {
+        self.pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .expect("begin");
+            .expect("begin")
+    }
+
+    async fn start(&self, saga_id: &str) {
+        let mut tx = self.begin().await;
         flotilla_sqlite::direct(&mut tx, |db| {
             self.trips.start(db, saga_id, Trip::default(), None)
         })
@@ -235,18 +230,22 @@ impl World {
         tx.commit().await.expect("commit");
     }
 
-    /// The commands written since the last call (the test's "relay").
+    /// Another orchestrator of `saga` on the world's database and clock, as after a crash.
+    fn restarted(&self, saga: TripSaga) -> Orchestrator<TripSaga> {
+        Orchestrator::new(saga, self.pool.clone()).with_clock(self.clock.clone())
+    }
+
+    /// The commands written since the last call (the test's "relay"): marked published as they
+    /// are read, in the order written.
     async fn commands(&self) -> Vec<Message> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT seq, envelope FROM messaging_outbox WHERE published_at IS NULL AND topic LIKE '%.commands' ORDER BY seq",
+        let mut rows: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE messaging_outbox SET published_at = 1 \
+             WHERE published_at IS NULL AND topic LIKE '%.commands' RETURNING seq, envelope",
         )
         .fetch_all(&self.pool)
         .await
         .expect("outbox");
-        sqlx::query("UPDATE messaging_outbox SET published_at = 1 WHERE topic LIKE '%.commands'")
-            .execute(&self.pool)
-            .await
-            .expect("mark");
+        rows.sort_unstable_by_key(|(seq, _)| *seq);
         rows.into_iter()
             .map(|(_, envelope)| serde_json::from_str(&envelope).expect("a message"))
             .collect()
@@ -265,13 +264,18 @@ impl World {
     }
 
     async fn answer(&self, reply: Option<Message>) -> Handled {
+        self.answer_to(&self.trips, reply).await
+    }
+
+    /// `reply` handled by `orchestrator`, in a transaction of its own.
+    async fn answer_to(
+        &self,
+        orchestrator: &Orchestrator<TripSaga>,
+        reply: Option<Message>,
+    ) -> Handled {
         let reply = reply.expect("the command asked for a reply");
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .expect("begin");
-        let handled = flotilla_sqlite::direct(&mut tx, |db| self.trips.on_reply(db, &reply))
+        let mut tx = self.begin().await;
+        let handled = flotilla_sqlite::direct(&mut tx, |db| orchestrator.on_reply(db, &reply))
             .await
             .expect("reply");
         tx.commit().await.expect("commit");
@@ -282,6 +286,58 @@ impl World {
         self.answer(succeeded(command, data)).await
     }
 
+    async fn refuse(&self, command: &Message, reason: &str) -> Handled {
+        self.answer(refused(command, reason)).await
+    }
+
+    /// Takes the one command written, of kind `kind`, and answers it a success with `data`.
+    async fn succeed(&self, kind: &str, data: Value) -> Handled {
+        let command = self.one_command(kind).await;
+        self.ok(&command, data).await
+    }
+
+    /// [`World::succeed`] for each kind in turn.
+    async fn succeed_each<const N: usize>(&self, replies: [(&str, Value); N]) {
+        for (kind, data) in replies {
+            self.succeed(kind, data).await;
+        }
+    }
+
+    /// Starts `saga_id` and answers the trip's own three steps a success: hotel `h` booked,
+    /// flight `flight_id` booked, card charged.
+    async fn booked_and_charged(&self, saga_id: &str, flight_id: &str) {
+        self.start(saga_id).await;
+        self.succeed_each([
+            ("BookHotel", json!({ "hotel_id": "h" })),
+            ("BookFlight", json!({ "flight_id": flight_id })),
+            ("ChargeCard", json!({})),
+        ])
+        .await;
+    }
+
+    /// Refuses the one command of kind `kind` for `reason`, lets its timeout pass so that it is
+    /// sent again, and answers the retry a success. Returns the instance's status while the
+    /// refusal stood.
+    async fn refused_then_retried(&self, saga_id: &str, kind: &str, reason: &str) -> Status {
+        let command = self.one_command(kind).await;
+        assert_eq!(self.refuse(&command, reason).await, Handled::Applied);
+        let meanwhile = self.status(saga_id).await;
+        self.pass_timeout();
+        self.tick().await;
+        self.succeed(kind, json!({})).await;
+        meanwhile
+    }
+
+    /// Moves the orchestrators' clock past a step's timeout.
+    fn pass_timeout(&self) {
+        self.clock.advance(TIMEOUT + Duration::from_millis(50));
+    }
+
+    /// Runs the orchestrator's timer once: the number of instances it moved.
+    async fn tick(&self) -> u32 {
+        self.trips.tick().await.expect("tick")
+    }
+
     async fn events(&self, saga_id: &str) -> Vec<String> {
         sqlx::query_scalar("SELECT event FROM trip_events WHERE saga_id = $1 ORDER BY seq")
             .bind(saga_id)
@@ -290,13 +346,21 @@ impl World {
             .expect("events")
     }
 
-    async fn status(&self, saga_id: &str) -> Status {
+    /// The instance's status and, where it failed, why.
+    async fn outcome(&self, saga_id: &str) -> (Status, Option<String>) {
         self.trips
             .status(saga_id)
             .await
             .expect("status")
             .expect("exists")
-            .0
+    }
+
+    async fn status(&self, saga_id: &str) -> Status {
+        self.outcome(saga_id).await.0
+    }
+
+    async fn log(&self, saga_id: &str) -> Vec<String> {
+        self.trips.log_of(saga_id).await.expect("log")
     }
 }
 
@@ -320,8 +384,7 @@ async fn every_step_in_order_then_completed() {
     assert_eq!(flight.causation_id, Some(reply_id), "caused by the reply");
     assert_eq!(flight.correlation_id.as_deref(), Some("t1"));
     w.ok(&flight, json!({ "flight_id": "f-9" })).await;
-    let charge = w.one_command("ChargeCard").await;
-    w.ok(&charge, json!({})).await;
+    w.succeed("ChargeCard", json!({})).await;
     assert_eq!(w.status("t1").await, Status::Completed);
     assert_eq!(
         w.events("t1").await,
@@ -334,11 +397,11 @@ async fn every_step_in_order_then_completed() {
         ]
     );
     assert!(w.commands().await.is_empty(), "nothing more to do");
-    let (notifications,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM messaging_outbox WHERE topic = 'trip.notifications'")
-            .fetch_one(&w.pool)
-            .await
-            .expect("count");
+    let notifications = flotilla_testkit::number(
+        &w.pool,
+        "SELECT COUNT(*) FROM messaging_outbox WHERE topic = 'trip.notifications'",
+    )
+    .await;
     assert_eq!(notifications, 1);
 }
 
@@ -346,15 +409,13 @@ async fn every_step_in_order_then_completed() {
 async fn a_late_failure_undoes_the_earlier_steps_latest_first() {
     let w = world().await;
     w.start("t2").await;
-    let hotel = w.one_command("BookHotel").await;
-    w.ok(&hotel, json!({ "hotel_id": "h-1" })).await;
-    let flight = w.one_command("BookFlight").await;
-    w.ok(&flight, json!({ "flight_id": "f-1" })).await;
+    w.succeed_each([
+        ("BookHotel", json!({ "hotel_id": "h-1" })),
+        ("BookFlight", json!({ "flight_id": "f-1" })),
+    ])
+    .await;
     let charge = w.one_command("ChargeCard").await;
-    assert_eq!(
-        w.answer(refused(&charge, "card declined")).await,
-        Handled::Applied
-    );
+    assert_eq!(w.refuse(&charge, "card declined").await, Handled::Applied);
     assert_eq!(w.status("t2").await, Status::Compensating);
     let cancel_flight = w.one_command("CancelFlight").await;
     assert_eq!(
@@ -362,9 +423,8 @@ async fn a_late_failure_undoes_the_earlier_steps_latest_first() {
         "t2:1:COMPENSATION"
     );
     w.ok(&cancel_flight, json!({})).await;
-    let cancel_hotel = w.one_command("CancelHotel").await;
-    w.ok(&cancel_hotel, json!({})).await;
-    let (status, reason) = w.trips.status("t2").await.expect("status").expect("exists");
+    w.succeed("CancelHotel", json!({})).await;
+    let (status, reason) = w.outcome("t2").await;
     assert_eq!(
         (status, reason.as_deref()),
         (Status::Failed, Some("card declined"))
@@ -388,7 +448,7 @@ async fn a_first_step_refused_fails_with_nothing_to_undo() {
     let w = world().await;
     w.start("t3").await;
     let hotel = w.one_command("BookHotel").await;
-    w.answer(refused(&hotel, "no rooms")).await;
+    w.refuse(&hotel, "no rooms").await;
     assert_eq!(w.status("t3").await, Status::Failed);
     assert!(w.commands().await.is_empty(), "no compensation sent");
 }
@@ -402,7 +462,7 @@ async fn stale_duplicate_and_unknown_replies_change_nothing() {
     assert_eq!(w.answer(reply.clone()).await, Handled::Applied);
     // The same reply again (redelivered), and a contradicting late one: both stale.
     assert_eq!(w.answer(reply).await, Handled::Stale);
-    assert_eq!(w.answer(refused(&hotel, "too late")).await, Handled::Stale);
+    assert_eq!(w.refuse(&hotel, "too late").await, Handled::Stale);
     let flight = w.one_command("BookFlight").await;
     assert_eq!(w.status("t4").await, Status::Running);
     let stranger = Message::new("trip.replies", "X", "t4", json!({ "ok": true }));
@@ -416,10 +476,10 @@ async fn an_unanswered_step_is_sent_again_then_fails_after_its_attempts() {
     let w = world().await;
     w.start("t5").await;
     let first = w.one_command("BookHotel").await;
-    assert_eq!(w.trips.tick().await.expect("tick"), 0, "not due yet");
+    assert_eq!(w.tick().await, 0, "not due yet");
     assert!(w.timed_out().is_empty(), "nothing moved, nothing reported");
-    w.clock.advance(TIMEOUT + Duration::from_millis(50));
-    assert_eq!(w.trips.tick().await.expect("tick"), 1);
+    w.pass_timeout();
+    assert_eq!(w.tick().await, 1);
     assert_eq!(w.timed_out(), ["t5"], "the resend reported once committed");
     let second = w.one_command("BookHotel").await;
     assert_ne!(second.id, first.id, "a new message");
@@ -427,12 +487,12 @@ async fn an_unanswered_step_is_sent_again_then_fails_after_its_attempts() {
         second.payload["idempotency_key"], first.payload["idempotency_key"],
         "the same key"
     );
-    w.clock.advance(TIMEOUT + Duration::from_millis(50));
-    w.trips.tick().await.expect("tick");
+    w.pass_timeout();
+    w.tick().await;
     // The step never answered: it may have happened, or may still happen when its command
     // arrives late, so it is undone too (a participant's compensation that finds nothing done
     // leaves a mark that refuses the late action).
-    let (status, reason) = w.trips.status("t5").await.expect("status").expect("exists");
+    let (status, reason) = w.outcome("t5").await;
     assert_eq!(status, Status::Compensating);
     assert_eq!(w.timed_out(), ["t5", "t5"], "the failure reported too");
     assert!(
@@ -445,8 +505,7 @@ async fn an_unanswered_step_is_sent_again_then_fails_after_its_attempts() {
     // The participant answers the action at last: too late, stale.
     assert_eq!(w.ok(&first, json!({})).await, Handled::Stale);
     assert_eq!(w.ok(&cancel, json!({})).await, Handled::Applied);
-    let (status, _) = w.trips.status("t5").await.expect("status").expect("exists");
-    assert_eq!(status, Status::Failed);
+    assert_eq!(w.status("t5").await, Status::Failed);
 }
 
 #[tokio::test]
@@ -454,8 +513,8 @@ async fn a_reply_to_an_earlier_attempt_still_counts() {
     let w = world().await;
     w.start("t6").await;
     let first = w.one_command("BookHotel").await;
-    w.clock.advance(TIMEOUT + Duration::from_millis(50));
-    w.trips.tick().await.expect("tick");
+    w.pass_timeout();
+    w.tick().await;
     let _second = w.one_command("BookHotel").await;
     assert_eq!(
         w.ok(&first, json!({ "hotel_id": "h-3" })).await,
@@ -469,28 +528,21 @@ async fn a_reply_to_an_earlier_attempt_still_counts() {
 async fn a_new_orchestrator_resumes_what_a_crashed_one_left() {
     let w = world().await;
     w.start("t7").await;
-    let hotel = w.one_command("BookHotel").await;
-    w.ok(&hotel, json!({ "hotel_id": "h-1" })).await;
+    w.succeed("BookHotel", json!({ "hotel_id": "h-1" })).await;
     let lost = w.one_command("BookFlight").await;
     // The orchestrator process dies; the command it sent is lost on the way.
     drop(lost);
-    let restarted = Orchestrator::new(TripSaga::new(), w.pool.clone()).with_clock(w.clock.clone());
-    w.clock.advance(TIMEOUT + Duration::from_millis(50));
+    let restarted = w.restarted(TripSaga::new());
+    w.pass_timeout();
     assert_eq!(
         restarted.tick().await.expect("tick"),
         1,
         "the unfinished saga resumed"
     );
     let flight = w.one_command("BookFlight").await;
-    let mut tx = w.pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
-    let reply = succeeded(&flight, json!({ "flight_id": "f-2" })).expect("reply");
-    let handled = flotilla_sqlite::direct(&mut tx, |db| restarted.on_reply(db, &reply))
-        .await
-        .expect("reply");
-    tx.commit().await.expect("commit");
-    assert_eq!(handled, Handled::Applied);
-    let charge = w.one_command("ChargeCard").await;
-    w.ok(&charge, json!({})).await;
+    let reply = succeeded(&flight, json!({ "flight_id": "f-2" }));
+    assert_eq!(w.answer_to(&restarted, reply).await, Handled::Applied);
+    w.succeed("ChargeCard", json!({})).await;
     assert_eq!(w.status("t7").await, Status::Completed);
 }
 
@@ -498,28 +550,21 @@ async fn a_new_orchestrator_resumes_what_a_crashed_one_left() {
 async fn a_refused_compensation_is_retried_until_it_succeeds() {
     let w = world().await;
     w.start("t8").await;
-    let hotel = w.one_command("BookHotel").await;
-    w.ok(&hotel, json!({})).await;
+    w.succeed("BookHotel", json!({})).await;
     let flight = w.one_command("BookFlight").await;
-    w.answer(refused(&flight, "sold out")).await;
-    let cancel = w.one_command("CancelHotel").await;
-    assert_eq!(
-        w.answer(refused(&cancel, "hotel system down")).await,
-        Handled::Applied
-    );
-    assert_eq!(w.status("t8").await, Status::Compensating, "still undoing");
-    w.clock.advance(TIMEOUT + Duration::from_millis(50));
-    w.trips.tick().await.expect("tick");
-    let again = w.one_command("CancelHotel").await;
-    w.ok(&again, json!({})).await;
+    w.refuse(&flight, "sold out").await;
+    let meanwhile = w
+        .refused_then_retried("t8", "CancelHotel", "hotel system down")
+        .await;
+    assert_eq!(meanwhile, Status::Compensating, "still undoing");
     assert_eq!(w.status("t8").await, Status::Failed);
-    let log = w.trips.log_of("t8").await.expect("log");
+    let log = w.log("t8").await;
     assert!(
         log.iter().any(|l| l.contains("compensation refused")),
         "{log:?}"
     );
     // Starting the same saga twice is refused.
-    let mut tx = w.pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+    let mut tx = w.begin().await;
     assert!(matches!(
         flotilla_sqlite::direct(&mut tx, |db| w.trips.start(db, "t8", Trip::default(), None)).await,
         Err(Error::Exists(_))
@@ -532,26 +577,12 @@ async fn a_refused_compensation_is_retried_until_it_succeeds() {
 #[tokio::test]
 async fn a_step_past_the_point_of_no_return_is_retried_never_compensated() {
     let w = world_with(TripSaga::with_tickets()).await;
-    w.start("t9").await;
-    for (kind, data) in [
-        ("BookHotel", json!({ "hotel_id": "h" })),
-        ("BookFlight", json!({ "flight_id": "f" })),
-        ("ChargeCard", json!({})),
-    ] {
-        let command = w.one_command(kind).await;
-        w.ok(&command, data).await;
-    }
-    let tickets = w.one_command("SendTickets").await;
-    assert_eq!(
-        w.answer(refused(&tickets, "mail server down")).await,
-        Handled::Applied
-    );
-    assert_eq!(w.status("t9").await, Status::Running, "not compensating");
+    w.booked_and_charged("t9", "f").await;
     // Its one attempt is used, yet a timeout sends it again rather than failing.
-    w.clock.advance(TIMEOUT + Duration::from_millis(50));
-    w.trips.tick().await.expect("tick");
-    let again = w.one_command("SendTickets").await;
-    w.ok(&again, json!({})).await;
+    let meanwhile = w
+        .refused_then_retried("t9", "SendTickets", "mail server down")
+        .await;
+    assert_eq!(meanwhile, Status::Running, "not compensating");
     assert_eq!(w.status("t9").await, Status::Completed);
     assert!(!w.events("t9").await.iter().any(|e| e.contains("undone")));
 }
@@ -559,16 +590,7 @@ async fn a_step_past_the_point_of_no_return_is_retried_never_compensated() {
 #[tokio::test]
 async fn a_concurrent_tail_goes_out_together_and_completes_when_every_step_succeeded() {
     let w = world_with(TripSaga::with_concurrent_tail()).await;
-    w.start("t20").await;
-    for (kind, data) in [
-        ("BookHotel", json!({ "hotel_id": "h" })),
-        ("BookFlight", json!({ "flight_id": "f-20" })),
-    ] {
-        let command = w.one_command(kind).await;
-        w.ok(&command, data).await;
-    }
-    let charge = w.one_command("ChargeCard").await;
-    w.ok(&charge, json!({})).await;
+    w.booked_and_charged("t20", "f-20").await;
     // Both tail steps at once, each with its own idempotency key, caused by the last reply.
     let tail = w.commands().await;
     let kinds: Vec<&str> = tail.iter().map(|c| c.message_type.as_str()).collect();
@@ -579,15 +601,14 @@ async fn a_concurrent_tail_goes_out_together_and_completes_when_every_step_succe
     assert_eq!(miles.payload["flight"], "f-20");
 
     // A refusal is retried later, never compensated; a success is kept; a repeat is stale.
-    assert_eq!(w.answer(refused(miles, "busy")).await, Handled::Applied);
+    assert_eq!(w.refuse(miles, "busy").await, Handled::Applied);
     assert_eq!(w.ok(tickets, json!({})).await, Handled::Applied);
     assert_eq!(w.ok(tickets, json!({})).await, Handled::Stale);
     assert_eq!(w.status("t20").await, Status::Running, "miles still owed");
 
     // At the deadline only the step not done is sent again, by a restarted orchestrator too.
-    w.clock.advance(TIMEOUT + Duration::from_millis(50));
-    let restarted = Orchestrator::new(TripSaga::with_concurrent_tail(), w.pool.clone())
-        .with_clock(w.clock.clone());
+    w.pass_timeout();
+    let restarted = w.restarted(TripSaga::with_concurrent_tail());
     assert_eq!(restarted.tick().await.expect("tick"), 1);
     let again = w.one_command("EarnMiles").await;
     assert_eq!(again.payload["idempotency_key"], "t20:4:ACTION");
@@ -608,7 +629,7 @@ async fn a_concurrent_tail_goes_out_together_and_completes_when_every_step_succe
         ]
     );
     assert!(w.commands().await.is_empty(), "nothing more to do");
-    let log = w.trips.log_of("t20").await.expect("log");
+    let log = w.log("t20").await;
     assert!(
         log.iter()
             .any(|entry| entry == "earn_miles timed out; sending again"),
@@ -621,17 +642,8 @@ async fn without_a_concurrent_tail_the_last_steps_go_one_after_the_other() {
     let mut saga = TripSaga::with_concurrent_tail();
     saga.concurrent_tail = false;
     let w = world_with(saga).await;
-    w.start("t21").await;
-    for (kind, data) in [
-        ("BookHotel", json!({ "hotel_id": "h" })),
-        ("BookFlight", json!({ "flight_id": "f" })),
-        ("ChargeCard", json!({})),
-        ("SendTickets", json!({})),
-    ] {
-        let command = w.one_command(kind).await;
-        w.ok(&command, data).await;
-    }
-    let miles = w.one_command("EarnMiles").await;
-    w.ok(&miles, json!({})).await;
+    w.booked_and_charged("t21", "f").await;
+    w.succeed_each([("SendTickets", json!({})), ("EarnMiles", json!({}))])
+        .await;
     assert_eq!(w.status("t21").await, Status::Completed);
 }

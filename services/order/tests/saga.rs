@@ -6,14 +6,24 @@
 
 use std::sync::Arc;
 
+use Record::{Payment, Reservation, Shipment};
 use flotilla_messaging::Message;
 use flotilla_messaging::inbox::{Consumer, Processed};
 use flotilla_order::SagaStyle;
 use flotilla_order::domain::Address;
 use flotilla_order::{Cancellation, Order, OrderLine, Status};
 use flotilla_order::{Cancelling, Placed, Placement, Sagas};
-use flotilla_testkit::TempData;
+use flotilla_testkit::{TempData, number};
 use sqlx::SqlitePool;
+
+/// A participant's record of an order: the inventory's reservation of its stock, the payment
+/// service's payment, the carrier's shipment.
+#[derive(Debug, Clone, Copy)]
+enum Record {
+    Reservation,
+    Payment,
+    Shipment,
+}
 
 struct System {
     style: SagaStyle,
@@ -150,16 +160,12 @@ impl System {
         let order_id = uuid::Uuid::now_v7().to_string();
         let mut priced = Vec::new();
         for (sku, quantity) in lines {
-            let price: i64 = sqlx::query_scalar("SELECT price_cents FROM products WHERE sku = $1")
-                .bind(sku)
-                .fetch_optional(&self.inventory)
-                .await
-                .expect("price")
-                .unwrap_or(100);
+            let sql = "SELECT price_cents FROM products WHERE sku = $1";
+            let price: Option<i64> = lookup(&self.inventory, sql, sku).await;
             priced.push(OrderLine {
                 sku: (*sku).into(),
                 quantity: *quantity,
-                unit_price_cents: price,
+                unit_price_cents: price.unwrap_or(100),
             });
         }
         let address = Address {
@@ -185,6 +191,38 @@ impl System {
         order_id
     }
 
+    /// Places an order and moves messages until its saga has run its course; returns its id.
+    async fn settled(&self, customer: &str, lines: &[(&str, i64)], country: &str) -> String {
+        let order_id = self.place(customer, lines, country).await;
+        self.settle().await;
+        order_id
+    }
+
+    /// Asks, in this system's style, to cancel the order for `reason`.
+    async fn cancel(&self, order_id: &str, reason: &str) -> Cancelling {
+        self.order
+            .request_cancellation(order_id, reason, self.style)
+            .await
+            .expect("cancel")
+    }
+
+    /// The carrier takes the order's shipment (dispatching is the carrier's own business, not
+    /// yet an API).
+    async fn dispatch(&self, order_id: &str) {
+        sqlx::query("UPDATE shipments SET status = 'DISPATCHED' WHERE order_id = $1")
+            .bind(order_id)
+            .execute(&self.shipping)
+            .await
+            .expect("dispatch");
+    }
+
+    /// Delivers each held message to its group, twice (see [`System::settle_holding`]).
+    async fn deliver_held(&self, held: impl IntoIterator<Item = (String, Message)>) {
+        for (group, message) in held {
+            self.deliver_twice(&group, &message).await;
+        }
+    }
+
     async fn notifications(&self, order_id: &str) -> Vec<String> {
         flotilla_order::store::notifications::of_order(&self.order.db.pool, order_id)
             .await
@@ -194,21 +232,28 @@ impl System {
             .collect()
     }
 
-    async fn status_at(&self, pool: &SqlitePool, table: &'static str, order_id: &str) -> String {
-        let sql = match table {
-            "payments" => "SELECT status FROM payments WHERE order_id = $1",
-            "reservations" => "SELECT status FROM reservations WHERE order_id = $1",
-            _ => "SELECT status FROM shipments WHERE order_id = $1",
+    /// The status of the participant's `record` of the order; `None` if it holds none.
+    async fn status_of(&self, record: Record, order_id: &str) -> Option<String> {
+        let (pool, sql) = match record {
+            Reservation => (
+                &self.inventory,
+                "SELECT status FROM reservations WHERE order_id = $1",
+            ),
+            Payment => (
+                &self.payment,
+                "SELECT status FROM payments WHERE order_id = $1",
+            ),
+            Shipment => (
+                &self.shipping,
+                "SELECT status FROM shipments WHERE order_id = $1",
+            ),
         };
-        self.scalar(pool, sql, order_id).await.unwrap_or_default()
+        lookup(pool, sql, order_id).await
     }
 
     async fn on_hand(&self, sku: &str) -> i64 {
-        sqlx::query_scalar("SELECT on_hand FROM products WHERE sku = $1")
-            .bind(sku)
-            .fetch_one(&self.inventory)
-            .await
-            .expect("stock")
+        let sql = "SELECT on_hand FROM products WHERE sku = $1";
+        lookup(&self.inventory, sql, sku).await.expect("a product")
     }
 
     async fn order(&self, order_id: &str) -> Order {
@@ -219,6 +264,19 @@ impl System {
             .await
             .expect("order")
             .state
+    }
+
+    /// Asserts that the order was rejected with a reason that mentions `because`, and that its
+    /// stream holds `events`.
+    async fn assert_rejected(&self, order_id: &str, because: &str, events: &[&str]) {
+        let order = self.order(order_id).await;
+        assert_eq!(order.status, Some(Status::Rejected), "{order:?}");
+        assert!(
+            order.reason.as_deref().is_some_and(|r| r.contains(because)),
+            "{:?} should mention {because:?}",
+            order.reason
+        );
+        assert_eq!(self.event_types(order_id).await, events);
     }
 
     async fn event_types(&self, order_id: &str) -> Vec<String> {
@@ -249,14 +307,18 @@ impl System {
         );
         assert!(violations.is_empty(), "{violations:?}");
     }
+}
 
-    async fn scalar(&self, pool: &SqlitePool, sql: &'static str, order_id: &str) -> Option<String> {
-        sqlx::query_scalar(sql)
-            .bind(order_id)
-            .fetch_optional(pool)
-            .await
-            .expect(sql)
-    }
+/// The first column of the first row `sql` selects from `pool` with `key` as `$1`, if any.
+async fn lookup<T>(pool: &SqlitePool, sql: &'static str, key: &str) -> Option<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + Unpin,
+{
+    sqlx::query_scalar(sql)
+        .bind(key)
+        .fetch_optional(pool)
+        .await
+        .expect(sql)
 }
 
 /// The unpublished messages of `pool`'s outbox, now marked published.
@@ -281,11 +343,8 @@ async fn take(pool: &SqlitePool) -> Vec<Message> {
 
 async fn an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed(style: SagaStyle) {
     let s = system(style).await;
-    let (before,): (i64,) = sqlx::query_as("SELECT on_hand FROM products WHERE sku = 'KB-001'")
-        .fetch_one(&s.inventory)
-        .await
-        .expect("stock");
-    let order_id = s.place("alice", &[("KB-001", 2)], "FR").await;
+    let before = s.on_hand("KB-001").await;
+    let id = s.place("alice", &[("KB-001", 2)], "FR").await;
     let messages = s.settle().await;
     match style {
         SagaStyle::Orchestration => {
@@ -295,10 +354,9 @@ async fn an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed(st
         // StockCommitted, the notification.
         SagaStyle::Choreography => assert_eq!(messages, 7, "six facts, a notification"),
     }
-    let order = s.order(&order_id).await;
-    assert_eq!(order.status, Some(Status::Approved));
+    assert_eq!(s.order(&id).await.status, Some(Status::Approved));
     assert_eq!(
-        s.event_types(&order_id).await,
+        s.event_types(&id).await,
         [
             "OrderPlaced",
             "InventoryReserved",
@@ -307,102 +365,55 @@ async fn an_order_everyone_can_serve_is_approved_paid_and_its_stock_committed(st
             "OrderApproved"
         ]
     );
+    assert_eq!(s.status_of(Payment, &id).await.as_deref(), Some("CAPTURED"));
     assert_eq!(
-        s.status_at(&s.payment, "payments", &order_id).await,
-        "CAPTURED"
+        s.status_of(Shipment, &id).await.as_deref(),
+        Some("SCHEDULED")
     );
-    assert_eq!(
-        s.status_at(&s.shipping, "shipments", &order_id).await,
-        "SCHEDULED"
-    );
-    let (after,): (i64,) = sqlx::query_as("SELECT on_hand FROM products WHERE sku = 'KB-001'")
-        .fetch_one(&s.inventory)
-        .await
-        .expect("stock");
-    assert_eq!(after, before - 2, "committed out");
-    let status = s.order.place_order.status(&order_id).await.expect("saga");
+    assert_eq!(s.on_hand("KB-001").await, before - 2, "committed out");
+    let saga = s.order.place_order.status(&id).await.expect("saga");
     match style {
-        SagaStyle::Orchestration => {
-            assert_eq!(
-                status.map(|(status, _)| status),
-                Some(flotilla_saga::Status::Completed)
-            );
-        }
-        SagaStyle::Choreography => assert_eq!(status, None, "no orchestrator ran"),
+        SagaStyle::Orchestration => assert_eq!(
+            saga.map(|(status, _)| status),
+            Some(flotilla_saga::Status::Completed)
+        ),
+        SagaStyle::Choreography => assert_eq!(saga, None, "no orchestrator ran"),
     }
-    assert_eq!(s.notifications(&order_id).await, ["OrderConfirmed"]);
+    assert_eq!(s.notifications(&id).await, ["OrderConfirmed"]);
     s.invariants().await;
 }
 
 async fn a_customer_over_the_credit_limit_is_rejected_and_the_stock_released(style: SagaStyle) {
     let s = system(style).await;
     // carol may spend 1,000 cents; a keyboard costs more.
-    let order_id = s.place("carol", &[("KB-001", 1)], "FR").await;
-    s.settle().await;
-    let order = s.order(&order_id).await;
-    assert_eq!(order.status, Some(Status::Rejected));
-    assert!(
-        order
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("credit limit")),
-        "{:?}",
-        order.reason
-    );
+    let id = s.settled("carol", &[("KB-001", 1)], "FR").await;
+    let events = ["OrderPlaced", "InventoryReserved", "OrderRejected"];
+    s.assert_rejected(&id, "credit limit", &events).await;
     assert_eq!(
-        s.event_types(&order_id).await,
-        ["OrderPlaced", "InventoryReserved", "OrderRejected"]
+        s.status_of(Reservation, &id).await.as_deref(),
+        Some("RELEASED")
     );
-    assert_eq!(
-        s.status_at(&s.inventory, "reservations", &order_id).await,
-        "RELEASED"
-    );
-    assert_eq!(
-        s.scalar(
-            &s.payment,
-            "SELECT status FROM payments WHERE order_id = $1",
-            &order_id
-        )
-        .await,
-        None,
-        "never charged"
-    );
+    assert_eq!(s.status_of(Payment, &id).await, None, "never charged");
     s.invariants().await;
 }
 
 async fn an_unserviceable_destination_voids_the_payment_and_releases_the_stock(style: SagaStyle) {
     let s = system(style).await;
-    let order_id = s.place("bob", &[("MS-002", 3)], "AQ").await;
-    s.settle().await;
-    let order = s.order(&order_id).await;
-    assert_eq!(order.status, Some(Status::Rejected));
-    assert!(
-        order
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("Antarctica")),
-        "{:?}",
-        order.reason
-    );
+    let id = s.settled("bob", &[("MS-002", 3)], "AQ").await;
+    let events = [
+        "OrderPlaced",
+        "InventoryReserved",
+        "PaymentAuthorized",
+        "OrderRejected",
+    ];
+    s.assert_rejected(&id, "Antarctica", &events).await;
+    assert_eq!(s.status_of(Payment, &id).await.as_deref(), Some("VOIDED"));
     assert_eq!(
-        s.event_types(&order_id).await,
-        [
-            "OrderPlaced",
-            "InventoryReserved",
-            "PaymentAuthorized",
-            "OrderRejected"
-        ]
-    );
-    assert_eq!(
-        s.status_at(&s.payment, "payments", &order_id).await,
-        "VOIDED"
-    );
-    assert_eq!(
-        s.status_at(&s.inventory, "reservations", &order_id).await,
-        "RELEASED"
+        s.status_of(Reservation, &id).await.as_deref(),
+        Some("RELEASED")
     );
     if style == SagaStyle::Orchestration {
-        let log = s.order.place_order.log_of(&order_id).await.expect("log");
+        let log = s.order.place_order.log_of(&id).await.expect("log");
         let undo: Vec<&String> = log.iter().filter(|l| l.contains("compensated")).collect();
         assert_eq!(
             undo,
@@ -410,26 +421,15 @@ async fn an_unserviceable_destination_voids_the_payment_and_releases_the_stock(s
             "latest first"
         );
     }
-    assert_eq!(s.notifications(&order_id).await, ["OrderRejected"]);
+    assert_eq!(s.notifications(&id).await, ["OrderRejected"]);
     s.invariants().await;
 }
 
 async fn an_out_of_stock_order_is_rejected_with_nothing_to_undo(style: SagaStyle) {
     let s = system(style).await;
-    let order_id = s.place("alice", &[("MN-003", 10_000)], "FR").await;
-    s.settle().await;
-    let order = s.order(&order_id).await;
-    assert_eq!(order.status, Some(Status::Rejected));
-    assert!(
-        order
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("out of stock"))
-    );
-    assert_eq!(
-        s.event_types(&order_id).await,
-        ["OrderPlaced", "OrderRejected"]
-    );
+    let id = s.settled("alice", &[("MN-003", 10_000)], "FR").await;
+    let events = ["OrderPlaced", "OrderRejected"];
+    s.assert_rejected(&id, "out of stock", &events).await;
     s.invariants().await;
 }
 
@@ -446,14 +446,14 @@ async fn many_orders_at_once_all_end_and_the_books_balance(style: SagaStyle) {
     }
     s.settle().await;
     let mut approved = 0;
-    for (n, order_id) in placed.iter().enumerate() {
-        match s.order(order_id).await.status {
+    for (n, id) in placed.iter().enumerate() {
+        match s.order(id).await.status {
             Some(Status::Approved) => {
                 assert!(n % 4 >= 2, "only alice's orders to DE can pass ({n})");
                 approved += 1;
             }
             Some(Status::Rejected) => {}
-            other => panic!("{order_id} ended {other:?}"),
+            other => panic!("{id} ended {other:?}"),
         }
     }
     // 150 monitors, 9 an order: the first 16 reservations fit, and carol's and the AQ orders
@@ -478,101 +478,68 @@ async fn an_approved_order_is_cancelled_refunded_restocked_and_its_shipment_canc
 ) {
     let s = system(style).await;
     let before = s.on_hand("KB-001").await;
-    let order_id = s.place("alice", &[("KB-001", 2)], "FR").await;
-    s.settle().await;
-    assert_eq!(s.order(&order_id).await.status, Some(Status::Approved));
+    let id = s.settled("alice", &[("KB-001", 2)], "FR").await;
+    assert_eq!(s.order(&id).await.status, Some(Status::Approved));
     assert_eq!(s.on_hand("KB-001").await, before - 2);
-    let started = s
-        .order
-        .request_cancellation(&order_id, "changed my mind", style)
-        .await
-        .expect("cancel");
+    let started = s.cancel(&id, "changed my mind").await;
     assert!(matches!(started, Cancelling::Started), "{started:?}");
-    assert!(s.order(&order_id).await.cancelling());
+    assert!(s.order(&id).await.cancelling());
     // Asking again while it runs changes nothing.
-    let again = s
-        .order
-        .request_cancellation(&order_id, "really", style)
-        .await
-        .expect("cancel again");
+    let again = s.cancel(&id, "really").await;
     assert!(matches!(again, Cancelling::Already), "{again:?}");
     s.settle().await;
-    let order = s.order(&order_id).await;
+    let order = s.order(&id).await;
     assert_eq!(order.status, Some(Status::Cancelled));
     assert_eq!(order.reason.as_deref(), Some("changed my mind"));
+    assert_eq!(s.status_of(Payment, &id).await.as_deref(), Some("REFUNDED"));
     assert_eq!(
-        s.status_at(&s.payment, "payments", &order_id).await,
-        "REFUNDED"
+        s.status_of(Reservation, &id).await.as_deref(),
+        Some("RESTOCKED")
     );
     assert_eq!(
-        s.status_at(&s.inventory, "reservations", &order_id).await,
-        "RESTOCKED"
-    );
-    assert_eq!(
-        s.status_at(&s.shipping, "shipments", &order_id).await,
-        "CANCELLED"
+        s.status_of(Shipment, &id).await.as_deref(),
+        Some("CANCELLED")
     );
     assert_eq!(s.on_hand("KB-001").await, before, "the stock came back");
     assert_eq!(
-        s.event_types(&order_id).await[5..],
+        s.event_types(&id).await[5..],
         ["CancellationRequested", "OrderCancelled"]
     );
     assert_eq!(
-        s.notifications(&order_id).await,
+        s.notifications(&id).await,
         ["OrderConfirmed", "OrderCancelled"]
     );
-    let done = s
-        .order
-        .request_cancellation(&order_id, "again", style)
-        .await
-        .expect("cancel a cancelled order");
+    let done = s.cancel(&id, "again").await;
     assert!(matches!(done, Cancelling::Already), "{done:?}");
     s.invariants().await;
 }
 
 async fn a_dispatched_order_cannot_be_cancelled_and_stays_approved_and_paid(style: SagaStyle) {
     let s = system(style).await;
-    let order_id = s.place("alice", &[("MS-002", 1)], "DE").await;
-    s.settle().await;
-    assert_eq!(s.order(&order_id).await.status, Some(Status::Approved));
-    // The carrier took it (dispatching is the carrier's own business, not yet an API).
-    sqlx::query("UPDATE shipments SET status = 'DISPATCHED' WHERE order_id = $1")
-        .bind(&order_id)
-        .execute(&s.shipping)
-        .await
-        .expect("dispatch");
-    let started = s
-        .order
-        .request_cancellation(&order_id, "too late?", style)
-        .await
-        .expect("cancel");
+    let id = s.settled("alice", &[("MS-002", 1)], "DE").await;
+    assert_eq!(s.order(&id).await.status, Some(Status::Approved));
+    s.dispatch(&id).await;
+    let started = s.cancel(&id, "too late?").await;
     assert!(matches!(started, Cancelling::Started), "{started:?}");
     s.settle().await;
-    let order = s.order(&order_id).await;
+    let order = s.order(&id).await;
     assert_eq!(order.status, Some(Status::Approved));
     assert!(
         matches!(&order.cancellation, Some(Cancellation::Refused { reason }) if reason.contains("DISPATCHED")),
         "{:?}",
         order.cancellation
     );
+    assert_eq!(s.status_of(Payment, &id).await.as_deref(), Some("CAPTURED"));
     assert_eq!(
-        s.status_at(&s.payment, "payments", &order_id).await,
-        "CAPTURED"
+        s.status_of(Reservation, &id).await.as_deref(),
+        Some("COMMITTED")
     );
     assert_eq!(
-        s.status_at(&s.inventory, "reservations", &order_id).await,
-        "COMMITTED"
-    );
-    assert_eq!(
-        s.notifications(&order_id).await,
+        s.notifications(&id).await,
         ["OrderConfirmed", "OrderCancellationRefused"]
     );
     // A refused cancellation stays refused.
-    let again = s
-        .order
-        .request_cancellation(&order_id, "please", style)
-        .await
-        .expect("cancel again");
+    let again = s.cancel(&id, "please").await;
     assert!(matches!(again, Cancelling::Refused(_)), "{again:?}");
     s.invariants().await;
 }
@@ -581,22 +548,14 @@ async fn only_an_approved_order_can_be_cancelled(style: SagaStyle) {
     let s = system(style).await;
     let rejected = s.place("alice", &[("MN-003", 10_000)], "FR").await;
     let pending = s.place("alice", &[("MN-003", 1)], "FR").await;
-    for order_id in [&pending, &rejected] {
-        if order_id == &rejected {
+    for id in [&pending, &rejected] {
+        if id == &rejected {
             s.settle().await;
         }
-        let refused = s
-            .order
-            .request_cancellation(order_id, "no", style)
-            .await
-            .expect("cancel");
+        let refused = s.cancel(id, "no").await;
         assert!(matches!(refused, Cancelling::Refused(_)), "{refused:?}");
     }
-    let unknown = s
-        .order
-        .request_cancellation("no-such-order", "no", style)
-        .await
-        .expect("cancel");
+    let unknown = s.cancel("no-such-order", "no").await;
     assert!(
         matches!(
             unknown,
@@ -615,17 +574,17 @@ async fn only_an_approved_order_can_be_cancelled(style: SagaStyle) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_choreographed_order_that_stalls_expires_at_its_deadline_and_is_undone() {
     let s = system(SagaStyle::Choreography).await;
-    let order_id = s.place("alice", &[("KB-001", 1)], "FR").await;
+    let id = s.place("alice", &[("KB-001", 1)], "FR").await;
     let (_, held) = s.settle_holding(|group, _| group == "payment").await;
     assert!(
         !held.is_empty(),
         "the payment service heard of the reservation"
     );
     assert_eq!(
-        s.status_at(&s.inventory, "reservations", &order_id).await,
-        "RESERVED"
+        s.status_of(Reservation, &id).await.as_deref(),
+        Some("RESERVED")
     );
-    assert_eq!(s.order(&order_id).await.status, Some(Status::Pending));
+    assert_eq!(s.order(&id).await.status, Some(Status::Pending));
 
     assert_eq!(s.expire_now().await, 1, "the stalled order expires");
     assert_eq!(s.expire_now().await, 0, "once");
@@ -634,36 +593,19 @@ async fn a_choreographed_order_that_stalls_expires_at_its_deadline_and_is_undone
     let (_, late) = s
         .settle_holding(|group, m| group == "payment" && m.message_type != "ShipmentRefused")
         .await;
-    for (group, message) in held.into_iter().chain(late) {
-        s.deliver_twice(&group, &message).await;
-    }
+    s.deliver_held(held.into_iter().chain(late)).await;
     s.settle().await;
 
-    let order = s.order(&order_id).await;
-    assert_eq!(order.status, Some(Status::Rejected), "{order:?}");
-    assert!(
-        order
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("did not complete within")),
-        "{:?}",
-        order.reason
-    );
+    let events = ["OrderPlaced", "InventoryReserved", "OrderRejected"];
+    s.assert_rejected(&id, "did not complete within", &events)
+        .await;
     assert_eq!(
-        s.status_at(&s.inventory, "reservations", &order_id).await,
-        "RELEASED"
+        s.status_of(Reservation, &id).await.as_deref(),
+        Some("RELEASED")
     );
-    assert_eq!(
-        s.status_at(&s.payment, "payments", &order_id).await,
-        "",
-        "never authorized"
-    );
-    assert_eq!(
-        s.status_at(&s.shipping, "shipments", &order_id).await,
-        "",
-        "never scheduled"
-    );
-    assert_eq!(s.notifications(&order_id).await, ["OrderRejected"]);
+    assert_eq!(s.status_of(Payment, &id).await, None, "never authorized");
+    assert_eq!(s.status_of(Shipment, &id).await, None, "never scheduled");
+    assert_eq!(s.notifications(&id).await, ["OrderRejected"]);
     s.invariants().await;
 }
 
@@ -672,27 +614,19 @@ async fn a_choreographed_order_that_stalls_expires_at_its_deadline_and_is_undone
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_choreographed_order_past_its_point_of_no_return_does_not_expire() {
     let s = system(SagaStyle::Choreography).await;
-    let order_id = s.place("alice", &[("KB-001", 1)], "FR").await;
+    let id = s.place("alice", &[("KB-001", 1)], "FR").await;
     let (_, held) = s
         .settle_holding(|group, m| group == "payment" && m.message_type == "ShipmentScheduled")
         .await;
     assert_eq!(held.len(), 1, "the capture waits");
-    assert_eq!(s.order(&order_id).await.status, Some(Status::Pending));
+    assert_eq!(s.order(&id).await.status, Some(Status::Pending));
     assert_eq!(s.expire_now().await, 0, "shipped: not expired");
-    for (group, message) in held {
-        s.deliver_twice(&group, &message).await;
-    }
+    s.deliver_held(held).await;
     s.settle().await;
-    assert_eq!(s.order(&order_id).await.status, Some(Status::Approved));
-    assert_eq!(
-        s.status_at(&s.payment, "payments", &order_id).await,
-        "CAPTURED"
-    );
+    assert_eq!(s.order(&id).await.status, Some(Status::Approved));
+    assert_eq!(s.status_of(Payment, &id).await.as_deref(), Some("CAPTURED"));
     // An order that ended has no deadline left.
-    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM saga_deadlines")
-        .fetch_one(&s.order.db.pool)
-        .await
-        .expect("deadlines");
+    let left = number(&s.order.db.pool, "SELECT COUNT(*) FROM saga_deadlines").await;
     assert_eq!(left, 0);
     s.invariants().await;
 }

@@ -132,10 +132,11 @@ pub(crate) mod sqlite;
 mod stored;
 
 use sql::{
-    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION,
-    duplicate_or_first, recorded, repeated, snapshot_values, to_i64, to_u64,
+    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, Encoded, SAVE_SNAPSHOT, STREAM_VERSION,
+    duplicate_or_first, recorded, repeated, to_i64, to_u64,
 };
 
+pub(crate) use sql::Snapshot;
 pub(crate) use stored::StoredEvent;
 
 /// Starts a transaction that can write. SQLite takes its write lock at once (`IMMEDIATE`), so
@@ -210,34 +211,27 @@ pub(crate) async fn append(
     for (offset, event) in (0u64..).zip(&events) {
         rows.push(Row {
             position: to_i64(first_position + offset),
-            event_id: event.id.to_string(),
             version: to_i64(actual + 1 + offset),
-            event_type: &event.event_type,
-            schema_version: i32::try_from(event.schema_version)
-                .map_err(|_| Error::Encode("schema version out of range".into()))?,
-            data: serde_json::to_string(&event.data).map_err(|e| Error::Encode(e.to_string()))?,
-            metadata: serde_json::to_string(&event.metadata.extra)
-                .map_err(|e| Error::Encode(e.to_string()))?,
-            causation_id: event.metadata.causation_id.as_deref(),
-            correlation_id: event.metadata.correlation_id.as_deref(),
+            encoded: Encoded::new(event)?,
         });
     }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let inserted = on_conn!(conn, |c| {
             let mut insert = sqlx::QueryBuilder::new(insert_events!());
             insert.push_values(chunk, |mut values, row| {
+                let (encoded, metadata) = (&row.encoded, &row.encoded.event.metadata);
                 values
                     .push_bind(row.position)
-                    .push_bind(row.event_id.as_str())
+                    .push_bind(encoded.id.as_str())
                     .push_bind(stream)
                     .push_bind(category)
                     .push_bind(row.version)
-                    .push_bind(row.event_type.as_str())
-                    .push_bind(row.schema_version)
-                    .push_bind(row.data.as_str())
-                    .push_bind(row.metadata.as_str())
-                    .push_bind(row.causation_id)
-                    .push_bind(row.correlation_id)
+                    .push_bind(encoded.event.event_type.as_str())
+                    .push_bind(encoded.schema_version)
+                    .push_bind(encoded.data.as_str())
+                    .push_bind(encoded.metadata.as_str())
+                    .push_bind(metadata.causation_id.as_deref())
+                    .push_bind(metadata.correlation_id.as_deref())
                     .push_bind(recorded_at);
             });
             insert
@@ -270,17 +264,11 @@ pub(crate) async fn append(
 /// PostgreSQL's 65,535 parameters per statement.
 const ROWS_PER_INSERT: usize = 1000;
 
-/// An event encoded for its row.
+/// An event encoded for its row, at its position and version.
 struct Row<'a> {
     position: i64,
-    event_id: String,
     version: i64,
-    event_type: &'a String,
-    schema_version: i32,
-    data: String,
-    metadata: String,
-    causation_id: Option<&'a str>,
-    correlation_id: Option<&'a str>,
+    encoded: Encoded<'a>,
 }
 
 /// Which event of a batch already has its id stored (or repeats an earlier one of the batch).
@@ -370,25 +358,27 @@ pub(crate) async fn stream_version(pool: &Pool, stream: &str) -> Result<u64, Err
     Ok(to_u64(version))
 }
 
-/// A page of the global log (of one category or all) on `$on` (`pool …` or `tx …`).
+/// A page of the global log (of one category or all) on `$on` (`pool …` or `tx …`): at most
+/// `$limit` events after position `$after`.
 macro_rules! global_log_page {
-    ($kind:ident $on:expr, $after:expr, $limit:expr, $category:expr) => {
+    ($kind:ident $on:expr, $after:expr, $limit:expr, $category:expr) => {{
+        let (after, limit) = (to_i64($after), i64::try_from($limit).unwrap_or(i64::MAX));
         match $category {
             None => fetch_events!(
                 $kind $on,
                 "WHERE position > $1 ORDER BY position LIMIT $2",
-                $after,
-                $limit
+                after,
+                limit
             ),
             Some(category) => fetch_events!(
                 $kind $on,
                 "WHERE category = $1 AND position > $2 ORDER BY position LIMIT $3",
                 category,
-                $after,
-                $limit
+                after,
+                limit
             ),
         }
-    };
+    }};
 }
 
 pub(crate) async fn read_all(
@@ -397,7 +387,6 @@ pub(crate) async fn read_all(
     limit: usize,
     category: Option<&str>,
 ) -> Result<Vec<StoredEvent>, Error> {
-    let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
     Ok(global_log_page!(pool pool, after, limit, category))
 }
 
@@ -408,7 +397,6 @@ pub(crate) async fn read_all_in(
     limit: usize,
     category: Option<&str>,
 ) -> Result<Vec<StoredEvent>, Error> {
-    let (after, limit) = (to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX));
     Ok(global_log_page!(tx tx, after, limit, category))
 }
 
@@ -455,14 +443,8 @@ pub(crate) async fn snapshot(
     }))
 }
 
-pub(crate) async fn save_snapshot(
-    conn: &mut Conn<'_>,
-    stream: &str,
-    version: u64,
-    state_version: u32,
-    state: &str,
-) -> Result<(), Error> {
-    let (version, state_version, now) = snapshot_values(version, state_version)?;
+pub(crate) async fn save_snapshot(conn: &mut Conn<'_>, snapshot: &Snapshot) -> Result<(), Error> {
+    let (stream, version, state_version, state, now) = snapshot.values()?;
     on_conn!(conn, |c| {
         sqlx::query(SAVE_SNAPSHOT)
             .bind(stream)

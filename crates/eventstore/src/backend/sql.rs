@@ -48,21 +48,73 @@ pub(super) fn recorded(
         .collect()
 }
 
+/// An event encoded for its row: what an `INSERT` binds of it besides its place (position,
+/// stream, version) and the instant of the append.
+pub(super) struct Encoded<'e> {
+    pub(super) event: &'e NewEvent,
+    pub(super) id: String,
+    pub(super) schema_version: i32,
+    pub(super) data: String,
+    pub(super) metadata: String,
+}
+
+impl<'e> Encoded<'e> {
+    pub(super) fn new(event: &'e NewEvent) -> Result<Self, Error> {
+        let encode = |e: serde_json::Error| Error::Encode(e.to_string());
+        let data = serde_json::to_string(&event.data).map_err(encode)?;
+        let metadata = serde_json::to_string(&event.metadata.extra).map_err(encode)?;
+        let schema_version = i32::try_from(event.schema_version)
+            .map_err(|_| Error::Encode("schema version out of range".into()))?;
+        Ok(Self {
+            event,
+            id: event.id.to_string(),
+            schema_version,
+            data,
+            metadata,
+        })
+    }
+}
+
 /// The first event of `events` whose id an earlier one has already.
 pub(super) fn repeated(events: &[NewEvent]) -> Option<Uuid> {
     let mut seen = std::collections::HashSet::new();
     events.iter().find(|e| !seen.insert(e.id)).map(|e| e.id)
 }
 
-/// [`SAVE_SNAPSHOT`]'s values after the stream's: its version, the state's version, and now.
-pub(super) fn snapshot_values(version: u64, state_version: u32) -> Result<(i64, i32, i64), Error> {
-    let state_version = i32::try_from(state_version)
-        .map_err(|_| Error::Encode("state version out of range".into()))?;
-    Ok((
-        to_i64(version),
-        state_version,
-        micros(OffsetDateTime::now_utc()),
-    ))
+/// A snapshot to write ([`SAVE_SNAPSHOT`]): a stream's state after one of its events.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    stream: String,
+    version: u64,
+    state_version: u32,
+    state: String,
+}
+
+impl Snapshot {
+    /// `stream`'s state after its event `version`, serialised as `state` in the form
+    /// `state_version`.
+    pub(crate) fn new(stream: String, version: u64, state_version: u32, state: String) -> Self {
+        Self {
+            stream,
+            version,
+            state_version,
+            state,
+        }
+    }
+
+    /// [`SAVE_SNAPSHOT`]'s values, in order: the stream, its version, the state's version, the
+    /// state, and now.
+    pub(super) fn values(&self) -> Result<(&str, i64, i32, &str, i64), Error> {
+        let state_version = i32::try_from(self.state_version)
+            .map_err(|_| Error::Encode("state version out of range".into()))?;
+        Ok((
+            &self.stream,
+            to_i64(self.version),
+            state_version,
+            &self.state,
+            micros(OffsetDateTime::now_utc()),
+        ))
+    }
 }
 
 /// Writes a stream's snapshot, replacing the one it had.

@@ -9,8 +9,8 @@ use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::sql::{
-    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, SAVE_SNAPSHOT, STREAM_VERSION,
-    duplicate_or_first, recorded, repeated, snapshot_values, to_i64, to_u64,
+    CHECKPOINT_AND_CATEGORY_HEAD, CHECKPOINT_AND_HEAD, Encoded, SAVE_SNAPSHOT, STREAM_VERSION,
+    Snapshot, duplicate_or_first, recorded, repeated, to_i64, to_u64,
 };
 use super::stored::StoredEvent;
 use crate::event::{from_micros, micros};
@@ -68,6 +68,13 @@ const INSERT_AFTER_VERSION: &str = "INSERT INTO eventstore_events (event_id, str
                      ORDER BY version DESC LIMIT 1), 0) = $4 \
      RETURNING position";
 
+/// One event at a known position (`$12`), its other values as [`INSERT_AFTER_VERSION`] numbers
+/// them, `$4` its own version.
+const INSERT_AT_POSITION: &str = concat!(
+    insert_events!(),
+    "VALUES ($12, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+);
+
 /// Whether an event id is stored (`$1`).
 const EVENT_STORED: &str = "SELECT position FROM eventstore_events WHERE event_id = $1";
 
@@ -87,16 +94,16 @@ pub(super) async fn append_one_in(
     let now = OffsetDateTime::now_utc();
     let recorded_at = micros(now);
     let now = from_micros(recorded_at);
-    let [data, metadata] = encoded(event)?;
+    let row = Encoded::new(event)?;
     let inserted: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(INSERT_AFTER_VERSION)
-        .bind(event.id.to_string())
+        .bind(row.id.as_str())
         .bind(stream)
         .bind(category(stream))
         .bind(to_i64(version))
         .bind(&event.event_type)
-        .bind(schema_version(event)?)
-        .bind(data)
-        .bind(metadata)
+        .bind(row.schema_version)
+        .bind(row.data.as_str())
+        .bind(row.metadata.as_str())
         .bind(event.metadata.causation_id.as_deref())
         .bind(event.metadata.correlation_id.as_deref())
         .bind(recorded_at)
@@ -335,23 +342,11 @@ pub(crate) fn append(
         actual,
     };
     if let (Some(version), [event]) = (known, events.as_slice()) {
-        let [data, metadata] = encoded(event)?;
+        let row = Encoded::new(event)?;
         let position: Option<i64> = query_optional(
             db,
             INSERT_AFTER_VERSION,
-            &[
-                &event.id.to_string(),
-                &stream,
-                &category,
-                &to_i64(version),
-                &event.event_type,
-                &schema_version(event)?,
-                &data,
-                &metadata,
-                &event.metadata.causation_id,
-                &event.metadata.correlation_id,
-                &recorded_at,
-            ],
+            &row.values(&stream, &category, &to_i64(version), &recorded_at),
             |row| row.get(0),
         )
         .map_err(|e| unique_or(db, &events, e, || conflict(version)))?;
@@ -370,44 +365,46 @@ pub(crate) fn append(
         return Err(conflict(actual));
     }
     for (offset, event) in (0u64..).zip(&events) {
-        let [data, metadata] = encoded(event)?;
-        execute(
-            db,
-            concat!(
-                insert_events!(),
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-            ),
-            &[
-                &to_i64(first_position + offset),
-                &event.id.to_string(),
-                &stream,
-                &category,
-                &to_i64(actual + 1 + offset),
-                &event.event_type,
-                &schema_version(event)?,
-                &data,
-                &metadata,
-                &event.metadata.causation_id,
-                &event.metadata.correlation_id,
-                &recorded_at,
-            ],
-        )
-        .map_err(|e| unique_or(db, &events, e, || conflict(actual)))?;
+        let row = Encoded::new(event)?;
+        let (position, version) = (to_i64(first_position + offset), to_i64(actual + 1 + offset));
+        // The plain `INSERT` takes the values of the one after a version, and its position.
+        let mut values = row
+            .values(&stream, &category, &version, &recorded_at)
+            .to_vec();
+        values.push(&position);
+        execute(db, INSERT_AT_POSITION, &values)
+            .map_err(|e| unique_or(db, &events, e, || conflict(actual)))?;
     }
     Ok(recorded(events, stream, first_position, actual + 1, now))
 }
 
-fn encoded(event: &NewEvent) -> Result<[String; 2], Error> {
-    let encode = |e: serde_json::Error| Error::Encode(e.to_string());
-    Ok([
-        serde_json::to_string(&event.data).map_err(encode)?,
-        serde_json::to_string(&event.metadata.extra).map_err(encode)?,
-    ])
-}
-
-fn schema_version(event: &NewEvent) -> Result<i32, Error> {
-    i32::try_from(event.schema_version)
-        .map_err(|_| Error::Encode("schema version out of range".into()))
+impl Encoded<'_> {
+    /// The values of an `INSERT` of the event into `stream` (of `category`), numbered as both
+    /// `INSERT`s here number them: `$1` its id, `$2` the stream, `$3` the category, `$4`
+    /// `version` (the stream's before it for [`INSERT_AFTER_VERSION`], its own for
+    /// [`INSERT_AT_POSITION`]), `$5` to `$10` its type, schema version, data, metadata,
+    /// causation and correlation ids, `$11` `recorded_at`.
+    fn values<'v>(
+        &'v self,
+        stream: &'v &str,
+        category: &'v &str,
+        version: &'v i64,
+        recorded_at: &'v i64,
+    ) -> [&'v dyn rusqlite::ToSql; 11] {
+        [
+            &self.id,
+            stream,
+            category,
+            version,
+            &self.event.event_type,
+            &self.schema_version,
+            &self.data,
+            &self.metadata,
+            &self.event.metadata.causation_id,
+            &self.event.metadata.correlation_id,
+            recorded_at,
+        ]
+    }
 }
 
 fn stream_version(db: &Connection, stream: &str) -> Result<u64, Error> {
@@ -447,14 +444,8 @@ fn unique_or(
 }
 
 /// [`super::save_snapshot`] on SQLite.
-pub(crate) fn save_snapshot(
-    db: &Connection,
-    stream: &str,
-    version: u64,
-    state_version: u32,
-    state: &str,
-) -> Result<(), Error> {
-    let (version, state_version, now) = snapshot_values(version, state_version)?;
+pub(crate) fn save_snapshot(db: &Connection, snapshot: &Snapshot) -> Result<(), Error> {
+    let (stream, version, state_version, state, now) = snapshot.values()?;
     execute(
         db,
         SAVE_SNAPSHOT,
