@@ -34,6 +34,18 @@ impl Harness {
         self
     }
 
+    /// Asserts that a valid write reaches the echoing upstream: its breaker is closed.
+    async fn assert_breaker_closed(&self) {
+        let (status, _, body) = call(
+            Method::POST,
+            &format!("{}/v1/orders/echo", self.gateway),
+            &[("content-type", "application/json")],
+            b"{}".to_vec(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "the breaker stayed closed: {body}");
+    }
+
     /// `GET path` through the gateway, with no headers of the test's own.
     async fn get(&self, path: &str) -> (StatusCode, HeaderMap, serde_json::Value) {
         call(
@@ -451,6 +463,14 @@ async fn operators_force_and_reconfigure_breakers_at_run_time() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
+/// A route file holding `text`, in a directory removed when the first value drops.
+fn route_file(text: &str) -> (flotilla_testkit::TempData, std::path::PathBuf) {
+    let data = flotilla_testkit::TempData::new();
+    let file = data.path().join("routes.toml");
+    std::fs::write(&file, text).expect("write the route file");
+    (data, file)
+}
+
 /// Sends `request` to the gateway on a new connection and returns what it answered, once it
 /// closes the connection (each request here says `Connection: close`).
 async fn raw(harness: &Harness, request: &[u8]) -> String {
@@ -500,14 +520,7 @@ async fn malformed_chunked_bodies_are_the_clients_fault_and_never_open_the_break
         .await;
         assert_raw_problem(&answer, 400, "unreadable-body");
     }
-    let (status, _, body) = call(
-        Method::POST,
-        &format!("{}/v1/orders/echo", harness.gateway),
-        &[("content-type", "application/json")],
-        b"{}".to_vec(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "the breaker stayed closed: {body}");
+    harness.assert_breaker_closed().await;
 }
 
 #[tokio::test]
@@ -614,25 +627,13 @@ async fn clients_that_hang_up_mid_request_never_open_the_breaker() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(stream);
     }
-    let (status, _, body) = call(
-        Method::POST,
-        &format!("{}/v1/orders/echo", harness.gateway),
-        &[("content-type", "application/json")],
-        b"{}".to_vec(),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "the breaker stayed closed: {body}");
+    harness.assert_breaker_closed().await;
 }
 
 #[tokio::test]
 async fn a_route_file_with_an_error_stops_start_up_naming_the_route_and_the_key() {
-    let data = flotilla_testkit::TempData::new();
-    let file = data.path().join("routes.toml");
-    std::fs::write(
-        &file,
-        "[[routes]]\nname = \"orders\"\nservice = \"order\"\npath = \"orders\"\n",
-    )
-    .expect("write");
+    let (_data, file) =
+        route_file("[[routes]]\nname = \"orders\"\nservice = \"order\"\npath = \"orders\"\n");
     let shutdown = CancellationToken::new();
     let registry = start_registry(60_000, &shutdown).await;
     let mut config = Config::default();
@@ -650,10 +651,7 @@ async fn a_route_file_with_an_error_stops_start_up_naming_the_route_and_the_key(
 
 #[tokio::test]
 async fn a_route_file_routes_by_host_header_and_version() {
-    let data = flotilla_testkit::TempData::new();
-    let file = data.path().join("routes.toml");
-    std::fs::write(
-        &file,
+    let (_data, file) = route_file(
         r#"
 [[routes]]
 name = "orders"
@@ -668,8 +666,7 @@ path = "/orders/{id}"
 version = 1
 headers = { x-beta = "on" }
 "#,
-    )
-    .expect("write");
+    );
     let mut config = Config::default();
     config.gateway.routes_file = Some(file);
     let harness = harness_with(config).await.with_upstream().await;

@@ -77,24 +77,6 @@ impl Default for TempData {
     }
 }
 
-/// The number the query `sql` selects (`SELECT COUNT(*) …`, a sequence) from `pool`; panics,
-/// naming the query, if it fails or selects no row.
-pub async fn number(pool: &SqlitePool, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(pool)
-        .await
-        .unwrap_or_else(|error| panic!("{sql}: {error}"))
-}
-
-/// The first column of every row the query `sql` selects from `pool`, in the order selected;
-/// panics, naming the query, if it fails.
-pub async fn numbers(pool: &SqlitePool, sql: &'static str) -> Vec<i64> {
-    sqlx::query_scalar(sql)
-        .fetch_all(pool)
-        .await
-        .unwrap_or_else(|error| panic!("{sql}: {error}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! A test's own look at a database: the rows and values it selects ([`row`], [`rows`],
-//! [`value`]), a statement it runs by hand ([`by_hand`]), a step run in a write transaction of
+//! [`value`], and for numbers [`number`], [`numbers`]), a statement it runs by hand ([`by_hand`]), a step run in a write transaction of
 //! its own ([`in_transaction`]), and a checker that must find nothing ([`assert_no_violations`]).
 //!
 //! Every helper panics, saying which statement failed, where a test would `expect`.
@@ -52,6 +52,18 @@ where
 {
     let (value,) = row::<(T,)>(pool, sql, binds).await;
     value
+}
+
+/// The number `sql` selects from `pool` (`SELECT COUNT(*) …`, a sequence), without parameters:
+/// [`value`] for the commonest case.
+pub async fn number(pool: &SqlitePool, sql: &'static str) -> i64 {
+    value(pool, sql, &[]).await
+}
+
+/// The first column of every row `sql` selects from `pool`, as numbers, in the order selected.
+pub async fn numbers(pool: &SqlitePool, sql: &'static str) -> Vec<i64> {
+    let rows: Vec<(i64,)> = rows(pool, sql, &[]).await;
+    rows.into_iter().map(|(n,)| n).collect()
 }
 
 /// Runs `sql` on `pool` by hand: a state no API reaches, or damage for a checker to find.
