@@ -48,13 +48,17 @@ impl Harness {
 
     /// `GET path` through the gateway, with no headers of the test's own.
     async fn get(&self, path: &str) -> (StatusCode, HeaderMap, serde_json::Value) {
-        call(
-            Method::GET,
-            &format!("{}{path}", self.gateway),
-            &[],
-            Vec::new(),
-        )
-        .await
+        self.get_with(path, &[]).await
+    }
+
+    /// `GET path` through the gateway with `headers`.
+    async fn get_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let url = format!("{}{path}", self.gateway);
+        call(Method::GET, &url, headers, Vec::new()).await
     }
 
     /// `GET path` through the gateway, checked to be a `/problems/{problem}` with `status`: the
@@ -672,26 +676,18 @@ headers = { x-beta = "on" }
     let harness = harness_with(config).await.with_upstream().await;
     let beta = dead_address().await;
     let _beta = register(&harness, "beta", &beta).await;
-    // By the URL's version and by the header's, to the same upstream path.
-    let (status, _, body) = call(
-        Method::GET,
-        &format!("{}/orders/waited", harness.gateway),
-        &[("api-version", "1")],
-        Vec::new(),
-    )
-    .await;
+    // By the header's version, to the upstream path with the version in it.
+    let (status, _, body) = harness
+        .get_with("/orders/waited", &[("api-version", "1")])
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     harness
         .problem("/v2/orders/waited", StatusCode::NOT_FOUND, "not-found")
         .await;
     // The header condition sends the request to `beta` (whose only instance is dead: 502).
-    let (status, _, body) = call(
-        Method::GET,
-        &format!("{}/v1/orders/waited", harness.gateway),
-        &[("x-beta", "on")],
-        Vec::new(),
-    )
-    .await;
+    let (status, _, body) = harness
+        .get_with("/v1/orders/waited", &[("x-beta", "on")])
+        .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(body["service"], "beta");
 }
