@@ -27,10 +27,13 @@ struct Harness {
 }
 
 impl Harness {
-    /// The harness with [`upstream`] registered as the `order` service.
+    /// The harness with [`upstream`] registered as the `order` service, once the gateway
+    /// answers (a raw socket gets no retries).
     async fn with_upstream(mut self) -> Self {
         let address = upstream().await;
         self.upstream = Some(register(&self, "order", &address).await);
+        self.problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
+            .await;
         self
     }
 
@@ -511,9 +514,6 @@ fn assert_raw_problem(answer: &str, status: u16, kind: &str) {
 #[tokio::test]
 async fn malformed_chunked_bodies_are_the_clients_fault_and_never_open_the_breaker() {
     let harness = harness(2_000).await.with_upstream().await;
-    harness
-        .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
-        .await;
     // Twice the breaker's window of calls, each with a chunk size that is not hexadecimal.
     for _ in 0..40 {
         let answer = raw(
@@ -532,9 +532,6 @@ async fn bodies_over_the_limit_are_refused_declared_or_streamed() {
     let mut config = Config::default();
     config.instance.server.max_body_bytes = 1024;
     let harness = harness_with(config).await.with_upstream().await;
-    harness
-        .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
-        .await;
     // Declared too large, asking to continue: refused before any of the body is read.
     let answer = raw(
         &harness,
@@ -612,9 +609,6 @@ async fn paths_are_normalised_before_a_route_is_chosen() {
 async fn clients_that_hang_up_mid_request_never_open_the_breaker() {
     use tokio::io::AsyncWriteExt;
     let harness = harness(10_000).await.with_upstream().await;
-    harness
-        .problem("/v1/unknown", StatusCode::NOT_FOUND, "not-found")
-        .await;
     let address = harness.gateway.trim_start_matches("http://").to_owned();
     // Twice the breaker's window: each client asks for the slow path, then hangs up before
     // the upstream answers; or sends half a declared body and hangs up.
