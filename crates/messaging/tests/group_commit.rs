@@ -61,10 +61,11 @@ fn by_topic(recorder: Recorder) -> ByTopic<Recorder, Recorder> {
 async fn database() -> (SqlitePool, TempData) {
     let data = TempData::new();
     let pool = data.messaging_pool("consumer").await;
-    sqlx::query("CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL)")
-        .execute(&pool)
-        .await
-        .expect("effects table");
+    flotilla_testkit::by_hand(
+        &pool,
+        "CREATE TABLE effects (seq INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL)",
+    )
+    .await;
     (pool, data)
 }
 

@@ -54,7 +54,8 @@ where
     value
 }
 
-/// Runs `sql` on `pool` by hand: a state no API reaches, or damage for a checker to find.
+/// Runs `sql` on `pool` by hand: a table of the test's own, a state no API reaches, or damage
+/// for a checker to find.
 pub async fn by_hand(pool: &SqlitePool, sql: &'static str) {
     ran(sql, sqlx::query(sql).execute(pool).await);
 }
