@@ -14,8 +14,7 @@ ROUNDS=${3:-3}
 RATE=${4:-500}
 DURATION=${5:-10}
 PORT=18282
-DIR=$(mktemp -d)
-trap 'pkill -f "up --gateway-port $PORT" || true; rm -rf "$DIR"' EXIT
+scratch
 
 run() { # binary style
   local bin=$1 style=$2

@@ -20,8 +20,7 @@ RATE=${1:-200}
 DURATION=${2:-10}
 SUSTAINED=${3:-400}
 PORT=18181
-DIR=$(mktemp -d)
-trap 'pkill -f "up --gateway-port $PORT" || true; rm -rf "$DIR"' EXIT
+scratch
 
 start() { # start a fresh system with the given environment
   stop_system "$PORT"

@@ -1,5 +1,11 @@
 # Shell functions the bench scripts share; source it (`source "$(dirname "$0")/lib.sh"`).
 
+scratch() { # a new data directory in $DIR; on exit, the system serving its gateway on $PORT is
+  # stopped (not waited for) and $DIR removed
+  DIR=$(mktemp -d)
+  trap 'pkill -f "up --gateway-port $PORT" || true; rm -rf "$DIR"' EXIT
+}
+
 stop_system() { # PORT: stop the `flotilla up` serving its gateway on PORT, if any, and wait (at
   # most 20 s) until it is gone (it removes its registry.url last)
   pkill -f "up --gateway-port $1" || true
