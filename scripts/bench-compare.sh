@@ -7,28 +7,21 @@
 #
 #   scripts/bench-compare.sh BEFORE_BINARY AFTER_BINARY [ROUNDS] [RATE] [DURATION]
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 BEFORE=$1
 AFTER=$2
 ROUNDS=${3:-3}
 RATE=${4:-500}
 DURATION=${5:-10}
 PORT=18282
-DIR=$(mktemp -d)
-trap 'pkill -f "up --gateway-port $PORT" || true; rm -rf "$DIR"' EXIT
+scratch
 
 run() { # binary style
   local bin=$1 style=$2
-  pkill -f "up --gateway-port $PORT" || true
-  for _ in $(seq 1 100); do
-    pgrep -f "up --gateway-port $PORT" >/dev/null || break
-    sleep 0.2
-  done
+  stop_system "$PORT"
   rm -rf "$DIR" && mkdir -p "$DIR"
   "$bin" up --gateway-port "$PORT" --data-dir "$DIR" >"$DIR.log" 2>&1 &
-  for _ in $(seq 1 150); do
-    curl -sf "http://127.0.0.1:$PORT/v1/products/CB-005" >/dev/null && break
-    sleep 0.2
-  done
+  wait_ready "$PORT" || true
   "$bin" bench orders --gateway "http://127.0.0.1:$PORT" --rate "$RATE" --duration "$DURATION" \
     --style "$style" --json
   pkill -f "up --gateway-port $PORT" || true

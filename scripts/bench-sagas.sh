@@ -13,27 +13,20 @@
 # NATS must listen on 127.0.0.1:4222 for its rows; each run uses a stream of its own, BENCH<n>,
 # deleted afterwards (through JetStream's API, with python3).
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 BIN=target/release/flotilla
 RATE=${1:-200}
 DURATION=${2:-10}
 SUSTAINED=${3:-400}
 PORT=18181
-DIR=$(mktemp -d)
-trap 'pkill -f "up --gateway-port $PORT" || true; rm -rf "$DIR"' EXIT
+scratch
 
 start() { # start a fresh system with the given environment
-  pkill -f "up --gateway-port $PORT" || true
-  for _ in $(seq 1 100); do # until the last one is gone (it removes its registry.url last)
-    pgrep -f "up --gateway-port $PORT" >/dev/null || break
-    sleep 0.2
-  done
+  stop_system "$PORT"
   rm -rf "$DIR" && mkdir -p "$DIR"
   env "$@" "$BIN" up --gateway-port "$PORT" --data-dir "$DIR" >"$DIR.log" 2>&1 &
-  for _ in $(seq 1 150); do
-    curl -sf "http://127.0.0.1:$PORT/v1/products/CB-005" >/dev/null && return 0
-    sleep 0.2
-  done
+  wait_ready "$PORT" && return 0
   echo "the system did not start: $(tail -5 "$DIR.log")" >&2
   exit 1
 }

@@ -83,30 +83,20 @@ pub async fn sustained(
     })
     .await?;
     let already: u64 = before.orders.values().sum();
-    let client = flotilla_kit::client::client();
-    let url = format!("{}/v1/orders", gateway.trim_end_matches('/'));
-    let offered = usize::try_from(u64::from(rate) * duration.as_secs()).unwrap_or(usize::MAX);
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(offered);
-    for n in 0..offered {
-        tokio::time::sleep_until((started + interval.mul_f64(n as f64)).into()).await;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(&url)
-            .header("content-type", "application/json")
-            .header("x-saga-style", style.as_str())
-            .body(Full::new(Bytes::from(body(n))))
-            .context("request")?;
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            flotilla_kit::client::exchange(&client, "", request, Duration::from_secs(15)).await
-        }));
-    }
+    let Paced { started, tasks } = paced(
+        gateway,
+        rate,
+        duration,
+        style,
+        None,
+        Duration::from_secs(15),
+    )
+    .await?;
+    let offered = tasks.len();
     let mut accepted = 0;
     for task in tasks {
         if matches!(
-            task.await.context("a client task")?,
+            task.await.context("a client task")?.answer,
             Ok((StatusCode::ACCEPTED, _))
         ) {
             accepted += 1;
@@ -156,6 +146,67 @@ where
     }
 }
 
+/// One order's answer, as the sender's task saw it.
+struct Sent {
+    /// The gateway's status and body, or why there was none.
+    answer: Result<(StatusCode, Bytes), flotilla_kit::client::CallError>,
+    /// From sending the order to its answer.
+    took: Duration,
+    /// When the answer came.
+    at: Instant,
+}
+
+/// The orders a paced run sent: when it started, and a task an order, in order.
+struct Paced {
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Sent>>,
+}
+
+/// Posts `rate` orders a second for `duration` to the gateway's `/v1/orders`, open loop: order
+/// `n` leaves `n / rate` seconds after the start whatever the answers to the earlier ones, each
+/// on a task of its own that waits at most `timeout` for its answer. Every order asks for the
+/// saga `style`, and with `prefer` (e.g. `wait=8`) sends that `Prefer` header.
+async fn paced(
+    gateway: &str,
+    rate: u32,
+    duration: Duration,
+    style: SagaStyle,
+    prefer: Option<&'static str>,
+    timeout: Duration,
+) -> anyhow::Result<Paced> {
+    let client = flotilla_kit::client::client();
+    let url = format!("{}/v1/orders", gateway.trim_end_matches('/'));
+    let offered = usize::try_from(u64::from(rate) * duration.as_secs()).unwrap_or(usize::MAX);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(offered);
+    for n in 0..offered {
+        tokio::time::sleep_until((started + interval.mul_f64(n as f64)).into()).await;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(&url)
+            .header("content-type", "application/json");
+        if let Some(prefer) = prefer {
+            request = request.header("prefer", prefer);
+        }
+        let request = request
+            .header("x-saga-style", style.as_str())
+            .body(Full::new(Bytes::from(body(n))))
+            .context("request")?;
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let answer = flotilla_kit::client::exchange(&client, "", request, timeout).await;
+            Sent {
+                answer,
+                took: sent.elapsed(),
+                at: Instant::now(),
+            }
+        }));
+    }
+    Ok(Paced { started, tasks })
+}
+
 /// How a failed answer is counted: by status and problem type (each body names its own order).
 fn failure(status: StatusCode, body: &[u8]) -> String {
     if status == StatusCode::ACCEPTED {
@@ -182,37 +233,22 @@ pub async fn orders(
     style: SagaStyle,
 ) -> anyhow::Result<Figures> {
     anyhow::ensure!(rate > 0, "--rate must be positive");
-    let client = flotilla_kit::client::client();
-    let url = format!("{}/v1/orders", gateway.trim_end_matches('/'));
-    let offered = usize::try_from(u64::from(rate) * duration.as_secs()).unwrap_or(usize::MAX);
-    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(offered);
-    for n in 0..offered {
-        let due = started + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(due.into()).await;
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(&url)
-            .header("content-type", "application/json")
-            .header("prefer", "wait=8")
-            .header("x-saga-style", style.as_str())
-            .body(Full::new(Bytes::from(body(n))))
-            .context("request")?;
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let answer =
-                flotilla_kit::client::exchange(&client, "", request, Duration::from_secs(12)).await;
-            (answer, sent.elapsed(), Instant::now())
-        }));
-    }
+    let Paced { started, tasks } = paced(
+        gateway,
+        rate,
+        duration,
+        style,
+        Some("wait=8"),
+        Duration::from_secs(12),
+    )
+    .await?;
+    let offered = tasks.len();
     let mut latencies = Vec::with_capacity(offered);
     let (mut approved, mut failed) = (0, 0);
     let mut errors: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
     let mut last = started;
     for task in tasks {
-        let (answer, took, at) = task.await.context("a client task")?;
+        let Sent { answer, took, at } = task.await.context("a client task")?;
         match answer {
             Ok((StatusCode::OK, body)) => {
                 let order: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();

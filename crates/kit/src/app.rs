@@ -251,7 +251,13 @@ mod tests {
             .into_router()
     }
 
-    async fn send(request: Request<Body>) -> (StatusCode, HeaderMap, serde_json::Value) {
+    /// Sends the request `request` makes, with `body`, to [`app`]: its status, headers and JSON
+    /// body (`null` when there is none).
+    async fn send(
+        request: http::request::Builder,
+        body: impl Into<Body>,
+    ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let request = request.body(body.into()).expect("request");
         let response = app().oneshot(request).await.expect("infallible");
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await.expect("body").to_bytes();
@@ -262,14 +268,17 @@ mod tests {
         )
     }
 
+    /// A JSON POST to `/echo`.
+    fn echo() -> http::request::Builder {
+        Request::post("/echo").header("content-type", "application/json")
+    }
+
     use axum::http::HeaderMap;
 
     #[tokio::test]
     async fn a_handler_problem_carries_the_request_id_and_the_path() {
-        let request = Request::get("/items/7")
-            .header("x-request-id", "abc")
-            .body(Body::empty());
-        let (status, headers, body) = send(request.expect("request")).await;
+        let request = Request::get("/items/7").header("x-request-id", "abc");
+        let (status, headers, body) = send(request, Body::empty()).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(headers["content-type"], crate::problem::CONTENT_TYPE);
         assert_eq!(headers["x-request-id"], "abc");
@@ -280,12 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_without_an_id_gets_one() {
-        let (_, headers, body) = send(
-            Request::get("/nowhere")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+        let (_, headers, body) = send(Request::get("/nowhere"), Body::empty()).await;
         let id = headers["x-request-id"].to_str().expect("ascii");
         assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
         assert_eq!(
@@ -296,39 +300,23 @@ mod tests {
 
     #[tokio::test]
     async fn framework_errors_become_problems() {
-        let (status, headers, body) = send(
-            Request::delete("/echo")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+        let (status, headers, body) = send(Request::delete("/echo"), Body::empty()).await;
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(headers["content-type"], crate::problem::CONTENT_TYPE);
         assert_eq!(body["type"], "/problems/method-not-allowed");
 
         let big = format!("{{\"x\":\"{}\"}}", "y".repeat(2048));
-        let request = Request::post("/echo")
-            .header("content-type", "application/json")
-            .body(Body::from(big));
-        let (status, _, body) = send(request.expect("request")).await;
+        let (status, _, body) = send(echo(), big).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body["type"], "/problems/body-too-large");
     }
 
     #[tokio::test]
     async fn successes_pass_through_and_are_counted_by_route_template() {
-        let request = Request::post("/echo")
-            .header("content-type", "application/json")
-            .body(Body::from("{\"a\":1}"));
-        let (status, _, body) = send(request.expect("request")).await;
+        let (status, _, body) = send(echo(), "{\"a\":1}").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["a"], 1);
-        let _ = send(
-            Request::get("/items/42")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await;
+        let _ = send(Request::get("/items/42"), Body::empty()).await;
         let text = crate::metrics::handle().render();
         assert!(
             text.lines()

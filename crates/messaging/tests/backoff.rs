@@ -67,23 +67,23 @@ async fn a_failed_message_waits_its_backoff_on_the_relays_clock() {
     let relay = Relay::new(pool.clone(), transport.clone(), config).with_clock(clock.clone());
     let attempts = || transport.attempts.load(Ordering::SeqCst);
 
-    assert_eq!(relay.relay_once().await.expect("pass"), pass(0, 1));
-    assert_eq!(attempts(), 1);
-    // Within the first wait (1 s): not tried again, however often the relay looks.
-    assert_eq!(relay.relay_once().await.expect("pass"), pass(0, 0));
-    clock.advance(Duration::from_millis(999));
-    assert_eq!(relay.relay_once().await.expect("pass"), pass(0, 0));
-    assert_eq!(attempts(), 1, "not before its backoff is over");
-    // Past it: tried again, fails again, and now waits twice as long (2 s).
-    clock.advance(Duration::from_millis(2));
-    assert_eq!(relay.relay_once().await.expect("pass"), pass(0, 1));
-    assert_eq!(attempts(), 2);
-    clock.advance(Duration::from_millis(1_900));
-    assert_eq!(relay.relay_once().await.expect("pass"), pass(0, 0));
-    assert_eq!(attempts(), 2, "the second wait is twice the first");
-    clock.advance(Duration::from_millis(200));
-    assert_eq!(relay.relay_once().await.expect("pass"), pass(1, 0));
-    assert_eq!(attempts(), 3);
+    // The relay's passes in turn: how far the clock moves first (ms), the pass, the attempts by
+    // then, and why.
+    let timeline = [
+        (0, pass(0, 1), 1, "the first attempt fails"),
+        // Within the first wait (1 s): not tried again, however often the relay looks.
+        (0, pass(0, 0), 1, "not within the first wait"),
+        (999, pass(0, 0), 1, "not before its backoff is over"),
+        // Past it: tried again, fails again, and now waits twice as long (2 s).
+        (2, pass(0, 1), 2, "tried again past its backoff"),
+        (1_900, pass(0, 0), 2, "the second wait is twice the first"),
+        (200, pass(1, 0), 3, "tried again past the second, published"),
+    ];
+    for (advance, expected, tried, why) in timeline {
+        clock.advance(Duration::from_millis(advance));
+        assert_eq!(relay.relay_once().await.expect("pass"), expected, "{why}");
+        assert_eq!(attempts(), tried, "{why}");
+    }
     let left: i64 = flotilla_testkit::number(
         &pool,
         "SELECT COUNT(*) FROM messaging_outbox WHERE published_at IS NULL",

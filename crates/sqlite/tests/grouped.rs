@@ -45,6 +45,26 @@ async fn hold_writer(pool: &SqlitePool, how_long: Duration) -> tokio::task::Join
     holder
 }
 
+/// Spawns `call` for each of `inputs` (with a clone of the pool) while the writer is held, so
+/// that the calls queue behind it and go in one group; their outcomes, in the order they ended.
+async fn queued<I, T, Fut>(
+    pool: &SqlitePool,
+    inputs: impl IntoIterator<Item = I>,
+    call: impl Fn(SqlitePool, I) -> Fut,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let holder = hold_writer(pool, Duration::from_millis(300)).await;
+    let mut calls = JoinSet::new();
+    for input in inputs {
+        calls.spawn(call(pool.clone(), input));
+    }
+    holder.await.expect("holder");
+    calls.join_all().await
+}
+
 async fn ids(pool: &SqlitePool) -> Vec<i64> {
     flotilla_testkit::numbers(pool, "SELECT id FROM rows ORDER BY id").await
 }
@@ -70,14 +90,12 @@ async fn calls_that_wait_together_commit_together() {
     // Queued while the writer is held, three calls go in one group. The first leaves a row whose
     // parent does not exist: a deferred foreign key, checked only at the commit. The commit
     // fails, and with it all three; alone, the two others would have committed.
-    let holder = hold_writer(&pool, Duration::from_millis(300)).await;
-    let mut calls = JoinSet::new();
-    for (id, parent) in [(1, Some(99)), (2, None), (3, None)] {
-        let pool = pool.clone();
-        calls.spawn(async move { grouped(&pool, insert(id, parent)).await });
-    }
-    holder.await.expect("holder");
-    let outcomes: Vec<_> = calls.join_all().await;
+    let outcomes = queued(
+        &pool,
+        [(1, Some(99)), (2, None), (3, None)],
+        |pool, (id, parent)| async move { grouped(&pool, insert(id, parent)).await },
+    )
+    .await;
     assert_eq!(outcomes.len(), 3);
     for outcome in &outcomes {
         let error = outcome.as_ref().expect_err("the group's commit failed");
@@ -100,27 +118,22 @@ async fn calls_that_wait_together_commit_together() {
 async fn a_failing_or_panicking_call_is_rolled_back_alone() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pool = pool(&dir).await;
-    let holder = hold_writer(&pool, Duration::from_millis(300)).await;
-    let mut calls = JoinSet::new();
-    for id in 1..=30_i64 {
-        let pool = pool.clone();
-        calls.spawn(async move {
-            let outcome = grouped(&pool, move |db| {
-                insert(id, None)(db)?;
-                match id % 10 {
-                    // Its row is written, then the work fails: the savepoint takes it back.
-                    3 => Err(sqlx::Error::Protocol(format!("call {id} refuses"))),
-                    7 => panic!("call {id} panics"),
-                    _ => Ok(id),
-                }
-            })
-            .await;
-            (id, outcome)
-        });
-    }
-    holder.await.expect("holder");
+    let outcomes = queued(&pool, 1..=30_i64, |pool, id| async move {
+        let outcome = grouped(&pool, move |db| {
+            insert(id, None)(db)?;
+            match id % 10 {
+                // Its row is written, then the work fails: the savepoint takes it back.
+                3 => Err(sqlx::Error::Protocol(format!("call {id} refuses"))),
+                7 => panic!("call {id} panics"),
+                _ => Ok(id),
+            }
+        })
+        .await;
+        (id, outcome)
+    })
+    .await;
     let mut committed = Vec::new();
-    for (id, outcome) in calls.join_all().await {
+    for (id, outcome) in outcomes {
         match id % 10 {
             3 => assert!(
                 matches!(&outcome, Err(sqlx::Error::Protocol(message)) if message.contains("refuses")),

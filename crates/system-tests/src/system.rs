@@ -102,11 +102,10 @@ impl System {
 
     /// The pid of the first registered instance of `service` (waiting at most 15 s for one).
     pub async fn pid_of(&self, service: &str) -> i32 {
-        crate::eventually(
-            Duration::from_secs(15),
+        looked_up(
             &format!("{service} is registered"),
-            || async {
-                let instances = self.instances(service).await;
+            || self.instances(service),
+            |instances| {
                 instances
                     .first()
                     .and_then(|i| i["metadata"]["pid"].as_str())
@@ -119,11 +118,10 @@ impl System {
 
     /// The order at `location` once it left PENDING (at most 15 s).
     pub async fn final_state(&self, location: &str) -> Value {
-        crate::eventually(
-            Duration::from_secs(15),
+        looked_up(
             &format!("{location} ends"),
-            || async {
-                let order = self.get(location).await;
+            || self.get(location),
+            |order| {
                 if order.status == StatusCode::OK && order.body["status"] != "PENDING" {
                     Ok(order.body)
                 } else {
@@ -209,6 +207,24 @@ impl System {
         })
         .await
     }
+}
+
+/// What `found` takes from what `look` sees (`Ok`), looking again until it takes something, for
+/// at most 15 s; past it, a panic saying `what` and what `found` left of the last look (`Err`).
+async fn looked_up<S, T, E: std::fmt::Debug, Fut>(
+    what: &str,
+    mut look: impl FnMut() -> Fut,
+    found: impl Fn(S) -> Result<T, E>,
+) -> T
+where
+    Fut: Future<Output = S>,
+{
+    let found = &found;
+    crate::eventually(Duration::from_secs(15), what, || {
+        let seen = look();
+        async move { found(seen.await) }
+    })
+    .await
 }
 
 impl Drop for System {

@@ -85,10 +85,7 @@ mod tests {
     async fn a_pool_and_settings_point_into_the_directory() {
         let data = TempData::new();
         let pool = data.pool("example").await;
-        sqlx::query("CREATE TABLE t (x INTEGER)")
-            .execute(&pool)
-            .await
-            .expect("create");
+        crate::by_hand(&pool, "CREATE TABLE t (x INTEGER)").await;
         assert!(data.path().join("example.db").exists());
         assert_eq!(data.settings().data_dir, data.path());
         pool.close().await;

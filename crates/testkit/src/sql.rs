@@ -66,7 +66,8 @@ pub async fn numbers(pool: &SqlitePool, sql: &'static str) -> Vec<i64> {
     rows.into_iter().map(|(n,)| n).collect()
 }
 
-/// Runs `sql` on `pool` by hand: a state no API reaches, or damage for a checker to find.
+/// Runs `sql` on `pool` by hand: a table of the test's own, a state no API reaches, or damage
+/// for a checker to find.
 pub async fn by_hand(pool: &SqlitePool, sql: &'static str) {
     ran(sql, sqlx::query(sql).execute(pool).await);
 }

@@ -104,13 +104,11 @@ pub fn schedule(
     let now = clock::now_rfc3339();
     let country = &destination.country;
     let refusal = if is_country_code(country) {
-        query_optional(
+        text(
             db,
             "SELECT reason FROM refused_destinations WHERE country = ?",
-            &[country],
-            |row| row.get::<_, String>(0),
-        )
-        .map_err(sqlx_error)?
+            country,
+        )?
     } else {
         Some(format!(
             "invalid country code {country:?}: expected an ISO 3166-1 alpha-2 code, upper case"
@@ -274,24 +272,25 @@ pub async fn check(pool: &SqlitePool) -> Result<Vec<String>, sqlx::Error> {
 
 /// The outcome recorded for `order_id`, if any: its shipment, else its refusal.
 fn recorded(db: &Connection, order_id: &str) -> Result<Option<Scheduling>, sqlx::Error> {
-    let shipment = query_optional(
+    let shipment = text(
         db,
         "SELECT shipment_id FROM shipments WHERE order_id = ?",
-        &[&order_id],
-        |row| row.get::<_, String>(0),
-    )
-    .map_err(sqlx_error)?;
+        order_id,
+    )?;
     if let Some(shipment_id) = shipment {
         return Ok(Some(Scheduling::Scheduled { shipment_id }));
     }
-    let refusal = query_optional(
+    let refusal = text(
         db,
         "SELECT reason FROM shipment_refusals WHERE order_id = ?",
-        &[&order_id],
-        |row| row.get::<_, String>(0),
-    )
-    .map_err(sqlx_error)?;
+        order_id,
+    )?;
     Ok(refusal.map(|reason| Scheduling::Refused { reason }))
+}
+
+/// The text `sql` selects (its first column) for `key` (its one parameter), if a row has it.
+fn text(db: &Connection, sql: &str, key: &str) -> Result<Option<String>, sqlx::Error> {
+    query_optional(db, sql, &[&key], |row| row.get::<_, String>(0)).map_err(sqlx_error)
 }
 
 /// Whether `country` has the shape of an ISO 3166-1 alpha-2 code: two upper-case ASCII letters
