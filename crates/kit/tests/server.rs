@@ -66,6 +66,24 @@ async fn until_closed(stream: &mut TcpStream) -> (String, Instant) {
     }
 }
 
+/// Reads one answer from `stream`, up to and including its body `body` (the head and the body
+/// may come in separate reads).
+async fn answer_ending_in(stream: &mut TcpStream, body: &str) -> String {
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !answer.ends_with(body.as_bytes()) {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+            other => panic!(
+                "no whole answer ({other:?}): {}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Sends `request` on a new connection and returns the whole exchange once the server closes
 /// it (every request here says `Connection: close` or is refused).
 async fn exchange(address: &str, request: &[u8]) -> String {
@@ -134,19 +152,15 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout_and_not_
     let mut stream = TcpStream::connect(&address).await.expect("connect");
     let request = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
     stream.write_all(request).await.expect("write");
-    let mut buffer = [0u8; 1024];
-    let n = stream.read(&mut buffer).await.expect("read");
-    assert!(String::from_utf8_lossy(&buffer[..n]).contains("hello"));
+    let first = answer_ending_in(&mut stream, "hello").await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     let answered = Instant::now();
     // Idle for longer than the header timeout (300 ms), shorter than the idle one (2 s):
     // the connection still serves.
     tokio::time::sleep(Duration::from_millis(500)).await;
     stream.write_all(request).await.expect("write again");
-    let n = stream.read(&mut buffer).await.expect("read again");
-    assert!(
-        String::from_utf8_lossy(&buffer[..n]).contains("hello"),
-        "kept alive"
-    );
+    let second = answer_ending_in(&mut stream, "hello").await;
+    assert!(second.starts_with("HTTP/1.1 200"), "kept alive: {second}");
     let answered_again = Instant::now();
     let (_, closed) = until_closed(&mut stream).await;
     let idle = closed - answered_again;
