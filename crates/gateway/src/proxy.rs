@@ -264,6 +264,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response {
     metrics::histogram!(UPSTREAM_DURATION, "service" => service.clone())
         .record(elapsed.as_secs_f64());
     tracing::info!(
+        route = %route.name,
         %service,
         %path,
         status = response.status().as_u16(),
