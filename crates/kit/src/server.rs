@@ -79,7 +79,7 @@ impl ConnectionLimits {
             .sum();
         let limits = [
             (
-                request.uri().to_string().len(),
+                target_len(request.uri()),
                 self.max_uri_bytes,
                 StatusCode::URI_TOO_LONG,
                 "uri-too-long",
@@ -109,6 +109,14 @@ impl ConnectionLimits {
         }
         check_host(request)
     }
+}
+
+/// The length of `uri` as it was sent (origin or absolute form), without writing it out.
+fn target_len(uri: &http::Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |scheme| scheme.len() + "://".len());
+    let authority = uri.authority().map_or(0, |authority| authority.as_str().len());
+    let rest = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    scheme + authority + rest
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; a target in absolute form
