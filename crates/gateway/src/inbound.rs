@@ -5,10 +5,12 @@
 //!   resolved, `%2e` is a dot, runs of slashes are one slash, and an encoded slash or backslash
 //!   is refused — so `/v1/orders/../admin` or `/v1/%2e%2e/admin` never reach a route they
 //!   should not.
-//! * A body is read within `max_body_bytes`: a declared length beyond it is answered 413 at
-//!   once, without reading the body (so `Expect: 100-continue` is never continued); a streamed
-//!   body that grows beyond it, or that breaks off or is malformed, is the client's fault
-//!   ([`ClientBody`]): 413 or 400, and the upstream's breaker never hears of it.
+//! * A body is read within `max_body_bytes`: a declared length beyond it is answered 413
+//!   before any of it is forwarded — at once if the client waits for `100 Continue` (which it
+//!   then never gets), else after reading the body away ([`drain`], bounded), so that the
+//!   answer is not lost to a reset; a streamed body that grows beyond it, or that breaks off or
+//!   is malformed, is the client's fault ([`ClientBody`]): 413 or 400, and the upstream's
+//!   breaker never hears of it.
 //! * A request with more than one `Idempotency-Key` is refused: which one would the service
 //!   honour?
 
@@ -109,6 +111,33 @@ pub fn check_headers(headers: &HeaderMap, max_body_bytes: u64) -> Result<(), Pro
     Ok(())
 }
 
+/// The most a refused body is read away before its answer (see [`drain`]); beyond it the
+/// connection is closed, and a client still sending may see a reset instead of the answer.
+pub const DRAIN_LIMIT: u64 = 1024 * 1024;
+
+/// Whether the client waits for `100 Continue` before sending its body.
+pub fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Reads `body` away, up to [`DRAIN_LIMIT`] bytes and until `deadline`, before a refusal is
+/// answered: closing a connection with unread bytes makes the kernel send a reset, which
+/// destroys the answer on its way (nginx's lingering close does the same).
+pub async fn drain(mut body: Body, deadline: tokio::time::Instant) {
+    use http_body_util::BodyExt as _;
+    let mut read = 0u64;
+    while read <= DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, |data| data.len() as u64);
+            }
+            _ => return,
+        }
+    }
+}
+
 /// The answer to a body larger than `limit`.
 pub fn too_large(limit: u64) -> Problem {
     Problem::new(
@@ -181,6 +210,15 @@ impl ClientBody {
     }
 }
 
+impl ClientBody {
+    fn too_large(&self) -> axum::Error {
+        axum::Error::new(format!(
+            "the request body is larger than {} bytes",
+            self.limit
+        ))
+    }
+}
+
 impl http_body::Body for ClientBody {
     type Data = Bytes;
     type Error = axum::Error;
@@ -189,28 +227,38 @@ impl http_body::Body for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.read += data.len() as u64;
-                    if self.read > self.limit {
-                        self.fault.set(BodyFault::TooLarge);
-                        return Poll::Ready(Some(Err(axum::Error::new(format!(
-                            "the request body is larger than {} bytes",
-                            self.limit
-                        )))));
+        loop {
+            let polled = Pin::new(&mut self.inner).poll_frame(cx);
+            let over = self.read > self.limit;
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.read += frame.data_ref().map_or(0, |data| data.len() as u64);
+                    if self.read <= self.limit {
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    // Past the limit: nothing more goes upstream; the rest is read away (up to
+                    // DRAIN_LIMIT), so that the client gets its 413 rather than a reset.
+                    self.fault.set(BodyFault::TooLarge);
+                    if self.read > self.limit + DRAIN_LIMIT {
+                        return Poll::Ready(Some(Err(self.too_large())));
                     }
                 }
+                Poll::Ready(None) if over => return Poll::Ready(Some(Err(self.too_large()))),
+                Poll::Ready(Some(Err(error))) => {
+                    if !over {
+                        self.fault.set(BodyFault::Unreadable);
+                    }
+                    return Poll::Ready(Some(Err(error)));
+                }
+                other => return other,
             }
-            Poll::Ready(Some(Err(_))) => self.fault.set(BodyFault::Unreadable),
-            _ => {}
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Past the limit the body ends with an error, never quietly (a truncated body must not
+        // reach the upstream as a whole one).
+        self.read <= self.limit && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -132,6 +132,9 @@ impl Proxy {
     pub fn router(&self) -> Router {
         let router = Router::new()
             .route("/", any(forward))
+            // `/v1/…` has a route of its own so that the kit's request metrics keep labelling
+            // the public API `/v1/{*path}` apart from the rest.
+            .route("/v1/{*path}", any(forward))
             .route("/{*path}", any(forward))
             .with_state(self.clone());
         match &self.inner.deferred {
@@ -414,11 +417,17 @@ async fn prepare(
     max_body_bytes: u64,
 ) -> Result<Prepared, (&'static str, Problem)> {
     let (parts, body) = request.into_parts();
-    inbound::check_headers(&parts.headers, max_body_bytes)
-        .map_err(|problem| ("bad_request", problem))?;
+    if let Err(problem) = inbound::check_headers(&parts.headers, max_body_bytes) {
+        // A client already sending the body it declared would meet a reset instead of the
+        // answer: read it away first (bounded). One waiting for `100 Continue` sends nothing.
+        if !inbound::expects_continue(&parts.headers) {
+            inbound::drain(body, deadline).await;
+        }
+        return Err(("bad_request", problem));
+    }
     let fault = FaultSlot::default();
     let body = match body.size_hint().exact() {
-        Some(length) if length <= REPLAY_LIMIT => {
+        Some(length) if length <= REPLAY_LIMIT.min(max_body_bytes) => {
             let bytes = tokio::time::timeout_at(deadline, body.collect())
                 .await
                 .map_err(|_| {

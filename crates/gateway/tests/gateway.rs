@@ -685,3 +685,34 @@ headers = { x-beta = "on" }
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(body["service"], "beta");
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_sent_without_waiting_still_gets_its_answer() {
+    let mut config = Config::default();
+    config.instance.server.max_body_bytes = 1024;
+    let harness = harness_with(config).await.with_upstream().await;
+    // 200 kB declared and sent at once, ten times: each answer must arrive, not a reset.
+    let mut request =
+        b"POST /v1/orders/echo HTTP/1.1\r\nHost: gateway\r\nContent-Length: 200000\r\n\
+          Connection: close\r\n\r\n"
+            .to_vec();
+    request.extend(std::iter::repeat_n(b'x', 200_000));
+    for _ in 0..10 {
+        let answer = raw(&harness, &request).await;
+        assert_raw_problem(&answer, 413, "body-too-large");
+    }
+    // And through an HTTP client that writes the body while the answer comes back, on a
+    // kept-alive connection, with no retry.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for _ in 0..10 {
+        let request = Request::post(format!("{}/v1/orders/echo", harness.gateway))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(vec![b'x'; 100_000])))
+            .expect("request");
+        let response = client
+            .request(request)
+            .await
+            .expect("an answer, not a reset");
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

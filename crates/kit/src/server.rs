@@ -113,8 +113,12 @@ impl ConnectionLimits {
 
 /// The length of `uri` as it was sent (origin or absolute form), without writing it out.
 fn target_len(uri: &http::Uri) -> usize {
-    let scheme = uri.scheme_str().map_or(0, |scheme| scheme.len() + "://".len());
-    let authority = uri.authority().map_or(0, |authority| authority.as_str().len());
+    let scheme = uri
+        .scheme_str()
+        .map_or(0, |scheme| scheme.len() + "://".len());
+    let authority = uri
+        .authority()
+        .map_or(0, |authority| authority.as_str().len());
     let rest = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     scheme + authority + rest
 }
