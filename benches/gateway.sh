@@ -9,14 +9,14 @@
 # Prints one row per proxy and thread count: requests/s, p50, p99 (from wrk) and the proxy's CPU
 # time per request (utime + stime of its processes from /proc, over the run). Needs the Debian
 # packages nginx-light (or nginx), haproxy and wrk, and target/release/flotilla
-# (`cargo build --release`).
+# (`cargo build --release`), or the binary FLOTILLA_BIN names (to compare two builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 shift || true
 THREADS=("${@:-1 2}")
 read -r -a THREADS <<<"${THREADS[*]}"
-BIN=$PWD/target/release/flotilla
+BIN=${FLOTILLA_BIN:-$PWD/target/release/flotilla}
 for tool in nginx haproxy wrk; do
   command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install nginx-light haproxy wrk)" >&2; exit 1; }
 done

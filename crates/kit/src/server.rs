@@ -236,8 +236,13 @@ async fn watch(
     limits: ConnectionLimits,
 ) {
     tokio::pin!(connection);
+    // A busy connection has no deadline here; it is looked at again after the shorter limit,
+    // to start counting once it is idle.
+    let recheck = limits.header_read_timeout.min(limits.idle_timeout);
     loop {
-        let deadline = activity.deadline(&limits);
+        let deadline = activity
+            .deadline(&limits)
+            .unwrap_or_else(|| Instant::now() + recheck);
         tokio::select! {
             result = &mut connection => {
                 if let Err(error) = result {
@@ -245,20 +250,13 @@ async fn watch(
                 }
                 return;
             }
-            () = sleep_until(deadline) => {
+            () = tokio::time::sleep_until(deadline.into()) => {
                 if let Some(phase) = activity.expired(&limits) {
                     tracing::debug!(?phase, "closing a connection past its limit");
                     return;
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
     }
 }
 
