@@ -29,14 +29,18 @@ use http_body::{Frame, SizeHint};
 /// decoded and runs of slashes folded; a problem if it encodes a slash or a backslash, or
 /// climbs above the root.
 pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, Problem> {
-    let lower = raw.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") || raw.contains('\\') {
+    let encoded = |code: &[u8]| {
+        raw.as_bytes()
+            .windows(3)
+            .any(|window| window.eq_ignore_ascii_case(code))
+    };
+    if encoded(b"%2f") || encoded(b"%5c") || raw.contains('\\') {
         return Err(Problem::bad_request(
             "invalid-path",
             "a path may not encode a slash or hold a backslash",
         ));
     }
-    let clean = !lower.contains("%2e")
+    let clean = !encoded(b"%2e")
         && !raw.contains("//")
         && raw
             .split('/')

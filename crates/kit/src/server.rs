@@ -17,7 +17,8 @@
 //! hyper's own header timer is not used: since hyper 1.6 it also runs while a connection is
 //! idle, which would make the idle timeout the header timeout. Instead each connection keeps
 //! its phase ([`Phase`]): idle since the last response, reading a head since its first byte, or
-//! busy with a request; a watchdog closes the connection when the phase outlives its limit.
+//! busy with a request; a watchdog task, which wakes at deadlines only (nothing is added to the
+//! connection's own polling), aborts the connection when the phase outlives its limit.
 //! A busy connection is bounded by the handlers' own deadlines, not here.
 
 use std::future::Future;
@@ -221,21 +222,30 @@ pub async fn serve(
             })
         };
         let connection = graceful.watch(http.serve_connection(io, service));
-        tokio::spawn(watch(connection, activity, limits));
+        // The connection runs alone in its task (no timer on its hot path); a watchdog task
+        // wakes at its deadlines only, and aborts it (closing the socket) past a limit.
+        let (ended, ending) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ended = ended;
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+        tokio::spawn(watchdog(task.abort_handle(), ending, activity, limits));
     }
     drop(listener);
     graceful.shutdown().await;
     Ok(())
 }
 
-/// Runs `connection` until it ends or its phase outlives its limit (then drops it, which
-/// closes the socket).
-async fn watch(
-    connection: impl Future<Output = Result<(), hyper::Error>>,
+/// Waits at `connection`'s deadlines until it ends (`ended` resolves) or its phase outlives its
+/// limit, then aborts it (which drops it and closes the socket).
+async fn watchdog(
+    connection: tokio::task::AbortHandle,
+    mut ended: tokio::sync::oneshot::Receiver<()>,
     activity: Arc<Activity>,
     limits: ConnectionLimits,
 ) {
-    tokio::pin!(connection);
     // A busy connection has no deadline here; it is looked at again after the shorter limit,
     // to start counting once it is idle.
     let recheck = limits.header_read_timeout.min(limits.idle_timeout);
@@ -244,15 +254,11 @@ async fn watch(
             .deadline(&limits)
             .unwrap_or_else(|| Instant::now() + recheck);
         tokio::select! {
-            result = &mut connection => {
-                if let Err(error) = result {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-                return;
-            }
+            _ = &mut ended => return,
             () = tokio::time::sleep_until(deadline.into()) => {
                 if let Some(phase) = activity.expired(&limits) {
                     tracing::debug!(?phase, "closing a connection past its limit");
+                    connection.abort();
                     return;
                 }
             }
