@@ -96,15 +96,10 @@ impl Proxy {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let mut pipelines = HashMap::new();
-        for route in routes.iter() {
-            if !pipelines.contains_key(&route.service) {
-                let circuit = CircuitBreaker::new(&route.service, breaker.clone())?;
-                let policy = RetryPolicy::new(retry.clone())?;
-                pipelines.insert(
-                    route.service.clone(),
-                    Pipeline::new(Some(circuit), Some(policy)),
-                );
-            }
+        for service in routes.services() {
+            let circuit = CircuitBreaker::new(&service, breaker.clone())?;
+            let policy = RetryPolicy::new(retry.clone())?;
+            pipelines.insert(service, Pipeline::new(Some(circuit), Some(policy)));
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -330,8 +325,7 @@ pub async fn replay(proxy: Proxy, service: String, shutdown: CancellationToken) 
                 headers: queued.headers.clone(),
                 path_and_query: queued.path_and_query.clone(),
                 body: Outgoing::Held(queued.body.clone()),
-                fault: FaultSlot::default(),
-                max_body_bytes: inner.max_body_bytes,
+                fault: None,
             };
             let deadline = tokio::time::Instant::now() + inner.timeout;
             let result = attempt(inner, &service, &mut prepared, deadline).await;
@@ -395,9 +389,8 @@ struct Prepared {
     headers: HeaderMap,
     path_and_query: String,
     body: Outgoing,
-    /// Where a streamed body records that the client failed it.
-    fault: FaultSlot,
-    max_body_bytes: u64,
+    /// Where a streamed body records that the client failed it (a held one was read whole).
+    fault: Option<FaultSlot>,
 }
 
 impl Prepared {
@@ -425,7 +418,7 @@ async fn prepare(
         }
         return Err(("bad_request", problem));
     }
-    let fault = FaultSlot::default();
+    let mut fault = None;
     let body = match body.size_hint().exact() {
         Some(length) if length <= REPLAY_LIMIT.min(max_body_bytes) => {
             let bytes = tokio::time::timeout_at(deadline, body.collect())
@@ -448,11 +441,11 @@ async fn prepare(
                 .to_bytes();
             Outgoing::Held(bytes)
         }
-        _ => Outgoing::Streaming(Some(Body::new(ClientBody::new(
-            body,
-            max_body_bytes,
-            fault.clone(),
-        )))),
+        _ => {
+            let slot = FaultSlot::default();
+            fault = Some(slot.clone());
+            Outgoing::Streaming(Some(Body::new(ClientBody::new(body, max_body_bytes, slot))))
+        }
     };
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
@@ -464,7 +457,6 @@ async fn prepare(
         method: parts.method,
         body,
         fault,
-        max_body_bytes,
     })
 }
 
@@ -527,7 +519,12 @@ async fn attempt(
             }
             // The client's body failed (broke off, malformed, too large): its fault, not the
             // upstream's.
-            Ok(Err(_)) if let Some(problem) = prepared.fault.problem(prepared.max_body_bytes) => {
+            Ok(Err(_))
+                if let Some(problem) = prepared
+                    .fault
+                    .as_ref()
+                    .and_then(|fault| fault.problem(inner.max_body_bytes)) =>
+            {
                 return Err(("bad_request", problem));
             }
             Ok(Err(error)) if error.is_connect() => {

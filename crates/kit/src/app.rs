@@ -2,8 +2,9 @@
 //!
 //! From the outside in (the order matters and is tested):
 //!
-//! 1. **request id**: `x-request-id` is kept if the client sent one that is short and printable
-//!    ([`fit_request_id`]), else a UUIDv7 is set; it is copied onto the response;
+//! 1. **request id**: `x-request-id` is kept if the client sent one (the listener,
+//!    [`crate::server`], has removed one that is not fit to keep), else a UUIDv7 is set; it is
+//!    copied onto the response;
 //! 2. **trace span**: one span per request carrying method, path and request id;
 //! 3. **metrics**: request count and latency by route template and status;
 //! 4. **problems**: every error response leaves as `application/problem+json` with the request id;
@@ -84,7 +85,6 @@ impl App {
             .fallback(|| async { Problem::not_found("no route matches this path") });
         routes.layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(drop_unfit_request_id))
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeUuidV7))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(
@@ -107,32 +107,6 @@ impl App {
                 .layer(DefaultBodyLimit::max(self.max_body_bytes)),
         )
     }
-}
-
-/// The longest client-sent `x-request-id` kept.
-pub const MAX_REQUEST_ID_BYTES: usize = 128;
-
-/// Whether a client's `x-request-id` is fit to keep: short, and printable ASCII without spaces
-/// (it ends up in log lines and in headers sent on).
-pub fn fit_request_id(value: &[u8]) -> bool {
-    !value.is_empty()
-        && value.len() <= MAX_REQUEST_ID_BYTES
-        && value.iter().all(|byte| byte.is_ascii_graphic())
-}
-
-/// Removes a client's `x-request-id` that is not [fit](fit_request_id) (or sent more than once),
-/// so that the next layer replaces it with a fresh one.
-async fn drop_unfit_request_id(mut request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let values = headers.get_all(REQUEST_ID).iter().count();
-    let fit = values == 1
-        && headers
-            .get(REQUEST_ID)
-            .is_some_and(|value| fit_request_id(value.as_bytes()));
-    if values > 0 && !fit {
-        request.headers_mut().remove(REQUEST_ID);
-    }
-    next.run(request).await
 }
 
 /// Request ids are UUIDv7: unique and sortable by time.

@@ -11,12 +11,14 @@
 //!   than [`ConnectionLimits::max_header_bytes`] (431) or a longer target than
 //!   [`ConnectionLimits::max_uri_bytes`] (414); an HTTP/1.1 request without `Host`, or in
 //!   absolute form naming another authority than its `Host` (400). Each is answered with a
-//!   problem document and reaches no route. The parser's own hard caps sit at four times these
-//!   limits; beyond them hyper closes the connection with a bare status.
+//!   problem document and reaches no route. A client's `x-request-id` that is not
+//!   [fit to keep](fit_request_id) is removed, for the app's stack to set a fresh one. The
+//!   parser's own hard caps sit at four times these limits; beyond them hyper closes the
+//!   connection with a bare status.
 //!
 //! hyper's own header timer is not used: since hyper 1.6 it also runs while a connection is
 //! idle, which would make the idle timeout the header timeout. Instead each connection keeps
-//! its phase ([`Phase`]): idle since the last response, reading a head since its first byte, or
+//! its phase: idle since the last response, reading a head since its first byte, or
 //! busy with a request; a watchdog task, which wakes at deadlines only (nothing is added to the
 //! connection's own polling), aborts the connection when the phase outlives its limit.
 //! A busy connection is bounded by the handlers' own deadlines, not here.
@@ -34,7 +36,7 @@ use axum::body::Body;
 use axum::http::{StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -124,6 +126,31 @@ fn target_len(uri: &http::Uri) -> usize {
     scheme + authority + rest
 }
 
+/// The longest client-sent `x-request-id` kept.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Whether a client's `x-request-id` is fit to keep: short, and printable ASCII without spaces
+/// (it ends up in log lines and in headers sent on).
+pub fn fit_request_id(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= MAX_REQUEST_ID_BYTES
+        && value.iter().all(u8::is_ascii_graphic)
+}
+
+/// Removes a client's `x-request-id` that is not [fit](fit_request_id), or sent more than once,
+/// so that the app's stack sets a fresh one.
+fn drop_unfit_request_id(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(crate::app::REQUEST_ID).iter();
+    let fit = match (values.next(), values.next()) {
+        (None, _) => return,
+        (Some(value), None) => fit_request_id(value.as_bytes()),
+        (Some(_), Some(_)) => false,
+    };
+    if !fit {
+        headers.remove(crate::app::REQUEST_ID);
+    }
+}
+
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; a target in absolute form
 /// names the same authority as its `Host` (a proxy for other hosts this is not).
 fn check_host<B>(request: &http::Request<B>) -> Option<Problem> {
@@ -164,8 +191,7 @@ pub async fn serve(
     drain: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(None)
+    http.header_read_timeout(None)
         .max_headers(limits.max_headers.saturating_mul(4))
         .max_buf_size(
             (limits.max_header_bytes + limits.max_uri_bytes)
@@ -206,6 +232,8 @@ pub async fn serve(
                 let activity = activity.clone();
                 async move {
                     let busy = activity.busy();
+                    let mut request = request;
+                    drop_unfit_request_id(request.headers_mut());
                     let response = match limits.check(&request) {
                         Some(problem) => problem.into_response(),
                         None => router
@@ -268,7 +296,7 @@ async fn watchdog(
 
 /// Where a connection stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+enum Phase {
     /// Waiting for the next request (since the last response was sent).
     Idle,
     /// Receiving a request's head (since its first byte, or since the connection opened).
