@@ -1,19 +1,19 @@
 //! The watched cache of instances, load balancing and failover.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla_kit::client::{self, CallError, Client};
-use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, CircuitOpen, ConfigError};
-use flotilla_resilience::pipeline::{Pipeline, Verdict};
-use flotilla_resilience::retry::{self, RetryConfig, RetryPolicy};
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::Full;
+use flotilla_kit::client::{self, Client};
+use flotilla_resilience::breaker::{BreakerConfig, CircuitOpen, ConfigError};
+use flotilla_resilience::retry::RetryConfig;
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use tokio::sync::watch;
+
+use crate::outbound::{self, Exchange, Failure, Kind, Outgoing, Upstream, UpstreamConfig};
 use tokio_util::sync::CancellationToken;
 
 /// One instance of a service, as the cache holds it.
@@ -61,15 +61,16 @@ pub enum DiscoveryError {
     /// The service's circuit breaker is open: nothing was sent.
     #[error(transparent)]
     CircuitOpen(CircuitOpen),
-    /// An instance was reached but the exchange failed (timeout, broken connection…); the
-    /// request may have been processed, so it is not sent elsewhere.
+    /// An instance was reached but the exchange failed (timeout, broken connection…), or the
+    /// call was refused on this side (a full bulkhead, an invalid request); the request may
+    /// have been processed, so it is not sent elsewhere.
     #[error("call to `{service}` failed: {source}")]
     Call {
         /// The service.
         service: String,
         /// The cause.
         #[source]
-        source: CallError,
+        source: Failure,
     },
 }
 
@@ -78,8 +79,6 @@ pub enum DiscoveryError {
 struct View {
     /// `None` until the registry first answered.
     endpoints: watch::Sender<Option<Arc<Vec<Endpoint>>>>,
-    /// Round-robin cursor.
-    next: AtomicUsize,
     /// Instances that refused a connection since the registry's last word on this service.
     set_aside: Mutex<HashSet<String>>,
 }
@@ -88,7 +87,6 @@ impl View {
     fn new(initial: Option<Vec<Endpoint>>) -> Self {
         Self {
             endpoints: watch::channel(initial.map(Arc::new)).0,
-            next: AtomicUsize::new(0),
             set_aside: Mutex::default(),
         }
     }
@@ -113,23 +111,10 @@ struct Inner {
     shutdown: CancellationToken,
     /// Breaker and retry settings for [`Discovery::send`], if any.
     resilience: Option<(BreakerConfig, RetryConfig)>,
-    /// One pipeline per service, made on first use.
-    pipelines: Mutex<HashMap<String, Pipeline>>,
-}
-
-/// How an attempt counts for the breaker and the retry policy.
-fn judge(result: &Result<(StatusCode, Bytes), DiscoveryError>) -> Verdict {
-    match result {
-        Ok((status, _)) => Verdict::of_status(*status),
-        Err(DiscoveryError::NoInstances { .. } | DiscoveryError::CircuitOpen(_)) => {
-            Verdict::Ignored
-        }
-        Err(DiscoveryError::Call {
-            source: CallError::Invalid { .. },
-            ..
-        }) => Verdict::Ignored,
-        Err(_) => Verdict::Failure { retryable: true },
-    }
+    /// The connection pool of [`Discovery::send`].
+    outbound: outbound::HttpClient,
+    /// One client stack per service, made on first use.
+    clients: Mutex<HashMap<String, outbound::Client>>,
 }
 
 /// The discovery client: a cheap, cloneable handle on the shared cache.
@@ -190,7 +175,8 @@ impl Discovery {
                 timeout,
                 shutdown,
                 resilience: None,
-                pipelines: Mutex::default(),
+                outbound: outbound::http_client(),
+                clients: Mutex::default(),
             }),
         }
     }
@@ -229,23 +215,35 @@ impl Discovery {
         }
     }
 
-    /// The instances of `service` in the order to try them: round-robin from the next one,
-    /// those set aside after a refused connection last (they are tried only if all else fails).
-    pub async fn candidates(&self, service: &str) -> Vec<Endpoint> {
-        let endpoints = self.instances(service).await;
-        if endpoints.is_empty() {
-            return endpoints;
-        }
+    /// The passing instances of `service`, shared (no copy): what the balancer reads on every
+    /// call. Waits for the registry's first answer like [`Discovery::instances`].
+    pub async fn instances_shared(&self, service: &str) -> Arc<Vec<Endpoint>> {
         let view = self.view(service);
-        let start = view.next.fetch_add(1, Ordering::Relaxed) % endpoints.len();
+        if let Some(endpoints) = view.endpoints.borrow().as_ref() {
+            return endpoints.clone();
+        }
+        let mut receiver = view.endpoints.subscribe();
+        let first = tokio::time::timeout(FIRST_ANSWER, receiver.wait_for(Option::is_some)).await;
+        match first {
+            Ok(Ok(endpoints)) => endpoints.clone().unwrap_or_default(),
+            _ => Arc::default(),
+        }
+    }
+
+    /// Moves the instances of `service` set aside after a refused connection to the back of
+    /// `instances` (they are tried only if all else fails), keeping the order of the rest.
+    pub fn set_aside_last(&self, service: &str, instances: &mut [Endpoint]) {
+        let view = self.view(service);
         let set_aside = view.set_aside();
-        let (mut good, bad): (Vec<_>, Vec<_>) = endpoints[start..]
-            .iter()
-            .chain(&endpoints[..start])
-            .cloned()
-            .partition(|endpoint| !set_aside.contains(&endpoint.id));
-        good.extend(bad);
-        good
+        if set_aside.is_empty() {
+            return;
+        }
+        instances.sort_by_key(|endpoint| set_aside.contains(&endpoint.id));
+    }
+
+    /// Whether the instance `id` of `service` is set aside after a refused connection.
+    pub fn is_set_aside(&self, service: &str, id: &str) -> bool {
+        self.view(service).set_aside().contains(id)
     }
 
     /// Notes that `endpoint` refused a connection: it goes to the back of the line until the
@@ -257,9 +255,11 @@ impl Discovery {
     /// Sends a request to one instance of `service`, failing over to the next instance when
     /// one cannot be reached. Returns the status and the body of the first answer.
     ///
-    /// With [`Discovery::with_resilience`], each attempt passes the service's circuit breaker
-    /// and a safe request (idempotent method or `Idempotency-Key`) is retried after a 502, 503,
-    /// 504 or a transport failure.
+    /// The call runs through the same client stack as the gateway's
+    /// ([`outbound::stack`]): the balancer (power of two choices, outlier ejection) and, with
+    /// [`Discovery::with_resilience`], the service's circuit breaker and a retry of a safe
+    /// request (idempotent method or `Idempotency-Key`) after a 502, 503, 504 or a transport
+    /// failure. The whole call, retries included, has the client's timeout.
     pub async fn send(
         &self,
         service: &str,
@@ -268,37 +268,79 @@ impl Discovery {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), DiscoveryError> {
-        let Some(pipeline) = self.pipeline(service) else {
-            return self
-                .attempt(service, &method, path_and_query, headers, &body)
-                .await;
+        use tower::{Layer as _, ServiceExt as _};
+        let timeout = self.inner.timeout;
+        let exchange = Exchange::new(
+            Arc::from(service),
+            method,
+            path_and_query.to_owned(),
+            headers.clone(),
+            Outgoing::Held(body),
+            timeout,
+        );
+        let deadline = exchange.deadline;
+        let client = self.client(service).map_err(|error| DiscoveryError::Call {
+            service: service.to_owned(),
+            source: Failure::client(flotilla_kit::Problem::internal(&error)),
+        })?;
+        let client = outbound::TimeoutLayer::new(timeout).layer(client);
+        let response = match client.oneshot(exchange).await {
+            Ok(response) => response,
+            Err(failure) => return Err(self.error(service, failure).await),
         };
-        let mut call = pipeline.start(retry::is_safe(&method, headers));
-        loop {
-            let permit = call.admit().map_err(DiscoveryError::CircuitOpen)?;
-            let result = self
-                .attempt(service, &method, path_and_query, headers, &body)
-                .await;
-            match call.after(permit, judge(&result)) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return result,
-            }
+        let status = response.status();
+        match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+            Ok(Ok(body)) => Ok((status, body.to_bytes())),
+            _ => Err(DiscoveryError::Call {
+                service: service.to_owned(),
+                source: Failure::timeout(
+                    service,
+                    format!("the answer of `{service}` broke off or came too late"),
+                ),
+            }),
         }
     }
 
-    /// The breaker and retry policy of `service`, made on first use.
-    fn pipeline(&self, service: &str) -> Option<Pipeline> {
-        let (breaker, retry) = self.inner.resilience.as_ref()?;
-        let mut pipelines = lock(&self.inner.pipelines);
-        if let Some(pipeline) = pipelines.get(service) {
-            return Some(pipeline.clone());
+    /// The error of a failed [`Discovery::send`].
+    async fn error(&self, service: &str, failure: Failure) -> DiscoveryError {
+        let service = service.to_owned();
+        match failure.kind {
+            Kind::NoInstance => DiscoveryError::NoInstances { service },
+            Kind::Unreachable => DiscoveryError::Unreachable {
+                tried: self.instances_shared(&service).await.len(),
+                service,
+            },
+            Kind::CircuitOpen => DiscoveryError::CircuitOpen(CircuitOpen {
+                breaker: Arc::from(service.as_str()),
+                retry_after: failure.retry_after.unwrap_or_default(),
+            }),
+            _ => DiscoveryError::Call {
+                service,
+                source: failure,
+            },
         }
-        let circuit = CircuitBreaker::new(service, breaker.clone()).ok()?;
+    }
+
+    /// The client stack of `service`, made on first use.
+    fn client(&self, service: &str) -> Result<outbound::Client, ConfigError> {
+        let mut clients = lock(&self.inner.clients);
+        if let Some(client) = clients.get(service) {
+            return Ok(client.clone());
+        }
+        let (breaker, retry) = match &self.inner.resilience {
+            Some((breaker, retry)) => (Some(breaker.clone()), Some(retry.clone())),
+            None => (None, None),
+        };
+        let config = UpstreamConfig {
+            breaker,
+            retry,
+            ..UpstreamConfig::default()
+        };
         // Both configurations were validated by `with_resilience`.
-        let policy = RetryPolicy::new(retry.clone()).ok()?;
-        let pipeline = Pipeline::new(Some(circuit), Some(policy));
-        pipelines.insert(service.to_owned(), pipeline.clone());
-        Some(pipeline)
+        let upstream = Upstream::new(service, &config)?;
+        let client = outbound::stack(&upstream, self, &self.inner.outbound);
+        clients.insert(service.to_owned(), client.clone());
+        Ok(client)
     }
 
     /// Adds a circuit breaker (configured by `breaker`) and a retry policy per service to
@@ -316,6 +358,7 @@ impl Discovery {
             views,
             timeout,
             shutdown,
+            outbound,
             ..
         } = Arc::try_unwrap(self.inner).map_err(|_| ConfigError {
             component: "discovery",
@@ -330,59 +373,9 @@ impl Discovery {
                 timeout,
                 shutdown,
                 resilience: Some((breaker, retry)),
-                pipelines: Mutex::default(),
+                outbound,
+                clients: Mutex::default(),
             }),
-        })
-    }
-
-    /// One attempt: the instances in round-robin order, failing over on refused connections.
-    async fn attempt(
-        &self,
-        service: &str,
-        method: &Method,
-        path_and_query: &str,
-        headers: &HeaderMap,
-        body: &Bytes,
-    ) -> Result<(StatusCode, Bytes), DiscoveryError> {
-        let candidates = self.candidates(service).await;
-        if candidates.is_empty() {
-            return Err(DiscoveryError::NoInstances {
-                service: service.to_owned(),
-            });
-        }
-        for endpoint in &candidates {
-            let url = format!("http://{}{}", endpoint.address, path_and_query);
-            let mut builder = Request::builder().method(method.clone()).uri(&url);
-            if let Some(map) = builder.headers_mut() {
-                map.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-            let request =
-                builder
-                    .body(Full::new(body.clone()))
-                    .map_err(|e| DiscoveryError::Call {
-                        service: service.to_owned(),
-                        source: CallError::Invalid {
-                            url: url.clone(),
-                            reason: e.to_string(),
-                        },
-                    })?;
-            match client::exchange(&self.inner.http, &url, request, self.inner.timeout).await {
-                Ok(answer) => return Ok(answer),
-                Err(error) if error.is_connect() => {
-                    tracing::warn!(%service, instance = %endpoint.id, %error, "instance unreachable; failing over");
-                    self.set_aside(service, endpoint);
-                }
-                Err(source) => {
-                    return Err(DiscoveryError::Call {
-                        service: service.to_owned(),
-                        source,
-                    });
-                }
-            }
-        }
-        Err(DiscoveryError::Unreachable {
-            service: service.to_owned(),
-            tried: candidates.len(),
         })
     }
 }

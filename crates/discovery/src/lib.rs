@@ -8,13 +8,19 @@
 //!   passing instances; [`Discovery::send`] fails over to the next instance on a connection
 //!   error, and an instance that refused a connection is set aside locally until the registry
 //!   says something new about it.
+//! * [`balance`]: one service's load balancer: power of two choices or round robin, traffic split
+//!   by version weights with `X-Canary` pins, outlier ejection of instances that keep failing.
+//! * [`outbound`]: the client side of every call as one tower stack: retry, circuit breaker,
+//!   bulkhead, balancer, endpoint with failover; the gateway and [`Discovery::send`] share it.
 //! * [`serve`]: the life of a registered process, in order: serve, register, become ready;
 //!   on shutdown become not ready, deregister, then drain in-flight requests.
 //! * [`DiscoverySettings`]: its section of the settings (the registry's URL, the deadline of a
 //!   call), and [`InstanceConfig`], what a registered process reads to serve.
 
+pub mod balance;
 mod cache;
 mod lifecycle;
+pub mod outbound;
 mod registration;
 pub mod settings;
 

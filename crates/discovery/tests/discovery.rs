@@ -53,24 +53,29 @@ async fn calls_fail_over_from_a_dead_instance_to_a_live_one() {
 
     let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
     assert_eq!(discovery.instances("inventory").await.len(), 2);
-    // Round robin starts on each instance in turn: every call must still land on the live one.
+    // Whichever instance the balancer picks first, every call must land on the live one.
     for _ in 0..6 {
         assert_eq!(
             who(&discovery, "inventory").await.expect("failover"),
             "live"
         );
     }
-    // The dead instance was set aside: it is now tried last.
-    let order = discovery.candidates("inventory").await;
-    assert_eq!(
-        order.last().map(|e| e.address.as_str()),
-        Some(dead.as_str())
-    );
+    // The dead instance was set aside (it is tried last), the live one not.
+    let instances = discovery.instances("inventory").await;
+    let id_of = |address: &str| {
+        instances
+            .iter()
+            .find(|endpoint| endpoint.address == address)
+            .map(|endpoint| endpoint.id.clone())
+            .expect("registered")
+    };
+    assert!(discovery.is_set_aside("inventory", &id_of(&dead)));
+    assert!(!discovery.is_set_aside("inventory", &id_of(&live)));
     shutdown.cancel();
 }
 
 #[tokio::test]
-async fn round_robin_spreads_calls_over_instances() {
+async fn calls_spread_over_instances() {
     let shutdown = CancellationToken::new();
     let registry = registry(&shutdown).await;
     let a = instance("a").await;
@@ -79,13 +84,15 @@ async fn round_robin_spreads_calls_over_instances() {
     let _b = register_instance(&registry, "payment", &b, &shutdown).await;
     let discovery = Discovery::new(&registry, Duration::from_secs(2), shutdown.clone());
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for _ in 0..10 {
+    // Power of two choices between two idle instances is a coin toss: over 40 calls each
+    // gets 8 or more but with a chance of about one in 100,000.
+    for _ in 0..40 {
         *seen
             .entry(who(&discovery, "payment").await.expect("call"))
             .or_default() += 1;
     }
-    assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
-    assert_eq!(seen.get("b"), Some(&5), "{seen:?}");
+    assert!(seen.get("a").is_some_and(|n| *n >= 8), "{seen:?}");
+    assert!(seen.get("b").is_some_and(|n| *n >= 8), "{seen:?}");
     shutdown.cancel();
 }
 

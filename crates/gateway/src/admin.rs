@@ -18,7 +18,7 @@ use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker, Forced, State 
 use flotilla_resilience::retry::RetryConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::proxy::Proxy;
+use crate::Gateway;
 
 /// A breaker as the admin API shows it.
 #[derive(Debug, Serialize)]
@@ -35,13 +35,13 @@ struct Force {
 }
 
 /// The admin routes.
-pub fn routes(proxy: Proxy) -> Router {
+pub fn routes(gateway: Gateway) -> Router {
     Router::new()
         .route("/admin/breakers", get(list))
         .route("/admin/breakers/{service}/config", put(configure))
         .route("/admin/breakers/{service}/force", put(force))
         .route("/admin/retries/{service}", put(retries))
-        .with_state(proxy)
+        .with_state(gateway)
 }
 
 fn view(breaker: &CircuitBreaker) -> View {
@@ -51,51 +51,51 @@ fn view(breaker: &CircuitBreaker) -> View {
     }
 }
 
-fn breaker<'a>(proxy: &'a Proxy, service: &str) -> Result<&'a CircuitBreaker, Problem> {
-    proxy
+fn breaker(gateway: &Gateway, service: &str) -> Result<CircuitBreaker, Problem> {
+    gateway
         .breaker(service)
         .ok_or_else(|| Problem::not_found(format!("no upstream service `{service}`")))
 }
 
-async fn list(State(proxy): State<Proxy>) -> axum::Json<BTreeMap<String, View>> {
-    let views = proxy
+async fn list(State(gateway): State<Gateway>) -> axum::Json<BTreeMap<String, View>> {
+    let views = gateway
         .upstreams()
         .into_iter()
-        .filter_map(|service| Some((service.clone(), view(proxy.breaker(&service)?))))
+        .filter_map(|service| Some((service.clone(), view(&gateway.breaker(&service)?))))
         .collect();
     axum::Json(views)
 }
 
 async fn configure(
-    State(proxy): State<Proxy>,
+    State(gateway): State<Gateway>,
     Path(service): Path<String>,
     Json(config): Json<BreakerConfig>,
 ) -> Result<axum::Json<View>, Problem> {
-    let breaker = breaker(&proxy, &service)?;
+    let breaker = breaker(&gateway, &service)?;
     breaker
         .reconfigure(config)
         .map_err(|e| Problem::unprocessable("invalid-breaker-config", e.to_string()))?;
     tracing::warn!(%service, "circuit breaker reconfigured by an operator");
-    Ok(axum::Json(view(breaker)))
+    Ok(axum::Json(view(&breaker)))
 }
 
 async fn force(
-    State(proxy): State<Proxy>,
+    State(gateway): State<Gateway>,
     Path(service): Path<String>,
     Json(body): Json<Force>,
 ) -> Result<axum::Json<View>, Problem> {
-    let breaker = breaker(&proxy, &service)?;
+    let breaker = breaker(&gateway, &service)?;
     breaker.force(body.state);
     tracing::warn!(%service, state = ?body.state, "circuit breaker forced by an operator");
-    Ok(axum::Json(view(breaker)))
+    Ok(axum::Json(view(&breaker)))
 }
 
 async fn retries(
-    State(proxy): State<Proxy>,
+    State(gateway): State<Gateway>,
     Path(service): Path<String>,
     Json(config): Json<RetryConfig>,
 ) -> Result<axum::Json<RetryConfig>, Problem> {
-    let policy = proxy
+    let policy = gateway
         .retry(&service)
         .ok_or_else(|| Problem::not_found(format!("no upstream service `{service}`")))?;
     policy

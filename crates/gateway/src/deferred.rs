@@ -59,16 +59,20 @@ pub struct Deferred {
 }
 
 impl Deferred {
-    /// Opens the queue if `queue_for_later` names any service.
-    pub async fn open(config: &crate::Config) -> Result<Option<Self>, sqlx::Error> {
-        let (settings, server) = (&config.gateway, &config.instance.server);
-        if settings.queue_for_later.is_empty() {
+    /// Opens the queue if any service's writes may be queued (`services`: those of the
+    /// routes whose fallback is `queue`, or named by `queue_for_later`).
+    pub async fn open(
+        config: &crate::Config,
+        services: Vec<String>,
+    ) -> Result<Option<Self>, sqlx::Error> {
+        let server = &config.instance.server;
+        if services.is_empty() {
             return Ok(None);
         }
         let opening = flotilla_sqlite::open(&server.database_path("gateway"), &MIGRATIONS).await?;
         Ok(Some(Self {
             pool: opening.ready(),
-            services: Arc::new(settings.queue_for_later.clone()),
+            services: Arc::new(services),
             queued: Arc::default(),
         }))
     }

@@ -15,13 +15,19 @@
 //!   honour?
 
 use std::borrow::Cow;
+use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use flotilla_discovery::outbound::{ClientFault, Outgoing, strip_hop_by_hop};
 use flotilla_kit::Problem;
 use http_body::{Frame, SizeHint};
 
@@ -270,8 +276,261 @@ impl http_body::Body for ClientBody {
     }
 }
 
+/// Largest request body held in memory so that the request can be sent again (to another
+/// instance after a refused connection, or as a retry). Larger or chunked bodies stream
+/// through, sent once (Envoy makes the same trade with its retry buffer).
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// A request that passed the inbound checks, ready to be routed.
+#[derive(Debug)]
+pub struct Arrived {
+    /// Its method.
+    pub method: Method,
+    /// Its path, normalised.
+    pub path: String,
+    /// Its query, as received.
+    pub query: Option<String>,
+    /// Its headers, as received (`Host` among them, for the route's matching).
+    pub headers: HeaderMap,
+    /// Its body: held if small and of known length, else streaming within the limit.
+    pub body: Outgoing,
+}
+
+/// Layer of [`Inbound`].
+#[derive(Debug, Clone, Copy)]
+pub struct InboundLayer {
+    max_body_bytes: u64,
+    timeout: Duration,
+}
+
+impl InboundLayer {
+    /// Bodies of at most `max_body_bytes`; a held body must arrive within `timeout`.
+    pub fn new(max_body_bytes: u64, timeout: Duration) -> Self {
+        Self {
+            max_body_bytes,
+            timeout,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for InboundLayer {
+    type Service = Inbound<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Inbound {
+            inner,
+            max_body_bytes: self.max_body_bytes,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Checks what a client sends before any route is chosen (see the module's documentation) and
+/// answers a client's fault itself.
+#[derive(Debug, Clone)]
+pub struct Inbound<S> {
+    inner: S,
+    max_body_bytes: u64,
+    timeout: Duration,
+}
+
+impl<S> tower::Service<Request> for Inbound<S>
+where
+    S: tower::Service<Arrived, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        use tower::ServiceExt as _;
+        let inner = self.inner.clone();
+        let (limit, timeout) = (self.max_body_bytes, self.timeout);
+        Box::pin(async move {
+            match arrive(request, limit, timeout).await {
+                Ok(arrived) => inner.oneshot(arrived).await,
+                Err(problem) => Ok(problem.into_response()),
+            }
+        })
+    }
+}
+
+/// Checks the head, then holds a small body of known length (so that it can be sent again)
+/// or wraps a streamed one in the body limit.
+async fn arrive(request: Request, limit: u64, timeout: Duration) -> Result<Arrived, Problem> {
+    let (parts, body) = request.into_parts();
+    let path = normalize_path(parts.uri.path())?.into_owned();
+    let deadline = tokio::time::Instant::now() + timeout;
+    if let Err(problem) = check_headers(&parts.headers, limit) {
+        // A client already sending the body it declared would meet a reset instead of the
+        // answer: read it away first (bounded). One waiting for `100 Continue` sends nothing.
+        if !expects_continue(&parts.headers) {
+            drain(body, deadline).await;
+        }
+        return Err(problem);
+    }
+    let body = match http_body::Body::size_hint(&body).exact() {
+        Some(length) if length <= REPLAY_LIMIT.min(limit) => {
+            use http_body_util::BodyExt as _;
+            let bytes = tokio::time::timeout_at(deadline, body.collect())
+                .await
+                .map_err(|_| {
+                    Problem::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body-timeout",
+                        "the request body did not arrive in time",
+                    )
+                })?
+                .map_err(|e| {
+                    Problem::bad_request(
+                        "unreadable-body",
+                        format!("the request body could not be read: {e}"),
+                    )
+                })?
+                .to_bytes();
+            Outgoing::Held(bytes)
+        }
+        _ => {
+            let slot = FaultSlot::default();
+            let fault = SlotFault {
+                slot: slot.clone(),
+                limit,
+            };
+            Outgoing::streaming(
+                Body::new(ClientBody::new(body, limit, slot)),
+                Some(Arc::new(fault)),
+            )
+        }
+    };
+    Ok(Arrived {
+        method: parts.method,
+        path,
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// A [`FaultSlot`] as the endpoint asks it.
+#[derive(Debug)]
+struct SlotFault {
+    slot: FaultSlot,
+    limit: u64,
+}
+
+impl ClientFault for SlotFault {
+    fn problem(&self) -> Option<Problem> {
+        self.slot.problem(self.limit)
+    }
+}
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The headers sent upstream: the client's, less hop-by-hop ones and `Host`, with the request
+/// id and the trace context.
+pub fn forwarded_headers(mut headers: HeaderMap) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    if !headers.contains_key(&REQUEST_ID)
+        && let Ok(value) = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
+    {
+        headers.insert(REQUEST_ID.clone(), value);
+    }
+    let traceparent = continue_trace(headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
+    if let Ok(value) = HeaderValue::from_str(&traceparent) {
+        headers.insert(TRACEPARENT.clone(), value);
+    }
+    headers
+}
+
+/// W3C trace context: keeps the trace id of a valid incoming `traceparent` and gives this hop a
+/// new parent id; starts a new sampled trace otherwise.
+pub fn continue_trace(incoming: Option<&str>) -> String {
+    let span_id = format!("{:016x}", rand::random::<u64>() | 1);
+    if let Some(value) = incoming {
+        let fields: Vec<&str> = value.split('-').collect();
+        if let [version, trace_id, parent, flags] = fields[..]
+            && version.len() == 2
+            && version != "ff"
+            && is_lower_hex(version)
+            && trace_id.len() == 32
+            && is_lower_hex(trace_id)
+            && trace_id.bytes().any(|b| b != b'0')
+            && parent.len() == 16
+            && is_lower_hex(parent)
+            && flags.len() == 2
+            && is_lower_hex(flags)
+        {
+            return format!("00-{trace_id}-{span_id}-{flags}");
+        }
+    }
+    format!("00-{:032x}-{span_id}-01", rand::random::<u128>() | 1)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_valid_trace_is_continued_with_a_new_parent() {
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let out = continue_trace(Some(incoming));
+        assert!(
+            out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{out}"
+        );
+        assert!(out.ends_with("-01"));
+        assert_ne!(out, incoming);
+    }
+
+    #[test]
+    fn an_invalid_trace_is_replaced_by_a_new_one() {
+        for bad in [
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        ] {
+            let out = continue_trace(Some(bad));
+            let fields: Vec<&str> = out.split('-').collect();
+            assert_eq!(fields.len(), 4, "{out}");
+            assert_eq!(fields[1].len(), 32);
+            assert!(!bad.contains(fields[1]), "{bad} was kept");
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_drop_the_hop_and_the_host_and_carry_the_ids() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        incoming.insert("x-secret-hop", HeaderValue::from_static("1"));
+        incoming.insert("te", HeaderValue::from_static("trailers"));
+        incoming.insert(header::HOST, HeaderValue::from_static("gateway"));
+        incoming.insert("x-request-id", HeaderValue::from_static("abc"));
+        let out = forwarded_headers(incoming);
+        assert!(out.get("x-secret-hop").is_none());
+        assert!(out.get("te").is_none());
+        assert!(out.get(header::CONNECTION).is_none());
+        assert!(out.get(header::HOST).is_none());
+        assert_eq!(
+            out.get("x-request-id").map(|v| v.as_bytes()),
+            Some(&b"abc"[..])
+        );
+        assert!(out.get("traceparent").is_some());
+    }
+
     use super::*;
 
     #[test]

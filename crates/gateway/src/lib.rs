@@ -31,18 +31,22 @@
 //! What it reads is [`Config`]: its own keys ([`GatewaySettings`]) and the sections of the
 //! crates it builds on.
 
+pub mod access;
 pub mod admin;
 pub mod deferred;
+pub mod fallback;
 pub mod inbound;
-pub mod proxy;
 pub mod routes;
 pub mod settings;
+pub mod stack;
+pub mod transform;
 
 use flotilla_discovery::Discovery;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use settings::{Config, GatewaySettings};
+pub use stack::Gateway;
 
 /// Runs the gateway on `listener` until `shutdown`.
 pub async fn run(
@@ -50,41 +54,44 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
     let found = &config.instance.discovery;
     let registry = found.registry_url.clone().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the gateway needs `registry_url` (FLOTILLA_REGISTRY_URL) to find the services",
+        invalid(
+            "the gateway needs `registry_url` (FLOTILLA_REGISTRY_URL) to find the services"
+                .to_owned(),
         )
     })?;
     // The breakers register their metrics when made: the recorder must exist first.
     flotilla_kit::metrics::handle();
     let timeout = found.request_timeout();
-    let discovery = Discovery::new(&registry, timeout, shutdown.clone());
-    let deferred = deferred::Deferred::open(&config)
-        .await
-        .map_err(std::io::Error::other)?;
     let routes = match &config.gateway.routes_file {
-        Some(path) => routes::Routes::load(path)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        Some(path) => routes::Routes::load(path).map_err(|e| invalid(e.to_string()))?,
         None => routes::Routes::default(),
     };
-    let proxy = proxy::Proxy::new(
-        discovery,
-        routes,
+    let queueing = stack::queueing_services(&routes, &config.gateway.queue_for_later);
+    let deferred = deferred::Deferred::open(&config, queueing)
+        .await
+        .map_err(std::io::Error::other)?;
+    let discovery = Discovery::new(&registry, timeout, shutdown.clone());
+    let settings = stack::Settings {
         timeout,
-        &config.resilience.breaker,
-        &config.resilience.retry,
-        deferred,
-        config.instance.server.max_body_bytes as u64,
-    )
-    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    for service in proxy.deferred_services() {
-        tokio::spawn(proxy::replay(proxy.clone(), service, shutdown.clone()));
+        breaker: config.resilience.breaker.clone(),
+        retry: config.resilience.retry.clone(),
+        max_body_bytes: config.instance.server.max_body_bytes as u64,
+        queue_for_later: config.gateway.queue_for_later.clone(),
+        access: access::AccessSettings {
+            enabled: config.gateway.access_log,
+            sample: config.gateway.access_log_sample,
+        },
+    };
+    let gateway = Gateway::new(discovery, routes, settings, deferred).map_err(invalid)?;
+    for service in gateway.deferred_services() {
+        tokio::spawn(gateway.clone().replay(service, shutdown.clone()));
     }
-    let mut router = proxy.router();
+    let mut router = gateway.router();
     if config.gateway.admin_api {
-        router = router.merge(admin::routes(proxy.clone()));
+        router = router.merge(admin::routes(gateway.clone()));
     }
     flotilla_discovery::serve_routes("gateway", &config.instance, listener, router, shutdown).await
 }

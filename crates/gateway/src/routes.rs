@@ -35,12 +35,18 @@
 //! The table is a value: the gateway holds it behind a pointer it can swap (a later
 //! configuration server changes routes live without dropping requests in flight).
 
+mod policy;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
+
+pub use self::policy::{DEFAULT_BULKHEAD, Fallback, UpstreamSpec};
+use crate::transform::{Transform, TransformSpec};
 
 /// The route file shipped with Flotilla: the public API of `docs/DESIGN.md`.
 pub const SHIPPED: &str = include_str!("../../../config/gateway.toml");
@@ -57,6 +63,15 @@ pub struct Route {
     host: Option<HostPattern>,
     headers: Vec<(HeaderName, HeaderCondition)>,
     version: Option<u32>,
+    /// The deadline of a call, retries included (`timeout_ms`); the process's
+    /// `request_timeout_ms` if `None`.
+    pub timeout: Option<Duration>,
+    /// Whether a failed call may be sent again (`retry = false` turns it off).
+    pub retry: bool,
+    /// What to answer when the upstream cannot (`fallback`); the upstream's default if `None`.
+    pub fallback: Option<Fallback>,
+    /// How the request and its answer are changed on the way.
+    pub transform: Transform,
 }
 
 /// What a request offers to be matched.
@@ -77,13 +92,17 @@ pub struct Matched<'a> {
     pub route: &'a Route,
     /// The path for the upstream: the request's, with its version in the URL.
     pub upstream_path: String,
+    /// The route's position in [`Routes::iter`].
+    pub index: usize,
 }
 
 /// The route table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Routes {
     /// In precedence order.
     routes: Vec<Route>,
+    /// The `[upstreams.NAME]` sections.
+    upstreams: BTreeMap<String, UpstreamSpec>,
 }
 
 impl Default for Routes {
@@ -113,6 +132,8 @@ impl RouteError {
 struct File {
     #[serde(default)]
     routes: Vec<toml::Value>,
+    #[serde(default)]
+    upstreams: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +148,16 @@ struct Spec {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     version: Option<u32>,
+    timeout_ms: Option<u64>,
+    retry: Option<bool>,
+    fallback: Option<policy::FallbackSpec>,
+    #[serde(default)]
+    request_headers: crate::transform::HeaderEdits,
+    #[serde(default)]
+    response_headers: crate::transform::HeaderEdits,
+    rewrite: Option<crate::transform::RewriteSpec>,
+    #[serde(default)]
+    fields: Vec<String>,
 }
 
 impl Routes {
@@ -162,7 +193,41 @@ impl Routes {
         }
         // Stable: among equals, the order of the file.
         routes.sort_by_key(|route| std::cmp::Reverse(route.specificity()));
-        Ok(Self { routes })
+        let mut upstreams = BTreeMap::new();
+        for (service, value) in file.upstreams {
+            let spec = UpstreamSpec::deserialize(value).map_err(|error| {
+                RouteError(format!("upstream `{service}`: {}", error.message()))
+            })?;
+            spec.check().map_err(|(key, reason)| {
+                RouteError(format!("upstream `{service}`, key `{key}`: {reason}"))
+            })?;
+            upstreams.insert(service, spec);
+        }
+        for route in &routes {
+            if let Some(Fallback::Service(other)) = &route.fallback
+                && *other == route.service
+            {
+                return Err(RouteError::of(
+                    &route.name,
+                    "fallback",
+                    "the alternative service is the route's own",
+                ));
+            }
+        }
+        Ok(Self { routes, upstreams })
+    }
+
+    /// A table with no route: every request is 404.
+    pub fn empty() -> Self {
+        Self {
+            routes: Vec::new(),
+            upstreams: BTreeMap::new(),
+        }
+    }
+
+    /// The `[upstreams.NAME]` section of `service` (empty if the file has none).
+    pub fn upstream(&self, service: &str) -> UpstreamSpec {
+        self.upstreams.get(service).cloned().unwrap_or_default()
     }
 
     /// The route for `head` and the path to send upstream, if any route matches.
@@ -170,7 +235,8 @@ impl Routes {
         let versions = Versions::of(head);
         self.routes
             .iter()
-            .find_map(|route| route.matches(head, &versions))
+            .enumerate()
+            .find_map(|(index, route)| route.matches(head, &versions, index))
     }
 
     /// Every route, in precedence order.
@@ -178,9 +244,19 @@ impl Routes {
         self.routes.iter()
     }
 
-    /// The services the routes lead to, each once, sorted.
+    /// The services the routes lead to (their alternatives included), each once, sorted.
     pub fn services(&self) -> Vec<String> {
-        let mut services: Vec<String> = self.routes.iter().map(|r| r.service.clone()).collect();
+        let mut services: Vec<String> = self
+            .routes
+            .iter()
+            .flat_map(|route| {
+                let alternative = match &route.fallback {
+                    Some(Fallback::Service(other)) => Some(other.clone()),
+                    _ => None,
+                };
+                std::iter::once(route.service.clone()).chain(alternative)
+            })
+            .collect();
         services.sort();
         services.dedup();
         services
@@ -254,6 +330,30 @@ impl Route {
         if spec.version == Some(0) {
             return Err(RouteError::of(&name, "version", "versions start at 1"));
         }
+        if spec.timeout_ms == Some(0) {
+            return Err(RouteError::of(&name, "timeout_ms", "must be above 0"));
+        }
+        let fallback = spec
+            .fallback
+            .map(policy::FallbackSpec::check)
+            .transpose()
+            .map_err(|reason| RouteError::of(&name, "fallback", reason))?;
+        if let Some(Fallback::Service(other)) = &fallback
+            && !valid_name(other)
+        {
+            return Err(RouteError::of(
+                &name,
+                "fallback",
+                "the service: use 1 to 63 of a-z, 0-9 and -",
+            ));
+        }
+        let transform = Transform::check(TransformSpec {
+            request_headers: spec.request_headers,
+            response_headers: spec.response_headers,
+            rewrite: spec.rewrite,
+            fields: spec.fields,
+        })
+        .map_err(|(key, reason)| RouteError::of(&name, &key, reason))?;
         Ok(Self {
             name,
             service: spec.service,
@@ -262,6 +362,10 @@ impl Route {
             host,
             headers,
             version: spec.version,
+            timeout: spec.timeout_ms.map(Duration::from_millis),
+            retry: spec.retry.unwrap_or(true),
+            fallback,
+            transform,
         })
     }
 
@@ -277,7 +381,7 @@ impl Route {
         )
     }
 
-    fn matches(&self, head: Head<'_>, versions: &Versions) -> Option<Matched<'_>> {
+    fn matches(&self, head: Head<'_>, versions: &Versions, index: usize) -> Option<Matched<'_>> {
         if !self.methods.is_empty() && !self.methods.contains(head.method) {
             return None;
         }
@@ -304,6 +408,7 @@ impl Route {
             None => self.path.matches(head.path).then(|| Matched {
                 route: self,
                 upstream_path: head.path.to_owned(),
+                index,
             }),
             Some(version) => {
                 if versions.conflict || versions.of_request() != Some(version) {
@@ -316,6 +421,7 @@ impl Route {
                 self.path.matches(rest).then(|| Matched {
                     route: self,
                     upstream_path: format!("/v{version}{}", if rest == "/" { "" } else { rest }),
+                    index,
                 })
             }
         }

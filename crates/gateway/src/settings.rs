@@ -1,5 +1,5 @@
 //! The gateway's section of the settings (flat keys: `queue_for_later`, `admin_api`,
-//! `routes_file`) and
+//! `routes_file`, `access_log`, `access_log_sample`) and
 //! [`Config`], everything [`crate::run`] reads. Loading the settings is the binary's job.
 
 use flotilla_discovery::InstanceConfig;
@@ -8,7 +8,7 @@ use flotilla_resilience::settings::ResilienceSettings;
 use serde::{Deserialize, Serialize};
 
 /// Keys only the gateway reads.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GatewaySettings {
     /// Services whose writes the gateway queues while their breaker is open (queue for later),
@@ -20,12 +20,34 @@ pub struct GatewaySettings {
     /// The route file (see [`crate::routes`]); without one, the shipped routes
     /// (`config/gateway.toml`, built in). `FLOTILLA_ROUTES_FILE=config/gateway.toml`.
     pub routes_file: Option<std::path::PathBuf>,
+    /// One structured line per request (see [`crate::access`]). `FLOTILLA_ACCESS_LOG=false`.
+    pub access_log: bool,
+    /// The share of requests the access log writes, 0 to 1. `FLOTILLA_ACCESS_LOG_SAMPLE=0.1`.
+    pub access_log_sample: f64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            queue_for_later: Vec::new(),
+            admin_api: false,
+            routes_file: None,
+            access_log: true,
+            access_log_sample: 1.0,
+        }
+    }
 }
 
 impl Section for GatewaySettings {
-    /// Checks the section's rules: any list of services and either switch is valid today
-    /// (a name that matches no route queues nothing).
+    /// Checks the section's rules: the sample is a share, 0 to 1 (any list of services is
+    /// valid: a name that matches no route queues nothing).
     fn validate(&self) -> Result<(), Invalid> {
+        if !(0.0..=1.0).contains(&self.access_log_sample) {
+            return Err(Invalid::new(
+                "access_log_sample",
+                "a share of requests, from 0 to 1",
+            ));
+        }
         Ok(())
     }
 }

@@ -80,7 +80,8 @@ impl Verdict {
         }
     }
 
-    fn outcome(self) -> Outcome {
+    /// How the verdict counts for a circuit breaker.
+    pub fn outcome(self) -> Outcome {
         match self {
             Verdict::Success => Outcome::Success,
             Verdict::Failure { .. } => Outcome::Failure,

@@ -38,7 +38,7 @@ pub use data::{TempData, memory_database};
 pub use instance::{dead_address, serve_instance};
 pub use messaging::{DownTransport, bury, nats_stream};
 pub use postgres::{PgSchema, postgres_schema};
-pub use registry::{register_instance, start_registry};
+pub use registry::{register_instance, register_instance_with, start_registry};
 pub use servers::{NATS, POSTGRES, Server, in_ci, skip};
 pub use sql::{assert_no_violations, by_hand, in_transaction, number, numbers, row, rows, value};
 pub use wait::{POLL, eventually, eventually_blocking, eventually_every, holds_for, wait_until};

@@ -40,12 +40,23 @@ pub async fn register_instance(
     address: &str,
     shutdown: &CancellationToken,
 ) -> Registration {
+    register_instance_with(registry, service, address, BTreeMap::new(), shutdown).await
+}
+
+/// [`register_instance`] with `metadata` (a `version`, say).
+pub async fn register_instance_with(
+    registry: &str,
+    service: &str,
+    address: &str,
+    metadata: BTreeMap<String, String>,
+    shutdown: &CancellationToken,
+) -> Registration {
     Registration::start(
         Spec {
             registry,
             service,
             address,
-            metadata: BTreeMap::new(),
+            metadata,
             heartbeat: Duration::from_millis(500),
             ttl: Duration::from_millis(1_500),
         },

@@ -1,0 +1,504 @@
+//! The gateway as one tower stack, assembled in [`Gateway::service`] and [`route_stack`], read
+//! top to bottom:
+//!
+//! 1. **server layers** — the kit's (request id, trace span, HTTP metrics, problem+json for
+//!    every answer the gateway makes itself), then [`AccessLog`](crate::access::AccessLog)
+//!    (one structured line and the route's metrics per request) and
+//!    [`Inbound`](crate::inbound::Inbound) (normalised path, refused heads, the body held or
+//!    limited);
+//! 2. **route** ([`Route`]) — the route table picks the route; its failure becomes the answer
+//!    here, in one place;
+//! 3. **per-route policy** — [`Transform`](crate::transform::TransformLayer) (path rewrite,
+//!    headers, JSON fields), [`Fallback`](crate::fallback::FallbackLayer) (what to answer when
+//!    the upstream cannot), [`Timeout`](flotilla_discovery::outbound::Timeout) (the call's
+//!    deadline, retries included), then the upstream's client stack
+//!    ([`flotilla_discovery::outbound::stack`]): retry, circuit breaker, bulkhead;
+//! 4. **load balancer** — power of two choices or round robin, version weights, the
+//!    `X-Canary` pin, ejected instances last;
+//! 5. **endpoint with failover** — the request goes to the first instance that takes the
+//!    connection.
+//!
+//! [`LAYERS`] names that order; a test sends a request through the stack and checks that each
+//! layer saw it in that order.
+//!
+//! The route table with its per-route stacks is one value behind a pointer
+//! ([`Gateway::replace_routes`] swaps it): a request in flight keeps the table it started with.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
+use flotilla_discovery::Discovery;
+use flotilla_discovery::outbound::{
+    self, Client, Exchange, Failure, HttpClient, Timeout, TimeoutLayer, Upstream,
+};
+use flotilla_kit::Problem;
+use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker};
+use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
+use tokio_util::sync::CancellationToken;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use crate::access::{AccessLog, AccessLogLayer, AccessSettings, RouteTag};
+use crate::deferred::Deferred;
+use crate::fallback::{FallbackLayer, FallbackService};
+use crate::inbound::{Arrived, Inbound, InboundLayer};
+use crate::routes::{Fallback, Head, Matched, Routes};
+use crate::transform::{TransformLayer, TransformService};
+
+/// The layers of the stack, outermost first (the kit's server layers come before them).
+pub const LAYERS: &[&str] = &[
+    "access_log",
+    "inbound",
+    "route",
+    "transform",
+    "fallback",
+    "timeout",
+    "retry",
+    "breaker",
+    "bulkhead",
+    "balance",
+    "endpoint",
+];
+
+/// What the gateway's stack is built from, besides the routes.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The deadline of a call whose route names none (`request_timeout_ms`).
+    pub timeout: Duration,
+    /// The breaker of an upstream whose section names none.
+    pub breaker: BreakerConfig,
+    /// The retry policy of an upstream whose section names none.
+    pub retry: RetryConfig,
+    /// The largest request body forwarded.
+    pub max_body_bytes: u64,
+    /// Services whose routes queue for later when they name no fallback (`queue_for_later`).
+    pub queue_for_later: Vec<String>,
+    /// The access log.
+    pub access: AccessSettings,
+}
+
+/// The gateway: its route table with a stack per route, and the upstreams' shared state.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    settings: Settings,
+    discovery: Discovery,
+    http: HttpClient,
+    deferred: Option<Deferred>,
+    /// The upstreams, with their client stacks, by service (added to when routes change).
+    upstreams: RwLock<BTreeMap<String, (Upstream, Client)>>,
+    table: RwLock<Arc<Table>>,
+}
+
+/// A route table and the stack of each route, in the table's order.
+struct Table {
+    routes: Routes,
+    stacks: Vec<(RouteTag, RouteStack)>,
+}
+
+impl std::fmt::Debug for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The stack of one route: its policies in front of its upstream's client stack.
+pub type RouteStack = BoxCloneSyncService<Exchange, Response, Failure>;
+
+/// The routes' services whose fallback or settings queue for later.
+pub fn queueing_services(routes: &Routes, queue_for_later: &[String]) -> Vec<String> {
+    let mut services: Vec<String> = routes
+        .iter()
+        .filter(|route| match &route.fallback {
+            Some(fallback) => *fallback == Fallback::Queue,
+            None => queue_for_later.contains(&route.service),
+        })
+        .map(|route| route.service.clone())
+        .collect();
+    services.sort();
+    services.dedup();
+    services
+}
+
+impl Gateway {
+    /// A gateway for `routes`, finding instances with `discovery`, storing requests queued for
+    /// later in `deferred`. Fails if an upstream's policies are invalid, or if a route queues
+    /// for later without a queue.
+    pub fn new(
+        discovery: Discovery,
+        routes: Routes,
+        settings: Settings,
+        deferred: Option<Deferred>,
+    ) -> Result<Self, String> {
+        outbound::describe_metrics();
+        crate::access::describe_metrics();
+        let shared = Arc::new(Shared {
+            settings,
+            discovery,
+            http: outbound::http_client(),
+            deferred,
+            upstreams: RwLock::default(),
+            table: RwLock::new(Arc::new(Table {
+                routes: Routes::empty(),
+                stacks: Vec::new(),
+            })),
+        });
+        let gateway = Self { shared };
+        gateway.replace_routes(routes)?;
+        Ok(gateway)
+    }
+
+    /// Swaps the route table: requests in flight finish with the old one. An upstream keeps
+    /// its state (breaker, balancer) across the swap; a new one is made with the new table's
+    /// section. Fails, leaving the table as it was, if the new table cannot be served.
+    pub fn replace_routes(&self, routes: Routes) -> Result<(), String> {
+        let shared = &self.shared;
+        for service in routes.services() {
+            if lock_read(&shared.upstreams).contains_key(&service) {
+                continue;
+            }
+            let config = routes
+                .upstream(&service)
+                .config(&shared.settings.breaker, &shared.settings.retry);
+            let upstream = Upstream::new(&service, &config)
+                .map_err(|error| format!("upstream `{service}`: {error}"))?;
+            let client = outbound::stack(&upstream, &shared.discovery, &shared.http);
+            lock_write(&shared.upstreams).insert(service, (upstream, client));
+        }
+        let queueing = queueing_services(&routes, &shared.settings.queue_for_later);
+        if !queueing.is_empty() && shared.deferred.is_none() {
+            return Err(format!(
+                "routes to {queueing:?} queue for later, but the gateway has no queue"
+            ));
+        }
+        let upstreams = lock_read(&shared.upstreams);
+        let mut stacks = Vec::new();
+        for route in routes.iter() {
+            let (_, client) = &upstreams[&route.service];
+            let fallback = match &route.fallback {
+                Some(fallback) => fallback.clone(),
+                None if shared.settings.queue_for_later.contains(&route.service) => Fallback::Queue,
+                None => Fallback::Error,
+            };
+            let alternative = match &fallback {
+                Fallback::Service(other) => Some(upstreams[other].1.clone()),
+                _ => None,
+            };
+            let policy = RoutePolicy {
+                timeout: route.timeout.unwrap_or(shared.settings.timeout),
+                transform: &route.transform,
+                fallback,
+                alternative,
+                deferred: shared.deferred.clone(),
+            };
+            stacks.push((
+                RouteTag::new(&route.name, &route.service),
+                route_stack(policy, client.clone()),
+            ));
+        }
+        drop(upstreams);
+        *lock_write(&shared.table) = Arc::new(Table { routes, stacks });
+        Ok(())
+    }
+
+    /// The whole stack, from the server layers down (the kit's layers go around it).
+    pub fn service(&self) -> BoxCloneSyncService<Request, Response, Infallible> {
+        BoxCloneSyncService::new(self.layers())
+    }
+
+    /// [`Gateway::service`] before it is boxed (its type names its layers in order).
+    fn layers(&self) -> AccessLog<Inbound<Route>> {
+        let settings = &self.shared.settings;
+        ServiceBuilder::new()
+            // One line and the route's metrics per request: outermost, so it sees every answer.
+            .layer(AccessLogLayer::new(settings.access))
+            // What a client sends is checked before any route is chosen.
+            .layer(InboundLayer::new(settings.max_body_bytes, settings.timeout))
+            .service(Route {
+                gateway: self.clone(),
+            })
+    }
+
+    /// The gateway's public routes: every path goes to [`Gateway::service`], but the probes
+    /// and `/metrics` (the kit's) and `/v1/deferred/{id}` when requests may be queued.
+    pub fn router(&self) -> Router {
+        let service = self.service();
+        let router = Router::new()
+            .route_service("/", service.clone())
+            // `/v1/…` has a route of its own so that the kit's request metrics keep labelling
+            // the public API `/v1/{*path}` apart from the rest.
+            .route_service("/v1/{*path}", service.clone())
+            .route_service("/{*path}", service);
+        match &self.shared.deferred {
+            Some(deferred) => router.merge(deferred.routes()),
+            None => router,
+        }
+    }
+
+    /// The breaker in front of `service`, if a route leads to it.
+    pub fn breaker(&self, service: &str) -> Option<CircuitBreaker> {
+        lock_read(&self.shared.upstreams)
+            .get(service)
+            .and_then(|(upstream, _)| upstream.breaker().cloned())
+    }
+
+    /// The retry policy in front of `service`, if a route leads to it.
+    pub fn retry(&self, service: &str) -> Option<RetryPolicy> {
+        lock_read(&self.shared.upstreams)
+            .get(service)
+            .and_then(|(upstream, _)| upstream.retry().cloned())
+    }
+
+    /// The upstream services, sorted.
+    pub fn upstreams(&self) -> Vec<String> {
+        lock_read(&self.shared.upstreams).keys().cloned().collect()
+    }
+
+    /// The services whose queued requests need a replayer.
+    pub fn deferred_services(&self) -> Vec<String> {
+        let table = lock_read(&self.shared.table).clone();
+        queueing_services(&table.routes, &self.shared.settings.queue_for_later)
+    }
+
+    /// The client stack of `service`, if a route leads to it.
+    fn client(&self, service: &str) -> Option<Client> {
+        lock_read(&self.shared.upstreams)
+            .get(service)
+            .map(|(_, client)| client.clone())
+    }
+
+    /// Replays the requests queued for `service`, oldest first, through its client stack
+    /// (breaker, bulkhead, balancer; no retries: the next round is the retry); stops at the
+    /// first that fails again, so that order is kept, and looks again later.
+    pub async fn replay(self, service: String, shutdown: CancellationToken) {
+        let (Some(deferred), Some(client)) = (self.shared.deferred.clone(), self.client(&service))
+        else {
+            return;
+        };
+        let timeout = self.shared.settings.timeout;
+        loop {
+            while let Ok(Some(queued)) = deferred.next(&service).await {
+                let mut exchange = Exchange::new(
+                    Arc::from(service.as_str()),
+                    queued.method.clone(),
+                    queued.path_and_query.clone(),
+                    queued.headers.clone(),
+                    outbound::Outgoing::Held(queued.body.clone()),
+                    timeout,
+                );
+                exchange.retry = false;
+                let deadline = exchange.deadline;
+                let Ok(response) = client.clone().oneshot(exchange).await else {
+                    break;
+                };
+                let status = response.status();
+                if flotilla_resilience::retry::is_retryable_status(status) {
+                    break;
+                }
+                use http_body_util::BodyExt as _;
+                let body = tokio::time::timeout_at(deadline, response.into_body().collect()).await;
+                let Ok(Ok(body)) = body else { break };
+                if let Err(error) = deferred
+                    .complete(&queued.deferred_id, status, &body.to_bytes())
+                    .await
+                {
+                    tracing::error!(%error, "could not record a replay; it will be sent again (the idempotency key makes that safe)");
+                    break;
+                }
+                tracing::info!(%service, deferred_id = %queued.deferred_id, status = status.as_u16(), "queued request replayed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = deferred.queued.notified() => {}
+                _ = tokio::time::sleep(crate::deferred::REPLAY_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+/// A route's policies, as [`route_stack`] needs them.
+pub struct RoutePolicy<'a> {
+    /// The deadline of a call, retries included.
+    pub timeout: Duration,
+    /// How the request and its answer are changed.
+    pub transform: &'a crate::transform::Transform,
+    /// What to answer when the upstream cannot.
+    pub fallback: Fallback,
+    /// The alternative service's client stack, for [`Fallback::Service`].
+    pub alternative: Option<Client>,
+    /// The queue, for [`Fallback::Queue`].
+    pub deferred: Option<Deferred>,
+}
+
+/// The stack of one route: its policies, then `client`, the upstream's client stack (retry,
+/// breaker, bulkhead, balancer, endpoint).
+pub fn route_stack(policy: RoutePolicy<'_>, client: Client) -> RouteStack {
+    BoxCloneSyncService::new(route_layers(policy, client))
+}
+
+/// [`route_stack`] before it is boxed, over any client stack.
+fn route_layers<C>(
+    policy: RoutePolicy<'_>,
+    client: C,
+) -> TransformService<FallbackService<Timeout<C>>> {
+    ServiceBuilder::new()
+        // Outermost of the route's layers, so that a fallback's answer is transformed too.
+        .layer(TransformLayer::new(policy.transform.clone()))
+        // Above the timeout: a call that ran out of time falls back like any failure.
+        .layer(FallbackLayer::new(
+            policy.fallback,
+            policy.alternative,
+            policy.deferred,
+        ))
+        // The whole call's deadline: every retry fits in it.
+        .layer(TimeoutLayer::new(policy.timeout))
+        .service(client)
+}
+
+/// Picks the route of a request and sends it down the route's stack; turns a failure into
+/// its answer (the one place that does).
+#[derive(Debug, Clone)]
+pub struct Route {
+    gateway: Gateway,
+}
+
+impl Service<Arrived> for Route {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, arrived: Arrived) -> Self::Future {
+        let table = lock_read(&self.gateway.shared.table).clone();
+        Box::pin(async move {
+            let head = Head {
+                method: &arrived.method,
+                path: &arrived.path,
+                headers: &arrived.headers,
+            };
+            let Some(Matched {
+                upstream_path,
+                index,
+                ..
+            }) = table.routes.find(head)
+            else {
+                let problem = Problem::not_found(format!("no route serves `{}`", arrived.path));
+                return Ok(axum::response::IntoResponse::into_response(problem));
+            };
+            let (tag, stack) = &table.stacks[index];
+            let path_and_query = match &arrived.query {
+                Some(query) => format!("{upstream_path}?{query}"),
+                None => upstream_path,
+            };
+            let exchange = Exchange::new(
+                tag.service.clone(),
+                arrived.method,
+                path_and_query,
+                crate::inbound::forwarded_headers(arrived.headers),
+                arrived.body,
+                Duration::MAX,
+            );
+            let mut response = match stack.clone().oneshot(exchange).await {
+                Ok(response) => response,
+                Err(failure) => {
+                    if failure.kind != outbound::Kind::Client {
+                        tracing::debug!(route = %tag.name, %failure, "call failed");
+                    }
+                    let kind = failure.kind;
+                    let mut response = failure.into_response();
+                    response.extensions_mut().insert(kind);
+                    response
+                }
+            };
+            response.extensions_mut().insert(tag.clone());
+            Ok(response)
+        })
+    }
+}
+
+fn lock_read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn lock_write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use flotilla_discovery::outbound::UpstreamConfig;
+
+    use super::*;
+
+    /// The layers a stack's type names, outermost first.
+    fn layers_of(type_name: &str) -> Vec<&'static str> {
+        let known = [
+            ("AccessLog", "access_log"),
+            ("Inbound", "inbound"),
+            ("Route", "route"),
+            ("TransformService", "transform"),
+            ("FallbackService", "fallback"),
+            ("Timeout", "timeout"),
+            ("Retry", "retry"),
+            ("Breaker", "breaker"),
+            ("Bulkhead", "bulkhead"),
+            ("Balance", "balance"),
+            ("Endpoint", "endpoint"),
+        ];
+        type_name
+            .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter_map(|ident| known.iter().find(|(name, _)| *name == ident))
+            .map(|(_, layer)| *layer)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_layers_are_stacked_in_the_documented_order() {
+        let discovery = Discovery::fixed(HashMap::new(), Duration::from_secs(1));
+        let settings = Settings {
+            timeout: Duration::from_secs(1),
+            breaker: BreakerConfig::default(),
+            retry: RetryConfig::default(),
+            max_body_bytes: 1024,
+            queue_for_later: Vec::new(),
+            access: AccessSettings::default(),
+        };
+        let gateway = Gateway::new(discovery.clone(), Routes::default(), settings, None)
+            .expect("the shipped routes");
+        let upstream = Upstream::new("order", &UpstreamConfig::default()).expect("defaults");
+        let client = outbound::layers(&upstream, &discovery, &outbound::http_client());
+        let transform = crate::transform::Transform::default();
+        let policy = RoutePolicy {
+            timeout: Duration::from_secs(1),
+            transform: &transform,
+            fallback: Fallback::Error,
+            alternative: None,
+            deferred: None,
+        };
+        let server = std::any::type_name_of_val(&gateway.layers());
+        let route = std::any::type_name_of_val(&route_layers(policy, client));
+        let mut stacked = layers_of(server);
+        stacked.extend(layers_of(route));
+        assert_eq!(stacked, LAYERS, "{server}\n{route}");
+    }
+}

@@ -1,0 +1,7 @@
+//! The gateway in front of real upstreams on loopback, found through a real registry.
+
+mod balancing;
+mod fallbacks;
+mod hardening;
+mod harness;
+mod transforms;
