@@ -40,6 +40,7 @@ use flotilla_resilience::bulkhead::{self, BulkheadConfig, BulkheadFull};
 use flotilla_resilience::pipeline::Verdict;
 use flotilla_resilience::retry::{self, RetryConfig, RetryPolicy};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, header};
+use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::util::BoxCloneSyncService;
@@ -842,6 +843,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The largest answer read whole before it is passed on (larger ones stream).
+pub const RESPONSE_BUFFER: u64 = 64 * 1024;
+
 /// The instance that answered and how long it took to the response head, as a response
 /// extension (for access logs).
 #[derive(Debug, Clone)]
@@ -923,13 +927,32 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
             Ok(Ok(response)) => {
                 eject(&balancer, instance, !response.status().is_server_error());
                 let (mut parts, body) = response.into_parts();
+                // A short answer is read whole (as nginx's proxy buffers do): the caller then
+                // writes its head and body in one go instead of the head alone first.
+                let body = match http_body::Body::size_hint(&body).exact() {
+                    Some(length) if length <= RESPONSE_BUFFER => {
+                        match tokio::time::timeout_at(exchange.deadline, body.collect()).await {
+                            Ok(Ok(collected)) => Body::from(collected.to_bytes()),
+                            _ => {
+                                let problem = Problem::new(
+                                    StatusCode::BAD_GATEWAY,
+                                    "upstream-failed",
+                                    format!("the answer of `{service}` broke off"),
+                                )
+                                .with("service", service);
+                                return Err(Failure::new(Kind::Upstream, problem));
+                            }
+                        }
+                    }
+                    _ => Body::new(body),
+                };
                 strip_hop_by_hop(&mut parts.headers);
                 parts.extensions.insert(Relayed);
                 parts.extensions.insert(AnsweredBy {
                     instance: Arc::from(instance.id.as_str()),
                     took: sent.elapsed(),
                 });
-                return Ok(Response::from_parts(parts, Body::new(body)));
+                return Ok(Response::from_parts(parts, body));
             }
             // The client's body failed (broke off, malformed, too large): its fault, not the
             // instance's.

@@ -472,17 +472,74 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn the_layers_are_stacked_in_the_documented_order() {
-        let discovery = Discovery::fixed(HashMap::new(), Duration::from_secs(1));
-        let settings = Settings {
-            timeout: Duration::from_secs(1),
+    fn settings() -> Settings {
+        Settings {
+            timeout: Duration::from_secs(2),
             breaker: BreakerConfig::default(),
             retry: RetryConfig::default(),
             max_body_bytes: 1024,
             queue_for_later: Vec::new(),
             access: AccessSettings::default(),
+        }
+    }
+
+    fn get(path: &str) -> Request {
+        http::Request::get(path)
+            .header(http::header::HOST, "gateway")
+            .body(axum::body::Body::empty())
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn a_new_route_table_serves_new_requests_while_those_in_flight_finish_on_the_old() {
+        use axum::routing::get as on_get;
+        let slow = axum::Router::new().route(
+            "/v1/orders/slow",
+            on_get(|| async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                "old table"
+            }),
+        );
+        let address = flotilla_testkit::serve_instance(slow).await;
+        let discovery = Discovery::fixed(
+            HashMap::from([("order".to_owned(), vec![address])]),
+            Duration::from_secs(2),
+        );
+        let gateway =
+            Gateway::new(discovery, Routes::default(), settings(), None).expect("gateway");
+        let in_flight = tokio::spawn(gateway.service().oneshot(get("/v1/orders/slow")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let renamed = Routes::parse(
+            r#"
+[[routes]]
+name = "orders-v2"
+service = "order"
+path = "/v2/orders"
+"#,
+        )
+        .expect("routes");
+        gateway.replace_routes(renamed).expect("swapped");
+        let Ok(Ok(response)) = in_flight.await else {
+            panic!("the request in flight was dropped")
         };
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let Ok(response) = gateway.service().oneshot(get("/v1/orders/slow")).await;
+        assert_eq!(
+            response.status(),
+            http::StatusCode::NOT_FOUND,
+            "the old route is gone"
+        );
+        assert_eq!(
+            gateway.breaker("order").map(|b| b.name().to_owned()),
+            Some("order".to_owned()),
+            "the upstream kept its breaker"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_layers_are_stacked_in_the_documented_order() {
+        let discovery = Discovery::fixed(HashMap::new(), Duration::from_secs(1));
+        let settings = settings();
         let gateway = Gateway::new(discovery.clone(), Routes::default(), settings, None)
             .expect("the shipped routes");
         let upstream = Upstream::new("order", &UpstreamConfig::default()).expect("defaults");
