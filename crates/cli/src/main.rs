@@ -235,7 +235,6 @@ fn main() -> std::process::ExitCode {
     // A blocking read of standard input (the supervised child's watch on its parent) cannot be
     // cancelled: do not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    flotilla_kit::telemetry::flush();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -255,3 +255,114 @@ impl Line {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use axum::body::Body;
+    use http::StatusCode;
+
+    use super::*;
+
+    /// Log lines written while the test's subscriber is the default.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines the access log writes for `requests` requests with `settings`, the inner
+    /// service answering 201 through the route `orders` from instance `order-1`.
+    async fn lines(settings: AccessSettings, requests: usize) -> Vec<serde_json::Value> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let inner = tower::service_fn(|_request: Request| async {
+            let mut response = Response::new(Body::from("created"));
+            *response.status_mut() = StatusCode::CREATED;
+            response
+                .extensions_mut()
+                .insert(RouteTag::new("orders", "order"));
+            response.extensions_mut().insert(AnsweredBy {
+                instance: Arc::from("order-1"),
+                took: std::time::Duration::from_millis(3),
+            });
+            Ok::<_, Infallible>(response)
+        });
+        let service = AccessLogLayer::new(settings).layer(inner);
+        let _default = tracing::subscriber::set_default(subscriber);
+        for _ in 0..requests {
+            let request = http::Request::post("/v1/orders")
+                .header("x-request-id", "req-7")
+                .header(header::CONTENT_LENGTH, "2")
+                .body(Body::from("{}"))
+                .expect("request");
+            let Ok(response) = service.clone().oneshot(request).await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+        }
+        let text = captured
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_structured_line_per_request() {
+        let lines = lines(AccessSettings::default(), 3).await;
+        assert_eq!(lines.len(), 3);
+        let line = &lines[0];
+        assert_eq!(line["target"], "access");
+        assert_eq!(line["method"], "POST");
+        assert_eq!(line["path"], "/v1/orders");
+        assert_eq!(line["route"], "orders");
+        assert_eq!(line["upstream"], "order");
+        assert_eq!(line["instance"], "order-1");
+        assert_eq!(line["status"], 201);
+        assert_eq!(line["request_bytes"], 2);
+        assert_eq!(line["response_bytes"], 7);
+        assert_eq!(line["request_id"], "req-7");
+        assert!(line["duration_ms"].as_f64().is_some(), "{line}");
+        assert!(
+            line["upstream_ms"].as_f64().is_some_and(|ms| ms >= 3.0),
+            "{line}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_log_can_be_turned_off_or_sampled() {
+        let off = AccessSettings {
+            enabled: false,
+            sample: 1.0,
+        };
+        assert!(lines(off, 20).await.is_empty());
+        let tenth = AccessSettings {
+            enabled: true,
+            sample: 0.1,
+        };
+        // 1,000 requests at one in ten: 100 expected; fewer than 40 or more than 160 is
+        // (binomial) a one-in-a-billion event.
+        let sampled = lines(tenth, 1_000).await.len();
+        assert!((40..=160).contains(&sampled), "{sampled} lines");
+    }
+}

@@ -223,6 +223,17 @@ breaker = { window = { kind = "count", calls = 1000 }, minimum_calls = 1000 }
         metrics.contains("upstream_ejections_total{service=\"catalog\"} 1"),
         "{metrics}"
     );
+    // Counted by route and upstream, bounded labels, with HELP text.
+    for line in [
+        "# HELP upstream_ejections_total ",
+        "# HELP gateway_route_requests_total ",
+        "# HELP gateway_route_duration_seconds ",
+        "gateway_route_requests_total{route=\"items\",class=\"2xx\"}",
+        "gateway_upstream_requests_total{service=\"catalog\",outcome=\"ok\"}",
+        "upstream_retries_total{service=\"catalog\"}",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in {metrics}");
+    }
 
     bad_switch.fail(false);
     tokio::time::sleep(Duration::from_millis(1100)).await;
