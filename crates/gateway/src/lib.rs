@@ -83,6 +83,7 @@ pub async fn run(
         access: access::AccessSettings {
             enabled: config.gateway.access_log,
             sample: config.gateway.access_log_sample,
+            json: flotilla_kit::telemetry::is_json(config.instance.server.log_format),
         },
     };
     let gateway = Gateway::new(discovery, routes, settings, deferred).map_err(invalid)?;

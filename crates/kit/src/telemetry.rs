@@ -13,11 +13,7 @@ pub fn init(format: LogFormat, filter: &str) {
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let terminal = std::io::stderr().is_terminal();
-    let json = match format {
-        LogFormat::Auto => !terminal,
-        LogFormat::Pretty => false,
-        LogFormat::Json => true,
-    };
+    let json = is_json(format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr);
@@ -31,6 +27,15 @@ pub fn init(format: LogFormat, filter: &str) {
     } else {
         builder.with_ansi(terminal).compact().try_init()
     };
+}
+
+/// Whether logs in `format` are JSON lines: `auto` means JSON unless stderr is a terminal.
+pub fn is_json(format: LogFormat) -> bool {
+    match format {
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Pretty => false,
+        LogFormat::Json => true,
+    }
 }
 
 /// Standard error that never fails: when the reader is gone (the supervisor died), lines are
