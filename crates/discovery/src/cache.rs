@@ -1,19 +1,14 @@
-//! The watched cache of instances, load balancing and failover.
+//! The watched cache of instances: one view per service, kept current by a blocking-query
+//! watch on the registry, and the instances set aside after a refused connection.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use flotilla_kit::client::{self, Client};
-use flotilla_resilience::breaker::{BreakerConfig, CircuitOpen, ConfigError};
-use flotilla_resilience::retry::RetryConfig;
-use http::{HeaderMap, Method, StatusCode};
-use http_body_util::BodyExt as _;
+use http::Method;
 use serde::Deserialize;
 use tokio::sync::watch;
-
-use crate::outbound::{self, Exchange, Failure, Kind, Outgoing, Upstream, UpstreamConfig};
 use tokio_util::sync::CancellationToken;
 
 /// One instance of a service, as the cache holds it.
@@ -39,39 +34,6 @@ struct WireInstance {
 struct WireSnapshot {
     index: u64,
     instances: Vec<WireInstance>,
-}
-
-/// Why no instance answered.
-#[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
-    /// The service has no passing instance.
-    #[error("no instance of `{service}` is available")]
-    NoInstances {
-        /// The service.
-        service: String,
-    },
-    /// Every instance tried refused the connection.
-    #[error("no instance of `{service}` could be reached ({tried} tried)")]
-    Unreachable {
-        /// The service.
-        service: String,
-        /// How many instances were tried.
-        tried: usize,
-    },
-    /// The service's circuit breaker is open: nothing was sent.
-    #[error(transparent)]
-    CircuitOpen(CircuitOpen),
-    /// An instance was reached but the exchange failed (timeout, broken connection…), or the
-    /// call was refused on this side (a full bulkhead, an invalid request); the request may
-    /// have been processed, so it is not sent elsewhere.
-    #[error("call to `{service}` failed: {source}")]
-    Call {
-        /// The service.
-        service: String,
-        /// The cause.
-        #[source]
-        source: Failure,
-    },
 }
 
 /// What the cache knows of one service.
@@ -107,19 +69,13 @@ struct Inner {
     registry: Option<String>,
     http: Client,
     views: Mutex<HashMap<String, Arc<View>>>,
-    timeout: Duration,
     shutdown: CancellationToken,
-    /// Breaker and retry settings for [`Discovery::send`], if any.
-    resilience: Option<(BreakerConfig, RetryConfig)>,
-    /// The connection pool of [`Discovery::send`].
-    outbound: outbound::HttpClient,
-    /// One client stack per service, made on first use.
-    clients: Mutex<HashMap<String, outbound::Client>>,
 }
 
-/// The discovery client: a cheap, cloneable handle on the shared cache.
+/// The watched cache of every service's instances: a cheap, cloneable handle on shared state.
+/// [`crate::Discovery`] wraps it with the client stack.
 #[derive(Debug, Clone)]
-pub struct Discovery {
+pub struct Cache {
     inner: Arc<Inner>,
 }
 
@@ -128,21 +84,19 @@ const FIRST_ANSWER: Duration = Duration::from_secs(2);
 /// How long one blocking query waits at the registry.
 const WATCH_WAIT: Duration = Duration::from_secs(20);
 
-impl Discovery {
-    /// A client of the registry at `registry`. Calls made with [`Discovery::send`] time out
-    /// after `timeout`. Watches stop when `shutdown` fires.
-    pub fn new(registry: &str, timeout: Duration, shutdown: CancellationToken) -> Self {
+impl Cache {
+    /// The cache of the registry at `registry`. Watches stop when `shutdown` fires.
+    pub fn new(registry: &str, shutdown: CancellationToken) -> Self {
         Self::build(
             Some(registry.trim_end_matches('/').to_owned()),
             HashMap::new(),
-            timeout,
             shutdown,
         )
     }
 
     /// A client with a fixed table of `service → addresses` and no registry (the `static`
     /// provider: tests, or a deployment where something else does discovery).
-    pub fn fixed(table: HashMap<String, Vec<String>>, timeout: Duration) -> Self {
+    pub fn fixed(table: HashMap<String, Vec<String>>) -> Self {
         let views = table
             .into_iter()
             .map(|(service, addresses)| {
@@ -158,13 +112,12 @@ impl Discovery {
                 (service, Arc::new(View::new(Some(endpoints))))
             })
             .collect();
-        Self::build(None, views, timeout, CancellationToken::new())
+        Self::build(None, views, CancellationToken::new())
     }
 
     fn build(
         registry: Option<String>,
         views: HashMap<String, Arc<View>>,
-        timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -172,11 +125,7 @@ impl Discovery {
                 registry,
                 http: client::client(),
                 views: Mutex::new(views),
-                timeout,
                 shutdown,
-                resilience: None,
-                outbound: outbound::http_client(),
-                clients: Mutex::default(),
             }),
         }
     }
@@ -216,7 +165,7 @@ impl Discovery {
     }
 
     /// The passing instances of `service`, shared (no copy): what the balancer reads on every
-    /// call. Waits for the registry's first answer like [`Discovery::instances`].
+    /// call. Waits for the registry's first answer like [`Cache::instances`].
     pub async fn instances_shared(&self, service: &str) -> Arc<Vec<Endpoint>> {
         let view = self.view(service);
         if let Some(endpoints) = view.endpoints.borrow().as_ref() {
@@ -250,133 +199,6 @@ impl Discovery {
     /// registry next reports on `service`.
     pub fn set_aside(&self, service: &str, endpoint: &Endpoint) {
         self.view(service).set_aside().insert(endpoint.id.clone());
-    }
-
-    /// Sends a request to one instance of `service`, failing over to the next instance when
-    /// one cannot be reached. Returns the status and the body of the first answer.
-    ///
-    /// The call runs through the same client stack as the gateway's
-    /// ([`outbound::stack`]): the balancer (power of two choices, outlier ejection) and, with
-    /// [`Discovery::with_resilience`], the service's circuit breaker and a retry of a safe
-    /// request (idempotent method or `Idempotency-Key`) after a 502, 503, 504 or a transport
-    /// failure. The whole call, retries included, has the client's timeout.
-    pub async fn send(
-        &self,
-        service: &str,
-        method: Method,
-        path_and_query: &str,
-        headers: &HeaderMap,
-        body: Bytes,
-    ) -> Result<(StatusCode, Bytes), DiscoveryError> {
-        use tower::{Layer as _, ServiceExt as _};
-        let timeout = self.inner.timeout;
-        let exchange = Exchange::new(
-            Arc::from(service),
-            method,
-            path_and_query.to_owned(),
-            headers.clone(),
-            Outgoing::Held(body),
-            timeout,
-        );
-        let deadline = exchange.deadline;
-        let client = self.client(service).map_err(|error| DiscoveryError::Call {
-            service: service.to_owned(),
-            source: Failure::client(flotilla_kit::Problem::internal(&error)),
-        })?;
-        let client = outbound::TimeoutLayer::new(timeout).layer(client);
-        let response = match client.oneshot(exchange).await {
-            Ok(response) => response,
-            Err(failure) => return Err(self.error(service, failure).await),
-        };
-        let status = response.status();
-        match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
-            Ok(Ok(body)) => Ok((status, body.to_bytes())),
-            _ => Err(DiscoveryError::Call {
-                service: service.to_owned(),
-                source: Failure::timeout(
-                    service,
-                    format!("the answer of `{service}` broke off or came too late"),
-                ),
-            }),
-        }
-    }
-
-    /// The error of a failed [`Discovery::send`].
-    async fn error(&self, service: &str, failure: Failure) -> DiscoveryError {
-        let service = service.to_owned();
-        match failure.kind {
-            Kind::NoInstance => DiscoveryError::NoInstances { service },
-            Kind::Unreachable => DiscoveryError::Unreachable {
-                tried: self.instances_shared(&service).await.len(),
-                service,
-            },
-            Kind::CircuitOpen => DiscoveryError::CircuitOpen(CircuitOpen {
-                breaker: Arc::from(service.as_str()),
-                retry_after: failure.retry_after.unwrap_or_default(),
-            }),
-            _ => DiscoveryError::Call {
-                service,
-                source: failure,
-            },
-        }
-    }
-
-    /// The client stack of `service`, made on first use.
-    fn client(&self, service: &str) -> Result<outbound::Client, ConfigError> {
-        let mut clients = lock(&self.inner.clients);
-        if let Some(client) = clients.get(service) {
-            return Ok(client.clone());
-        }
-        let (breaker, retry) = match &self.inner.resilience {
-            Some((breaker, retry)) => (Some(breaker.clone()), Some(retry.clone())),
-            None => (None, None),
-        };
-        let config = UpstreamConfig {
-            breaker,
-            retry,
-            ..UpstreamConfig::default()
-        };
-        // Both configurations were validated by `with_resilience`.
-        let upstream = Upstream::new(service, &config)?;
-        let client = outbound::stack(&upstream, self, &self.inner.outbound);
-        clients.insert(service.to_owned(), client.clone());
-        Ok(client)
-    }
-
-    /// Adds a circuit breaker (configured by `breaker`) and a retry policy per service to
-    /// [`Discovery::send`]. Fails if `breaker` or `retry` is invalid.
-    pub fn with_resilience(
-        self,
-        breaker: BreakerConfig,
-        retry: RetryConfig,
-    ) -> Result<Self, ConfigError> {
-        breaker.validate()?;
-        retry.validate()?;
-        let Inner {
-            registry,
-            http,
-            views,
-            timeout,
-            shutdown,
-            outbound,
-            ..
-        } = Arc::try_unwrap(self.inner).map_err(|_| ConfigError {
-            component: "discovery",
-            field: "with_resilience",
-            reason: "add resilience before sharing the client",
-        })?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                registry,
-                http,
-                views,
-                timeout,
-                shutdown,
-                resilience: Some((breaker, retry)),
-                outbound,
-                clients: Mutex::default(),
-            }),
-        })
     }
 }
 

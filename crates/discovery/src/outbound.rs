@@ -47,7 +47,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::balance::{BalanceConfig, Balancer, Pin};
-use crate::{Discovery, Endpoint as Instance};
+use crate::{Cache, Endpoint as Instance};
 
 /// Counter: attempts after the first, by `service`.
 pub const UPSTREAM_RETRIES: &str = "upstream_retries_total";
@@ -457,14 +457,14 @@ pub type Client = BoxCloneSyncService<Exchange, Response<Body>, Failure>;
 
 /// The client stack of `upstream`: retry, breaker, bulkhead, balancer, endpoint (see the
 /// module's documentation for why in this order).
-pub fn stack(upstream: &Upstream, discovery: &Discovery, http: &HttpClient) -> Client {
+pub fn stack(upstream: &Upstream, discovery: &Cache, http: &HttpClient) -> Client {
     BoxCloneSyncService::new(layers(upstream, discovery, http))
 }
 
 /// [`stack`], before it is boxed (its type names its layers in order).
 pub fn layers(
     upstream: &Upstream,
-    discovery: &Discovery,
+    discovery: &Cache,
     http: &HttpClient,
 ) -> Retry<Breaker<Bulkhead<Balance<Endpoint>>>> {
     ServiceBuilder::new()
@@ -738,7 +738,7 @@ where
 /// Layer of [`Balance`].
 #[derive(Debug, Clone)]
 pub struct BalanceLayer {
-    discovery: Discovery,
+    discovery: Cache,
     balancer: Balancer,
 }
 
@@ -764,14 +764,14 @@ pub struct Targeted {
     /// The balancer to tell how each exchange went.
     pub balancer: Balancer,
     /// Where to set aside an instance that refuses the connection.
-    pub discovery: Discovery,
+    pub discovery: Cache,
 }
 
 /// Finds the service's instances and orders them with its [`Balancer`].
 #[derive(Debug, Clone)]
 pub struct Balance<S> {
     inner: S,
-    discovery: Discovery,
+    discovery: Cache,
     balancer: Balancer,
 }
 

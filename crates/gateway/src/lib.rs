@@ -1,28 +1,22 @@
 //! The API gateway: the one door of the system.
 //!
-//! It routes by the route file ([`routes::Routes`]: path prefix or template, host, method,
-//! headers, API version) to the services it finds through discovery, and forwards over hyper
-//! ([`proxy`]):
+//! It is one tower stack ([`stack`]), assembled in one place and read top to bottom:
 //!
-//! * request and response bodies stream; a request body that is small and of known length
-//!   (up to [`proxy::REPLAY_LIMIT`]) is held so that the request can fail over to another
-//!   instance when one refuses the connection (Envoy makes the same trade with its retry buffer);
-//! * every request gets a deadline to the response head (`request_timeout_ms`);
-//! * `x-request-id` is set if missing and forwarded; W3C `traceparent` is continued (same trace,
-//!   new parent id) or started;
-//! * no instance → 503, no instance reachable → 502, deadline passed → 504, all problem+json;
-//! * a circuit breaker per upstream service (`breaker`): 5xx, unreachable instances
-//!   and timeouts count as failures; while it is open the gateway answers at once with 503
-//!   `/problems/circuit-open` and `Retry-After`, without calling the service;
-//! * a retry policy per upstream service (`retry`): requests safe to repeat (idempotent
-//!   method or `Idempotency-Key`, replayable body) are retried after 502/503/504 or a transport
-//!   failure, with full-jitter backoff, within a retry budget; every attempt passes the breaker;
-//! * queue for later ([`deferred`]): for the services named in `queue_for_later`, a write with
-//!   an `Idempotency-Key` that meets an open breaker is stored and answered 202; it is replayed
-//!   in order when the service takes calls again;
-//! * a client's faults stay the client's ([`inbound`]): the path is normalised before a route is
-//!   chosen, a body over `max_body_bytes` is 413 (before reading a declared one), a body that
-//!   breaks off is 400, and none of them counts against the upstream's breaker;
+//! * server layers: the kit's (request id, span, metrics, problem+json), then [`access`] (one
+//!   line and the route's metrics per request) and [`inbound`] (the path normalised before a
+//!   route is chosen; a declared body over `max_body_bytes` is 413 before it is read; a body
+//!   that is small and of known length, up to [`inbound::REPLAY_LIMIT`], is held so that the
+//!   request can be sent again; a body that breaks off is 400 — a client's fault, never the
+//!   upstream's);
+//! * the route ([`routes::Routes`], read from the route file: path prefix or template, host,
+//!   method, headers, API version);
+//! * the route's policies: [`transform`] (headers, path rewrite, JSON fields), [`fallback`]
+//!   (error, cached, default, another service, or queue for later with [`deferred`]), the
+//!   call's deadline, then the upstream's client stack from [`flotilla_discovery::outbound`]:
+//!   retry of safe requests within a budget, circuit breaker, bulkhead, load balancer (power of
+//!   two choices, weights, canary pin, outlier ejection), endpoint with failover;
+//! * `x-request-id` is set if missing and forwarded; W3C `traceparent` is continued (same
+//!   trace, new parent id) or started; every answer the gateway makes itself is problem+json;
 //! * operator controls of the breakers ([`admin`], when `admin_api` is on).
 //!
 //! The listener itself (header and idle timeouts, head limits, `Host` rules) is the kit's

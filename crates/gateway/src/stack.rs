@@ -2,16 +2,15 @@
 //! top to bottom:
 //!
 //! 1. **server layers** — the kit's (request id, trace span, HTTP metrics, problem+json for
-//!    every answer the gateway makes itself), then [`AccessLog`](crate::access::AccessLog)
-//!    (one structured line and the route's metrics per request) and
-//!    [`Inbound`](crate::inbound::Inbound) (normalised path, refused heads, the body held or
-//!    limited);
+//!    every answer the gateway makes itself), then [`AccessLog`] (one structured line and the
+//!    route's metrics per request) and [`Inbound`] (normalised path, refused heads, the body
+//!    held or limited);
 //! 2. **route** ([`Route`]) — the route table picks the route; its failure becomes the answer
 //!    here, in one place;
 //! 3. **per-route policy** — [`Transform`](crate::transform::TransformLayer) (path rewrite,
 //!    headers, JSON fields), [`Fallback`](crate::fallback::FallbackLayer) (what to answer when
-//!    the upstream cannot), [`Timeout`](flotilla_discovery::outbound::Timeout) (the call's
-//!    deadline, retries included), then the upstream's client stack
+//!    the upstream cannot), [`Timeout`] (the call's deadline, retries included), then the
+//!    upstream's client stack
 //!    ([`flotilla_discovery::outbound::stack`]): retry, circuit breaker, bulkhead;
 //! 4. **load balancer** — power of two choices or round robin, version weights, the
 //!    `X-Canary` pin, ejected instances last;
@@ -175,7 +174,7 @@ impl Gateway {
                 .config(&shared.settings.breaker, &shared.settings.retry);
             let upstream = Upstream::new(&service, &config)
                 .map_err(|error| format!("upstream `{service}`: {error}"))?;
-            let client = outbound::stack(&upstream, &shared.discovery, &shared.http);
+            let client = outbound::stack(&upstream, shared.discovery.cache(), &shared.http);
             lock_write(&shared.upstreams).insert(service, (upstream, client));
         }
         let queueing = queueing_services(&routes, &shared.settings.queue_for_later);
@@ -543,7 +542,7 @@ path = "/v2/orders"
         let gateway = Gateway::new(discovery.clone(), Routes::default(), settings, None)
             .expect("the shipped routes");
         let upstream = Upstream::new("order", &UpstreamConfig::default()).expect("defaults");
-        let client = outbound::layers(&upstream, &discovery, &outbound::http_client());
+        let client = outbound::layers(&upstream, discovery.cache(), &outbound::http_client());
         let transform = crate::transform::Transform::default();
         let policy = RoutePolicy {
             timeout: Duration::from_secs(1),
