@@ -198,12 +198,23 @@ struct StatusOptions {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The async runtime: tokio's multi-thread scheduler, one worker per core (or
+/// `TOKIO_WORKER_THREADS`) — but with one worker, the current-thread scheduler, which runs the
+/// whole process on the main thread. The multi-thread scheduler with one worker still runs the
+/// main future and the tasks on two threads, and that costs: the gateway spent 23 % less CPU a
+/// request on the current-thread scheduler (38 against 49 µs, `docs/benchmarks.md`).
+fn runtime_builder() -> tokio::runtime::Builder {
+    let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|n| n.trim() == "1");
+    if one_worker {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("flotilla: cannot start the async runtime: {error}");
