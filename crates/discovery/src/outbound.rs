@@ -322,6 +322,13 @@ impl Failure {
         Self::new(Kind::Timeout, problem)
     }
 
+    /// An instance of `service` was reached but the exchange broke (`detail` says how): 502.
+    pub fn upstream(service: &str, detail: impl Into<String>) -> Self {
+        let problem = Problem::new(StatusCode::BAD_GATEWAY, "upstream-failed", detail)
+            .with("service", service);
+        Self::new(Kind::Upstream, problem)
+    }
+
     /// The client broke the request.
     pub fn client(problem: Problem) -> Self {
         Self::new(Kind::Client, problem)
@@ -934,13 +941,10 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
                         match tokio::time::timeout_at(exchange.deadline, body.collect()).await {
                             Ok(Ok(collected)) => Body::from(collected.to_bytes()),
                             _ => {
-                                let problem = Problem::new(
-                                    StatusCode::BAD_GATEWAY,
-                                    "upstream-failed",
+                                return Err(Failure::upstream(
+                                    service,
                                     format!("the answer of `{service}` broke off"),
-                                )
-                                .with("service", service);
-                                return Err(Failure::new(Kind::Upstream, problem));
+                                ));
                             }
                         }
                     }
@@ -967,13 +971,10 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
             Ok(Err(error)) => {
                 tracing::warn!(%service, instance = %instance.id, %error, "upstream exchange failed");
                 eject(&balancer, instance, false);
-                let problem = Problem::new(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream-failed",
+                return Err(Failure::upstream(
+                    service,
                     format!("`{service}` failed to answer"),
-                )
-                .with("service", service);
-                return Err(Failure::new(Kind::Upstream, problem));
+                ));
             }
         }
     }

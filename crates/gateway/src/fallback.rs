@@ -143,13 +143,14 @@ where
                 Box::pin(async move {
                     let key = exchange.path_and_query.clone();
                     let deadline = exchange.deadline;
+                    let service = exchange.service.clone();
                     let answer = inner.oneshot(exchange).await;
                     if failed(&answer) {
                         return cache.stale(&key, max_age).map_or(answer, Ok);
                     }
                     match answer {
                         Ok(response) if response.status().is_success() => {
-                            Ok(cache.keep(key, response, deadline).await)
+                            cache.keep(&service, key, response, deadline).await
                         }
                         other => other,
                     }
@@ -257,26 +258,29 @@ impl Cache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Keeps `response` if it is small enough, and gives it back.
+    /// Keeps `service`'s `response` if it is small enough, and gives it back; fails if its body
+    /// breaks off.
     async fn keep(
         &self,
+        service: &str,
         key: String,
         response: Response,
         deadline: tokio::time::Instant,
-    ) -> Response {
+    ) -> Answer {
         let small = http_body::Body::size_hint(response.body())
             .exact()
             .is_some_and(|length| length <= CACHE_BODY_LIMIT);
         if !small {
-            return response;
+            return Ok(response);
         }
         let (parts, body) = response.into_parts();
         let body = match tokio::time::timeout_at(deadline, body.collect()).await {
             Ok(Ok(collected)) => collected.to_bytes(),
-            // The answer broke off: pass on what the client would have seen.
             _ => {
-                let failure = Failure::timeout("upstream", "the answer broke off");
-                return failure.into_response();
+                return Err(Failure::upstream(
+                    service,
+                    format!("the answer of `{service}` broke off"),
+                ));
             }
         };
         let kept = Kept {
@@ -299,7 +303,7 @@ impl Cache {
         }
         entries.insert(key, kept);
         drop(entries);
-        Response::from_parts(parts, Body::from(body))
+        Ok(Response::from_parts(parts, Body::from(body)))
     }
 
     /// The kept answer to `key`, if younger than `max_age`, marked stale.

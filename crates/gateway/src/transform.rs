@@ -418,11 +418,12 @@ where
         }
         transform.request_headers(&mut exchange.headers);
         let deadline = exchange.deadline;
+        let service = exchange.service.clone();
         Box::pin(async move {
             let mut response = inner.oneshot(exchange).await?;
             transform.response_headers(response.headers_mut());
             if transform.filters_fields() {
-                response = filter_fields(&transform, response, deadline).await;
+                response = filter_fields(&transform, &service, response, deadline).await?;
             }
             Ok(response)
         })
@@ -432,9 +433,10 @@ where
 /// The answer with its JSON body filtered, if it is JSON of known size within the limit.
 async fn filter_fields(
     transform: &Transform,
+    service: &str,
     response: axum::response::Response,
     deadline: tokio::time::Instant,
-) -> axum::response::Response {
+) -> Answer {
     use http_body_util::BodyExt as _;
     let json = response
         .headers()
@@ -448,18 +450,16 @@ async fn filter_fields(
         .exact()
         .is_some_and(|length| length <= FILTER_BODY_LIMIT);
     if !json || !small {
-        return response;
+        return Ok(response);
     }
     let (mut parts, body) = response.into_parts();
     let body = match tokio::time::timeout_at(deadline, body.collect()).await {
         Ok(Ok(collected)) => collected.to_bytes(),
         _ => {
-            let problem = flotilla_kit::Problem::new(
-                http::StatusCode::BAD_GATEWAY,
-                "upstream-failed",
-                "the upstream's answer broke off",
-            );
-            return axum::response::IntoResponse::into_response(problem);
+            return Err(flotilla_discovery::outbound::Failure::upstream(
+                service,
+                format!("the answer of `{service}` broke off"),
+            ));
         }
     };
     let body = match transform.filter_json(&body) {
@@ -467,7 +467,10 @@ async fn filter_fields(
         None => body,
     };
     parts.headers.remove(http::header::CONTENT_LENGTH);
-    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
+    Ok(axum::response::Response::from_parts(
+        parts,
+        axum::body::Body::from(body),
+    ))
 }
 
 #[cfg(test)]

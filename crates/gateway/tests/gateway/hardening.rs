@@ -466,3 +466,45 @@ async fn a_body_over_the_limit_sent_without_waiting_still_gets_its_answer() {
         assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }
+
+/// An upstream that answers every request with a head promising 100 bytes, sends 5, and hangs
+/// up: its answer breaks off.
+async fn truncating_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn an_answer_that_breaks_off_is_a_502_problem_not_a_short_body() {
+    let harness = harness(2_000).await;
+    let address = truncating_upstream().await;
+    let _truncating = register(&harness, "inventory", &address).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, headers, body) = harness.get("/v1/products/KB-001").await;
+        if status == StatusCode::BAD_GATEWAY {
+            assert_eq!(headers["content-type"], "application/problem+json");
+            assert_eq!(body["type"], "/problems/upstream-failed", "{body}");
+            assert_eq!(body["service"], "inventory");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never answered 502: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
