@@ -5,6 +5,10 @@
 # buffered file, HAProxy's HTTP log to a file, the gateway's line per request to its log file).
 #
 #   benches/gateway.sh [DURATION_S] [THREADS...]        (defaults: 10, then 1 2)
+#   PROXIES="flotilla" benches/gateway.sh 6 1           (only some of: direct nginx haproxy flotilla)
+#
+# The gateway inherits the environment: `FLOTILLA_ACCESS_LOG=false benches/gateway.sh` measures
+# it with its access log off.
 #
 # Prints one row per proxy and thread count: requests/s, p50, p99 (from wrk) and the proxy's CPU
 # time per request (utime + stime of its processes from /proc, over the run). Needs the Debian
@@ -16,6 +20,8 @@ DURATION=${1:-10}
 shift || true
 THREADS=("${@:-1 2}")
 read -r -a THREADS <<<"${THREADS[*]}"
+PROXIES=${PROXIES:-direct nginx haproxy flotilla}
+wants() { [[ " $PROXIES " == *" $1 "* ]]; }
 BIN=${FLOTILLA_BIN:-$PWD/target/release/flotilla}
 for tool in nginx haproxy wrk; do
   command -v "$tool" >/dev/null || { echo "missing: $tool (apt-get install nginx-light haproxy wrk)" >&2; exit 1; }
@@ -97,9 +103,10 @@ measure() { # name threads url pids...
 
 printf '| %-22s | %7s | %10s | %8s | %8s | %10s |\n' proxy threads requests/s p50 p99 "CPU µs/req"
 printf '| %-22s | %7s | %10s | %8s | %8s | %10s |\n' --- --- --- --- --- ---
-measure "direct to upstream" - "http://$UPSTREAM/v1/orders/x"
+if wants direct; then measure "direct to upstream" - "http://$UPSTREAM/v1/orders/x"; fi
 
 for threads in "${THREADS[@]}"; do
+  if wants nginx; then
   # nginx proxy_pass with upstream keep-alive, access log to a buffered file.
   cat >"$DIR/nginx.conf" <<EOF
 worker_processes $threads;
@@ -126,7 +133,9 @@ EOF
     $(pgrep -f "nginx.*$DIR/nginx.conf") $(pgrep -P "$(cat "$DIR/nginx.pid")")
   kill "$(cat "$DIR/nginx.pid")"
   sleep 0.5
+  fi
 
+  if wants haproxy; then
   # HAProxy, its HTTP log to a file.
   cat >"$DIR/haproxy.cfg" <<EOF
 global
@@ -152,7 +161,9 @@ EOF
   measure "HAProxy" "$threads" "http://127.0.0.1:18902/v1/orders/x" "$local_pid"
   kill "$local_pid"
   wait "$local_pid" 2>/dev/null || true
+  fi
 
+  if wants flotilla; then
   # Flotilla: a registry, the upstream registered as `order`, the gateway in front.
   FLOTILLA_TTL_MS=86400000 FLOTILLA_LOG_FORMAT=json "$BIN" run registry --listen 127.0.0.1:18903 \
     --data-dir "$DIR/data" >"$DIR/registry.log" 2>&1 &
@@ -170,4 +181,5 @@ EOF
   measure "Flotilla gateway" "$threads" "http://127.0.0.1:18904/v1/orders/x" "$gateway"
   kill "$gateway" "$registry"
   wait "$gateway" "$registry" 2>/dev/null || true
+  fi
 done
