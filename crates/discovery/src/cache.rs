@@ -155,19 +155,29 @@ impl Cache {
     /// The passing instances of `service` as the cache knows them (waiting for the registry's
     /// first answer if this is the first lookup).
     pub async fn instances(&self, service: &str) -> Vec<Endpoint> {
-        let view = self.view(service);
-        let mut receiver = view.endpoints.subscribe();
-        let first = tokio::time::timeout(FIRST_ANSWER, receiver.wait_for(Option::is_some)).await;
-        match first {
-            Ok(Ok(endpoints)) => endpoints.as_ref().map(|e| e.to_vec()).unwrap_or_default(),
-            _ => Vec::new(),
-        }
+        Self::current(&self.view(service)).await.to_vec()
     }
 
-    /// The passing instances of `service`, shared (no copy): what the balancer reads on every
-    /// call. Waits for the registry's first answer like [`Cache::instances`].
-    pub async fn instances_shared(&self, service: &str) -> Arc<Vec<Endpoint>> {
+    /// The instances of `service` in the order `order` puts them, those set aside after a
+    /// refused connection moved to the back (tried only if all else fails): what the balancer
+    /// does on every call, with one lookup of the service and no copy of its instances. Waits
+    /// for the registry's first answer like [`Cache::instances`].
+    pub async fn ordered(
+        &self,
+        service: &str,
+        order: impl FnOnce(&[Endpoint]) -> Vec<Endpoint>,
+    ) -> Vec<Endpoint> {
         let view = self.view(service);
+        let mut instances = order(&Self::current(&view).await);
+        let set_aside = view.set_aside();
+        if !set_aside.is_empty() {
+            instances.sort_by_key(|endpoint| set_aside.contains(&endpoint.id));
+        }
+        instances
+    }
+
+    /// The instances `view` holds, once the registry has answered (at most [`FIRST_ANSWER`]).
+    async fn current(view: &View) -> Arc<Vec<Endpoint>> {
         if let Some(endpoints) = view.endpoints.borrow().as_ref() {
             return endpoints.clone();
         }
@@ -177,17 +187,6 @@ impl Cache {
             Ok(Ok(endpoints)) => endpoints.clone().unwrap_or_default(),
             _ => Arc::default(),
         }
-    }
-
-    /// Moves the instances of `service` set aside after a refused connection to the back of
-    /// `instances` (they are tried only if all else fails), keeping the order of the rest.
-    pub fn set_aside_last(&self, service: &str, instances: &mut [Endpoint]) {
-        let view = self.view(service);
-        let set_aside = view.set_aside();
-        if set_aside.is_empty() {
-            return;
-        }
-        instances.sort_by_key(|endpoint| set_aside.contains(&endpoint.id));
     }
 
     /// Whether the instance `id` of `service` is set aside after a refused connection.

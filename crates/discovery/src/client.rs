@@ -168,7 +168,7 @@ impl Discovery {
         match failure.kind {
             Kind::NoInstance => DiscoveryError::NoInstances { service },
             Kind::Unreachable => DiscoveryError::Unreachable {
-                tried: self.cache.instances_shared(&service).await.len(),
+                tried: self.cache.instances(&service).await.len(),
                 service,
             },
             Kind::CircuitOpen => DiscoveryError::CircuitOpen(CircuitOpen {

@@ -800,9 +800,12 @@ where
         let discovery = self.discovery.clone();
         let balancer = self.balancer.clone();
         Box::pin(async move {
-            let endpoints = discovery.instances_shared(&exchange.service).await;
-            let mut instances = balancer.order(&endpoints, exchange.pin);
-            discovery.set_aside_last(&exchange.service, &mut instances);
+            let pin = exchange.pin;
+            let instances = discovery
+                .ordered(&exchange.service, |endpoints| {
+                    balancer.order(endpoints, pin)
+                })
+                .await;
             if instances.is_empty() {
                 return Err(Failure::no_instance(&exchange.service));
             }
@@ -924,7 +927,7 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
         match result {
             Err(_) => {
                 if !exchange.long_poll {
-                    eject(&balancer, instance, false);
+                    report(&balancer, instance, false);
                 }
                 return Err(Failure::timeout(
                     service,
@@ -932,7 +935,7 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
                 ));
             }
             Ok(Ok(response)) => {
-                eject(&balancer, instance, !response.status().is_server_error());
+                report(&balancer, instance, !response.status().is_server_error());
                 let (mut parts, body) = response.into_parts();
                 // A short answer is read whole (as nginx's proxy buffers do): the caller then
                 // writes its head and body in one go instead of the head alone first.
@@ -966,11 +969,11 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
             Ok(Err(error)) if error.is_connect() => {
                 tracing::warn!(%service, instance = %instance.id, %error, "instance unreachable; failing over");
                 discovery.set_aside(service, instance);
-                eject(&balancer, instance, false);
+                report(&balancer, instance, false);
             }
             Ok(Err(error)) => {
                 tracing::warn!(%service, instance = %instance.id, %error, "upstream exchange failed");
-                eject(&balancer, instance, false);
+                report(&balancer, instance, false);
                 return Err(Failure::upstream(
                     service,
                     format!("`{service}` failed to answer"),
@@ -988,7 +991,7 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
 }
 
 /// Tells the balancer how an exchange with `instance` went, counting an ejection.
-fn eject(balancer: &Balancer, instance: &Instance, ok: bool) {
+fn report(balancer: &Balancer, instance: &Instance, ok: bool) {
     if balancer.record(instance, ok) {
         tracing::warn!(service = %balancer.service(), instance = %instance.id, "instance ejected after failing in a row");
         metrics::counter!(UPSTREAM_EJECTIONS, "service" => balancer.service().to_owned())

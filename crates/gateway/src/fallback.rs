@@ -156,8 +156,9 @@ where
                     }
                 })
             }
-            Fallback::Service(_) => {
-                let (Some(alternative), Some(copy)) =
+            Fallback::Service(other) => {
+                let other: Arc<str> = Arc::from(other.as_str());
+                let (Some(alternative), Some(mut copy)) =
                     (layer.alternative.clone(), exchange.try_clone())
                 else {
                     return Box::pin(inner.oneshot(exchange));
@@ -167,9 +168,7 @@ where
                     if !failed(&answer) {
                         return answer;
                     }
-                    let service = copy.service.clone();
-                    let mut copy = copy;
-                    copy.service = Arc::from(alternative_name(&layer.fallback));
+                    let service = std::mem::replace(&mut copy.service, other);
                     match alternative.oneshot(copy).await {
                         Ok(mut response) => {
                             mark(&mut response, "service");
@@ -189,8 +188,9 @@ where
                 let (Some(deferred), Outgoing::Held(body)) = (queueable, &exchange.body) else {
                     return Box::pin(inner.oneshot(exchange));
                 };
-                let queued = Queued {
-                    deferred_id: uuid::Uuid::now_v7().to_string(),
+                // Its id is given only if it is queued.
+                let mut queued = Queued {
+                    deferred_id: String::new(),
                     service: exchange.service.to_string(),
                     method: exchange.method.clone(),
                     path_and_query: exchange.path_and_query.clone(),
@@ -204,6 +204,7 @@ where
                         Err(failure) if failure.kind.never_sent() => {}
                         _ => return answer,
                     }
+                    queued.deferred_id = uuid::Uuid::now_v7().to_string();
                     match deferred.enqueue(&queued).await {
                         Ok(()) => {
                             tracing::info!(service = %queued.service, deferred_id = %queued.deferred_id, "request queued for later");
@@ -219,13 +220,6 @@ where
                 })
             }
         }
-    }
-}
-
-fn alternative_name(fallback: &Fallback) -> &str {
-    match fallback {
-        Fallback::Service(name) => name,
-        _ => "",
     }
 }
 
@@ -290,16 +284,15 @@ impl Cache {
             at: Instant::now(),
         };
         let mut entries = self.entries();
-        if entries.len() >= CACHE_ENTRIES && !entries.contains_key(&key) {
-            let now = Instant::now();
-            entries.retain(|_, kept| now.duration_since(kept.at) < Duration::from_secs(3600));
-            if let Some(oldest) = entries
+        // Full: the oldest answer makes room.
+        if entries.len() >= CACHE_ENTRIES
+            && !entries.contains_key(&key)
+            && let Some(oldest) = entries
                 .iter()
                 .min_by_key(|(_, kept)| kept.at)
                 .map(|(key, _)| key.clone())
-            {
-                entries.remove(&oldest);
-            }
+        {
+            entries.remove(&oldest);
         }
         entries.insert(key, kept);
         drop(entries);

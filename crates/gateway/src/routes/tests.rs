@@ -250,10 +250,77 @@ fn a_route_file_with_an_error_names_the_route_and_the_key() {
             "start at 1",
         ),
         ("service = \"s\"\npath = \"/j\"", "route `#1`", "name"),
+        (
+            "name = \"k\"\nservice = \"s\"\npath = \"/k\"\ntimeout_ms = 0",
+            "route `k`, key `timeout_ms`",
+            "above 0",
+        ),
+        (
+            "name = \"l\"\nservice = \"s\"\npath = \"/l\"\nfallback = { kind = \"cached\", max_age_ms = 0 }",
+            "route `l`, key `fallback`",
+            "max_age_ms",
+        ),
+        (
+            "name = \"m\"\nservice = \"s\"\npath = \"/m\"\nfallback = { kind = \"default\", status = 99 }",
+            "route `m`, key `fallback`",
+            "no final status",
+        ),
+        (
+            "name = \"n\"\nservice = \"s\"\npath = \"/n\"\nfallback = { kind = \"service\", service = \"s\" }",
+            "route `n`, key `fallback`",
+            "the route's own",
+        ),
+        (
+            "name = \"o\"\nservice = \"s\"\npath = \"/o\"\nfallback = { kind = \"later\" }",
+            "route `o`",
+            "later",
+        ),
+        (
+            "name = \"p\"\nservice = \"s\"\npath = \"/p\"\nrequest_headers = { add = { \"a b\" = \"1\" } }",
+            "route `p`, key `request_headers.add`",
+            "a b",
+        ),
+        (
+            "name = \"q\"\nservice = \"s\"\npath = \"/q\"\nrewrite = { prefix = \"q\", to = \"/r\" }",
+            "route `q`, key `rewrite.prefix`",
+            "/",
+        ),
     ];
     for (route, names, reason) in cases {
         let text = format!("[[routes]]\n{route}\n");
         let error = Routes::parse(&text).expect_err(route).to_string();
+        assert!(error.contains(names), "{error}");
+        assert!(error.contains(reason), "{error}");
+    }
+    let upstreams = [
+        (
+            "weights = { v1 = 0 }",
+            "upstream `s`, key `balance`",
+            "weights",
+        ),
+        (
+            "weights = { v1 = 9, v2 = 1 }\ncanary = \"v3\"",
+            "upstream `s`, key `balance`",
+            "canary",
+        ),
+        (
+            "retry = { max_attempts = 0 }",
+            "upstream `s`, key `retry`",
+            "max_attempts",
+        ),
+        (
+            "bulkhead = { max_concurrent = 0 }",
+            "upstream `s`, key `bulkhead`",
+            "max_concurrent",
+        ),
+        ("balance = \"fastest\"", "upstream `s`", "fastest"),
+        ("retries = 3", "upstream `s`", "retries"),
+    ];
+    for (section, names, reason) in upstreams {
+        let text = format!(
+            "[[routes]]\nname = \"a\"\nservice = \"s\"\npath = \"/a\"\n\n[upstreams.s]\n{section}\n"
+        );
+        let error = Routes::parse(&text).expect_err(section).to_string();
         assert!(error.contains(names), "{error}");
         assert!(error.contains(reason), "{error}");
     }

@@ -89,6 +89,17 @@ async fn wait_for_both(harness: &Harness, path: &str) {
     }
 }
 
+/// Waits until both instances of `catalog` have answered `/v1/items` through the gateway.
+async fn wait_for_two(harness: &Harness) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while spread(harness, "/v1/items", &[], 20, 2).await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one instance never showed"
+        );
+    }
+}
+
 const CANARY: &str = r#"
 [[routes]]
 name = "items"
@@ -151,13 +162,7 @@ balance = "p2c"
     let _fast = register(&harness, "catalog", &fast).await;
     let _slow = register(&harness, "catalog", &slow).await;
     // Both in the gateway's view before the slow one turns slow.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while spread(&harness, "/v1/items", &[], 20, 2).await.len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "one instance never showed"
-        );
-    }
+    wait_for_two(&harness).await;
     slow_switch.delay_ms.store(50, Ordering::SeqCst);
     let counts = spread(&harness, "/v1/items", &[], 400, 8).await;
     let (fast, slow) = (counts["fast"], counts.get("slow").copied().unwrap_or(0));
@@ -187,13 +192,7 @@ breaker = { window = { kind = "count", calls = 1000 }, minimum_calls = 1000 }
     let (bad, bad_switch) = named_upstream("bad").await;
     let _good = register(&harness, "catalog", &good).await;
     let _bad = register(&harness, "catalog", &bad).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while spread(&harness, "/v1/items", &[], 20, 2).await.len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "one instance never showed"
-        );
-    }
+    wait_for_two(&harness).await;
     let before = bad_switch.calls();
     bad_switch.fail(true);
     // Each GET that meets the bad instance is retried on the good one: the client sees 200.

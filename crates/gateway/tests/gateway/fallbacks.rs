@@ -15,18 +15,24 @@ breaker = { window = { kind = "count", calls = 1000 }, minimum_calls = 1000 }
 retry = { max_attempts = 1 }
 "#;
 
-#[tokio::test]
-async fn the_error_fallback_answers_the_failure_and_an_open_breaker_says_when_to_retry() {
-    let harness = harness_routes(&format!(
+/// A gateway whose route `items` (`/v1/items` → `catalog`) falls back as `fallback` says
+/// (the inside of its inline table), behind a [`PATIENT`] breaker.
+async fn items_with(fallback: &str) -> Harness {
+    harness_routes(&format!(
         r#"
 [[routes]]
 name = "items"
 service = "catalog"
 path = "/v1/items"
-fallback = {{ kind = "error" }}
+fallback = {{ {fallback} }}
 {PATIENT}"#
     ))
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn the_error_fallback_answers_the_failure_and_an_open_breaker_says_when_to_retry() {
+    let harness = items_with(r#"kind = "error""#).await;
     let dead = dead_address().await;
     let _dead = register(&harness, "catalog", &dead).await;
     wait_for(&harness, "/v1/items", StatusCode::BAD_GATEWAY).await;
@@ -47,16 +53,7 @@ fallback = {{ kind = "error" }}
 
 #[tokio::test]
 async fn the_cached_fallback_serves_the_last_good_answer_marked_stale_until_it_is_too_old() {
-    let harness = harness_routes(&format!(
-        r#"
-[[routes]]
-name = "items"
-service = "catalog"
-path = "/v1/items"
-fallback = {{ kind = "cached", max_age_ms = 1500 }}
-{PATIENT}"#
-    ))
-    .await;
+    let harness = items_with(r#"kind = "cached", max_age_ms = 1500"#).await;
     let (address, switch) = named_upstream("catalog-1").await;
     let _live = register(&harness, "catalog", &address).await;
     wait_for(&harness, "/v1/items?page=2", StatusCode::OK).await;
@@ -95,16 +92,9 @@ fallback = {{ kind = "cached", max_age_ms = 1500 }}
 
 #[tokio::test]
 async fn the_default_fallback_answers_the_route_file_s_response() {
-    let harness = harness_routes(&format!(
-        r#"
-[[routes]]
-name = "items"
-service = "catalog"
-path = "/v1/items"
-fallback = {{ kind = "default", status = 200, body = '{{"items":[],"degraded":true}}' }}
-{PATIENT}"#
-    ))
-    .await;
+    let harness =
+        items_with(r#"kind = "default", status = 200, body = '{"items":[],"degraded":true}'"#)
+            .await;
     let (address, switch) = named_upstream("catalog-1").await;
     let _live = register(&harness, "catalog", &address).await;
     wait_for(&harness, "/v1/items", StatusCode::OK).await;
@@ -122,16 +112,7 @@ fallback = {{ kind = "default", status = 200, body = '{{"items":[],"degraded":tr
 
 #[tokio::test]
 async fn the_service_fallback_asks_the_alternative_service() {
-    let harness = harness_routes(&format!(
-        r#"
-[[routes]]
-name = "items"
-service = "catalog"
-path = "/v1/items"
-fallback = {{ kind = "service", service = "catalog-replica" }}
-{PATIENT}"#
-    ))
-    .await;
+    let harness = items_with(r#"kind = "service", service = "catalog-replica""#).await;
     let dead = dead_address().await;
     let _dead = register(&harness, "catalog", &dead).await;
     let (replica, _) = named_upstream("replica-1").await;
@@ -146,16 +127,7 @@ fallback = {{ kind = "service", service = "catalog-replica" }}
 
 #[tokio::test]
 async fn the_queue_fallback_stores_a_keyed_write_and_replays_it_once_the_service_is_back() {
-    let harness = harness_routes(&format!(
-        r#"
-[[routes]]
-name = "items"
-service = "catalog"
-path = "/v1/items"
-fallback = {{ kind = "queue" }}
-{PATIENT}"#
-    ))
-    .await;
+    let harness = items_with(r#"kind = "queue""#).await;
     // No instance at all: nothing can have reached the service.
     let url = format!("{}/v1/items", harness.gateway);
     let (status, headers, body) = call(

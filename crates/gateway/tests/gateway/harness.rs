@@ -148,26 +148,12 @@ pub(crate) async fn call_text(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (StatusCode, HeaderMap, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::builder().method(method).uri(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    for _ in 0..100 {
-        let request = request_clone(&request, body.as_bytes());
-        if let Ok(response) = client.request(request).await {
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = body_bytes(response).await;
-            return (
-                status,
-                headers,
-                String::from_utf8_lossy(&bytes).into_owned(),
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the gateway never answered");
+    let (status, headers, bytes) = call_bytes(method, url, headers, body.as_bytes().to_vec()).await;
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
 }
 
 /// Waits until `GET path` through the gateway answers `status` (the registry's news takes a
@@ -253,6 +239,18 @@ pub(crate) async fn call(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (StatusCode, HeaderMap, serde_json::Value) {
+    let (status, headers, bytes) = call_bytes(method, url, headers, body).await;
+    let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, value)
+}
+
+/// `method url` with `headers` and `body`: the status, headers and body of the answer.
+async fn call_bytes(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, HeaderMap, Bytes) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder().method(method).uri(url);
     for (name, value) in headers {
@@ -264,9 +262,7 @@ pub(crate) async fn call(
         if let Ok(response) = client.request(request).await {
             let status = response.status();
             let headers = response.headers().clone();
-            let bytes = body_bytes(response).await;
-            let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-            return (status, headers, value);
+            return (status, headers, body_bytes(response).await);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
