@@ -203,9 +203,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// whole process on the main thread. The multi-thread scheduler with one worker still runs the
 /// main future and the tasks on two threads, and that costs: the gateway spent 23 % less CPU a
 /// request on the current-thread scheduler (38 against 49 µs, `docs/benchmarks.md`).
-fn runtime_builder() -> tokio::runtime::Builder {
+///
+/// The gateway makes its own workers, one current-thread runtime per core
+/// ([`flotilla_kit::Routers::per_worker`]): its main thread runs worker 0 and the control tasks
+/// (discovery, registration, replays) on the current-thread scheduler too.
+fn runtime_builder(command: Option<&Command>) -> tokio::runtime::Builder {
     let one_worker = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|n| n.trim() == "1");
-    if one_worker {
+    let gateway = matches!(command, Some(Command::Run(options)) if options.role == Role::Gateway);
+    if one_worker || gateway {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
@@ -214,7 +219,7 @@ fn runtime_builder() -> tokio::runtime::Builder {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match runtime_builder().enable_all().build() {
+    let runtime = match runtime_builder(cli.command.as_ref()).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("flotilla: cannot start the async runtime: {error}");

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Router;
-use flotilla_kit::{App, Health};
+use flotilla_kit::{App, Health, Routers};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{InstanceConfig, Registration, Spec};
 
-/// Serves `router` on `listener` as an instance of `service` until `shutdown`, in this order:
+/// Serves `routers` on `listener` as an instance of `service` until `shutdown`, in this order:
 ///
 /// The registration's metadata always carries `pid` and `version`.
 ///
@@ -24,7 +24,7 @@ pub async fn serve(
     mut metadata: BTreeMap<String, String>,
     config: &InstanceConfig,
     listener: TcpListener,
-    router: Router,
+    routers: Routers,
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -37,13 +37,14 @@ pub async fn serve(
         .entry("version".to_owned())
         .or_insert_with(|| env!("CARGO_PKG_VERSION").to_owned());
     let drain = CancellationToken::new();
-    let server = tokio::spawn(flotilla_kit::serve(
+    let workers = routers.workers();
+    let server = tokio::spawn(flotilla_kit::serve_workers(
         listener,
-        router,
+        routers,
         config.server.connection_limits(),
-        drain.clone().cancelled_owned(),
+        drain.clone(),
     ));
-    tracing::info!(%service, %address, "listening");
+    tracing::info!(%service, %address, workers, "listening");
 
     let registration = match &config.discovery.registry_url {
         Some(registry) => {
@@ -95,20 +96,24 @@ pub async fn serve_routes(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let health = Health::new();
-    let router = App::new(health.clone())
-        .max_body_bytes(config.server.max_body_bytes)
-        .fault_injection(config.server.fault_injection)
-        .routes(routes)
-        .into_router();
+    let router = app(config, &health).routes(routes).into_router();
     health.set_started();
     serve(
         service,
         BTreeMap::new(),
         config,
         listener,
-        router,
+        Routers::one(router),
         health,
         shutdown,
     )
     .await
+}
+
+/// The kit's stack as `config` sets it (body limit, fault injection), with the probes of
+/// `health` and no routes yet.
+pub fn app(config: &InstanceConfig, health: &Health) -> App {
+    App::new(health.clone())
+        .max_body_bytes(config.server.max_body_bytes)
+        .fault_injection(config.server.fault_injection)
 }

@@ -87,12 +87,72 @@ impl Default for AccessSettings {
 /// Where access lines go: standard error, as the process's other logs (a test captures them).
 pub type Sink = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
+/// The most bytes of lines written at once: a write to a pipe up to this size is not
+/// interleaved with another writer's (the process's other log lines), and one write carries
+/// some 20 lines instead of one (a write a request cost 4 µs of the gateway's 39, measured).
+pub const WRITE_BYTES: usize = 4096;
+
+/// The longest an access line waits in the buffer before it is written.
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Lines waiting to be written to standard error, whole lines only.
+static BUFFERED: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Access lines to standard error, gathered into writes of up to [`WRITE_BYTES`] (as nginx's
+/// `access_log … buffer=`), written at the latest [`FLUSH_INTERVAL`] later and when the
+/// gateway stops ([`flush`]). A process killed outright loses at most that interval's lines.
 fn stderr() -> Sink {
+    static FLUSHER: std::sync::Once = std::sync::Once::new();
+    FLUSHER.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("access-log".to_owned())
+            .spawn(|| {
+                loop {
+                    std::thread::sleep(FLUSH_INTERVAL);
+                    flush();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no access log flusher: lines are written when 4 KiB gather");
+        }
+    });
     Arc::new(|line: &[u8]| {
-        use std::io::Write as _;
-        // A closed stderr (the supervisor died) must not fail the request.
-        let _ = std::io::stderr().write_all(line);
+        let mut buffered = BUFFERED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        gather(&mut buffered, line, write_stderr);
     })
+}
+
+/// Adds `line` to `buffered`, first writing out what `buffered` holds if `line` would take it
+/// past [`WRITE_BYTES`]; a line longer than that is written alone. A write carries whole lines.
+fn gather(buffered: &mut Vec<u8>, line: &[u8], mut write: impl FnMut(&[u8])) {
+    if buffered.len() + line.len() > WRITE_BYTES && !buffered.is_empty() {
+        write(buffered);
+        buffered.clear();
+    }
+    if line.len() > WRITE_BYTES {
+        write(line);
+    } else {
+        buffered.extend_from_slice(line);
+    }
+}
+
+/// Writes the access lines still buffered.
+pub fn flush() {
+    let mut buffered = BUFFERED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !buffered.is_empty() {
+        write_stderr(&buffered);
+        buffered.clear();
+    }
+}
+
+fn write_stderr(bytes: &[u8]) {
+    use std::io::Write as _;
+    // A closed stderr (the supervisor died) must not fail the request.
+    let _ = std::io::stderr().write_all(bytes);
 }
 
 /// The route that served a request, as a response extension, with its metric handles
@@ -258,6 +318,12 @@ where
                     duration: elapsed,
                     upstream_time: answered.map(|answered| answered.took),
                     response_bytes: http_body::Body::size_hint(response.body()).exact(),
+                    // Set on every answer by the edge, below.
+                    request_id: response
+                        .headers()
+                        .get("x-request-id")
+                        .map(|value| String::from_utf8_lossy(value.as_bytes()))
+                        .unwrap_or_default(),
                     failure: failure.map(Kind::label),
                     fallback,
                 };
@@ -279,7 +345,6 @@ struct Line {
     method: http::Method,
     path: String,
     request_bytes: Option<u64>,
-    request_id: String,
 }
 
 impl Line {
@@ -292,10 +357,6 @@ impl Line {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse().ok()),
-            request_id: headers
-                .get("x-request-id")
-                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
-                .unwrap_or_default(),
         }
     }
 }
@@ -314,6 +375,7 @@ struct Entry<'a> {
     response_bytes: Option<u64>,
     failure: Option<&'static str>,
     fallback: Option<&'static str>,
+    request_id: std::borrow::Cow<'a, str>,
 }
 
 impl Entry<'_> {
@@ -351,7 +413,7 @@ impl Entry<'_> {
             let _ = write!(out, ",\"response_bytes\":{bytes}");
         }
         out.push_str(",\"request_id\":");
-        json_str(out, &self.line.request_id);
+        json_str(out, &self.request_id);
         for (key, value) in [("failure", self.failure), ("fallback", self.fallback)] {
             if let Some(value) = value {
                 let _ = write!(out, ",\"{key}\":\"{value}\"");
@@ -377,7 +439,7 @@ impl Entry<'_> {
         if let Some(took) = self.upstream_time {
             let _ = write!(out, " upstream_ms={:.3}", took.as_secs_f64() * 1e3);
         }
-        let _ = write!(out, " request_id={:?}", self.line.request_id);
+        let _ = write!(out, " request_id={:?}", self.request_id);
         for (key, value) in [("failure", self.failure), ("fallback", self.fallback)] {
             if let Some(value) = value {
                 let _ = write!(out, " {key}={value}");
@@ -484,7 +546,9 @@ mod tests {
             });
             Ok::<_, Infallible>(response)
         });
-        let service = AccessLogLayer::with_sink(settings, sink).layer(inner);
+        // The edge, as in the gateway's stack, puts the request id on the answer.
+        let service =
+            AccessLogLayer::with_sink(settings, sink).layer(crate::edge::EdgeLayer.layer(inner));
         // Access lines follow the log filter: `access` at INFO is on by default.
         let _default = tracing::subscriber::set_default(tracing_subscriber::fmt().finish());
         for _ in 0..requests {
@@ -504,6 +568,44 @@ mod tests {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn lines_are_written_whole_in_writes_of_at_most_4_kib() {
+        let mut writes: Vec<Vec<u8>> = Vec::new();
+        let mut buffered = Vec::new();
+        let line = |n: usize| {
+            let mut line = format!("{{\"n\":{n},\"pad\":\"");
+            line.push_str(&"x".repeat(150 + n % 7));
+            line.push_str("\"}\n");
+            line.into_bytes()
+        };
+        let mut sent = Vec::new();
+        for n in 0..100 {
+            let line = line(n);
+            sent.extend_from_slice(&line);
+            gather(&mut buffered, &line, |bytes| writes.push(bytes.to_vec()));
+        }
+        assert!(
+            writes.len() >= 3 && writes.len() <= 5,
+            "about 16 KiB of lines in 4 KiB writes: {} writes",
+            writes.len()
+        );
+        for write in &writes {
+            assert!(write.len() <= WRITE_BYTES, "{} bytes", write.len());
+            assert!(write.ends_with(b"\n"), "a write ends with a whole line");
+        }
+        // Nothing lost or reordered: the writes, then what is still buffered, are the lines.
+        let mut out: Vec<u8> = writes.concat();
+        out.extend_from_slice(&buffered);
+        assert_eq!(out, sent);
+        // A line longer than a write goes out alone, after what was gathered.
+        let long = vec![b'y'; WRITE_BYTES + 1];
+        let before = writes.len();
+        gather(&mut buffered, &long, |bytes| writes.push(bytes.to_vec()));
+        assert!(buffered.is_empty());
+        assert_eq!(writes.len(), before + 2);
+        assert_eq!(writes.last().map(Vec::len), Some(WRITE_BYTES + 1));
     }
 
     #[tokio::test(flavor = "current_thread")]

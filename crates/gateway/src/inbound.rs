@@ -437,10 +437,8 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn forwarded_headers(mut headers: HeaderMap) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    if !headers.contains_key(&REQUEST_ID)
-        && let Ok(value) = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-    {
-        headers.insert(REQUEST_ID.clone(), value);
+    if !headers.contains_key(&REQUEST_ID) {
+        headers.insert(REQUEST_ID.clone(), flotilla_kit::app::new_request_id());
     }
     let traceparent = continue_trace(headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()));
     if let Ok(value) = HeaderValue::from_str(&traceparent) {

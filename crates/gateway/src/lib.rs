@@ -2,8 +2,10 @@
 //!
 //! It is one tower stack ([`stack`]), assembled in one place and read top to bottom:
 //!
-//! * server layers: the kit's (request id, span, metrics, problem+json), then [`access`] (one
-//!   line and the route's metrics per request) and [`inbound`] (the path normalised before a
+//! * server layers: [`edge`] (request id, a debug span, the gateway's own problems stamped
+//!   with the request id: what the kit's layers do for a process's own routes, without their
+//!   per-request costs), then [`access`] (one line and the route's metrics per request) and
+//!   [`inbound`] (the path normalised before a
 //!   route is chosen; a declared body over `max_body_bytes` is 413 before it is read; a body
 //!   that is small and of known length, up to [`inbound::REPLAY_LIMIT`], is held so that the
 //!   request can be sent again; a body that breaks off is 400 — a client's fault, never the
@@ -20,7 +22,10 @@
 //! * operator controls of the breakers ([`admin`], when `admin_api` is on).
 //!
 //! The listener itself (header and idle timeouts, head limits, `Host` rules) is the kit's
-//! ([`flotilla_kit::server`]), shared by every process.
+//! ([`flotilla_kit::server`]), shared by every process. The gateway serves it with one worker
+//! per core (`workers`): each a thread with a current-thread runtime, its own connection pool
+//! and route stacks ([`Gateway::worker`]), the upstreams' state (breakers, balancers,
+//! bulkheads) and the route table shared by all.
 //!
 //! What it reads is [`Config`]: its own keys ([`GatewaySettings`]) and the sections of the
 //! crates it builds on.
@@ -28,6 +33,7 @@
 pub mod access;
 pub mod admin;
 pub mod deferred;
+pub mod edge;
 pub mod fallback;
 pub mod inbound;
 pub mod routes;
@@ -35,7 +41,10 @@ pub mod settings;
 pub mod stack;
 pub mod transform;
 
+use std::collections::BTreeMap;
+
 use flotilla_discovery::Discovery;
+use flotilla_kit::{Health, Routers};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -84,9 +93,34 @@ pub async fn run(
     for service in gateway.deferred_services() {
         tokio::spawn(gateway.clone().replay(service, shutdown.clone()));
     }
-    let mut router = gateway.router();
-    if config.gateway.admin_api {
-        router = router.merge(admin::routes(gateway.clone()));
-    }
-    flotilla_discovery::serve_routes("gateway", &config.instance, listener, router, shutdown).await
+    let workers = config.gateway.worker_count();
+    let health = Health::new();
+    let routers = {
+        let (instance, health) = (config.instance.clone(), health.clone());
+        let admin_api = config.gateway.admin_api;
+        // Called on each worker's thread: its own pool and stacks.
+        Routers::per_worker(workers, move || {
+            let gateway = gateway.worker();
+            let mut app = flotilla_discovery::app(&instance, &health)
+                .routes(gateway.router())
+                .proxy(gateway.service());
+            if admin_api {
+                app = app.routes(admin::routes(gateway.clone()));
+            }
+            app.into_router()
+        })
+    };
+    health.set_started();
+    let served = flotilla_discovery::serve(
+        "gateway",
+        BTreeMap::new(),
+        &config.instance,
+        listener,
+        routers,
+        health,
+        shutdown,
+    )
+    .await;
+    access::flush();
+    served
 }

@@ -1,5 +1,5 @@
 //! The gateway's section of the settings (flat keys: `queue_for_later`, `admin_api`,
-//! `routes_file`, `access_log`, `access_log_sample`) and
+//! `routes_file`, `access_log`, `access_log_sample`, `workers`) and
 //! [`Config`], everything [`crate::run`] reads. Loading the settings is the binary's job.
 
 use flotilla_discovery::InstanceConfig;
@@ -24,6 +24,25 @@ pub struct GatewaySettings {
     pub access_log: bool,
     /// The share of requests the access log writes, 0 to 1. `FLOTILLA_ACCESS_LOG_SAMPLE=0.1`.
     pub access_log_sample: f64,
+    /// The threads serving requests, each with its own runtime and connection pool; 0 (the
+    /// default) is one per core, or `TOKIO_WORKER_THREADS` when it is set.
+    /// `FLOTILLA_WORKERS=2`.
+    pub workers: usize,
+}
+
+impl GatewaySettings {
+    /// The number of workers `workers` asks for (see there).
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        std::env::var("TOKIO_WORKER_THREADS")
+            .ok()
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+            .unwrap_or(1)
+    }
 }
 
 impl Default for GatewaySettings {
@@ -34,6 +53,7 @@ impl Default for GatewaySettings {
             routes_file: None,
             access_log: true,
             access_log_sample: 1.0,
+            workers: 0,
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The gateway as one tower stack, assembled in [`Gateway::service`] and [`route_stack`], read
 //! top to bottom:
 //!
-//! 1. **server layers** — the kit's (request id, trace span, HTTP metrics, problem+json for
-//!    every answer the gateway makes itself), then [`AccessLog`] (one structured line and the
-//!    route's metrics per request) and [`Inbound`] (normalised path, refused heads, the body
-//!    held or limited);
+//! 1. **server layers** — [`AccessLog`] (one structured line and the route's metrics per
+//!    request), [`Edge`] (request id, a debug span, problem+json stamped with the request id
+//!    for every answer the gateway makes itself) and [`Inbound`] (normalised path, refused
+//!    heads, the body held or limited);
 //! 2. **route** ([`Route`]) — the route table picks the route; its failure becomes the answer
 //!    here, in one place;
 //! 3. **per-route policy** — [`Transform`](crate::transform::TransformLayer) (path rewrite,
@@ -22,10 +22,14 @@
 //!
 //! The route table with its per-route stacks is one value behind a pointer
 //! ([`Gateway::replace_routes`] swaps it): a request in flight keeps the table it started with.
+//!
+//! Each worker thread has its own table and stacks, over its own connection pool
+//! ([`Gateway::worker`]); the upstreams' state (breaker, retry budget, bulkhead, balancer) is
+//! one per service for all workers, and a swap reaches every worker.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +49,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::access::{AccessLog, AccessLogLayer, AccessSettings, RouteTag};
 use crate::deferred::Deferred;
+use crate::edge::{Edge, EdgeLayer};
 use crate::fallback::{FallbackLayer, FallbackService};
 use crate::inbound::{Arrived, Inbound, InboundLayer};
 use crate::routes::{Fallback, Head, Matched, Routes};
@@ -53,6 +58,7 @@ use crate::transform::{TransformLayer, TransformService};
 /// The layers of the stack, outermost first (the kit's server layers come before them).
 pub const LAYERS: &[&str] = &[
     "access_log",
+    "edge",
     "inbound",
     "route",
     "transform",
@@ -82,27 +88,44 @@ pub struct Settings {
     pub access: AccessSettings,
 }
 
-/// The gateway: its route table with a stack per route, and the upstreams' shared state.
-/// Cheap to clone.
+/// The gateway: the upstreams' shared state, and one worker's route table with a stack per
+/// route. Cheap to clone; [`Gateway::worker`] makes the handle of another worker.
 #[derive(Debug, Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
+    local: Arc<Local>,
 }
 
+/// What every worker shares.
 #[derive(Debug)]
 struct Shared {
     settings: Settings,
     discovery: Discovery,
-    http: HttpClient,
     deferred: Option<Deferred>,
-    /// The upstreams, with their client stacks, by service (added to when routes change).
-    upstreams: RwLock<BTreeMap<String, (Upstream, Client)>>,
+    /// The state of the policies in front of each service (breaker, retry budget, bulkhead,
+    /// balancer), by service: one for all workers (added to when routes change).
+    upstreams: RwLock<BTreeMap<String, Upstream>>,
+    /// The route table, and the workers serving it: changed together, one change at a time.
+    routing: Mutex<Routing>,
+}
+
+#[derive(Debug)]
+struct Routing {
+    routes: Arc<Routes>,
+    workers: Vec<Weak<Local>>,
+}
+
+/// What one worker owns: its connection pool (a connection's task runs on the worker that
+/// opened it), and its route table with the stacks over that pool.
+#[derive(Debug)]
+struct Local {
+    http: HttpClient,
     table: RwLock<Arc<Table>>,
 }
 
 /// A route table and the stack of each route, in the table's order.
 struct Table {
-    routes: Routes,
+    routes: Arc<Routes>,
     stacks: Vec<(RouteTag, RouteStack)>,
 }
 
@@ -147,24 +170,54 @@ impl Gateway {
         let shared = Arc::new(Shared {
             settings,
             discovery,
-            http: outbound::http_client(),
             deferred,
             upstreams: RwLock::default(),
-            table: RwLock::new(Arc::new(Table {
-                routes: Routes::empty(),
-                stacks: Vec::new(),
-            })),
+            routing: Mutex::new(Routing {
+                routes: Arc::new(Routes::empty()),
+                workers: Vec::new(),
+            }),
         });
-        let gateway = Self { shared };
+        let gateway = Self::join(shared);
         gateway.replace_routes(routes)?;
         Ok(gateway)
     }
 
-    /// Swaps the route table: requests in flight finish with the old one. An upstream keeps
-    /// its state (breaker, balancer) across the swap; a new one is made with the new table's
-    /// section. Fails, leaving the table as it was, if the new table cannot be served.
+    /// The handle of a new worker: its own connection pool and route stacks over it, the
+    /// upstreams' state (breakers, balancers, bulkheads) and the route table shared with every
+    /// other. Call it on the worker's thread.
+    pub fn worker(&self) -> Self {
+        Self::join(self.shared.clone())
+    }
+
+    /// A worker of `shared`, serving its current route table.
+    fn join(shared: Arc<Shared>) -> Self {
+        let mut routing = lock(&shared.routing);
+        let http = outbound::http_client();
+        let table = build_table(&shared, &routing.routes, &http);
+        let local = Arc::new(Local {
+            http,
+            table: RwLock::new(Arc::new(table)),
+        });
+        routing.workers.retain(|worker| worker.strong_count() > 0);
+        routing.workers.push(Arc::downgrade(&local));
+        drop(routing);
+        Self { shared, local }
+    }
+
+    /// Swaps the route table of every worker: requests in flight finish with the old one. An
+    /// upstream keeps its state (breaker, balancer) across the swap; a new one is made with the
+    /// new table's section. Fails, leaving the table as it was, if the new table cannot be
+    /// served.
     pub fn replace_routes(&self, routes: Routes) -> Result<(), String> {
         let shared = &self.shared;
+        let mut routing = lock(&shared.routing);
+        let queueing = queueing_services(&routes, &shared.settings.queue_for_later);
+        if !queueing.is_empty() && shared.deferred.is_none() {
+            return Err(format!(
+                "routes to {queueing:?} queue for later, but the gateway has no queue"
+            ));
+        }
+        let mut added = Vec::new();
         for service in routes.services() {
             if lock_read(&shared.upstreams).contains_key(&service) {
                 continue;
@@ -174,56 +227,33 @@ impl Gateway {
                 .config(&shared.settings.breaker, &shared.settings.retry);
             let upstream = Upstream::new(&service, &config)
                 .map_err(|error| format!("upstream `{service}`: {error}"))?;
-            let client = outbound::stack(&upstream, shared.discovery.cache(), &shared.http);
-            lock_write(&shared.upstreams).insert(service, (upstream, client));
+            added.push((service, upstream));
         }
-        let queueing = queueing_services(&routes, &shared.settings.queue_for_later);
-        if !queueing.is_empty() && shared.deferred.is_none() {
-            return Err(format!(
-                "routes to {queueing:?} queue for later, but the gateway has no queue"
-            ));
+        lock_write(&shared.upstreams).extend(added);
+        let routes = Arc::new(routes);
+        routing.workers.retain(|worker| worker.strong_count() > 0);
+        for worker in routing.workers.iter().filter_map(Weak::upgrade) {
+            let table = build_table(shared, &routes, &worker.http);
+            *lock_write(&worker.table) = Arc::new(table);
         }
-        let upstreams = lock_read(&shared.upstreams);
-        let mut stacks = Vec::new();
-        for route in routes.iter() {
-            let (_, client) = &upstreams[&route.service];
-            let fallback = match &route.fallback {
-                Some(fallback) => fallback.clone(),
-                None if shared.settings.queue_for_later.contains(&route.service) => Fallback::Queue,
-                None => Fallback::Error,
-            };
-            let alternative = match &fallback {
-                Fallback::Service(other) => Some(upstreams[other].1.clone()),
-                _ => None,
-            };
-            let policy = RoutePolicy {
-                timeout: route.timeout.unwrap_or(shared.settings.timeout),
-                transform: &route.transform,
-                fallback,
-                alternative,
-                deferred: shared.deferred.clone(),
-            };
-            stacks.push((
-                RouteTag::new(&route.name, &route.service),
-                route_stack(policy, client.clone()),
-            ));
-        }
-        drop(upstreams);
-        *lock_write(&shared.table) = Arc::new(Table { routes, stacks });
+        routing.routes = routes;
         Ok(())
     }
 
-    /// The whole stack, from the server layers down (the kit's layers go around it).
+    /// The whole stack, from the edge down (the listener's limits go around it).
     pub fn service(&self) -> BoxCloneSyncService<Request, Response, Infallible> {
         BoxCloneSyncService::new(self.layers())
     }
 
     /// [`Gateway::service`] before it is boxed (its type names its layers in order).
-    fn layers(&self) -> AccessLog<Inbound<Route>> {
+    fn layers(&self) -> AccessLog<Edge<Inbound<Route>>> {
         let settings = &self.shared.settings;
         ServiceBuilder::new()
-            // One line and the route's metrics per request: outermost, so it sees every answer.
+            // One line and the route's metrics per request: it sees every answer as it leaves.
             .layer(AccessLogLayer::new(settings.access))
+            // Request id, span, the gateway's problems stamped: what the kit's layers do for
+            // the process's own routes.
+            .layer(EdgeLayer)
             // What a client sends is checked before any route is chosen.
             .layer(InboundLayer::new(settings.max_body_bytes, settings.timeout))
             .service(Route {
@@ -231,19 +261,13 @@ impl Gateway {
             })
     }
 
-    /// The gateway's public routes: every path goes to [`Gateway::service`], but the probes
-    /// and `/metrics` (the kit's) and `/v1/deferred/{id}` when requests may be queued.
+    /// The gateway's own routes, served inside the kit's stack: `/v1/deferred/{id}` when
+    /// requests may be queued. Every other path is proxied by [`Gateway::service`] (the kit's
+    /// [`App::proxy`](flotilla_kit::App::proxy)).
     pub fn router(&self) -> Router {
-        let service = self.service();
-        let router = Router::new()
-            .route_service("/", service.clone())
-            // `/v1/…` has a route of its own so that the kit's request metrics keep labelling
-            // the public API `/v1/{*path}` apart from the rest.
-            .route_service("/v1/{*path}", service.clone())
-            .route_service("/{*path}", service);
         match &self.shared.deferred {
-            Some(deferred) => router.merge(deferred.routes()),
-            None => router,
+            Some(deferred) => deferred.routes(),
+            None => Router::new(),
         }
     }
 
@@ -251,14 +275,14 @@ impl Gateway {
     pub fn breaker(&self, service: &str) -> Option<CircuitBreaker> {
         lock_read(&self.shared.upstreams)
             .get(service)
-            .and_then(|(upstream, _)| upstream.breaker().cloned())
+            .and_then(|upstream| upstream.breaker().cloned())
     }
 
     /// The retry policy in front of `service`, if a route leads to it.
     pub fn retry(&self, service: &str) -> Option<RetryPolicy> {
         lock_read(&self.shared.upstreams)
             .get(service)
-            .and_then(|(upstream, _)| upstream.retry().cloned())
+            .and_then(|upstream| upstream.retry().cloned())
     }
 
     /// The upstream services, sorted.
@@ -268,15 +292,17 @@ impl Gateway {
 
     /// The services whose queued requests need a replayer.
     pub fn deferred_services(&self) -> Vec<String> {
-        let table = lock_read(&self.shared.table).clone();
-        queueing_services(&table.routes, &self.shared.settings.queue_for_later)
+        let routes = lock(&self.shared.routing).routes.clone();
+        queueing_services(&routes, &self.shared.settings.queue_for_later)
     }
 
-    /// The client stack of `service`, if a route leads to it.
+    /// The client stack of `service` over this worker's pool, if a route leads to it.
     fn client(&self, service: &str) -> Option<Client> {
         lock_read(&self.shared.upstreams)
             .get(service)
-            .map(|(_, client)| client.clone())
+            .map(|upstream| {
+                outbound::stack(upstream, self.shared.discovery.cache(), &self.local.http)
+            })
     }
 
     /// Replays the requests queued for `service`, oldest first, through its client stack
@@ -325,6 +351,46 @@ impl Gateway {
                 _ = tokio::time::sleep(crate::deferred::REPLAY_INTERVAL) => {}
             }
         }
+    }
+}
+
+/// The stacks of `routes` over `http`, one worker's pool, in front of the shared upstreams.
+fn build_table(shared: &Shared, routes: &Arc<Routes>, http: &HttpClient) -> Table {
+    let upstreams = lock_read(&shared.upstreams);
+    let clients: BTreeMap<&str, Client> = upstreams
+        .iter()
+        .map(|(service, upstream)| {
+            let client = outbound::stack(upstream, shared.discovery.cache(), http);
+            (service.as_str(), client)
+        })
+        .collect();
+    let mut stacks = Vec::new();
+    for route in routes.iter() {
+        let client = &clients[route.service.as_str()];
+        let fallback = match &route.fallback {
+            Some(fallback) => fallback.clone(),
+            None if shared.settings.queue_for_later.contains(&route.service) => Fallback::Queue,
+            None => Fallback::Error,
+        };
+        let alternative = match &fallback {
+            Fallback::Service(other) => Some(clients[other.as_str()].clone()),
+            _ => None,
+        };
+        let policy = RoutePolicy {
+            timeout: route.timeout.unwrap_or(shared.settings.timeout),
+            transform: &route.transform,
+            fallback,
+            alternative,
+            deferred: shared.deferred.clone(),
+        };
+        stacks.push((
+            RouteTag::new(&route.name, &route.service),
+            route_stack(policy, client.clone()),
+        ));
+    }
+    Table {
+        routes: routes.clone(),
+        stacks,
     }
 }
 
@@ -384,7 +450,7 @@ impl Service<Arrived> for Route {
     }
 
     fn call(&mut self, arrived: Arrived) -> Self::Future {
-        let table = lock_read(&self.gateway.shared.table).clone();
+        let table = lock_read(&self.gateway.local.table).clone();
         Box::pin(async move {
             let head = Head {
                 method: &arrived.method,
@@ -431,6 +497,11 @@ impl Service<Arrived> for Route {
     }
 }
 
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn lock_read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -453,6 +524,7 @@ mod tests {
     fn layers_of(type_name: &str) -> Vec<&'static str> {
         let known = [
             ("AccessLog", "access_log"),
+            ("Edge", "edge"),
             ("Inbound", "inbound"),
             ("Route", "route"),
             ("TransformService", "transform"),
@@ -532,6 +604,54 @@ path = "/v2/orders"
             gateway.breaker("order").map(|b| b.name().to_owned()),
             Some("order".to_owned()),
             "the upstream kept its breaker"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_route_table_reaches_every_worker_which_share_the_upstreams_state() {
+        use axum::routing::get as on_get;
+        let upstream = axum::Router::new()
+            .route("/v1/orders/{id}", on_get(|| async { "an order" }))
+            .route("/v1/items/{id}", on_get(|| async { "an item" }));
+        let address = flotilla_testkit::serve_instance(upstream).await;
+        let discovery = Discovery::fixed(
+            HashMap::from([("order".to_owned(), vec![address])]),
+            Duration::from_secs(2),
+        );
+        let gateway =
+            Gateway::new(discovery, Routes::default(), settings(), None).expect("gateway");
+        let workers = [gateway.worker(), gateway.worker()];
+        for worker in &workers {
+            let Ok(response) = worker.service().oneshot(get("/v1/orders/1")).await;
+            assert_eq!(response.status(), http::StatusCode::OK);
+        }
+        let renamed = Routes::parse(
+            r#"
+[[routes]]
+name = "items"
+service = "order"
+path = "/items"
+version = 1
+"#,
+        )
+        .expect("routes");
+        // Swapped through one worker's handle: every worker serves the new table.
+        workers[1].replace_routes(renamed).expect("swapped");
+        for worker in workers.iter().chain([&gateway]) {
+            let Ok(old) = worker.service().oneshot(get("/v1/orders/1")).await;
+            assert_eq!(old.status(), http::StatusCode::NOT_FOUND);
+            let Ok(new) = worker.service().oneshot(get("/v1/items/1")).await;
+            assert_eq!(new.status(), http::StatusCode::OK);
+        }
+        // One breaker for the service, whichever worker's handle is asked.
+        let (Some(a), Some(b)) = (gateway.breaker("order"), workers[0].breaker("order")) else {
+            panic!("a breaker in front of `order`");
+        };
+        a.force(Some(flotilla_resilience::breaker::Forced::Open));
+        assert_eq!(
+            b.state(),
+            flotilla_resilience::breaker::State::ForcedOpen,
+            "the workers share the breaker"
         );
     }
 

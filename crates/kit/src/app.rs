@@ -10,6 +10,11 @@
 //! 4. **problems**: every error response leaves as `application/problem+json` with the request id;
 //! 5. **body limit**: bodies read by extractors are capped at `max_body_bytes` (413 beyond);
 //! 6. the routes, plus `/livez`, `/readyz`, `/startupz` and `/metrics`.
+//!
+//! A proxy ([`App::proxy`]) serves every other path outside these layers: it answers for
+//! itself (the gateway sets the request id, writes its access line, counts its routes and
+//! stamps its problems in one layer of its own), so a proxied request pays for none of the
+//! generic chain.
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
@@ -35,7 +40,11 @@ pub struct App {
     health: Health,
     max_body_bytes: usize,
     faults: Option<crate::faults::Faults>,
+    proxy: Option<Proxy>,
 }
+
+/// The service a proxy serves every unmatched path with.
+pub type Proxy = tower::util::BoxCloneSyncService<Request, Response, std::convert::Infallible>;
 
 impl App {
     /// An app with the probes of `health` and no routes yet.
@@ -45,6 +54,7 @@ impl App {
             health,
             max_body_bytes: 64 * 1024,
             faults: None,
+            proxy: None,
         }
     }
 
@@ -57,6 +67,15 @@ impl App {
     /// Adds routes.
     pub fn routes(mut self, routes: Router) -> Self {
         self.routes = self.routes.merge(routes);
+        self
+    }
+
+    /// Serves every path that no route of the app matches with `proxy`, outside the kit's
+    /// layers: `proxy` sets its own request id, records its own metrics and renders its own
+    /// problems (see [`stamp_problem`] and [`new_request_id`]). Without a proxy, an unmatched
+    /// path is a 404 problem.
+    pub fn proxy(mut self, proxy: Proxy) -> Self {
+        self.proxy = Some(proxy);
         self
     }
 
@@ -83,7 +102,7 @@ impl App {
             .merge(self.health.routes())
             .route("/metrics", get(metrics::render))
             .fallback(|| async { Problem::not_found("no route matches this path") });
-        routes.layer(
+        let layered = routes.layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeUuidV7))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -105,8 +124,46 @@ impl App {
                 .layer(middleware::from_fn(metrics::record))
                 .layer(middleware::from_fn(problems))
                 .layer(DefaultBodyLimit::max(self.max_body_bytes)),
-        )
+        );
+        // Set after the layers, so that they do not wrap it.
+        match self.proxy {
+            Some(proxy) => layered.fallback_service(proxy),
+            None => layered,
+        }
     }
+}
+
+/// A fresh request id: a UUIDv7 (unique, and sortable by time), written without an
+/// intermediate string.
+pub fn new_request_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// `response` with its [`Problem`] (the response extension [`Problem`]'s rendering leaves)
+/// rendered again carrying `request_id` and, unless it names one, `path` as its instance.
+/// A response without one is returned as it is.
+pub fn stamp_problem(response: Response, request_id: Option<&str>, path: &str) -> Response {
+    let Some(problem) = response.extensions().get::<Problem>() else {
+        return response;
+    };
+    let mut problem = problem.clone();
+    let (parts, _) = response.into_parts();
+    problem.request_id = request_id.map(str::to_owned);
+    problem.instance.get_or_insert_with(|| path.to_owned());
+    render(parts, problem)
+}
+
+/// `problem` as the body of the response `parts` describe.
+fn render(mut parts: http::response::Parts, problem: Problem) -> Response {
+    let rendered = problem.into_response();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::problem::CONTENT_TYPE),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, rendered.into_body())
 }
 
 /// Request ids are UUIDv7: unique and sortable by time.
@@ -115,9 +172,7 @@ struct MakeUuidV7;
 
 impl MakeRequestId for MakeUuidV7 {
     fn make_request_id<B>(&mut self, _request: &http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string())
-            .ok()
-            .map(RequestId::new)
+        Some(RequestId::new(new_request_id()))
     }
 }
 
@@ -142,7 +197,7 @@ async fn problems(request: Request, next: Next) -> Response {
         return response;
     }
     let empty = is_empty(&response);
-    let (mut parts, body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let mut problem = match parts.extensions.get::<Problem>() {
         Some(problem) => problem.clone(),
         None if empty => bare(status),
@@ -161,13 +216,7 @@ async fn problems(request: Request, next: Next) -> Response {
     };
     problem.request_id = request_id;
     problem.instance.get_or_insert(path);
-    let rendered = problem.into_response();
-    parts.headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(crate::problem::CONTENT_TYPE),
-    );
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, rendered.into_body())
+    render(parts, problem)
 }
 
 /// Marks a response relayed from an upstream (by the gateway): it leaves as it came, even when

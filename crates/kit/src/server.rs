@@ -22,6 +22,12 @@
 //! busy with a request; a watchdog task, which wakes at deadlines only (nothing is added to the
 //! connection's own polling), aborts the connection when the phase outlives its limit.
 //! A busy connection is bounded by the handlers' own deadlines, not here.
+//!
+//! A listener is served by one worker, on the caller's runtime, or by several
+//! ([`serve_workers`], [`Routers::per_worker`]): each further worker is a thread running a
+//! current-thread runtime, all accepting from the same listening socket, each with its own
+//! router, so that a request, and what it spawns (an upstream connection, say), stays on the
+//! thread that accepted its connection: no task is woken across threads on the hot path.
 
 use std::future::Future;
 use std::io;
@@ -180,6 +186,96 @@ fn check_host<B>(request: &http::Request<B>) -> Option<Problem> {
         }
     }
     None
+}
+
+/// The routers a listener is served with: one, or one per worker thread.
+#[derive(Clone)]
+pub struct Routers {
+    workers: usize,
+    make: Arc<dyn Fn() -> Router + Send + Sync>,
+}
+
+impl std::fmt::Debug for Routers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routers")
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Routers {
+    /// One router, served on the caller's runtime.
+    pub fn one(router: Router) -> Self {
+        Self {
+            workers: 1,
+            make: Arc::new(move || router.clone()),
+        }
+    }
+
+    /// `workers` (at least one) routers, each made by `make` for its worker: worker 0 runs on
+    /// the caller's runtime, each other on a thread of its own with a current-thread runtime.
+    /// `make` is called on the worker's thread, so what a router owns that is costly to share
+    /// across threads (a connection pool) should be made there, one per worker.
+    pub fn per_worker(workers: usize, make: impl Fn() -> Router + Send + Sync + 'static) -> Self {
+        Self {
+            workers: workers.max(1),
+            make: Arc::new(make),
+        }
+    }
+
+    /// How many workers serve.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+}
+
+/// Serves `routers` on an already bound `listener`, each worker as [`serve`] does, until
+/// `drain` is cancelled; returns when every worker has drained (the first error, if any).
+pub async fn serve_workers(
+    listener: TcpListener,
+    routers: Routers,
+    limits: ConnectionLimits,
+    drain: tokio_util::sync::CancellationToken,
+) -> io::Result<()> {
+    if routers.workers == 1 {
+        return serve(listener, (routers.make)(), limits, drain.cancelled_owned()).await;
+    }
+    // Every worker accepts from the same socket (a duplicate of its descriptor), registered
+    // with its own runtime's reactor.
+    let listener = listener.into_std()?;
+    let mut finished = Vec::with_capacity(routers.workers - 1);
+    for worker in 1..routers.workers {
+        let socket = listener.try_clone()?;
+        let make = routers.make.clone();
+        let drain = drain.clone();
+        let (done, ended) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("worker-{worker}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = TcpListener::from_std(socket)?;
+                            serve(listener, make(), limits, drain.cancelled_owned()).await
+                        })
+                    });
+                let _ = done.send(result);
+            })?;
+        finished.push(ended);
+    }
+    let listener = TcpListener::from_std(listener)?;
+    let mut result = serve(listener, (routers.make)(), limits, drain.cancelled_owned()).await;
+    for ended in finished {
+        let ended = ended
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
+        if result.is_ok() {
+            result = ended;
+        }
+    }
+    result
 }
 
 /// Serves `router` on an already bound `listener`, within `limits`, until `drain` completes;

@@ -321,3 +321,69 @@ async fn an_unfit_request_id_is_replaced_and_a_fit_one_kept() {
         assert_eq!(replaced.len(), 36, "a UUID: {replaced}");
     }
 }
+
+#[tokio::test]
+async fn each_worker_serves_with_its_own_router_on_its_own_thread_and_all_drain() {
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    // Each router is made on its worker's thread, and answers with that thread's name.
+    let made = Arc::new(Mutex::new(Vec::<String>::new()));
+    let routers = {
+        let made = made.clone();
+        flotilla_kit::Routers::per_worker(3, move || {
+            let thread = std::thread::current().name().unwrap_or("?").to_owned();
+            made.lock().expect("lock").push(thread);
+            let routes = Router::new().route(
+                "/hello",
+                get(|| async { std::thread::current().name().unwrap_or("?").to_owned() }),
+            );
+            App::new(Health::new()).routes(routes).into_router()
+        })
+    };
+    let drain = CancellationToken::new();
+    let server = tokio::spawn(flotilla_kit::serve_workers(
+        listener,
+        routers,
+        ConnectionLimits::default(),
+        drain.clone(),
+    ));
+    let mut answered_by = Vec::new();
+    for _ in 0..12 {
+        let response = exchange(
+            &address,
+            b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let body = response
+            .rsplit("\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        answered_by.push(body);
+    }
+    let mut made = made.lock().expect("lock").clone();
+    made.sort();
+    made.dedup();
+    assert_eq!(made.len(), 3, "three routers on three threads: {made:?}");
+    assert!(
+        made.iter()
+            .filter(|name| name.starts_with("worker-"))
+            .count()
+            == 2,
+        "two worker threads besides the caller's: {made:?}"
+    );
+    for thread in &answered_by {
+        assert!(made.contains(thread), "{thread} is not a worker: {made:?}");
+    }
+    drain.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("every worker drains");
+    assert!(matches!(stopped, Ok(Ok(()))), "{stopped:?}");
+    assert!(
+        TcpStream::connect(&address).await.is_err(),
+        "no worker accepts after the drain"
+    );
+}
