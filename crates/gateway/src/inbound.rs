@@ -450,25 +450,58 @@ pub fn forwarded_headers(mut headers: HeaderMap) -> HeaderMap {
 /// W3C trace context: keeps the trace id of a valid incoming `traceparent` and gives this hop a
 /// new parent id; starts a new sampled trace otherwise.
 pub fn continue_trace(incoming: Option<&str>) -> String {
-    let span_id = format!("{:016x}", rand::random::<u64>() | 1);
-    if let Some(value) = incoming {
-        let fields: Vec<&str> = value.split('-').collect();
-        if let [version, trace_id, parent, flags] = fields[..]
-            && version.len() == 2
-            && version != "ff"
-            && is_lower_hex(version)
-            && trace_id.len() == 32
-            && is_lower_hex(trace_id)
-            && trace_id.bytes().any(|b| b != b'0')
-            && parent.len() == 16
-            && is_lower_hex(parent)
-            && flags.len() == 2
-            && is_lower_hex(flags)
-        {
-            return format!("00-{trace_id}-{span_id}-{flags}");
+    // Written digit by digit: `format!` here was 2 % of the gateway's instructions.
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    match incoming.and_then(valid_traceparent) {
+        Some((trace_id, flags)) => {
+            out.push_str(trace_id);
+            out.push('-');
+            push_hex(&mut out, u128::from(rand::random::<u64>() | 1), 16);
+            out.push('-');
+            out.push_str(flags);
+        }
+        None => {
+            push_hex(&mut out, rand::random::<u128>() | 1, 32);
+            out.push('-');
+            push_hex(&mut out, u128::from(rand::random::<u64>() | 1), 16);
+            out.push_str("-01");
         }
     }
-    format!("00-{:032x}-{span_id}-01", rand::random::<u128>() | 1)
+    out
+}
+
+/// The trace id and flags of a valid `traceparent` (version 00 layout, any version but `ff`).
+fn valid_traceparent(value: &str) -> Option<(&str, &str)> {
+    let mut fields = value.split('-');
+    let (Some(version), Some(trace_id), Some(parent), Some(flags), None) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return None;
+    };
+    let valid = version.len() == 2
+        && version != "ff"
+        && is_lower_hex(version)
+        && trace_id.len() == 32
+        && is_lower_hex(trace_id)
+        && trace_id.bytes().any(|b| b != b'0')
+        && parent.len() == 16
+        && is_lower_hex(parent)
+        && flags.len() == 2
+        && is_lower_hex(flags);
+    valid.then_some((trace_id, flags))
+}
+
+/// The low `digits` hex digits of `value`, lower case, most significant first.
+fn push_hex(out: &mut String, value: u128, digits: u32) {
+    for digit in (0..digits).rev() {
+        let nibble = (value >> (digit * 4)) & 0xf;
+        out.push(char::from(b"0123456789abcdef"[nibble as usize]));
+    }
 }
 
 fn is_lower_hex(s: &str) -> bool {
@@ -488,6 +521,24 @@ mod tests {
         );
         assert!(out.ends_with("-01"));
         assert_ne!(out, incoming);
+        let fields: Vec<&str> = out.split('-').collect();
+        assert_eq!(fields.len(), 4, "{out}");
+        assert!(fields[2].len() == 16 && is_lower_hex(fields[2]), "{out}");
+        assert_ne!(fields[2], "00f067aa0ba902b7", "a new parent id");
+        let unsampled = continue_trace(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        assert!(
+            unsampled.ends_with("-00"),
+            "the flags are kept: {unsampled}"
+        );
+        let fresh = continue_trace(None);
+        let fields: Vec<&str> = fresh.split('-').collect();
+        assert_eq!(fields.len(), 4, "{fresh}");
+        assert_eq!(fields[0], "00");
+        assert!(fields[1].len() == 32 && is_lower_hex(fields[1]), "{fresh}");
+        assert!(fields[2].len() == 16 && is_lower_hex(fields[2]), "{fresh}");
+        assert_eq!(fields[3], "01");
     }
 
     #[test]
