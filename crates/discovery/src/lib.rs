@@ -23,6 +23,7 @@ mod cache;
 mod client;
 mod lifecycle;
 pub mod outbound;
+pub mod pool;
 mod registration;
 pub mod settings;
 

@@ -13,9 +13,10 @@
 //! 4. **load balancer** ([`Balance`]) — the instances in the order to try them
 //!    ([`crate::balance`]: power of two choices or round robin, version weights, the
 //!    `X-Canary` pin, ejected instances last);
-//! 5. **endpoint** ([`Endpoint`]) — sends the request over a pooled HTTP/1.1 connection to the
-//!    first instance, failing over to the next when one refuses the connection (only a body
-//!    that can be sent again fails over), and tells the balancer how each exchange went.
+//! 5. **endpoint** ([`Endpoint`]) — sends the request over a kept HTTP/1.1 connection
+//!    ([`crate::pool`]) to the first instance, failing over to the next when one refuses the
+//!    connection (only a body that can be sent again fails over), and tells the balancer how
+//!    each exchange went.
 //!
 //! The API gateway puts its server and per-route layers on top of it; [`crate::Discovery::send`]
 //! (service-to-service calls) runs through the same stack, so both get the same policies.
@@ -41,8 +42,6 @@ use flotilla_resilience::pipeline::Verdict;
 use flotilla_resilience::retry::{self, RetryConfig, RetryPolicy};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt as _;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -446,17 +445,13 @@ impl Upstream {
     }
 }
 
-/// The HTTP client every stack of a process shares (one connection pool).
-pub type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+/// The HTTP client of a stack: a pool of HTTP/1.1 connections by instance address
+/// ([`crate::pool`]); every stack of a gateway worker, or of a service, shares one.
+pub type HttpClient = crate::pool::HttpClient;
 
-/// A client with pooled keep-alive connections, `TCP_NODELAY` and a 1 s connect timeout.
+/// A new connection pool (1 s to connect, `TCP_NODELAY`, 30 s idle).
 pub fn http_client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_secs(1)));
-    connector.set_nodelay(true);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
+    HttpClient::new()
 }
 
 /// The client stack of one service, boxed.
@@ -921,23 +916,23 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
         let Some(body) = exchange.body.take() else {
             break;
         };
-        let uri: Uri =
-            match format!("http://{}{}", instance.address, exchange.path_and_query).parse() {
-                Ok(uri) => uri,
-                Err(e) => {
-                    return Err(Failure::client(Problem::bad_request(
-                        "invalid-uri",
-                        e.to_string(),
-                    )));
-                }
-            };
+        let uri: Uri = match exchange.path_and_query.parse() {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Err(Failure::client(Problem::bad_request(
+                    "invalid-uri",
+                    e.to_string(),
+                )));
+            }
+        };
         let mut request = http::Request::new(body);
         *request.method_mut() = exchange.method.clone();
         *request.uri_mut() = uri;
         *request.headers_mut() = exchange.headers.clone();
         let in_flight = balancer.start(instance);
         let sent = std::time::Instant::now();
-        let result = tokio::time::timeout_at(exchange.deadline, http.request(request)).await;
+        let result =
+            tokio::time::timeout_at(exchange.deadline, http.send(&instance.address, request)).await;
         drop(in_flight);
         match result {
             Err(_) => {

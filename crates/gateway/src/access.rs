@@ -465,7 +465,12 @@ fn json_str(out: &mut String, value: &str) {
     use std::fmt::Write as _;
     out.push('"');
     let mut rest = value;
-    while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || u32::from(c) < 0x20) {
+    // What needs escaping is ASCII, and no byte of a multi-byte character is below 0x80: a
+    // byte scan finds it.
+    while let Some(at) = rest
+        .bytes()
+        .position(|b| b == b'"' || b == b'\\' || b < 0x20)
+    {
         out.push_str(&rest[..at]);
         let c = rest[at..].chars().next().unwrap_or_default();
         match c {
