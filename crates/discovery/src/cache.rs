@@ -68,7 +68,8 @@ struct Inner {
     /// Registry base URL; `None` for a fixed table of endpoints.
     registry: Option<String>,
     http: Client,
-    views: Mutex<HashMap<String, Arc<View>>>,
+    /// By service name (foldhash: looked up on every call).
+    views: Mutex<HashMap<String, Arc<View>, foldhash::fast::RandomState>>,
     shutdown: CancellationToken,
 }
 
@@ -124,7 +125,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 registry,
                 http: client::client(),
-                views: Mutex::new(views),
+                views: Mutex::new(views.into_iter().collect()),
                 shutdown,
             }),
         }
