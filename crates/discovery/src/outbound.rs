@@ -15,8 +15,8 @@
 //!    `X-Canary` pin, ejected instances last);
 //! 5. **endpoint** ([`Endpoint`]) — sends the request over a kept HTTP/1.1 connection
 //!    ([`crate::pool`]) to the first instance, failing over to the next when one refuses the
-//!    connection (only a body that can be sent again fails over), and tells the balancer how
-//!    each exchange went.
+//!    connection (nothing was sent, so the same request goes on, whatever its body), and tells
+//!    the balancer how each exchange went.
 //!
 //! The API gateway puts its server and per-route layers on top of it; [`crate::Discovery::send`]
 //! (service-to-service calls) runs through the same stack, so both get the same policies.
@@ -906,29 +906,39 @@ impl Service<Targeted> for Endpoint {
 
 async fn send(http: HttpClient, targeted: Targeted) -> Answer {
     let Targeted {
-        exchange,
+        mut exchange,
         instances,
         balancer,
         discovery,
     } = targeted;
-    let service = &*exchange.service;
+    let service = exchange.service.clone();
+    let service = &*service;
+    // Made once: a connection that cannot be opened gives the request back whole (nothing was
+    // sent), and it goes to the next instance as it is, whatever its body.
+    let mut unsent: Option<http::Request<Body>> = None;
     for instance in &instances {
-        let Some(body) = exchange.body.take() else {
-            break;
-        };
-        let uri: Uri = match exchange.path_and_query.parse() {
-            Ok(uri) => uri,
-            Err(e) => {
-                return Err(Failure::client(Problem::bad_request(
-                    "invalid-uri",
-                    e.to_string(),
-                )));
+        let request = match unsent.take() {
+            Some(request) => request,
+            None => {
+                let Some(body) = exchange.body.take() else {
+                    break;
+                };
+                let uri: Uri = match exchange.path_and_query.parse() {
+                    Ok(uri) => uri,
+                    Err(e) => {
+                        return Err(Failure::client(Problem::bad_request(
+                            "invalid-uri",
+                            e.to_string(),
+                        )));
+                    }
+                };
+                let mut request = http::Request::new(body);
+                *request.method_mut() = exchange.method.clone();
+                *request.uri_mut() = uri;
+                *request.headers_mut() = std::mem::take(&mut exchange.headers);
+                request
             }
         };
-        let mut request = http::Request::new(body);
-        *request.method_mut() = exchange.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = exchange.headers.clone();
         let in_flight = balancer.start(instance);
         let sent = std::time::Instant::now();
         let result =
@@ -976,10 +986,11 @@ async fn send(http: HttpClient, targeted: Targeted) -> Answer {
             Ok(Err(_)) if let Some(problem) = exchange.body.client_fault() => {
                 return Err(Failure::client(problem));
             }
-            Ok(Err(error)) if error.is_connect() => {
+            Ok(Err(crate::pool::SendError::Connect { error, request })) => {
                 tracing::warn!(%service, instance = %instance.id, %error, "instance unreachable; failing over");
                 discovery.set_aside(service, instance);
                 report(&balancer, instance, false);
+                unsent = Some(*request);
             }
             Ok(Err(error)) => {
                 tracing::warn!(%service, instance = %instance.id, %error, "upstream exchange failed");
@@ -1028,6 +1039,57 @@ mod tests {
         assert!(!with(&[]));
         assert!(!with(&["return=minimal"]));
         assert!(!with(&["waiting=1"]));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_fails_over_whole_when_the_first_instance_refuses_the_connection() {
+        use axum::routing::post;
+        let dead = flotilla_testkit::dead_address().await;
+        let live = flotilla_testkit::serve_instance(
+            axum::Router::new().route("/echo", post(|body: Bytes| async move { body })),
+        )
+        .await;
+        let cache = Cache::fixed(std::collections::HashMap::from([(
+            "svc".to_owned(),
+            vec![dead, live],
+        )]));
+        // Round robin from the first instance in the view: the dead one is tried first.
+        let config = UpstreamConfig {
+            balance: crate::balance::BalanceConfig {
+                balance: crate::balance::Strategy::RoundRobin,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let upstream = Upstream::new("svc", &config).expect("valid");
+        let client = stack(&upstream, &cache, &http_client());
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"sent ")),
+            Ok(Bytes::from_static(b"once")),
+        ];
+        let body = Body::from_stream(futures_util::stream::iter(chunks));
+        let exchange = Exchange::new(
+            Arc::from("svc"),
+            Method::POST,
+            "/echo".to_owned(),
+            HeaderMap::new(),
+            Outgoing::streaming(body, None),
+            Duration::from_secs(2),
+        );
+        let response = client
+            .oneshot(exchange)
+            .await
+            .expect("the live instance answers");
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&bytes[..], b"sent once", "the streamed body arrived whole");
+        assert!(
+            cache.is_set_aside("svc", "svc-0"),
+            "the dead instance was tried first, and set aside"
+        );
     }
 
     #[test]

@@ -90,8 +90,14 @@ struct Kept {
 /// Why an exchange failed.
 #[derive(Debug)]
 pub enum SendError {
-    /// No connection could be opened: nothing was sent.
-    Connect(std::io::Error),
+    /// No connection could be opened: nothing was sent, and the request is given back (to
+    /// send to another instance).
+    Connect {
+        /// Why the connection could not be opened.
+        error: std::io::Error,
+        /// The request, unsent.
+        request: Box<Request<Body>>,
+    },
     /// The exchange failed on an open connection: the request may have been received.
     Exchange(hyper::Error),
 }
@@ -99,14 +105,14 @@ pub enum SendError {
 impl SendError {
     /// Whether nothing was sent (the connection could not be opened).
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_))
+        matches!(self, Self::Connect { .. })
     }
 }
 
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Connect(error) => write!(f, "could not connect: {error}"),
+            Self::Connect { error, .. } => write!(f, "could not connect: {error}"),
             Self::Exchange(error) => write!(f, "exchange failed: {error}"),
         }
     }
@@ -115,7 +121,7 @@ impl fmt::Display for SendError {
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Connect(error) => Some(error),
+            Self::Connect { error, .. } => Some(error),
             Self::Exchange(error) => Some(error),
         }
     }
@@ -136,23 +142,28 @@ impl HttpClient {
     }
 
     /// Sends `request` (its target in origin form, `/path?query`) to the instance at
-    /// `address` (`host:port`), on a kept connection if one is ready, else on a new one; sets
-    /// `Host` to `address` unless the request has one. Returns the answer's head with its body
-    /// still to read.
+    /// `address` (`host:port`), on a kept connection if one is ready, else on a new one, with
+    /// `Host` set to `address`. Returns the answer's head with its body still to read.
     pub async fn send(
         &self,
         address: &str,
         mut request: Request<Body>,
     ) -> Result<Response<Incoming>, SendError> {
-        if !request.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(address)
-        {
+        if let Ok(host) = HeaderValue::from_str(address) {
             request.headers_mut().insert(header::HOST, host);
         }
         loop {
             let (mut sender, kept) = match self.checkout(address) {
                 Some(sender) => (sender, true),
-                None => (connect(address).await?, false),
+                None => match connect(address).await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => {
+                        return Err(SendError::Connect {
+                            error,
+                            request: Box::new(request),
+                        });
+                    }
+                },
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -237,22 +248,21 @@ impl HttpClient {
 }
 
 /// Opens a connection to `address` and starts its task on the current runtime.
-async fn connect(address: &str) -> Result<SendRequest<Body>, SendError> {
+async fn connect(address: &str) -> std::io::Result<SendRequest<Body>> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
         .await
         .map_err(|_| {
-            SendError::Connect(std::io::Error::new(
+            std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("connecting to {address} took longer than {CONNECT_TIMEOUT:?}"),
-            ))
-        })?
-        .map_err(SendError::Connect)?;
+            )
+        })??;
     // No Nagle: a request written in two segments would wait for the peer's delayed
     // acknowledgement.
     let _ = stream.set_nodelay(true);
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(SendError::Exchange)?;
+        .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "upstream connection ended with an error");
@@ -400,12 +410,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refused_connection_is_a_connect_error() {
+    async fn a_refused_connection_is_a_connect_error_that_gives_the_request_back() {
         let address = flotilla_testkit::dead_address().await;
+        let request = Request::post("/orders")
+            .header("x-kept", "1")
+            .body(Body::from("a body sent once"))
+            .expect("request");
         let error = HttpClient::new()
-            .send(&address, get("/"))
+            .send(&address, request)
             .await
             .expect_err("nothing listens");
         assert!(error.is_connect(), "{error}");
+        let SendError::Connect { request, .. } = error else {
+            panic!("a connect error");
+        };
+        // Whole, body included, to go to another instance.
+        let (live, _) = server().await;
+        let request = *request;
+        assert_eq!(request.headers()["x-kept"], "1");
+        let bytes = request
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        assert_eq!(&bytes[..], b"a body sent once");
+        let answer = HttpClient::new()
+            .send(&live, get("/host"))
+            .await
+            .expect("answered");
+        assert_eq!(body(answer).await, live, "`Host` is the address sent to");
     }
 }
