@@ -49,15 +49,24 @@ pub struct FallbackLayer {
     cache: Option<Arc<Cache>>,
 }
 
+/// What a route's fallback keeps across requests (the `cached` fallback's answers): one per
+/// route, shared by every worker's stack of that route, so that an answer kept by one worker
+/// is there for the others.
+#[derive(Debug, Clone, Default)]
+pub struct FallbackState {
+    cache: Arc<Cache>,
+}
+
 impl FallbackLayer {
     /// The fallback `fallback`, with the alternative service's client stack and the queue
-    /// where they are needed.
+    /// where they are needed, keeping what it keeps in `state`.
     pub fn new(
         fallback: Fallback,
         alternative: Option<Client>,
         deferred: Option<Deferred>,
+        state: &FallbackState,
     ) -> Self {
-        let cache = matches!(fallback, Fallback::Cached { .. }).then(Arc::default);
+        let cache = matches!(fallback, Fallback::Cached { .. }).then(|| state.cache.clone());
         Self {
             fallback: Arc::new(fallback),
             alternative,

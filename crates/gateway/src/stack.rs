@@ -50,7 +50,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::access::{AccessLog, AccessLogLayer, AccessSettings, RouteTag};
 use crate::deferred::Deferred;
 use crate::edge::{Edge, EdgeLayer};
-use crate::fallback::{FallbackLayer, FallbackService};
+use crate::fallback::{FallbackLayer, FallbackService, FallbackState};
 use crate::inbound::{Arrived, Inbound, InboundLayer};
 use crate::routes::{Fallback, Head, Matched, Routes};
 use crate::transform::{TransformLayer, TransformService};
@@ -112,6 +112,8 @@ struct Shared {
 #[derive(Debug)]
 struct Routing {
     routes: Arc<Routes>,
+    /// What each route's fallback keeps, in the table's order: one for all workers.
+    states: Arc<Vec<FallbackState>>,
     workers: Vec<Weak<Local>>,
 }
 
@@ -174,6 +176,7 @@ impl Gateway {
             upstreams: RwLock::default(),
             routing: Mutex::new(Routing {
                 routes: Arc::new(Routes::empty()),
+                states: Arc::default(),
                 workers: Vec::new(),
             }),
         });
@@ -193,7 +196,7 @@ impl Gateway {
     fn join(shared: Arc<Shared>) -> Self {
         let mut routing = lock(&shared.routing);
         let http = outbound::http_client();
-        let table = build_table(&shared, &routing.routes, &http);
+        let table = build_table(&shared, &routing.routes, &routing.states, &http);
         let local = Arc::new(Local {
             http,
             table: RwLock::new(Arc::new(table)),
@@ -231,12 +234,16 @@ impl Gateway {
         }
         lock_write(&shared.upstreams).extend(added);
         let routes = Arc::new(routes);
+        // A new table starts with nothing kept (a route may have changed its upstream).
+        let states: Arc<Vec<FallbackState>> =
+            Arc::new(routes.iter().map(|_| FallbackState::default()).collect());
         routing.workers.retain(|worker| worker.strong_count() > 0);
         for worker in routing.workers.iter().filter_map(Weak::upgrade) {
-            let table = build_table(shared, &routes, &worker.http);
+            let table = build_table(shared, &routes, &states, &worker.http);
             *lock_write(&worker.table) = Arc::new(table);
         }
         routing.routes = routes;
+        routing.states = states;
         Ok(())
     }
 
@@ -354,8 +361,14 @@ impl Gateway {
     }
 }
 
-/// The stacks of `routes` over `http`, one worker's pool, in front of the shared upstreams.
-fn build_table(shared: &Shared, routes: &Arc<Routes>, http: &HttpClient) -> Table {
+/// The stacks of `routes` over `http`, one worker's pool, in front of the shared upstreams,
+/// each route's fallback keeping what it keeps in its shared state of `states`.
+fn build_table(
+    shared: &Shared,
+    routes: &Arc<Routes>,
+    states: &[FallbackState],
+    http: &HttpClient,
+) -> Table {
     let upstreams = lock_read(&shared.upstreams);
     let clients: BTreeMap<&str, Client> = upstreams
         .iter()
@@ -365,7 +378,7 @@ fn build_table(shared: &Shared, routes: &Arc<Routes>, http: &HttpClient) -> Tabl
         })
         .collect();
     let mut stacks = Vec::new();
-    for route in routes.iter() {
+    for (route, state) in routes.iter().zip(states) {
         let client = &clients[route.service.as_str()];
         let fallback = match &route.fallback {
             Some(fallback) => fallback.clone(),
@@ -382,6 +395,7 @@ fn build_table(shared: &Shared, routes: &Arc<Routes>, http: &HttpClient) -> Tabl
             fallback,
             alternative,
             deferred: shared.deferred.clone(),
+            state,
         };
         stacks.push((
             RouteTag::new(&route.name, &route.service),
@@ -406,6 +420,8 @@ pub struct RoutePolicy<'a> {
     pub alternative: Option<Client>,
     /// The queue, for [`Fallback::Queue`].
     pub deferred: Option<Deferred>,
+    /// What the route's fallback keeps, shared by every worker's stack of the route.
+    pub state: &'a FallbackState,
 }
 
 /// The stack of one route: its policies, then `client`, the upstream's client stack (retry,
@@ -427,6 +443,7 @@ fn route_layers<C>(
             policy.fallback,
             policy.alternative,
             policy.deferred,
+            policy.state,
         ))
         // The whole call's deadline: every retry fits in it.
         .layer(TimeoutLayer::new(policy.timeout))
@@ -656,6 +673,63 @@ version = 1
     }
 
     #[tokio::test]
+    async fn an_answer_kept_by_one_workers_cached_fallback_serves_the_others() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use axum::routing::get as on_get;
+        let failing = Arc::new(AtomicBool::new(false));
+        let upstream = {
+            let failing = failing.clone();
+            axum::Router::new().route(
+                "/v1/items",
+                on_get(move || {
+                    let failing = failing.load(Ordering::SeqCst);
+                    async move {
+                        if failing {
+                            (http::StatusCode::SERVICE_UNAVAILABLE, "down")
+                        } else {
+                            (http::StatusCode::OK, "the items")
+                        }
+                    }
+                }),
+            )
+        };
+        let address = flotilla_testkit::serve_instance(upstream).await;
+        let discovery = Discovery::fixed(
+            HashMap::from([("catalog".to_owned(), vec![address])]),
+            Duration::from_secs(2),
+        );
+        let routes = Routes::parse(
+            r#"
+[[routes]]
+name = "items"
+service = "catalog"
+path = "/v1/items"
+fallback = { kind = "cached", max_age_ms = 60000 }
+[upstreams.catalog]
+retry = { max_attempts = 1 }
+"#,
+        )
+        .expect("routes");
+        let gateway = Gateway::new(discovery, routes, settings(), None).expect("gateway");
+        let (one, other) = (gateway.worker(), gateway.worker());
+        let Ok(fresh) = one.service().oneshot(get("/v1/items")).await;
+        assert_eq!(fresh.status(), http::StatusCode::OK);
+        use http_body_util::BodyExt as _;
+        let fresh = fresh.into_body().collect().await.expect("body").to_bytes();
+        failing.store(true, Ordering::SeqCst);
+        let Ok(stale) = other.service().oneshot(get("/v1/items")).await;
+        assert_eq!(
+            stale.status(),
+            http::StatusCode::OK,
+            "the other worker falls back on what the first kept"
+        );
+        assert_eq!(stale.headers()["x-fallback"], "stale");
+        let stale = stale.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(stale, fresh);
+    }
+
+    #[tokio::test]
     async fn the_layers_are_stacked_in_the_documented_order() {
         let discovery = Discovery::fixed(HashMap::new(), Duration::from_secs(1));
         let settings = settings();
@@ -664,12 +738,14 @@ version = 1
         let upstream = Upstream::new("order", &UpstreamConfig::default()).expect("defaults");
         let client = outbound::layers(&upstream, discovery.cache(), &outbound::http_client());
         let transform = crate::transform::Transform::default();
+        let state = FallbackState::default();
         let policy = RoutePolicy {
             timeout: Duration::from_secs(1),
             transform: &transform,
             fallback: Fallback::Error,
             alternative: None,
             deferred: None,
+            state: &state,
         };
         let server = std::any::type_name_of_val(&gateway.layers());
         let route = std::any::type_name_of_val(&route_layers(policy, client));
