@@ -375,6 +375,8 @@ async fn arrive(request: Request, limit: u64, timeout: Duration) -> Result<Arriv
         return Err(problem);
     }
     let body = match http_body::Body::size_hint(&body).exact() {
+        // No body (most GETs): nothing to wait for, no timer to set.
+        Some(0) if http_body::Body::is_end_stream(&body) => Outgoing::Held(bytes::Bytes::new()),
         Some(length) if length <= REPLAY_LIMIT.min(limit) => {
             use http_body_util::BodyExt as _;
             let bytes = tokio::time::timeout_at(deadline, body.collect())
