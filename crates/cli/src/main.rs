@@ -271,9 +271,13 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     // Before any component registers a metric: handles taken earlier would record nothing.
     flotilla_kit::metrics::handle();
     let shutdown = flotilla_kit::shutdown::signal(settings.server.supervised);
-    let listener = tokio::net::TcpListener::bind(settings.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+    // The gateway's workers each bind a socket beside this one (`SO_REUSEPORT`).
+    let listener = if options.role == Role::Gateway {
+        flotilla_kit::bind_shared(settings.server.listen)
+    } else {
+        tokio::net::TcpListener::bind(settings.server.listen).await
+    }
+    .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
     if settings.server.supervised {
         // The supervisor learns the address from this line (the port may be the OS's choice).
         flotilla_supervisor::announce(listener.local_addr()?);

@@ -25,8 +25,8 @@
 //!
 //! A listener is served by one worker, on the caller's runtime, or by several
 //! ([`serve_workers`], [`Routers::per_worker`]): each further worker is a thread running a
-//! current-thread runtime, all accepting from the same listening socket, each with its own
-//! router, so that a request, and what it spawns (an upstream connection, say), stays on the
+//! current-thread runtime, each accepting on a socket of its own beside the first
+//! (`SO_REUSEPORT`, [`bind_shared`]) or on the first's descriptor, each with its own router, so that a request, and what it spawns (an upstream connection, say), stays on the
 //! thread that accepted its connection: no task is woken across threads on the hot path.
 
 use std::future::Future;
@@ -229,6 +229,25 @@ impl Routers {
     }
 }
 
+/// A listener on `address` with `SO_REUSEPORT`, so that the workers of [`serve_workers`] can
+/// each bind a socket of their own beside it and the kernel spreads new connections over them
+/// (only sockets of the same user may join).
+pub fn bind_shared(address: std::net::SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::from_std(bind_shared_std(address)?)
+}
+
+fn bind_shared_std(address: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(1024)?.into_std()
+}
+
 /// Serves `routers` on an already bound `listener`, each worker as [`serve`] does, until
 /// `drain` is cancelled; returns when every worker has drained (the first error, if any).
 pub async fn serve_workers(
@@ -240,12 +259,19 @@ pub async fn serve_workers(
     if routers.workers == 1 {
         return serve(listener, (routers.make)(), limits, drain.cancelled_owned()).await;
     }
-    // Every worker accepts from the same socket (a duplicate of its descriptor), registered
-    // with its own runtime's reactor.
+    // Each further worker accepts on a socket of its own bound beside the first with
+    // `SO_REUSEPORT` (the kernel spreads new connections over them evenly), when the first was
+    // bound that way ([`bind_shared`]); else on a duplicate of the first's descriptor (every
+    // worker is woken for a new connection and one takes it). Each is registered with its own
+    // runtime's reactor.
+    let address = listener.local_addr()?;
     let listener = listener.into_std()?;
     let mut finished = Vec::with_capacity(routers.workers - 1);
     for worker in 1..routers.workers {
-        let socket = listener.try_clone()?;
+        let socket = match bind_shared_std(address) {
+            Ok(socket) => socket,
+            Err(_) => listener.try_clone()?,
+        };
         let make = routers.make.clone();
         let drain = drain.clone();
         let (done, ended) = tokio::sync::oneshot::channel();

@@ -324,8 +324,34 @@ async fn an_unfit_request_id_is_replaced_and_a_fit_one_kept() {
 
 #[tokio::test]
 async fn each_worker_serves_with_its_own_router_on_its_own_thread_and_all_drain() {
-    use std::sync::{Arc, Mutex};
+    // A listener bound without `SO_REUSEPORT`: the workers share its descriptor.
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let answered_by = three_workers(listener, 12).await;
+    assert_eq!(answered_by.len(), 12);
+}
+
+#[tokio::test]
+async fn with_reuseport_each_worker_has_a_socket_and_connections_are_spread_over_all() {
+    let listener =
+        flotilla_kit::bind_shared("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let answered_by = three_workers(listener, 30).await;
+    let mut workers = answered_by.clone();
+    workers.sort();
+    workers.dedup();
+    // The kernel hashes each connection to a socket: with 30 connections, all three get some
+    // but with a chance of about one in 60,000.
+    assert_eq!(
+        workers.len(),
+        3,
+        "every worker took connections: {answered_by:?}"
+    );
+}
+
+/// Serves three workers on `listener`, each answering `/hello` with its thread's name; sends
+/// `connections` requests, each on a new connection; checks that the routers were made on
+/// three threads and that every worker drains; returns who answered each request.
+async fn three_workers(listener: TcpListener, connections: usize) -> Vec<String> {
+    use std::sync::{Arc, Mutex};
     let address = listener.local_addr().expect("address").to_string();
     // Each router is made on its worker's thread, and answers with that thread's name.
     let made = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -349,7 +375,7 @@ async fn each_worker_serves_with_its_own_router_on_its_own_thread_and_all_drain(
         drain.clone(),
     ));
     let mut answered_by = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..connections {
         let response = exchange(
             &address,
             b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -386,4 +412,5 @@ async fn each_worker_serves_with_its_own_router_on_its_own_thread_and_all_drain(
         TcpStream::connect(&address).await.is_err(),
         "no worker accepts after the drain"
     );
+    answered_by
 }
