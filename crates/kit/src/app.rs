@@ -125,10 +125,19 @@ impl App {
                 .layer(middleware::from_fn(problems))
                 .layer(DefaultBodyLimit::max(self.max_body_bytes)),
         );
-        // Set after the layers, so that they do not wrap it.
-        match self.proxy {
-            Some(proxy) => layered.fallback_service(proxy),
-            None => layered,
+        // Set after the layers, so that they do not wrap it; injected faults apply to it as to
+        // the app's own routes.
+        match (self.proxy, self.faults) {
+            (Some(proxy), Some(faults)) => layered.fallback_service(
+                ServiceBuilder::new()
+                    .layer(middleware::from_fn_with_state(
+                        faults,
+                        crate::faults::inject,
+                    ))
+                    .service(proxy),
+            ),
+            (Some(proxy), None) => layered.fallback_service(proxy),
+            (None, _) => layered,
         }
     }
 }

@@ -174,6 +174,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn faults_hit_a_proxys_paths_too() {
+        let proxy = tower::util::BoxCloneSyncService::new(tower::service_fn(
+            |_request: axum::extract::Request| async {
+                Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response(
+                    "proxied",
+                ))
+            },
+        ));
+        let app = App::new(Health::new())
+            .fault_injection(true)
+            .proxy(proxy)
+            .into_router();
+        assert_eq!(status(&app, "GET", "/v1/orders/1", "").await, 200);
+        assert_eq!(
+            status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 100}"#).await,
+            200
+        );
+        assert_eq!(status(&app, "GET", "/v1/orders/1", "").await, 503);
+        assert_eq!(status(&app, "DELETE", "/admin/faults", "").await, 204);
+        assert_eq!(status(&app, "GET", "/v1/orders/1", "").await, 200);
+    }
+
+    #[tokio::test]
     async fn without_the_setting_there_is_no_admin_route() {
         let app = App::new(Health::new()).into_router();
         assert_eq!(
