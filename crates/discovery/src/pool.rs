@@ -238,7 +238,8 @@ impl HttpClient {
     }
 
     /// The connections kept to `address`, ready or still reading an answer.
-    pub fn kept(&self, address: &str) -> usize {
+    #[cfg(test)]
+    fn kept(&self, address: &str) -> usize {
         self.lock()
             .hosts
             .iter()

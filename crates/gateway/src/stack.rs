@@ -571,6 +571,16 @@ mod tests {
         }
     }
 
+    /// A gateway with `routes` in front of `upstream`, served as the one instance of `service`.
+    async fn gateway_over(service: &str, upstream: axum::Router, routes: Routes) -> Gateway {
+        let address = flotilla_testkit::serve_instance(upstream).await;
+        let discovery = Discovery::fixed(
+            HashMap::from([(service.to_owned(), vec![address])]),
+            Duration::from_secs(2),
+        );
+        Gateway::new(discovery, routes, settings(), None).expect("gateway")
+    }
+
     fn get(path: &str) -> Request {
         http::Request::get(path)
             .header(http::header::HOST, "gateway")
@@ -588,13 +598,7 @@ mod tests {
                 "old table"
             }),
         );
-        let address = flotilla_testkit::serve_instance(slow).await;
-        let discovery = Discovery::fixed(
-            HashMap::from([("order".to_owned(), vec![address])]),
-            Duration::from_secs(2),
-        );
-        let gateway =
-            Gateway::new(discovery, Routes::default(), settings(), None).expect("gateway");
+        let gateway = gateway_over("order", slow, Routes::default()).await;
         let in_flight = tokio::spawn(gateway.service().oneshot(get("/v1/orders/slow")));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let renamed = Routes::parse(
@@ -630,13 +634,7 @@ path = "/v2/orders"
         let upstream = axum::Router::new()
             .route("/v1/orders/{id}", on_get(|| async { "an order" }))
             .route("/v1/items/{id}", on_get(|| async { "an item" }));
-        let address = flotilla_testkit::serve_instance(upstream).await;
-        let discovery = Discovery::fixed(
-            HashMap::from([("order".to_owned(), vec![address])]),
-            Duration::from_secs(2),
-        );
-        let gateway =
-            Gateway::new(discovery, Routes::default(), settings(), None).expect("gateway");
+        let gateway = gateway_over("order", upstream, Routes::default()).await;
         let workers = [gateway.worker(), gateway.worker()];
         for worker in &workers {
             let Ok(response) = worker.service().oneshot(get("/v1/orders/1")).await;
@@ -694,11 +692,6 @@ version = 1
                 }),
             )
         };
-        let address = flotilla_testkit::serve_instance(upstream).await;
-        let discovery = Discovery::fixed(
-            HashMap::from([("catalog".to_owned(), vec![address])]),
-            Duration::from_secs(2),
-        );
         let routes = Routes::parse(
             r#"
 [[routes]]
@@ -711,7 +704,7 @@ retry = { max_attempts = 1 }
 "#,
         )
         .expect("routes");
-        let gateway = Gateway::new(discovery, routes, settings(), None).expect("gateway");
+        let gateway = gateway_over("catalog", upstream, routes).await;
         let (one, other) = (gateway.worker(), gateway.worker());
         let Ok(fresh) = one.service().oneshot(get("/v1/items")).await;
         assert_eq!(fresh.status(), http::StatusCode::OK);
