@@ -54,18 +54,19 @@ http {
 EOF
 nginx -c "$DIR/upstream.conf" -p "$DIR"
 
-# CPU seconds (utime + stime) of the processes in $@ and their threads.
+# CPU ticks of the processes in $@ and their threads: "utime stime".
 cpu_ticks() {
-  local total=0 pid
+  local user=0 sys=0 pid
   for pid in "$@"; do
     # Fields 14 and 15 of /proc/PID/stat, after the command name in parentheses.
     local stat
     stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
     stat=${stat##*) }
     read -r -a f <<<"$stat"
-    total=$((total + f[11] + f[12]))
+    user=$((user + f[11]))
+    sys=$((sys + f[12]))
   done
-  echo "$total"
+  echo "$user $sys"
 }
 
 wait_for() { # url
@@ -77,7 +78,8 @@ wait_for() { # url
   return 1
 }
 
-# Loads URL and prints "name threads rps p50 p99 cpu_us_per_request" for the processes PIDS.
+# Loads URL and prints "name threads rps p50 p99 cpu_us_per_request (user + kernel)" for the
+# processes PIDS.
 measure() { # name threads url pids...
   local name=$1 threads=$2 url=$3
   shift 3
@@ -96,13 +98,16 @@ measure() { # name threads url pids...
   hz=$(getconf CLK_TCK)
   local cpu_us="-"
   if [ "$#" -gt 0 ] && [ "$requests" -gt 0 ]; then
-    cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+    read -r user0 sys0 <<<"$before"
+    read -r user1 sys1 <<<"$after"
+    cpu_us=$(awk -v u=$((user1 - user0)) -v s=$((sys1 - sys0)) -v hz="$hz" -v n="$requests" \
+      'BEGIN { f = 1e6 / hz / n; printf "%.1f (%.1f + %.1f)", (u + s) * f, u * f, s * f }')
   fi
-  printf '| %-22s | %7s | %10s | %8s | %8s | %10s |\n' "$name" "$threads" "$rps" "$p50" "$p99" "$cpu_us"
+  printf '| %-22s | %7s | %10s | %8s | %8s | %18s |\n' "$name" "$threads" "$rps" "$p50" "$p99" "$cpu_us"
 }
 
-printf '| %-22s | %7s | %10s | %8s | %8s | %10s |\n' proxy threads requests/s p50 p99 "CPU µs/req"
-printf '| %-22s | %7s | %10s | %8s | %8s | %10s |\n' --- --- --- --- --- ---
+printf '| %-22s | %7s | %10s | %8s | %8s | %18s |\n' proxy threads requests/s p50 p99 "CPU µs/req (u + k)"
+printf '| %-22s | %7s | %10s | %8s | %8s | %18s |\n' --- --- --- --- --- ---
 if wants direct; then measure "direct to upstream" - "http://$UPSTREAM/v1/orders/x"; fi
 
 for threads in "${THREADS[@]}"; do
