@@ -1,0 +1,135 @@
+//! The identity provider's section of the settings.
+
+use std::path::PathBuf;
+
+use flotilla_kit::settings::{Invalid, Section};
+use serde::{Deserialize, Serialize};
+
+use crate::verify::{MAX_CLOCK_SKEW_MS, VerifierSettings};
+
+/// The identity provider's settings. Durations are in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IdpSettings {
+    /// The `iss` of every token: a stable name, not the listening address (the port may change
+    /// between runs; tokens must stay valid across a restart).
+    pub issuer: String,
+    /// The `aud` of every token (a string if one, an array if several).
+    pub audiences: Vec<String>,
+    /// How long a token lives (`expires_in`); also the longest a [`Grant`](super::Grant) may
+    /// ask for. At most 24 hours.
+    pub token_lifetime_ms: u64,
+    /// The file of the signing keys (private keys: in the data directory, mode 0600).
+    pub key_file: PathBuf,
+    /// Rotate the signing key this often; `None`: only when asked (`POST /admin/keys/rotate`).
+    pub rotation_interval_ms: Option<u64>,
+    /// The clock skew verifiers allow; a superseded key stays published for
+    /// `token_lifetime_ms + max_clock_skew_ms` after it stopped signing. At most 5 minutes.
+    pub max_clock_skew_ms: u64,
+    /// The base URL clients reach this provider at, for the discovery document; `None`: taken
+    /// from the request's `Host`.
+    pub public_url: Option<String>,
+    /// `Cache-Control: max-age` of the JWKS, and how old the verifiers let their copy grow.
+    pub jwks_max_age_ms: u64,
+}
+
+impl Default for IdpSettings {
+    fn default() -> Self {
+        Self {
+            issuer: crate::DEFAULT_ISSUER.to_owned(),
+            audiences: vec![crate::DEFAULT_AUDIENCE.to_owned()],
+            token_lifetime_ms: 15 * 60 * 1_000,
+            key_file: PathBuf::from(".flotilla/identity-keys.json"),
+            rotation_interval_ms: None,
+            max_clock_skew_ms: 30_000,
+            public_url: None,
+            jwks_max_age_ms: 300_000,
+        }
+    }
+}
+
+impl Section for IdpSettings {
+    fn validate(&self) -> Result<(), Invalid> {
+        if self.issuer.is_empty() {
+            return Err(Invalid::new("issuer", "must not be empty"));
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return Err(Invalid::new(
+                "audiences",
+                "must name at least one audience, none empty",
+            ));
+        }
+        if !(1_000..=86_400_000).contains(&self.token_lifetime_ms) {
+            return Err(Invalid::new(
+                "token_lifetime_ms",
+                "must be between 1 second and 24 hours",
+            ));
+        }
+        if self.key_file.as_os_str().is_empty() {
+            return Err(Invalid::new("key_file", "must not be empty"));
+        }
+        if self.rotation_interval_ms.is_some_and(|ms| ms < 60_000) {
+            return Err(Invalid::new(
+                "rotation_interval_ms",
+                "must be at least one minute",
+            ));
+        }
+        if self.max_clock_skew_ms > MAX_CLOCK_SKEW_MS {
+            return Err(Invalid::new(
+                "max_clock_skew_ms",
+                "must be at most 300000 (5 minutes)",
+            ));
+        }
+        if self
+            .public_url
+            .as_deref()
+            .is_some_and(|url| !(url.starts_with("http://") || url.starts_with("https://")))
+        {
+            return Err(Invalid::new("public_url", "must be an http(s):// URL"));
+        }
+        if self.jwks_max_age_ms == 0 {
+            return Err(Invalid::new("jwks_max_age_ms", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+impl IdpSettings {
+    /// Verifier settings that accept this provider's tokens (its issuer, audiences and skew;
+    /// the other keys at their defaults).
+    pub fn verifier_settings(&self) -> VerifierSettings {
+        VerifierSettings {
+            issuer: self.issuer.clone(),
+            audiences: self.audiences.clone(),
+            max_clock_skew_ms: self.max_clock_skew_ms,
+            jwks_max_age_ms: self
+                .jwks_max_age_ms
+                .max(VerifierSettings::default().jwks_refetch_interval_ms),
+            ..VerifierSettings::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rule_names_its_key() {
+        assert_eq!(IdpSettings::key_broken_by(|_| {}), None);
+        type Rule = (fn(&mut IdpSettings), &'static str);
+        let cases: [Rule; 8] = [
+            (|s| s.issuer.clear(), "issuer"),
+            (|s| s.audiences = vec![String::new()], "audiences"),
+            (|s| s.token_lifetime_ms = 10, "token_lifetime_ms"),
+            (|s| s.key_file = PathBuf::new(), "key_file"),
+            (|s| s.rotation_interval_ms = Some(5), "rotation_interval_ms"),
+            (|s| s.max_clock_skew_ms = 600_000, "max_clock_skew_ms"),
+            (|s| s.public_url = Some("idp:80".into()), "public_url"),
+            (|s| s.jwks_max_age_ms = 0, "jwks_max_age_ms"),
+        ];
+        for (change, key) in cases {
+            assert_eq!(IdpSettings::key_broken_by(change), Some(key));
+        }
+    }
+}
