@@ -48,7 +48,7 @@ pub enum TokenError {
     /// A required claim (`exp`, `sub`) is missing or empty: the claim is named.
     #[error("missing claim `{0}`")]
     MissingClaim(&'static str),
-    /// The keys could not be fetched and none are known: the token cannot be judged now.
+    /// No key set could be fetched yet: the token cannot be judged now (503, not 401).
     #[error("signing keys unavailable")]
     KeysUnavailable,
 }
