@@ -6,7 +6,8 @@
 #   benches/gateway-instructions.sh [BINARY...]       (default: target/release/flotilla)
 #
 # For each binary: one nginx upstream answering "ok", a registry with it registered as
-# `order`, the gateway with one worker under callgrind (instrumentation off during start-up),
+# `order` (and as `inventory`, for the public route the start waits on), an identity provider
+# and an alice token every request carries (the shipped routes check it), the gateway with one worker under callgrind (instrumentation off during start-up),
 # `wrk -t1 -c8` for 3 s to warm up, then instrumentation on for 8 s of load. Prints the
 # requests served in that window and the user-space instructions per request (kernel work is
 # not counted). Keeps the last profile in target/callgrind/ for `callgrind_annotate
@@ -21,6 +22,7 @@ done
 UPSTREAM=127.0.0.1:18910
 REGISTRY=127.0.0.1:18911
 GATEWAY=127.0.0.1:18912
+IDP=127.0.0.1:18913
 DIR=$(mktemp -d)
 OUT=$PWD/target/callgrind
 mkdir -p "$OUT"
@@ -65,22 +67,28 @@ for BIN in "${BINS[@]}"; do
   curl -fsS -X PUT "http://$REGISTRY/v1/registry/instances/upstream-1" \
     -H 'content-type: application/json' \
     -d "{\"service\":\"order\",\"address\":\"$UPSTREAM\",\"ttl_ms\":86400000}" >/dev/null
+  "$BIN" run idp --listen "$IDP" --data-dir "$DIR/data" >"$DIR/idp.log" 2>&1 &
+  idp=$!
+  PIDS+=("$idp")
+  wait_for "http://$IDP/readyz" 100
+  TOKEN=$("$BIN" token --user alice --data-dir "$DIR/data" 2>/dev/null | tail -n 1)
+  AUTH=(-H "Authorization: Bearer $TOKEN")
   rm -f "$OUT"/callgrind.out.*
-  FLOTILLA_WORKERS=1 FLOTILLA_LOG_FORMAT=json valgrind --tool=callgrind --instr-atstart=no \
+  FLOTILLA_IDENTITY__URL="http://$IDP" FLOTILLA_WORKERS=1 FLOTILLA_LOG_FORMAT=json valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$OUT/callgrind.out.%p" \
     "$BIN" run gateway --listen "$GATEWAY" --registry-url "http://$REGISTRY" \
     --data-dir "$DIR/data" >"$DIR/gateway.log" 2>&1 &
   gateway=$!
   PIDS+=("$gateway")
-  wait_for "http://$GATEWAY/v1/orders/x" 300
-  wrk -t1 -c8 -d3s "http://$GATEWAY/v1/orders/x" >/dev/null
+  wait_for "http://$GATEWAY/v1/products/x" 300
+  wrk -t1 -c8 -d3s "${AUTH[@]}" "http://$GATEWAY/v1/orders/x" >/dev/null
   callgrind_control -i on "$gateway" >/dev/null 2>&1
-  out=$(wrk -t1 -c8 -d8s "http://$GATEWAY/v1/orders/x")
+  out=$(wrk -t1 -c8 -d8s "${AUTH[@]}" "http://$GATEWAY/v1/orders/x")
   callgrind_control -i off "$gateway" >/dev/null 2>&1
   callgrind_control -d "$gateway" >/dev/null 2>&1
   sleep 1
-  kill "$gateway" "$registry"
-  wait "$gateway" "$registry" 2>/dev/null || true
+  kill "$gateway" "$registry" "$idp"
+  wait "$gateway" "$registry" "$idp" 2>/dev/null || true
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   instructions=$(cat "$OUT"/callgrind.out.* | awk '/^totals:/ {t += $2} END {print t}')
   awk -v ir="$instructions" -v n="$requests" -v bin="$BIN" \

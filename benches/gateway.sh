@@ -10,6 +10,9 @@
 # The gateway inherits the environment: `FLOTILLA_ACCESS_LOG=false benches/gateway.sh` measures
 # it with its access log off.
 #
+# The gateway runs as shipped: its routes check a bearer token (an identity provider is started
+# beside it, and every proxy's requests carry the same token).
+#
 # Prints one row per proxy and thread count: requests/s, p50, p99 (from wrk) and the proxy's CPU
 # time per request (utime + stime of its processes from /proc, over the run). Needs the Debian
 # packages nginx-light (or nginx), haproxy and wrk, and target/release/flotilla
@@ -71,12 +74,23 @@ cpu_ticks() {
 
 wait_for() { # url
   for _ in $(seq 1 100); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    curl -fsS -o /dev/null "${AUTH[@]}" "$1" 2>/dev/null && return 0
     sleep 0.1
   done
   echo "no answer from $1" >&2
   return 1
 }
+
+# The gateway's routes need a token (its default configuration): an identity provider, and an
+# alice token that every proxy's requests carry, so that each reads the same request.
+AUTH=()
+if wants flotilla; then
+  "$BIN" run idp --listen 127.0.0.1:18905 --data-dir "$DIR/data" >"$DIR/idp.log" 2>&1 &
+  PIDS+=("$!")
+  wait_for "http://127.0.0.1:18905/readyz"
+  TOKEN=$("$BIN" token --user alice --data-dir "$DIR/data" 2>/dev/null | tail -n 1)
+  AUTH=(-H "Authorization: Bearer $TOKEN")
+fi
 
 # Loads URL and prints "name threads rps p50 p99 cpu_us_per_request (user + kernel)" for the
 # processes PIDS.
@@ -84,10 +98,10 @@ measure() { # name threads url pids...
   local name=$1 threads=$2 url=$3
   shift 3
   wait_for "$url"
-  wrk -t2 -c64 -d2s "$url" >/dev/null # warm up: connections, pools, caches
+  wrk -t2 -c64 -d2s "${AUTH[@]}" "$url" >/dev/null # warm up: connections, pools, caches
   local before after out requests
   before=$(cpu_ticks "$@")
-  out=$(wrk -t2 -c64 -d"${DURATION}s" --latency "$url")
+  out=$(wrk -t2 -c64 -d"${DURATION}s" --latency "${AUTH[@]}" "$url")
   after=$(cpu_ticks "$@")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   local rps p50 p99
@@ -178,7 +192,8 @@ EOF
   curl -fsS -X PUT "http://127.0.0.1:18903/v1/registry/instances/upstream-1" \
     -H 'content-type: application/json' \
     -d "{\"service\":\"order\",\"address\":\"$UPSTREAM\",\"ttl_ms\":86400000}" >/dev/null
-  TOKIO_WORKER_THREADS=$threads FLOTILLA_LOG_FORMAT=json "$BIN" run gateway \
+  TOKIO_WORKER_THREADS=$threads FLOTILLA_LOG_FORMAT=json FLOTILLA_IDENTITY__URL=http://127.0.0.1:18905 \
+    "$BIN" run gateway \
     --listen 127.0.0.1:18904 --registry-url http://127.0.0.1:18903 --data-dir "$DIR/data" \
     >"$DIR/gateway.log" 2>&1 &
   gateway=$!

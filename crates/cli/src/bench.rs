@@ -71,6 +71,7 @@ pub struct Sustained {
 /// which `Prefer: wait` (a poll per waiting request) does not disturb.
 pub async fn sustained(
     gateway: &str,
+    token: &str,
     data_dir: &std::path::Path,
     rate: u32,
     duration: Duration,
@@ -85,6 +86,7 @@ pub async fn sustained(
     let already: u64 = before.orders.values().sum();
     let Paced { started, tasks } = paced(
         gateway,
+        token,
         rate,
         duration,
         style,
@@ -162,12 +164,14 @@ struct Paced {
     tasks: Vec<tokio::task::JoinHandle<Sent>>,
 }
 
-/// Posts `rate` orders a second for `duration` to the gateway's `/v1/orders`, open loop: order
+/// Posts `rate` orders a second for `duration` to the gateway's `/v1/orders` with the bearer
+/// `token`, open loop: order
 /// `n` leaves `n / rate` seconds after the start whatever the answers to the earlier ones, each
 /// on a task of its own that waits at most `timeout` for its answer. Every order asks for the
 /// saga `style`, and with `prefer` (e.g. `wait=8`) sends that `Prefer` header.
 async fn paced(
     gateway: &str,
+    token: &str,
     rate: u32,
     duration: Duration,
     style: SagaStyle,
@@ -176,6 +180,7 @@ async fn paced(
 ) -> anyhow::Result<Paced> {
     let client = flotilla_kit::client::client();
     let url = format!("{}/v1/orders", gateway.trim_end_matches('/'));
+    let authorization = format!("Bearer {token}");
     let offered = usize::try_from(u64::from(rate) * duration.as_secs()).unwrap_or(usize::MAX);
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
     let started = Instant::now();
@@ -185,6 +190,7 @@ async fn paced(
         let mut request = Request::builder()
             .method(Method::POST)
             .uri(&url)
+            .header("authorization", &authorization)
             .header("content-type", "application/json");
         if let Some(prefer) = prefer {
             request = request.header("prefer", prefer);
@@ -228,6 +234,7 @@ fn failure(status: StatusCode, body: &[u8]) -> String {
 /// Offers `rate` orders a second for `duration` to the gateway at `gateway`.
 pub async fn orders(
     gateway: &str,
+    token: &str,
     rate: u32,
     duration: Duration,
     style: SagaStyle,
@@ -235,6 +242,7 @@ pub async fn orders(
     anyhow::ensure!(rate > 0, "--rate must be positive");
     let Paced { started, tasks } = paced(
         gateway,
+        token,
         rate,
         duration,
         style,

@@ -2,8 +2,10 @@
 //!
 //! * `flotilla` or `flotilla up`: the supervisor runs the whole system ([`up`], a caller of
 //!   [`flotilla_supervisor`]);
-//! * `flotilla run ROLE`: one component (registry, gateway, order, payment, inventory, shipping);
+//! * `flotilla run ROLE`: one component (idp, registry, gateway, order, payment, inventory,
+//!   shipping);
 //! * `flotilla status`: the instances the registry knows;
+//! * `flotilla token --user alice`: a development access token (the last line printed);
 //! * `flotilla projections rebuild order`: rebuilds the order's read models from its events;
 //! * `flotilla check`: the system's invariants, computed from the services' databases;
 //! * `flotilla bench orders`: completed sagas per second and time to final state, under load;
@@ -43,6 +45,9 @@ enum Command {
     Run(RunOptions),
     /// List the instances the registry knows.
     Status(StatusOptions),
+    /// Print a development access token, signed with the identity provider's keys in the data
+    /// directory (the running provider publishes the same keys); the last line is the token.
+    Token(TokenOptions),
     /// Check the system's invariants (money, stock, every order ended) from the databases.
     Check(CheckOptions),
     /// Measure a running system under load.
@@ -74,6 +79,13 @@ struct BenchOptions {
     /// The gateway of the running system.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     gateway: String,
+    /// The bearer token of the orders; by default an `admin` token signed with the identity
+    /// provider's keys in `--data-dir` (as `flotilla token --user admin` prints).
+    #[arg(long, env = "FLOTILLA_TOKEN")]
+    token: Option<String>,
+    /// Data directory of the running system.
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+    data_dir: PathBuf,
     /// Orders per second.
     #[arg(long, default_value_t = 100)]
     rate: u32,
@@ -180,6 +192,32 @@ struct Flags {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["user", "client"])))]
+struct TokenOptions {
+    /// A user of the seed file (`alice`, `bob`, `carol`, `admin`), or any name with `--role`.
+    #[arg(long)]
+    user: Option<String>,
+    /// A machine client of the seed file (`operator`, `gateway`, `order`, …).
+    #[arg(long)]
+    client: Option<String>,
+    /// A role instead of the seed's (repeat for several).
+    #[arg(long = "role")]
+    roles: Vec<String>,
+    /// A scope instead of the seed's (repeat for several).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// Seconds the token lives (at most the provider's `token_lifetime_ms`).
+    #[arg(long)]
+    lifetime: Option<u64>,
+    /// Data directory of the system (where the provider keeps its keys).
+    #[arg(long, env = "FLOTILLA_DATA_DIR", default_value = ".flotilla")]
+    data_dir: PathBuf,
+    /// Settings file (TOML); `FLOTILLA_*` variables and flags override it.
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct StatusOptions {
     /// Base URL of the registry; by default the one of the system running in `--data-dir`.
     #[arg(long, env = "FLOTILLA_REGISTRY_URL")]
@@ -238,6 +276,7 @@ fn main() -> std::process::ExitCode {
             Command::Up(options) => up::up(options).await,
             Command::Run(options) => run(options).await,
             Command::Status(options) => status(options).await,
+            Command::Token(options) => token(options),
             Command::Check(options) => check_command(options).await,
             Command::Bench {
                 what: BenchWhat::Orders(options),
@@ -284,6 +323,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     let role = options.role;
     let result = match role {
+        Role::Idp => flotilla_identity::process::run(settings.idp(), listener, shutdown).await,
         Role::Registry => {
             flotilla_registry::server::run(settings.registry(), listener, shutdown).await
         }
@@ -299,14 +339,110 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn token(options: TokenOptions) -> anyhow::Result<()> {
+    let flags = Flags {
+        listen: None,
+        registry_url: None,
+        data_dir: Some(options.data_dir.clone()),
+    };
+    let settings = Settings::load(options.config.as_deref(), flags)?;
+    let config = settings.idp();
+    let credentials = config.credentials()?;
+    let (subject, account, client_id) = match (&options.user, &options.client) {
+        (Some(user), _) => (user.clone(), credentials.user(user), None),
+        (None, Some(client)) => (
+            client.clone(),
+            credentials.client(client),
+            Some(client.clone()),
+        ),
+        (None, None) => anyhow::bail!("say whose token: --user NAME or --client ID"),
+    };
+    let roles = match (options.roles.is_empty(), account) {
+        (false, _) => options.roles.clone(),
+        (true, Some(account)) => account.roles.clone(),
+        (true, None) => anyhow::bail!(
+            "`{subject}` is not in the seed file: give its roles with --role (a development \
+             token may name anyone)"
+        ),
+    };
+    let scopes = match (options.scopes.is_empty(), account) {
+        (false, _) => options.scopes.clone(),
+        (true, Some(account)) if options.roles.is_empty() => account.scopes.clone(),
+        // Roles of one's own: the scopes those roles grant.
+        (true, _) => {
+            let mut scopes: Vec<String> = roles
+                .iter()
+                .filter_map(|role| credentials.role_scopes(role))
+                .flatten()
+                .cloned()
+                .collect();
+            scopes.sort();
+            scopes.dedup();
+            scopes
+        }
+    };
+    let grant = flotilla_identity::Grant {
+        subject: subject.clone(),
+        client_id,
+        roles: roles.clone(),
+        scopes: scopes.clone(),
+        lifetime: options.lifetime.map(std::time::Duration::from_secs),
+    };
+    let token = flotilla_identity::process::development_token(&config, grant)?;
+    eprintln!(
+        "token for {subject}: roles {}; scopes {}; valid {} s; key {}",
+        roles.join(" "),
+        if scopes.is_empty() {
+            "-".to_owned()
+        } else {
+            scopes.join(" ")
+        },
+        token.expires_in,
+        token.kid
+    );
+    eprintln!("use it as: curl -H \"Authorization: Bearer $TOKEN\" …");
+    println!("{}", token.access_token);
+    Ok(())
+}
+
 async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
     let (rate, seconds, style) = (options.rate, options.duration, options.style);
+    let token = match &options.token {
+        Some(token) => token.clone(),
+        None => {
+            let flags = Flags {
+                listen: None,
+                registry_url: None,
+                data_dir: Some(options.data_dir.clone()),
+            };
+            let config = Settings::load(None, flags)?.idp();
+            let admin = flotilla_identity::Grant {
+                subject: "admin".to_owned(),
+                client_id: None,
+                roles: vec!["admin".to_owned()],
+                scopes: config
+                    .credentials()?
+                    .user("admin")
+                    .map(|admin| admin.scopes.clone())
+                    .unwrap_or_default(),
+                lifetime: None,
+            };
+            flotilla_identity::process::development_token(&config, admin)?.access_token
+        }
+    };
     let duration = std::time::Duration::from_secs(seconds);
     // Both reports open with the load offered.
     let offer = |offered| format!("{offered} {style:?} orders offered at {rate}/s for {seconds} s");
     if let Some(data_dir) = &options.sustained {
-        let figures =
-            bench::sustained(&options.gateway, data_dir, rate, duration, style.into()).await?;
+        let figures = bench::sustained(
+            &options.gateway,
+            &token,
+            data_dir,
+            rate,
+            duration,
+            style.into(),
+        )
+        .await?;
         return print_json_or(options.json, &figures, || {
             println!(
                 "{}, {} accepted: all ended after {:.1} s, {:.0} sagas/s sustained; {:?}",
@@ -318,7 +454,7 @@ async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
             );
         });
     }
-    let figures = bench::orders(&options.gateway, rate, duration, style.into()).await?;
+    let figures = bench::orders(&options.gateway, &token, rate, duration, style.into()).await?;
     print_json_or(options.json, &figures, || {
         println!(
             "{}: {} sagas completed ({} approved), {} failed",

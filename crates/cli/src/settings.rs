@@ -12,8 +12,9 @@
 //! | gateway | `queue_for_later`, `admin_api`, `routes_file` | `flotilla_gateway::GatewaySettings` |
 //! | order | `saga_style`, `catalog_cache_ms`, `choreography_deadline_ms` | `flotilla_order::OrderSettings` |
 //! | messaging | `messaging.*` | `flotilla_messaging::MessagingSettings` |
+//! | identity | `identity.url`, `identity.issuer`, `identity.audiences`, `identity.max_clock_skew_ms`, `identity.max_token_bytes`, `identity.jwks_*`, `identity.cache_capacity` (checking tokens); `identity.token_lifetime_ms`, `identity.key_file`, `identity.rotation_interval_ms`, `identity.public_url`, `identity.seed_file` (the provider) | `flotilla_identity::IdentityConfig`, `flotilla_identity::IdpSettings` |
 //!
-//! The sections other than messaging keep their keys at the top of a file and of the
+//! The sections other than messaging and identity keep their keys at the top of a file and of the
 //! environment (`ttl_ms`, `FLOTILLA_TTL_MS`): each is extracted from the top level of the merged
 //! layers, ignoring the other sections' keys, and messaging from its table. Extracting section
 //! by section rather than deserialising one struct with `#[serde(flatten)]` keeps figment's
@@ -28,6 +29,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use flotilla_discovery::{DiscoverySettings, InstanceConfig, Lease};
 use flotilla_gateway::GatewaySettings;
+use flotilla_identity::{IdentityConfig, IdpSettings};
 use flotilla_kit::ServerSettings;
 use flotilla_kit::settings::{Invalid, Section};
 use flotilla_messaging::{MessagingSettings, ServiceConfig};
@@ -59,6 +61,49 @@ pub struct Settings {
     pub order: OrderSettings,
     /// The `messaging` table.
     pub messaging: MessagingSettings,
+    /// The `identity` table: where the identity provider is and how tokens are checked, and
+    /// the provider's own keys.
+    pub identity: IdentityTable,
+}
+
+/// The `identity` table: read by every process that checks tokens ([`IdentityConfig`]) and by
+/// the identity provider ([`IdpSettings`]); the keys they share (`issuer`, `audiences`,
+/// `max_clock_skew_ms`, `jwks_max_age_ms`) mean the same to both.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct IdentityTable {
+    /// What a token-checking process reads.
+    #[serde(flatten)]
+    pub client: IdentityConfig,
+    /// What the provider reads.
+    #[serde(skip)]
+    pub provider: IdpSettings,
+    /// The provider's seed file of users and clients; the shipped one if `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct IdentityClientTable {
+    #[serde(default)]
+    identity: IdentityConfig,
+}
+
+#[derive(Deserialize)]
+struct IdentityProviderTable {
+    #[serde(default)]
+    identity: IdpSettings,
+}
+
+#[derive(Deserialize, Default)]
+struct SeedFile {
+    #[serde(default)]
+    seed_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct IdentitySeedTable {
+    #[serde(default)]
+    identity: SeedFile,
 }
 
 /// The `messaging` table, extracted from the top level so that figment's errors name its keys
@@ -104,6 +149,21 @@ impl Settings {
                 .extract::<MessagingTable>()
                 .map_err(Box::new)?
                 .messaging,
+            identity: IdentityTable {
+                client: figment
+                    .extract::<IdentityClientTable>()
+                    .map_err(Box::new)?
+                    .identity,
+                provider: figment
+                    .extract::<IdentityProviderTable>()
+                    .map_err(Box::new)?
+                    .identity,
+                seed_file: figment
+                    .extract::<IdentitySeedTable>()
+                    .map_err(Box::new)?
+                    .identity
+                    .seed_file,
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -121,6 +181,8 @@ impl Settings {
         self.gateway.validate()?;
         self.order.validate()?;
         self.messaging.validate()?;
+        self.identity.client.validate()?;
+        self.identity.provider.validate()?;
         Ok(())
     }
 
@@ -147,6 +209,16 @@ impl Settings {
             instance: self.instance(),
             resilience: self.resilience.clone(),
             gateway: self.gateway.clone(),
+            identity: self.identity.client.clone(),
+        }
+    }
+
+    /// What the identity provider reads.
+    pub fn idp(&self) -> flotilla_identity::process::IdpConfig {
+        flotilla_identity::process::IdpConfig {
+            server: self.server.clone(),
+            idp: self.identity.provider.clone(),
+            seed_file: self.identity.seed_file.clone(),
         }
     }
 

@@ -102,11 +102,17 @@ async fn the_gateway_runs_a_current_thread_runtime_per_worker() {
     )
     .await;
     let registry_url = format!("http://{registry}");
+    // Its routes need tokens, so an identity provider to check them against (fetched only
+    // when a token comes: its address need not answer here).
+    let identity = format!("http://{}", flotilla_testkit::dead_address().await);
     for (workers, expected) in [("1", 0), ("3", 2)] {
         let (_, threads, _gateway) = threads_of(
             "gateway",
             &["--registry-url", &registry_url],
-            &[("FLOTILLA_WORKERS", workers)],
+            &[
+                ("FLOTILLA_WORKERS", workers),
+                ("FLOTILLA_IDENTITY__URL", identity.as_str()),
+            ],
             &data,
         )
         .await;

@@ -438,6 +438,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// id and the trace context.
 pub fn forwarded_headers(mut headers: HeaderMap) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
+    crate::auth::strip_identity_headers(&mut headers);
     headers.remove(header::HOST);
     if !headers.contains_key(&REQUEST_ID) {
         headers.insert(REQUEST_ID.clone(), flotilla_kit::app::new_request_id());

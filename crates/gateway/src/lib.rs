@@ -12,7 +12,8 @@
 //!   upstream's);
 //! * the route ([`routes::Routes`], read from the route file: path prefix or template, host,
 //!   method, headers, API version);
-//! * the route's policies: [`transform`] (headers, path rewrite, JSON fields), [`fallback`]
+//! * the route's policies: [`auth`] (a valid bearer token, roles and scopes, unless the route
+//!   is public; identity headers from clients removed), [`transform`] (headers, path rewrite, JSON fields), [`fallback`]
 //!   (error, cached, default, another service, or queue for later with [`deferred`]), the
 //!   call's deadline, then the upstream's client stack from [`flotilla_discovery::outbound`]:
 //!   retry of safe requests within a budget, circuit breaker, bulkhead, load balancer (power of
@@ -32,6 +33,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod auth;
 pub mod deferred;
 pub mod edge;
 pub mod fallback;
@@ -76,6 +78,10 @@ pub async fn run(
     let deferred = deferred::Deferred::open(&config, queueing)
         .await
         .map_err(std::io::Error::other)?;
+    let verifier = config
+        .identity
+        .verifier()
+        .map_err(|error| invalid(error.to_string()))?;
     let discovery = Discovery::new(&registry, timeout, shutdown.clone());
     let settings = stack::Settings {
         timeout,
@@ -88,6 +94,7 @@ pub async fn run(
             sample: config.gateway.access_log_sample,
             json: flotilla_kit::telemetry::is_json(config.instance.server.log_format),
         },
+        verifier,
     };
     let gateway = Gateway::new(discovery, routes, settings, deferred).map_err(invalid)?;
     for service in gateway.deferred_services() {

@@ -22,6 +22,25 @@
 //! headers = { x-tenant = "acme", x-debug = "*" }   # a value, or `*` for "present"
 //! ```
 //!
+//! **Who may call.** Every route needs a valid bearer token unless it says `auth = "public"`;
+//! `roles` asks for any one of them, `scopes` for all of them:
+//!
+//! ```toml
+//! [[routes]]
+//! name = "catalog"
+//! service = "inventory"
+//! path = "/products"
+//! version = 1
+//! auth = "public"                  # or "authenticated", the default
+//!
+//! [[routes]]
+//! name = "admin-orders"
+//! service = "order"
+//! path = "/admin/orders"
+//! roles = ["admin"]                # any of these roles…
+//! scopes = ["orders:read"]         # …and every one of these scopes
+//! ```
+//!
 //! **Precedence.** When several routes match, the most specific wins: more literal path
 //! segments first, then a template over a prefix, then a route with a host, with more header
 //! conditions, with methods, with a version; among equals, the one written first.
@@ -72,6 +91,39 @@ pub struct Route {
     pub fallback: Option<Fallback>,
     /// How the request and its answer are changed on the way.
     pub transform: Transform,
+    /// Who may call it (`auth`, `roles`, `scopes`).
+    pub access: Access,
+}
+
+/// Who may call a route: anyone, or the bearer of a valid token, which may need some roles
+/// and scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (`auth = "public"`); a token, if sent, is forwarded unchecked.
+    Public,
+    /// A valid bearer token (`auth = "authenticated"`, the default).
+    Authenticated {
+        /// The token must carry at least one of these roles (any role if empty).
+        roles: Vec<String>,
+        /// The token must carry every one of these scopes.
+        scopes: Vec<String>,
+    },
+}
+
+impl Access {
+    /// Whether the route needs a token.
+    pub fn needs_token(&self) -> bool {
+        matches!(self, Access::Authenticated { .. })
+    }
+}
+
+/// The `auth` key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum AuthSpec {
+    Public,
+    #[default]
+    Authenticated,
 }
 
 /// What a request offers to be matched.
@@ -158,6 +210,12 @@ struct Spec {
     rewrite: Option<crate::transform::RewriteSpec>,
     #[serde(default)]
     fields: Vec<String>,
+    #[serde(default)]
+    auth: AuthSpec,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
 }
 
 impl Routes {
@@ -242,6 +300,11 @@ impl Routes {
     /// Every route, in precedence order.
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
+    }
+
+    /// The first route that needs a token, if any (the gateway then needs a verifier).
+    pub fn first_protected(&self) -> Option<&Route> {
+        self.routes.iter().find(|route| route.access.needs_token())
     }
 
     /// The services the routes lead to (their alternatives included), each once, sorted.
@@ -354,6 +417,7 @@ impl Route {
             fields: spec.fields,
         })
         .map_err(|(key, reason)| RouteError::of(&name, &key, reason))?;
+        let access = Self::check_access(&name, spec.auth, spec.roles, spec.scopes)?;
         Ok(Self {
             name,
             service: spec.service,
@@ -366,7 +430,45 @@ impl Route {
             retry: spec.retry.unwrap_or(true),
             fallback,
             transform,
+            access,
         })
+    }
+
+    fn check_access(
+        name: &str,
+        auth: AuthSpec,
+        roles: Vec<String>,
+        scopes: Vec<String>,
+    ) -> Result<Access, RouteError> {
+        // A role or scope is one token of printable ASCII without spaces (RFC 6749's scope-token).
+        let valid = |value: &String| {
+            !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        };
+        for (key, values) in [("roles", &roles), ("scopes", &scopes)] {
+            if let Some(bad) = values.iter().find(|value| !valid(value)) {
+                return Err(RouteError::of(
+                    name,
+                    key,
+                    format!("`{bad}`: use 1 to 64 printable characters, no space or quote"),
+                ));
+            }
+        }
+        match auth {
+            AuthSpec::Public if !roles.is_empty() || !scopes.is_empty() => {
+                let key = if roles.is_empty() { "scopes" } else { "roles" };
+                Err(RouteError::of(
+                    name,
+                    key,
+                    "a public route asks for no role or scope (set auth = \"authenticated\")",
+                ))
+            }
+            AuthSpec::Public => Ok(Access::Public),
+            AuthSpec::Authenticated => Ok(Access::Authenticated { roles, scopes }),
+        }
     }
 
     /// Higher is more specific.

@@ -82,4 +82,6 @@ pub struct Config {
     pub resilience: ResilienceSettings,
     /// Queue for later and the operator API.
     pub gateway: GatewaySettings,
+    /// The identity provider whose tokens the routes need (the `identity` table).
+    pub identity: flotilla_identity::IdentityConfig,
 }

@@ -7,7 +7,8 @@
 //!    heads, the body held or limited);
 //! 2. **route** ([`Route`]) — the route table picks the route; its failure becomes the answer
 //!    here, in one place;
-//! 3. **per-route policy** — [`Transform`](crate::transform::TransformLayer) (path rewrite,
+//! 3. **per-route policy** — [`Authorize`](crate::auth::Authorize) (who may call: a valid
+//!    token, roles, scopes), [`Transform`](crate::transform::TransformLayer) (path rewrite,
 //!    headers, JSON fields), [`Fallback`](crate::fallback::FallbackLayer) (what to answer when
 //!    the upstream cannot), [`Timeout`] (the call's deadline, retries included), then the
 //!    upstream's client stack
@@ -40,6 +41,7 @@ use flotilla_discovery::Discovery;
 use flotilla_discovery::outbound::{
     self, Client, Exchange, Failure, HttpClient, Timeout, TimeoutLayer, Upstream,
 };
+use flotilla_identity::Verifier;
 use flotilla_kit::Problem;
 use flotilla_resilience::breaker::{BreakerConfig, CircuitBreaker};
 use flotilla_resilience::retry::{RetryConfig, RetryPolicy};
@@ -48,6 +50,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use crate::access::{AccessLog, AccessLogLayer, AccessSettings, RouteTag};
+use crate::auth::{AuthLayer, Authorize};
 use crate::deferred::Deferred;
 use crate::edge::{Edge, EdgeLayer};
 use crate::fallback::{FallbackLayer, FallbackService, FallbackState};
@@ -61,6 +64,7 @@ pub const LAYERS: &[&str] = &[
     "edge",
     "inbound",
     "route",
+    "auth",
     "transform",
     "fallback",
     "timeout",
@@ -86,6 +90,9 @@ pub struct Settings {
     pub queue_for_later: Vec<String>,
     /// The access log.
     pub access: AccessSettings,
+    /// Checks the tokens of routes that need one; the gateway refuses routes that need a token
+    /// without it.
+    pub verifier: Option<Verifier>,
 }
 
 /// The gateway: the upstreams' shared state, and one worker's route table with a stack per
@@ -218,6 +225,15 @@ impl Gateway {
         if !queueing.is_empty() && shared.deferred.is_none() {
             return Err(format!(
                 "routes to {queueing:?} queue for later, but the gateway has no queue"
+            ));
+        }
+        if shared.settings.verifier.is_none()
+            && let Some(route) = routes.first_protected()
+        {
+            return Err(format!(
+                "route `{}` needs a token, but the gateway has no identity provider to check \
+                 it (set identity.url, FLOTILLA_IDENTITY__URL, or auth = \"public\")",
+                route.name
             ));
         }
         let mut added = Vec::new();
@@ -390,6 +406,8 @@ fn build_table(
             _ => None,
         };
         let policy = RoutePolicy {
+            access: &route.access,
+            verifier: shared.settings.verifier.clone(),
             timeout: route.timeout.unwrap_or(shared.settings.timeout),
             transform: &route.transform,
             fallback,
@@ -410,6 +428,10 @@ fn build_table(
 
 /// A route's policies, as [`route_stack`] needs them.
 pub struct RoutePolicy<'a> {
+    /// Who may call the route.
+    pub access: &'a crate::routes::Access,
+    /// Checks the tokens, if the route needs them.
+    pub verifier: Option<Verifier>,
     /// The deadline of a call, retries included.
     pub timeout: Duration,
     /// How the request and its answer are changed.
@@ -424,7 +446,7 @@ pub struct RoutePolicy<'a> {
     pub state: &'a FallbackState,
 }
 
-/// The stack of one route: its policies, then `client`, the upstream's client stack (retry,
+/// The stack of one route: who may call it, its policies, then `client`, the upstream's client stack (retry,
 /// breaker, bulkhead, balancer, endpoint).
 pub fn route_stack(policy: RoutePolicy<'_>, client: Client) -> RouteStack {
     BoxCloneSyncService::new(route_layers(policy, client))
@@ -434,9 +456,12 @@ pub fn route_stack(policy: RoutePolicy<'_>, client: Client) -> RouteStack {
 fn route_layers<C>(
     policy: RoutePolicy<'_>,
     client: C,
-) -> TransformService<FallbackService<Timeout<C>>> {
+) -> Authorize<TransformService<FallbackService<Timeout<C>>>> {
     ServiceBuilder::new()
-        // Outermost of the route's layers, so that a fallback's answer is transformed too.
+        // Before anything else of the route's: a caller it refuses costs the upstream nothing
+        // and is answered untransformed.
+        .layer(AuthLayer::new(policy.access.clone(), policy.verifier))
+        // Outermost of the route's policies, so that a fallback's answer is transformed too.
         .layer(TransformLayer::new(policy.transform.clone()))
         // Above the timeout: a call that ran out of time falls back like any failure.
         .layer(FallbackLayer::new(
@@ -544,6 +569,7 @@ mod tests {
             ("Edge", "edge"),
             ("Inbound", "inbound"),
             ("Route", "route"),
+            ("Authorize", "auth"),
             ("TransformService", "transform"),
             ("FallbackService", "fallback"),
             ("Timeout", "timeout"),
@@ -568,7 +594,18 @@ mod tests {
             max_body_bytes: 1024,
             queue_for_later: Vec::new(),
             access: AccessSettings::default(),
+            verifier: Some(verifier()),
         }
+    }
+
+    /// A verifier of the test provider's tokens, with its keys at hand.
+    fn verifier() -> Verifier {
+        let idp = &flotilla_testkit::TestIdp::shared().idp;
+        Verifier::new(
+            &idp.settings().verifier_settings(),
+            flotilla_identity::KeySource::Fixed(idp.jwks()),
+        )
+        .expect("a verifier")
     }
 
     /// A gateway with `routes` in front of `upstream`, served as the one instance of `service`.
@@ -584,6 +621,10 @@ mod tests {
     fn get(path: &str) -> Request {
         http::Request::get(path)
             .header(http::header::HOST, "gateway")
+            .header(
+                http::header::AUTHORIZATION,
+                flotilla_testkit::TestIdp::shared().bearer("alice"),
+            )
             .body(axum::body::Body::empty())
             .expect("request")
     }
@@ -733,6 +774,8 @@ retry = { max_attempts = 1 }
         let transform = crate::transform::Transform::default();
         let state = FallbackState::default();
         let policy = RoutePolicy {
+            access: &crate::routes::Access::Public,
+            verifier: None,
             timeout: Duration::from_secs(1),
             transform: &transform,
             fallback: Fallback::Error,

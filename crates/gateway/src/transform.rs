@@ -12,7 +12,7 @@
 //! path = "/catalog"
 //! # Header names are case-insensitive. Applied in this order: remove, rename (every value moves,
 //! # replacing any under the new name), add (replacing any value).
-//! request_headers = { add = { x-gateway = "flotilla" }, remove = ["x-debug"], rename = { x-user = "x-customer" } }
+//! request_headers = { add = { x-gateway = "flotilla" }, remove = ["x-debug"], rename = { x-nickname = "x-customer" } }
 //! response_headers = { add = { cache-control = "no-store" }, remove = ["server"], rename = { x-internal-id = "x-id" } }
 //! # The path sent upstream (with its version already in the URL): a prefix of whole segments
 //! # replaced. `/v1/catalog/7` becomes `/v1/products/7`; `/v1/catalogue` is left alone.
@@ -513,7 +513,7 @@ mod tests {
     fn spec_parses_flattened_from_toml() {
         let text = r#"
             name = "catalog"
-            request_headers = { add = { x-gateway = "flotilla" }, remove = ["x-debug"], rename = { x-user = "x-customer" } }
+            request_headers = { add = { x-gateway = "flotilla" }, remove = ["x-debug"], rename = { x-nickname = "x-customer" } }
             response_headers = { add = { cache-control = "no-store" }, remove = ["server"] }
             rewrite = { prefix = "/v1/catalog", to = "/v1/products" }
             fields = ["sku", "stock.available"]

@@ -49,12 +49,15 @@
 //! Verified tokens are cached (whole token as the key) until they expire, so a token seen
 //! before costs a hash lookup instead of a signature check.
 
+pub mod config;
 pub mod credentials;
 pub mod jwk;
 pub mod keys;
+pub mod process;
 pub mod server;
 pub mod verify;
 
+pub use config::IdentityConfig;
 pub use credentials::{Credentials, hash_secret};
 pub use server::{Grant, Idp, IdpError, IdpSettings, Token, routes};
 pub use verify::{KeySource, Principal, TokenError, Verifier, VerifierSettings};

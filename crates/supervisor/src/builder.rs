@@ -1,4 +1,4 @@
-//! The options of a system and its start: the registry first, then the services and the
+//! The options of a system and its start: the identity provider and the registry first, then the services and the
 //! gateway, then the wait until every instance is registered and passing.
 //!
 //! It does not keep the children running (`child` does) nor drive the running system
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::child::{Slot, Spawner};
 use crate::printer::{Printer, Tag};
 use crate::system::System;
-use crate::{Error, REGISTRY_FILE, Role};
+use crate::{Error, IDENTITY_FILE, REGISTRY_FILE, Role};
 
 /// The prefix colours of the children, in the order they start.
 const COLOURS: &[&str] = &["36", "33", "35", "32", "34", "31", "96", "93", "95", "92"];
@@ -166,40 +166,45 @@ impl Builder {
         let mut system = System::new(printer, data_dir.clone());
         let http = client::client();
 
-        // 1. The registry, first: everyone else registers with it.
+        // 1. The identity provider, first: the registry checks its tokens, and everyone else
+        //    asks it for theirs.
+        let idp = Slot::new(
+            Role::Idp,
+            1,
+            tag(Role::Idp, "idp".into(), 0),
+            Some(localhost(0)),
+        );
+        system.start_platform(&spawner, idp.clone());
+        let identity_url = match ready_platform(&self.interrupt, deadline, &http, &idp).await {
+            Ok(address) => format!("http://{address}"),
+            Err(error) => return Err(system.abandon(error).await),
+        };
+        if let Err(error) = write_url(&data_dir, IDENTITY_FILE, &identity_url) {
+            return Err(system.abandon(error).await);
+        }
+        spawner
+            .environment
+            .push(("FLOTILLA_IDENTITY__URL".into(), identity_url.clone()));
+        system.identity_url.clone_from(&identity_url);
+
+        // 2. The registry: everyone else registers with it.
         let registry = Slot::new(
             Role::Registry,
             1,
             tag(Role::Registry, "registry".into(), 0),
             Some(localhost(0)),
         );
-        system.start_registry(&spawner, registry.clone());
-        let ready = wait(&self.interrupt, deadline, "the registry", || async {
-            let Some(address) = registry.live().address else {
-                return false;
-            };
-            let url = format!("http://{address}/readyz");
-            matches!(client::send(&http, http::Method::GET, &url, None::<&()>, Duration::from_millis(500)).await, Ok((s, _)) if s.is_success())
-        })
-        .await;
-        if let Err(error) = ready {
-            return Err(system.abandon(error).await);
-        }
-        let Some(registry_address) = registry.live().address else {
-            return Err(system.abandon(not_ready("the registry")).await);
+        system.start_platform(&spawner, registry.clone());
+        let registry_url = match ready_platform(&self.interrupt, deadline, &http, &registry).await {
+            Ok(address) => format!("http://{address}"),
+            Err(error) => return Err(system.abandon(error).await),
         };
-        let registry_url = format!("http://{registry_address}");
         system.registry_url.clone_from(&registry_url);
-        let registry_file = data_dir.join(REGISTRY_FILE);
-        if let Err(source) = std::fs::write(&registry_file, format!("{registry_url}\n")) {
-            let error = Error::File {
-                path: registry_file.display().to_string(),
-                source,
-            };
+        if let Err(error) = write_url(&data_dir, REGISTRY_FILE, &registry_url) {
             return Err(system.abandon(error).await);
         }
 
-        // 2. The services and the gateway.
+        // 3. The services and the gateway.
         spawner
             .environment
             .push(("FLOTILLA_REGISTRY_URL".into(), registry_url.clone()));
@@ -311,7 +316,8 @@ impl Builder {
 }
 
 impl System {
-    fn start_registry(&mut self, spawner: &Spawner, slot: Arc<Slot>) {
+    /// Starts the identity provider or the registry: stopped last.
+    fn start_platform(&mut self, spawner: &Spawner, slot: Arc<Slot>) {
         self.slots.push(slot.clone());
         self.registry_task
             .spawn(spawner.clone().keep(slot, self.stop_registry.clone()));
@@ -339,6 +345,36 @@ fn tag(role: Role, label: String, colour: usize) -> Tag {
         role: role.name(),
         colour: COLOURS[colour % COLOURS.len()],
     }
+}
+
+/// Waits until the platform process of `slot` (the identity provider, the registry) answers
+/// its `/readyz`; its address.
+async fn ready_platform(
+    interrupt: &CancellationToken,
+    deadline: Instant,
+    http: &client::Client,
+    slot: &Arc<Slot>,
+) -> Result<SocketAddr, Error> {
+    let what = format!("the {}", slot.role.name());
+    wait(interrupt, deadline, &what, || async {
+        let Some(address) = slot.live().address else {
+            return false;
+        };
+        let url = format!("http://{address}/readyz");
+        matches!(client::send(http, http::Method::GET, &url, None::<&()>, Duration::from_millis(500)).await, Ok((s, _)) if s.is_success())
+    })
+    .await?;
+    slot.live().address.ok_or_else(|| not_ready(&what))
+}
+
+/// Writes `url` to the file `name` of the data directory, for the commands that find the
+/// running system there.
+fn write_url(data_dir: &Path, name: &str, url: &str) -> Result<(), Error> {
+    let path = data_dir.join(name);
+    std::fs::write(&path, format!("{url}\n")).map_err(|source| Error::File {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn localhost(port: u16) -> SocketAddr {

@@ -20,20 +20,23 @@
 //!
 //! What it does, in order ([`Builder::start`]):
 //!
-//! 1. starts the registry (`flotilla run registry --listen 127.0.0.1:0`); the child binds, then
-//!    reports the address it got on its standard output ([`announce`]), so no port is chosen
-//!    by binding and dropping a socket; once the registry is ready, its URL is written to
-//!    `registry.url` in the data directory ([`registry_url_of`] reads it back for `flotilla
-//!    status`);
-//! 2. starts the four services (port 0, they register themselves) and the gateway (on the
+//! 1. starts the identity provider (`flotilla run idp --listen 127.0.0.1:0`); the child binds,
+//!    then reports the address it got on its standard output ([`announce`]), so no port is
+//!    chosen by binding and dropping a socket; once it is ready, its URL is written to
+//!    `identity.url` in the data directory ([`identity_url_of`] reads it back for `flotilla
+//!    token`), and every later child is told it (`FLOTILLA_IDENTITY__URL`);
+//! 2. starts the registry the same way; once it is ready, its URL is written to
+//!    `registry.url` ([`registry_url_of`] reads it back for `flotilla status`);
+//! 3. starts the four services (port 0, they register themselves) and the gateway (on the
 //!    gateway port, or port 0), each told the registry's URL, a push token of this start and
 //!    that it is supervised;
-//! 3. waits until every instance is registered and passing.
+//! 4. waits until every instance is registered and passing.
 //!
 //! While running it prefixes (and, on a terminal, colours) each child's log lines, and
 //! restarts a child that exits with a growing backoff (250 ms doubling to 10 s, reset after
 //! 30 s of good health), saying so; a restarted registry or gateway binds the address it had.
-//! [`System::stop`] stops the gateway and the services first, then the registry: SIGTERM,
+//! [`System::stop`] stops the gateway and the services first, then the registry and the
+//! identity provider: SIGTERM,
 //! then SIGKILL after the grace period. Children also watch their standard input, which the
 //! supervisor holds open: if the supervisor itself is killed, they stop on their own, so no
 //! process outlives it.
@@ -58,6 +61,8 @@ use std::path::Path;
 /// The components of the system, each run as `flotilla run ROLE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Role {
+    /// The identity provider.
+    Idp,
     /// The service registry.
     Registry,
     /// The API gateway.
@@ -76,6 +81,7 @@ impl Role {
     /// The role's name, as on the command line and in the registry.
     pub fn name(self) -> &'static str {
         match self {
+            Role::Idp => "idp",
             Role::Registry => "registry",
             Role::Gateway => "gateway",
             Role::Order => "order",
@@ -198,6 +204,15 @@ fn not_scalable(service: &str) -> String {
 
 /// The file, in the data directory, where a running system's registry URL is written.
 pub const REGISTRY_FILE: &str = "registry.url";
+
+/// The file, in the data directory, where a running system's identity provider URL is written.
+pub const IDENTITY_FILE: &str = "identity.url";
+
+/// The identity provider URL of the system running with `data_dir`, if any.
+pub fn identity_url_of(data_dir: &Path) -> std::io::Result<String> {
+    let url = std::fs::read_to_string(data_dir.join(IDENTITY_FILE))?;
+    Ok(url.trim().to_owned())
+}
 
 /// The registry URL of the system running with `data_dir`, if any.
 pub fn registry_url_of(data_dir: &Path) -> std::io::Result<String> {

@@ -38,6 +38,7 @@ pub struct System {
     pub(crate) slots: Vec<Arc<Slot>>,
     pub(crate) printer: Printer,
     pub(crate) registry_url: String,
+    pub(crate) identity_url: String,
     pub(crate) registry_task: JoinSet<()>,
     pub(crate) services: JoinSet<()>,
     pub(crate) stop_registry: CancellationToken,
@@ -54,6 +55,7 @@ impl System {
             slots: Vec::new(),
             printer,
             registry_url: String::new(),
+            identity_url: String::new(),
             registry_task: JoinSet::new(),
             services: JoinSet::new(),
             stop_registry: CancellationToken::new(),
@@ -85,6 +87,11 @@ impl System {
         &self.registry_url
     }
 
+    /// The identity provider's base URL (also in `identity.url` in the data directory).
+    pub fn identity_url(&self) -> &str {
+        &self.identity_url
+    }
+
     /// The data directory (absolute).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -98,16 +105,18 @@ impl System {
     /// The one line `flotilla up` prints once ready.
     pub fn ready_line(&self) -> String {
         format!(
-            "flotilla ready in {} ms: gateway http://127.0.0.1:{} · registry {} · {} processes · data {}",
+            "flotilla ready in {} ms: gateway http://127.0.0.1:{} · registry {} · identity {} · {} processes · data {}",
             self.ready_in.as_millis(),
             self.gateway.port(),
             self.registry_url,
+            self.identity_url,
             self.slots.len(),
             self.data_dir.display(),
         )
     }
 
-    /// Every instance, the registry first, then the services, the gateway last.
+    /// Every instance, the identity provider and the registry first, then the services, the
+    /// gateway last.
     pub fn instances(&self) -> Vec<Instance> {
         self.slots.iter().map(|slot| instance(slot)).collect()
     }

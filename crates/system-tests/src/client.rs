@@ -27,19 +27,24 @@ pub struct Answer {
 pub struct Gateway {
     /// The gateway's base URL.
     pub gateway: String,
+    /// `Bearer …`: the token every call to the gateway carries unless it sends its own.
+    pub authorization: String,
     http: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl Gateway {
-    /// Calls to the gateway at `gateway` (a base URL).
-    pub fn new(gateway: String) -> Self {
+    /// Calls to the gateway at `gateway` (a base URL) with the bearer `token`.
+    pub fn new(gateway: String, token: &str) -> Self {
         Self {
             gateway,
+            authorization: format!("Bearer {token}"),
             http: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
 
-    /// Any request, to any URL; the answer must come within 15 s.
+    /// Any request, to any URL; the answer must come within 15 s. A request to the gateway
+    /// without an `Authorization` header of its own carries the client's token; an empty
+    /// `authorization` value sends none.
     pub async fn call(
         &self,
         method: Method,
@@ -48,7 +53,16 @@ impl Gateway {
         body: Option<Vec<u8>>,
     ) -> Answer {
         let mut request = http::Request::builder().method(method).uri(url);
+        let own = headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        if !own && url.starts_with(&self.gateway) {
+            request = request.header("authorization", &self.authorization);
+        }
         for (name, value) in headers {
+            if name.eq_ignore_ascii_case("authorization") && value.is_empty() {
+                continue;
+            }
             request = request.header(*name, *value);
         }
         let request = request

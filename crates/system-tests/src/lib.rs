@@ -30,6 +30,27 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+/// A token for the seed file's user `user`, signed with the keys of the identity provider of
+/// the system running in `data_dir` (what `flotilla token --user USER` prints).
+pub fn token(data_dir: &Path, user: &str) -> String {
+    let mut config = flotilla_identity::process::IdpConfig::default();
+    config.server.data_dir = data_dir.to_path_buf();
+    let credentials = config.credentials().expect("the shipped seed file");
+    let account = credentials
+        .user(user)
+        .unwrap_or_else(|| panic!("`{user}` is in the seed file"));
+    let grant = flotilla_identity::Grant {
+        subject: user.to_owned(),
+        client_id: None,
+        roles: account.roles.clone(),
+        scopes: account.scopes.clone(),
+        lifetime: None,
+    };
+    flotilla_identity::process::development_token(&config, grant)
+        .expect("a token")
+        .access_token
+}
+
 /// An order of `quantity` × `sku` for `customer`, shipped to Paris.
 pub fn order(customer: &str, sku: &str, quantity: i64) -> Value {
     json!({

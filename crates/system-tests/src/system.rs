@@ -66,8 +66,9 @@ impl System {
                 crate::tail(&log)
             )
         });
+        let token = crate::token(data_dir.path(), "admin");
         System {
-            api: Gateway::new(supervisor.gateway_url()),
+            api: Gateway::new(supervisor.gateway_url(), &token),
             registry: supervisor.registry_url().to_owned(),
             supervisor,
             data_dir,

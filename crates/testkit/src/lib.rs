@@ -23,6 +23,7 @@
 mod body;
 mod consumer;
 mod data;
+mod identity;
 mod instance;
 mod messaging;
 mod postgres;
@@ -35,6 +36,7 @@ mod wait;
 pub use body::body_bytes;
 pub use consumer::{TestConsumer, assert_reason, assert_reply};
 pub use data::{TempData, memory_database};
+pub use identity::TestIdp;
 pub use instance::{dead_address, serve_instance};
 pub use messaging::{DownTransport, bury, nats_stream};
 pub use postgres::{PgSchema, postgres_schema};

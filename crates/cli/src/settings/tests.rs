@@ -365,7 +365,7 @@ fn the_defaults_load_as_they_are_and_no_key_has_two_sections() {
         serde_json::to_value(&defaults.order),
     ]
     .map(|section| keys(section.expect("serialisable")));
-    let mut seen = BTreeSet::from(["messaging".to_owned()]);
+    let mut seen = BTreeSet::from(["messaging".to_owned(), "identity".to_owned()]);
     for section in &sections {
         for key in section {
             assert!(seen.insert(key.clone()), "`{key}` is in two sections");

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use flotilla_discovery::Registration;
 use flotilla_gateway::Config;
-use flotilla_testkit::{body_bytes, register_instance, serve_instance, start_registry};
+use flotilla_testkit::{TestIdp, body_bytes, register_instance, serve_instance, start_registry};
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -112,6 +112,10 @@ pub(crate) async fn harness_with(mut config: Config) -> Harness {
     let shutdown = CancellationToken::new();
     // Slow probes: what is under test is the gateway's own handling of dead instances.
     let registry = start_registry(60_000, &shutdown).await;
+
+    // The routes need tokens: the identity provider every test of this binary shares.
+    let identity = TestIdp::shared().serve(&shutdown).await;
+    config.identity = TestIdp::shared().identity(&identity);
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));
@@ -244,7 +248,15 @@ pub(crate) async fn call(
     (status, headers, value)
 }
 
-/// `method url` with `headers` and `body`: the status, headers and body of the answer.
+/// `Bearer …` with a token of `alice` (a customer), the one the calls send unless they say
+/// otherwise.
+pub(crate) fn bearer() -> &'static str {
+    static BEARER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BEARER.get_or_init(|| TestIdp::shared().bearer("alice"))
+}
+
+/// `method url` with `headers` and `body`: the status, headers and body of the answer. A call
+/// without an `Authorization` header of its own carries [`bearer`]'s.
 async fn call_bytes(
     method: Method,
     url: &str,
@@ -253,7 +265,17 @@ async fn call_bytes(
 ) -> (StatusCode, HeaderMap, Bytes) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut request = Request::builder().method(method).uri(url);
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+    {
+        request = request.header("authorization", bearer());
+    }
     for (name, value) in headers {
+        // An empty value says: no Authorization header at all.
+        if name.eq_ignore_ascii_case("authorization") && value.is_empty() {
+            continue;
+        }
         request = request.header(*name, *value);
     }
     // The gateway registers itself after it starts listening: retry until it answers.
@@ -290,14 +312,28 @@ pub(crate) fn route_file(text: &str) -> (flotilla_testkit::TempData, std::path::
 }
 
 /// Sends `request` to the gateway on a new connection and returns what it answered, once it
-/// closes the connection (each request here says `Connection: close`).
+/// closes the connection (each request here says `Connection: close`). A request without an
+/// `Authorization` header gets [`bearer`]'s after its request line.
 pub(crate) async fn raw(harness: &Harness, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let address = harness.gateway.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
-    stream.write_all(request).await.expect("write");
+    let has_token = request
+        .windows(16)
+        .any(|w| w.eq_ignore_ascii_case(b"\r\nauthorization:"));
+    let line_end = request.windows(2).position(|w| w == b"\r\n");
+    let request = match (has_token, line_end) {
+        (false, Some(end)) => {
+            let mut with = request[..end + 2].to_vec();
+            with.extend_from_slice(format!("Authorization: {}\r\n", bearer()).as_bytes());
+            with.extend_from_slice(&request[end + 2..]);
+            with
+        }
+        _ => request.to_vec(),
+    };
+    stream.write_all(&request).await.expect("write");
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer));
     match read.await {

@@ -1,5 +1,6 @@
 //! The gateway in front of real upstreams on loopback, found through a real registry.
 
+mod auth;
 mod balancing;
 mod fallbacks;
 mod hardening;

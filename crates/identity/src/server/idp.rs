@@ -4,37 +4,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_kit::clock::Clock;
-use flotilla_kit::settings::{Invalid, Section as _};
+use flotilla_kit::settings::Section as _;
 use jsonwebtoken::{Algorithm, Header};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::IdpSettings;
+use super::error::IdpError;
 use super::oauth::OAuthError;
 use crate::credentials::{self, Account, Credentials, is_scope_token};
 use crate::jwk::Jwks;
-use crate::keys::{KeyError, KeySet};
+use crate::keys::KeySet;
 use crate::verify::{KeySource, Verifier};
-
-/// What can go wrong in the identity provider itself (not in a client's request).
-#[derive(Debug, thiserror::Error)]
-pub enum IdpError {
-    /// A setting breaks a rule.
-    #[error(transparent)]
-    Settings(#[from] Invalid),
-    /// The signing keys could not be made, read, written, rotated or retired.
-    #[error(transparent)]
-    Keys(#[from] KeyError),
-    /// A [`Grant`] that cannot be issued.
-    #[error("cannot issue this grant: {0}")]
-    Grant(String),
-    /// Signing failed.
-    #[error("signing a token failed: {0}")]
-    Sign(#[from] jsonwebtoken::errors::Error),
-    /// A blocking task (password check, key file write) panicked or was cancelled.
-    #[error("a blocking task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
 
 /// What a token is issued for: the claims it will carry. [`Idp::issue`] signs it without any
 /// authentication, for tests and the CLI's development tokens; the token endpoint builds one

@@ -12,6 +12,7 @@
 //! [`routes`] returns a plain router over an [`Idp`]; the binary puts it behind the kit's stack
 //! (`flotilla_kit::App`) and serves it, and runs [`Idp::maintain`] beside it.
 
+mod error;
 mod idp;
 mod oauth;
 mod settings;
@@ -25,7 +26,8 @@ use axum::routing::{delete, get, post};
 use flotilla_kit::Problem;
 use serde_json::json;
 
-pub use idp::{Grant, Idp, IdpError, Token};
+pub use error::IdpError;
+pub use idp::{Grant, Idp, Token};
 pub use oauth::{Form, MAX_FORM_BYTES, OAuthError, client_credentials};
 pub use settings::IdpSettings;
 

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use flotilla_kit::Problem;
 
-use super::IdpError;
+use super::error::IdpError;
 
 /// The largest token request body read, in bytes.
 pub const MAX_FORM_BYTES: usize = 16 * 1024;

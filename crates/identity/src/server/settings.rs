@@ -19,7 +19,8 @@ pub struct IdpSettings {
     /// How long a token lives (`expires_in`); also the longest a [`Grant`](super::Grant) may
     /// ask for. At most 24 hours.
     pub token_lifetime_ms: u64,
-    /// The file of the signing keys (private keys: in the data directory, mode 0600).
+    /// The file of the signing keys (private keys, mode 0600). `flotilla run idp` places a
+    /// relative path in the data directory.
     pub key_file: PathBuf,
     /// Rotate the signing key this often; `None`: only when asked (`POST /admin/keys/rotate`).
     pub rotation_interval_ms: Option<u64>,
@@ -39,7 +40,7 @@ impl Default for IdpSettings {
             issuer: crate::DEFAULT_ISSUER.to_owned(),
             audiences: vec![crate::DEFAULT_AUDIENCE.to_owned()],
             token_lifetime_ms: 15 * 60 * 1_000,
-            key_file: PathBuf::from(".flotilla/identity-keys.json"),
+            key_file: PathBuf::from("identity-keys.json"),
             rotation_interval_ms: None,
             max_clock_skew_ms: 30_000,
             public_url: None,

@@ -144,8 +144,8 @@ async fn stopping_the_supervisor_leaves_no_process_behind() {
         let children = children_of(system.supervisor.id());
         assert_eq!(
             children.len(),
-            7,
-            "registry, gateway, 2 payment and 3 other services: {children:?}"
+            8,
+            "identity provider, registry, gateway, 2 payment and 3 other services: {children:?}"
         );
 
         // `flotilla status` lists what runs, from the running system's data directory.
@@ -187,7 +187,7 @@ async fn stopping_the_supervisor_leaves_no_process_behind() {
 async fn children_stop_on_their_own_when_the_supervisor_is_killed() {
     let system = Up::start(&[]);
     let children = children_of(system.supervisor.id());
-    assert_eq!(children.len(), 6, "{children:?}");
+    assert_eq!(children.len(), 7, "{children:?}");
     kill(
         Pid::from_raw(system.supervisor.id() as i32),
         Signal::SIGKILL,

@@ -1,0 +1,250 @@
+//! Who may call a route: tokens checked at the gateway, each refusal with its precise status,
+//! and nothing of a refused request reaching the upstream (it counts its hits).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::Router;
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use flotilla_testkit::{TestIdp, serve_instance};
+use http::{Method, StatusCode};
+
+use super::harness::*;
+
+const ROUTES: &str = r#"
+[[routes]]
+name = "orders"
+service = "order"
+path = "/orders"
+version = 1
+roles = ["customer", "admin"]
+
+[[routes]]
+name = "stock"
+service = "order"
+path = "/stock"
+version = 1
+roles = ["admin"]
+
+[[routes]]
+name = "catalog-admin"
+service = "order"
+path = "/catalog"
+version = 1
+scopes = ["catalog:write"]
+
+[[routes]]
+name = "public"
+service = "order"
+path = "/public"
+version = 1
+auth = "public"
+"#;
+
+/// The gateway over one `order` instance that counts what reaches it and echoes its headers.
+async fn gateway() -> (Harness, Arc<AtomicU32>, flotilla_discovery::Registration) {
+    let harness = harness_routes(ROUTES).await;
+    let hits = Arc::new(AtomicU32::new(0));
+    let counted = hits.clone();
+    let router = Router::new().fallback(move |headers: HeaderMap| {
+        let hits = counted.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            let headers: serde_json::Map<String, serde_json::Value> = headers
+                .iter()
+                .map(|(name, value)| {
+                    let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                    (name.as_str().to_owned(), value.into())
+                })
+                .collect();
+            axum::Json(serde_json::json!({ "headers": headers }))
+        }
+    });
+    let address = serve_instance(router).await;
+    let registration = register(&harness, "order", &address).await;
+    wait_for(&harness, "/v1/public/ping", StatusCode::OK).await;
+    hits.store(0, Ordering::SeqCst);
+    (harness, hits, registration)
+}
+
+/// `GET path` with exactly `authorization` (empty: none): status, headers, body.
+async fn get_as(
+    harness: &Harness,
+    path: &str,
+    authorization: &str,
+) -> (StatusCode, HeaderMap, serde_json::Value) {
+    harness
+        .get_with(path, &[("authorization", authorization)])
+        .await
+}
+
+/// Asserts a 401 problem of `kind` with a `Bearer` challenge, and that nothing reached the
+/// upstream.
+fn assert_refused(
+    answer: &(StatusCode, HeaderMap, serde_json::Value),
+    kind: &str,
+    hits: &AtomicU32,
+    case: &str,
+) {
+    let (status, headers, body) = answer;
+    assert_eq!(*status, StatusCode::UNAUTHORIZED, "{case}: {body}");
+    assert_eq!(body["type"], format!("/problems/{kind}"), "{case}: {body}");
+    let challenge = headers
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer realm=\"flotilla\""),
+        "{case}: {challenge}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "{case}: reached the upstream"
+    );
+}
+
+fn parts(token: &str) -> Vec<String> {
+    token.split('.').map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_protected_route_without_a_token_is_401_with_a_challenge() {
+    let (harness, hits, _registration) = gateway().await;
+    let answer = get_as(&harness, "/v1/orders/1", "").await;
+    assert_refused(&answer, "token-missing", &hits, "no token");
+    let challenge = &answer.1["www-authenticate"];
+    assert_eq!(
+        challenge, "Bearer realm=\"flotilla\"",
+        "no error without a token"
+    );
+    let basic = get_as(&harness, "/v1/orders/1", "Basic YWxpY2U6eA==").await;
+    assert_refused(&basic, "token-missing", &hits, "another scheme");
+}
+
+#[tokio::test]
+async fn forged_and_broken_tokens_are_401_and_reach_nothing() {
+    let (harness, hits, _registration) = gateway().await;
+    let idp = TestIdp::shared();
+    let alice = parts(&idp.token("alice"));
+    let admin = parts(&idp.token("admin"));
+
+    // `alg: none`: alice's claims, unsigned.
+    let none_header = B64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let unsigned = format!("{none_header}.{}.", alice[1]);
+    // HS256 keyed with the published public key (the algorithm confusion attack).
+    let jwks = idp.idp.jwks();
+    let kid = idp.idp.current_kid();
+    let public = jwks.keys[0].x.clone().expect("an Ed25519 key");
+    let hs_header = B64.encode(format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#));
+    let signing_input = format!("{hs_header}.{}", alice[1]);
+    let mac = ring::hmac::sign(
+        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, public.as_bytes()),
+        signing_input.as_bytes(),
+    );
+    let confused = format!("{signing_input}.{}", B64.encode(mac.as_ref()));
+    // Admin's claims under alice's signature.
+    let swapped = format!("{}.{}.{}", alice[0], admin[1], alice[2]);
+    // A key id nobody published.
+    let unknown_header = B64.encode(br#"{"alg":"EdDSA","typ":"JWT","kid":"no-such-key"}"#);
+    let unknown = format!("{unknown_header}.{}.{}", alice[1], alice[2]);
+    let oversized = format!("{}.{}.{}", alice[0], "A".repeat(9_000), alice[2]);
+
+    let cases = [
+        ("alg none", unsigned, "token-unsupported-alg"),
+        (
+            "HS256 with the public key",
+            confused,
+            "token-unsupported-alg",
+        ),
+        ("payload swapped", swapped, "token-bad-signature"),
+        ("unknown kid", unknown, "token-unknown-kid"),
+        ("oversized", oversized, "token-oversized"),
+        ("garbage", "not-a-token".to_owned(), "token-malformed"),
+    ];
+    for (case, token, kind) in cases {
+        let answer = get_as(&harness, "/v1/orders/1", &format!("Bearer {token}")).await;
+        assert_refused(&answer, kind, &hits, case);
+        let challenge = answer.1["www-authenticate"].to_str().unwrap_or_default();
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{case}: {challenge}"
+        );
+    }
+    // The real token still passes: the refusals were about the tokens.
+    let (status, _, body) = get_as(
+        &harness,
+        "/v1/orders/1",
+        &format!("Bearer {}", alice.join(".")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn roles_and_scopes_are_403_when_the_token_lacks_them() {
+    let (harness, hits, _registration) = gateway().await;
+    let idp = TestIdp::shared();
+    let alice = idp.bearer("alice");
+    let admin = idp.bearer("admin");
+
+    let (status, _, body) = get_as(&harness, "/v1/stock/1", &alice).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["type"], "/problems/forbidden", "{body}");
+    let (status, headers, body) = get_as(&harness, "/v1/catalog/1", &alice).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let challenge = headers["www-authenticate"].to_str().unwrap_or_default();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\""),
+        "{challenge}"
+    );
+    assert!(challenge.contains("scope=\"catalog:write\""), "{challenge}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "refused requests reached the upstream"
+    );
+
+    for path in ["/v1/stock/1", "/v1/catalog/1", "/v1/orders/1"] {
+        let (status, _, body) = get_as(&harness, path, &admin).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_public_route_needs_no_token_and_identity_headers_never_pass() {
+    let (harness, hits, _registration) = gateway().await;
+    let spoofed = [
+        ("authorization", ""),
+        ("x-user-id", "admin"),
+        ("x-forwarded-user", "admin"),
+        ("x-flotilla-subject", "admin"),
+        ("x-roles", "admin"),
+    ];
+    let (status, _, body) = harness.get_with("/v1/public/ping", &spoofed).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let headers = body["headers"].as_object().expect("the echoed headers");
+    for (name, _) in &spoofed[1..] {
+        assert!(
+            !headers.contains_key(*name),
+            "{name} reached the service: {headers:?}"
+        );
+    }
+    // On a protected route the token travels on to the service, which checks it again.
+    let alice = TestIdp::shared().bearer("alice");
+    let (status, _, body) = harness
+        .get_with(
+            "/v1/orders/1",
+            &[("authorization", &alice), ("x-user-id", "admin")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["headers"]["authorization"], alice.as_str());
+    assert!(body["headers"].get("x-user-id").is_none(), "{body}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    let _ = Method::GET;
+}

@@ -1,0 +1,90 @@
+//! An identity provider for tests: the real one (`flotilla_identity`), with its keys in a
+//! temporary directory, served on a port of the test's, and tokens minted from it.
+
+use std::sync::OnceLock;
+
+use flotilla_identity::process::IdpConfig;
+use flotilla_identity::server::routes;
+use flotilla_identity::{Grant, IdentityConfig, Idp};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// An identity provider (the shipped seed file) and a way to mint its tokens.
+#[derive(Debug)]
+pub struct TestIdp {
+    /// The provider, to mint tokens without a password.
+    pub idp: Idp,
+    _keys: tempfile::TempDir,
+}
+
+impl TestIdp {
+    /// A provider with new keys (blocking: writes the key file, hashes a secret).
+    pub fn open() -> Self {
+        let keys = tempfile::tempdir().expect("a directory for the keys");
+        let mut config = IdpConfig::default();
+        config.server.data_dir = keys.path().to_path_buf();
+        let idp = config.open().expect("the identity provider opens");
+        Self { idp, _keys: keys }
+    }
+
+    /// One provider for the whole test binary: each test serves it on a port of its own
+    /// ([`TestIdp::serve`]), and a token minted once is good for every test.
+    pub fn shared() -> &'static TestIdp {
+        static SHARED: OnceLock<TestIdp> = OnceLock::new();
+        SHARED.get_or_init(TestIdp::open)
+    }
+
+    /// Serves the provider on a new port until `shutdown`; its base URL.
+    pub async fn serve(&self, shutdown: &CancellationToken) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let router = routes(self.idp.clone());
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        url
+    }
+
+    /// What a process that checks this provider's tokens, served at `url`, is configured with.
+    pub fn identity(&self, url: &str) -> IdentityConfig {
+        IdentityConfig {
+            url: Some(url.to_owned()),
+            verifier: self.idp.settings().verifier_settings(),
+        }
+    }
+
+    /// A token for the seed file's user or client `name`, with its roles and every scope it
+    /// may have.
+    pub fn token(&self, name: &str) -> String {
+        let credentials = self.idp.credentials();
+        let (account, client_id) = match credentials.user(name) {
+            Some(user) => (user, None),
+            None => (
+                credentials
+                    .client(name)
+                    .unwrap_or_else(|| panic!("`{name}` is not in the seed file")),
+                Some(name.to_owned()),
+            ),
+        };
+        self.token_with(Grant {
+            subject: name.to_owned(),
+            client_id,
+            roles: account.roles.clone(),
+            scopes: account.scopes.clone(),
+            lifetime: None,
+        })
+    }
+
+    /// A token for `grant`.
+    pub fn token_with(&self, grant: Grant) -> String {
+        self.idp.issue(grant).expect("a token").access_token
+    }
+
+    /// `Bearer <the token of name>`, for an `Authorization` header.
+    pub fn bearer(&self, name: &str) -> String {
+        format!("Bearer {}", self.token(name))
+    }
+}
