@@ -7,7 +7,7 @@
 //!    heads, the body held or limited);
 //! 2. **route** ([`Route`]) — the route table picks the route; its failure becomes the answer
 //!    here, in one place;
-//! 3. **per-route policy** — [`Authorize`](crate::auth::Authorize) (who may call: a valid
+//! 3. **per-route policy** — [`Authorize`] (who may call: a valid
 //!    token, roles, scopes), [`Transform`](crate::transform::TransformLayer) (path rewrite,
 //!    headers, JSON fields), [`Fallback`](crate::fallback::FallbackLayer) (what to answer when
 //!    the upstream cannot), [`Timeout`] (the call's deadline, retries included), then the

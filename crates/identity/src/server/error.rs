@@ -16,7 +16,7 @@ pub enum IdpError {
     /// The seed file of users and clients cannot be used.
     #[error(transparent)]
     Seed(#[from] crate::credentials::SeedError),
-    /// A [`Grant`] that cannot be issued.
+    /// A [`Grant`](super::Grant) that cannot be issued.
     #[error("cannot issue this grant: {0}")]
     Grant(String),
     /// Signing failed.
