@@ -340,62 +340,50 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 fn token(options: TokenOptions) -> anyhow::Result<()> {
-    let flags = Flags {
-        listen: None,
-        registry_url: None,
-        data_dir: Some(options.data_dir.clone()),
-    };
-    let settings = Settings::load(options.config.as_deref(), flags)?;
-    let config = settings.idp();
-    let credentials = config.credentials()?;
-    let (subject, account, client_id) = match (&options.user, &options.client) {
-        (Some(user), _) => (user.clone(), credentials.user(user), None),
-        (None, Some(client)) => (
-            client.clone(),
-            credentials.client(client),
-            Some(client.clone()),
-        ),
+    let idp = identity_provider(options.config.as_deref(), &options.data_dir)?;
+    let credentials = idp.credentials();
+    let (subject, account) = match (&options.user, &options.client) {
+        (Some(user), _) => (user, credentials.user(user)),
+        (None, Some(client)) => (client, credentials.client(client)),
         (None, None) => anyhow::bail!("say whose token: --user NAME or --client ID"),
     };
-    let roles = match (options.roles.is_empty(), account) {
-        (false, _) => options.roles.clone(),
-        (true, Some(account)) => account.roles.clone(),
-        (true, None) => anyhow::bail!(
+    let mut grant = match account {
+        Some(account) => flotilla_identity::Grant::for_account(account),
+        None if options.roles.is_empty() => anyhow::bail!(
             "`{subject}` is not in the seed file: give its roles with --role (a development \
              token may name anyone)"
         ),
+        None => flotilla_identity::Grant {
+            subject: subject.clone(),
+            client_id: options.client.clone(),
+            ..Default::default()
+        },
     };
-    let scopes = match (options.scopes.is_empty(), account) {
-        (false, _) => options.scopes.clone(),
-        (true, Some(account)) if options.roles.is_empty() => account.scopes.clone(),
-        // Roles of one's own: the scopes those roles grant.
-        (true, _) => {
-            let mut scopes: Vec<String> = roles
-                .iter()
-                .filter_map(|role| credentials.role_scopes(role))
-                .flatten()
-                .cloned()
-                .collect();
-            scopes.sort();
-            scopes.dedup();
-            scopes
-        }
-    };
-    let grant = flotilla_identity::Grant {
-        subject: subject.clone(),
-        client_id,
-        roles: roles.clone(),
-        scopes: scopes.clone(),
-        lifetime: options.lifetime.map(std::time::Duration::from_secs),
-    };
-    let token = flotilla_identity::process::development_token(&config, grant)?;
+    if !options.roles.is_empty() {
+        // Roles of one's own: the scopes those roles grant, unless --scope says otherwise.
+        grant.scopes = options
+            .roles
+            .iter()
+            .filter_map(|role| credentials.role_scopes(role))
+            .flatten()
+            .cloned()
+            .collect();
+        grant.scopes.sort();
+        grant.scopes.dedup();
+        grant.roles.clone_from(&options.roles);
+    }
+    if !options.scopes.is_empty() {
+        grant.scopes.clone_from(&options.scopes);
+    }
+    grant.lifetime = options.lifetime.map(std::time::Duration::from_secs);
+    let token = idp.issue(grant.clone())?;
     eprintln!(
         "token for {subject}: roles {}; scopes {}; valid {} s; key {}",
-        roles.join(" "),
-        if scopes.is_empty() {
+        grant.roles.join(" "),
+        if grant.scopes.is_empty() {
             "-".to_owned()
         } else {
-            scopes.join(" ")
+            grant.scopes.join(" ")
         },
         token.expires_in,
         token.kid
@@ -405,29 +393,32 @@ fn token(options: TokenOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The identity provider of the system in `data_dir` (its settings from `config` and the
+/// environment), to sign development tokens with the keys it publishes.
+fn identity_provider(
+    config: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<flotilla_identity::Idp> {
+    let flags = Flags {
+        listen: None,
+        registry_url: None,
+        data_dir: Some(data_dir.to_path_buf()),
+    };
+    Ok(Settings::load(config, flags)?.idp().open()?)
+}
+
 async fn bench_command(options: BenchOptions) -> anyhow::Result<()> {
     let (rate, seconds, style) = (options.rate, options.duration, options.style);
     let token = match &options.token {
         Some(token) => token.clone(),
         None => {
-            let flags = Flags {
-                listen: None,
-                registry_url: None,
-                data_dir: Some(options.data_dir.clone()),
-            };
-            let config = Settings::load(None, flags)?.idp();
-            let admin = flotilla_identity::Grant {
-                subject: "admin".to_owned(),
-                client_id: None,
-                roles: vec!["admin".to_owned()],
-                scopes: config
-                    .credentials()?
-                    .user("admin")
-                    .map(|admin| admin.scopes.clone())
-                    .unwrap_or_default(),
-                lifetime: None,
-            };
-            flotilla_identity::process::development_token(&config, admin)?.access_token
+            let idp = identity_provider(None, &options.data_dir)?;
+            let admin = idp
+                .credentials()
+                .user("admin")
+                .with_context(|| "the seed file has no user `admin`: give a token with --token")?;
+            idp.issue(flotilla_identity::Grant::for_account(admin))?
+                .access_token
         }
     };
     let duration = std::time::Duration::from_secs(seconds);

@@ -29,7 +29,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use flotilla_discovery::{DiscoverySettings, InstanceConfig, Lease};
 use flotilla_gateway::GatewaySettings;
-use flotilla_identity::{IdentityConfig, IdpSettings};
+use flotilla_identity::{IdentityConfig, IdpSettings, VerifierSettings};
 use flotilla_kit::ServerSettings;
 use flotilla_kit::settings::{Invalid, Section};
 use flotilla_messaging::{MessagingSettings, ServiceConfig};
@@ -74,36 +74,35 @@ pub struct IdentityTable {
     /// What a token-checking process reads.
     #[serde(flatten)]
     pub client: IdentityConfig,
-    /// What the provider reads.
+    /// What the provider reads (its keys are read from the same table, not written twice).
     #[serde(skip)]
     pub provider: IdpSettings,
-    /// The provider's seed file of users and clients; the shipped one if `None`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed_file: Option<std::path::PathBuf>,
+}
+
+/// The identity table's parts, each extracted on its own: figment's errors lose the key's name
+/// through `#[serde(flatten)]`.
+#[derive(Deserialize)]
+struct IdentityVerifierTable {
+    #[serde(default)]
+    identity: VerifierSettings,
+}
+
+#[derive(Deserialize, Default)]
+struct IdentityUrl {
+    #[serde(default)]
+    url: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct IdentityClientTable {
+struct IdentityUrlTable {
     #[serde(default)]
-    identity: IdentityConfig,
+    identity: IdentityUrl,
 }
 
 #[derive(Deserialize)]
 struct IdentityProviderTable {
     #[serde(default)]
     identity: IdpSettings,
-}
-
-#[derive(Deserialize, Default)]
-struct SeedFile {
-    #[serde(default)]
-    seed_file: Option<std::path::PathBuf>,
-}
-
-#[derive(Deserialize)]
-struct IdentitySeedTable {
-    #[serde(default)]
-    identity: SeedFile,
 }
 
 /// The `messaging` table, extracted from the top level so that figment's errors name its keys
@@ -150,19 +149,21 @@ impl Settings {
                 .map_err(Box::new)?
                 .messaging,
             identity: IdentityTable {
-                client: figment
-                    .extract::<IdentityClientTable>()
-                    .map_err(Box::new)?
-                    .identity,
+                client: IdentityConfig {
+                    url: figment
+                        .extract::<IdentityUrlTable>()
+                        .map_err(Box::new)?
+                        .identity
+                        .url,
+                    verifier: figment
+                        .extract::<IdentityVerifierTable>()
+                        .map_err(Box::new)?
+                        .identity,
+                },
                 provider: figment
                     .extract::<IdentityProviderTable>()
                     .map_err(Box::new)?
                     .identity,
-                seed_file: figment
-                    .extract::<IdentitySeedTable>()
-                    .map_err(Box::new)?
-                    .identity
-                    .seed_file,
             },
         };
         settings.validate()?;
@@ -218,7 +219,6 @@ impl Settings {
         flotilla_identity::process::IdpConfig {
             server: self.server.clone(),
             idp: self.identity.provider.clone(),
-            seed_file: self.identity.seed_file.clone(),
         }
     }
 

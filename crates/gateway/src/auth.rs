@@ -57,31 +57,7 @@ pub const IDENTITY_HEADERS: &[&str] = &[
 
 /// Whether `name` (lower case, as `http` keeps it) is an identity header.
 fn is_identity_header(name: &str) -> bool {
-    // A `match` on the names compiles to a switch on the length: most requests carry none.
-    name.starts_with("x-flotilla-")
-        || matches!(
-            name,
-            "x-user"
-                | "x-user-id"
-                | "x-userid"
-                | "x-remote-user"
-                | "x-forwarded-user"
-                | "x-forwarded-email"
-                | "x-authenticated-user"
-                | "x-authenticated-userid"
-                | "x-authenticated-scope"
-                | "x-auth-request-user"
-                | "x-auth-request-email"
-                | "x-consumer-id"
-                | "x-consumer-username"
-                | "x-credential-identifier"
-                | "x-client-id"
-                | "x-roles"
-                | "x-scopes"
-                | "x-jwt-claims"
-                | "x-jwt-payload"
-                | "remote-user"
-        )
+    name.starts_with("x-flotilla-") || IDENTITY_HEADERS.contains(&name)
 }
 
 /// Removes every identity header ([`IDENTITY_HEADERS`], `x-flotilla-*`) from `headers`.
@@ -224,15 +200,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_list_and_the_match_name_the_same_headers() {
-        for name in IDENTITY_HEADERS {
-            assert!(is_identity_header(name), "{name}");
-        }
-        assert!(!is_identity_header("x-request-id"));
-        assert!(!is_identity_header("authorization"));
-    }
-
-    #[test]
     fn identity_headers_from_a_client_are_removed() {
         let mut headers = HeaderMap::new();
         for name in IDENTITY_HEADERS {
@@ -241,8 +208,11 @@ mod tests {
         headers.insert("x-flotilla-subject", HeaderValue::from_static("admin"));
         headers.insert("X-Forwarded-User", HeaderValue::from_static("admin"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
+        headers.insert("x-request-id", HeaderValue::from_static("r1"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer t"));
         strip_identity_headers(&mut headers);
-        let left: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
-        assert_eq!(left, ["accept"]);
+        let mut left: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "authorization", "x-request-id"]);
     }
 }

@@ -2,19 +2,19 @@
 //! the identity provider is (`identity.url`, `FLOTILLA_IDENTITY__URL`) and the verifier's keys.
 
 use flotilla_kit::settings::{Invalid, Section};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::verify::{KeySource, Verifier, VerifierSettings};
 
 /// The path of the JWKS under the provider's base URL.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 
-/// The `identity` table as a token-checking process reads it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The `identity` table as a token-checking process reads it. (Serialised flat, as a file
+/// holds it; the binary reads it key by key, so that an error names its key.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct IdentityConfig {
     /// The identity provider's base URL (`http://127.0.0.1:PORT`); its keys are fetched from
     /// [`JWKS_PATH`] under it. `None`: no provider, and no token can be checked.
-    #[serde(default)]
     pub url: Option<String>,
     /// Whom to trust and the verifier's limits.
     #[serde(flatten)]

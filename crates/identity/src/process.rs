@@ -1,23 +1,19 @@
 //! `flotilla run idp`: the identity provider as a process of its own, on the kit's listener.
 
-use std::path::PathBuf;
-
 use flotilla_kit::{App, Health, ServerSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{Idp, IdpSettings, routes};
-use crate::{Credentials, Grant, IdpError, Token};
+use crate::{Credentials, IdpError};
 
 /// What the identity provider's process reads.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IdpConfig {
     /// Where it listens, logs and keeps its key file (`data_dir`).
     pub server: ServerSettings,
-    /// Issuer, audiences, token lifetime, keys.
+    /// Issuer, audiences, token lifetime, keys, the seed file.
     pub idp: IdpSettings,
-    /// The seed file of users and clients; `None`: the shipped one (`config/identity.toml`).
-    pub seed_file: Option<PathBuf>,
 }
 
 impl IdpConfig {
@@ -32,7 +28,7 @@ impl IdpConfig {
 
     /// The credentials of the seed file.
     pub fn credentials(&self) -> Result<Credentials, IdpError> {
-        let credentials = match &self.seed_file {
+        let credentials = match &self.idp.seed_file {
             Some(path) => Credentials::load(path),
             None => Credentials::shipped(),
         };
@@ -40,17 +36,11 @@ impl IdpConfig {
     }
 
     /// Opens the provider these settings describe, with the key file it would use (blocking:
-    /// reads, and may write, the key file).
+    /// reads, and may write, the key file). `flotilla token` signs development tokens with it
+    /// ([`Idp::issue`]): the running provider publishes the same keys.
     pub fn open(&self) -> Result<Idp, IdpError> {
         Idp::open(self.settings(), self.credentials()?)
     }
-}
-
-/// Signs a development token for `grant` with the keys of the provider `config` describes
-/// (its key file in the data directory: the running provider publishes the same keys). For
-/// `flotilla token`.
-pub fn development_token(config: &IdpConfig, grant: Grant) -> Result<Token, IdpError> {
-    config.open()?.issue(grant)
 }
 
 /// Runs the identity provider on `listener` until `shutdown`: the token endpoint, the JWKS,

@@ -1,5 +1,5 @@
-//! The options of a system and its start: the identity provider and the registry first, then the services and the
-//! gateway, then the wait until every instance is registered and passing.
+//! The options of a system and its start: the identity provider and the registry first, then
+//! the services and the gateway, then the wait until every instance is registered and passing.
 //!
 //! It does not keep the children running (`child` does) nor drive the running system
 //! ([`System`] does).
@@ -166,8 +166,8 @@ impl Builder {
         let mut system = System::new(printer, data_dir.clone());
         let http = client::client();
 
-        // 1. The identity provider, first: the registry checks its tokens, and everyone else
-        //    asks it for theirs.
+        // 1. The identity provider, first: every process that checks tokens is told where it
+        //    is.
         let idp = Slot::new(
             Role::Idp,
             1,

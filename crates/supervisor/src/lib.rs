@@ -23,8 +23,8 @@
 //! 1. starts the identity provider (`flotilla run idp --listen 127.0.0.1:0`); the child binds,
 //!    then reports the address it got on its standard output ([`announce`]), so no port is
 //!    chosen by binding and dropping a socket; once it is ready, its URL is written to
-//!    `identity.url` in the data directory ([`identity_url_of`] reads it back for `flotilla
-//!    token`), and every later child is told it (`FLOTILLA_IDENTITY__URL`);
+//!    `identity.url` in the data directory (for people and scripts that ask it for tokens),
+//!    and every later child is told it (`FLOTILLA_IDENTITY__URL`);
 //! 2. starts the registry the same way; once it is ready, its URL is written to
 //!    `registry.url` ([`registry_url_of`] reads it back for `flotilla status`);
 //! 3. starts the four services (port 0, they register themselves) and the gateway (on the
@@ -207,12 +207,6 @@ pub const REGISTRY_FILE: &str = "registry.url";
 
 /// The file, in the data directory, where a running system's identity provider URL is written.
 pub const IDENTITY_FILE: &str = "identity.url";
-
-/// The identity provider URL of the system running with `data_dir`, if any.
-pub fn identity_url_of(data_dir: &Path) -> std::io::Result<String> {
-    let url = std::fs::read_to_string(data_dir.join(IDENTITY_FILE))?;
-    Ok(url.trim().to_owned())
-}
 
 /// The registry URL of the system running with `data_dir`, if any.
 pub fn registry_url_of(data_dir: &Path) -> std::io::Result<String> {

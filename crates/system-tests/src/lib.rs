@@ -35,18 +35,12 @@ use serde_json::{Value, json};
 pub fn token(data_dir: &Path, user: &str) -> String {
     let mut config = flotilla_identity::process::IdpConfig::default();
     config.server.data_dir = data_dir.to_path_buf();
-    let credentials = config.credentials().expect("the shipped seed file");
-    let account = credentials
+    let idp = config.open().expect("the system's identity provider keys");
+    let account = idp
+        .credentials()
         .user(user)
         .unwrap_or_else(|| panic!("`{user}` is in the seed file"));
-    let grant = flotilla_identity::Grant {
-        subject: user.to_owned(),
-        client_id: None,
-        roles: account.roles.clone(),
-        scopes: account.scopes.clone(),
-        lifetime: None,
-    };
-    flotilla_identity::process::development_token(&config, grant)
+    idp.issue(flotilla_identity::Grant::for_account(account))
         .expect("a token")
         .access_token
 }

@@ -60,22 +60,11 @@ impl TestIdp {
     /// may have.
     pub fn token(&self, name: &str) -> String {
         let credentials = self.idp.credentials();
-        let (account, client_id) = match credentials.user(name) {
-            Some(user) => (user, None),
-            None => (
-                credentials
-                    .client(name)
-                    .unwrap_or_else(|| panic!("`{name}` is not in the seed file")),
-                Some(name.to_owned()),
-            ),
-        };
-        self.token_with(Grant {
-            subject: name.to_owned(),
-            client_id,
-            roles: account.roles.clone(),
-            scopes: account.scopes.clone(),
-            lifetime: None,
-        })
+        let account = credentials
+            .user(name)
+            .or_else(|| credentials.client(name))
+            .unwrap_or_else(|| panic!("`{name}` is not in the seed file"));
+        self.token_with(Grant::for_account(account))
     }
 
     /// A token for `grant`.

@@ -86,6 +86,43 @@ fn check_every_key(settings: &Settings) {
     assert_eq!(messaging.push_token, "s3cret");
     assert_eq!(messaging.outbox_retention_ms, 60_000);
     assert_eq!(messaging.inbox_retention_ms, 7_200_000);
+
+    let identity = &settings.identity;
+    assert_eq!(
+        identity.client.url.as_deref(),
+        Some("http://127.0.0.1:7272")
+    );
+    let (verifier, provider) = (&identity.client.verifier, &identity.provider);
+    for (issuer, audiences, skew) in [
+        (
+            &verifier.issuer,
+            &verifier.audiences,
+            verifier.max_clock_skew_ms,
+        ),
+        (
+            &provider.issuer,
+            &provider.audiences,
+            provider.max_clock_skew_ms,
+        ),
+    ] {
+        assert_eq!(issuer, "test-idp", "one key, both readers");
+        assert_eq!(audiences, &["shop".to_owned(), "ops".to_owned()]);
+        assert_eq!(skew, 10_000);
+    }
+    assert_eq!(verifier.max_token_bytes, 4096);
+    assert_eq!(verifier.jwks_refetch_interval_ms, 5_000);
+    assert_eq!(verifier.jwks_fetch_timeout_ms, 1_000);
+    assert_eq!(verifier.cache_capacity, 500);
+    assert_eq!(verifier.jwks_max_age_ms, 60_000);
+    assert_eq!(provider.jwks_max_age_ms, 60_000);
+    assert_eq!(provider.token_lifetime_ms, 120_000);
+    assert_eq!(provider.key_file, Path::new("/etc/flotilla/keys.json"));
+    assert_eq!(provider.rotation_interval_ms, Some(3_600_000));
+    assert_eq!(provider.public_url.as_deref(), Some("http://idp.example"));
+    assert_eq!(
+        provider.seed_file.as_deref(),
+        Some(Path::new("/etc/flotilla/identity.toml"))
+    );
 }
 
 const FILE: &str = r#"
@@ -136,6 +173,22 @@ nats_subject_prefix = "test"
 push_token = "s3cret"
 outbox_retention_ms = 60000
 inbox_retention_ms = 7200000
+
+[identity]
+url = "http://127.0.0.1:7272"
+issuer = "test-idp"
+audiences = ["shop", "ops"]
+max_clock_skew_ms = 10000
+max_token_bytes = 4096
+jwks_refetch_interval_ms = 5000
+jwks_fetch_timeout_ms = 1000
+jwks_max_age_ms = 60000
+cache_capacity = 500
+token_lifetime_ms = 120000
+key_file = "/etc/flotilla/keys.json"
+rotation_interval_ms = 3600000
+public_url = "http://idp.example"
+seed_file = "/etc/flotilla/identity.toml"
 "#;
 
 const ENV: &[(&str, &str)] = &[
@@ -181,6 +234,23 @@ const ENV: &[(&str, &str)] = &[
     ("FLOTILLA_MESSAGING__PUSH_TOKEN", "s3cret"),
     ("FLOTILLA_MESSAGING__OUTBOX_RETENTION_MS", "60000"),
     ("FLOTILLA_MESSAGING__INBOX_RETENTION_MS", "7200000"),
+    ("FLOTILLA_IDENTITY__URL", "http://127.0.0.1:7272"),
+    ("FLOTILLA_IDENTITY__ISSUER", "test-idp"),
+    ("FLOTILLA_IDENTITY__AUDIENCES", r#"["shop", "ops"]"#),
+    ("FLOTILLA_IDENTITY__MAX_CLOCK_SKEW_MS", "10000"),
+    ("FLOTILLA_IDENTITY__MAX_TOKEN_BYTES", "4096"),
+    ("FLOTILLA_IDENTITY__JWKS_REFETCH_INTERVAL_MS", "5000"),
+    ("FLOTILLA_IDENTITY__JWKS_FETCH_TIMEOUT_MS", "1000"),
+    ("FLOTILLA_IDENTITY__JWKS_MAX_AGE_MS", "60000"),
+    ("FLOTILLA_IDENTITY__CACHE_CAPACITY", "500"),
+    ("FLOTILLA_IDENTITY__TOKEN_LIFETIME_MS", "120000"),
+    ("FLOTILLA_IDENTITY__KEY_FILE", "/etc/flotilla/keys.json"),
+    ("FLOTILLA_IDENTITY__ROTATION_INTERVAL_MS", "3600000"),
+    ("FLOTILLA_IDENTITY__PUBLIC_URL", "http://idp.example"),
+    (
+        "FLOTILLA_IDENTITY__SEED_FILE",
+        "/etc/flotilla/identity.toml",
+    ),
 ];
 
 /// Runs `test` in a jail whose environment holds no `FLOTILLA_*` variable of the caller.
@@ -286,6 +356,17 @@ fn a_bad_value_names_its_key_in_every_section() {
             "0",
             "outbox_retention_ms",
         ),
+        ("FLOTILLA_IDENTITY__URL", "idp:7272", "identity.url"),
+        (
+            "FLOTILLA_IDENTITY__MAX_CLOCK_SKEW_MS",
+            "600000",
+            "max_clock_skew_ms",
+        ),
+        (
+            "FLOTILLA_IDENTITY__TOKEN_LIFETIME_MS",
+            "0",
+            "token_lifetime_ms",
+        ),
         // Values of the wrong type.
         ("FLOTILLA_TTL_MS", "soon", "ttl_ms"),
         ("FLOTILLA_SHUTDOWN_GRACE_MS", "-1", "shutdown_grace_ms"),
@@ -303,6 +384,11 @@ fn a_bad_value_names_its_key_in_every_section() {
             "FLOTILLA_MESSAGING__NO_SUCH_KEY",
             "1",
             "messaging.no_such_key",
+        ),
+        (
+            "FLOTILLA_IDENTITY__CACHE_CAPACITY",
+            "many",
+            "cache_capacity",
         ),
     ];
     // Figment names a variable's key as written (`TTL_MS`), a file's in lower case.

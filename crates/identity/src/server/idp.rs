@@ -35,6 +35,20 @@ pub struct Grant {
     pub lifetime: Option<Duration>,
 }
 
+impl Grant {
+    /// A grant for a principal of the seed file with its roles and every scope it may have:
+    /// a user's, or a client's (then its `client_id` too).
+    pub fn for_account(account: &Account) -> Self {
+        Self {
+            subject: account.name.clone(),
+            client_id: (account.kind == credentials::Kind::Client).then(|| account.name.clone()),
+            roles: account.roles.clone(),
+            scopes: account.scopes.clone(),
+            lifetime: None,
+        }
+    }
+}
+
 /// A signed access token and its OAuth description (the token endpoint's answer, RFC 6749
 /// §5.1).
 #[derive(Debug, Clone, Serialize)]

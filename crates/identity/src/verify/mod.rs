@@ -47,6 +47,7 @@ use serde::Deserialize;
 pub use bearer::{bearer, bearer_from_headers};
 pub use error::{Forbidden, REALM, TokenError};
 pub use principal::Principal;
+pub(crate) use settings::check_trust;
 pub use settings::{MAX_CLOCK_SKEW_MS, VerifierSettings};
 
 use crate::jwk::Jwks;

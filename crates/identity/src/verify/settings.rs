@@ -49,23 +49,34 @@ impl Default for VerifierSettings {
 /// The largest clock skew allowed: more would keep expired tokens alive for minutes.
 pub const MAX_CLOCK_SKEW_MS: u64 = 300_000;
 
+/// The rules of the keys the issuer and its verifiers share: an issuer, at least one
+/// audience (none empty), a clock skew of at most [`MAX_CLOCK_SKEW_MS`].
+pub(crate) fn check_trust(
+    issuer: &str,
+    audiences: &[String],
+    max_clock_skew_ms: u64,
+) -> Result<(), Invalid> {
+    if issuer.is_empty() {
+        return Err(Invalid::new("issuer", "must not be empty"));
+    }
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        return Err(Invalid::new(
+            "audiences",
+            "must name at least one audience, none empty",
+        ));
+    }
+    if max_clock_skew_ms > MAX_CLOCK_SKEW_MS {
+        return Err(Invalid::new(
+            "max_clock_skew_ms",
+            "must be at most 300000 (5 minutes)",
+        ));
+    }
+    Ok(())
+}
+
 impl Section for VerifierSettings {
     fn validate(&self) -> Result<(), Invalid> {
-        if self.issuer.is_empty() {
-            return Err(Invalid::new("issuer", "must not be empty"));
-        }
-        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
-            return Err(Invalid::new(
-                "audiences",
-                "must name at least one audience, none empty",
-            ));
-        }
-        if self.max_clock_skew_ms > MAX_CLOCK_SKEW_MS {
-            return Err(Invalid::new(
-                "max_clock_skew_ms",
-                "must be at most 300000 (5 minutes)",
-            ));
-        }
+        check_trust(&self.issuer, &self.audiences, self.max_clock_skew_ms)?;
         if !(256..=64 * 1024).contains(&self.max_token_bytes) {
             return Err(Invalid::new(
                 "max_token_bytes",
