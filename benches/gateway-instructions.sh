@@ -67,6 +67,9 @@ for BIN in "${BINS[@]}"; do
   curl -fsS -X PUT "http://$REGISTRY/v1/registry/instances/upstream-1" \
     -H 'content-type: application/json' \
     -d "{\"service\":\"order\",\"address\":\"$UPSTREAM\",\"ttl_ms\":86400000}" >/dev/null
+  curl -fsS -X PUT "http://$REGISTRY/v1/registry/instances/upstream-2" \
+    -H 'content-type: application/json' \
+    -d "{\"service\":\"inventory\",\"address\":\"$UPSTREAM\",\"ttl_ms\":86400000}" >/dev/null
   "$BIN" run idp --listen "$IDP" --data-dir "$DIR/data" >"$DIR/idp.log" 2>&1 &
   idp=$!
   PIDS+=("$idp")

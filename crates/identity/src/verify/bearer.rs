@@ -4,6 +4,23 @@ use axum::http::{HeaderMap, header};
 
 use super::TokenError;
 
+/// Whether `b` may be in RFC 6750's `b64token` before its padding: `A-Z a-z 0-9 - . _ ~ + /`.
+/// Written without branches, so that the check of a whole token, which runs on every request,
+/// compiles to vector instructions (a byte at a time it was 8 % of the gateway's instructions
+/// a request).
+const fn is_b64token_byte(b: u8) -> bool {
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    let digit = b.wrapping_sub(b'0') < 10;
+    letter
+        | digit
+        | (b == b'-')
+        | (b == b'.')
+        | (b == b'_')
+        | (b == b'~')
+        | (b == b'+')
+        | (b == b'/')
+}
+
 /// The token of an `Authorization` value `Bearer <token>`: the scheme in any case, one or more
 /// spaces, exactly one `b64token` (`A-Z a-z 0-9 - . _ ~ + /`, then `=` padding), nothing after.
 ///
@@ -29,12 +46,10 @@ pub fn bearer(value: &[u8]) -> Result<&str, TokenError> {
         return Err(TokenError::Missing);
     }
     let token = value[SCHEME.len()..].trim_ascii();
-    let body_end = token.iter().position(|&b| b == b'=').unwrap_or(token.len());
-    let well_formed = body_end > 0
-        && token[..body_end]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
-        && token[body_end..].iter().all(|&b| b == b'=');
+    // The padding is the `=` at the end; no other byte may be one.
+    let padding = token.iter().rev().take_while(|&&b| b == b'=').count();
+    let body = &token[..token.len() - padding];
+    let well_formed = !body.is_empty() && body.iter().fold(true, |ok, &b| ok & is_b64token_byte(b));
     if !well_formed {
         return Err(TokenError::Malformed("authorization header"));
     }
@@ -72,10 +87,22 @@ mod tests {
         );
         assert!(bearer(b"Bearer a.b.c d").is_err(), "two tokens");
         assert!(bearer(b"Bearer a=b").is_err(), "padding inside");
+        assert!(bearer(b"Bearer =ab").is_err(), "padding first");
+        assert!(bearer(b"Bearer ==").is_err(), "padding alone");
         assert!(bearer(b"Bearer a\"b").is_err());
         assert_eq!(bearer(b"Bearerx a"), Err(TokenError::Missing));
         assert_eq!(bearer(b"Basic abc"), Err(TokenError::Missing));
         assert_eq!(bearer(b""), Err(TokenError::Missing));
+    }
+
+    #[test]
+    fn the_table_admits_exactly_the_b64token_bytes() {
+        for b in 0..=u8::MAX {
+            let b64token = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(is_b64token_byte(b), b64token, "byte {b}");
+            let value = [b"Bearer ab".as_slice(), &[b], b"cd"].concat();
+            assert_eq!(bearer(&value).is_ok(), b64token, "byte {b}");
+        }
     }
 
     #[test]
