@@ -89,6 +89,10 @@ pub struct Exchange {
     pub retry: bool,
     /// The client's `X-Canary` pin.
     pub pin: Pin,
+    /// What the layers above learnt of the request and tell the layers below, as in
+    /// [`http::Request::extensions`]: the client's address, the caller a token named. Never
+    /// sent upstream.
+    pub extensions: http::Extensions,
 }
 
 impl Exchange {
@@ -119,6 +123,7 @@ impl Exchange {
             long_poll,
             retry: true,
             pin,
+            extensions: http::Extensions::new(),
         }
     }
 
@@ -138,6 +143,7 @@ impl Exchange {
             long_poll: self.long_poll,
             retry: self.retry,
             pin: self.pin,
+            extensions: self.extensions.clone(),
         })
     }
 

@@ -10,6 +10,8 @@
 //! | a valid token without all the route's `scopes` | 403, `WWW-Authenticate: Bearer … error="insufficient_scope"` |
 //!
 //! Every refusal is a problem document, and none reaches the upstream or counts against it.
+//! The caller a token names ([`Principal`]) goes on in the exchange's extensions, for the
+//! layers below (the rate limit keys by it) to know it without verifying the token again.
 //! The token itself travels on to the service, which verifies it against the same keys
 //! (the caller's identity in a form the service checks itself); identity headers a client
 //! sends ([`IDENTITY_HEADERS`], and every `x-flotilla-*`) are removed from every request,
@@ -22,8 +24,8 @@ use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
 use flotilla_discovery::outbound::{Exchange, Failure};
-use flotilla_identity::Verifier;
 use flotilla_identity::verify::{Forbidden, REALM, bearer_from_headers};
+use flotilla_identity::{Principal, Verifier};
 use flotilla_kit::Problem;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tower::{Layer, Service, ServiceExt};
@@ -137,23 +139,30 @@ where
         let access = self.access.clone();
         let verifier = self.verifier.clone();
         Box::pin(async move {
-            if let Err(refusal) = admit(&access, verifier.as_ref(), &exchange.headers).await {
-                return Ok(refusal);
+            let Access::Authenticated { roles, scopes } = &*access else {
+                return inner.oneshot(exchange).await;
+            };
+            match admit(roles, scopes, verifier.as_ref(), &exchange.headers).await {
+                Ok(principal) => {
+                    // For the layers below (the rate limit keys by it): verified once.
+                    let mut exchange = exchange;
+                    exchange.extensions.insert(principal);
+                    inner.oneshot(exchange).await
+                }
+                Err(refusal) => Ok(refusal),
             }
-            inner.oneshot(exchange).await
         })
     }
 }
 
-/// Whether `headers` carry a token that `access` admits; the refusal's answer if not.
+/// The caller named by the token in `headers`, if it verifies and has one of `roles` (any, if
+/// empty) and every one of `scopes`; the refusal's answer if not.
 async fn admit(
-    access: &Access,
+    roles: &[String],
+    scopes: &[String],
     verifier: Option<&Verifier>,
     headers: &HeaderMap,
-) -> Result<(), Response> {
-    let Access::Authenticated { roles, scopes } = access else {
-        return Ok(());
-    };
+) -> Result<Principal, Response> {
     let Some(verifier) = verifier else {
         let problem = Problem::unavailable(
             "no-identity-provider",
@@ -192,7 +201,7 @@ async fn admit(
         }
         return Err(response);
     }
-    Ok(())
+    Ok(principal)
 }
 
 #[cfg(test)]

@@ -294,6 +294,8 @@ pub struct Arrived {
     pub headers: HeaderMap,
     /// Its body: held if small and of known length, else streaming within the limit.
     pub body: Outgoing,
+    /// What the listener attached to it: the client's address (`ConnectInfo`) among them.
+    pub extensions: http::Extensions,
 }
 
 /// Layer of [`Inbound`].
@@ -415,6 +417,7 @@ async fn arrive(request: Request, limit: u64, timeout: Duration) -> Result<Arriv
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
         body,
+        extensions: parts.extensions,
     })
 }
 

@@ -13,7 +13,8 @@
 //! * the route ([`routes::Routes`], read from the route file: path prefix or template, host,
 //!   method, headers, API version);
 //! * the route's policies: [`auth`] (a valid bearer token, roles and scopes, unless the route
-//!   is public; identity headers from clients removed), [`transform`] (headers, path rewrite, JSON fields), [`fallback`]
+//!   is public; identity headers from clients removed), [`ratelimit`] (a token bucket and a
+//!   quota per client and route, 429 with `RateLimit` headers), [`transform`] (headers, path rewrite, JSON fields), [`fallback`]
 //!   (error, cached, default, another service, or queue for later with [`deferred`]), the
 //!   call's deadline, then the upstream's client stack from [`flotilla_discovery::outbound`]:
 //!   retry of safe requests within a budget, circuit breaker, bulkhead, load balancer (power of
@@ -38,6 +39,7 @@ pub mod deferred;
 pub mod edge;
 pub mod fallback;
 pub mod inbound;
+pub mod ratelimit;
 pub mod routes;
 pub mod settings;
 pub mod stack;

@@ -41,6 +41,20 @@
 //! scopes = ["orders:read"]         # …and every one of these scopes
 //! ```
 //!
+//! **How often.** A route may limit each client (the token's subject for a user, its client id
+//! for a machine, the address for an anonymous caller) with a token bucket and a quota per
+//! period; see [`crate::ratelimit`]:
+//!
+//! ```toml
+//! [[routes]]
+//! name = "orders"
+//! service = "order"
+//! path = "/orders"
+//! version = 1
+//! rate_limit = { per_second = 10, burst = 20 }   # burst defaults to a second's worth
+//! quota = { limit = 1000, period = "day" }        # second, minute, hour, day, or 15m, 12h, 7d…
+//! ```
+//!
 //! **Precedence.** When several routes match, the most specific wins: more literal path
 //! segments first, then a template over a prefix, then a route with a host, with more header
 //! conditions, with methods, with a version; among equals, the one written first.
@@ -54,6 +68,7 @@
 //! The table is a value: the gateway holds it behind a pointer it can swap (a later
 //! configuration server changes routes live without dropping requests in flight).
 
+mod limits;
 mod policy;
 
 use std::collections::{BTreeMap, HashSet};
@@ -64,6 +79,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
+pub use self::limits::{Limits, MAX_PERIOD, Quota, Rate};
 pub use self::policy::{DEFAULT_BULKHEAD, Fallback, UpstreamSpec};
 use crate::transform::{Transform, TransformSpec};
 
@@ -93,6 +109,8 @@ pub struct Route {
     pub transform: Transform,
     /// Who may call it (`auth`, `roles`, `scopes`).
     pub access: Access,
+    /// How often each client may call it (`rate_limit`, `quota`).
+    pub limits: Limits,
 }
 
 /// Who may call a route: anyone, or the bearer of a valid token, which may need some roles
@@ -216,6 +234,9 @@ struct Spec {
     roles: Vec<String>,
     #[serde(default)]
     scopes: Vec<String>,
+    // Read on their own, for their errors to name the key.
+    rate_limit: Option<toml::Value>,
+    quota: Option<toml::Value>,
 }
 
 impl Routes {
@@ -418,6 +439,15 @@ impl Route {
         })
         .map_err(|(key, reason)| RouteError::of(&name, &key, reason))?;
         let access = Self::check_access(&name, spec.auth, spec.roles, spec.scopes)?;
+        let limits = Limits {
+            rate: check_key(
+                &name,
+                "rate_limit",
+                spec.rate_limit,
+                limits::RateSpec::check,
+            )?,
+            quota: check_key(&name, "quota", spec.quota, limits::QuotaSpec::check)?,
+        };
         Ok(Self {
             name,
             service: spec.service,
@@ -431,6 +461,7 @@ impl Route {
             fallback,
             transform,
             access,
+            limits,
         })
     }
 
@@ -528,6 +559,26 @@ impl Route {
             }
         }
     }
+}
+
+/// The value of `key` of route `route`, read as `S` and checked with `check`, if present.
+fn check_key<S, T>(
+    route: &str,
+    key: &str,
+    value: Option<toml::Value>,
+    check: impl FnOnce(S) -> Result<T, String>,
+) -> Result<Option<T>, RouteError>
+where
+    S: serde::de::DeserializeOwned,
+{
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let spec =
+        S::deserialize(value).map_err(|error| RouteError::of(route, key, error.message()))?;
+    check(spec)
+        .map(Some)
+        .map_err(|reason| RouteError::of(route, key, reason))
 }
 
 /// The versions a request names.

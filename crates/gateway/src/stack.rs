@@ -8,7 +8,8 @@
 //! 2. **route** ([`Route`]) — the route table picks the route; its failure becomes the answer
 //!    here, in one place;
 //! 3. **per-route policy** — [`Authorize`] (who may call: a valid
-//!    token, roles, scopes), [`Transform`](crate::transform::TransformLayer) (path rewrite,
+//!    token, roles, scopes), [`RateLimit`] (how often each client may: a token bucket and a
+//!    quota per period), [`Transform`](crate::transform::TransformLayer) (path rewrite,
 //!    headers, JSON fields), [`Fallback`](crate::fallback::FallbackLayer) (what to answer when
 //!    the upstream cannot), [`Timeout`] (the call's deadline, retries included), then the
 //!    upstream's client stack
@@ -55,6 +56,7 @@ use crate::deferred::Deferred;
 use crate::edge::{Edge, EdgeLayer};
 use crate::fallback::{FallbackLayer, FallbackService, FallbackState};
 use crate::inbound::{Arrived, Inbound, InboundLayer};
+use crate::ratelimit::{Limiter, RateLimit, RateLimitLayer};
 use crate::routes::{Fallback, Head, Matched, Routes};
 use crate::transform::{TransformLayer, TransformService};
 
@@ -65,6 +67,7 @@ pub const LAYERS: &[&str] = &[
     "inbound",
     "route",
     "auth",
+    "ratelimit",
     "transform",
     "fallback",
     "timeout",
@@ -121,6 +124,8 @@ struct Routing {
     routes: Arc<Routes>,
     /// What each route's fallback keeps, in the table's order: one for all workers.
     states: Arc<Vec<FallbackState>>,
+    /// Each route's limits and what they counted, in the table's order: one for all workers.
+    limiters: Arc<Vec<Option<Limiter>>>,
     workers: Vec<Weak<Local>>,
 }
 
@@ -176,6 +181,7 @@ impl Gateway {
     ) -> Result<Self, String> {
         outbound::describe_metrics();
         crate::access::describe_metrics();
+        crate::ratelimit::describe_metrics();
         let shared = Arc::new(Shared {
             settings,
             discovery,
@@ -184,6 +190,7 @@ impl Gateway {
             routing: Mutex::new(Routing {
                 routes: Arc::new(Routes::empty()),
                 states: Arc::default(),
+                limiters: Arc::default(),
                 workers: Vec::new(),
             }),
         });
@@ -203,7 +210,13 @@ impl Gateway {
     fn join(shared: Arc<Shared>) -> Self {
         let mut routing = lock(&shared.routing);
         let http = outbound::http_client();
-        let table = build_table(&shared, &routing.routes, &routing.states, &http);
+        let table = build_table(
+            &shared,
+            &routing.routes,
+            &routing.states,
+            &routing.limiters,
+            &http,
+        );
         let local = Arc::new(Local {
             http,
             table: RwLock::new(Arc::new(table)),
@@ -253,13 +266,15 @@ impl Gateway {
         // A new table starts with nothing kept (a route may have changed its upstream).
         let states: Arc<Vec<FallbackState>> =
             Arc::new(routes.iter().map(|_| FallbackState::default()).collect());
+        let limiters = Arc::new(limiters_of(&routes, &routing)?);
         routing.workers.retain(|worker| worker.strong_count() > 0);
         for worker in routing.workers.iter().filter_map(Weak::upgrade) {
-            let table = build_table(shared, &routes, &states, &worker.http);
+            let table = build_table(shared, &routes, &states, &limiters, &worker.http);
             *lock_write(&worker.table) = Arc::new(table);
         }
         routing.routes = routes;
         routing.states = states;
+        routing.limiters = limiters;
         Ok(())
     }
 
@@ -377,12 +392,36 @@ impl Gateway {
     }
 }
 
+/// The limiter of each of `routes`, in order: a route whose limits did not change keeps the
+/// one of `routing`'s table, with what it counted; another starts afresh.
+fn limiters_of(routes: &Routes, routing: &Routing) -> Result<Vec<Option<Limiter>>, String> {
+    routes
+        .iter()
+        .map(|route| {
+            let kept = routing
+                .routes
+                .iter()
+                .zip(routing.limiters.iter())
+                .find_map(|(old, limiter)| (old.name == route.name).then_some(limiter))
+                .and_then(Option::as_ref)
+                .filter(|limiter| *limiter.limits() == route.limits);
+            match kept {
+                Some(limiter) => Ok(Some(limiter.clone())),
+                None => Limiter::new(&route.name, &route.limits)
+                    .map_err(|error| format!("route `{}`: {error}", route.name)),
+            }
+        })
+        .collect()
+}
+
 /// The stacks of `routes` over `http`, one worker's pool, in front of the shared upstreams,
-/// each route's fallback keeping what it keeps in its shared state of `states`.
+/// each route's fallback keeping what it keeps in its shared state of `states`, and its
+/// limits counting in its limiter of `limiters`.
 fn build_table(
     shared: &Shared,
     routes: &Arc<Routes>,
     states: &[FallbackState],
+    limiters: &[Option<Limiter>],
     http: &HttpClient,
 ) -> Table {
     let upstreams = lock_read(&shared.upstreams);
@@ -394,7 +433,7 @@ fn build_table(
         })
         .collect();
     let mut stacks = Vec::new();
-    for (route, state) in routes.iter().zip(states) {
+    for ((route, state), limiter) in routes.iter().zip(states).zip(limiters) {
         let client = &clients[route.service.as_str()];
         let fallback = match &route.fallback {
             Some(fallback) => fallback.clone(),
@@ -408,6 +447,7 @@ fn build_table(
         let policy = RoutePolicy {
             access: &route.access,
             verifier: shared.settings.verifier.clone(),
+            limiter: limiter.clone(),
             timeout: route.timeout.unwrap_or(shared.settings.timeout),
             transform: &route.transform,
             fallback,
@@ -432,6 +472,8 @@ pub struct RoutePolicy<'a> {
     pub access: &'a crate::routes::Access,
     /// Checks the tokens, if the route needs them.
     pub verifier: Option<Verifier>,
+    /// Counts each client's calls, if the route limits them.
+    pub limiter: Option<Limiter>,
     /// The deadline of a call, retries included.
     pub timeout: Duration,
     /// How the request and its answer are changed.
@@ -446,8 +488,8 @@ pub struct RoutePolicy<'a> {
     pub state: &'a FallbackState,
 }
 
-/// The stack of one route: who may call it, its policies, then `client`, the upstream's client stack (retry,
-/// breaker, bulkhead, balancer, endpoint).
+/// The stack of one route: who may call it, how often, its policies, then `client`, the
+/// upstream's client stack (retry, breaker, bulkhead, balancer, endpoint).
 pub fn route_stack(policy: RoutePolicy<'_>, client: Client) -> RouteStack {
     BoxCloneSyncService::new(route_layers(policy, client))
 }
@@ -456,11 +498,15 @@ pub fn route_stack(policy: RoutePolicy<'_>, client: Client) -> RouteStack {
 fn route_layers<C>(
     policy: RoutePolicy<'_>,
     client: C,
-) -> Authorize<TransformService<FallbackService<Timeout<C>>>> {
+) -> Authorize<RateLimit<TransformService<FallbackService<Timeout<C>>>>> {
     ServiceBuilder::new()
         // Before anything else of the route's: a caller it refuses costs the upstream nothing
         // and is answered untransformed.
         .layer(AuthLayer::new(policy.access.clone(), policy.verifier))
+        // Below auth, which names the caller it counts (and refuses strangers before they
+        // cost a count); above all that reaches the upstream: a refusal never does, and so
+        // never counts against its breaker.
+        .layer(RateLimitLayer::new(policy.limiter))
         // Outermost of the route's policies, so that a fallback's answer is transformed too.
         .layer(TransformLayer::new(policy.transform.clone()))
         // Above the timeout: a call that ran out of time falls back like any failure.
@@ -513,7 +559,7 @@ impl Service<Arrived> for Route {
                 Some(query) => format!("{upstream_path}?{query}"),
                 None => upstream_path,
             };
-            let exchange = Exchange::new(
+            let mut exchange = Exchange::new(
                 tag.service.clone(),
                 arrived.method,
                 path_and_query,
@@ -521,6 +567,7 @@ impl Service<Arrived> for Route {
                 arrived.body,
                 Duration::MAX,
             );
+            exchange.extensions = arrived.extensions;
             let mut response = match stack.clone().oneshot(exchange).await {
                 Ok(response) => response,
                 Err(failure) => {
@@ -570,6 +617,7 @@ mod tests {
             ("Inbound", "inbound"),
             ("Route", "route"),
             ("Authorize", "auth"),
+            ("RateLimit", "ratelimit"),
             ("TransformService", "transform"),
             ("FallbackService", "fallback"),
             ("Timeout", "timeout"),
@@ -776,6 +824,7 @@ retry = { max_attempts = 1 }
         let policy = RoutePolicy {
             access: &crate::routes::Access::Public,
             verifier: None,
+            limiter: None,
             timeout: Duration::from_secs(1),
             transform: &transform,
             fallback: Fallback::Error,

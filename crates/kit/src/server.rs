@@ -15,6 +15,8 @@
 //!   [fit to keep](fit_request_id) is removed, for the app's stack to set a fresh one. The
 //!   parser's own hard caps sit at four times these limits; beyond them hyper closes the
 //!   connection with a bare status.
+//! * **The peer**: each request carries its connection's remote address as axum's
+//!   `ConnectInfo<SocketAddr>` extension (the gateway keys anonymous callers' rate limits by it).
 //!
 //! hyper's own header timer is not used: since hyper 1.6 it also runs while a connection is
 //! idle, which would make the idle timeout the header timeout. Instead each connection keeps
@@ -323,7 +325,7 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     tokio::pin!(drain);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut drain => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -356,6 +358,10 @@ pub async fn serve(
                     let busy = activity.busy();
                     let mut request = request;
                     drop_unfit_request_id(request.headers_mut());
+                    // Who is at the other end, for handlers that ask (`ConnectInfo`).
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
                     let response = match limits.check(&request) {
                         Some(problem) => problem.into_response(),
                         None => router

@@ -1,8 +1,10 @@
 //! Rate limiter: a token bucket per key (a client, a route, an API key).
 //!
 //! Each key's bucket holds up to `burst` tokens and refills at `per_second`; a call takes one
-//! token or is refused with the time until the next one. Buckets live in memory (one process);
-//! a cluster-wide limit (Redis) comes with the gateway's quotas.
+//! token or is refused with the time until the next one ([`RateLimiter::take`] also says what
+//! is left, for a server's `RateLimit` header). Buckets live in memory (one process); the
+//! gateway's limits shared by several instances run the same bucket in Redis
+//! (`flotilla_gateway::ratelimit`), with this limiter as their fallback.
 //!
 //! A configuration is checked before use ([`RateLimitConfig::validate`]): a rate outside
 //! [`MIN_PER_SECOND`]..=[`MAX_PER_SECOND`] or a burst of 0 is refused with a
@@ -306,6 +308,24 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     /// assert_eq!(limiter.check(&"alice").unwrap_err().retry_after, Duration::from_millis(125));
     /// ```
     pub fn check(&self, key: &K) -> Result<(), RateLimited> {
+        self.take(key).map(|_| ())
+    }
+
+    /// [`RateLimiter::check`], saying on success what is left of the bucket: what a server
+    /// tells its client (the `RateLimit` header field).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use flotilla_resilience::{Clock, ratelimit::{RateLimitConfig, RateLimiter, Remaining}};
+    /// let clock = Clock::manual();
+    /// let limiter = RateLimiter::with_clock(RateLimitConfig { per_second: 2.0, burst: 3 }, clock.clone()).unwrap();
+    /// let left = limiter.take(&"alice").unwrap();
+    /// assert_eq!(left, Remaining { tokens: 2, next_token: Duration::from_millis(500) });
+    /// clock.advance(Duration::from_millis(250));
+    /// // 2.5 tokens before this call, 1.5 after: the next whole one in 250 ms.
+    /// assert_eq!(limiter.take(&"alice").unwrap(), Remaining { tokens: 1, next_token: Duration::from_millis(250) });
+    /// ```
+    pub fn take(&self, key: &K) -> Result<Remaining, RateLimited> {
         let now = self.clock.now();
         let config = self.config();
         // The configuration was validated; these guards only keep the arithmetic sane.
@@ -315,27 +335,53 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             .buckets
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
-            make_room(&mut buckets, now, rate, burst);
-        }
-        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
-            tokens: burst,
-            updated: now,
-        });
+        // The key is cloned only for a new bucket (a key may own an allocation).
+        let bucket = match buckets.get_mut(key) {
+            Some(bucket) => bucket,
+            None => {
+                if buckets.len() >= MAX_KEYS {
+                    make_room(&mut buckets, now, rate, burst);
+                }
+                buckets.entry(key.clone()).or_insert(Bucket {
+                    tokens: burst,
+                    updated: now,
+                })
+            }
+        };
         let elapsed = now.saturating_sub(bucket.updated) as f64 / 1e9;
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.updated = now;
+        // Saturating: a wait beyond what a `Duration` holds (or not a number) is the longest.
+        let wait =
+            |tokens: f64| Duration::try_from_secs_f64(tokens / rate).unwrap_or(Duration::MAX);
         if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
-            Ok(())
+            let tokens = bucket.tokens;
+            let next_token = if tokens >= burst {
+                Duration::ZERO
+            } else {
+                wait(tokens.floor() + 1.0 - tokens)
+            };
+            Ok(Remaining {
+                // At most the burst, a `u32`.
+                tokens: tokens.floor() as u32,
+                next_token,
+            })
         } else {
-            // Saturating: a wait beyond what a `Duration` holds (or not a number) is the longest.
-            let wait = (1.0 - bucket.tokens) / rate;
             Err(RateLimited {
-                retry_after: Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX),
+                retry_after: wait(1.0 - bucket.tokens),
             })
         }
     }
+}
+
+/// What is left of a bucket after a call it let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remaining {
+    /// Whole tokens left: the calls allowed at once from now.
+    pub tokens: u32,
+    /// When the bucket gains its next whole token; zero when it is full.
+    pub next_token: Duration,
 }
 
 /// An error of a service behind a rate limiter.

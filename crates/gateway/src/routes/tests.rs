@@ -328,3 +328,70 @@ fn a_route_file_with_an_error_names_the_route_and_the_key() {
     let error = Routes::parse(&twice).expect_err("a name twice").to_string();
     assert!(error.contains("route `a`, key `name`"), "{error}");
 }
+
+#[test]
+fn a_rate_limit_or_quota_error_names_the_route_and_the_key() {
+    let cases = [
+        (
+            "rate_limit = { per_second = 0 }",
+            "rate_limit",
+            "per_second",
+        ),
+        (
+            "rate_limit = { per_second = 5, burst = 0 }",
+            "rate_limit",
+            "burst",
+        ),
+        ("rate_limit = { per_sec = 5 }", "rate_limit", "per_sec"),
+        ("rate_limit = { burst = 5 }", "rate_limit", "per_second"),
+        ("rate_limit = 5", "rate_limit", "struct"),
+        (
+            "rate_limit = { per_second = 1e10 }",
+            "rate_limit",
+            "1e-6 to 1e9",
+        ),
+        (
+            "quota = { limit = 0, period = \"day\" }",
+            "quota",
+            "at least 1",
+        ),
+        (
+            "quota = { limit = 5, period = \"fortnight\" }",
+            "quota",
+            "fortnight",
+        ),
+        ("quota = { limit = 5, period = \"400d\" }", "quota", "366d"),
+        ("quota = { limit = 5 }", "quota", "period"),
+        ("quota = { limit = -5, period = \"day\" }", "quota", "-5"),
+        (
+            "quota = { limit = 5, period = \"day\", by = \"ip\" }",
+            "quota",
+            "by",
+        ),
+    ];
+    for (keys, key, reason) in cases {
+        let text =
+            format!("[[routes]]\nname = \"orders\"\nservice = \"s\"\npath = \"/o\"\n{keys}\n");
+        let error = Routes::parse(&text).expect_err(keys).to_string();
+        assert!(
+            error.contains(&format!("route `orders`, key `{key}`")),
+            "{keys}: {error}"
+        );
+        assert!(error.contains(reason), "{keys}: {error}");
+    }
+    let routes = Routes::parse(
+        "[[routes]]\nname = \"orders\"\nservice = \"s\"\npath = \"/o\"\n\
+         rate_limit = { per_second = 10, burst = 20 }\nquota = { limit = 1000, period = \"day\" }\n",
+    )
+    .expect("valid");
+    let limits = &routes.iter().next().expect("a route").limits;
+    let rate = limits.rate.expect("a bucket").config();
+    assert_eq!((rate.per_second, rate.burst), (10.0, 20));
+    assert_eq!(
+        limits.quota,
+        Some(crate::routes::Quota {
+            limit: 1000,
+            period: Duration::from_secs(86_400)
+        })
+    );
+}

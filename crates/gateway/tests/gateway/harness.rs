@@ -133,6 +133,14 @@ pub(crate) async fn harness_with(mut config: Config) -> Harness {
 /// A registry and a gateway serving the route file `routes`, with its queue and the operator
 /// API on, a 2 s deadline and retries after 1 ms.
 pub(crate) async fn harness_routes(routes: &str) -> Harness {
+    harness_routes_with(routes, |_| {}).await
+}
+
+/// [`harness_routes`], with `configure` changing the gateway's configuration first.
+pub(crate) async fn harness_routes_with(
+    routes: &str,
+    configure: impl FnOnce(&mut Config),
+) -> Harness {
     let (data, file) = route_file(routes);
     let mut config = Config::default();
     config.instance.discovery.request_timeout_ms = 2_000;
@@ -140,6 +148,7 @@ pub(crate) async fn harness_routes(routes: &str) -> Harness {
     config.resilience.retry.base_delay_ms = 1;
     config.gateway.routes_file = Some(file);
     config.gateway.admin_api = true;
+    configure(&mut config);
     let mut harness = harness_with(config).await;
     harness.data = Some(data);
     harness

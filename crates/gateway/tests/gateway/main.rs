@@ -5,4 +5,5 @@ mod balancing;
 mod fallbacks;
 mod hardening;
 mod harness;
+mod ratelimit;
 mod transforms;
