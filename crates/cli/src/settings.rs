@@ -9,7 +9,7 @@
 //! | discovery | `registry_url`, `request_timeout_ms` | `flotilla_discovery::DiscoverySettings` |
 //! | registry | `heartbeat_ms`, `ttl_ms`, `probe_interval_ms`, `probe_timeout_ms` | `flotilla_registry::RegistrySettings` |
 //! | resilience | `breaker.*`, `retry.*` | `flotilla_resilience::settings::ResilienceSettings` |
-//! | gateway | `queue_for_later`, `admin_api`, `routes_file` | `flotilla_gateway::GatewaySettings` |
+//! | gateway | `queue_for_later`, `admin_api`, `routes_file`, `access_log`, `access_log_sample`, `workers`, `rate_limit.*` (`redis_url`, `on_redis_down`, `redis_timeout_ms`, `redis_retry_ms`, `key_prefix`) | `flotilla_gateway::GatewaySettings` |
 //! | order | `saga_style`, `catalog_cache_ms`, `choreography_deadline_ms` | `flotilla_order::OrderSettings` |
 //! | messaging | `messaging.*` | `flotilla_messaging::MessagingSettings` |
 //! | identity | `identity.url`, `identity.issuer`, `identity.audiences`, `identity.max_clock_skew_ms`, `identity.max_token_bytes`, `identity.jwks_*`, `identity.cache_capacity` (checking tokens); `identity.token_lifetime_ms`, `identity.key_file`, `identity.rotation_interval_ms`, `identity.public_url`, `identity.seed_file` (the provider) | `flotilla_identity::IdentityConfig`, `flotilla_identity::IdpSettings` |

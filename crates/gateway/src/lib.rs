@@ -97,6 +97,7 @@ pub async fn run(
             json: flotilla_kit::telemetry::is_json(config.instance.server.log_format),
         },
         verifier,
+        rate_limit: config.gateway.rate_limit.clone(),
     };
     let gateway = Gateway::new(discovery, routes, settings, deferred).map_err(invalid)?;
     for service in gateway.deferred_services() {

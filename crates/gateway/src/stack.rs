@@ -56,8 +56,9 @@ use crate::deferred::Deferred;
 use crate::edge::{Edge, EdgeLayer};
 use crate::fallback::{FallbackLayer, FallbackService, FallbackState};
 use crate::inbound::{Arrived, Inbound, InboundLayer};
-use crate::ratelimit::{Limiter, RateLimit, RateLimitLayer};
+use crate::ratelimit::{Limiter, RateLimit, RateLimitLayer, Store};
 use crate::routes::{Fallback, Head, Matched, Routes};
+use crate::settings::RateLimitSettings;
 use crate::transform::{TransformLayer, TransformService};
 
 /// The layers of the stack, outermost first (the kit's server layers come before them).
@@ -96,6 +97,8 @@ pub struct Settings {
     /// Checks the tokens of routes that need one; the gateway refuses routes that need a token
     /// without it.
     pub verifier: Option<Verifier>,
+    /// Where the routes' limits are kept (`rate_limit`).
+    pub rate_limit: RateLimitSettings,
 }
 
 /// The gateway: the upstreams' shared state, and one worker's route table with a stack per
@@ -112,6 +115,8 @@ struct Shared {
     settings: Settings,
     discovery: Discovery,
     deferred: Option<Deferred>,
+    /// Where the routes' limits are kept when they are shared (Redis).
+    store: Option<Store>,
     /// The state of the policies in front of each service (breaker, retry budget, bulkhead,
     /// balancer), by service: one for all workers (added to when routes change).
     upstreams: RwLock<BTreeMap<String, Upstream>>,
@@ -171,8 +176,9 @@ pub fn queueing_services(routes: &Routes, queue_for_later: &[String]) -> Vec<Str
 
 impl Gateway {
     /// A gateway for `routes`, finding instances with `discovery`, storing requests queued for
-    /// later in `deferred`. Fails if an upstream's policies are invalid, or if a route queues
-    /// for later without a queue.
+    /// later in `deferred`. Fails if an upstream's policies are invalid, if a route queues
+    /// for later without a queue, or if the limits' store cannot be made (outside a tokio
+    /// runtime).
     pub fn new(
         discovery: Discovery,
         routes: Routes,
@@ -182,10 +188,12 @@ impl Gateway {
         outbound::describe_metrics();
         crate::access::describe_metrics();
         crate::ratelimit::describe_metrics();
+        let store = Store::connect(&settings.rate_limit)?;
         let shared = Arc::new(Shared {
             settings,
             discovery,
             deferred,
+            store,
             upstreams: RwLock::default(),
             routing: Mutex::new(Routing {
                 routes: Arc::new(Routes::empty()),
@@ -266,7 +274,7 @@ impl Gateway {
         // A new table starts with nothing kept (a route may have changed its upstream).
         let states: Arc<Vec<FallbackState>> =
             Arc::new(routes.iter().map(|_| FallbackState::default()).collect());
-        let limiters = Arc::new(limiters_of(&routes, &routing)?);
+        let limiters = Arc::new(limiters_of(&routes, &routing, shared.store.as_ref())?);
         routing.workers.retain(|worker| worker.strong_count() > 0);
         for worker in routing.workers.iter().filter_map(Weak::upgrade) {
             let table = build_table(shared, &routes, &states, &limiters, &worker.http);
@@ -392,9 +400,15 @@ impl Gateway {
     }
 }
 
-/// The limiter of each of `routes`, in order: a route whose limits did not change keeps the
-/// one of `routing`'s table, with what it counted; another starts afresh.
-fn limiters_of(routes: &Routes, routing: &Routing) -> Result<Vec<Option<Limiter>>, String> {
+/// The limiter of each of `routes`, in order, keeping its counts in `store` if given: a route
+/// whose limits did not change keeps the one of `routing`'s table, with what it counted in
+/// this process; another starts afresh (in Redis, the counts are by route name and client,
+/// and stay).
+fn limiters_of(
+    routes: &Routes,
+    routing: &Routing,
+    store: Option<&Store>,
+) -> Result<Vec<Option<Limiter>>, String> {
     routes
         .iter()
         .map(|route| {
@@ -407,7 +421,7 @@ fn limiters_of(routes: &Routes, routing: &Routing) -> Result<Vec<Option<Limiter>
                 .filter(|limiter| *limiter.limits() == route.limits);
             match kept {
                 Some(limiter) => Ok(Some(limiter.clone())),
-                None => Limiter::new(&route.name, &route.limits)
+                None => Limiter::new(&route.name, &route.limits, store.cloned())
                     .map_err(|error| format!("route `{}`: {error}", route.name)),
             }
         })
@@ -643,6 +657,7 @@ mod tests {
             queue_for_later: Vec::new(),
             access: AccessSettings::default(),
             verifier: Some(verifier()),
+            rate_limit: RateLimitSettings::default(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! condition ([`eventually`], [`wait_until`], [`eventually_blocking`]) or for a condition to
 //! stay true ([`holds_for`]); temporary data directories with their SQLite databases and
 //! settings ([`TempData`]), or an in-memory database ([`memory_database`]); the servers some
-//! tests need ([`POSTGRES`], [`NATS`]), with the one way a test skips, saying so, when a server
+//! tests need ([`POSTGRES`], [`NATS`], [`REDIS`]), with the one way a test skips, saying so, when a server
 //! is missing ([`skip`]); a PostgreSQL schema of a test's own ([`postgres_schema`]); a registry
 //! of a test's own ([`start_registry`], [`register_instance`]) and instances served on loopback
 //! ([`serve_instance`], [`dead_address`]); dead letters made as the relay makes them
@@ -41,6 +41,6 @@ pub use instance::{dead_address, serve_instance};
 pub use messaging::{DownTransport, bury, nats_stream};
 pub use postgres::{PgSchema, postgres_schema};
 pub use registry::{register_instance, register_instance_with, start_registry};
-pub use servers::{NATS, POSTGRES, Server, in_ci, skip};
+pub use servers::{NATS, POSTGRES, REDIS, Server, in_ci, skip};
 pub use sql::{assert_no_violations, by_hand, in_transaction, number, numbers, row, rows, value};
 pub use wait::{POLL, eventually, eventually_blocking, eventually_every, holds_for, wait_until};

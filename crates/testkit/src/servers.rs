@@ -1,8 +1,8 @@
-//! The servers some tests need on the machine (PostgreSQL, NATS): where each is, and what a
-//! test does when it cannot reach it.
+//! The servers some tests need on the machine (PostgreSQL, NATS, Redis): where each is, and
+//! what a test does when it cannot reach it.
 //!
 //! A server's URL comes from its variable (`FLOTILLA_TEST_POSTGRES_URL`,
-//! `FLOTILLA_TEST_NATS_URL`) or its default. When it cannot be reached, the test fails under CI
+//! `FLOTILLA_TEST_NATS_URL`, `FLOTILLA_TEST_REDIS_URL`) or its default. When it cannot be reached, the test fails under CI
 //! (the variable `CI` is set: CI never skips silently) and elsewhere skips, saying so in one
 //! `skipped: …` line. That line is written to the process's stderr handle, not with
 //! `eprintln!`: libtest captures the printing macros of a passing test and would hide it, so
@@ -34,6 +34,13 @@ pub const NATS: Server = Server {
     name: "NATS",
     variable: "FLOTILLA_TEST_NATS_URL",
     default_url: "nats://127.0.0.1:4222",
+};
+
+/// The Redis server (`FLOTILLA_TEST_REDIS_URL`), which the gateway's shared rate limits use.
+pub const REDIS: Server = Server {
+    name: "Redis",
+    variable: "FLOTILLA_TEST_REDIS_URL",
+    default_url: "redis://127.0.0.1:6379",
 };
 
 impl Server {

@@ -73,6 +73,15 @@ fn check_every_key(settings: &Settings) {
         settings.gateway.routes_file.as_deref(),
         Some(Path::new("/etc/flotilla/routes.toml"))
     );
+    let limits = &settings.gateway.rate_limit;
+    assert_eq!(limits.redis_url.as_deref(), Some("redis://10.0.0.9:6380/2"));
+    assert_eq!(
+        limits.on_redis_down,
+        flotilla_gateway::settings::OnRedisDown::Deny
+    );
+    assert_eq!(limits.redis_timeout_ms, 20);
+    assert_eq!(limits.redis_retry_ms, 250);
+    assert_eq!(limits.key_prefix, "shop:limits");
 
     assert_eq!(settings.order.saga_style, SagaStyle::Choreography);
     assert_eq!(settings.order.catalog_cache_ms, 0);
@@ -165,6 +174,13 @@ max_attempts = 2
 base_delay_ms = 30
 budget_percent = 50.0
 
+[rate_limit]
+redis_url = "redis://10.0.0.9:6380/2"
+on_redis_down = "deny"
+redis_timeout_ms = 20
+redis_retry_ms = 250
+key_prefix = "shop:limits"
+
 [messaging]
 transport = "nats"
 nats_url = "nats://10.0.0.9:4222"
@@ -215,6 +231,11 @@ const ENV: &[(&str, &str)] = &[
     ("FLOTILLA_QUEUE_FOR_LATER", r#"["order"]"#),
     ("FLOTILLA_ADMIN_API", "true"),
     ("FLOTILLA_ROUTES_FILE", "/etc/flotilla/routes.toml"),
+    ("FLOTILLA_RATE_LIMIT__REDIS_URL", "redis://10.0.0.9:6380/2"),
+    ("FLOTILLA_RATE_LIMIT__ON_REDIS_DOWN", "deny"),
+    ("FLOTILLA_RATE_LIMIT__REDIS_TIMEOUT_MS", "20"),
+    ("FLOTILLA_RATE_LIMIT__REDIS_RETRY_MS", "250"),
+    ("FLOTILLA_RATE_LIMIT__KEY_PREFIX", "shop:limits"),
     ("FLOTILLA_SAGA_STYLE", "choreography"),
     ("FLOTILLA_CATALOG_CACHE_MS", "0"),
     ("FLOTILLA_CHOREOGRAPHY_DEADLINE_MS", "45000"),
@@ -390,6 +411,41 @@ fn a_bad_value_names_its_key_in_every_section() {
             "many",
             "cache_capacity",
         ),
+        (
+            "FLOTILLA_RATE_LIMIT__REDIS_URL",
+            "rediss://cache:6380",
+            "rate_limit.redis_url",
+        ),
+        (
+            "FLOTILLA_RATE_LIMIT__REDIS_URL",
+            "cache:6379",
+            "rate_limit.redis_url",
+        ),
+        (
+            "FLOTILLA_RATE_LIMIT__REDIS_TIMEOUT_MS",
+            "0",
+            "rate_limit.redis_timeout_ms",
+        ),
+        (
+            "FLOTILLA_RATE_LIMIT__REDIS_RETRY_MS",
+            "1",
+            "rate_limit.redis_retry_ms",
+        ),
+        (
+            "FLOTILLA_RATE_LIMIT__KEY_PREFIX",
+            "a b",
+            "rate_limit.key_prefix",
+        ),
+        (
+            "FLOTILLA_RATE_LIMIT__ON_REDIS_DOWN",
+            "panic",
+            "on_redis_down",
+        ),
+        (
+            "FLOTILLA_RATE_LIMIT__REDIS_TIMEOUT_MS",
+            "soon",
+            "redis_timeout_ms",
+        ),
     ];
     // Figment names a variable's key as written (`TTL_MS`), a file's in lower case.
     for (name, value, key) in cases {
@@ -409,6 +465,11 @@ fn a_bad_value_names_its_key_in_every_section() {
         ("queue_for_later = \"order\"", "queue_for_later"),
         ("[breaker]\nwait_in_open = 1", "breaker.wait_in_open"),
         ("[messaging]\ntransport = \"kafka\"", "messaging.transport"),
+        (
+            "[rate_limit]\non_redis_down = \"panic\"",
+            "rate_limit.on_redis_down",
+        ),
+        ("[rate_limit]\nredis = \"x\"", "redis"),
     ];
     for (file, key) in files {
         jailed(|jail| {

@@ -34,10 +34,15 @@
 //! document whose `violated-policies` names the policy, as the draft's problem types do; it
 //! never reaches the upstream, so it never counts against its breaker.
 //!
-//! The limits are kept in this process, shared by every worker.
+//! The limits are kept in this process, shared by every worker. With `rate_limit.redis_url`
+//! set they are kept in Redis instead, shared by every gateway ([`shared`]); while Redis does
+//! not answer, `rate_limit.on_redis_down` decides: `local` (the default) falls back on the
+//! limits of this process, `allow` lets calls through uncounted, `deny` refuses them with 503
+//! `rate-limit-unavailable`.
 
 mod client;
 mod local;
+pub mod shared;
 mod verdict;
 
 use std::future::Future;
@@ -55,8 +60,10 @@ use tower::{Layer, Service, ServiceExt};
 
 pub use self::client::Client;
 use self::local::Local;
+pub use self::shared::Store;
 pub use self::verdict::{Left, Policy, Usage, Verdict};
 use crate::routes::Limits;
+use crate::settings::OnRedisDown;
 
 /// Counter: calls refused, by `route` and `policy` (`rate` or `quota`).
 pub const REFUSED: &str = "gateway_ratelimit_refused_total";
@@ -67,6 +74,7 @@ pub fn describe_metrics() {
         REFUSED,
         "Calls refused by a rate limit or a quota, by route and policy"
     );
+    shared::describe_metrics();
 }
 
 /// `RateLimit-Policy`: the limits a route sets.
@@ -88,12 +96,19 @@ struct Inner {
     local: Local,
     /// `RateLimit-Policy`, the same on every answer of the route.
     policy: HeaderValue,
+    /// Where the limits are kept for every gateway, if they are shared.
+    store: Option<Store>,
 }
 
 impl Limiter {
-    /// The limiter of route `route` with `limits`; `None` if it sets none. Fails if a bucket's
-    /// rate or burst is out of range (the route file's check refuses those first).
-    pub fn new(route: &str, limits: &Limits) -> Result<Option<Self>, RateLimitConfigError> {
+    /// The limiter of route `route` with `limits`, kept in `store` if given (else in this
+    /// process); `None` if the route sets no limit. Fails if a bucket's rate or burst is out
+    /// of range (the route file's check refuses those first).
+    pub fn new(
+        route: &str,
+        limits: &Limits,
+        store: Option<Store>,
+    ) -> Result<Option<Self>, RateLimitConfigError> {
         if !limits.any() {
             return Ok(None);
         }
@@ -103,6 +118,7 @@ impl Limiter {
                 limits: limits.clone(),
                 local: Local::new(limits)?,
                 policy: policy_header(route, limits),
+                store,
             }),
         }))
     }
@@ -112,9 +128,25 @@ impl Limiter {
         &self.inner.limits
     }
 
-    /// Counts a call of `client`, or refuses it.
+    /// Counts a call of `client`, or refuses it: in the shared store if there is one and it
+    /// answers, else as its `on_redis_down` says (the local limits by default).
     pub async fn check(&self, client: &Client) -> Verdict {
-        self.inner.local.check(client, wall_clock())
+        let inner = &*self.inner;
+        if let Some(store) = &inner.store {
+            if let Some(verdict) = store.check(&inner.route, client, &inner.limits).await {
+                return verdict;
+            }
+            match store.on_down() {
+                OnRedisDown::Local => {}
+                OnRedisDown::Allow => return Verdict::Uncounted,
+                OnRedisDown::Deny => {
+                    return Verdict::Unavailable {
+                        retry_after: store.retry(),
+                    };
+                }
+            }
+        }
+        inner.local.check(client, wall_clock())
     }
 
     /// Adds `RateLimit-Policy` and `RateLimit` for `usage` to `headers`.
@@ -170,6 +202,22 @@ impl Limiter {
         self.stamp(headers, usage);
         response
     }
+}
+
+/// The answer to a call of a limited route while the shared store is down and says `deny`:
+/// 503 `rate-limit-unavailable`, with `Retry-After`.
+fn unavailable(retry_after: Duration) -> Response {
+    let problem = Problem::unavailable(
+        "rate-limit-unavailable",
+        "this route's rate limits are kept in a store that does not answer now, and the \
+         gateway is set to refuse what it cannot count (rate_limit.on_redis_down = \"deny\")",
+    );
+    let mut response = problem.into_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(whole_seconds(retry_after).max(1)),
+    );
+    response
 }
 
 /// Time since the Unix epoch, for the quotas' windows (a clock set before 1970 is 1970).
@@ -301,6 +349,8 @@ where
                     retry_after,
                     usage,
                 } => Ok(limiter.refusal(policy, retry_after, &usage)),
+                Verdict::Uncounted => inner.oneshot(exchange).await,
+                Verdict::Unavailable { retry_after } => Ok(unavailable(retry_after)),
             }
         })
     }
@@ -317,7 +367,7 @@ mod tests {
         );
         let routes = Routes::parse(&text).expect("routes");
         let route = routes.iter().next().expect("a route");
-        Limiter::new(&route.name, &route.limits)
+        Limiter::new(&route.name, &route.limits, None)
             .expect("valid")
             .expect("limits")
     }

@@ -53,4 +53,11 @@ pub enum Verdict {
         /// What is left of the limits.
         usage: Usage,
     },
+    /// Let through uncounted: the shared store is down and says `allow`.
+    Uncounted,
+    /// Refused uncounted: the shared store is down and says `deny`.
+    Unavailable {
+        /// When the store is checked again.
+        retry_after: Duration,
+    },
 }

@@ -6,4 +6,5 @@ mod fallbacks;
 mod hardening;
 mod harness;
 mod ratelimit;
+mod ratelimit_redis;
 mod transforms;

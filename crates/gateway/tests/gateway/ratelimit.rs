@@ -51,13 +51,8 @@ version = 1
 auth = "public"
 "#;
 
-/// A gateway serving `routes` (configured by `configure`) over one `order` instance that
-/// counts the calls reaching it; the count starts at 0 once the gateway answers.
-pub(crate) async fn counted_gateway(
-    routes: &str,
-    configure: impl FnOnce(&mut Config),
-) -> (Harness, Arc<AtomicU32>, flotilla_discovery::Registration) {
-    let harness = harness_routes_with(routes, configure).await;
+/// An `order` instance that counts the calls reaching it: its address and the count.
+pub(crate) async fn counting_upstream() -> (String, Arc<AtomicU32>) {
     let hits = Arc::new(AtomicU32::new(0));
     let counted = hits.clone();
     let router = Router::new().fallback(move || {
@@ -67,9 +62,30 @@ pub(crate) async fn counted_gateway(
             "counted"
         }
     });
-    let address = serve_instance(router).await;
-    let registration = register(&harness, "order", &address).await;
+    (serve_instance(router).await, hits)
+}
+
+/// A gateway serving `routes` (configured by `configure`) over the `order` instance at
+/// `address`, once it answers.
+pub(crate) async fn gateway_over(
+    routes: &str,
+    address: &str,
+    configure: impl FnOnce(&mut Config),
+) -> (Harness, flotilla_discovery::Registration) {
+    let harness = harness_routes_with(routes, configure).await;
+    let registration = register(&harness, "order", address).await;
     wait_for(&harness, "/v1/ready", StatusCode::OK).await;
+    (harness, registration)
+}
+
+/// A gateway serving `routes` (configured by `configure`) over one `order` instance that
+/// counts the calls reaching it; the count starts at 0 once the gateway answers.
+pub(crate) async fn counted_gateway(
+    routes: &str,
+    configure: impl FnOnce(&mut Config),
+) -> (Harness, Arc<AtomicU32>, flotilla_discovery::Registration) {
+    let (address, hits) = counting_upstream().await;
+    let (harness, registration) = gateway_over(routes, &address, configure).await;
     hits.store(0, Ordering::SeqCst);
     (harness, hits, registration)
 }
@@ -88,7 +104,7 @@ pub(crate) async fn get_as(
     harness.get_with(path, &[("authorization", &bearer)]).await
 }
 
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
+pub(crate) fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
     headers
         .get(name)
         .and_then(|value| value.to_str().ok())
@@ -96,7 +112,7 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> &'h str {
 }
 
 /// The `t` of the first item of a `RateLimit` field.
-fn reset_of(ratelimit: &str) -> u64 {
+pub(crate) fn reset_of(ratelimit: &str) -> u64 {
     ratelimit
         .split(';')
         .find_map(|parameter| parameter.trim().strip_prefix("t="))
