@@ -13,6 +13,19 @@
 # The gateway runs as shipped: its routes check a bearer token (an identity provider is started
 # beside it, and every proxy's requests carry the same token).
 #
+# FLOTILLA_VARIANTS (default "shipped") runs the gateway once per variant, one after the other:
+#   shipped   the shipped routes (a token checked, the upstream's breaker, retry, bulkhead);
+#   limited   the same, and a rate limit per client on the route (1e6 a second, burst 1e6: it
+#             never refuses, every request is counted) kept in the process;
+#   redis     the same limit shared through Redis (REDIS_URL, default redis://127.0.0.1:6379,
+#             under a key prefix of the run; redis_timeout_ms 50, and any fallback is reported).
+#
+# Load: wrk -t2 with CONNECTIONS connections (default 64), each pausing DELAY_MS (default 0)
+# between a response and its next request (a wrk script's `delay`). A pause offers a fixed load
+# below saturation, about CONNECTIONS x 1000 / (DELAY_MS + latency in ms) requests a second, so
+# that latencies are compared at the same load: `CONNECTIONS=64 DELAY_MS=4` offers about 15,000
+# a second, half of what the gateway serves at one thread.
+#
 # Prints one row per proxy and thread count: requests/s, p50, p99 (from wrk) and the proxy's CPU
 # time per request (utime + stime of its processes from /proc, over the run). Needs the Debian
 # packages nginx-light (or nginx), haproxy and wrk, and target/release/flotilla
@@ -24,6 +37,10 @@ shift || true
 THREADS=("${@:-1 2}")
 read -r -a THREADS <<<"${THREADS[*]}"
 PROXIES=${PROXIES:-direct nginx haproxy flotilla}
+VARIANTS=${FLOTILLA_VARIANTS:-shipped}
+CONNECTIONS=${CONNECTIONS:-64}
+DELAY_MS=${DELAY_MS:-0}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 wants() { [[ " $PROXIES " == *" $1 "* ]]; }
 BIN=${FLOTILLA_BIN:-$PWD/target/release/flotilla}
 for tool in nginx haproxy wrk; do
@@ -56,6 +73,19 @@ http {
 }
 EOF
 nginx -c "$DIR/upstream.conf" -p "$DIR"
+
+# wrk's options: connections, and the pause between a response and the next request.
+WRK=(-t2 -c"$CONNECTIONS")
+if [ "$DELAY_MS" != 0 ]; then
+  printf 'function delay()\n  return %s\nend\n' "$DELAY_MS" >"$DIR/delay.lua"
+  WRK+=(-s "$DIR/delay.lua")
+fi
+
+# The routes of the `limited` and `redis` variants: the shipped `orders` route with a rate
+# limit per client that never refuses.
+printf '%s\n' '[[routes]]' 'name = "orders"' 'service = "order"' 'path = "/orders"' 'version = 1' \
+  'roles = ["customer", "admin"]' 'rate_limit = { per_second = 1000000, burst = 1000000 }' \
+  >"$DIR/limited.toml"
 
 # CPU ticks of the processes in $@ and their threads: "utime stime".
 cpu_ticks() {
@@ -98,10 +128,10 @@ measure() { # name threads url pids...
   local name=$1 threads=$2 url=$3
   shift 3
   wait_for "$url"
-  wrk -t2 -c64 -d2s "${AUTH[@]}" "$url" >/dev/null # warm up: connections, pools, caches
+  wrk "${WRK[@]}" -d2s "${AUTH[@]}" "$url" >/dev/null # warm up: connections, pools, caches
   local before after out requests
   before=$(cpu_ticks "$@")
-  out=$(wrk -t2 -c64 -d"${DURATION}s" --latency "${AUTH[@]}" "$url")
+  out=$(wrk "${WRK[@]}" -d"${DURATION}s" --latency "${AUTH[@]}" "$url")
   after=$(cpu_ticks "$@")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   local rps p50 p99
@@ -192,14 +222,32 @@ EOF
   curl -fsS -X PUT "http://127.0.0.1:18903/v1/registry/instances/upstream-1" \
     -H 'content-type: application/json' \
     -d "{\"service\":\"order\",\"address\":\"$UPSTREAM\",\"ttl_ms\":86400000}" >/dev/null
-  TOKIO_WORKER_THREADS=$threads FLOTILLA_LOG_FORMAT=json FLOTILLA_IDENTITY__URL=http://127.0.0.1:18905 \
-    "$BIN" run gateway \
-    --listen 127.0.0.1:18904 --registry-url http://127.0.0.1:18903 --data-dir "$DIR/data" \
-    >"$DIR/gateway.log" 2>&1 &
-  gateway=$!
-  PIDS+=("$gateway")
-  measure "Flotilla gateway" "$threads" "http://127.0.0.1:18904/v1/orders/x" "$gateway"
-  kill "$gateway" "$registry"
-  wait "$gateway" "$registry" 2>/dev/null || true
+  for variant in $VARIANTS; do
+    extra=()
+    case $variant in
+      shipped) label="Flotilla gateway" ;;
+      limited) label="Flotilla + rate limit"; extra=(FLOTILLA_ROUTES_FILE="$DIR/limited.toml") ;;
+      redis)
+        label="Flotilla + limit in Redis"
+        extra=(FLOTILLA_ROUTES_FILE="$DIR/limited.toml" FLOTILLA_RATE_LIMIT__REDIS_URL="$REDIS_URL"
+          FLOTILLA_RATE_LIMIT__KEY_PREFIX="flotilla-bench:$$:$threads" FLOTILLA_RATE_LIMIT__REDIS_TIMEOUT_MS=50) ;;
+      *) echo "unknown variant: $variant (shipped, limited, redis)" >&2; exit 1 ;;
+    esac
+    env "${extra[@]}" TOKIO_WORKER_THREADS="$threads" FLOTILLA_LOG_FORMAT=json \
+      FLOTILLA_IDENTITY__URL=http://127.0.0.1:18905 \
+      "$BIN" run gateway \
+      --listen 127.0.0.1:18904 --registry-url http://127.0.0.1:18903 --data-dir "$DIR/data" \
+      >"$DIR/gateway.log" 2>&1 &
+    gateway=$!
+    PIDS+=("$gateway")
+    measure "$label" "$threads" "http://127.0.0.1:18904/v1/orders/x" "$gateway"
+    fallbacks=$(curl -s http://127.0.0.1:18904/metrics |
+      awk '/^gateway_ratelimit_fallback_total/ { n += $2 } END { print n + 0 }')
+    if [ "$fallbacks" != 0 ]; then echo "  ($label: $fallbacks requests decided without Redis)"; fi
+    kill "$gateway"
+    wait "$gateway" 2>/dev/null || true
+  done
+  kill "$registry"
+  wait "$registry" 2>/dev/null || true
   fi
 done

@@ -89,9 +89,10 @@ pub struct Exchange {
     pub retry: bool,
     /// The client's `X-Canary` pin.
     pub pin: Pin,
-    /// What the layers above learnt of the request and tell the layers below, as in
+    /// What the layers above the retry learnt of the request and tell each other, as in
     /// [`http::Request::extensions`]: the client's address, the caller a token named. Never
-    /// sent upstream.
+    /// sent upstream, and not copied into an attempt ([`Exchange::try_clone`]): no layer from
+    /// the retry down reads them, and a copy per request would cost allocations.
     pub extensions: http::Extensions,
 }
 
@@ -127,7 +128,8 @@ impl Exchange {
         }
     }
 
-    /// A copy to send as one attempt, if the body can be sent again.
+    /// A copy to send as one attempt, if the body can be sent again; without the
+    /// [`extensions`](Exchange::extensions), which stay with the call.
     pub fn try_clone(&self) -> Option<Self> {
         let body = match &self.body {
             Outgoing::Held(bytes) => Outgoing::Held(bytes.clone()),
@@ -143,7 +145,7 @@ impl Exchange {
             long_poll: self.long_poll,
             retry: self.retry,
             pin: self.pin,
-            extensions: self.extensions.clone(),
+            extensions: http::Extensions::new(),
         })
     }
 

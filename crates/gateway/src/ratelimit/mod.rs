@@ -281,7 +281,8 @@ fn ratelimit_header(route: &str, usage: &Usage) -> Option<HeaderValue> {
     if value.is_empty() {
         return None;
     }
-    HeaderValue::from_str(&value).ok()
+    // Takes the string's buffer as it is, without a copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
 }
 
 /// Layer of [`RateLimit`].
