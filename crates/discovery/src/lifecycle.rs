@@ -55,6 +55,7 @@ pub async fn serve(
                 metadata,
                 heartbeat: config.lease.heartbeat,
                 ttl: config.lease.ttl,
+                token: config.identity.token_source(),
             };
             Registration::start(spec, &health, &shutdown).await
         }
@@ -85,16 +86,30 @@ pub async fn serve(
     }
 }
 
-/// Serves a service's `routes` inside the kit's stack ([`App`]) as an instance of `service`:
-/// marks start-up done, then runs [`serve`]. Call it once start-up work (opening the database)
-/// is done.
+/// Serves a service's `api` routes, each request checked for a caller's token
+/// ([`flotilla_identity::guard`], with the verifier of `config.identity`), and its `unguarded`
+/// routes (the transport's push endpoint, which checks a credential of its own), inside the
+/// kit's stack ([`App`]) as an instance of `service`: marks start-up done, then runs [`serve`].
+/// Call it once start-up work (opening the database) is done.
 pub async fn serve_routes(
     service: &str,
     config: &InstanceConfig,
     listener: TcpListener,
-    routes: Router,
+    api: Router,
+    unguarded: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let verifier = config
+        .identity
+        .verifier()
+        .map_err(|invalid| std::io::Error::other(invalid.to_string()))?;
+    if verifier.is_none() {
+        tracing::warn!(
+            %service,
+            "identity.url is not set: every call to the API is refused (503) for want of a token checker"
+        );
+    }
+    let routes = flotilla_identity::guard::guard(api, verifier).merge(unguarded);
     let health = Health::new();
     let router = app(config, &health).routes(routes).into_router();
     health.set_started();

@@ -95,6 +95,7 @@ pub async fn run(
             json: flotilla_kit::telemetry::is_json(config.instance.server.log_format),
         },
         verifier,
+        own_token: config.identity.token_source(),
     };
     let gateway = Gateway::new(discovery, routes, settings, deferred).map_err(invalid)?;
     for service in gateway.deferred_services() {

@@ -93,6 +93,8 @@ pub struct Settings {
     /// Checks the tokens of routes that need one; the gateway refuses routes that need a token
     /// without it.
     pub verifier: Option<Verifier>,
+    /// The gateway's own token, sent on public routes (`None`: they go on without one).
+    pub own_token: Option<flotilla_identity::TokenSource>,
 }
 
 /// The gateway: the upstreams' shared state, and one worker's route table with a stack per
@@ -408,6 +410,7 @@ fn build_table(
         let policy = RoutePolicy {
             access: &route.access,
             verifier: shared.settings.verifier.clone(),
+            own_token: shared.settings.own_token.clone(),
             timeout: route.timeout.unwrap_or(shared.settings.timeout),
             transform: &route.transform,
             fallback,
@@ -432,6 +435,8 @@ pub struct RoutePolicy<'a> {
     pub access: &'a crate::routes::Access,
     /// Checks the tokens, if the route needs them.
     pub verifier: Option<Verifier>,
+    /// The gateway's own token, for a public route.
+    pub own_token: Option<flotilla_identity::TokenSource>,
     /// The deadline of a call, retries included.
     pub timeout: Duration,
     /// How the request and its answer are changed.
@@ -460,7 +465,9 @@ fn route_layers<C>(
     ServiceBuilder::new()
         // Before anything else of the route's: a caller it refuses costs the upstream nothing
         // and is answered untransformed.
-        .layer(AuthLayer::new(policy.access.clone(), policy.verifier))
+        .layer(
+            AuthLayer::new(policy.access.clone(), policy.verifier).with_own_token(policy.own_token),
+        )
         // Outermost of the route's policies, so that a fallback's answer is transformed too.
         .layer(TransformLayer::new(policy.transform.clone()))
         // Above the timeout: a call that ran out of time falls back like any failure.
@@ -595,6 +602,7 @@ mod tests {
             queue_for_later: Vec::new(),
             access: AccessSettings::default(),
             verifier: Some(verifier()),
+            own_token: None,
         }
     }
 
@@ -776,6 +784,7 @@ retry = { max_attempts = 1 }
         let policy = RoutePolicy {
             access: &crate::routes::Access::Public,
             verifier: None,
+            own_token: None,
             timeout: Duration::from_secs(1),
             transform: &transform,
             fallback: Fallback::Error,

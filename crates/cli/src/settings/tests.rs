@@ -123,6 +123,19 @@ fn check_every_key(settings: &Settings) {
         provider.seed_file.as_deref(),
         Some(Path::new("/etc/flotilla/identity.toml"))
     );
+    assert_eq!(
+        provider.platform_secret.as_deref(),
+        Some("a platform secret of 32 characters")
+    );
+    assert_eq!(identity.client.client_id.as_deref(), Some("order"));
+    assert_eq!(
+        identity.client.client_secret.as_deref(),
+        Some("order's secret")
+    );
+    // Secrets are never printed.
+    let printed = format!("{settings:?}");
+    assert!(!printed.contains("order's secret"), "{printed}");
+    assert!(!printed.contains("a platform secret"), "{printed}");
 }
 
 const FILE: &str = r#"
@@ -189,6 +202,9 @@ key_file = "/etc/flotilla/keys.json"
 rotation_interval_ms = 3600000
 public_url = "http://idp.example"
 seed_file = "/etc/flotilla/identity.toml"
+platform_secret = "a platform secret of 32 characters"
+client_id = "order"
+client_secret = "order's secret"
 "#;
 
 const ENV: &[(&str, &str)] = &[
@@ -251,6 +267,12 @@ const ENV: &[(&str, &str)] = &[
         "FLOTILLA_IDENTITY__SEED_FILE",
         "/etc/flotilla/identity.toml",
     ),
+    (
+        "FLOTILLA_IDENTITY__PLATFORM_SECRET",
+        "a platform secret of 32 characters",
+    ),
+    ("FLOTILLA_IDENTITY__CLIENT_ID", "order"),
+    ("FLOTILLA_IDENTITY__CLIENT_SECRET", "order's secret"),
 ];
 
 /// Runs `test` in a jail whose environment holds no `FLOTILLA_*` variable of the caller.
@@ -366,6 +388,16 @@ fn a_bad_value_names_its_key_in_every_section() {
             "FLOTILLA_IDENTITY__TOKEN_LIFETIME_MS",
             "0",
             "token_lifetime_ms",
+        ),
+        (
+            "FLOTILLA_IDENTITY__PLATFORM_SECRET",
+            "short",
+            "platform_secret",
+        ),
+        (
+            "FLOTILLA_IDENTITY__CLIENT_ID",
+            "order",
+            "identity.client_secret",
         ),
         // Values of the wrong type.
         ("FLOTILLA_TTL_MS", "soon", "ttl_ms"),

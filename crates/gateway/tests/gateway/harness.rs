@@ -115,7 +115,8 @@ pub(crate) async fn harness_with(mut config: Config) -> Harness {
 
     // The routes need tokens: the identity provider every test of this binary shares.
     let identity = TestIdp::shared().serve(&shutdown).await;
-    config.identity = TestIdp::shared().identity(&identity);
+    // Its own client too: public routes go on with the gateway's token, as under `up`.
+    config.identity = TestIdp::shared().client_identity(&identity, "gateway");
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));
