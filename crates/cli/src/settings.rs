@@ -210,6 +210,7 @@ impl Settings {
         flotilla_registry::server::Config {
             server: self.server.clone(),
             registry: self.registry.clone(),
+            identity: self.identity.client.clone(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Who may reach what, in the running system: the services refuse a direct call without a
 //! verified token, a customer reaches their own orders, payments, shipments and account only
-//! (another's answer 404, as an unknown id), orders for themselves only (403), and an order
-//! for a customer without an account is refused with nothing stored.
+//! (another's answer 404, as an unknown id), orders for themselves only (403), an order for a
+//! customer without an account is refused with nothing stored, and the registry takes no
+//! registration without a platform token.
 
 use std::time::Duration;
 
@@ -191,4 +192,39 @@ async fn customers_reach_their_own_data_only_and_services_refuse_anonymous_calls
             .await;
         assert_eq!(probe.status, StatusCode::OK, "{service}'s probe");
     }
+
+    // Nobody registers a fake instance: not without a token, not with a customer's.
+    let fake = serde_json::json!({"service": "payment", "address": "127.0.0.1:9"}).to_string();
+    let url = format!("{}/v1/registry/instances/payment-fake", system.registry);
+    let alices = format!("Bearer {}", token(system.data_dir(), "alice"));
+    for (credential, status) in [
+        ("", StatusCode::UNAUTHORIZED),
+        (alices.as_str(), StatusCode::FORBIDDEN),
+    ] {
+        let answer = system
+            .call(
+                Method::PUT,
+                &url,
+                &[
+                    ("authorization", credential),
+                    ("content-type", "application/json"),
+                ],
+                Some(fake.clone().into_bytes()),
+            )
+            .await;
+        assert_eq!(answer.status, status, "{}", answer.body);
+    }
+    let after = system
+        .call(
+            Method::GET,
+            &format!("{}/v1/registry/services", system.registry),
+            &[],
+            None,
+        )
+        .await;
+    assert!(
+        !after.body.to_string().contains("payment-fake"),
+        "{}",
+        after.body
+    );
 }
