@@ -5,7 +5,7 @@
 //!
 //! | section | keys | owner |
 //! | --- | --- | --- |
-//! | server | `listen`, `advertise_host`, `data_dir`, `log_format`, `log_level`, `max_body_bytes`, `header_read_timeout_ms`, `idle_timeout_ms`, `max_headers`, `max_header_bytes`, `max_uri_bytes`, `shutdown_grace_ms`, `supervised`, `fault_injection` | `flotilla_kit::settings::ServerSettings` |
+//! | server | `listen`, `admin_listen`, `advertise_host`, `data_dir`, `log_format`, `log_level`, `max_body_bytes`, `header_read_timeout_ms`, `idle_timeout_ms`, `max_headers`, `max_header_bytes`, `max_uri_bytes`, `shutdown_grace_ms`, `supervised`, `fault_injection` | `flotilla_kit::settings::ServerSettings` |
 //! | discovery | `registry_url`, `request_timeout_ms` | `flotilla_discovery::DiscoverySettings` |
 //! | registry | `heartbeat_ms`, `ttl_ms`, `probe_interval_ms`, `probe_timeout_ms` | `flotilla_registry::RegistrySettings` |
 //! | resilience | `breaker.*`, `retry.*` | `flotilla_resilience::settings::ResilienceSettings` |
@@ -220,7 +220,6 @@ impl Settings {
             instance: self.instance(),
             resilience: self.resilience.clone(),
             gateway: self.gateway.clone(),
-            identity: self.identity.client.clone(),
         }
     }
 

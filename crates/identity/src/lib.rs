@@ -15,6 +15,8 @@
 //! * [`verify`] — the [`Verifier`]: checks a bearer token and returns its [`Principal`], or a
 //!   [`TokenError`] that answers 401 by itself.
 //! * [`guard`] — a service's check of every caller ([`guard::guard`], [`guard::Caller`]).
+//! * [`admin`] — a process's admin listener (`/metrics`, `/admin/*`) behind an operator's
+//!   token.
 //! * [`client`] — a platform process's own token ([`client::TokenSource`], the client
 //!   credentials grant, renewed before it expires).
 //! * [`config`] — the `identity` table a process reads: the provider's URL, the verifier's
@@ -54,6 +56,7 @@
 //! Verified tokens are cached (whole token as the key) until they expire, so a token seen
 //! before costs a hash lookup instead of a signature check.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod credentials;

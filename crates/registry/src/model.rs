@@ -141,7 +141,7 @@ impl Registry {
 
     /// Registers (or re-registers) instance `id` on behalf of `holder` (a verified token's
     /// subject): an instance registered by another holder is not replaced
-    /// ([`RegistryError::NotHolder`]), and nothing changes.
+    /// (`RegistryError::NotHolder`), and nothing changes.
     pub fn register_held(
         &self,
         id: &str,

@@ -319,8 +319,17 @@ pub async fn run(
     let health = flotilla_kit::Health::new();
     let router = flotilla_kit::App::new(health.clone())
         .max_body_bytes(config.server.max_body_bytes)
-        .routes(routes(registry.clone(), verifier))
+        .routes(routes(registry.clone(), verifier.clone()))
         .into_router();
+    // `/metrics` on the admin listener, behind a token with `metrics:read`.
+    let admin = flotilla_identity::admin::serve(
+        config.server.admin_listen,
+        flotilla_kit::app::admin_routes(None),
+        verifier,
+        config.server.connection_limits(),
+        shutdown.clone(),
+    )
+    .await?;
     let sweep_every = Duration::from_millis((settings.heartbeat_ms / 5).clamp(10, 100));
     tokio::spawn(sweep(registry.clone(), sweep_every, shutdown.clone()));
     tokio::spawn(probe(
@@ -331,7 +340,7 @@ pub async fn run(
     ));
     health.set_started();
     health.set_ready(true);
-    tracing::info!(address = %listener.local_addr()?, "registry listening");
+    tracing::info!(address = %listener.local_addr()?, admin = %admin.address, "registry listening");
     let drain = shutdown.clone();
     let limits = config.server.connection_limits();
     flotilla_kit::serve(listener, router, limits, async move {

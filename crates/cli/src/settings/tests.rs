@@ -23,6 +23,10 @@ struct NoFlags {}
 fn check_every_key(settings: &Settings) {
     let server = &settings.server;
     assert_eq!(server.listen, SocketAddr::from(([127, 0, 0, 1], 7171)));
+    assert_eq!(
+        server.admin_listen,
+        SocketAddr::from(([127, 0, 0, 1], 7172))
+    );
     assert_eq!(server.advertise_host, "node-7.example");
     assert_eq!(server.data_dir, PathBuf::from("/var/lib/flotilla-test"));
     assert_eq!(server.log_format, LogFormat::Json);
@@ -140,6 +144,7 @@ fn check_every_key(settings: &Settings) {
 
 const FILE: &str = r#"
 listen = "127.0.0.1:7171"
+admin_listen = "127.0.0.1:7172"
 advertise_host = "node-7.example"
 data_dir = "/var/lib/flotilla-test"
 log_format = "json"
@@ -209,6 +214,7 @@ client_secret = "order's secret"
 
 const ENV: &[(&str, &str)] = &[
     ("FLOTILLA_LISTEN", "127.0.0.1:7171"),
+    ("FLOTILLA_ADMIN_LISTEN", "127.0.0.1:7172"),
     ("FLOTILLA_ADVERTISE_HOST", "node-7.example"),
     ("FLOTILLA_DATA_DIR", "/var/lib/flotilla-test"),
     ("FLOTILLA_LOG_FORMAT", "json"),

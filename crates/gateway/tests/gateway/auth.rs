@@ -259,3 +259,60 @@ async fn a_public_route_needs_no_token_and_identity_headers_never_pass() {
     assert_eq!(hits.load(Ordering::SeqCst), 2);
     let _ = Method::GET;
 }
+
+#[tokio::test]
+async fn the_admin_listener_needs_an_operators_token_and_the_public_port_has_no_admin() {
+    let (harness, hits, _registration) = gateway().await;
+    let admin = harness.admin().await;
+    let customer = TestIdp::shared().bearer("alice");
+    let operator = TestIdp::shared().bearer("admin");
+    let service = TestIdp::shared().bearer("order");
+    let force = r#"{"state": "open"}"#;
+    let url = format!("{admin}/admin/breakers/order/force");
+    for (credential, status) in [
+        ("", StatusCode::UNAUTHORIZED),
+        ("Bearer not.a.token", StatusCode::UNAUTHORIZED),
+        (customer.as_str(), StatusCode::FORBIDDEN),
+        (service.as_str(), StatusCode::FORBIDDEN),
+    ] {
+        let (actual, _, body) = call(
+            Method::PUT,
+            &url,
+            &[
+                ("authorization", credential),
+                ("content-type", "application/json"),
+            ],
+            force.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(actual, status, "{credential:?}: {body}");
+    }
+    // Metrics need `metrics:read` (admins and platform services), not a customer's token.
+    for (credential, status) in [
+        ("", StatusCode::UNAUTHORIZED),
+        (customer.as_str(), StatusCode::FORBIDDEN),
+        (service.as_str(), StatusCode::OK),
+        (operator.as_str(), StatusCode::OK),
+    ] {
+        let (actual, _, _) = call_text(
+            Method::GET,
+            &format!("{admin}/metrics"),
+            &[("authorization", credential)],
+            "",
+        )
+        .await;
+        assert_eq!(actual, status, "{credential:?}");
+    }
+    // The public port serves neither, whatever the token.
+    for path in ["/admin/breakers", "/metrics"] {
+        let (status, _, body) = get_as(&harness, path, &operator).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    // None of that forced the breaker open: a call still reaches the upstream.
+    let (status, _, body) = harness.get("/v1/orders/1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let (status, _, body) = harness.get_admin("/admin/breakers").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["order"]["state"], "closed", "{body}");
+}

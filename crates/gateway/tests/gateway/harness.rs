@@ -79,16 +79,58 @@ impl Harness {
         (headers, body)
     }
 
-    /// `PUT /admin/breakers{path}` with the JSON `body`.
+    /// The base URL of the gateway's admin listener, as it registered it (`admin_address`).
+    pub(crate) async fn admin(&self) -> String {
+        let url = format!("{}/v1/registry/services", self.registry);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, catalog) =
+                call(Method::GET, &url, &[("authorization", "")], Vec::new()).await;
+            if let Some(address) =
+                catalog["services"]["gateway"][0]["metadata"]["admin_address"].as_str()
+            {
+                return format!("http://{address}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway never registered: {catalog}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `GET path` on the gateway's admin listener with an admin's token.
+    pub(crate) async fn get_admin(&self, path: &str) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let admin = TestIdp::shared().bearer("admin");
+        let url = format!("{}{path}", self.admin().await);
+        call(Method::GET, &url, &[("authorization", &admin)], Vec::new()).await
+    }
+
+    /// The gateway's `/metrics`, read on its admin listener with an admin's token.
+    pub(crate) async fn metrics(&self) -> String {
+        let admin = TestIdp::shared().bearer("admin");
+        let url = format!("{}/metrics", self.admin().await);
+        let (status, _, text) =
+            call_text(Method::GET, &url, &[("authorization", &admin)], "").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        text
+    }
+
+    /// `PUT /admin/breakers{path}` with the JSON `body`, on the admin listener with an admin's
+    /// token.
     pub(crate) async fn put_admin(
         &self,
         path: &str,
         body: &str,
     ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let admin = TestIdp::shared().bearer("admin");
         call(
             Method::PUT,
-            &format!("{}/admin/breakers{path}", self.gateway),
-            &[("content-type", "application/json")],
+            &format!("{}/admin/breakers{path}", self.admin().await),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &admin),
+            ],
             body.as_bytes().to_vec(),
         )
         .await
@@ -116,7 +158,7 @@ pub(crate) async fn harness_with(mut config: Config) -> Harness {
     // The routes need tokens: the identity provider every test of this binary shares.
     let identity = TestIdp::shared().serve(&shutdown).await;
     // Its own client too: public routes go on with the gateway's token, as under `up`.
-    config.identity = TestIdp::shared().client_identity(&identity, "gateway");
+    config.instance.identity = TestIdp::shared().client_identity(&identity, "gateway");
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));

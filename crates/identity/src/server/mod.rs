@@ -37,13 +37,21 @@ pub const TOKEN_PATH: &str = "/oauth2/token";
 use crate::keys::KeyError;
 use crate::verify::bearer_from_headers;
 
-/// The identity provider's routes over `idp`.
+/// The identity provider's public routes over `idp`: the token endpoint, the JWKS and the
+/// discovery documents.
 pub fn routes(idp: Idp) -> Router {
     Router::new()
         .route(TOKEN_PATH, post(token))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(metadata))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+        .with_state(idp)
+}
+
+/// The identity provider's admin routes over `idp` (key rotation and retirement), for its
+/// admin listener; each also checks for an admin token itself.
+pub fn admin_routes(idp: Idp) -> Router {
+    Router::new()
         .route("/admin/keys/rotate", post(rotate))
         .route("/admin/keys/{kid}", delete(retire))
         .with_state(idp)

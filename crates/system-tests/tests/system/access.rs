@@ -193,6 +193,43 @@ async fn customers_reach_their_own_data_only_and_services_refuse_anonymous_calls
         assert_eq!(probe.status, StatusCode::OK, "{service}'s probe");
     }
 
+    // `flotilla status --json`: the registry's address, and each instance's public and admin
+    // addresses; an admin listener answers an admin, not a customer.
+    let status = system.flotilla(&["status", "--json"]);
+    assert!(status.status.success(), "{status:?}");
+    let status: Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["registry"]["address"], system.registry.as_str());
+    let instances = status["instances"].as_array().expect("instances");
+    for service in ["gateway", "order", "payment", "inventory", "shipping"] {
+        let instance = instances
+            .iter()
+            .find(|i| i["service"] == service)
+            .unwrap_or_else(|| panic!("{service} in {status}"));
+        let (public, admin) = (
+            instance["address"].as_str().expect("address"),
+            instance["admin_address"].as_str().expect("admin address"),
+        );
+        assert_ne!(public, admin, "{service}");
+        let faults = format!("http://{admin}/admin/faults");
+        let metrics = format!("http://{admin}/metrics");
+        let alices = format!("Bearer {}", token(system.data_dir(), "alice"));
+        for (url, credential, expected) in [
+            (&metrics, "", StatusCode::UNAUTHORIZED),
+            (&metrics, alices.as_str(), StatusCode::FORBIDDEN),
+            (&faults, alices.as_str(), StatusCode::FORBIDDEN),
+        ] {
+            let answer = system
+                .call(Method::GET, url, &[("authorization", credential)], None)
+                .await;
+            assert_eq!(answer.status, expected, "{service} {url}: {}", answer.body);
+        }
+        let public_metrics = system
+            .call(Method::GET, &format!("http://{public}/metrics"), &[], None)
+            .await;
+        assert_eq!(public_metrics.status, StatusCode::NOT_FOUND, "{service}");
+        assert!(!system.metrics_of(service).await.is_empty(), "{service}");
+    }
+
     // Nobody registers a fake instance: not without a token, not with a customer's.
     let fake = serde_json::json!({"service": "payment", "address": "127.0.0.1:9"}).to_string();
     let url = format!("{}/v1/registry/instances/payment-fake", system.registry);
