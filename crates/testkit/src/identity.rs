@@ -86,6 +86,20 @@ impl TestIdp {
         .expect("the provider's own settings are valid")
     }
 
+    /// A second provider on this one's signing keys, its settings changed by `change` and its
+    /// time told by `clock`: its tokens carry a good signature but what a verifier of this
+    /// provider must refuse (another issuer or audience, expired, not yet valid).
+    pub fn with_same_keys(
+        &self,
+        change: impl FnOnce(&mut flotilla_identity::IdpSettings),
+        clock: flotilla_kit::clock::Clock,
+    ) -> Idp {
+        let mut settings = self.idp.settings().clone();
+        change(&mut settings);
+        Idp::open_with_clock(settings, self.idp.credentials().clone(), clock)
+            .expect("a provider on the same keys")
+    }
+
     /// A token for the seed file's user or client `name`, with its roles and every scope it
     /// may have.
     pub fn token(&self, name: &str) -> String {

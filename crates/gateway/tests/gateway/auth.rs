@@ -316,3 +316,72 @@ async fn the_admin_listener_needs_an_operators_token_and_the_public_port_has_no_
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["order"]["state"], "closed", "{body}");
 }
+
+#[tokio::test]
+async fn well_signed_tokens_with_bad_claims_or_a_retired_key_are_401_and_reach_nothing() {
+    use flotilla_kit::clock::{Clock, now_micros};
+    let (harness, hits, _registration) = gateway().await;
+    let shared = TestIdp::shared();
+    let hour = 3_600 * 1_000_000;
+    let alice = |idp: &flotilla_identity::Idp| {
+        let account = idp.credentials().user("alice").expect("alice");
+        idp.issue(flotilla_identity::Grant::for_account(account))
+            .expect("a token")
+            .access_token
+    };
+    // Signed with the provider's own key, so only the claims are wrong.
+    let expired = alice(&shared.with_same_keys(|_| {}, Clock::manual(now_micros() - hour)));
+    let early = alice(&shared.with_same_keys(|_| {}, Clock::manual(now_micros() + hour)));
+    let issuer = alice(&shared.with_same_keys(
+        |settings| settings.issuer = "someone-else".to_owned(),
+        Clock::system(),
+    ));
+    let audience = alice(&shared.with_same_keys(
+        |settings| settings.audiences = vec!["another-api".to_owned()],
+        Clock::system(),
+    ));
+    for (case, token, kind) in [
+        ("expired", expired, "token-expired"),
+        ("not yet valid", early, "token-not-yet-valid"),
+        ("wrong issuer", issuer, "token-wrong-issuer"),
+        ("wrong audience", audience, "token-wrong-audience"),
+    ] {
+        let answer = get_as(&harness, "/v1/orders/1", &format!("Bearer {token}")).await;
+        assert_refused(&answer, kind, &hits, case);
+    }
+
+    // A provider of its own (its keys are not the shared one's) rotates its key and retires
+    // the old one: a token of the retired key is refused, a token of the new one passes.
+    let own = TestIdp::open();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let url = own.serve(&shutdown).await;
+    let mut config = flotilla_gateway::Config::default();
+    config.instance.identity = own.identity(&url);
+    // A new kid is looked up at most once per interval: a short one, for the test.
+    config.instance.identity.verifier.jwks_refetch_interval_ms = 100;
+    let rotating = harness_with_routes(config, ROUTES).await;
+    let address = serve_instance(Router::new().fallback(|| async { "ok" })).await;
+    let _order = register(&rotating, "order", &address).await;
+    let before = own.bearer("alice");
+    wait_for_with(&rotating, "/v1/orders/1", &before, StatusCode::OK).await;
+    let old = own.idp.current_kid();
+    let new = own.idp.rotate().await.expect("rotated");
+    own.idp.retire(&old).await.expect("retired");
+    let after = own.bearer("alice");
+    // Past one refetch interval the gateway may fetch the keys again, and learns the new one.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let (status, _, body) = get_as(&rotating, "/v1/orders/1", &after).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a token of the new key {new}: {body}"
+    );
+    let (status, _, body) = get_as(&rotating, "/v1/orders/1", &before).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a token of the retired key: {body}"
+    );
+    assert_eq!(body["type"], "/problems/token-unknown-kid", "{body}");
+    shutdown.cancel();
+}

@@ -155,10 +155,13 @@ pub(crate) async fn harness_with(mut config: Config) -> Harness {
     // Slow probes: what is under test is the gateway's own handling of dead instances.
     let registry = start_registry(60_000, &shutdown).await;
 
-    // The routes need tokens: the identity provider every test of this binary shares.
-    let identity = TestIdp::shared().serve(&shutdown).await;
-    // Its own client too: public routes go on with the gateway's token, as under `up`.
-    config.instance.identity = TestIdp::shared().client_identity(&identity, "gateway");
+    // The routes need tokens: unless the test brings a provider of its own, the one every
+    // test of this binary shares, with the gateway's own client too (public routes go on with
+    // the gateway's token, as under `up`).
+    if config.instance.identity.url.is_none() {
+        let identity = TestIdp::shared().serve(&shutdown).await;
+        config.instance.identity = TestIdp::shared().client_identity(&identity, "gateway");
+    }
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));
@@ -176,8 +179,12 @@ pub(crate) async fn harness_with(mut config: Config) -> Harness {
 /// A registry and a gateway serving the route file `routes`, with its queue and the operator
 /// API on, a 2 s deadline and retries after 1 ms.
 pub(crate) async fn harness_routes(routes: &str) -> Harness {
+    harness_with_routes(Config::default(), routes).await
+}
+
+/// [`harness_routes`] over `config` (an identity provider of the test's own, say).
+pub(crate) async fn harness_with_routes(mut config: Config, routes: &str) -> Harness {
     let (data, file) = route_file(routes);
-    let mut config = Config::default();
     config.instance.discovery.request_timeout_ms = 2_000;
     config.instance.server.data_dir = data.path().to_path_buf();
     config.resilience.retry.base_delay_ms = 1;
@@ -201,6 +208,30 @@ pub(crate) async fn call_text(
         headers,
         String::from_utf8_lossy(&bytes).into_owned(),
     )
+}
+
+/// Waits until `GET path` with `authorization` through the gateway answers `status`, for at
+/// most 10 s.
+pub(crate) async fn wait_for_with(
+    harness: &Harness,
+    path: &str,
+    authorization: &str,
+    status: StatusCode,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (actual, _, body) = harness
+            .get_with(path, &[("authorization", authorization)])
+            .await;
+        if actual == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{path}` still answers {actual}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `GET path` through the gateway answers `status` (the registry's news takes a
