@@ -536,7 +536,8 @@ async fn status(options: StatusOptions) -> anyhow::Result<()> {
             )
         })?,
     };
-    let url = format!("{}/v1/registry/services", registry.trim_end_matches('/'));
+    let registry = registry.trim_end_matches('/').to_owned();
+    let url = format!("{registry}/v1/registry/services");
     let catalog: serde_json::Value = flotilla_kit::client::json(
         &flotilla_kit::client::client(),
         http::Method::GET,
@@ -545,27 +546,58 @@ async fn status(options: StatusOptions) -> anyhow::Result<()> {
         std::time::Duration::from_secs(2),
     )
     .await?;
+    let instances: Vec<serde_json::Value> = catalog["services"]
+        .as_object()
+        .into_iter()
+        .flat_map(|services| services.iter())
+        .flat_map(|(service, instances)| {
+            instances
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |instance| status_row(service, instance))
+        })
+        .collect();
     if options.json {
-        println!("{}", serde_json::to_string_pretty(&catalog)?);
+        let status = serde_json::json!({
+            "registry": { "address": registry },
+            "index": catalog["index"],
+            "instances": instances,
+        });
+        println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
+    println!("registry {registry}");
     println!(
-        "{:<10} {:<42} {:<22} {:<9} {:>8}",
-        "SERVICE", "INSTANCE", "ADDRESS", "STATUS", "PID"
+        "{:<10} {:<42} {:<22} {:<22} {:<9} {:>8}",
+        "SERVICE", "INSTANCE", "ADDRESS", "ADMIN", "STATUS", "PID"
     );
-    if let Some(services) = catalog["services"].as_object() {
-        for (service, instances) in services {
-            for instance in instances.as_array().into_iter().flatten() {
-                println!(
-                    "{:<10} {:<42} {:<22} {:<9} {:>8}",
-                    service,
-                    instance["id"].as_str().unwrap_or("?"),
-                    instance["address"].as_str().unwrap_or("?"),
-                    instance["status"].as_str().unwrap_or("?"),
-                    instance["metadata"]["pid"].as_str().unwrap_or("-"),
-                );
-            }
-        }
+    let text = |row: &serde_json::Value, key: &str| row[key].as_str().unwrap_or("-").to_owned();
+    for row in &instances {
+        println!(
+            "{:<10} {:<42} {:<22} {:<22} {:<9} {:>8}",
+            text(row, "service"),
+            text(row, "id"),
+            text(row, "address"),
+            text(row, "admin_address"),
+            text(row, "status"),
+            text(row, "pid"),
+        );
     }
     Ok(())
+}
+
+/// One instance of the registry's catalog as `flotilla status` shows it: its public address
+/// (`address`) and its admin listener's (`admin_address`: `/metrics`, `/admin/*`).
+fn status_row(service: &str, instance: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "service": service,
+        "id": instance["id"],
+        "address": instance["address"],
+        "admin_address": instance["metadata"]["admin_address"],
+        "status": instance["status"],
+        "pid": instance["metadata"]["pid"],
+        "version": instance["metadata"]["version"],
+        "metadata": instance["metadata"],
+    })
 }

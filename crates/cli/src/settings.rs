@@ -5,14 +5,14 @@
 //!
 //! | section | keys | owner |
 //! | --- | --- | --- |
-//! | server | `listen`, `advertise_host`, `data_dir`, `log_format`, `log_level`, `max_body_bytes`, `header_read_timeout_ms`, `idle_timeout_ms`, `max_headers`, `max_header_bytes`, `max_uri_bytes`, `shutdown_grace_ms`, `supervised`, `fault_injection` | `flotilla_kit::settings::ServerSettings` |
+//! | server | `listen`, `admin_listen`, `advertise_host`, `data_dir`, `log_format`, `log_level`, `max_body_bytes`, `header_read_timeout_ms`, `idle_timeout_ms`, `max_headers`, `max_header_bytes`, `max_uri_bytes`, `shutdown_grace_ms`, `supervised`, `fault_injection` | `flotilla_kit::settings::ServerSettings` |
 //! | discovery | `registry_url`, `request_timeout_ms` | `flotilla_discovery::DiscoverySettings` |
 //! | registry | `heartbeat_ms`, `ttl_ms`, `probe_interval_ms`, `probe_timeout_ms` | `flotilla_registry::RegistrySettings` |
 //! | resilience | `breaker.*`, `retry.*` | `flotilla_resilience::settings::ResilienceSettings` |
 //! | gateway | `queue_for_later`, `admin_api`, `routes_file`, `access_log`, `access_log_sample`, `workers`, `rate_limit.*` (`redis_url`, `on_redis_down`, `redis_timeout_ms`, `redis_retry_ms`, `key_prefix`) | `flotilla_gateway::GatewaySettings` |
 //! | order | `saga_style`, `catalog_cache_ms`, `choreography_deadline_ms` | `flotilla_order::OrderSettings` |
 //! | messaging | `messaging.*` | `flotilla_messaging::MessagingSettings` |
-//! | identity | `identity.url`, `identity.issuer`, `identity.audiences`, `identity.max_clock_skew_ms`, `identity.max_token_bytes`, `identity.jwks_*`, `identity.cache_capacity` (checking tokens); `identity.token_lifetime_ms`, `identity.key_file`, `identity.rotation_interval_ms`, `identity.public_url`, `identity.seed_file` (the provider) | `flotilla_identity::IdentityConfig`, `flotilla_identity::IdpSettings` |
+//! | identity | `identity.url`, `identity.issuer`, `identity.audiences`, `identity.max_clock_skew_ms`, `identity.max_token_bytes`, `identity.jwks_*`, `identity.cache_capacity` (checking tokens), `identity.client_id`, `identity.client_secret` (the process's own tokens); `identity.token_lifetime_ms`, `identity.key_file`, `identity.rotation_interval_ms`, `identity.public_url`, `identity.seed_file`, `identity.platform_secret` (the provider) | `flotilla_identity::IdentityConfig`, `flotilla_identity::IdpSettings` |
 //!
 //! The sections other than messaging and identity keep their keys at the top of a file and of the
 //! environment (`ttl_ms`, `FLOTILLA_TTL_MS`): each is extracted from the top level of the merged
@@ -91,6 +91,10 @@ struct IdentityVerifierTable {
 struct IdentityUrl {
     #[serde(default)]
     url: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -149,16 +153,20 @@ impl Settings {
                 .map_err(Box::new)?
                 .messaging,
             identity: IdentityTable {
-                client: IdentityConfig {
-                    url: figment
+                client: {
+                    let own = figment
                         .extract::<IdentityUrlTable>()
                         .map_err(Box::new)?
-                        .identity
-                        .url,
-                    verifier: figment
-                        .extract::<IdentityVerifierTable>()
-                        .map_err(Box::new)?
-                        .identity,
+                        .identity;
+                    IdentityConfig {
+                        url: own.url,
+                        verifier: figment
+                            .extract::<IdentityVerifierTable>()
+                            .map_err(Box::new)?
+                            .identity,
+                        client_id: own.client_id,
+                        client_secret: own.client_secret,
+                    }
                 },
                 provider: figment
                     .extract::<IdentityProviderTable>()
@@ -193,6 +201,7 @@ impl Settings {
             server: self.server.clone(),
             discovery: self.discovery.clone(),
             lease: Lease::from_millis(self.registry.heartbeat_ms, self.registry.ttl_ms),
+            identity: self.identity.client.clone(),
         }
     }
 
@@ -201,6 +210,7 @@ impl Settings {
         flotilla_registry::server::Config {
             server: self.server.clone(),
             registry: self.registry.clone(),
+            identity: self.identity.client.clone(),
         }
     }
 
@@ -210,7 +220,6 @@ impl Settings {
             instance: self.instance(),
             resilience: self.resilience.clone(),
             gateway: self.gateway.clone(),
-            identity: self.identity.client.clone(),
         }
     }
 

@@ -257,6 +257,10 @@ command!(
         order_id: String,
         /// Where to.
         destination: Destination,
+        /// The order's customer, the shipment's owner (absent in commands written before it
+        /// existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        customer_id: Option<String>,
     }
 );
 command!(

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use flotilla_identity::TokenSource;
 use flotilla_resilience::breaker::{BreakerConfig, CircuitOpen, ConfigError};
 use flotilla_resilience::retry::RetryConfig;
 use http::{HeaderMap, Method, StatusCode};
@@ -65,6 +66,8 @@ struct Inner {
 pub struct Discovery {
     cache: Cache,
     inner: Arc<Inner>,
+    /// The process's own token, sent when a request carries no `Authorization`.
+    token: Option<TokenSource>,
 }
 
 /// Locks `mutex`, recovering it if a holder panicked.
@@ -88,6 +91,7 @@ impl Discovery {
     fn over(cache: Cache, timeout: Duration) -> Self {
         Self {
             cache,
+            token: None,
             inner: Arc::new(Inner {
                 timeout,
                 resilience: None,
@@ -95,6 +99,13 @@ impl Discovery {
                 clients: Mutex::default(),
             }),
         }
+    }
+
+    /// Calls made with [`Discovery::send`] carry `token` (the process's own, as a platform
+    /// client) unless the caller set an `Authorization` of its own (a user's token passed on).
+    pub fn with_token(mut self, token: Option<TokenSource>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The cache of instances (what the client stack's balancer reads).
@@ -131,11 +142,24 @@ impl Discovery {
     ) -> Result<(StatusCode, Bytes), DiscoveryError> {
         use tower::{Layer as _, ServiceExt as _};
         let timeout = self.inner.timeout;
+        let mut headers = headers.clone();
+        if let Some(token) = &self.token
+            && !headers.contains_key(http::header::AUTHORIZATION)
+        {
+            let bearer = token.bearer().await.map_err(|error| DiscoveryError::Call {
+                service: service.to_owned(),
+                source: Failure::client(flotilla_kit::Problem::unavailable(
+                    "identity-unavailable",
+                    format!("no token to call `{service}` with: {error}"),
+                )),
+            })?;
+            headers.insert(http::header::AUTHORIZATION, bearer);
+        }
         let exchange = Exchange::new(
             Arc::from(service),
             method,
             path_and_query.to_owned(),
-            headers.clone(),
+            headers,
             Outgoing::Held(body),
             timeout,
         );
@@ -220,6 +244,7 @@ impl Discovery {
         })?;
         Ok(Self {
             cache: self.cache,
+            token: self.token,
             inner: Arc::new(Inner {
                 timeout,
                 resilience: Some((breaker, retry)),

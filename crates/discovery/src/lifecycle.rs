@@ -10,11 +10,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{InstanceConfig, Registration, Spec};
 
-/// Serves `routers` on `listener` as an instance of `service` until `shutdown`, in this order:
+/// What a process serves: its public routers, and its admin listener's routes.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The public listener's routers (one per worker).
+    pub routers: Routers,
+    /// `/metrics` and `/admin/*` ([`flotilla_kit::app::admin_routes`], plus the process's
+    /// own), served behind an operator's token.
+    pub admin: Router,
+}
+
+/// Serves `routers` on `listener` as an instance of `service` until `shutdown`, and `admin`
+/// (`/metrics`, `/admin/*`: see [`flotilla_kit::app::admin_routes`]) on the admin listener
+/// (`admin_listen`), behind an operator's token ([`flotilla_identity::admin`]), in this order:
 ///
-/// The registration's metadata always carries `pid` and `version`.
+/// The registration's metadata always carries `pid`, `version` and `admin_address`.
 ///
-/// 1. start serving (so the registry's probe can reach us);
+/// 1. start serving, both listeners (so the registry's probe can reach us);
 /// 2. register with the registry named in `config` (if any) and start heart-beating;
 /// 3. be ready (from the registration request on, see [`Registration::start`]);
 /// 4. on shutdown: become not ready, deregister (so clients stop picking us), then stop
@@ -24,19 +36,35 @@ pub async fn serve(
     mut metadata: BTreeMap<String, String>,
     config: &InstanceConfig,
     listener: TcpListener,
-    routers: Routers,
+    Listeners { routers, admin }: Listeners,
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let port = listener.local_addr()?.port();
     let address = format!("{}:{port}", config.server.advertise_host);
+    let drain = CancellationToken::new();
+    let verifier = config
+        .identity
+        .verifier()
+        .map_err(|invalid| std::io::Error::other(invalid.to_string()))?;
+    let admin = flotilla_identity::admin::serve(
+        config.server.admin_listen,
+        admin,
+        verifier,
+        config.server.connection_limits(),
+        drain.clone(),
+    )
+    .await?;
+    metadata.insert(
+        "admin_address".to_owned(),
+        format!("{}:{}", config.server.advertise_host, admin.address.port()),
+    );
     metadata
         .entry("pid".to_owned())
         .or_insert_with(|| std::process::id().to_string());
     metadata
         .entry("version".to_owned())
         .or_insert_with(|| env!("CARGO_PKG_VERSION").to_owned());
-    let drain = CancellationToken::new();
     let workers = routers.workers();
     let server = tokio::spawn(flotilla_kit::serve_workers(
         listener,
@@ -55,6 +83,7 @@ pub async fn serve(
                 metadata,
                 heartbeat: config.lease.heartbeat,
                 ttl: config.lease.ttl,
+                token: config.identity.token_source(),
             };
             Registration::start(spec, &health, &shutdown).await
         }
@@ -85,35 +114,63 @@ pub async fn serve(
     }
 }
 
-/// Serves a service's `routes` inside the kit's stack ([`App`]) as an instance of `service`:
-/// marks start-up done, then runs [`serve`]. Call it once start-up work (opening the database)
-/// is done.
+/// Serves a service's `api` routes, each request checked for a caller's token
+/// ([`flotilla_identity::guard`], with the verifier of `config.identity`), and its `unguarded`
+/// routes (the transport's push endpoint, which checks a credential of its own), inside the
+/// kit's stack ([`App`]) as an instance of `service`: marks start-up done, then runs [`serve`].
+/// Call it once start-up work (opening the database) is done.
 pub async fn serve_routes(
     service: &str,
     config: &InstanceConfig,
     listener: TcpListener,
-    routes: Router,
+    api: Router,
+    unguarded: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let verifier = config
+        .identity
+        .verifier()
+        .map_err(|invalid| std::io::Error::other(invalid.to_string()))?;
+    if verifier.is_none() {
+        tracing::warn!(
+            %service,
+            "identity.url is not set: every call to the API is refused (503) for want of a token checker"
+        );
+    }
+    let routes = flotilla_identity::guard::guard(api, verifier).merge(unguarded);
     let health = Health::new();
-    let router = app(config, &health).routes(routes).into_router();
+    let faults = config
+        .server
+        .fault_injection
+        .then(flotilla_kit::faults::Faults::default);
+    let router = app(config, &health, faults.clone())
+        .routes(routes)
+        .into_router();
     health.set_started();
     serve(
         service,
         BTreeMap::new(),
         config,
         listener,
-        Routers::one(router),
+        Listeners {
+            routers: Routers::one(router),
+            admin: flotilla_kit::app::admin_routes(faults.as_ref()),
+        },
         health,
         shutdown,
     )
     .await
 }
 
-/// The kit's stack as `config` sets it (body limit, fault injection), with the probes of
-/// `health` and no routes yet.
-pub fn app(config: &InstanceConfig, health: &Health) -> App {
+/// The kit's stack as `config` sets it (body limit), applying `faults` (made when the
+/// `fault_injection` setting is on, and set on the admin listener), with the probes of `health`
+/// and no routes yet.
+pub fn app(
+    config: &InstanceConfig,
+    health: &Health,
+    faults: Option<flotilla_kit::faults::Faults>,
+) -> App {
     App::new(health.clone())
         .max_body_bytes(config.server.max_body_bytes)
-        .fault_injection(config.server.fault_injection)
+        .faults(faults)
 }

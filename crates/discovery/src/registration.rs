@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use flotilla_identity::TokenSource;
 use flotilla_kit::Health;
 use flotilla_kit::client::{self, CallError, Client};
 use http::{Method, StatusCode};
@@ -25,6 +26,49 @@ pub struct Spec<'a> {
     pub heartbeat: Duration,
     /// Lease duration asked of the registry.
     pub ttl: Duration,
+    /// The process's own tokens: every registry write carries one (the registry refuses
+    /// writes without a token with the `registry:write` scope). `None`: none is sent.
+    pub token: Option<TokenSource>,
+}
+
+/// The registry's client: the HTTP client and the process's token.
+#[derive(Debug, Clone)]
+struct Writer {
+    http: Client,
+    token: Option<TokenSource>,
+}
+
+impl Writer {
+    /// Sends a registry write with the process's token; a 401 drops the token so that the
+    /// next write asks for a new one.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, bytes::Bytes), CallError> {
+        let authorization = match &self.token {
+            Some(token) => Some(token.bearer().await.map_err(|error| CallError::Invalid {
+                url: url.to_owned(),
+                reason: error.to_string(),
+            })?),
+            None => None,
+        };
+        let answer = client::send_as(
+            &self.http,
+            method,
+            url,
+            body,
+            authorization.as_ref(),
+            timeout,
+        )
+        .await;
+        if let (Ok((StatusCode::UNAUTHORIZED, _)), Some(token)) = (&answer, &self.token) {
+            token.invalidate();
+        }
+        answer
+    }
 }
 
 /// The body of a registration, as the registry expects it.
@@ -41,7 +85,7 @@ struct Body<'a> {
 pub struct Registration {
     registry: String,
     id: String,
-    http: Client,
+    writer: Writer,
     heartbeats: JoinHandle<()>,
     stop: CancellationToken,
 }
@@ -67,8 +111,12 @@ impl Registration {
             metadata,
             heartbeat,
             ttl,
+            token,
         } = spec;
-        let http = client::client();
+        let writer = Writer {
+            http: client::client(),
+            token,
+        };
         let id = format!("{service}-{}", uuid::Uuid::now_v7().simple());
         let registry = registry.trim_end_matches('/').to_owned();
         let url = format!("{registry}/v1/registry/instances/{id}");
@@ -82,7 +130,7 @@ impl Registration {
         let timeout = Duration::from_secs(2);
         loop {
             health.set_ready(true);
-            let answer = client::send(&http, Method::PUT, &url, Some(&body), timeout).await;
+            let answer = writer.send(Method::PUT, &url, Some(&body), timeout).await;
             match answer {
                 Ok((status, _)) if status.is_success() => break,
                 Ok((status, detail)) => {
@@ -98,11 +146,11 @@ impl Registration {
         }
         tracing::info!(instance = %id, %service, %address, "registered");
         let stop = CancellationToken::new();
-        let heartbeats = tokio::spawn(beat(http.clone(), url, body, heartbeat, stop.clone()));
+        let heartbeats = tokio::spawn(beat(writer.clone(), url, body, heartbeat, stop.clone()));
         Some(Self {
             registry,
             id,
-            http,
+            writer,
             heartbeats,
             stop,
         })
@@ -119,14 +167,10 @@ impl Registration {
         self.stop.cancel();
         let _ = self.heartbeats.await;
         let url = format!("{}/v1/registry/instances/{}", self.registry, self.id);
-        match client::send(
-            &self.http,
-            Method::DELETE,
-            &url,
-            None::<&()>,
-            Duration::from_secs(1),
-        )
-        .await
+        match self
+            .writer
+            .send(Method::DELETE, &url, None, Duration::from_secs(1))
+            .await
         {
             Ok((status, _)) if status.is_success() || status == StatusCode::NOT_FOUND => {
                 tracing::info!(instance = %self.id, "deregistered");
@@ -138,7 +182,7 @@ impl Registration {
 }
 
 async fn beat(
-    http: Client,
+    writer: Writer,
     url: String,
     body: serde_json::Value,
     every: Duration,
@@ -153,13 +197,13 @@ async fn beat(
             _ = stop.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let result = client::send(&http, Method::PUT, &heartbeat_url, None::<&()>, every).await;
+        let result = writer.send(Method::PUT, &heartbeat_url, None, every).await;
         match result {
             Ok((status, _)) if status.is_success() => {}
             Ok((StatusCode::NOT_FOUND, _)) => {
                 // The registry forgot us (it restarted, or our lease ran out): register again.
                 tracing::warn!("registry does not know this instance; registering again");
-                if let Err(error) = register_again(&http, &url, &body, every).await {
+                if let Err(error) = register_again(&writer, &url, &body, every).await {
                     tracing::warn!(%error, "registering again failed; will retry");
                 }
             }
@@ -170,11 +214,17 @@ async fn beat(
 }
 
 async fn register_again(
-    http: &Client,
+    writer: &Writer,
     url: &str,
     body: &serde_json::Value,
     timeout: Duration,
 ) -> Result<(), CallError> {
-    client::json::<serde_json::Value>(http, Method::PUT, url, Some(body), timeout).await?;
-    Ok(())
+    match writer.send(Method::PUT, url, Some(body), timeout).await? {
+        (status, _) if status.is_success() => Ok(()),
+        (status, body) => Err(CallError::Status {
+            url: url.to_owned(),
+            status,
+            body,
+        }),
+    }
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use flotilla_identity::IdentityConfig;
 use flotilla_kit::ServerSettings;
 use flotilla_kit::settings::{Invalid, Section};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,19 @@ pub struct InstanceConfig {
     pub discovery: DiscoverySettings,
     /// The lease it asks for.
     pub lease: Lease,
+    /// The identity provider: the verifier of its callers' tokens, and its own client
+    /// credentials for the registry and the services it calls.
+    pub identity: IdentityConfig,
+}
+
+impl InstanceConfig {
+    /// A discovery client ([`DiscoverySettings::discovery`]) whose calls carry the process's
+    /// own token when the request has none ([`Discovery::with_token`]).
+    pub fn discovery(&self, shutdown: &CancellationToken) -> Discovery {
+        self.discovery
+            .discovery(shutdown)
+            .with_token(self.identity.token_source())
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Operator controls of the gateway's circuit breakers, served when the `admin_api` setting is
-//! on (never expose it without authentication in production):
+//! Operator controls of the gateway's circuit breakers, served on the gateway's admin listener
+//! (never on its public port) when the `admin_api` setting is on; each request needs a token
+//! with the role `admin` (`flotilla_identity::admin`):
 //!
 //! | method and path | meaning |
 //! | --- | --- |

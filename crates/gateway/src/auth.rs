@@ -3,7 +3,7 @@
 //!
 //! | the request | the answer |
 //! | --- | --- |
-//! | a public route | passed on; a token, if any, is forwarded unchecked |
+//! | a public route | passed on with the gateway's own token (the services check every caller); a client's token is not forwarded |
 //! | no bearer token | 401, `WWW-Authenticate: Bearer realm="flotilla"` |
 //! | a token that does not verify (signature, `alg`, `kid`, expiry, issuer, audience, size) | 401, `WWW-Authenticate: Bearer … error="invalid_token"` |
 //! | a valid token without one of the route's `roles` | 403 `forbidden` |
@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use axum::response::{IntoResponse, Response};
 use flotilla_discovery::outbound::{Exchange, Failure};
 use flotilla_identity::verify::{Forbidden, REALM, bearer_from_headers};
-use flotilla_identity::{Principal, Verifier};
+use flotilla_identity::{Principal, TokenSource, Verifier};
 use flotilla_kit::Problem;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tower::{Layer, Service, ServiceExt};
@@ -82,6 +82,7 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
 pub struct AuthLayer {
     access: Arc<Access>,
     verifier: Option<Verifier>,
+    own_token: Option<TokenSource>,
 }
 
 impl AuthLayer {
@@ -92,7 +93,15 @@ impl AuthLayer {
         Self {
             access: Arc::new(access),
             verifier,
+            own_token: None,
         }
+    }
+
+    /// A public route's requests go on with the gateway's own token from `token` (the services
+    /// refuse a caller without one); without it they go on with none.
+    pub fn with_own_token(mut self, token: Option<TokenSource>) -> Self {
+        self.own_token = token;
+        self
     }
 }
 
@@ -104,6 +113,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             access: self.access.clone(),
             verifier: self.verifier.clone(),
+            own_token: self.own_token.clone(),
         }
     }
 }
@@ -114,6 +124,7 @@ pub struct Authorize<S> {
     inner: S,
     access: Arc<Access>,
     verifier: Option<Verifier>,
+    own_token: Option<TokenSource>,
 }
 
 type Answer = Result<Response, Failure>;
@@ -131,10 +142,31 @@ where
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, exchange: Exchange) -> Self::Future {
+    fn call(&mut self, mut exchange: Exchange) -> Self::Future {
         let inner = self.inner.clone();
         let Access::Authenticated { .. } = *self.access else {
-            return Box::pin(inner.oneshot(exchange));
+            // A public route: the client's token, unchecked, is not passed on; the gateway
+            // calls on its own behalf.
+            exchange.headers.remove(header::AUTHORIZATION);
+            let Some(token) = self.own_token.clone() else {
+                return Box::pin(inner.oneshot(exchange));
+            };
+            return Box::pin(async move {
+                match token.bearer().await {
+                    Ok(bearer) => {
+                        exchange.headers.insert(header::AUTHORIZATION, bearer);
+                        inner.oneshot(exchange).await
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "the gateway has no token of its own");
+                        Ok(Problem::unavailable(
+                            "identity-unavailable",
+                            "the gateway cannot get its own token from the identity provider; retry shortly",
+                        )
+                        .into_response())
+                    }
+                }
+            });
         };
         let access = self.access.clone();
         let verifier = self.verifier.clone();
@@ -145,7 +177,6 @@ where
             match admit(roles, scopes, verifier.as_ref(), &exchange.headers).await {
                 Ok(principal) => {
                     // For the layers below (the rate limit keys by it): verified once.
-                    let mut exchange = exchange;
                     exchange.extensions.insert(principal);
                     inner.oneshot(exchange).await
                 }

@@ -81,6 +81,7 @@ pub async fn run(
         .await
         .map_err(std::io::Error::other)?;
     let verifier = config
+        .instance
         .identity
         .verifier()
         .map_err(|error| invalid(error.to_string()))?;
@@ -97,6 +98,7 @@ pub async fn run(
             json: flotilla_kit::telemetry::is_json(config.instance.server.log_format),
         },
         verifier,
+        own_token: config.instance.identity.token_source(),
         rate_limit: config.gateway.rate_limit.clone(),
     };
     let gateway = Gateway::new(discovery, routes, settings, deferred).map_err(invalid)?;
@@ -105,19 +107,25 @@ pub async fn run(
     }
     let workers = config.gateway.worker_count();
     let health = Health::new();
+    // One set of faults for every worker, set on the admin listener.
+    let faults = config
+        .instance
+        .server
+        .fault_injection
+        .then(flotilla_kit::faults::Faults::default);
+    let mut admin_routes = flotilla_kit::app::admin_routes(faults.as_ref());
+    if config.gateway.admin_api {
+        admin_routes = admin_routes.merge(admin::routes(gateway.clone()));
+    }
     let routers = {
         let (instance, health) = (config.instance.clone(), health.clone());
-        let admin_api = config.gateway.admin_api;
         // Called on each worker's thread: its own pool and stacks.
         Routers::per_worker(workers, move || {
             let gateway = gateway.worker();
-            let mut app = flotilla_discovery::app(&instance, &health)
+            flotilla_discovery::app(&instance, &health, faults.clone())
                 .routes(gateway.router())
-                .proxy(gateway.service());
-            if admin_api {
-                app = app.routes(admin::routes(gateway.clone()));
-            }
-            app.into_router()
+                .proxy(gateway.service())
+                .into_router()
         })
     };
     health.set_started();
@@ -126,7 +134,10 @@ pub async fn run(
         BTreeMap::new(),
         &config.instance,
         listener,
-        routers,
+        flotilla_discovery::Listeners {
+            routers,
+            admin: admin_routes,
+        },
         health,
         shutdown,
     )

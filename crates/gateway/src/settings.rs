@@ -195,8 +195,9 @@ impl Section for GatewaySettings {
     }
 }
 
-/// What the gateway reads: how it serves (its registry is required), the breaker and retry
-/// policy it puts in front of each upstream, and its own keys.
+/// What the gateway reads: how it serves (its registry is required; the identity provider
+/// whose tokens the routes need, and the gateway's own client, are `instance.identity`), the
+/// breaker and retry policy it puts in front of each upstream, and its own keys.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     /// Server, discovery (the request deadline, `request_timeout_ms`) and lease.
@@ -205,6 +206,4 @@ pub struct Config {
     pub resilience: ResilienceSettings,
     /// Queue for later and the operator API.
     pub gateway: GatewaySettings,
-    /// The identity provider whose tokens the routes need (the `identity` table).
-    pub identity: flotilla_identity::IdentityConfig,
 }

@@ -97,6 +97,8 @@ pub struct Settings {
     /// Checks the tokens of routes that need one; the gateway refuses routes that need a token
     /// without it.
     pub verifier: Option<Verifier>,
+    /// The gateway's own token, sent on public routes (`None`: they go on without one).
+    pub own_token: Option<flotilla_identity::TokenSource>,
     /// Where the routes' limits are kept (`rate_limit`).
     pub rate_limit: RateLimitSettings,
 }
@@ -461,6 +463,7 @@ fn build_table(
         let policy = RoutePolicy {
             access: &route.access,
             verifier: shared.settings.verifier.clone(),
+            own_token: shared.settings.own_token.clone(),
             limiter: limiter.clone(),
             timeout: route.timeout.unwrap_or(shared.settings.timeout),
             transform: &route.transform,
@@ -486,6 +489,8 @@ pub struct RoutePolicy<'a> {
     pub access: &'a crate::routes::Access,
     /// Checks the tokens, if the route needs them.
     pub verifier: Option<Verifier>,
+    /// The gateway's own token, for a public route.
+    pub own_token: Option<flotilla_identity::TokenSource>,
     /// Counts each client's calls, if the route limits them.
     pub limiter: Option<Limiter>,
     /// The deadline of a call, retries included.
@@ -516,7 +521,9 @@ fn route_layers<C>(
     ServiceBuilder::new()
         // Before anything else of the route's: a caller it refuses costs the upstream nothing
         // and is answered untransformed.
-        .layer(AuthLayer::new(policy.access.clone(), policy.verifier))
+        .layer(
+            AuthLayer::new(policy.access.clone(), policy.verifier).with_own_token(policy.own_token),
+        )
         // Below auth, which names the caller it counts (and refuses strangers before they
         // cost a count); above all that reaches the upstream: a refusal never does, and so
         // never counts against its breaker.
@@ -657,6 +664,7 @@ mod tests {
             queue_for_later: Vec::new(),
             access: AccessSettings::default(),
             verifier: Some(verifier()),
+            own_token: None,
             rate_limit: RateLimitSettings::default(),
         }
     }
@@ -839,6 +847,7 @@ retry = { max_attempts = 1 }
         let policy = RoutePolicy {
             access: &crate::routes::Access::Public,
             verifier: None,
+            own_token: None,
             limiter: None,
             timeout: Duration::from_secs(1),
             transform: &transform,

@@ -399,6 +399,56 @@ pub fn verify_secret(secret: &str, hash: &str) -> bool {
     }
 }
 
+/// The role of the platform's own processes (the gateway and the services calling each other
+/// or the registry): whoever holds it acts for the platform, not for a customer.
+pub const SERVICE_ROLE: &str = "service";
+
+/// The secret of platform client `client_id` derived from a platform secret:
+/// `base64url(HMAC-SHA256(platform_secret, "flotilla client secret\0" ‖ client_id))`.
+///
+/// `flotilla up` makes a platform secret anew at each start, gives it to the identity provider
+/// only, and gives each process it starts the derived secret of its own client: a process
+/// learns no other's secret, and nothing a developer could read in the repository lets anyone
+/// act as a platform process ([`IdpSettings::platform_secret`](crate::IdpSettings)).
+///
+/// ```
+/// use flotilla_identity::credentials::{derive_client_secret, is_derived_secret};
+/// let order = derive_client_secret("platform", "order");
+/// assert!(is_derived_secret("platform", "order", &order));
+/// assert!(!is_derived_secret("platform", "payment", &order));
+/// assert!(!is_derived_secret("another", "order", &order));
+/// ```
+pub fn derive_client_secret(platform_secret: &str, client_id: &str) -> String {
+    use base64::Engine;
+    let tag = ring::hmac::sign(&platform_key(platform_secret), &derivation_input(client_id));
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+}
+
+/// Whether `presented` is client `client_id`'s secret derived from `platform_secret`
+/// ([`derive_client_secret`]), compared in constant time.
+pub fn is_derived_secret(platform_secret: &str, client_id: &str, presented: &str) -> bool {
+    use base64::Engine;
+    let Ok(tag) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(presented) else {
+        return false;
+    };
+    ring::hmac::verify(
+        &platform_key(platform_secret),
+        &derivation_input(client_id),
+        &tag,
+    )
+    .is_ok()
+}
+
+fn platform_key(platform_secret: &str) -> ring::hmac::Key {
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, platform_secret.as_bytes())
+}
+
+fn derivation_input(client_id: &str) -> Vec<u8> {
+    let mut input = b"flotilla client secret\0".to_vec();
+    input.extend_from_slice(client_id.as_bytes());
+    input
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

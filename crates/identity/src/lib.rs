@@ -14,6 +14,13 @@
 //!   directly ([`Idp::issue`]) for tests and the CLI.
 //! * [`verify`] — the [`Verifier`]: checks a bearer token and returns its [`Principal`], or a
 //!   [`TokenError`] that answers 401 by itself.
+//! * [`guard`] — a service's check of every caller ([`guard::guard`], [`guard::Caller`]).
+//! * [`admin`] — a process's admin listener (`/metrics`, `/admin/*`) behind an operator's
+//!   token.
+//! * [`client`] — a platform process's own token ([`client::TokenSource`], the client
+//!   credentials grant, renewed before it expires).
+//! * [`config`] — the `identity` table a process reads: the provider's URL, the verifier's
+//!   settings, the process's own client credentials.
 //!
 //! # What the provider does
 //!
@@ -49,16 +56,21 @@
 //! Verified tokens are cached (whole token as the key) until they expire, so a token seen
 //! before costs a hash lookup instead of a signature check.
 
+pub mod admin;
+pub mod client;
 pub mod config;
 pub mod credentials;
+pub mod guard;
 pub mod jwk;
 pub mod keys;
 pub mod process;
 pub mod server;
 pub mod verify;
 
+pub use client::{ClientCredentials, TokenSource};
 pub use config::IdentityConfig;
 pub use credentials::{Credentials, hash_secret};
+pub use guard::Caller;
 pub use server::{Grant, Idp, IdpError, IdpSettings, Token, routes};
 pub use verify::{KeySource, Principal, TokenError, Verifier, VerifierSettings};
 

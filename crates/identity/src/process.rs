@@ -4,7 +4,7 @@ use flotilla_kit::{App, Health, ServerSettings};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Idp, IdpSettings, routes};
+use crate::server::{Idp, IdpSettings, admin_routes, routes};
 use crate::{Credentials, IdpError};
 
 /// What the identity provider's process reads.
@@ -67,12 +67,23 @@ pub async fn run(
         let (idp, shutdown) = (idp.clone(), shutdown.clone());
         tokio::spawn(async move { idp.maintain(shutdown).await });
     }
+    // Key maintenance and `/metrics` on the admin listener, checked with the provider's own
+    // keys.
+    let admin = crate::admin::serve(
+        config.server.admin_listen,
+        admin_routes(idp.clone()).merge(flotilla_kit::app::admin_routes(None)),
+        Some(idp.verifier().clone()),
+        config.server.connection_limits(),
+        shutdown.clone(),
+    )
+    .await?;
     health.set_started();
     health.set_ready(true);
     tracing::info!(
         address = %listener.local_addr()?,
         issuer = %idp.settings().issuer,
         kid = %idp.current_kid(),
+        admin = %admin.address,
         "identity provider listening"
     );
     let limits = config.server.connection_limits();

@@ -9,7 +9,10 @@
 //! 3. **metrics**: request count and latency by route template and status;
 //! 4. **problems**: every error response leaves as `application/problem+json` with the request id;
 //! 5. **body limit**: bodies read by extractors are capped at `max_body_bytes` (413 beyond);
-//! 6. the routes, plus `/livez`, `/readyz`, `/startupz` and `/metrics`.
+//! 6. the routes, plus `/livez`, `/readyz` and `/startupz`.
+//!
+//! `/metrics` and `/admin/faults` are not among them: they belong on the process's admin
+//! listener ([`admin_routes`]), which checks an operator's token.
 //!
 //! A proxy ([`App::proxy`]) serves every other path outside these layers: it answers for
 //! itself (the gateway sets the request id, writes its access line, counts its routes and
@@ -58,9 +61,10 @@ impl App {
         }
     }
 
-    /// Serves `/admin/faults` and applies the faults it sets (see [`crate::faults`]).
-    pub fn fault_injection(mut self, enabled: bool) -> Self {
-        self.faults = enabled.then(crate::faults::Faults::default);
+    /// Applies the faults `faults` holds to the app's routes (see [`crate::faults`]); they are
+    /// set through [`admin_routes`] on the admin listener.
+    pub fn faults(mut self, faults: Option<crate::faults::Faults>) -> Self {
+        self.faults = faults;
         self
     }
 
@@ -91,16 +95,13 @@ impl App {
         metrics::handle();
         let mut routes = self.routes;
         if let Some(faults) = &self.faults {
-            routes = routes
-                .layer(middleware::from_fn_with_state(
-                    faults.clone(),
-                    crate::faults::inject,
-                ))
-                .merge(faults.routes());
+            routes = routes.layer(middleware::from_fn_with_state(
+                faults.clone(),
+                crate::faults::inject,
+            ));
         }
         let routes = routes
             .merge(self.health.routes())
-            .route("/metrics", get(metrics::render))
             .fallback(|| async { Problem::not_found("no route matches this path") });
         let layered = routes.layer(
             ServiceBuilder::new()
@@ -140,6 +141,30 @@ impl App {
             (None, _) => layered,
         }
     }
+}
+
+/// The routes of a process's admin listener: `/metrics` (Prometheus text) and, with
+/// `faults`, `/admin/faults`; inside the kit's request id and problem layers. The caller puts
+/// them behind a token check (`flotilla_identity::admin`).
+pub fn admin_routes(faults: Option<&crate::faults::Faults>) -> Router {
+    metrics::handle();
+    let mut routes = Router::new().route("/metrics", get(metrics::render));
+    if let Some(faults) = faults {
+        routes = routes.merge(faults.routes());
+    }
+    routes
+}
+
+/// `routes` inside the layers every admin listener has: request id, and problems for every
+/// error (an unknown path is a 404 problem: give `routes` a fallback of its own, before any
+/// layer that must see unknown paths too).
+pub fn admin_router(routes: Router) -> Router {
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeUuidV7))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(middleware::from_fn(problems)),
+    )
 }
 
 /// A fresh request id: a UUIDv7 (unique, and sortable by time), written without an

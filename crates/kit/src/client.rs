@@ -101,6 +101,19 @@ pub async fn send(
     json: Option<&impl Serialize>,
     timeout: Duration,
 ) -> Result<(StatusCode, Bytes), CallError> {
+    send_as(client, method, url, json, None, timeout).await
+}
+
+/// Like [`send`], with an `Authorization` header when `authorization` is given (the caller's
+/// credential: `Bearer <token>`).
+pub async fn send_as(
+    client: &Client,
+    method: Method,
+    url: &str,
+    json: Option<&impl Serialize>,
+    authorization: Option<&http::HeaderValue>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), CallError> {
     let invalid = |reason: String| CallError::Invalid {
         url: url.to_owned(),
         reason,
@@ -112,6 +125,9 @@ pub async fn send(
     let mut builder = Request::builder().method(method).uri(url);
     if json.is_some() {
         builder = builder.header(header::CONTENT_TYPE, "application/json");
+    }
+    if let Some(credential) = authorization {
+        builder = builder.header(header::AUTHORIZATION, credential);
     }
     let request = builder
         .body(Full::new(body))

@@ -1,7 +1,8 @@
 //! Fault injection, for demos and tests: make a process fail a share of its requests, or answer
 //! late, so that breakers and retries can be watched at work.
 //!
-//! Off unless the `fault_injection` setting is on. Then `/admin/faults` takes
+//! Off unless the `fault_injection` setting is on. Then `/admin/faults`, on the admin listener
+//! ([`crate::app::admin_routes`]), takes
 //! `PUT {"failure_percent": 100, "latency_ms": 0}`, `GET` and `DELETE`. Probes, `/metrics` and
 //! `/admin` itself are never faulted, so the process stays registered and observable: the fault
 //! is in the business endpoints only.
@@ -114,6 +115,7 @@ mod tests {
     use axum::routing::get;
     use tower::ServiceExt;
 
+    use super::{FaultSpec, Faults};
     use crate::{App, Health};
 
     async fn status(app: &axum::Router, method: &str, path: &str, body: &str) -> u16 {
@@ -136,17 +138,25 @@ mod tests {
         let health = Health::new();
         health.set_started();
         health.set_ready(true);
+        let faults = Faults::default();
+        let admin = crate::app::admin_router(crate::app::admin_routes(Some(&faults)));
         let app = App::new(health)
-            .fault_injection(true)
+            .faults(Some(faults))
             .routes(axum::Router::new().route("/v1/things", get(|| async { "ok" })))
             .into_router();
         assert_eq!(
-            status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 101}"#).await,
+            status(
+                &admin,
+                "PUT",
+                "/admin/faults",
+                r#"{"failure_percent": 101}"#
+            )
+            .await,
             422
         );
         assert_eq!(
             status(
-                &app,
+                &admin,
                 "PUT",
                 "/admin/faults",
                 r#"{"failure_percent": "all"}"#
@@ -160,7 +170,13 @@ mod tests {
             "bad settings changed nothing"
         );
         assert_eq!(
-            status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 100}"#).await,
+            status(
+                &admin,
+                "PUT",
+                "/admin/faults",
+                r#"{"failure_percent": 100}"#
+            )
+            .await,
             200
         );
         assert_eq!(status(&app, "GET", "/v1/things", "").await, 503);
@@ -169,7 +185,7 @@ mod tests {
             200,
             "probes are never faulted"
         );
-        assert_eq!(status(&app, "DELETE", "/admin/faults", "").await, 204);
+        assert_eq!(status(&admin, "DELETE", "/admin/faults", "").await, 204);
         assert_eq!(status(&app, "GET", "/v1/things", "").await, 200);
     }
 
@@ -182,26 +198,44 @@ mod tests {
                 ))
             },
         ));
+        let faults = Faults::default();
+        let admin = crate::app::admin_router(crate::app::admin_routes(Some(&faults)));
         let app = App::new(Health::new())
-            .fault_injection(true)
+            .faults(Some(faults))
             .proxy(proxy)
             .into_router();
         assert_eq!(status(&app, "GET", "/v1/orders/1", "").await, 200);
         assert_eq!(
-            status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 100}"#).await,
+            status(
+                &admin,
+                "PUT",
+                "/admin/faults",
+                r#"{"failure_percent": 100}"#
+            )
+            .await,
             200
         );
         assert_eq!(status(&app, "GET", "/v1/orders/1", "").await, 503);
-        assert_eq!(status(&app, "DELETE", "/admin/faults", "").await, 204);
+        assert_eq!(status(&admin, "DELETE", "/admin/faults", "").await, 204);
         assert_eq!(status(&app, "GET", "/v1/orders/1", "").await, 200);
     }
 
     #[tokio::test]
-    async fn without_the_setting_there_is_no_admin_route() {
-        let app = App::new(Health::new()).into_router();
+    async fn the_public_routes_never_serve_admin_paths() {
+        let faults = Faults::default();
+        let app = App::new(Health::new())
+            .faults(Some(faults.clone()))
+            .into_router();
+        for path in ["/admin/faults", "/metrics"] {
+            assert_eq!(status(&app, "GET", path, "").await, 404, "{path}");
+        }
         assert_eq!(
             status(&app, "PUT", "/admin/faults", r#"{"failure_percent": 100}"#).await,
             404
         );
+        assert_eq!(faults.get(), FaultSpec::default(), "nothing changed");
+        let admin = crate::app::admin_router(crate::app::admin_routes(None));
+        assert_eq!(status(&admin, "GET", "/admin/faults", "").await, 404);
+        assert_eq!(status(&admin, "GET", "/metrics", "").await, 200);
     }
 }

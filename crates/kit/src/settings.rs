@@ -33,6 +33,10 @@ pub enum LogFormat {
 pub struct ServerSettings {
     /// Address to listen on; port 0 lets the OS choose (the process then registers the port).
     pub listen: SocketAddr,
+    /// Address of the admin listener: `/metrics` and `/admin/*`, each behind a token (see
+    /// `flotilla_identity::admin`); port 0 lets the OS choose (a registered process publishes
+    /// it as its `admin_address`).
+    pub admin_listen: SocketAddr,
     /// Host name or address other processes use to reach this one.
     pub advertise_host: String,
     /// Directory of the embedded databases (`<data_dir>/<service>.db`).
@@ -59,8 +63,8 @@ pub struct ServerSettings {
     /// Set by the supervisor: the process stops when its standard input closes (the supervisor
     /// died), so that no child outlives it.
     pub supervised: bool,
-    /// Serve `/admin/faults`, which makes this process fail a share of its requests or answer
-    /// late, for demos and tests. Never enable it in production.
+    /// Serve `/admin/faults` (on the admin listener), which makes this process fail a share
+    /// of its requests or answer late, for demos and tests. Never enable it in production.
     pub fault_injection: bool,
 }
 
@@ -68,6 +72,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise_host: "127.0.0.1".to_owned(),
             data_dir: PathBuf::from(".flotilla"),
             log_format: LogFormat::Auto,

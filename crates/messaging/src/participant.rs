@@ -114,7 +114,7 @@ where
         let messaging = runtime::start(
             Options {
                 settings: &config.messaging,
-                discovery: config.instance.discovery.discovery(&shutdown),
+                discovery: config.instance.discovery(&shutdown),
                 group: self.name,
                 wiring: (self.wiring)(self.name),
                 pool: pool.clone(),
@@ -128,7 +128,8 @@ where
             self.name,
             &config.instance,
             listener,
-            (self.routes)(pool.clone()).merge(messaging.routes),
+            (self.routes)(pool.clone()),
+            messaging.routes,
             shutdown,
         )
         .await;

@@ -106,6 +106,7 @@ impl World {
                         metadata: BTreeMap::from([("topics".to_owned(), TOPIC.to_owned())]),
                         heartbeat: Duration::from_millis(300),
                         ttl: Duration::from_secs(2),
+                        token: None,
                     },
                     &health,
                     &self.shutdown,

@@ -63,6 +63,9 @@ struct Entry {
     instance: Instance,
     ttl: Duration,
     expires: Instant,
+    /// Who registered it (a token's subject); only they may renew, replace or remove it.
+    /// `None` in a registry that checks no credential.
+    holder: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,10 @@ pub enum RegistryError {
     /// The registration is invalid.
     #[error("invalid registration: {0}")]
     Invalid(String),
+    /// The instance was registered by another principal: only its holder may renew, replace
+    /// or remove it.
+    #[error("instance `{0}` was registered by another principal")]
+    NotHolder(String),
 }
 
 impl Registry {
@@ -129,6 +136,18 @@ impl Registry {
         id: &str,
         registration: Registration,
     ) -> Result<Instance, RegistryError> {
+        self.register_held(id, registration, None)
+    }
+
+    /// Registers (or re-registers) instance `id` on behalf of `holder` (a verified token's
+    /// subject): an instance registered by another holder is not replaced
+    /// (`RegistryError::NotHolder`), and nothing changes.
+    pub fn register_held(
+        &self,
+        id: &str,
+        registration: Registration,
+        holder: Option<&str>,
+    ) -> Result<Instance, RegistryError> {
         validate_name("instance id", id)?;
         validate_name("service", &registration.service)?;
         validate_address(&registration.address)?;
@@ -145,6 +164,7 @@ impl Registry {
             status: Status::Passing,
         };
         let mut state = self.lock();
+        check_holder(&mut state, id, holder)?;
         if let Some(previous) = state.owners.get(id).cloned()
             && previous != instance.service
         {
@@ -155,6 +175,7 @@ impl Registry {
             instance: instance.clone(),
             ttl,
             expires: Instant::now() + ttl,
+            holder: holder.map(str::to_owned),
         };
         let previous = state
             .services
@@ -169,7 +190,13 @@ impl Registry {
 
     /// Renews the lease of instance `id`.
     pub fn heartbeat(&self, id: &str) -> Result<(), RegistryError> {
+        self.heartbeat_held(id, None)
+    }
+
+    /// Renews the lease of instance `id` on behalf of `holder` (see [`Registry::register_held`]).
+    pub fn heartbeat_held(&self, id: &str, holder: Option<&str>) -> Result<(), RegistryError> {
         let mut state = self.lock();
+        check_holder(&mut state, id, holder)?;
         let entry =
             find(&mut state, id).ok_or_else(|| RegistryError::UnknownInstance(id.into()))?;
         entry.expires = Instant::now() + entry.ttl;
@@ -178,7 +205,17 @@ impl Registry {
 
     /// Removes instance `id`.
     pub fn deregister(&self, id: &str) -> Result<Instance, RegistryError> {
+        self.deregister_held(id, None)
+    }
+
+    /// Removes instance `id` on behalf of `holder` (see [`Registry::register_held`]).
+    pub fn deregister_held(
+        &self,
+        id: &str,
+        holder: Option<&str>,
+    ) -> Result<Instance, RegistryError> {
         let mut state = self.lock();
+        check_holder(&mut state, id, holder)?;
         let removed =
             remove(&mut state, id).ok_or_else(|| RegistryError::UnknownInstance(id.into()))?;
         self.bump(&mut state);
@@ -284,6 +321,16 @@ impl Registry {
     /// queries do not hold the drain back.
     pub fn close(&self) {
         self.closing.cancel();
+    }
+}
+
+/// `Ok` if instance `id` is not registered, or was registered by `holder`.
+fn check_holder(state: &mut State, id: &str, holder: Option<&str>) -> Result<(), RegistryError> {
+    match find(state, id) {
+        Some(entry) if entry.holder.as_deref() != holder => {
+            Err(RegistryError::NotHolder(id.to_owned()))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -8,8 +8,19 @@
 //! | `GET /v1/registry/services` | every instance by service |
 //! | `GET /v1/registry/services/{name}?index=N&wait_ms=W` | blocking query: answers when the change index passes `N`, or after `W` ms (at most 60 s) with the same index |
 //!
-//! Third-party registration is the same `PUT`: anything may register an instance on another's
-//! behalf, and the prober keeps it honest.
+//! Writes (register, heartbeat, deregister) need a bearer token with the scope
+//! `registry:write` when the registry knows an identity provider (`identity.url`, as under
+//! `flotilla up`): 401 without a valid token, 403 without the scope. A platform process may
+//! register only the service its client is named after (`order`'s token registers `order`
+//! instances); an `admin` token may register any service (third-party registration, which the
+//! prober keeps honest). An instance is held by whoever registered it: another token may not
+//! renew, replace or remove it (403 `not-your-instance`), so a registered id cannot be taken
+//! over at a new address. Without an identity provider the writes are open, and the registry
+//! says so at start.
+//!
+//! Reads stay open: the catalog holds service names and addresses, and every address it lists
+//! checks its callers' tokens itself; the services' discovery caches and the operator's
+//! `flotilla status` read it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,9 +28,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use flotilla_identity::verify::bearer_from_headers;
+use flotilla_identity::{IdentityConfig, Principal, Verifier};
 use flotilla_kit::client;
 use flotilla_kit::{Json, Problem, Query, ServerSettings};
 use serde::{Deserialize, Serialize};
@@ -35,17 +48,69 @@ pub const INDEX_HEADER: &str = "x-flotilla-index";
 /// Longest a blocking query may wait.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// The registry's routes.
-pub fn routes(registry: Registry) -> Router {
-    Router::new()
-        .route("/v1/registry/services", get(list))
-        .route("/v1/registry/services/{service}", get(watch))
+/// The scope a token needs to write to the registry.
+pub const WRITE_SCOPE: &str = "registry:write";
+
+/// The registry's routes; writes are checked with `verifier` (open without one).
+pub fn routes(registry: Registry, verifier: Option<Verifier>) -> Router {
+    let writes = Router::new()
         .route(
             "/v1/registry/instances/{id}",
             put(register).delete(deregister),
         )
         .route("/v1/registry/instances/{id}/heartbeat", put(heartbeat))
+        .with_state(Writes {
+            registry: registry.clone(),
+            verifier,
+        });
+    Router::new()
+        .route("/v1/registry/services", get(list))
+        .route("/v1/registry/services/{service}", get(watch))
         .with_state(registry)
+        .merge(writes)
+}
+
+/// What a write handler is given.
+#[derive(Debug, Clone)]
+struct Writes {
+    registry: Registry,
+    verifier: Option<Verifier>,
+}
+
+impl Writes {
+    /// The writer's token, checked: `None` when the registry checks no credential, the
+    /// principal when the token verifies and carries [`WRITE_SCOPE`], the refusal otherwise.
+    async fn writer(&self, headers: &HeaderMap) -> Result<Option<Principal>, Response> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(None);
+        };
+        let principal = match bearer_from_headers(headers) {
+            Ok(token) => verifier.verify(token).await,
+            Err(error) => Err(error),
+        }
+        .map_err(IntoResponse::into_response)?;
+        principal
+            .require_scope(WRITE_SCOPE)
+            .map_err(IntoResponse::into_response)?;
+        Ok(Some(principal))
+    }
+}
+
+/// `Ok` if `writer` may register instances of `service`: an admin any, another principal the
+/// service named as its subject only.
+fn may_register(writer: &Principal, service: &str) -> Result<(), Response> {
+    if writer.has_role("admin") || writer.subject == service {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::FORBIDDEN,
+        "not-your-service",
+        format!(
+            "`{}` may register instances of its own service only, not of `{service}`",
+            writer.subject
+        ),
+    )
+    .into_response())
 }
 
 impl From<RegistryError> for Problem {
@@ -57,33 +122,59 @@ impl From<RegistryError> for Problem {
             RegistryError::Invalid(_) => {
                 Problem::unprocessable("invalid-registration", error.to_string())
             }
+            RegistryError::NotHolder(_) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "not-your-instance",
+                error.to_string(),
+            ),
         }
     }
 }
 
 async fn register(
-    State(registry): State<Registry>,
+    State(writes): State<Writes>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(registration): Json<Registration>,
-) -> Result<axum::Json<Instance>, Problem> {
-    let instance = registry.register(&id, registration)?;
+) -> Result<axum::Json<Instance>, Response> {
+    let writer = writes.writer(&headers).await?;
+    if let Some(writer) = &writer {
+        may_register(writer, &registration.service)?;
+    }
+    let holder = writer.as_ref().map(|w| w.subject.as_str());
+    let instance = writes
+        .registry
+        .register_held(&id, registration, holder)
+        .map_err(|e| Problem::from(e).into_response())?;
     tracing::info!(instance = %instance.id, service = %instance.service, address = %instance.address, "registered");
     Ok(axum::Json(instance))
 }
 
 async fn heartbeat(
-    State(registry): State<Registry>,
+    State(writes): State<Writes>,
     Path(id): Path<String>,
-) -> Result<StatusCode, Problem> {
-    registry.heartbeat(&id)?;
+    headers: HeaderMap,
+) -> Result<StatusCode, Response> {
+    let writer = writes.writer(&headers).await?;
+    let holder = writer.as_ref().map(|w| w.subject.as_str());
+    writes
+        .registry
+        .heartbeat_held(&id, holder)
+        .map_err(|e| Problem::from(e).into_response())?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn deregister(
-    State(registry): State<Registry>,
+    State(writes): State<Writes>,
     Path(id): Path<String>,
-) -> Result<StatusCode, Problem> {
-    let instance = registry.deregister(&id)?;
+    headers: HeaderMap,
+) -> Result<StatusCode, Response> {
+    let writer = writes.writer(&headers).await?;
+    let holder = writer.as_ref().map(|w| w.subject.as_str());
+    let instance = writes
+        .registry
+        .deregister_held(&id, holder)
+        .map_err(|e| Problem::from(e).into_response())?;
     tracing::info!(instance = %instance.id, service = %instance.service, "deregistered");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -203,6 +294,9 @@ pub struct Config {
     pub server: ServerSettings,
     /// The lease and the probes.
     pub registry: RegistrySettings,
+    /// The identity provider whose tokens writes must carry (`identity.url`); without one the
+    /// writes are open.
+    pub identity: IdentityConfig,
 }
 
 /// Runs the registry on `listener` until `shutdown`: the HTTP API, the sweeper and the prober.
@@ -213,11 +307,29 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let settings = &config.registry;
     let registry = Registry::new(Duration::from_millis(settings.ttl_ms));
+    let verifier = config
+        .identity
+        .verifier()
+        .map_err(|invalid| std::io::Error::other(invalid.to_string()))?;
+    if verifier.is_none() {
+        tracing::warn!(
+            "identity.url is not set: the registry takes registrations from anyone who can reach it"
+        );
+    }
     let health = flotilla_kit::Health::new();
     let router = flotilla_kit::App::new(health.clone())
         .max_body_bytes(config.server.max_body_bytes)
-        .routes(routes(registry.clone()))
+        .routes(routes(registry.clone(), verifier.clone()))
         .into_router();
+    // `/metrics` on the admin listener, behind a token with `metrics:read`.
+    let admin = flotilla_identity::admin::serve(
+        config.server.admin_listen,
+        flotilla_kit::app::admin_routes(None),
+        verifier,
+        config.server.connection_limits(),
+        shutdown.clone(),
+    )
+    .await?;
     let sweep_every = Duration::from_millis((settings.heartbeat_ms / 5).clamp(10, 100));
     tokio::spawn(sweep(registry.clone(), sweep_every, shutdown.clone()));
     tokio::spawn(probe(
@@ -228,7 +340,7 @@ pub async fn run(
     ));
     health.set_started();
     health.set_ready(true);
-    tracing::info!(address = %listener.local_addr()?, "registry listening");
+    tracing::info!(address = %listener.local_addr()?, admin = %admin.address, "registry listening");
     let drain = shutdown.clone();
     let limits = config.server.connection_limits();
     flotilla_kit::serve(listener, router, limits, async move {

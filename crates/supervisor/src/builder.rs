@@ -160,6 +160,10 @@ impl Builder {
         let mut spawner = Spawner {
             exe: self.exe.clone(),
             environment: self.environment(&data_dir),
+            platform_secret: std::env::var("FLOTILLA_IDENTITY__PLATFORM_SECRET")
+                .ok()
+                .filter(|secret| !secret.is_empty())
+                .unwrap_or_else(push_token),
             printer: printer.clone(),
             stop_timeout: self.stop_timeout,
         };
@@ -414,7 +418,8 @@ where
     }
 }
 
-/// A new secret for the services' pushes to each other: 32 random bytes, in hex.
+/// A new secret (the services' pushes to each other, the platform secret): 32 random bytes,
+/// in hex.
 fn push_token() -> String {
     rand::random::<[u8; 32]>()
         .iter()

@@ -96,16 +96,43 @@ impl Slot {
 pub(crate) struct Spawner {
     pub exe: PathBuf,
     pub environment: Vec<(String, String)>,
+    /// The platform secret of this start: the identity provider gets it, every other child
+    /// the client secret derived from it for its role ([`Spawner::identity`]).
+    pub platform_secret: String,
     pub printer: Printer,
     pub stop_timeout: Duration,
 }
 
 impl Spawner {
+    /// The identity variables of a child of `role`: the provider's platform secret, or the
+    /// child's own client (its role's name) with the secret derived for it. No child learns
+    /// another's secret.
+    pub(crate) fn identity(&self, role: Role) -> Vec<(&'static str, String)> {
+        match role {
+            Role::Idp => vec![(
+                "FLOTILLA_IDENTITY__PLATFORM_SECRET",
+                self.platform_secret.clone(),
+            )],
+            Role::Registry => Vec::new(),
+            _ => vec![
+                ("FLOTILLA_IDENTITY__CLIENT_ID", role.name().to_owned()),
+                (
+                    "FLOTILLA_IDENTITY__CLIENT_SECRET",
+                    flotilla_identity::credentials::derive_client_secret(
+                        &self.platform_secret,
+                        role.name(),
+                    ),
+                ),
+            ],
+        }
+    }
+
     fn spawn(&self, slot: &Arc<Slot>) -> std::io::Result<Child> {
         let mut command = Command::new(&self.exe);
         command
             .args(slot.args())
             .envs(self.environment.iter().map(|(k, v)| (k, v)))
+            .envs(self.identity(slot.role))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

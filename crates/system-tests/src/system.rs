@@ -144,12 +144,45 @@ impl System {
             .to_owned()
     }
 
-    /// The text `path` of the first instance of `service` answers (direct, not via the gateway).
-    pub async fn get_from(&self, service: &str, path: &str) -> String {
-        let address = self.address_of(service).await;
-        let answer = self
-            .call(Method::GET, &format!("http://{address}{path}"), &[], None)
-            .await;
+    /// The admin listener (`/metrics`, `/admin/*`) of the first instance of `service`, as it
+    /// registered it.
+    pub async fn admin_address_of(&self, service: &str) -> String {
+        let instances = self.instances(service).await;
+        instances
+            .first()
+            .and_then(|i| i["metadata"]["admin_address"].as_str())
+            .unwrap_or_else(|| panic!("an admin address of {service}"))
+            .to_owned()
+    }
+
+    /// `method path` on the admin listener of the first instance of `service`, with the
+    /// admin's token.
+    pub async fn admin(
+        &self,
+        service: &str,
+        method: Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> crate::Answer {
+        let address = self.admin_address_of(service).await;
+        let token = format!("Bearer {}", crate::token(self.data_dir(), "admin"));
+        let mut headers = vec![("authorization", token.as_str())];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        self.call(
+            method,
+            &format!("http://{address}{path}"),
+            &headers,
+            body.map(|b| b.as_bytes().to_vec()),
+        )
+        .await
+    }
+
+    /// The `/metrics` text of the first instance of `service`, read on its admin listener.
+    pub async fn metrics_of(&self, service: &str) -> String {
+        let answer = self.admin(service, Method::GET, "/metrics", None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{service}: {}", answer.body);
         answer.body.as_str().map(str::to_owned).unwrap_or_default()
     }
 

@@ -9,6 +9,10 @@ use flotilla_identity::{Grant, IdentityConfig, Idp};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The platform secret of every [`TestIdp`]: the platform clients' secrets derive from it
+/// ([`TestIdp::client_identity`]).
+pub const PLATFORM_SECRET: &str = "the test platform's secret";
+
 /// An identity provider (the shipped seed file) and a way to mint its tokens.
 #[derive(Debug)]
 pub struct TestIdp {
@@ -23,6 +27,7 @@ impl TestIdp {
         let keys = tempfile::tempdir().expect("a directory for the keys");
         let mut config = IdpConfig::default();
         config.server.data_dir = keys.path().to_path_buf();
+        config.idp.platform_secret = Some(PLATFORM_SECRET.to_owned());
         let idp = config.open().expect("the identity provider opens");
         Self { idp, _keys: keys }
     }
@@ -53,7 +58,46 @@ impl TestIdp {
         IdentityConfig {
             url: Some(url.to_owned()),
             verifier: self.idp.settings().verifier_settings(),
+            client_id: None,
+            client_secret: None,
         }
+    }
+
+    /// Like [`TestIdp::identity`], for a process that also calls others as platform client
+    /// `client_id` (its secret derived from [`PLATFORM_SECRET`], as `flotilla up` does).
+    pub fn client_identity(&self, url: &str, client_id: &str) -> IdentityConfig {
+        IdentityConfig {
+            client_id: Some(client_id.to_owned()),
+            client_secret: Some(flotilla_identity::credentials::derive_client_secret(
+                PLATFORM_SECRET,
+                client_id,
+            )),
+            ..self.identity(url)
+        }
+    }
+
+    /// A verifier of this provider's tokens with its keys at hand (no JWKS to fetch), as a
+    /// service's [`flotilla_identity::guard`] runs it.
+    pub fn verifier(&self) -> flotilla_identity::Verifier {
+        flotilla_identity::Verifier::new(
+            &self.idp.settings().verifier_settings(),
+            flotilla_identity::KeySource::Fixed(self.idp.jwks()),
+        )
+        .expect("the provider's own settings are valid")
+    }
+
+    /// A second provider on this one's signing keys, its settings changed by `change` and its
+    /// time told by `clock`: its tokens carry a good signature but what a verifier of this
+    /// provider must refuse (another issuer or audience, expired, not yet valid).
+    pub fn with_same_keys(
+        &self,
+        change: impl FnOnce(&mut flotilla_identity::IdpSettings),
+        clock: flotilla_kit::clock::Clock,
+    ) -> Idp {
+        let mut settings = self.idp.settings().clone();
+        change(&mut settings);
+        Idp::open_with_clock(settings, self.idp.credentials().clone(), clock)
+            .expect("a provider on the same keys")
     }
 
     /// A token for the seed file's user or client `name`, with its roles and every scope it

@@ -36,7 +36,7 @@ mod wait;
 pub use body::body_bytes;
 pub use consumer::{TestConsumer, assert_reason, assert_reply};
 pub use data::{TempData, memory_database};
-pub use identity::TestIdp;
+pub use identity::{PLATFORM_SECRET, TestIdp};
 pub use instance::{dead_address, serve_instance};
 pub use messaging::{DownTransport, bury, nats_stream};
 pub use postgres::{PgSchema, postgres_schema};

@@ -59,6 +59,7 @@ pub async fn register_instance_with(
             metadata,
             heartbeat: Duration::from_millis(500),
             ttl: Duration::from_millis(1_500),
+            token: None,
         },
         &Health::new(),
         shutdown,

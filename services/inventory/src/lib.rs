@@ -12,6 +12,10 @@
 //! | --- | --- |
 //! | `GET /v1/products` | the catalog with stock |
 //! | `GET /v1/products/{sku}` | one product; 404 `/problems/unknown-sku` if there is none |
+//!
+//! Every route needs a verified token ([`flotilla_identity::guard`]): a customer's passed on by
+//! the gateway, or a platform process's own (the gateway's for its public catalog route, the
+//! order service's when it prices an order). The catalog is the same for every caller.
 
 pub mod commands;
 pub mod reactions;

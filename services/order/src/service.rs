@@ -36,7 +36,6 @@ pub async fn run(
     let (service, settings) = (&config.service, &config.order);
     let discovery = service
         .instance
-        .discovery
         .discovery(&shutdown)
         .with_resilience(
             config.resilience.breaker.clone(),
@@ -64,6 +63,7 @@ pub async fn run(
         prices: Arc::new(Prices::new(Duration::from_millis(
             settings.catalog_cache_ms,
         ))),
+        customers: Arc::default(),
         relay: messaging.relay.clone(),
         style: settings.saga_style,
     };
@@ -71,7 +71,8 @@ pub async fn run(
         SERVICE,
         &service.instance,
         listener,
-        api::routes(context).merge(messaging.routes),
+        api::routes(context),
+        messaging.routes,
         shutdown,
     )
     .await;

@@ -1,6 +1,8 @@
 //! The event-sourced order service: upcasting of a stored v1 stream, time travel and the event
 //! list over HTTP, concurrent commands on one order, read models that rebuild to the same
-//! rows as the live ones, and the cancellation endpoint's answers.
+//! rows as the live ones, the cancellation endpoint's answers, and who may reach which order
+//! (every request carries a token of the test's identity provider, checked by the service's
+//! guard as in production).
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use flotilla_order::{
     Context, Database, Order, OrderError, OrderLine, OrderView, Placed, Placement, Sagas, Status,
     domain::Address,
 };
-use flotilla_testkit::{TempData, body_bytes};
+use flotilla_testkit::{TempData, TestIdp, body_bytes};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -39,13 +41,15 @@ async fn service() -> Service {
     config.service.instance.server = data.settings();
     let sagas = flotilla_order::open(&config).await.expect("database");
     let db = sagas.db.clone();
-    let router = flotilla_order::routes(Context {
+    let routes = flotilla_order::routes(Context {
         sagas: sagas.clone(),
         discovery: Discovery::fixed(Default::default(), Duration::from_secs(1)),
         prices: std::sync::Arc::new(flotilla_order::api::prices::Prices::new(Duration::ZERO)),
+        customers: std::sync::Arc::default(),
         relay: std::sync::Arc::new(tokio::sync::Notify::new()),
         style: flotilla_order::SagaStyle::Orchestration,
     });
+    let router = flotilla_identity::guard::guard(routes, Some(TestIdp::shared().verifier()));
     Service {
         sagas,
         db,
@@ -54,12 +58,34 @@ async fn service() -> Service {
     }
 }
 
+/// `Bearer <token>` of the seed file's `name`, minted once per test binary.
+fn bearer(name: &str) -> String {
+    static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut tokens = TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, token)) = tokens.iter().find(|(n, _)| n == name) {
+        return token.clone();
+    }
+    let token = TestIdp::shared().bearer(name);
+    tokens.push((name.to_owned(), token.clone()));
+    token
+}
+
 impl Service {
+    /// `GET uri` as the admin.
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
+        self.get_as("admin", uri).await
+    }
+
+    /// `GET uri` with the token of `who` (a seed file user), or none if `who` is empty.
+    async fn get_as(&self, who: &str, uri: &str) -> (StatusCode, Value) {
+        let mut request = Request::get(uri);
+        if !who.is_empty() {
+            request = request.header("authorization", bearer(who));
+        }
         let response = self
             .router
             .clone()
-            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .oneshot(request.body(Body::empty()).expect("request"))
             .await
             .expect("infallible");
         let status = response.status();
@@ -76,6 +102,12 @@ impl Service {
         body: &str,
     ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let mut request = Request::post(uri);
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("authorization"))
+        {
+            request = request.header("authorization", bearer("admin"));
+        }
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -546,4 +578,95 @@ async fn cancellation_over_http_refuses_bad_requests_and_starts_the_chosen_style
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["notifications"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_customer_reaches_their_own_orders_only_and_cannot_probe_others() {
+    let service = service().await;
+    let alices = service.place("alice", 1200).await;
+    service.approve(&alices).await;
+    let bobs = service.place("bob", 900).await;
+    let outbox_before = service.outbox_types().await;
+
+    // Alice reads her own order, its events and its notifications.
+    for path in ["", "/events", "/notifications", "?version=1"] {
+        let (status, body) = service
+            .get_as("alice", &format!("/v1/orders/{alices}{path}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    // Bob gets for Alice's order exactly what he gets for an order that does not exist.
+    let (_, unknown) = service.get_as("bob", "/v1/orders/no-such-order").await;
+    for path in ["", "/events", "/notifications", "?version=1", "?version=99"] {
+        let (status, body) = service
+            .get_as("bob", &format!("/v1/orders/{alices}{path}"))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["type"], unknown["type"], "{path}: {body}");
+        assert!(body.get("current_version").is_none(), "{path}: {body}");
+    }
+    let (status, _, body) = service
+        .post(
+            &format!("/v1/orders/{alices}/cancel"),
+            &[("authorization", &bearer("bob"))],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    // Lists are filtered by owner; naming another customer finds nothing.
+    projections::catch_up(&service.db.events)
+        .await
+        .expect("live projections");
+    let ids = |list: &Value| -> Vec<String> {
+        list["orders"]
+            .as_array()
+            .map(|orders| {
+                orders
+                    .iter()
+                    .filter_map(|o| o["order_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (status, list) = service.get_as("bob", "/v1/orders").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&list), vec![bobs.clone()]);
+    let (_, list) = service.get_as("bob", "/v1/orders?customer_id=alice").await;
+    assert_eq!(ids(&list), Vec::<String>::new());
+    let (_, list) = service.get("/v1/orders").await;
+    assert_eq!(ids(&list).len(), 2, "the admin sees every order: {list}");
+    let (status, body) = service.get_as("bob", "/v1/orders/revenue").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // Bob may not order for Alice: refused before anything is priced or stored.
+    let order = r#"{"customer_id": "alice", "items": [{"sku": "KB-001", "quantity": 1}],
+        "ship_to": {"name": "A", "street": "1 rue", "city": "Lyon", "postal_code": "69001", "country": "FR"}}"#;
+    let (status, _, body) = service
+        .post(
+            "/v1/orders",
+            &[
+                ("authorization", &bearer("bob")),
+                ("content-type", "application/json"),
+            ],
+            order,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("not-your-customer-id")),
+        "{body}"
+    );
+
+    // Without a token nothing is answered but the challenge.
+    let (status, body) = service.get_as("", &format!("/v1/orders/{bobs}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // None of that changed anything.
+    assert_eq!(service.outbox_types().await, outbox_before);
+    let (_, order) = service.get(&format!("/v1/orders/{alices}")).await;
+    assert_eq!(order["status"], "APPROVED");
+    assert!(order.get("cancellation").is_none(), "{order}");
 }

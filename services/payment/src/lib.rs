@@ -12,14 +12,20 @@
 //!
 //! | method and path | meaning |
 //! | --- | --- |
-//! | `GET /v1/accounts` | every account |
-//! | `GET /v1/accounts/{customer_id}` | one account; 404 `/problems/unknown-customer` |
-//! | `GET /v1/payments?order_id=…` | the payments of an order (`order_id` is required) |
+//! | `GET /v1/accounts` | every account (a customer's token: their own only) |
+//! | `GET /v1/accounts/{customer_id}` | one account; 404 `/problems/unknown-customer`, also for a customer asking for another's |
+//! | `GET /v1/payments?order_id=…` | the payments of an order (`order_id` is required; a customer's token: only their own) |
+//!
+//! Every route needs a verified token ([`flotilla_identity::guard`]); a customer sees their
+//! own account and payments only, an admin or a platform service everything
+//! ([`flotilla_identity::Principal::confined_to`]). Another customer's account answers as an
+//! unknown one would, so that ids cannot be probed.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use flotilla_identity::Caller;
 use flotilla_kit::{Problem, Query, ServerSettings};
 use flotilla_messaging::inbox::ByTopic;
 use flotilla_messaging::participant::{self, Items, Seed};
@@ -110,27 +116,43 @@ pub fn routes(pool: SqlitePool) -> Router {
         .with_state(pool)
 }
 
-async fn accounts(State(pool): State<SqlitePool>) -> Result<Json<Items<Account>>, Problem> {
-    let sql = "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents
-               FROM accounts ORDER BY customer_id";
-    participant::list(&pool, sql, &[]).await
+async fn accounts(
+    State(pool): State<SqlitePool>,
+    caller: Caller,
+) -> Result<Json<Items<Account>>, Problem> {
+    match caller.confined_to() {
+        None => {
+            let sql = "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents
+                       FROM accounts ORDER BY customer_id";
+            participant::list(&pool, sql, &[]).await
+        }
+        Some(me) => {
+            let sql = "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents
+                       FROM accounts WHERE customer_id = ?";
+            participant::list(&pool, sql, &[me]).await
+        }
+    }
 }
 
 async fn account(
     State(pool): State<SqlitePool>,
+    caller: Caller,
     Path(customer_id): Path<String>,
 ) -> Result<Json<Account>, Problem> {
-    let sql = "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents
-               FROM accounts WHERE customer_id = ?";
-    participant::find(&pool, sql, &customer_id, || {
+    let unknown = || {
         Problem::new(
             StatusCode::NOT_FOUND,
             "unknown-customer",
             format!("no account for customer `{customer_id}`"),
         )
         .with("customer_id", customer_id.clone())
-    })
-    .await
+    };
+    if !caller.may_see(&customer_id) {
+        return Err(unknown());
+    }
+    let sql = "SELECT customer_id, name, credit_limit_cents, held_cents, charged_cents
+               FROM accounts WHERE customer_id = ?";
+    participant::find(&pool, sql, &customer_id, unknown).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,12 +163,17 @@ struct ByOrder {
 
 async fn payments(
     State(pool): State<SqlitePool>,
+    caller: Caller,
     Query(ByOrder { order_id }): Query<ByOrder>,
 ) -> Result<Json<Items<Payment>>, Problem> {
     let sql =
         "SELECT payment_id, order_id, customer_id, amount_cents, status, created_at, updated_at
                FROM payments WHERE order_id = ? ORDER BY created_at";
-    participant::list(&pool, sql, &[&order_id]).await
+    let Json(mut payments) = participant::list(&pool, sql, &[&order_id]).await?;
+    payments
+        .items
+        .retain(|payment: &Payment| caller.may_see(&payment.customer_id));
+    Ok(Json(payments))
 }
 
 /// The payment service's consumer: saga commands (orchestration, `payment.commands`) go

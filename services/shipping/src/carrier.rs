@@ -87,7 +87,7 @@ pub enum CancelError {
     Database(#[from] sqlx::Error),
 }
 
-/// Schedules the shipment of `order_id` to `destination`, or refuses it if the country is not a
+/// Schedules the shipment of `order_id` (owned by `customer_id`, when known) to `destination`, or refuses it if the country is not a
 /// valid upper-case ISO 3166-1 alpha-2 code or is one the carrier does not serve.
 ///
 /// Idempotent: if the order has a shipment or a refusal already, answers with it and changes
@@ -96,6 +96,7 @@ pub enum CancelError {
 pub fn schedule(
     db: &Connection,
     order_id: &str,
+    customer_id: Option<&str>,
     destination: &Destination,
 ) -> Result<Scheduling, sqlx::Error> {
     if let Some(outcome) = recorded(db, order_id)? {
@@ -124,12 +125,13 @@ pub fn schedule(
         None => execute(
             db,
             "INSERT INTO shipments
-               (shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'SCHEDULED', ?, ?)
+               (shipment_id, order_id, customer_id, name, street, city, postal_code, country, status, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'SCHEDULED', ?, ?)
              ON CONFLICT (order_id) DO NOTHING",
             &[
                 &uuid::Uuid::now_v7().to_string(),
                 &order_id,
+                &customer_id,
                 &destination.name,
                 &destination.street,
                 &destination.city,

@@ -17,7 +17,12 @@ impl Handler for ShippingCommands {
     // A group runs on the borrowed handle in one round trip.
     fn handle(&self, tx: &Connection, message: &Message) -> HandlerResult {
         let reply = if let Some(command) = read::<ScheduleShipment>(message)? {
-            match carrier::schedule(tx, &command.order_id, &command.destination)? {
+            match carrier::schedule(
+                tx,
+                &command.order_id,
+                command.customer_id.as_deref(),
+                &command.destination,
+            )? {
                 Scheduling::Scheduled { shipment_id } => {
                     succeeded(message, serde_json::json!({ "shipment_id": shipment_id }))
                 }

@@ -13,12 +13,17 @@
 //!
 //! | method and path | meaning |
 //! | --- | --- |
-//! | `GET /v1/shipments?order_id=…` | the shipments of an order (`order_id` is required) |
+//! | `GET /v1/shipments?order_id=…` | the shipments of an order (`order_id` is required; a customer's token: only their own) |
 //! | `GET /v1/shipments/refused-destinations` | countries the carrier does not serve |
+//!
+//! Every route needs a verified token ([`flotilla_identity::guard`]). A shipment records its
+//! order's customer (from the saga's command or the choreographed facts); a customer sees
+//! their own shipments only, an admin or a platform service every one.
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use flotilla_identity::Caller;
 use flotilla_kit::{Problem, Query, ServerSettings};
 use flotilla_messaging::inbox::ByTopic;
 use flotilla_messaging::participant::{self, Items, Seed};
@@ -39,6 +44,8 @@ pub struct Shipment {
     pub shipment_id: String,
     /// The order shipped.
     pub order_id: String,
+    /// The order's customer (`None` for a shipment scheduled before owners were recorded).
+    pub customer_id: Option<String>,
     /// Recipient.
     pub name: String,
     /// Street and number.
@@ -114,11 +121,19 @@ struct ByOrder {
 
 async fn shipments(
     State(pool): State<SqlitePool>,
+    caller: Caller,
     Query(ByOrder { order_id }): Query<ByOrder>,
 ) -> Result<Json<Items<Shipment>>, Problem> {
-    let sql = "SELECT shipment_id, order_id, name, street, city, postal_code, country, status, created_at, updated_at
+    let sql = "SELECT shipment_id, order_id, customer_id, name, street, city, postal_code, country, status, created_at, updated_at
                FROM shipments WHERE order_id = ? ORDER BY created_at";
-    participant::list(&pool, sql, &[&order_id]).await
+    let Json(mut shipments) = participant::list(&pool, sql, &[&order_id]).await?;
+    shipments
+        .items
+        .retain(|shipment: &Shipment| match &shipment.customer_id {
+            Some(owner) => caller.may_see(owner),
+            None => caller.confined_to().is_none(),
+        });
+    Ok(Json(shipments))
 }
 
 async fn refused(

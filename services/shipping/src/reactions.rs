@@ -30,7 +30,7 @@ impl Handler for ShippingReactions {
         let fact = if let Some(fact) = read::<PaymentAuthorized>(message)? {
             let order = fact.order;
             let id = order.order_id;
-            match carrier::schedule(tx, &id, &order.destination)? {
+            match carrier::schedule(tx, &id, Some(&order.customer_id), &order.destination)? {
                 Scheduling::Scheduled { shipment_id } => ShipmentScheduled {
                     order_id: id.clone(),
                     shipment_id,

@@ -26,9 +26,11 @@ fn to(country: &str) -> Destination {
 
 /// Schedules in its own `BEGIN IMMEDIATE` transaction, as a message handler would.
 async fn schedule(pool: &SqlitePool, order_id: &str, destination: &Destination) -> Scheduling {
-    in_transaction(pool, |db| carrier::schedule(db, order_id, destination))
-        .await
-        .expect("schedule succeeds")
+    in_transaction(pool, |db| {
+        carrier::schedule(db, order_id, Some("alice"), destination)
+    })
+    .await
+    .expect("schedule succeeds")
 }
 
 /// Cancels in its own `BEGIN IMMEDIATE` transaction, committing only a success.

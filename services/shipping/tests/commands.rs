@@ -27,6 +27,7 @@ fn schedule(order_id: &str, country: &str) -> Message {
             postal_code: "69003".into(),
             country: country.into(),
         },
+        customer_id: Some("alice".into()),
     })
 }
 

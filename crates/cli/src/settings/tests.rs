@@ -23,6 +23,10 @@ struct NoFlags {}
 fn check_every_key(settings: &Settings) {
     let server = &settings.server;
     assert_eq!(server.listen, SocketAddr::from(([127, 0, 0, 1], 7171)));
+    assert_eq!(
+        server.admin_listen,
+        SocketAddr::from(([127, 0, 0, 1], 7172))
+    );
     assert_eq!(server.advertise_host, "node-7.example");
     assert_eq!(server.data_dir, PathBuf::from("/var/lib/flotilla-test"));
     assert_eq!(server.log_format, LogFormat::Json);
@@ -132,10 +136,24 @@ fn check_every_key(settings: &Settings) {
         provider.seed_file.as_deref(),
         Some(Path::new("/etc/flotilla/identity.toml"))
     );
+    assert_eq!(
+        provider.platform_secret.as_deref(),
+        Some("a platform secret of 32 characters")
+    );
+    assert_eq!(identity.client.client_id.as_deref(), Some("order"));
+    assert_eq!(
+        identity.client.client_secret.as_deref(),
+        Some("order's secret")
+    );
+    // Secrets are never printed.
+    let printed = format!("{settings:?}");
+    assert!(!printed.contains("order's secret"), "{printed}");
+    assert!(!printed.contains("a platform secret"), "{printed}");
 }
 
 const FILE: &str = r#"
 listen = "127.0.0.1:7171"
+admin_listen = "127.0.0.1:7172"
 advertise_host = "node-7.example"
 data_dir = "/var/lib/flotilla-test"
 log_format = "json"
@@ -205,10 +223,14 @@ key_file = "/etc/flotilla/keys.json"
 rotation_interval_ms = 3600000
 public_url = "http://idp.example"
 seed_file = "/etc/flotilla/identity.toml"
+platform_secret = "a platform secret of 32 characters"
+client_id = "order"
+client_secret = "order's secret"
 "#;
 
 const ENV: &[(&str, &str)] = &[
     ("FLOTILLA_LISTEN", "127.0.0.1:7171"),
+    ("FLOTILLA_ADMIN_LISTEN", "127.0.0.1:7172"),
     ("FLOTILLA_ADVERTISE_HOST", "node-7.example"),
     ("FLOTILLA_DATA_DIR", "/var/lib/flotilla-test"),
     ("FLOTILLA_LOG_FORMAT", "json"),
@@ -272,6 +294,12 @@ const ENV: &[(&str, &str)] = &[
         "FLOTILLA_IDENTITY__SEED_FILE",
         "/etc/flotilla/identity.toml",
     ),
+    (
+        "FLOTILLA_IDENTITY__PLATFORM_SECRET",
+        "a platform secret of 32 characters",
+    ),
+    ("FLOTILLA_IDENTITY__CLIENT_ID", "order"),
+    ("FLOTILLA_IDENTITY__CLIENT_SECRET", "order's secret"),
 ];
 
 /// Runs `test` in a jail whose environment holds no `FLOTILLA_*` variable of the caller.
@@ -387,6 +415,16 @@ fn a_bad_value_names_its_key_in_every_section() {
             "FLOTILLA_IDENTITY__TOKEN_LIFETIME_MS",
             "0",
             "token_lifetime_ms",
+        ),
+        (
+            "FLOTILLA_IDENTITY__PLATFORM_SECRET",
+            "short",
+            "platform_secret",
+        ),
+        (
+            "FLOTILLA_IDENTITY__CLIENT_ID",
+            "order",
+            "identity.client_secret",
         ),
         // Values of the wrong type.
         ("FLOTILLA_TTL_MS", "soon", "ttl_ms"),

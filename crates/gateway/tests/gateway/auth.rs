@@ -218,8 +218,9 @@ async fn roles_and_scopes_are_403_when_the_token_lacks_them() {
 #[tokio::test]
 async fn a_public_route_needs_no_token_and_identity_headers_never_pass() {
     let (harness, hits, _registration) = gateway().await;
+    let bob = TestIdp::shared().bearer("bob");
     let spoofed = [
-        ("authorization", ""),
+        ("authorization", bob.as_str()),
         ("x-user-id", "admin"),
         ("x-forwarded-user", "admin"),
         ("x-flotilla-subject", "admin"),
@@ -234,6 +235,16 @@ async fn a_public_route_needs_no_token_and_identity_headers_never_pass() {
             "{name} reached the service: {headers:?}"
         );
     }
+    // The client's token, unchecked on a public route, is not passed on: the gateway calls
+    // with its own, which the service verifies like any other.
+    let sent = headers["authorization"].as_str().expect("a token");
+    let token = sent.strip_prefix("Bearer ").expect("a bearer token");
+    let principal = TestIdp::shared()
+        .verifier()
+        .verify_now(token)
+        .expect("the gateway's token verifies");
+    assert_eq!(principal.subject, "gateway");
+    assert!(principal.has_role("service"));
     // On a protected route the token travels on to the service, which checks it again.
     let alice = TestIdp::shared().bearer("alice");
     let (status, _, body) = harness
@@ -247,4 +258,130 @@ async fn a_public_route_needs_no_token_and_identity_headers_never_pass() {
     assert!(body["headers"].get("x-user-id").is_none(), "{body}");
     assert_eq!(hits.load(Ordering::SeqCst), 2);
     let _ = Method::GET;
+}
+
+#[tokio::test]
+async fn the_admin_listener_needs_an_operators_token_and_the_public_port_has_no_admin() {
+    let (harness, hits, _registration) = gateway().await;
+    let admin = harness.admin().await;
+    let customer = TestIdp::shared().bearer("alice");
+    let operator = TestIdp::shared().bearer("admin");
+    let service = TestIdp::shared().bearer("order");
+    let force = r#"{"state": "open"}"#;
+    let url = format!("{admin}/admin/breakers/order/force");
+    for (credential, status) in [
+        ("", StatusCode::UNAUTHORIZED),
+        ("Bearer not.a.token", StatusCode::UNAUTHORIZED),
+        (customer.as_str(), StatusCode::FORBIDDEN),
+        (service.as_str(), StatusCode::FORBIDDEN),
+    ] {
+        let (actual, _, body) = call(
+            Method::PUT,
+            &url,
+            &[
+                ("authorization", credential),
+                ("content-type", "application/json"),
+            ],
+            force.as_bytes().to_vec(),
+        )
+        .await;
+        assert_eq!(actual, status, "{credential:?}: {body}");
+    }
+    // Metrics need `metrics:read` (admins and platform services), not a customer's token.
+    for (credential, status) in [
+        ("", StatusCode::UNAUTHORIZED),
+        (customer.as_str(), StatusCode::FORBIDDEN),
+        (service.as_str(), StatusCode::OK),
+        (operator.as_str(), StatusCode::OK),
+    ] {
+        let (actual, _, _) = call_text(
+            Method::GET,
+            &format!("{admin}/metrics"),
+            &[("authorization", credential)],
+            "",
+        )
+        .await;
+        assert_eq!(actual, status, "{credential:?}");
+    }
+    // The public port serves neither, whatever the token.
+    for path in ["/admin/breakers", "/metrics"] {
+        let (status, _, body) = get_as(&harness, path, &operator).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    // None of that forced the breaker open: a call still reaches the upstream.
+    let (status, _, body) = harness.get("/v1/orders/1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let (status, _, body) = harness.get_admin("/admin/breakers").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["order"]["state"], "closed", "{body}");
+}
+
+#[tokio::test]
+async fn well_signed_tokens_with_bad_claims_or_a_retired_key_are_401_and_reach_nothing() {
+    use flotilla_kit::clock::{Clock, now_micros};
+    let (harness, hits, _registration) = gateway().await;
+    let shared = TestIdp::shared();
+    let hour = 3_600 * 1_000_000;
+    let alice = |idp: &flotilla_identity::Idp| {
+        let account = idp.credentials().user("alice").expect("alice");
+        idp.issue(flotilla_identity::Grant::for_account(account))
+            .expect("a token")
+            .access_token
+    };
+    // Signed with the provider's own key, so only the claims are wrong.
+    let expired = alice(&shared.with_same_keys(|_| {}, Clock::manual(now_micros() - hour)));
+    let early = alice(&shared.with_same_keys(|_| {}, Clock::manual(now_micros() + hour)));
+    let issuer = alice(&shared.with_same_keys(
+        |settings| settings.issuer = "someone-else".to_owned(),
+        Clock::system(),
+    ));
+    let audience = alice(&shared.with_same_keys(
+        |settings| settings.audiences = vec!["another-api".to_owned()],
+        Clock::system(),
+    ));
+    for (case, token, kind) in [
+        ("expired", expired, "token-expired"),
+        ("not yet valid", early, "token-not-yet-valid"),
+        ("wrong issuer", issuer, "token-wrong-issuer"),
+        ("wrong audience", audience, "token-wrong-audience"),
+    ] {
+        let answer = get_as(&harness, "/v1/orders/1", &format!("Bearer {token}")).await;
+        assert_refused(&answer, kind, &hits, case);
+    }
+
+    // A provider of its own (its keys are not the shared one's) rotates its key and retires
+    // the old one: a token of the retired key is refused, a token of the new one passes.
+    let own = TestIdp::open();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let url = own.serve(&shutdown).await;
+    let mut config = flotilla_gateway::Config::default();
+    config.instance.identity = own.identity(&url);
+    // A new kid is looked up at most once per interval: a short one, for the test.
+    config.instance.identity.verifier.jwks_refetch_interval_ms = 100;
+    let rotating = harness_with_routes(config, ROUTES).await;
+    let address = serve_instance(Router::new().fallback(|| async { "ok" })).await;
+    let _order = register(&rotating, "order", &address).await;
+    let before = own.bearer("alice");
+    wait_for_with(&rotating, "/v1/orders/1", &before, StatusCode::OK).await;
+    let old = own.idp.current_kid();
+    let new = own.idp.rotate().await.expect("rotated");
+    own.idp.retire(&old).await.expect("retired");
+    let after = own.bearer("alice");
+    // Past one refetch interval the gateway may fetch the keys again, and learns the new one.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let (status, _, body) = get_as(&rotating, "/v1/orders/1", &after).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a token of the new key {new}: {body}"
+    );
+    let (status, _, body) = get_as(&rotating, "/v1/orders/1", &before).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a token of the retired key: {body}"
+    );
+    assert_eq!(body["type"], "/problems/token-unknown-kid", "{body}");
+    shutdown.cancel();
 }

@@ -211,13 +211,7 @@ breaker = { window = { kind = "count", calls = 1000 }, minimum_calls = 1000 }
         "an ejected instance gets nothing"
     );
 
-    let (_, _, metrics) = call_text(
-        http::Method::GET,
-        &format!("{}/metrics", harness.gateway),
-        &[],
-        "",
-    )
-    .await;
+    let metrics = harness.metrics().await;
     assert!(
         metrics.contains("upstream_ejections_total{service=\"catalog\"} 1"),
         "{metrics}"

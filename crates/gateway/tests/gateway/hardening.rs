@@ -184,7 +184,7 @@ async fn long_polls_are_not_slow_calls_for_the_breaker() {
     let harness = harness_with(config).await.with_upstream().await;
     let waited = format!("{}/v1/orders/waited", harness.gateway);
     let state = || async {
-        let (_, _, body) = harness.get("/admin/breakers").await;
+        let (_, _, body) = harness.get_admin("/admin/breakers").await;
         body["order"]["state"]
             .as_str()
             .unwrap_or_default()
@@ -249,7 +249,7 @@ async fn operators_force_and_reconfigure_breakers_at_run_time() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["type"], "/problems/invalid-breaker-config");
-    let (_, _, body) = harness.get("/admin/breakers").await;
+    let (_, _, body) = harness.get_admin("/admin/breakers").await;
     assert_eq!(
         body["order"]["config"]["minimum_calls"], 3,
         "the refused change changed nothing"

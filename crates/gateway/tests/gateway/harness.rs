@@ -79,16 +79,58 @@ impl Harness {
         (headers, body)
     }
 
-    /// `PUT /admin/breakers{path}` with the JSON `body`.
+    /// The base URL of the gateway's admin listener, as it registered it (`admin_address`).
+    pub(crate) async fn admin(&self) -> String {
+        let url = format!("{}/v1/registry/services", self.registry);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, _, catalog) =
+                call(Method::GET, &url, &[("authorization", "")], Vec::new()).await;
+            if let Some(address) =
+                catalog["services"]["gateway"][0]["metadata"]["admin_address"].as_str()
+            {
+                return format!("http://{address}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the gateway never registered: {catalog}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `GET path` on the gateway's admin listener with an admin's token.
+    pub(crate) async fn get_admin(&self, path: &str) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let admin = TestIdp::shared().bearer("admin");
+        let url = format!("{}{path}", self.admin().await);
+        call(Method::GET, &url, &[("authorization", &admin)], Vec::new()).await
+    }
+
+    /// The gateway's `/metrics`, read on its admin listener with an admin's token.
+    pub(crate) async fn metrics(&self) -> String {
+        let admin = TestIdp::shared().bearer("admin");
+        let url = format!("{}/metrics", self.admin().await);
+        let (status, _, text) =
+            call_text(Method::GET, &url, &[("authorization", &admin)], "").await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        text
+    }
+
+    /// `PUT /admin/breakers{path}` with the JSON `body`, on the admin listener with an admin's
+    /// token.
     pub(crate) async fn put_admin(
         &self,
         path: &str,
         body: &str,
     ) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let admin = TestIdp::shared().bearer("admin");
         call(
             Method::PUT,
-            &format!("{}/admin/breakers{path}", self.gateway),
-            &[("content-type", "application/json")],
+            &format!("{}/admin/breakers{path}", self.admin().await),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &admin),
+            ],
             body.as_bytes().to_vec(),
         )
         .await
@@ -113,9 +155,13 @@ pub(crate) async fn harness_with(mut config: Config) -> Harness {
     // Slow probes: what is under test is the gateway's own handling of dead instances.
     let registry = start_registry(60_000, &shutdown).await;
 
-    // The routes need tokens: the identity provider every test of this binary shares.
-    let identity = TestIdp::shared().serve(&shutdown).await;
-    config.identity = TestIdp::shared().identity(&identity);
+    // The routes need tokens: unless the test brings a provider of its own, the one every
+    // test of this binary shares, with the gateway's own client too (public routes go on with
+    // the gateway's token, as under `up`).
+    if config.instance.identity.url.is_none() {
+        let identity = TestIdp::shared().serve(&shutdown).await;
+        config.instance.identity = TestIdp::shared().client_identity(&identity, "gateway");
+    }
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let gateway = format!("http://{}", listener.local_addr().expect("addr"));
@@ -133,22 +179,17 @@ pub(crate) async fn harness_with(mut config: Config) -> Harness {
 /// A registry and a gateway serving the route file `routes`, with its queue and the operator
 /// API on, a 2 s deadline and retries after 1 ms.
 pub(crate) async fn harness_routes(routes: &str) -> Harness {
-    harness_routes_with(routes, |_| {}).await
+    harness_with_routes(Config::default(), routes).await
 }
 
-/// [`harness_routes`], with `configure` changing the gateway's configuration first.
-pub(crate) async fn harness_routes_with(
-    routes: &str,
-    configure: impl FnOnce(&mut Config),
-) -> Harness {
+/// [`harness_routes`] over `config` (an identity provider of the test's own, say).
+pub(crate) async fn harness_with_routes(mut config: Config, routes: &str) -> Harness {
     let (data, file) = route_file(routes);
-    let mut config = Config::default();
     config.instance.discovery.request_timeout_ms = 2_000;
     config.instance.server.data_dir = data.path().to_path_buf();
     config.resilience.retry.base_delay_ms = 1;
     config.gateway.routes_file = Some(file);
     config.gateway.admin_api = true;
-    configure(&mut config);
     let mut harness = harness_with(config).await;
     harness.data = Some(data);
     harness
@@ -167,6 +208,30 @@ pub(crate) async fn call_text(
         headers,
         String::from_utf8_lossy(&bytes).into_owned(),
     )
+}
+
+/// Waits until `GET path` with `authorization` through the gateway answers `status`, for at
+/// most 10 s.
+pub(crate) async fn wait_for_with(
+    harness: &Harness,
+    path: &str,
+    authorization: &str,
+    status: StatusCode,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (actual, _, body) = harness
+            .get_with(path, &[("authorization", authorization)])
+            .await;
+        if actual == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{path}` still answers {actual}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until `GET path` through the gateway answers `status` (the registry's news takes a

@@ -72,7 +72,9 @@ pub(crate) async fn gateway_over(
     address: &str,
     configure: impl FnOnce(&mut Config),
 ) -> (Harness, flotilla_discovery::Registration) {
-    let harness = harness_routes_with(routes, configure).await;
+    let mut config = Config::default();
+    configure(&mut config);
+    let harness = harness_with_routes(config, routes).await;
     let registration = register(&harness, "order", address).await;
     wait_for(&harness, "/v1/ready", StatusCode::OK).await;
     (harness, registration)

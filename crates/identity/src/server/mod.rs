@@ -31,16 +31,27 @@ pub use idp::{Grant, Idp, Token};
 pub use oauth::{Form, MAX_FORM_BYTES, OAuthError, client_credentials};
 pub use settings::IdpSettings;
 
+/// The token endpoint's path.
+pub const TOKEN_PATH: &str = "/oauth2/token";
+
 use crate::keys::KeyError;
 use crate::verify::bearer_from_headers;
 
-/// The identity provider's routes over `idp`.
+/// The identity provider's public routes over `idp`: the token endpoint, the JWKS and the
+/// discovery documents.
 pub fn routes(idp: Idp) -> Router {
     Router::new()
-        .route("/oauth2/token", post(token))
+        .route(TOKEN_PATH, post(token))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(metadata))
         .route("/.well-known/oauth-authorization-server", get(metadata))
+        .with_state(idp)
+}
+
+/// The identity provider's admin routes over `idp` (key rotation and retirement), for its
+/// admin listener; each also checks for an admin token itself.
+pub fn admin_routes(idp: Idp) -> Router {
+    Router::new()
         .route("/admin/keys/rotate", post(rotate))
         .route("/admin/keys/{kid}", delete(retire))
         .with_state(idp)
@@ -118,7 +129,7 @@ async fn metadata(State(idp): State<Idp>, headers: HeaderMap) -> Response {
     let scopes: Vec<&str> = idp.credentials().scopes().collect();
     let document = json!({
         "issuer": idp.settings().issuer,
-        "token_endpoint": format!("{base}/oauth2/token"),
+        "token_endpoint": format!("{base}{TOKEN_PATH}"),
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": ["password", "client_credentials"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

@@ -9,7 +9,7 @@ use crate::verify::VerifierSettings;
 use crate::verify::check_trust;
 
 /// The identity provider's settings. Durations are in milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct IdpSettings {
     /// The `iss` of every token: a stable name, not the listening address (the port may change
@@ -36,6 +36,12 @@ pub struct IdpSettings {
     /// The seed file of users and clients (`flotilla run idp` reads it); `None`: the shipped
     /// one, `config/identity.toml`.
     pub seed_file: Option<PathBuf>,
+    /// The platform secret (`identity.platform_secret`): a client with the `service` role may
+    /// also authenticate with the secret derived from it for its id
+    /// ([`derive_client_secret`](crate::credentials::derive_client_secret)). `flotilla up`
+    /// makes one anew at each start. Never serialised nor printed.
+    #[serde(skip_serializing)]
+    pub platform_secret: Option<String>,
 }
 
 impl Default for IdpSettings {
@@ -50,7 +56,28 @@ impl Default for IdpSettings {
             public_url: None,
             jwks_max_age_ms: 300_000,
             seed_file: None,
+            platform_secret: None,
         }
+    }
+}
+
+impl std::fmt::Debug for IdpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdpSettings")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("token_lifetime_ms", &self.token_lifetime_ms)
+            .field("key_file", &self.key_file)
+            .field("rotation_interval_ms", &self.rotation_interval_ms)
+            .field("max_clock_skew_ms", &self.max_clock_skew_ms)
+            .field("public_url", &self.public_url)
+            .field("jwks_max_age_ms", &self.jwks_max_age_ms)
+            .field("seed_file", &self.seed_file)
+            .field(
+                "platform_secret",
+                &self.platform_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
     }
 }
 
@@ -81,6 +108,12 @@ impl Section for IdpSettings {
         }
         if self.jwks_max_age_ms == 0 {
             return Err(Invalid::new("jwks_max_age_ms", "must be positive"));
+        }
+        if self.platform_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(Invalid::new(
+                "platform_secret",
+                "must be at least 16 characters",
+            ));
         }
         Ok(())
     }

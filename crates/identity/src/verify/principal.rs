@@ -38,6 +38,38 @@ impl std::fmt::Debug for Principal {
 }
 
 impl Principal {
+    /// Whose data the caller may see and act on: `None` for everyone's (an `admin`, or a
+    /// platform process with the `service` role calling on its own behalf), `Some(customer
+    /// id)` for that customer's own only (every other caller: its subject is the customer id
+    /// the services use).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use flotilla_identity::Principal;
+    /// let caller = |roles: &[&str]| Principal {
+    ///     subject: "alice".into(), client_id: None,
+    ///     roles: roles.iter().map(|r| r.to_string()).collect(),
+    ///     scopes: vec![], expires_at: 0, token_id: None, token: Arc::from(""),
+    /// };
+    /// assert_eq!(caller(&["customer"]).confined_to(), Some("alice"));
+    /// assert_eq!(caller(&["admin"]).confined_to(), None);
+    /// assert_eq!(caller(&["service"]).confined_to(), None);
+    /// assert_eq!(caller(&[]).confined_to(), Some("alice"));
+    /// ```
+    pub fn confined_to(&self) -> Option<&str> {
+        let everything = self
+            .roles
+            .iter()
+            .any(|role| role == "admin" || role == crate::credentials::SERVICE_ROLE);
+        (!everything).then_some(self.subject.as_str())
+    }
+
+    /// Whether the caller may see and act on what belongs to customer `owner`
+    /// ([`confined_to`](Self::confined_to)).
+    pub fn may_see(&self, owner: &str) -> bool {
+        self.confined_to().is_none_or(|me| me == owner)
+    }
+
     /// Whether the token carries role `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)

@@ -202,7 +202,10 @@ impl TestIdp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let router = flotilla_identity::routes(idp.clone());
+        // The admin routes beside the public ones (the process serves them on its admin
+        // listener): these tests are about what the handlers do.
+        let router = flotilla_identity::routes(idp.clone())
+            .merge(flotilla_identity::server::admin_routes(idp.clone()));
         let stop = shutdown.clone();
         tokio::spawn(async move {
             axum::serve(listener, router)

@@ -25,35 +25,23 @@ fn quick_breaker<'a>(probes: &'a str, more: &[(&'a str, &'a str)]) -> Vec<(&'a s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers() {
     let system = System::start_env(&quick_breaker("2", &[])).await;
-    let address = system.address_of("inventory").await;
     let upstream_hits = || async {
-        let metrics = system
-            .call(Method::GET, &format!("http://{address}/metrics"), &[], None)
-            .await;
-        let text = metrics.body.as_str().unwrap_or_default().to_owned();
+        let text = system.metrics_of("inventory").await;
         sample(
             &text,
             "http_server_requests_total",
             &["route=\"/v1/products/{sku}\""],
         )
     };
-    let gateway_metrics = || async {
-        system
-            .get("/metrics")
-            .await
-            .body
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let gateway_metrics = || async { system.metrics_of("gateway").await };
 
-    // Inventory fails every request.
+    // Inventory fails every request (set on its admin listener, with an admin's token).
     let faults = system
-        .call(
+        .admin(
+            "inventory",
             Method::PUT,
-            &format!("http://{address}/admin/faults"),
-            &[("content-type", "application/json")],
-            Some(br#"{"failure_percent": 100}"#.to_vec()),
+            "/admin/faults",
+            Some(r#"{"failure_percent": 100}"#),
         )
         .await;
     assert_eq!(faults.status, StatusCode::OK, "{:?}", faults.body);
@@ -115,12 +103,7 @@ async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers
 
     // The fault is removed; after the wait, trial calls go through and close the breaker.
     let cleared = system
-        .call(
-            Method::DELETE,
-            &format!("http://{address}/admin/faults"),
-            &[],
-            None,
-        )
+        .admin("inventory", Method::DELETE, "/admin/faults", None)
         .await;
     assert_eq!(cleared.status, StatusCode::NO_CONTENT);
     eventually(
@@ -182,19 +165,11 @@ async fn writes_queued_while_the_breaker_is_open_are_replayed_in_order_exactly_o
         &[("FLOTILLA_QUEUE_FOR_LATER", "[\"order\"]")],
     ))
     .await;
-    let address = system.address_of("order").await;
     let system = &system;
-    let faults_url = format!("http://{address}/admin/faults");
-    let faults_url = &faults_url;
     let set_faults = |percent: u8| async move {
-        let body = format!("{{\"failure_percent\": {percent}}}").into_bytes();
+        let body = format!("{{\"failure_percent\": {percent}}}");
         system
-            .call(
-                Method::PUT,
-                faults_url,
-                &[("content-type", "application/json")],
-                Some(body),
-            )
+            .admin("order", Method::PUT, "/admin/faults", Some(&body))
             .await
     };
     assert_eq!(set_faults(100).await.status, StatusCode::OK);

@@ -5,6 +5,7 @@
 //! `FLOTILLA_TEST_NATS_URL` or a server on `nats://127.0.0.1:4222`; without one they skip,
 //! saying so, outside CI).
 
+mod access;
 mod breaker;
 mod live_check;
 mod messaging;

@@ -83,13 +83,16 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
     assert_eq!(other.body["type"], "/problems/idempotency-key-reused");
     assert_eq!(system.count_orders().await, 2);
 
-    // Every process serves its probes and Prometheus metrics; the gateway's count what it did:
+    // Every process serves its probes, and Prometheus metrics on its admin listener; the
+    // gateway's count what it did:
     // its own endpoints as every process does, the proxied requests by route.
     for probe in ["/livez", "/readyz", "/startupz"] {
         assert_eq!(system.get(probe).await.status, StatusCode::OK, "{probe}");
     }
-    let metrics = system.get("/metrics").await;
-    let text = metrics.body.as_str().expect("text exposition");
+    // Metrics live on the admin listener, behind a token; the public port has none.
+    assert_eq!(system.get("/metrics").await.status, StatusCode::NOT_FOUND);
+    let text = system.metrics_of("gateway").await;
+    let text = text.as_str();
     assert!(
         text.lines()
             .any(|l| l.starts_with("http_server_requests_total")
@@ -196,7 +199,7 @@ async fn an_order_placed_through_the_gateway_is_stored_and_readable() {
     let revenue = system.get("/v1/orders/revenue").await;
     assert_eq!(revenue.body["days"][0]["placed_orders"], 2);
     assert_eq!(revenue.body["days"][0]["approved_orders"], 2);
-    let metrics = system.get_from("order", "/metrics").await;
+    let metrics = system.metrics_of("order").await;
     assert!(
         metrics.contains("eventstore_projection_lag_events{projection=\"order_summaries\"} 0"),
         "{metrics}"

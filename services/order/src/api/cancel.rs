@@ -6,11 +6,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use flotilla_identity::Caller;
 use flotilla_kit::Problem;
 use serde::Deserialize;
 
 use super::context::Context;
 use super::headers::{prefer_wait, saga_style};
+use super::owner::visible;
 use super::waiting::{accepted, final_state, wait_for};
 use crate::domain::{Cancellation, OrderError};
 use crate::sagas::Cancelling;
@@ -27,10 +29,12 @@ pub const MAX_REASON: usize = 500;
 
 pub(super) async fn cancel(
     State(context): State<Context>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
+    visible(&context, &caller, &id).await?;
     let style = saga_style(&headers, context.style)?;
     let request: CancelRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CancelRequest::default()

@@ -6,6 +6,7 @@ use flotilla_discovery::Discovery;
 use flotilla_saga::SagaStyle;
 use tokio::sync::Notify;
 
+use super::customers::Customers;
 use super::prices::Prices;
 use crate::sagas::Sagas;
 
@@ -18,6 +19,8 @@ pub struct Context {
     pub discovery: Discovery,
     /// The catalog prices read from the inventory lately.
     pub prices: Arc<Prices>,
+    /// The customers known to have an account (checked before an order is stored).
+    pub customers: Arc<Customers>,
     /// Wakes the outbox relay once a new order's first saga command is committed.
     pub relay: Arc<Notify>,
     /// The saga style of requests that do not choose one.

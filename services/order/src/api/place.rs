@@ -4,12 +4,14 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use flotilla_identity::Caller;
 use flotilla_kit::{Json, Problem};
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
 
 use super::context::Context;
 use super::headers::{idempotency_key, prefer_wait, saga_style};
+use super::owner::customer_of;
 use super::pricing::price;
 use super::waiting::{respond, respond_with};
 use crate::domain::{OrderLine, PlaceOrder};
@@ -18,9 +20,11 @@ use crate::store;
 
 pub(super) async fn place(
     State(context): State<Context>,
+    caller: Caller,
     headers: HeaderMap,
-    Json(request): Json<PlaceOrder>,
+    Json(mut request): Json<PlaceOrder>,
 ) -> Result<Response, Problem> {
+    request.customer_id = customer_of(&caller, &request.customer_id)?;
     let key = idempotency_key(&headers)?;
     let style = saga_style(&headers, context.style)?;
     let hash = hex(&Sha256::digest(
@@ -34,6 +38,10 @@ pub(super) async fn place(
     }
     let order = request.validate()?;
     let prices = price(&context.discovery, &context.prices, &order).await?;
+    context
+        .customers
+        .ensure(&context.discovery, &order.customer_id)
+        .await?;
     let order_id = uuid::Uuid::now_v7().to_string();
     let lines = order
         .items

@@ -3,12 +3,14 @@
 
 use axum::extract::{Path, State};
 use flotilla_eventstore::AsOf;
+use flotilla_identity::Caller;
 use flotilla_kit::{Problem, Query};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::context::Context;
+use super::owner::{staff_only, visible};
 use super::waiting::OrderView;
 use crate::domain::{Order, Status};
 use crate::store::{self, Summary, notifications};
@@ -23,9 +25,11 @@ pub(super) struct AsOfQuery {
 
 pub(super) async fn fetch(
     State(context): State<Context>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<AsOfQuery>,
 ) -> Result<axum::Json<OrderView>, Problem> {
+    visible(&context, &caller, &id).await?;
     let events = &context.sagas.db.events;
     let internal = |e: flotilla_eventstore::Error| Problem::internal(&e);
     let loaded = match (query.version, query.at) {
@@ -109,8 +113,10 @@ pub struct EventList {
 
 pub(super) async fn events(
     State(context): State<Context>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<EventList>, Problem> {
+    visible(&context, &caller, &id).await?;
     let events = context
         .sagas
         .db
@@ -147,6 +153,7 @@ pub struct OrderList {
 
 pub(super) async fn list(
     State(context): State<Context>,
+    caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<OrderList>, Problem> {
     let status = match query.status.as_deref() {
@@ -165,14 +172,17 @@ pub(super) async fn list(
             format!("`limit` must be 1 to {MAX_LIST}"),
         ));
     }
-    let orders = store::list(
-        &context.sagas.db.pool,
-        query.customer_id.as_deref(),
-        status,
-        limit,
-    )
-    .await
-    .map_err(|e| Problem::internal(&e))?;
+    // A customer lists their own orders: asking for another's finds none.
+    let customer = match (caller.confined_to(), query.customer_id.as_deref()) {
+        (Some(me), Some(named)) if named != me => {
+            return Ok(axum::Json(OrderList { orders: Vec::new() }));
+        }
+        (Some(me), _) => Some(me),
+        (None, named) => named,
+    };
+    let orders = store::list(&context.sagas.db.pool, customer, status, limit)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
     Ok(axum::Json(OrderList { orders }))
 }
 
@@ -192,8 +202,10 @@ pub struct RevenueReport {
 
 pub(super) async fn revenue(
     State(context): State<Context>,
+    caller: Caller,
     Query(query): Query<RevenueQuery>,
 ) -> Result<axum::Json<RevenueReport>, Problem> {
+    staff_only(&caller, "the revenue report")?;
     let day = |name: &str, value: &Option<String>| -> Result<(), Problem> {
         let format = time::macros::format_description!("[year]-[month]-[day]");
         match value {
@@ -227,8 +239,10 @@ pub struct NotificationList {
 
 pub(super) async fn notifications_of(
     State(context): State<Context>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<NotificationList>, Problem> {
+    visible(&context, &caller, &id).await?;
     let exists = context
         .sagas
         .db

@@ -17,7 +17,9 @@ pub const MAX_QUANTITY: i64 = 1_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
-    /// The ordering customer.
+    /// The ordering customer. A customer's token may leave it out (it is then theirs); an
+    /// admin's must name it.
+    #[serde(default)]
     pub customer_id: String,
     /// What to order.
     pub items: Vec<ItemRequest>,

@@ -125,6 +125,7 @@ impl PlaceOrderSaga {
                     command(&ScheduleShipment {
                         order_id: d.order_id.clone(),
                         destination: d.destination.clone(),
+                        customer_id: Some(d.customer_id.clone()),
                     })
                 },
                 Some(|d| {
