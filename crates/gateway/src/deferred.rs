@@ -7,7 +7,9 @@
 //!   gateway dies between sending a replay and recording it, the replay is sent again and the
 //!   service answers it as the same request.
 //! * The client gets `202 Accepted`, `Location: /v1/deferred/{id}`; `GET /v1/deferred/{id}` says
-//!   `QUEUED`, or `REPLAYED` with the service's answer.
+//!   `QUEUED`, or `REPLAYED` with the service's answer. It needs a token: the caller whose token
+//!   the request carried (its subject is recorded as the request's owner), or an admin; anyone
+//!   else gets the 404 of an unknown id.
 //! * Stored in the gateway's own database (`<data_dir>/gateway.db`) in the same shape as it came.
 //! * The replayer takes the oldest queued request of a service and asks the breaker to admit it
 //!   (so, once the open wait is over, the queued requests are the half-open trial calls); it
@@ -24,6 +26,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use flotilla_identity::Verifier;
+use flotilla_identity::verify::bearer_from_headers;
 use flotilla_kit::Problem;
 use serde::Serialize;
 use sqlx::SqlitePool;
@@ -46,6 +50,8 @@ pub struct Queued {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// The subject of the verified token the request carried (`None` on a public route).
+    pub owner: Option<String>,
 }
 
 /// The queue, in the gateway's database.
@@ -95,8 +101,8 @@ impl Deferred {
             .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
             .collect();
         sqlx::query(
-            "INSERT INTO deferred (deferred_id, service, method, path_and_query, headers, body, state, queued_at)
-             VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?)",
+            "INSERT INTO deferred (deferred_id, service, method, path_and_query, headers, body, state, queued_at, owner)
+             VALUES (?, ?, ?, ?, ?, ?, 'QUEUED', ?, ?)",
         )
         .bind(&request.deferred_id)
         .bind(&request.service)
@@ -105,6 +111,7 @@ impl Deferred {
         .bind(serde_json::to_string(&headers).unwrap_or_default())
         .bind(request.body.as_ref())
         .bind(clock::now_rfc3339())
+        .bind(request.owner.as_deref())
         .execute(&self.pool)
         .await?;
         self.queued.notify_waiters();
@@ -113,15 +120,16 @@ impl Deferred {
 
     /// The oldest queued request of `service`.
     pub async fn next(&self, service: &str) -> Result<Option<Queued>, sqlx::Error> {
-        let row: Option<(String, String, String, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT deferred_id, method, path_and_query, headers, body FROM deferred
+        let row: Option<(String, String, String, String, Vec<u8>, Option<String>)> =
+            sqlx::query_as(
+                "SELECT deferred_id, method, path_and_query, headers, body, owner FROM deferred
              WHERE service = ? AND state = 'QUEUED' ORDER BY seq LIMIT 1",
-        )
-        .bind(service)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(
-            row.map(|(deferred_id, method, path_and_query, headers, body)| {
+            )
+            .bind(service)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(
+            |(deferred_id, method, path_and_query, headers, body, owner)| {
                 let pairs: Vec<(String, String)> =
                     serde_json::from_str(&headers).unwrap_or_default();
                 let headers = pairs
@@ -140,9 +148,10 @@ impl Deferred {
                     path_and_query,
                     headers,
                     body: Bytes::from(body),
+                    owner,
                 }
-            }),
-        )
+            },
+        ))
     }
 
     /// Records the service's answer to a replay.
@@ -170,12 +179,23 @@ impl Deferred {
         self.services.as_ref().clone()
     }
 
-    /// `GET /v1/deferred/{id}`.
-    pub fn routes(&self) -> Router {
+    /// `GET /v1/deferred/{id}`, for the request's owner or an admin, checked with `verifier`
+    /// (without one, every request is refused with 503).
+    pub fn routes(&self, verifier: Option<Verifier>) -> Router {
         Router::new()
             .route("/v1/deferred/{id}", get(show))
-            .with_state(self.clone())
+            .with_state(Viewing {
+                deferred: self.clone(),
+                verifier,
+            })
     }
+}
+
+/// What `GET /v1/deferred/{id}` is given.
+#[derive(Debug, Clone)]
+struct Viewing {
+    deferred: Deferred,
+    verifier: Option<Verifier>,
 }
 
 /// A queued request's state, as `GET /v1/deferred/{id}` shows it.
@@ -194,25 +214,46 @@ struct View {
     response_status: Option<i64>,
     #[serde(skip)]
     response_body: Option<Vec<u8>>,
+    #[serde(skip)]
+    owner: Option<String>,
     /// The service's answer to the replay: `{status, body}` (body as JSON when it is JSON).
     #[sqlx(skip)]
     response: Option<BTreeMap<&'static str, serde_json::Value>>,
 }
 
 async fn show(
-    State(deferred): State<Deferred>,
+    State(viewing): State<Viewing>,
     Path(id): Path<String>,
-) -> Result<axum::Json<View>, Problem> {
+    headers: HeaderMap,
+) -> Result<axum::Json<View>, Response> {
+    let Some(verifier) = &viewing.verifier else {
+        return Err(Problem::unavailable(
+            "no-identity-provider",
+            "a queued request's outcome is shown to its owner, and the gateway has no identity provider to tell who calls",
+        )
+        .into_response());
+    };
+    let principal = match bearer_from_headers(&headers) {
+        Ok(token) => verifier.verify(token).await,
+        Err(error) => Err(error),
+    }
+    .map_err(IntoResponse::into_response)?;
+    let unknown = || Problem::not_found(format!("no deferred request `{id}`")).into_response();
     let mut view: View = sqlx::query_as(
         "SELECT deferred_id, service, method, path_and_query, state, queued_at, replayed_at,
-                response_status, response_body
+                response_status, response_body, owner
          FROM deferred WHERE deferred_id = ?",
     )
     .bind(&id)
-    .fetch_optional(&deferred.pool)
+    .fetch_optional(&viewing.deferred.pool)
     .await
-    .map_err(|e| Problem::internal(&e))?
-    .ok_or_else(|| Problem::not_found(format!("no deferred request `{id}`")))?;
+    .map_err(|e| Problem::internal(&e).into_response())?
+    .ok_or_else(unknown)?;
+    // Another caller's request answers as an unknown one: ids cannot be probed.
+    let owns = view.owner.as_deref() == Some(principal.subject.as_str());
+    if !owns && !principal.has_role("admin") {
+        return Err(unknown());
+    }
     view.response = view.response_status.map(|code| {
         let body = view.response_body.take().unwrap_or_default();
         let body = serde_json::from_slice(&body).unwrap_or_else(|_| {

@@ -205,6 +205,10 @@ where
                     path_and_query: exchange.path_and_query.clone(),
                     headers: exchange.headers.clone(),
                     body: body.clone(),
+                    owner: exchange
+                        .extensions
+                        .get::<flotilla_identity::Principal>()
+                        .map(|principal| principal.subject.clone()),
                 };
                 Box::pin(async move {
                     let answer = inner.oneshot(exchange).await;

@@ -314,7 +314,7 @@ impl Gateway {
     /// [`App::proxy`](flotilla_kit::App::proxy)).
     pub fn router(&self) -> Router {
         match &self.shared.deferred {
-            Some(deferred) => deferred.routes(),
+            Some(deferred) => deferred.routes(self.shared.settings.verifier.clone()),
             None => Router::new(),
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla_system_tests::{System, eventually, holds_for, order, sample};
+use flotilla_system_tests::{Gateway, System, eventually, holds_for, order, sample, token};
 use http::{Method, StatusCode};
 
 /// The settings of a system with fault injection on and a breaker that opens quickly (judged
@@ -199,6 +199,22 @@ async fn writes_queued_while_the_breaker_is_open_are_replayed_in_order_exactly_o
             .expect("location")
             .to_owned();
         assert_eq!(system.get(&location).await.body["status"], "QUEUED");
+        // Only its owner (here the admin who queued it) reads it: another customer gets the
+        // 404 of an unknown id, no token a 401.
+        let bob = Gateway::new(
+            system.supervisor.gateway_url(),
+            &token(system.data_dir(), "bob"),
+        );
+        assert_eq!(bob.get(&location).await.status, StatusCode::NOT_FOUND);
+        let anonymous = system
+            .call(
+                Method::GET,
+                &format!("{}{location}", system.supervisor.gateway_url()),
+                &[("authorization", "")],
+                None,
+            )
+            .await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
         queued.push(location);
     }
     // A write without a key is not queued: it cannot be replayed safely.
