@@ -54,6 +54,9 @@ pub struct Queued {
     pub owner: Option<String>,
 }
 
+/// A queued request's row: id, method, path and query, headers (JSON), body, owner.
+type QueuedRow = (String, String, String, String, Vec<u8>, Option<String>);
+
 /// The queue, in the gateway's database.
 #[derive(Debug, Clone)]
 pub struct Deferred {
@@ -120,14 +123,13 @@ impl Deferred {
 
     /// The oldest queued request of `service`.
     pub async fn next(&self, service: &str) -> Result<Option<Queued>, sqlx::Error> {
-        let row: Option<(String, String, String, String, Vec<u8>, Option<String>)> =
-            sqlx::query_as(
-                "SELECT deferred_id, method, path_and_query, headers, body, owner FROM deferred
+        let row: Option<QueuedRow> = sqlx::query_as(
+            "SELECT deferred_id, method, path_and_query, headers, body, owner FROM deferred
              WHERE service = ? AND state = 'QUEUED' ORDER BY seq LIMIT 1",
-            )
-            .bind(service)
-            .fetch_optional(&self.pool)
-            .await?;
+        )
+        .bind(service)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(
             |(deferred_id, method, path_and_query, headers, body, owner)| {
                 let pairs: Vec<(String, String)> =
