@@ -29,6 +29,6 @@ pub mod settings;
 
 pub use cache::{Cache, Endpoint};
 pub use client::{Discovery, DiscoveryError};
-pub use lifecycle::{Listeners, app, serve, serve_routes};
+pub use lifecycle::{Listeners, app, serve, serve_routes, starting};
 pub use registration::{Registration, Spec};
 pub use settings::{DiscoverySettings, InstanceConfig, Lease};

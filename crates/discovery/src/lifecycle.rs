@@ -95,6 +95,10 @@ pub async fn serve(
         shutdown.cancelled().await;
     }
 
+    health.not_ready(
+        "shutdown",
+        "stopping: deregistering, then draining in-flight requests",
+    );
     health.set_ready(false);
     if let Some(registration) = registration {
         registration.deregister().await;
@@ -117,14 +121,16 @@ pub async fn serve(
 /// Serves a service's `api` routes, each request checked for a caller's token
 /// ([`flotilla_identity::guard`], with the verifier of `config.identity`), and its `unguarded`
 /// routes (the transport's push endpoint, which checks a credential of its own), inside the
-/// kit's stack ([`App`]) as an instance of `service`: marks start-up done, then runs [`serve`].
-/// Call it once start-up work (opening the database) is done.
+/// kit's stack ([`App`]) as an instance of `service`, with the probes of `health`: marks
+/// start-up done, then runs [`serve`]. Call it once start-up work (opening the database,
+/// subscribing) is done; [`starting`] serves the probes until then.
 pub async fn serve_routes(
     service: &str,
     config: &InstanceConfig,
     listener: TcpListener,
     api: Router,
     unguarded: Router,
+    health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let verifier = config
@@ -138,7 +144,6 @@ pub async fn serve_routes(
         );
     }
     let routes = flotilla_identity::guard::guard(api, verifier).merge(unguarded);
-    let health = Health::new();
     let faults = config
         .server
         .fault_injection
@@ -160,6 +165,17 @@ pub async fn serve_routes(
         shutdown,
     )
     .await
+}
+
+/// Serves the probes of `health` on `listener` while the process starts
+/// ([`flotilla_kit::serve_starting`]): `/startupz` says which step is under way. Stopped when
+/// dropped, or by [`serve_routes`] taking over the listener.
+pub fn starting(
+    config: &InstanceConfig,
+    listener: &TcpListener,
+    health: &Health,
+) -> std::io::Result<flotilla_kit::Starting> {
+    flotilla_kit::serve_starting(listener, health, config.server.connection_limits())
 }
 
 /// The kit's stack as `config` sets it (body limit), applying `faults` (made when the

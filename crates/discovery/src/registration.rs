@@ -130,14 +130,21 @@ impl Registration {
         let timeout = Duration::from_secs(2);
         loop {
             health.set_ready(true);
+            health.ready_again("registry");
             let answer = writer.send(Method::PUT, &url, Some(&body), timeout).await;
-            match answer {
+            let why = match answer {
                 Ok((status, _)) if status.is_success() => break,
                 Ok((status, detail)) => {
-                    tracing::error!(%status, detail = %String::from_utf8_lossy(&detail), "registration refused");
+                    let detail = String::from_utf8_lossy(&detail);
+                    tracing::error!(%status, %detail, "registration refused");
+                    format!("not registered: the registry answered {status}")
                 }
-                Err(error) => tracing::warn!(%error, "registry unreachable; retrying"),
-            }
+                Err(error) => {
+                    tracing::warn!(%error, "registry unreachable; retrying");
+                    format!("not registered: {error}")
+                }
+            };
+            health.not_ready("registry", why);
             health.set_ready(false);
             tokio::select! {
                 _ = shutdown.cancelled() => return None,

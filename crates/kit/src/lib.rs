@@ -38,5 +38,7 @@ pub use app::App;
 pub use health::Health;
 pub use json::{Json, Query};
 pub use problem::Problem;
-pub use server::{ConnectionLimits, Routers, bind_shared, serve, serve_workers};
+pub use server::{
+    ConnectionLimits, Routers, Starting, bind_shared, serve, serve_starting, serve_workers,
+};
 pub use settings::ServerSettings;

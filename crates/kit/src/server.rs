@@ -250,6 +250,53 @@ fn bind_shared_std(address: std::net::SocketAddr) -> io::Result<std::net::TcpLis
     socket.listen(1024)?.into_std()
 }
 
+/// A server of the probes alone, while a process starts ([`serve_starting`]).
+#[derive(Debug)]
+pub struct Starting {
+    drain: tokio_util::sync::CancellationToken,
+}
+
+impl Starting {
+    /// Stops accepting connections (the process's own server takes them on from here; the
+    /// socket stays open, so nothing is refused in between).
+    pub fn stop(self) {
+        self.drain.cancel();
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        self.drain.cancel();
+    }
+}
+
+/// Serves the probes of `health` on a duplicate of `listener`'s socket while the process
+/// starts (opening its database, subscribing), so that `/startupz` and `/readyz` say what it
+/// is doing instead of the connection waiting unanswered; anything else is answered 503
+/// `starting`. Stop it ([`Starting::stop`]) once the process serves its own routes on
+/// `listener`.
+pub fn serve_starting(
+    listener: &TcpListener,
+    health: &crate::Health,
+    limits: ConnectionLimits,
+) -> io::Result<Starting> {
+    use std::os::fd::AsFd;
+    let socket = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+    socket.set_nonblocking(true)?;
+    let socket = TcpListener::from_std(socket)?;
+    let router = health.routes().fallback(|| async {
+        crate::Problem::unavailable("starting", "the process is starting; retry shortly")
+    });
+    let drain = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(serve(
+        socket,
+        router,
+        limits,
+        drain.clone().cancelled_owned(),
+    ));
+    Ok(Starting { drain })
+}
+
 /// Serves `routers` on an already bound `listener`, each worker as [`serve`] does, until
 /// `drain` is cancelled; returns when every worker has drained (the first error, if any).
 pub async fn serve_workers(

@@ -380,7 +380,17 @@ impl<H: Handler> Consumer<H> {
         topics: &[&str],
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
-        let mut deliveries = transport.subscribe(&self.name, topics).await?;
+        let deliveries = transport.subscribe(&self.name, topics).await?;
+        self.serve_subscribed(deliveries, shutdown).await
+    }
+
+    /// [`Consumer::serve`] on a subscription already made (its first one, made while the
+    /// service starts, so that start-up ends only once it is subscribed).
+    pub async fn serve_subscribed(
+        &self,
+        mut deliveries: crate::transport::Deliveries,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

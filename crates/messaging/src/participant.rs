@@ -107,6 +107,10 @@ where
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
+        // The probes answer from the start, saying which step is under way.
+        let health = flotilla_kit::Health::new();
+        let starting = flotilla_discovery::starting(&config.instance, &listener, &health)?;
+        health.starting("opening the database: migrations, seed");
         let pool = self
             .open(&config.instance.server)
             .await
@@ -119,17 +123,20 @@ where
                 wiring: (self.wiring)(self.name),
                 pool: pool.clone(),
                 handler: self.consumer(),
+                health: health.clone(),
             },
             &shutdown,
         )
         .await
         .map_err(std::io::Error::other)?;
+        starting.stop();
         let result = flotilla_discovery::serve_routes(
             self.name,
             &config.instance,
             listener,
             (self.routes)(pool.clone()),
             messaging.routes,
+            health,
             shutdown,
         )
         .await;

@@ -101,8 +101,10 @@ pub fn start_relay(
     waker
 }
 
-/// Starts consumer `group` of `topics` running `handler` on `pool`; it wakes `relay` when the
-/// handler wrote to the outbox, and subscribes again (after a second) if the subscription fails.
+/// Starts consumer `group` of `topics` running `handler` on `pool`, on `subscribed` if given
+/// (a subscription made already), else subscribing; it wakes `relay` when the handler wrote to
+/// the outbox, and subscribes again (after a second) if the subscription fails.
+#[allow(clippy::too_many_arguments)]
 pub fn start_consumer<H: Handler>(
     group: &'static str,
     pool: SqlitePool,
@@ -110,15 +112,26 @@ pub fn start_consumer<H: Handler>(
     transport: Arc<AnyTransport>,
     topics: &'static [&'static str],
     relay: Arc<Notify>,
+    subscribed: Option<Deliveries>,
     shutdown: CancellationToken,
 ) {
     let consumer = Arc::new(Consumer::new(group, pool, handler).waking(relay));
     tokio::spawn(async move {
+        let mut subscribed = subscribed;
         while !shutdown.is_cancelled() {
-            match consumer
-                .serve(transport.as_ref(), topics, shutdown.clone())
-                .await
-            {
+            let served = match subscribed.take() {
+                Some(deliveries) => {
+                    consumer
+                        .serve_subscribed(deliveries, shutdown.clone())
+                        .await
+                }
+                None => {
+                    consumer
+                        .serve(transport.as_ref(), topics, shutdown.clone())
+                        .await
+                }
+            };
+            match served {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%group, %error, "consumer stopped; subscribing again");
@@ -169,6 +182,8 @@ pub struct Options<'a, H> {
     pub pool: SqlitePool,
     /// Applies each message consumed.
     pub handler: H,
+    /// The service's probes: start-up is not done until the consumer is subscribed.
+    pub health: flotilla_kit::Health,
 }
 
 /// Starts a service's messaging: the transport its settings choose, its outbox relay, its
@@ -185,9 +200,32 @@ pub async fn start<H: Handler>(
         wiring,
         pool,
         handler,
+        health,
     } = options;
-    let transport =
-        Arc::new(AnyTransport::from_settings(settings, discovery, wiring.subscriptions).await?);
+    // Connected before start-up is done, retried each second: a service waits for its broker
+    // rather than exiting (`/startupz` says what it waits for).
+    let transport = loop {
+        health.starting(format!(
+            "connecting to the {:?} transport",
+            settings.transport
+        ));
+        match AnyTransport::from_settings(settings, discovery.clone(), wiring.subscriptions.clone())
+            .await
+        {
+            Ok(transport) => break Arc::new(transport),
+            Err(error) => {
+                tracing::warn!(%error, "the transport cannot be reached; retrying");
+                health.starting(format!(
+                    "connecting to the {:?} transport: {error}; retrying",
+                    settings.transport
+                ));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(error),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     let relay = start_relay(pool.clone(), transport.clone(), shutdown.clone());
     let outbox = Duration::from_millis(settings.outbox_retention_ms);
     let retention = Retention {
@@ -205,6 +243,29 @@ pub async fn start<H: Handler>(
         retention,
         shutdown.clone(),
     ));
+    // Subscribed before start-up is done: a service that cannot receive its messages yet has
+    // not started (`/startupz` says why, and it is retried each second).
+    let topics = wiring.topics.join(", ");
+    let subscribed = loop {
+        health.starting(format!("subscribing consumer group `{group}` to {topics}"));
+        match transport.subscribe(group, wiring.topics).await {
+            Ok(deliveries) => break deliveries,
+            Err(error) => {
+                tracing::warn!(%group, %error, "subscribing failed; retrying");
+                health.starting(format!(
+                    "subscribing consumer group `{group}` to {topics}: {error}; retrying"
+                ));
+                tokio::select! {
+                    () = shutdown.cancelled() => {
+                        return Err(TransportError::Unavailable(
+                            "stopped before the consumer could subscribe".to_owned(),
+                        ));
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     start_consumer(
         group,
         pool,
@@ -212,6 +273,7 @@ pub async fn start<H: Handler>(
         transport.clone(),
         wiring.topics,
         relay.clone(),
+        Some(subscribed),
         shutdown.clone(),
     );
     Ok(Messaging {

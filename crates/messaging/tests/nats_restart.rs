@@ -304,6 +304,7 @@ async fn a_nats_restart_mid_run_loses_nothing_and_applies_every_message_once() {
         transport.clone(),
         &[TOPIC],
         Arc::new(Notify::new()),
+        None,
         shutdown.clone(),
     );
 

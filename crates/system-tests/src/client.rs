@@ -52,6 +52,20 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Answer {
+        self.try_call(method, url, headers, body)
+            .await
+            .unwrap_or_else(|error| panic!("{url}: {error}"))
+    }
+
+    /// [`Gateway::call`], with the failure to get an answer (nothing listening, no answer within
+    /// 15 s) as an error instead of a panic.
+    pub async fn try_call(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, String> {
         let mut request = http::Request::builder().method(method).uri(url);
         let own = headers
             .iter()
@@ -67,21 +81,21 @@ impl Gateway {
         }
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .expect("request");
+            .map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(Duration::from_secs(15), self.http.request(request))
             .await
-            .expect("answer within 15 s")
-            .expect("answer");
+            .map_err(|_| "no answer within 15 s".to_owned())?
+            .map_err(|e| e.to_string())?;
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = body_bytes(response).await;
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        Answer {
+        Ok(Answer {
             status,
             headers,
             body,
-        }
+        })
     }
 
     /// GET `path` through the gateway.

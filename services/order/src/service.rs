@@ -31,6 +31,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // The probes answer from the start, saying which step is under way.
+    let health = flotilla_kit::Health::new();
+    let starting = flotilla_discovery::starting(&config.service.instance, &listener, &health)?;
+    health.starting("opening the database: migrations, the event store");
     let sagas = open(&config).await.map_err(std::io::Error::other)?;
     let db = sagas.db.clone();
     let (service, settings) = (&config.service, &config.order);
@@ -51,12 +55,14 @@ pub async fn run(
             wiring: flotilla_contracts::wiring(SERVICE),
             pool: db.pool.clone(),
             handler: Inbox::new(&sagas),
+            health: health.clone(),
         },
         &shutdown,
     )
     .await
     .map_err(std::io::Error::other)?;
     sagas.spawn_timers(messaging.relay.clone(), &shutdown);
+    starting.stop();
     let context = Context {
         sagas: sagas.clone(),
         discovery,
@@ -73,6 +79,7 @@ pub async fn run(
         listener,
         api::routes(context),
         messaging.routes,
+        health,
         shutdown,
     )
     .await;

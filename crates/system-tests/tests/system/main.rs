@@ -11,5 +11,6 @@ mod live_check;
 mod messaging;
 mod nats;
 mod orders;
+mod probes;
 mod processes;
 mod sagas;
