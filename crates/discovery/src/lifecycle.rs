@@ -40,6 +40,7 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    crate::outbound::describe_metrics();
     let port = listener.local_addr()?.port();
     let address = format!("{}:{port}", config.server.advertise_host);
     let drain = CancellationToken::new();

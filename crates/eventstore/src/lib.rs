@@ -64,3 +64,24 @@ pub use crate::projection::{Projection, Projector};
 pub use crate::store::{EventStore, Options, StoreTx};
 pub use crate::subscription::Subscription;
 pub use crate::upcast::Upcasters;
+
+/// Registers the HELP text and unit of every event store metric (call it once the process's
+/// recorder exists).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_counter!(
+        "eventstore_projection_commits_total",
+        Unit::Count,
+        "Commits of a projection's read model with its checkpoint, by projection"
+    );
+    describe_gauge!(
+        "eventstore_projection_position",
+        Unit::Count,
+        "The global position a projection has applied, by projection"
+    );
+    describe_gauge!(
+        "eventstore_projection_lag_events",
+        Unit::Count,
+        "Events recorded but not yet applied by a projection, by projection"
+    );
+}

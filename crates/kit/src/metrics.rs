@@ -1,4 +1,7 @@
-//! Prometheus metrics: one recorder per process, `/metrics`, and the HTTP server metrics.
+//! Prometheus metrics: one recorder per process, `/metrics`, the HTTP server metrics, and the
+//! process's own (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+//! `process_open_fds`, `process_threads`, … in the names of Prometheus's client libraries, read
+//! from `/proc` by the `metrics-process` crate each time `/metrics` is rendered).
 //!
 //! Metric names are declared here, with their units, and nowhere else in the kit.
 //! Labels are bounded: the route is the matched route template, never the raw path.
@@ -23,6 +26,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The process metrics' collector.
+fn process() -> &'static metrics_process::Collector {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    PROCESS.get_or_init(metrics_process::Collector::default)
+}
+
 /// The process's Prometheus handle, installing the global recorder on first use.
 ///
 /// Several components may live in one process (tests do that): they share the recorder.
@@ -35,7 +44,12 @@ pub fn handle() -> &'static PrometheusHandle {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         match builder.install_recorder() {
             Ok(handle) => {
-                metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests served");
+                metrics::describe_counter!(
+                    HTTP_REQUESTS,
+                    metrics::Unit::Count,
+                    "HTTP requests served, by method, route and status"
+                );
+                process().describe();
                 metrics::describe_histogram!(
                     HTTP_DURATION,
                     metrics::Unit::Seconds,
@@ -50,8 +64,9 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// The `/metrics` handler: the Prometheus text exposition.
+/// The `/metrics` handler: the Prometheus text exposition, the process metrics read now.
 pub async fn render() -> String {
+    process().collect();
     handle().render()
 }
 

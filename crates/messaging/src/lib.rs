@@ -33,6 +33,47 @@ pub use crate::envelope::{Message, valid_topic};
 pub use crate::settings::{MessagingSettings, ServiceConfig, TransportKind};
 pub use crate::transport::{Deliveries, Delivery, Settlement, Transport, TransportError};
 
+/// Registers the HELP text and unit of every messaging metric (call it once the process's
+/// recorder exists: `flotilla_kit::metrics::handle`).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter};
+    describe_counter!(
+        "messaging_outbox_published_total",
+        Unit::Count,
+        "Outbox messages the relay published (acknowledged by the transport)"
+    );
+    describe_counter!(
+        "messaging_outbox_dead_lettered_total",
+        Unit::Count,
+        "Outbox messages the relay gave up on after its attempts (dead letters)"
+    );
+    describe_counter!(
+        "messaging_outbox_mark_commits_total",
+        Unit::Count,
+        "Commits marking published outbox rows"
+    );
+    describe_counter!(
+        "messaging_outbox_pruned_total",
+        Unit::Count,
+        "Published outbox rows deleted past their retention"
+    );
+    describe_counter!(
+        "messaging_inbox_commits_total",
+        Unit::Count,
+        "Inbox commits (each applies a group of deliveries), by consumer"
+    );
+    describe_counter!(
+        "messaging_inbox_pruned_total",
+        Unit::Count,
+        "Inbox rows deleted past their retention"
+    );
+    describe_counter!(
+        "messaging_consumed_total",
+        Unit::Count,
+        "Deliveries consumed, by consumer and outcome (applied, duplicate, rejected, retried)"
+    );
+}
+
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -202,6 +202,8 @@ pub async fn start<H: Handler>(
         handler,
         health,
     } = options;
+    crate::describe_metrics();
+    flotilla_sqlite::describe_metrics();
     // Connected before start-up is done, retried each second: a service waits for its broker
     // rather than exiting (`/startupz` says what it waits for).
     let transport = loop {

@@ -45,6 +45,16 @@ mod style;
 pub use engine::{Command, Handled, Orchestrator, Replies, Status, Step, Transition};
 pub use style::SagaStyle;
 
+/// Registers the HELP text and unit of every saga metric (call it once the process's recorder
+/// exists).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "saga_transitions_total",
+        metrics::Unit::Count,
+        "Saga transitions, by saga and transition (started, step_succeeded, step_failed, compensated, completed, failed)"
+    );
+}
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::SqlitePool;

@@ -54,6 +54,32 @@ mod writer;
 
 pub use checkpoints::{CATCH_UP_FRAMES, LOG_SIZE_LIMIT, PASS_INTERVAL};
 pub use handle::direct;
+
+/// Registers the HELP text and unit of every SQLite engine metric (call it once the process's
+/// recorder exists).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "sqlite_checkpoints_total",
+        Unit::Count,
+        "WAL checkpoints run off the writer, by database and kind (pass, catch_up)"
+    );
+    describe_histogram!(
+        "sqlite_checkpoint_writer_held_seconds",
+        Unit::Seconds,
+        "Time a checkpoint held the writer, by database"
+    );
+    describe_counter!(
+        "sqlite_grouped_commits_total",
+        Unit::Count,
+        "Commits of the writer's groups of calls"
+    );
+    describe_counter!(
+        "sqlite_grouped_calls_total",
+        Unit::Count,
+        "Calls the writer ran inside grouped commits"
+    );
+}
 pub use open::{CONNECTIONS, Opening, open};
 pub use query::{
     DirectError, bind_numbered, execute, query, query_at_most, query_optional, sqlx_error,

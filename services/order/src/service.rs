@@ -31,6 +31,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    flotilla_eventstore::describe_metrics();
+    flotilla_saga::describe_metrics();
     // The probes answer from the start, saying which step is under way.
     let health = flotilla_kit::Health::new();
     let starting = flotilla_discovery::starting(&config.service.instance, &listener, &health)?;

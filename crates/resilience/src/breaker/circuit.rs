@@ -113,7 +113,7 @@ impl CircuitBreaker {
         config.validate()?;
         let name: Arc<str> = Arc::from(name);
         let metrics = Metrics::new(&name);
-        metrics.state.set(State::Closed.gauge());
+        metrics.set_state(State::Closed);
         Ok(Self {
             inner: Arc::new(Inner {
                 clock,
@@ -362,7 +362,7 @@ impl CircuitBreaker {
         };
         inner.open_until.store(until, Release);
         let to = to.state();
-        inner.metrics.state.set(to.gauge());
+        inner.metrics.set_state(to);
         metrics::counter!(
             metric::TRANSITIONS,
             "breaker" => inner.name.to_string(),

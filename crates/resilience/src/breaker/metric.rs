@@ -2,14 +2,50 @@
 
 use std::sync::Arc;
 
-use metrics::{Counter, Gauge};
+use metrics::{Counter, Gauge, Unit};
 
-/// Gauge: current state (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled), by `breaker`.
+use super::State;
+
+/// Every state, in the order of [`Metrics::states`].
+const STATES: [State; 5] = [
+    State::Closed,
+    State::Open,
+    State::HalfOpen,
+    State::ForcedOpen,
+    State::Disabled,
+];
+
+/// Registers the HELP text and unit of every breaker metric (once a recorder exists).
+pub fn describe() {
+    metrics::describe_gauge!(
+        STATE,
+        Unit::Count,
+        "Whether the circuit breaker is in this state (1) or not (0), by breaker and state"
+    );
+    metrics::describe_counter!(
+        TRANSITIONS,
+        Unit::Count,
+        "Circuit breaker state transitions, by breaker, from and to"
+    );
+    metrics::describe_counter!(
+        CALLS,
+        Unit::Count,
+        "Calls through a circuit breaker, by breaker and outcome (success, failure, ignored, rejected)"
+    );
+    metrics::describe_counter!(
+        SLOW_CALLS,
+        Unit::Count,
+        "Calls through a circuit breaker slower than its slow_call_duration_ms, by breaker"
+    );
+}
+
+/// Gauge: 1 for the breaker's current state and 0 for the others, by `breaker` and `state`
+/// (`closed`, `open`, `half_open`, `forced_open`, `disabled`): an alert matches
+/// `resilience_breaker_state{state="open"} == 1` instead of decoding a number.
 ///
 /// ```
-/// use flotilla_resilience::{State, breaker::metric};
+/// use flotilla_resilience::breaker::metric;
 /// assert_eq!(metric::STATE, "resilience_breaker_state");
-/// assert_eq!(State::Open.gauge(), 1.0); // the value it takes while open
 /// ```
 pub const STATE: &str = "resilience_breaker_state";
 /// Counter: transitions, by `breaker`, `from` and `to`.
@@ -37,7 +73,8 @@ pub const SLOW_CALLS: &str = "resilience_breaker_slow_calls_total";
 /// A breaker's metric handles, taken once when it is made.
 #[derive(Debug)]
 pub(super) struct Metrics {
-    pub(super) state: Gauge,
+    /// One gauge per state, in the order of [`STATES`].
+    states: [Gauge; 5],
     pub(super) success: Counter,
     pub(super) failure: Counter,
     pub(super) ignored: Counter,
@@ -47,15 +84,26 @@ pub(super) struct Metrics {
 
 impl Metrics {
     pub(super) fn new(name: &Arc<str>) -> Self {
+        describe();
         let name = name.to_string();
         let calls = |outcome: &'static str| metrics::counter!(CALLS, "breaker" => name.clone(), "outcome" => outcome);
+        let state = |state: State| metrics::gauge!(STATE, "breaker" => name.clone(), "state" => state.as_str());
         Self {
-            state: metrics::gauge!(STATE, "breaker" => name.clone()),
+            states: STATES.map(state),
             success: calls("success"),
             failure: calls("failure"),
             ignored: calls("ignored"),
             rejected: calls("rejected"),
             slow: metrics::counter!(SLOW_CALLS, "breaker" => name.clone()),
+        }
+    }
+}
+
+impl Metrics {
+    /// Sets the gauge of `current` to 1 and the others to 0.
+    pub(super) fn set_state(&self, current: State) {
+        for (state, gauge) in STATES.iter().zip(&self.states) {
+            gauge.set(if *state == current { 1.0 } else { 0.0 });
         }
     }
 }

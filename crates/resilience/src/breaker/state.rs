@@ -46,24 +46,6 @@ impl State {
             State::Disabled => "disabled",
         }
     }
-
-    /// The value of the `resilience_breaker_state` gauge.
-    ///
-    /// ```
-    /// use flotilla_resilience::State;
-    /// assert_eq!(State::Closed.gauge(), 0.0);
-    /// assert_eq!(State::HalfOpen.gauge(), 2.0);
-    /// assert_eq!(State::Disabled.gauge(), 4.0);
-    /// ```
-    pub fn gauge(self) -> f64 {
-        match self {
-            State::Closed => 0.0,
-            State::Open => 1.0,
-            State::HalfOpen => 2.0,
-            State::ForcedOpen => 3.0,
-            State::Disabled => 4.0,
-        }
-    }
 }
 
 /// A state an operator can force.

@@ -87,7 +87,7 @@ async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers
         sample(
             &metrics,
             "resilience_breaker_state",
-            &["breaker=\"inventory\""]
+            &["breaker=\"inventory\"", "state=\"open\""]
         ),
         1.0,
         "{metrics}"
@@ -146,9 +146,9 @@ async fn the_gateway_breaker_opens_on_a_failing_upstream_fails_fast_and_recovers
         sample(
             &metrics,
             "resilience_breaker_state",
-            &["breaker=\"inventory\""]
+            &["breaker=\"inventory\"", "state=\"closed\""]
         ),
-        0.0,
+        1.0,
         "closed again"
     );
     assert_eq!(

@@ -9,6 +9,7 @@ mod access;
 mod breaker;
 mod live_check;
 mod messaging;
+mod metrics;
 mod nats;
 mod orders;
 mod probes;
