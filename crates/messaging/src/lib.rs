@@ -16,6 +16,7 @@
 //! [`settings`]; [`runtime`] starts a service's messaging from it, and [`participant`] runs a
 //! saga participant (inventory, payment, shipping) from its declaration.
 
+pub mod depth;
 pub mod embedded;
 mod envelope;
 pub mod inbox;

@@ -239,6 +239,7 @@ pub async fn start<H: Handler>(
             .min(outbox)
             .max(Duration::from_millis(100)),
     };
+    tokio::spawn(crate::depth::run(pool.clone(), shutdown.clone()));
     tokio::spawn(crate::retention::run(
         pool.clone(),
         group.to_owned(),

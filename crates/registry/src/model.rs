@@ -128,6 +128,7 @@ impl Registry {
     fn bump(&self, state: &mut State) {
         state.index += 1;
         self.changes.send_replace(state.index);
+        record_instances(state);
     }
 
     /// Registers (or re-registers) instance `id`. Returns the instance as stored.
@@ -321,6 +322,24 @@ impl Registry {
     /// queries do not hold the drain back.
     pub fn close(&self) {
         self.closing.cancel();
+    }
+}
+
+/// Gauge: registered instances, by `service` and `status` (`passing`, `critical`).
+pub const INSTANCES: &str = "registry_instances";
+
+/// Sets [`INSTANCES`] from `state` (a service that lost every instance shows 0).
+fn record_instances(state: &State) {
+    for (service, instances) in &state.services {
+        let passing = instances
+            .values()
+            .filter(|e| e.instance.status == Status::Passing)
+            .count();
+        let critical = instances.len() - passing;
+        for (status, count) in [("passing", passing), ("critical", critical)] {
+            metrics::gauge!(INSTANCES, "service" => service.clone(), "status" => status)
+                .set(count as f64);
+        }
     }
 }
 

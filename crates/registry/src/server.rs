@@ -7,6 +7,7 @@
 //! | `DELETE /v1/registry/instances/{id}` | deregister |
 //! | `GET /v1/registry/services` | every instance by service |
 //! | `GET /v1/registry/services/{name}?index=N&wait_ms=W` | blocking query: answers when the change index passes `N`, or after `W` ms (at most 60 s) with the same index |
+//! | `GET /v1/registry/prometheus` | every instance's admin listener as Prometheus HTTP service discovery targets (`http_sd_configs`), labelled `service`, `instance_id`, `version`, `registry_status` |
 //!
 //! Writes (register, heartbeat, deregister) need a bearer token with the scope
 //! `registry:write` when the registry knows an identity provider (`identity.url`, as under
@@ -18,7 +19,8 @@
 //! over at a new address. Without an identity provider the writes are open, and the registry
 //! says so at start.
 //!
-//! Reads stay open: the catalog holds service names and addresses, and every address it lists
+//! Reads stay open (the catalog, the watch, and the Prometheus targets): they hold service names
+//! and addresses, and every address it lists
 //! checks its callers' tokens itself; the services' discovery caches and the operator's
 //! `flotilla status` read it.
 
@@ -66,6 +68,7 @@ pub fn routes(registry: Registry, verifier: Option<Verifier>) -> Router {
     Router::new()
         .route("/v1/registry/services", get(list))
         .route("/v1/registry/services/{service}", get(watch))
+        .route("/v1/registry/prometheus", get(prometheus_targets))
         .with_state(registry)
         .merge(writes)
 }
@@ -177,6 +180,47 @@ async fn deregister(
         .map_err(|e| Problem::from(e).into_response())?;
     tracing::info!(instance = %instance.id, service = %instance.service, "deregistered");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// One group of Prometheus HTTP service discovery targets.
+#[derive(Debug, Serialize)]
+struct TargetGroup {
+    targets: [String; 1],
+    labels: BTreeMap<&'static str, String>,
+}
+
+/// Every instance that publishes an admin listener (`admin_address`: where its `/metrics` is),
+/// in the format of Prometheus's `http_sd_configs`.
+async fn prometheus_targets(State(registry): State<Registry>) -> axum::Json<Vec<TargetGroup>> {
+    let (_, services) = registry.all();
+    let groups = services
+        .into_iter()
+        .flat_map(|(service, instances)| {
+            instances.into_iter().filter_map(move |instance| {
+                let admin = instance.metadata.get("admin_address")?.clone();
+                let mut labels = BTreeMap::from([
+                    ("service", service.clone()),
+                    ("instance_id", instance.id.clone()),
+                    (
+                        "registry_status",
+                        match instance.status {
+                            Status::Passing => "passing",
+                            Status::Critical => "critical",
+                        }
+                        .to_owned(),
+                    ),
+                ]);
+                if let Some(version) = instance.metadata.get("version") {
+                    labels.insert("version", version.clone());
+                }
+                Some(TargetGroup {
+                    targets: [admin],
+                    labels,
+                })
+            })
+        })
+        .collect();
+    axum::Json(groups)
 }
 
 /// Every registered instance, by service.
@@ -307,6 +351,11 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let settings = &config.registry;
     let registry = Registry::new(Duration::from_millis(settings.ttl_ms));
+    metrics::describe_gauge!(
+        crate::model::INSTANCES,
+        metrics::Unit::Count,
+        "Registered instances, by service and status (passing, critical)"
+    );
     let verifier = config
         .identity
         .verifier()

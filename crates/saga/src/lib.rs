@@ -141,3 +141,59 @@ pub async fn migrate(pool: &SqlitePool) -> Result<(), Error> {
     migrator.run(pool).await?;
     Ok(())
 }
+
+/// Gauge: orchestrated sagas not finished (running or compensating), by `saga`.
+pub const UNFINISHED: &str = "saga_unfinished";
+/// Gauge (seconds): age of the oldest unfinished orchestrated saga, by `saga` (0 when none): a
+/// saga stuck shows here.
+pub const OLDEST_UNFINISHED: &str = "saga_oldest_unfinished_seconds";
+
+/// Reads [`UNFINISHED`] and [`OLDEST_UNFINISHED`] from `pool` (the orchestrator's database)
+/// every `every`, for the sagas named in `sagas`, until `shutdown`.
+pub async fn watch_unfinished(
+    pool: SqlitePool,
+    sagas: &'static [&'static str],
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use metrics::{Unit, describe_gauge};
+    describe_gauge!(
+        UNFINISHED,
+        Unit::Count,
+        "Orchestrated sagas running or compensating, by saga"
+    );
+    describe_gauge!(
+        OLDEST_UNFINISHED,
+        Unit::Seconds,
+        "Age of the oldest orchestrated saga still running or compensating, by saga (0 when none)"
+    );
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let rows: Result<Vec<(String, i64, i64)>, sqlx::Error> = sqlx::query_as(
+            "SELECT saga_type, COUNT(*), MIN(created_at) FROM saga_instances
+             WHERE status IN ('RUNNING', 'COMPENSATING') GROUP BY saga_type",
+        )
+        .fetch_all(&pool)
+        .await;
+        let Ok(rows) = rows else {
+            continue;
+        };
+        let now = flotilla_kit::clock::now_micros();
+        for saga in sagas {
+            let (count, oldest) = rows
+                .iter()
+                .find(|(name, _, _)| name == saga)
+                .map_or((0, None), |(_, count, oldest)| (*count, Some(*oldest)));
+            let age = oldest.map_or(0.0, |created| {
+                now.saturating_sub(created).max(0) as f64 / 1e6
+            });
+            metrics::gauge!(UNFINISHED, "saga" => *saga).set(count as f64);
+            metrics::gauge!(OLDEST_UNFINISHED, "saga" => *saga).set(age);
+        }
+    }
+}

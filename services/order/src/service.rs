@@ -49,6 +49,12 @@ pub async fn run(
         )
         .map_err(std::io::Error::other)?;
     projections::spawn(&db.events, &shutdown);
+    tokio::spawn(flotilla_saga::watch_unfinished(
+        db.pool.clone(),
+        &["place_order", "cancel_order"],
+        Duration::from_secs(5),
+        shutdown.clone(),
+    ));
     let messaging = runtime::start(
         runtime::Options {
             settings: &service.messaging,

@@ -1,6 +1,9 @@
 //! Every process's `/metrics` passes `promtool check metrics` (Prometheus's own linter: HELP
 //! text on every metric, counter and unit naming), after an order has run through the system so
-//! that every metric has samples; and it carries the process metrics.
+//! that every metric has samples; it carries the process metrics and the gauges the alerts
+//! watch; the registry lists every admin listener as Prometheus service discovery targets; and
+//! `deploy/prometheus/` (scrape configuration, alert rules and their unit tests) passes
+//! `promtool check config`, `check rules` and `test rules`.
 //!
 //! `promtool` comes from `FLOTILLA_PROMTOOL`, or the `PATH`; `.ci/run` provides it (Debian's
 //! `prometheus` package, unpacked). Without it the test fails under CI and skips elsewhere.
@@ -74,6 +77,25 @@ async fn every_process_metrics_pass_promtool() {
                 "{service} lacks {family}: {text}"
             );
         }
+        let watched: &[&str] = match service {
+            "order" => &[
+                "saga_oldest_unfinished_seconds",
+                "messaging_outbox_oldest_pending_seconds",
+                "messaging_dead_letters",
+            ],
+            "payment" | "inventory" | "shipping" => &[
+                "messaging_outbox_pending",
+                "messaging_outbox_oldest_pending_seconds",
+                "messaging_dead_letters",
+            ],
+            _ => &["resilience_breaker_state", "gateway_route_requests_total"],
+        };
+        for family in watched {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{service} lacks {family}, which an alert watches: {text}"
+            );
+        }
         let resident = flotilla_system_tests::sample(&text, "process_resident_memory_bytes", &[]);
         assert!(
             resident > 1_000_000.0,
@@ -87,6 +109,58 @@ async fn every_process_metrics_pass_promtool() {
         assert!(
             passed && said.trim().is_empty(),
             "{service}: promtool check metrics: {said}"
+        );
+    }
+    // The registry lists every admin listener for Prometheus to scrape.
+    let targets = system
+        .call(
+            http::Method::GET,
+            &format!("{}/v1/registry/prometheus", system.registry),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(targets.status, StatusCode::OK);
+    let groups = targets.body.as_array().expect("target groups");
+    for service in ["gateway", "order", "payment", "inventory", "shipping"] {
+        let admin = system.admin_address_of(service).await;
+        assert!(
+            groups
+                .iter()
+                .any(|group| group["labels"]["service"] == service
+                    && group["targets"][0] == admin.as_str()
+                    && group["labels"]["instance_id"].is_string()),
+            "{service} at {admin} in {}",
+            targets.body
+        );
+    }
+}
+
+#[test]
+fn the_scrape_configuration_and_the_alert_rules_pass_promtool() {
+    let Some(promtool) = promtool() else {
+        let _: Option<()> = flotilla_testkit::skip(
+            "no promtool (Debian's prometheus package); set FLOTILLA_PROMTOOL or put it on the PATH",
+        );
+        return;
+    };
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+    for args in [
+        &["check", "config", "prometheus.yml"][..],
+        &["check", "rules", "rules.yml"],
+        &["test", "rules", "rules.test.yml"],
+    ] {
+        let output = Command::new(&promtool)
+            .args(args)
+            .current_dir(&deploy)
+            .output()
+            .expect("promtool runs");
+        assert!(
+            output.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
         );
     }
 }
