@@ -15,6 +15,7 @@
 mod bench;
 mod check;
 mod dlq;
+mod sagas;
 mod settings;
 mod up;
 
@@ -64,6 +65,11 @@ enum Command {
     Dlq {
         #[command(subcommand)]
         action: dlq::Action,
+    },
+    /// List the order service's sagas, or show one: steps, compensations, facts, timings.
+    Sagas {
+        #[command(subcommand)]
+        action: sagas::Action,
     },
 }
 
@@ -285,6 +291,7 @@ fn main() -> std::process::ExitCode {
                 action: ProjectionsAction::Rebuild(options),
             } => rebuild(options).await,
             Command::Dlq { action } => dlq::run(action).await,
+            Command::Sagas { action } => sagas::run(action).await,
         }
     });
     // A blocking read of standard input (the supervised child's watch on its parent) cannot be

@@ -21,6 +21,104 @@ async fn choreographed_sagas_survive_kill_9_of_each_service() {
 async fn both_saga_styles_place_reject_and_cancel_orders_through_the_gateway() {
     let system = System::start().await;
     every_path_in_both_styles(&system).await;
+    flotilla_sagas_lists_and_shows_them(&system);
+}
+
+/// `flotilla sagas list` and `show` on the system `every_path_in_both_styles` left: approved,
+/// rejected and cancelled orders in both styles.
+fn flotilla_sagas_lists_and_shows_them(system: &System) {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let output = system.flotilla(args);
+        assert!(output.status.success(), "flotilla {args:?}: {output:?}");
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+    let all = json(&["sagas", "list", "--limit", "1000", "--json"]);
+    let all = all.as_array().expect("a list");
+    let count = |style: &str, saga: &str, status: &str| {
+        all.iter()
+            .filter(|s| s["style"] == style && s["saga"] == saga && s["status"] == status)
+            .count()
+    };
+    for style in ["orchestration", "choreography"] {
+        assert!(
+            count(style, "place_order", "COMPLETED") >= 1,
+            "{style}: {all:?}"
+        );
+        assert!(
+            count(style, "place_order", "FAILED") >= 3,
+            "{style}: {all:?}"
+        );
+    }
+    assert!(
+        count("orchestration", "cancel_order", "COMPLETED") >= 1,
+        "{all:?}"
+    );
+    assert!(
+        all.iter().any(|s| s["order_status"] == "CANCELLED"),
+        "{all:?}"
+    );
+
+    // The filters select, they do not invent.
+    let failed = json(&[
+        "sagas",
+        "list",
+        "--status",
+        "failed",
+        "--style",
+        "choreography",
+        "--json",
+    ]);
+    let failed = failed.as_array().expect("a list");
+    assert!(!failed.is_empty());
+    assert!(
+        failed
+            .iter()
+            .all(|s| s["status"] == "FAILED" && s["style"] == "choreography"),
+        "{failed:?}"
+    );
+
+    // A rejected orchestrated saga shows its failed step and its compensation, timed; a
+    // rejected choreographed one the facts heard, the refusal and the release among them.
+    let rejected = all
+        .iter()
+        .find(|s| {
+            s["style"] == "orchestration"
+                && s["status"] == "FAILED"
+                && s["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("credit limit"))
+        })
+        .expect("an orchestrated saga refused for credit, after its stock was reserved");
+    let id = rejected["saga_id"].as_str().expect("id");
+    let shown = json(&["sagas", "show", id, "--json"]);
+    let timeline: Vec<&str> = shown["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|e| e["what"].as_str())
+        .collect();
+    assert!(
+        timeline.iter().any(|e| e.contains("failed:")),
+        "{timeline:?}"
+    );
+    assert!(
+        timeline.iter().any(|e| e.ends_with("compensated")),
+        "{timeline:?}"
+    );
+    assert!(
+        shown["commands"]
+            .as_array()
+            .expect("commands")
+            .iter()
+            .any(|c| c["phase"] == "COMPENSATION"),
+        "{shown}"
+    );
+    let rejected = failed[0]["saga_id"].as_str().expect("id");
+    let shown = json(&["sagas", "show", rejected, "--json"]);
+    let facts = shown["timeline"].to_string();
+    assert!(facts.contains("Refused"), "{facts}");
+    let missing = system.flotilla(&["sagas", "show", "no-such-saga"]);
+    assert!(!missing.status.success(), "an unknown saga is an error");
 }
 
 /// Choreographed, through the real processes: the payment service stalls (`SIGSTOP`) while an
