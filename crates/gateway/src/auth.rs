@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 
 use axum::response::{IntoResponse, Response};
 use flotilla_discovery::outbound::{Exchange, Failure};
-use flotilla_identity::verify::{Forbidden, REALM, bearer_from_headers};
+use flotilla_identity::verify::{Forbidden, REALM};
 use flotilla_identity::{Principal, TokenSource, Verifier};
 use flotilla_kit::Problem;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -201,11 +201,10 @@ async fn admit(
         );
         return Err(problem.into_response());
     };
-    let principal = match bearer_from_headers(headers) {
-        Ok(token) => verifier.verify(token).await,
-        Err(error) => Err(error),
-    }
-    .map_err(IntoResponse::into_response)?;
+    let principal = verifier
+        .verify_headers(headers)
+        .await
+        .map_err(IntoResponse::into_response)?;
     if !roles.is_empty() && !roles.iter().any(|role| principal.has_role(role)) {
         let problem = Problem::new(
             StatusCode::FORBIDDEN,

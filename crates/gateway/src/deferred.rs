@@ -27,7 +27,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use flotilla_identity::Verifier;
-use flotilla_identity::verify::bearer_from_headers;
 use flotilla_kit::Problem;
 use serde::Serialize;
 use sqlx::SqlitePool;
@@ -235,11 +234,10 @@ async fn show(
         )
         .into_response());
     };
-    let principal = match bearer_from_headers(&headers) {
-        Ok(token) => verifier.verify(token).await,
-        Err(error) => Err(error),
-    }
-    .map_err(IntoResponse::into_response)?;
+    let principal = verifier
+        .verify_headers(&headers)
+        .await
+        .map_err(IntoResponse::into_response)?;
     let unknown = || Problem::not_found(format!("no deferred request `{id}`")).into_response();
     let mut view: View = sqlx::query_as(
         "SELECT deferred_id, service, method, path_and_query, state, queued_at, replayed_at,

@@ -21,7 +21,6 @@ use flotilla_kit::{ConnectionLimits, Problem};
 use tokio::net::TcpListener;
 
 use crate::Verifier;
-use crate::verify::bearer_from_headers;
 
 /// The scope that reads `/metrics`.
 pub const METRICS_SCOPE: &str = "metrics:read";
@@ -48,11 +47,7 @@ async fn check(State(verifier): State<Option<Verifier>>, request: Request, next:
         )
         .into_response();
     };
-    let principal = match bearer_from_headers(request.headers()) {
-        Ok(token) => verifier.verify(token).await,
-        Err(error) => Err(error),
-    };
-    let principal = match principal {
+    let principal = match verifier.verify_headers(request.headers()).await {
         Ok(principal) => principal,
         Err(error) => return error.into_response(),
     };

@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use flotilla_kit::Problem;
 use http::request::Parts;
 
-use crate::verify::bearer_from_headers;
 use crate::{Principal, TokenError, Verifier};
 
 /// Wraps `routes` so that each request must carry a verified token (see the [module](self));
@@ -45,11 +44,7 @@ async fn check(
         )
         .into_response();
     };
-    let principal = match bearer_from_headers(request.headers()) {
-        Ok(token) => verifier.verify(token).await,
-        Err(error) => Err(error),
-    };
-    match principal {
+    match verifier.verify_headers(request.headers()).await {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await

@@ -33,7 +33,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use flotilla_identity::verify::bearer_from_headers;
 use flotilla_identity::{IdentityConfig, Principal, Verifier};
 use flotilla_kit::client;
 use flotilla_kit::{Json, Problem, Query, ServerSettings};
@@ -87,11 +86,10 @@ impl Writes {
         let Some(verifier) = &self.verifier else {
             return Ok(None);
         };
-        let principal = match bearer_from_headers(headers) {
-            Ok(token) => verifier.verify(token).await,
-            Err(error) => Err(error),
-        }
-        .map_err(IntoResponse::into_response)?;
+        let principal = verifier
+            .verify_headers(headers)
+            .await
+            .map_err(IntoResponse::into_response)?;
         principal
             .require_scope(WRITE_SCOPE)
             .map_err(IntoResponse::into_response)?;

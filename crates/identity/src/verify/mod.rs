@@ -206,6 +206,12 @@ impl Verifier {
         })
     }
 
+    /// Verifies the bearer token of a request's `headers` ([`bearer_from_headers`], then
+    /// [`Verifier::verify`]): a request without one is [`TokenError::Missing`].
+    pub async fn verify_headers(&self, headers: &http::HeaderMap) -> Result<Principal, TokenError> {
+        self.verify(bearer_from_headers(headers)?).await
+    }
+
     /// Verifies `token`, fetching the JWKS first if it names an unknown key and a fetch is
     /// allowed now (see the module docs).
     pub async fn verify(&self, token: &str) -> Result<Principal, TokenError> {
