@@ -12,7 +12,7 @@
 //! | gateway | `queue_for_later`, `admin_api`, `routes_file`, `access_log`, `access_log_sample`, `workers`, `rate_limit.*` (`redis_url`, `on_redis_down`, `redis_timeout_ms`, `redis_retry_ms`, `key_prefix`) | `flotilla_gateway::GatewaySettings` |
 //! | order | `saga_style`, `catalog_cache_ms`, `choreography_deadline_ms` | `flotilla_order::OrderSettings` |
 //! | messaging | `messaging.*` | `flotilla_messaging::MessagingSettings` |
-//! | identity | `identity.url`, `identity.issuer`, `identity.audiences`, `identity.max_clock_skew_ms`, `identity.max_token_bytes`, `identity.jwks_*`, `identity.cache_capacity` (checking tokens), `identity.client_id`, `identity.client_secret` (the process's own tokens); `identity.token_lifetime_ms`, `identity.key_file`, `identity.rotation_interval_ms`, `identity.public_url`, `identity.seed_file`, `identity.platform_secret` (the provider) | `flotilla_identity::IdentityConfig`, `flotilla_identity::IdpSettings` |
+//! | identity | `identity.url`, `identity.issuer`, `identity.audiences`, `identity.max_clock_skew_ms`, `identity.max_token_bytes`, `identity.jwks_*`, `identity.cache_capacity` (checking tokens), `identity.client_id`, `identity.client_secret` (the process's own tokens); `identity.token_lifetime_ms`, `identity.key_file`, `identity.rotation_interval_ms`, `identity.public_url`, `identity.seed_file`, `identity.platform_secret`, `identity.token_requests_per_second`, `identity.attempts_per_account_per_minute` (the provider) | `flotilla_identity::IdentityConfig`, `flotilla_identity::IdpSettings` |
 //!
 //! The sections other than messaging and identity keep their keys at the top of a file and of the
 //! environment (`ttl_ms`, `FLOTILLA_TTL_MS`): each is extracted from the top level of the merged

@@ -31,7 +31,9 @@
 //! get the same answer after the same work (the unknown one is checked against a dummy hash),
 //! so the endpoint does not tell which names exist. Scopes asked for must be among those the
 //! principal's roles grant; none asked for means all of them. Password checks run on blocking
-//! threads, never under a lock. Errors are RFC 6749 §5.2 codes inside problem documents.
+//! threads, never under a lock. Errors are RFC 6749 §5.2 codes inside problem documents. The
+//! endpoint is limited per source address and per account before any secret is checked (429,
+//! `Retry-After`; `identity.token_requests_per_second`, `identity.attempts_per_account_per_minute`).
 //!
 //! Keys roll over without a gap: [`Idp::rotate`] makes a new signing key and keeps publishing
 //! the old one; after the longest token lifetime plus clock skew no token the old key signed

@@ -140,6 +140,8 @@ fn check_every_key(settings: &Settings) {
         provider.platform_secret.as_deref(),
         Some("a platform secret of 32 characters")
     );
+    assert_eq!(provider.token_requests_per_second, 7);
+    assert_eq!(provider.attempts_per_account_per_minute, 4);
     assert_eq!(identity.client.client_id.as_deref(), Some("order"));
     assert_eq!(
         identity.client.client_secret.as_deref(),
@@ -224,6 +226,8 @@ rotation_interval_ms = 3600000
 public_url = "http://idp.example"
 seed_file = "/etc/flotilla/identity.toml"
 platform_secret = "a platform secret of 32 characters"
+token_requests_per_second = 7
+attempts_per_account_per_minute = 4
 client_id = "order"
 client_secret = "order's secret"
 "#;
@@ -298,6 +302,8 @@ const ENV: &[(&str, &str)] = &[
         "FLOTILLA_IDENTITY__PLATFORM_SECRET",
         "a platform secret of 32 characters",
     ),
+    ("FLOTILLA_IDENTITY__TOKEN_REQUESTS_PER_SECOND", "7"),
+    ("FLOTILLA_IDENTITY__ATTEMPTS_PER_ACCOUNT_PER_MINUTE", "4"),
     ("FLOTILLA_IDENTITY__CLIENT_ID", "order"),
     ("FLOTILLA_IDENTITY__CLIENT_SECRET", "order's secret"),
 ];
@@ -420,6 +426,11 @@ fn a_bad_value_names_its_key_in_every_section() {
             "FLOTILLA_IDENTITY__PLATFORM_SECRET",
             "short",
             "platform_secret",
+        ),
+        (
+            "FLOTILLA_IDENTITY__ATTEMPTS_PER_ACCOUNT_PER_MINUTE",
+            "0",
+            "attempts_per_account_per_minute",
         ),
         (
             "FLOTILLA_IDENTITY__CLIENT_ID",

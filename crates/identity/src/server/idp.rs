@@ -121,6 +121,8 @@ struct Inner {
     /// Checked against when a user or client is unknown, so that the answer takes as long as
     /// for a wrong password and says the same.
     dummy_hash: String,
+    /// How often the token endpoint may be tried, per address and per account.
+    attempts: super::attempts::Attempts,
 }
 
 impl Idp {
@@ -149,8 +151,15 @@ impl Idp {
             keys = keys.keys().count(),
             "signing keys ready"
         );
+        let attempts = super::attempts::Attempts::new(&settings).ok_or_else(|| {
+            IdpError::Settings(flotilla_kit::settings::Invalid::new(
+                "attempts_per_account_per_minute",
+                "the token endpoint's limits cannot be built",
+            ))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
+                attempts,
                 dummy_hash: credentials::hash_secret(&uuid::Uuid::now_v7().to_string()),
                 settings,
                 credentials,
@@ -160,6 +169,11 @@ impl Idp {
                 clock,
             }),
         })
+    }
+
+    /// The token endpoint's limits.
+    pub(super) fn attempts(&self) -> &super::attempts::Attempts {
+        &self.inner.attempts
     }
 
     /// The settings it runs with.

@@ -12,6 +12,7 @@
 //! [`routes`] returns a plain router over an [`Idp`]; the binary puts it behind the kit's stack
 //! (`flotilla_kit::App`) and serves it, and runs [`Idp::maintain`] beside it.
 
+mod attempts;
 mod error;
 mod idp;
 mod oauth;
@@ -57,7 +58,17 @@ pub fn admin_routes(idp: Idp) -> Router {
         .with_state(idp)
 }
 
-async fn token(State(idp): State<Idp>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(idp): State<Idp>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(axum::Extension(axum::extract::ConnectInfo(peer))) = peer
+        && let Err(wait) = idp.attempts().address(peer.ip())
+    {
+        return too_many(wait, "token requests from this address");
+    }
     match token_request(&idp, &headers, &body).await {
         Ok(token) => {
             let mut response = axum::Json(token).into_response();
@@ -76,10 +87,37 @@ async fn token(State(idp): State<Idp>, headers: HeaderMap, body: Bytes) -> Respo
     }
 }
 
+/// 429 `/problems/too-many-attempts`, with `Retry-After` (`wait`, in whole seconds, at least 1).
+fn too_many(wait: std::time::Duration, what: &str) -> Response {
+    let seconds = oauth::retry_after_seconds(wait);
+    let mut response = Problem::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "too-many-attempts",
+        format!("too many {what}; retry in {seconds} s"),
+    )
+    .with("retry_after_s", seconds)
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
 async fn token_request(idp: &Idp, headers: &HeaderMap, body: &[u8]) -> Result<Token, OAuthError> {
     let form = Form::read(headers, body)?;
     let grant_type = form.require("grant_type")?;
     let client = client_credentials(headers, &form)?;
+    // Before any secret is checked: a guesser gets so many tries a minute per account.
+    let account = match (grant_type, &client) {
+        ("password", _) => form.get("username").map(|name| format!("user:{name}")),
+        (_, Some((id, _))) => Some(format!("client:{id}")),
+        _ => None,
+    };
+    if let Some(account) = account
+        && let Err(wait) = idp.attempts().account(account)
+    {
+        return Err(OAuthError::TooManyAttempts(wait));
+    }
     match grant_type {
         "password" => {
             let username = form.require("username")?;

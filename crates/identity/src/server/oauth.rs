@@ -35,6 +35,10 @@ pub enum OAuthError {
     /// 400 `invalid_scope`: a scope asked for is malformed or not granted to the principal.
     #[error("{0}")]
     InvalidScope(String),
+    /// 429: the account named was tried too often lately (`attempts_per_account_per_minute`);
+    /// retry after the duration. No secret was checked.
+    #[error("too many attempts for this account; retry later")]
+    TooManyAttempts(std::time::Duration),
     /// 500: the provider failed; the cause is logged, never sent.
     #[error("internal error: {0}")]
     Server(IdpError),
@@ -49,6 +53,8 @@ impl OAuthError {
             Self::InvalidGrant => "invalid_grant",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope(_) => "invalid_scope",
+            // RFC 8628's code for a client that must slow down, the closest OAuth has.
+            Self::TooManyAttempts(_) => "slow_down",
             Self::Server(_) => "server_error",
         }
     }
@@ -57,6 +63,15 @@ impl OAuthError {
     pub fn problem(&self) -> Problem {
         let status = match self {
             Self::InvalidClient => StatusCode::UNAUTHORIZED,
+            Self::TooManyAttempts(wait) => {
+                return Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-attempts",
+                    self.to_string(),
+                )
+                .with("error", self.code())
+                .with("retry_after_s", retry_after_seconds(*wait));
+            }
             Self::Server(error) => return Problem::internal(error),
             _ => StatusCode::BAD_REQUEST,
         };
@@ -67,11 +82,21 @@ impl OAuthError {
     }
 }
 
+/// `wait` in whole seconds, rounded up, at least 1 (for `Retry-After`).
+pub(super) fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
         let mut response = self.problem().into_response();
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Self::TooManyAttempts(wait) = self
+            && let Ok(value) = HeaderValue::from_str(&retry_after_seconds(wait).to_string())
+        {
+            headers.insert(header::RETRY_AFTER, value);
+        }
         if matches!(self, Self::InvalidClient) {
             headers.insert(
                 header::WWW_AUTHENTICATE,

@@ -42,6 +42,12 @@ pub struct IdpSettings {
     /// makes one anew at each start. Never serialised nor printed.
     #[serde(skip_serializing)]
     pub platform_secret: Option<String>,
+    /// Token requests one source address may make a second (a burst of five seconds' worth),
+    /// at least 1 (`crate::server` answers 429 past it, before checking any secret).
+    pub token_requests_per_second: u32,
+    /// Token requests naming one user or client a minute, right or wrong (the burst, refilled
+    /// over a minute), at least 1: how fast a password can be guessed.
+    pub attempts_per_account_per_minute: u32,
 }
 
 impl Default for IdpSettings {
@@ -57,6 +63,8 @@ impl Default for IdpSettings {
             jwks_max_age_ms: 300_000,
             seed_file: None,
             platform_secret: None,
+            token_requests_per_second: 20,
+            attempts_per_account_per_minute: 10,
         }
     }
 }
@@ -73,6 +81,11 @@ impl std::fmt::Debug for IdpSettings {
             .field("public_url", &self.public_url)
             .field("jwks_max_age_ms", &self.jwks_max_age_ms)
             .field("seed_file", &self.seed_file)
+            .field("token_requests_per_second", &self.token_requests_per_second)
+            .field(
+                "attempts_per_account_per_minute",
+                &self.attempts_per_account_per_minute,
+            )
             .field(
                 "platform_secret",
                 &self.platform_secret.as_ref().map(|_| "<redacted>"),
@@ -108,6 +121,18 @@ impl Section for IdpSettings {
         }
         if self.jwks_max_age_ms == 0 {
             return Err(Invalid::new("jwks_max_age_ms", "must be positive"));
+        }
+        if self.token_requests_per_second == 0 {
+            return Err(Invalid::new(
+                "token_requests_per_second",
+                "must be at least 1",
+            ));
+        }
+        if self.attempts_per_account_per_minute == 0 {
+            return Err(Invalid::new(
+                "attempts_per_account_per_minute",
+                "must be at least 1",
+            ));
         }
         if self.platform_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(Invalid::new(

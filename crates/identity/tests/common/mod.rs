@@ -208,10 +208,15 @@ impl TestIdp {
             .merge(flotilla_identity::server::admin_routes(idp.clone()));
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .unwrap();
+            // With the peer's address, as the kit's listener gives it (the token endpoint limits
+            // requests per address).
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .unwrap();
         });
         Self {
             idp,
