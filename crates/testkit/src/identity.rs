@@ -28,6 +28,11 @@ impl TestIdp {
         let mut config = IdpConfig::default();
         config.server.data_dir = keys.path().to_path_buf();
         config.idp.platform_secret = Some(PLATFORM_SECRET.to_owned());
+        // One provider serves a whole test binary ([`TestIdp::shared`]): every gateway of its
+        // tests asks a token as the same client, from the same address, within seconds. The
+        // token endpoint's limits are tested on their own (`crates/identity/tests/attempts.rs`).
+        config.idp.attempts_per_account_per_minute = 1_000_000;
+        config.idp.token_requests_per_second = 1_000_000;
         let idp = config.open().expect("the identity provider opens");
         Self { idp, _keys: keys }
     }
