@@ -18,6 +18,10 @@ pub struct Listeners {
     /// `/metrics` and `/admin/*` ([`flotilla_kit::app::admin_routes`], plus the process's
     /// own), served behind an operator's token.
     pub admin: Router,
+    /// The process's verifier of tokens (the one its own routes check callers with, shared so
+    /// that a process fetches and caches the provider's keys once); `None`: the admin listener
+    /// refuses everything.
+    pub verifier: Option<flotilla_identity::Verifier>,
 }
 
 /// Serves `routers` on `listener` as an instance of `service` until `shutdown`, and `admin`
@@ -36,7 +40,11 @@ pub async fn serve(
     mut metadata: BTreeMap<String, String>,
     config: &InstanceConfig,
     listener: TcpListener,
-    Listeners { routers, admin }: Listeners,
+    Listeners {
+        routers,
+        admin,
+        verifier,
+    }: Listeners,
     health: Health,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -44,10 +52,6 @@ pub async fn serve(
     let port = listener.local_addr()?.port();
     let address = format!("{}:{port}", config.server.advertise_host);
     let drain = CancellationToken::new();
-    let verifier = config
-        .identity
-        .verifier()
-        .map_err(|invalid| std::io::Error::other(invalid.to_string()))?;
     let admin = flotilla_identity::admin::serve(
         config.server.admin_listen,
         admin,
@@ -144,7 +148,7 @@ pub async fn serve_routes(
             "identity.url is not set: every call to the API is refused (503) for want of a token checker"
         );
     }
-    let routes = flotilla_identity::guard::guard(api, verifier).merge(unguarded);
+    let routes = flotilla_identity::guard::guard(api, verifier.clone()).merge(unguarded);
     let faults = config
         .server
         .fault_injection
@@ -161,6 +165,7 @@ pub async fn serve_routes(
         Listeners {
             routers: Routers::one(router),
             admin: flotilla_kit::app::admin_routes(faults.as_ref()),
+            verifier,
         },
         health,
         shutdown,

@@ -97,7 +97,7 @@ pub async fn run(
             sample: config.gateway.access_log_sample,
             json: flotilla_kit::telemetry::is_json(config.instance.server.log_format),
         },
-        verifier,
+        verifier: verifier.clone(),
         own_token: config.instance.identity.token_source(),
         rate_limit: config.gateway.rate_limit.clone(),
     };
@@ -137,6 +137,7 @@ pub async fn run(
         flotilla_discovery::Listeners {
             routers,
             admin: admin_routes,
+            verifier,
         },
         health,
         shutdown,

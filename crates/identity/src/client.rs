@@ -7,7 +7,7 @@
 //! least 30 s) left, else from one fresh grant that concurrent callers share. A failed grant is
 //! an error for the call that needed it; the next call asks again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -99,6 +99,27 @@ impl TokenSource {
                 current: Mutex::new(None),
                 renewing: tokio::sync::Mutex::new(()),
             }),
+        }
+    }
+
+    /// The process's one source of tokens for `credentials` at `url`: whoever asks for the same
+    /// client of the same provider (the discovery client, the registration, the gateway's
+    /// public routes) shares it, hence one grant and one renewal, while anyone holds it.
+    pub fn shared(url: &str, credentials: ClientCredentials, timeout: Duration) -> Self {
+        static SOURCES: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+        let wanted = Self::new(url, credentials, timeout);
+        let mut sources = lock(&SOURCES);
+        sources.retain(|source| source.strong_count() > 0);
+        let same = sources.iter().filter_map(Weak::upgrade).find(|inner| {
+            inner.token_url == wanted.inner.token_url
+                && inner.credentials == wanted.inner.credentials
+        });
+        match same {
+            Some(inner) => Self { inner },
+            None => {
+                sources.push(Arc::downgrade(&wanted.inner));
+                wanted
+            }
         }
     }
 

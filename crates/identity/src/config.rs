@@ -52,7 +52,8 @@ impl IdentityConfig {
         Verifier::new(&self.verifier, KeySource::Url(jwks)).map(Some)
     }
 
-    /// The process's own tokens, if a provider and the client's id and secret are set.
+    /// The process's own tokens, if a provider and the client's id and secret are set: one
+    /// source per client and provider in the process ([`TokenSource::shared`]).
     pub fn token_source(&self) -> Option<TokenSource> {
         let (Some(url), Some(client_id), Some(client_secret)) =
             (&self.url, &self.client_id, &self.client_secret)
@@ -64,7 +65,7 @@ impl IdentityConfig {
             client_secret: client_secret.clone(),
         };
         let timeout = std::time::Duration::from_millis(self.verifier.jwks_fetch_timeout_ms);
-        Some(TokenSource::new(url, credentials, timeout))
+        Some(TokenSource::shared(url, credentials, timeout))
     }
 }
 

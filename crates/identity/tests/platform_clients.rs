@@ -113,6 +113,15 @@ async fn a_token_source_keeps_its_token_and_renews_it_when_told() {
     let renewed = source.bearer().await.unwrap();
     assert_ne!(renewed, first);
 
+    // Asked for twice in a process, a client's tokens come from one source: one grant.
+    let credentials = ClientCredentials {
+        client_id: "shipping".to_owned(),
+        client_secret: derive_client_secret(PLATFORM, "shipping"),
+    };
+    let one = TokenSource::shared(&idp.url(""), credentials.clone(), Duration::from_secs(2));
+    let other = TokenSource::shared(&idp.url(""), credentials, Duration::from_secs(2));
+    assert_eq!(one.bearer().await.unwrap(), other.bearer().await.unwrap());
+
     // A wrong secret is an error naming the client, not a panic.
     let wrong = TokenSource::new(
         &idp.url(""),
